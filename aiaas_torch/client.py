@@ -1,0 +1,347 @@
+"""HTTP client for a TorchServe instance: predict, describe, ready, metrics; tokens, timeouts, retries, typed errors.
+
+    with Client(home=".aiaas") as client:          # URLs from HOME/server.json, keys from its key_file.json
+        client.predict("origin", {"x": [[1.0], [2.0]]})
+
+Errors form one small hierarchy, each carrying ``status``, ``type`` (TorchServe's error "type"), ``message`` and
+``response``::
+
+    ClientError
+    ├── ConnectionFailed            refused, reset, timed out
+    └── HTTPStatusError             any other answer >= 400
+        ├── BadRequest              400, a problem with the request itself
+        ├── TokenError              400 with type InvalidKeyException: bad, missing or expired token
+        ├── NotFound                404
+        └── ServerError             5xx
+            ├── WorkerDied          500 "Worker died." (a crashed worker, or a request past responseTimeout)
+            └── ServiceUnavailable  503
+
+TorchServe answers 400 both for a bad body and for a bad token; only the body's "type" tells them apart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from aiaas_torch import server as _server
+
+__all__ = [
+    "Client",
+    "ClientError",
+    "ConnectionFailed",
+    "HTTPStatusError",
+    "BadRequest",
+    "TokenError",
+    "NotFound",
+    "ServerError",
+    "WorkerDied",
+    "ServiceUnavailable",
+    "classify",
+]
+
+
+class ClientError(Exception):
+    """Base of every client error; carries the HTTP status, TorchServe's error type, a message and the response."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        type: str | None = None,  # noqa: A002 - TorchServe's field name
+        response: httpx.Response | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.type = type
+        self.response = response
+
+    def __str__(self) -> str:
+        parts = [str(self.status)] if self.status is not None else []
+        if self.type:
+            parts.append(self.type)
+        head = " ".join(parts)
+        where = ""
+        if self.response is not None:
+            where = f" ({self.response.request.method} {self.response.request.url})"
+        return f"{head}: {self.message}{where}" if head else f"{self.message}{where}"
+
+
+class ConnectionFailed(ClientError):
+    """The server could not be reached or did not answer in time (refused, reset, timeout)."""
+
+
+class HTTPStatusError(ClientError):
+    """The server answered with a status >= 400."""
+
+
+class BadRequest(HTTPStatusError):
+    """400 about the request itself (not the token)."""
+
+
+class TokenError(HTTPStatusError):
+    """400 InvalidKeyException: the token is wrong, missing or expired."""
+
+
+class NotFound(HTTPStatusError):
+    """404: no such model, version or endpoint."""
+
+
+class ServerError(HTTPStatusError):
+    """5xx: the server failed."""
+
+
+class WorkerDied(ServerError):
+    """500 "Worker died.": the worker crashed or the request outlived responseTimeout."""
+
+
+class ServiceUnavailable(ServerError):
+    """503: no worker can take the request now (queue full, model not loaded yet)."""
+
+
+def classify(response: httpx.Response) -> HTTPStatusError:
+    """Return the typed error for an answer with status >= 400 (built from TorchServe's JSON error body)."""
+    status = response.status_code
+    err_type = None
+    message = response.reason_phrase or ""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        err_type = body.get("type") if isinstance(body.get("type"), str) else None
+        if isinstance(body.get("message"), str):
+            message = body["message"]
+    if not message:
+        message = response.text.strip()[:500] or f"HTTP {status}"
+    if status == 400:
+        cls: type[HTTPStatusError] = TokenError if err_type == "InvalidKeyException" else BadRequest
+    elif status == 404:
+        cls = NotFound
+    elif status == 500 and message.strip().startswith("Worker died"):
+        cls = WorkerDied
+    elif status == 503:
+        cls = ServiceUnavailable
+    elif status >= 500:
+        cls = ServerError
+    else:
+        cls = HTTPStatusError
+    return cls(message, status=status, type=err_type, response=response)
+
+
+# Transport failures worth another try: the request never reached a handler or the connection broke.
+# A read timeout is not retried: the handler may still be working, and retrying multiplies the wait.
+_RETRY_TRANSPORT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadError, httpx.WriteError,
+                    httpx.RemoteProtocolError, httpx.PoolTimeout)  # fmt: skip
+_RETRY_STATUS = (WorkerDied, ServiceUnavailable)
+
+
+class Client:
+    """One keep-alive HTTP client for TorchServe's inference, management and metrics APIs."""
+
+    def __init__(
+        self,
+        home: str | os.PathLike | None = None,
+        inference_url: str | None = None,
+        management_url: str | None = None,
+        metrics_url: str | None = None,
+        token: str | None = None,
+        management_token: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        retries: int = 2,
+        backoff: float = 0.2,
+    ) -> None:
+        self.key_file: Path | None = None
+        if home is not None:
+            info = _server.load_info(home)
+            if info is None:
+                raise ClientError(f"no server recorded in {Path(home) / 'server.json'}; start one first")
+            inference_url = inference_url or info.inference_url
+            management_url = management_url or info.management_url
+            metrics_url = metrics_url or info.metrics_url
+            self.key_file = Path(info.key_file)
+            keys = self._read_keys()
+            token = token or keys["inference"]
+            management_token = management_token or keys["management"]
+            api_key = api_key or keys["api"]
+        self.inference_url = inference_url.rstrip("/") if inference_url else None
+        self.management_url = management_url.rstrip("/") if management_url else None
+        self.metrics_url = metrics_url.rstrip("/") if metrics_url else None
+        self.token = token
+        self.management_token = management_token
+        self.api_key = api_key
+        self.retries = max(0, int(retries))
+        self.backoff = float(backoff)
+        self.timeout = httpx.Timeout(timeout, connect=min(timeout, 5.0))
+        # trust_env=False: the servers are on loopback; a proxy from the environment must not intercept them.
+        self._http = httpx.Client(timeout=self.timeout, trust_env=False)
+
+    # ----------------------------------------------------------------------------------------- public API
+
+    def predict(self, name: str, body: Any, version: str | None = None) -> Any:
+        """Return the decoded JSON answer of POST /predictions/NAME[/VERSION] (text if the answer is not JSON).
+
+        body: a dict/list (or other JSON value) is JSON-encoded; bytes or str are sent as they are.
+        """
+        url = f"{self._require(self.inference_url, 'inference_url')}/predictions/{name}"
+        if version is not None:
+            url += f"/{version}"
+        if isinstance(body, (bytes, bytearray)):
+            content = bytes(body)
+        elif isinstance(body, str):
+            content = body.encode("utf-8")
+        else:
+            content = json.dumps(body).encode("utf-8")
+        response = self._send(
+            "POST", url, "inference", content=content, headers={"Content-Type": "application/json"},
+            retries=self.retries,
+        )  # fmt: skip
+        return _decode(response)
+
+    def describe(self, name: str, version: str | None = None, customized: bool = True) -> Any:
+        """Return TorchServe's description of NAME[/VERSION] (a list of versions), customizedMetadata decoded."""
+        url = f"{self._require(self.management_url, 'management_url')}/models/{name}"
+        if version is not None:
+            url += f"/{version}"
+        params = {"customized": "true"} if customized else None
+        answer = _decode(self._send("GET", url, "management", params=params, retries=self.retries))
+        for entry in answer if isinstance(answer, list) else [answer]:
+            meta = entry.get("customizedMetadata") if isinstance(entry, dict) else None
+            if isinstance(meta, str):
+                try:
+                    entry["customizedMetadata"] = json.loads(meta)
+                except ValueError:
+                    pass
+        return answer
+
+    def ready(self, name: str) -> bool:
+        """Return True when every version of NAME has at least minWorkers (and one) READY workers.
+
+        An unknown model or an unreachable server is "not ready" (False); a token problem still raises.
+        """
+        url = f"{self._require(self.management_url, 'management_url')}/models/{name}/all"
+        try:
+            versions = _decode(self._send("GET", url, "management", retries=0))
+        except (NotFound, ConnectionFailed, ServiceUnavailable):
+            return False
+        if not isinstance(versions, list) or not versions:
+            return False
+        for v in versions:
+            ready = sum(1 for w in v.get("workers", []) if w.get("status") == "READY")
+            if ready < max(1, int(v.get("minWorkers", 1))):
+                return False
+        return True
+
+    def metrics(self) -> str:
+        """Return the Prometheus text of GET /metrics (the metrics API needs no token)."""
+        url = f"{self._require(self.metrics_url, 'metrics_url')}/metrics"
+        return self._send("GET", url, None, retries=self.retries).text
+
+    def close(self) -> None:
+        """Close the underlying connections."""
+        self._http.close()
+
+    def __enter__(self) -> "Client":
+        """Return this client (closed again on leaving the block)."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Close the client; exceptions propagate."""
+        self.close()
+
+    # ----------------------------------------------------------------------------------------- internals
+
+    @staticmethod
+    def _require(url: str | None, what: str) -> str:
+        """Return url, or raise ClientError saying which URL is missing."""
+        if not url:
+            raise ClientError(f"{what} is not set; pass it or home=")
+        return url
+
+    def _read_keys(self) -> dict[str, str]:
+        """Return the keys in the key file; raise ClientError when it is unreadable."""
+        try:
+            return _server.read_keys(self.key_file)
+        except _server.ServerError as e:
+            raise ClientError(str(e)) from None
+
+    def _auth(self, kind: str | None) -> dict[str, str]:
+        """Return the Authorization header for the inference or management API ({} when no token is known)."""
+        key = {"inference": self.token, "management": self.management_token}.get(kind) if kind else None
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def _refresh(self, kind: str) -> bool:
+        """Return True when a different token for kind ("inference" or "management") is now in use.
+
+        First re-reads the key file (someone may have rotated the key); else asks the token API for a new
+        key. TorchServe 0.12's GET /token?type=... answers 200 with an empty body and writes the new key only
+        into key_file.json, so a refresh is possible only with the key file at hand.
+        """
+        if self.key_file is None:
+            return False
+        current = self.token if kind == "inference" else self.management_token
+        fresh = self._read_keys()[kind]
+        if fresh == current and self.api_key and self.management_url:
+            try:
+                r = self._http.get(
+                    f"{self.management_url}/token",
+                    params={"type": kind},
+                    headers={"Authorization": f"Bearer {self.api_key}"},
+                )
+            except httpx.TransportError as e:
+                raise ConnectionFailed(f"token refresh failed: {e!r}") from e
+            if r.status_code >= 400:
+                raise classify(r)
+            fresh = self._read_keys()[kind]
+        if fresh == current:
+            return False
+        if kind == "inference":
+            self.token = fresh
+        else:
+            self.management_token = fresh
+        return True
+
+    def _send(self, method: str, url: str, kind: str | None, *, retries: int, **kwargs: Any) -> httpx.Response:
+        """Return the successful response, retrying transient failures; raise the typed error otherwise."""
+        refreshed = False
+        attempt = 0
+        extra_headers = kwargs.pop("headers", {})
+        while True:
+            try:
+                response = self._http.request(method, url, headers={**extra_headers, **self._auth(kind)}, **kwargs)
+            except httpx.TransportError as e:
+                error: ClientError = ConnectionFailed(f"{type(e).__name__}: {e or 'no answer'} ({method} {url})")
+                error.__cause__ = e
+                retryable = isinstance(e, _RETRY_TRANSPORT)
+            else:
+                if response.status_code < 400:
+                    return response
+                error = classify(response)
+                if isinstance(error, TokenError) and kind and not refreshed:
+                    refreshed = True  # one refresh per call; it does not use up a retry
+                    if self._refresh(kind):
+                        continue
+                retryable = isinstance(error, _RETRY_STATUS)
+            if not retryable or attempt >= retries:
+                raise error
+            time.sleep(self.backoff * (2**attempt))
+            attempt += 1
+
+
+def _decode(response: httpx.Response) -> Any:
+    """Return the JSON value of a response body, or its text when it is not JSON."""
+    if not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return response.text
+

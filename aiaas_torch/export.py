@@ -1,0 +1,367 @@
+"""Write a run directory (model files + the model card) and load it back for local prediction.
+
+A run directory holds:
+  model.json        the model card: input contract, output, training, metrics, QuantReport, hashes, versions
+  model.pt2         AOTInductor package of the (quantized) model for CPU, dynamic batch dimension
+  model_float.pt2   torch.export program of the float model (CUDA, and the fallback where model.pt2 cannot load)
+  checkpoint.pt     the training checkpoint (resume, re-quantize)
+Everything is written into a staging directory beside the target and moved into place only when complete, with
+the card written last, so a crash mid-export never leaves a run directory that loads.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import _quiet, __version__
+from .data import Schema
+from .handlers import aiaas_contract as contract
+from .models import ModelSpec, build_model, fold_preprocessing, linear_layers
+from .quantize import QuantConfig, QuantReport, quantize
+from .train import TrainConfig, TrainResult, load_checkpoint, save_checkpoint
+
+SCHEMA_VERSION = 1
+CARD = "model.json"
+COMPILED = "model.pt2"
+FLOAT_PROGRAM = "model_float.pt2"
+CHECKPOINT = "checkpoint.pt"
+MAX_BATCH = 1 << 20
+
+
+@dataclass
+class ExportResult:
+    """Where the run directory is, its card, and the QuantReport of the exported model."""
+
+    run_dir: Path
+    card: dict
+    report: QuantReport
+    compile_seconds: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def compiler_available() -> bool:
+    """Return True when a C++ compiler for AOTInductor is on PATH."""
+    return shutil.which(os.environ.get("CXX", "g++")) is not None or shutil.which("c++") is not None
+
+
+def vector_isa() -> str:
+    """Return the vector ISA inductor compiles CPU code for on this host (e.g. "avx512", "avx2", "none")."""
+    from torch._inductor import cpu_vec_isa
+
+    isa = cpu_vec_isa.pick_vec_isa()
+    return str(isa) if isa else "none"
+
+
+def _export_program(model: torch.nn.Module, n_features: int):
+    """Return a torch.export ExportedProgram of `model` with a dynamic batch dimension."""
+    example = (torch.zeros(2, n_features),)
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    return torch.export.export(model, example, dynamic_shapes=({0: batch},))
+
+
+def _compile_package(ep, path: Path) -> float:
+    """Compile an ExportedProgram into an AOTInductor .pt2 at `path`; returns the seconds it took."""
+    t0 = time.perf_counter()
+    torch._inductor.aoti_compile_and_package(
+        ep, package_path=str(path), inductor_configs={"aot_inductor.use_runtime_constant_folding": True}
+    )
+    return time.perf_counter() - t0
+
+
+def _versions() -> dict:
+    """Return the versions that a model's files depend on."""
+    def ver(pkg: str):
+        try:
+            return importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "torch": torch.__version__,
+        "torchao": ver("torchao"),
+        "aiaas_torch": __version__,
+        "python": platform.python_version(),
+    }
+
+
+def _coefficients(float_model, schema: Schema, spec: ModelSpec):
+    """Return a linear/logistic model's weights and bias in raw feature units, else None."""
+    if spec.kind == "mlp":
+        return None
+    lin = float_model[0]
+    W = lin.weight.detach().tolist()
+    names = schema.feature_names
+    if spec.kind == "linear":
+        return {"weights": dict(zip(names, W[0])), "bias": float(lin.bias.detach()[0])}
+    return {"weights": {str(c): dict(zip(names, row)) for c, row in zip(schema.classes, W)}, "bias": {str(c): float(b) for c, b in zip(schema.classes, lin.bias.tolist())}}
+
+
+def _history_summary(history: list[dict], points: int = 200) -> dict:
+    """Return the loss history subsampled to at most `points` epochs (the last epoch always kept)."""
+    if not history:
+        return {"epoch": [], "train_loss": [], "val_loss": []}
+    step = max(1, len(history) // points)
+    picked = history[::step]
+    if picked[-1] is not history[-1]:
+        picked.append(history[-1])
+    return {
+        "epoch": [h["epoch"] for h in picked],
+        "train_loss": [h["train_loss"] for h in picked],
+        "val_loss": [h.get("val_loss") for h in picked],
+    }
+
+
+def export_run(
+    result: TrainResult,
+    run_dir: str | os.PathLike,
+    quant: QuantConfig | None = None,
+    compile: bool | None = None,
+    max_rows: int = contract.DEFAULT_MAX_ROWS,
+) -> ExportResult:
+    """Quantize, export and write the run directory atomically; returns an ExportResult (raises before writing if the gate fails)."""
+    _quiet.install()
+    run_dir = Path(run_dir)
+    quant = (quant or QuantConfig()).validate()
+    float_model = fold_preprocessing(result.model)
+    qmodel, report = quantize(float_model, quant, result.eval_X)
+    notes: list[str] = []
+    if compile is None:
+        compile = compiler_available()
+        if not compile:
+            notes.append("no C++ compiler found: model.pt2 (compiled CPU package) skipped; serving uses the float program")
+
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.staging-", dir=run_dir.parent))
+    try:
+        d = result.spec.n_features
+        torch.export.save(_export_program(float_model, d), str(staging / FLOAT_PROGRAM))
+        compile_seconds = None
+        isa = None
+        if compile:
+            compile_seconds = _compile_package(_export_program(qmodel, d), staging / COMPILED)
+            isa = vector_isa()
+        ck = dict(result.checkpoint)
+        ck["eval_X"] = torch.from_numpy(np.ascontiguousarray(result.eval_X))
+        ck["eval_y"] = torch.from_numpy(np.ascontiguousarray(result.eval_y))
+        ck["metrics"] = result.metrics
+        ck["data"] = result.data
+        ck["seconds"] = result.seconds
+        save_checkpoint(ck, staging / CHECKPOINT)
+        card = _card(result, float_model, report, staging, isa, compile_seconds, max_rows, notes)
+        _write_json_atomic(staging / CARD, card)
+        _swap_into_place(staging, run_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ExportResult(run_dir, card, report, compile_seconds, notes)
+
+
+def _card(result, float_model, report, directory: Path, isa, compile_seconds, max_rows, notes) -> dict:
+    """Return the model card for the files in `directory`."""
+    schema, spec, config = result.schema, result.spec, result.config
+    files = {}
+    for name, role, serves in (
+        (COMPILED, "cpu-compiled", "cpu"),
+        (FLOAT_PROGRAM, "float-program", "cuda, and cpu where model.pt2 cannot load"),
+        (CHECKPOINT, "checkpoint", None),
+    ):
+        p = directory / name
+        if p.exists():
+            meta = {"role": role, "sha256": contract.sha256_file(p), "bytes": p.stat().st_size}
+            if serves:
+                meta["serves"] = serves
+            if role == "cpu-compiled":
+                meta["isa"] = isa
+                meta["compile_seconds"] = round(compile_seconds, 2)
+            files[name] = meta
+    metrics = result.metrics
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "input": {
+            "features": [dict(f.__dict__) for f in schema.features],
+            "dtype": "float32",
+            "scaling": "standardize (mean/std of the training split), folded into the first Linear",
+            "rotation": "pca" if spec.rotate else None,
+            "max_rows": max_rows,
+        },
+        "output": {
+            "target": schema.target,
+            "task": schema.task,
+            "classes": schema.classes,
+            "width": spec.n_outputs,
+            "kind": "value" if schema.task == "regression" else "logits; answers give labels and softmax probabilities",
+        },
+        "model": {
+            "spec": spec.to_dict(),
+            "parameters": int(sum(p.numel() for p in float_model.parameters())),
+            "layers": [f"{n}: Linear({m.in_features}→{m.out_features})" for n, m in linear_layers(float_model)],
+            "coefficients": _coefficients(float_model, schema, spec),
+        },
+        "training": {
+            "optimizer": "torch.optim.SGD",
+            "loss": "J(θ) = 1/(2m) Σ (h_θ(x_i) − y_i)²" if schema.task == "regression" else "cross-entropy",
+            "settings": config.to_dict(),
+            "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch,
+            "stopped_early": result.stopped_early,
+            "seconds": round(result.seconds, 3),
+            "final_J": {k: v.get("J", v.get("cross_entropy")) for k, v in metrics.items()},
+            "history": _history_summary(result.history),
+        },
+        "metrics": metrics,
+        "quantization": report.to_dict(),
+        "files": files,
+        "data": result.data,
+        "versions": _versions(),
+        "notes": notes,
+    }
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    """Write JSON to `path` through a temp file and rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=False, allow_nan=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _swap_into_place(staging: Path, run_dir: Path) -> None:
+    """Move a complete staging directory to `run_dir`, replacing an older run directory there."""
+    old = None
+    if run_dir.exists():
+        if not (run_dir / CARD).exists() and any(run_dir.iterdir()):
+            raise ValueError(f"{run_dir}: exists and is not an aiaas run directory; refusing to replace it")
+        old = run_dir.with_name(f".{run_dir.name}.old-{os.getpid()}-{time.time_ns()}")
+        os.replace(run_dir, old)
+    try:
+        os.replace(staging, run_dir)
+    except BaseException:
+        if old is not None:
+            os.replace(old, run_dir)  # the new files did not land: put the previous run directory back
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_card(run_dir: str | os.PathLike) -> dict:
+    """Return the model card of a run directory, checking it is a card this version understands."""
+    p = Path(run_dir) / CARD
+    if not p.is_file():
+        raise ValueError(f"{run_dir}: no {CARD}; not a complete aiaas run directory")
+    try:
+        card = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{p}: not valid JSON ({e})") from None
+    check_card(card, str(p))
+    return card
+
+
+def check_card(card, where: str) -> None:
+    """Raise ValueError naming the field when a model card lacks a field or has one of the wrong type."""
+    if not isinstance(card, dict):
+        raise ValueError(f"{where}: the card must be a JSON object")
+    expect = {"schema_version": int, "input": dict, "output": dict, "files": dict, "quantization": dict, "versions": dict}
+    for key, typ in expect.items():
+        if key not in card:
+            raise ValueError(f"{where}: field {key!r} missing")
+        if not isinstance(card[key], typ) or isinstance(card[key], bool):
+            raise ValueError(f"{where}: field {key!r} must be {typ.__name__}, got {type(card[key]).__name__}")
+    if card["schema_version"] != SCHEMA_VERSION:
+        raise ValueError(f"{where}: schema_version {card['schema_version']} is not {SCHEMA_VERSION}")
+    feats = card["input"].get("features")
+    if not isinstance(feats, list) or not feats or not all(isinstance(f, dict) and isinstance(f.get("name"), str) for f in feats):
+        raise ValueError(f"{where}: field 'input.features' must be a non-empty list of {{name, min, max, ...}}")
+    for f in feats:
+        for k in ("min", "max"):
+            if not isinstance(f.get(k), (int, float)) or isinstance(f.get(k), bool):
+                raise ValueError(f"{where}: field 'input.features[{f['name']!r}].{k}' must be a number")
+    if card["output"].get("task") not in ("regression", "classification"):
+        raise ValueError(f"{where}: field 'output.task' must be 'regression' or 'classification'")
+
+
+class LocalModel:
+    """A run directory loaded for prediction in this process, through the same contract as the server."""
+
+    def __init__(self, run_dir: str | os.PathLike, program: str = "auto"):
+        _quiet.install()
+        self.run_dir = Path(run_dir)
+        self.card = read_card(self.run_dir)
+        problems = contract.verify_files(self.card, self.run_dir)
+        if problems:
+            raise ValueError(f"{self.run_dir}: " + "; ".join(problems))
+        if program not in ("auto", "compiled", "float"):
+            raise ValueError(f"program: {program!r} is not one of auto, compiled, float")
+        files = self.card["files"]
+        isa_ok = COMPILED in files and contract.host_supports(files[COMPILED].get("isa") or "")
+        if program == "compiled" and not isa_ok:
+            raise ValueError(f"{self.run_dir}: no compiled package loadable on this host")
+        if program != "float" and isa_ok:
+            self.program_file = COMPILED
+            self._fn = torch._inductor.aoti_load_package(str(self.run_dir / COMPILED))
+        else:
+            self.program_file = FLOAT_PROGRAM
+            self._fn = torch.export.load(str(self.run_dir / FLOAT_PROGRAM)).module()
+
+    def forward(self, X) -> np.ndarray:
+        """Return the raw model outputs (rows × outputs) for a 2-D array of raw features."""
+        x = torch.as_tensor(np.asarray(X, dtype=np.float32))
+        with torch.inference_mode():
+            return self._fn(x).detach().numpy()
+
+    def predict(self, body, name: str = "local", version: str = "local") -> dict:
+        """Return the answer the server would give for a request body (raises ValueError for a bad body)."""
+        parsed = contract.parse_request(body, self.card)
+        out = self.forward(np.asarray(parsed.rows, dtype=np.float32))
+        return contract.answer(self.card, parsed, out.tolist(), name, version)
+
+
+def load_run(run_dir: str | os.PathLike, program: str = "auto") -> LocalModel:
+    """Return a LocalModel for a run directory after checking its card and every file's SHA-256."""
+    return LocalModel(run_dir, program)
+
+
+def requantize(run_dir: str | os.PathLike, quant: QuantConfig, compile: bool | None = None) -> ExportResult:
+    """Re-quantize and re-export an existing run directory from its checkpoint; returns the new ExportResult."""
+    run_dir = Path(run_dir)
+    card = read_card(run_dir)
+    problems = contract.verify_files(card, run_dir, roles={"checkpoint"})
+    if problems:
+        raise ValueError(f"{run_dir}: " + "; ".join(problems))
+    ck = load_checkpoint(run_dir / CHECKPOINT)
+    spec = ModelSpec.from_dict(ck["spec"])
+    model = build_model(spec)
+    model.load_state_dict(ck["model"])
+    model.eval()
+    result = TrainResult(
+        model=model,
+        spec=spec,
+        config=TrainConfig.from_dict(ck["config"]),
+        schema=Schema.from_dict(ck["schema"]),
+        history=list(ck["history"]),
+        metrics=ck["metrics"],
+        epochs_run=int(ck["epoch"]),
+        best_epoch=int(ck["best_epoch"]) or int(ck["epoch"]),
+        stopped_early=bool(card["training"].get("stopped_early")),
+        seconds=float(ck["seconds"]),
+        data=ck["data"],
+        eval_X=ck["eval_X"].numpy(),
+        eval_y=ck["eval_y"].numpy(),
+        checkpoint={k: v for k, v in ck.items() if k not in ("eval_X", "eval_y", "metrics", "data", "seconds")},
+    )
+    return export_run(result, run_dir, quant, compile, card["input"].get("max_rows", contract.DEFAULT_MAX_ROWS))

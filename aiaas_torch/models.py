@@ -1,0 +1,121 @@
+"""Model builders: linear regression, logistic/softmax classification and an MLP.
+
+Feature scaling (and the optional orthogonal rotation) is a layer inside the model, so a trained model and every
+file exported from it take raw features. `fold_preprocessing` merges those layers into the first Linear, giving
+the plain float model that quantization and export work on (the origin model's weight is then ≈ 2.000, not 2σ).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+MODEL_KINDS = ("linear", "logistic", "mlp")
+
+
+class Standardize(nn.Module):
+    """Scale raw features: (x − mean) / std, with mean and std learned from the training split."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(np.asarray(mean), dtype=torch.float32).clone())
+        self.register_buffer("std", torch.as_tensor(np.asarray(std), dtype=torch.float32).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the standardized features."""
+        return (x - self.mean) / self.std
+
+
+class Rotate(nn.Module):
+    """Rotate standardized features into an orthogonal basis A (AᵀA = I): z = x A."""
+
+    def __init__(self, basis):
+        super().__init__()
+        self.register_buffer("basis", torch.as_tensor(np.asarray(basis), dtype=torch.float32).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the rotated features."""
+        return x @ self.basis
+
+
+@dataclass
+class ModelSpec:
+    """What to build: kind, input width, output width, hidden sizes, and whether a rotation layer is present."""
+
+    kind: str
+    n_features: int
+    n_outputs: int
+    hidden: tuple[int, ...] = ()
+    rotate: bool = False
+
+    def to_dict(self) -> dict:
+        """Return the spec as plain JSON-ready data."""
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelSpec":
+        """Return a ModelSpec rebuilt from `to_dict` output."""
+        return cls(d["kind"], int(d["n_features"]), int(d["n_outputs"]), tuple(d.get("hidden", ())), bool(d.get("rotate")))
+
+
+def build_model(spec: ModelSpec, mean=None, std=None, basis=None) -> nn.Sequential:
+    """Return an nn.Sequential: Standardize, optional Rotate, then the Linear (or MLP) layers of `spec`."""
+    if spec.kind not in MODEL_KINDS:
+        raise ValueError(f"model: {spec.kind!r} is not one of {MODEL_KINDS}")
+    if spec.n_features < 1 or spec.n_outputs < 1:
+        raise ValueError(f"model: needs at least one input and one output, got {spec.n_features}→{spec.n_outputs}")
+    d = spec.n_features
+    mean = np.zeros(d, np.float32) if mean is None else mean
+    std = np.ones(d, np.float32) if std is None else std
+    layers: list[nn.Module] = [Standardize(mean, std)]
+    if spec.rotate:
+        layers.append(Rotate(np.eye(d, dtype=np.float32) if basis is None else basis))
+    if spec.kind == "mlp":
+        if not spec.hidden or any(int(h) < 1 for h in spec.hidden):
+            raise ValueError(f"hidden: an MLP needs positive hidden sizes, got {list(spec.hidden)}")
+        width = d
+        for h in spec.hidden:
+            layers += [nn.Linear(width, int(h)), nn.ReLU()]
+            width = int(h)
+        layers.append(nn.Linear(width, spec.n_outputs))
+    else:
+        layers.append(nn.Linear(d, spec.n_outputs))
+    return nn.Sequential(*layers)
+
+
+@torch.no_grad()
+def fold_preprocessing(model: nn.Sequential) -> nn.Sequential:
+    """Return a float copy of `model` with Standardize/Rotate merged into the first Linear (same outputs)."""
+    mods = list(model)
+    pre = [m for m in mods if isinstance(m, (Standardize, Rotate))]
+    rest = [m for m in mods if not isinstance(m, (Standardize, Rotate))]
+    first = rest[0]
+    if not isinstance(first, nn.Linear):
+        raise TypeError(f"fold_preprocessing: expected a Linear after scaling, got {type(first).__name__}")
+    W = first.weight.detach().double()  # out × d
+    b = first.bias.detach().double()
+    mean = torch.zeros(W.shape[1], dtype=torch.float64)
+    std = torch.ones(W.shape[1], dtype=torch.float64)
+    for m in pre:
+        if isinstance(m, Standardize):
+            mean, std = m.mean.double(), m.std.double()
+        else:
+            W = W @ m.basis.double().T  # z = s A  ⇒  W z = (W Aᵀ) s
+    W_raw = W / std
+    b_raw = b - W_raw @ mean
+    folded = nn.Linear(first.in_features, first.out_features)
+    folded.weight.copy_(W_raw.float())
+    folded.bias.copy_(b_raw.float())
+    tail = [copy.deepcopy(m) for m in rest[1:]]
+    return nn.Sequential(folded, *tail).eval()
+
+
+def linear_layers(model: nn.Module) -> list[tuple[str, nn.Linear]]:
+    """Return the (qualified name, module) pairs of every nn.Linear in `model`, in order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]

@@ -1,0 +1,227 @@
+"""Quantize a folded float model: int8 where it pays (torchao, per-row, batch-invariant), pow2, or none.
+
+`QuantConfig` chooses the scheme; `quantize` returns the quantized model and a `QuantReport` that gives every
+Linear layer a decision and its reason, the weight bytes before/after, the error against the float model on
+held-out rows, and whether the accuracy gate passed. A failed gate refuses the model unless forced.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import _quiet
+from .models import linear_layers
+
+SCHEMES = ("int8", "pow2", "none")
+DEFAULT_MIN_WEIGHTS = 16384  # int8 only pays from about 16K weights here (ARCHITECTURE.md)
+
+
+class QuantGateError(ValueError):
+    """The quantized model's error against float exceeds the accuracy gate."""
+
+    def __init__(self, report: "QuantReport"):
+        self.report = report
+        super().__init__(
+            f"quantization gate failed: relative RMSE against float {report.rel_rmse:.4%} > "
+            f"{report.gate_max_rel_rmse:.2%}; use scheme 'none', raise the gate, or force"
+        )
+
+
+@dataclass
+class QuantConfig:
+    """Which scheme, which layers (by weight count), and the accuracy gate (max relative RMSE against float)."""
+
+    scheme: str = "int8"
+    min_weights: int = DEFAULT_MIN_WEIGHTS  # 0 forces int8 on every Linear
+    gate_max_rel_rmse: float = 0.02
+    force: bool = False
+
+    def validate(self) -> "QuantConfig":
+        """Return self after checking every field, raising ValueError naming the bad one."""
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"scheme: {self.scheme!r} is not one of {SCHEMES}")
+        if not isinstance(self.min_weights, int) or isinstance(self.min_weights, bool) or self.min_weights < 0:
+            raise ValueError(f"min_weights: {self.min_weights!r} must be an integer ≥ 0")
+        g = self.gate_max_rel_rmse
+        if not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0:
+            raise ValueError(f"gate_max_rel_rmse: {g!r} must be a finite number ≥ 0")
+        return self
+
+
+@dataclass
+class LayerDecision:
+    """One Linear layer: its shape, what was done to it, and why."""
+
+    name: str
+    in_features: int
+    out_features: int
+    weights: int
+    decision: str  # "int8-dynamic" | "int8-weight-only" | "pow2" | "float"
+    reason: str
+    pow2_exponent: int | None = None
+
+
+@dataclass
+class QuantReport:
+    """Per-layer decisions, sizes, error against float on held-out rows, and the gate's verdict."""
+
+    scheme: str
+    min_weights: int
+    layers: list[LayerDecision] = field(default_factory=list)
+    weight_bytes_before: int = 0
+    weight_bytes_after: int = 0
+    eval_rows: int = 0
+    max_abs_error: float = 0.0
+    rel_rmse: float = 0.0  # RMS(q − f) / RMS(f) over the held-out outputs
+    gate_max_rel_rmse: float = 0.02
+    gate_passed: bool = True
+    forced: bool = False
+
+    @property
+    def size_ratio(self) -> float:
+        """Return weight bytes before ÷ after (1.0 when nothing changed)."""
+        return self.weight_bytes_before / max(1, self.weight_bytes_after)
+
+    def to_dict(self) -> dict:
+        """Return the report as plain JSON-ready data."""
+        d = asdict(self)
+        d["size_ratio"] = self.size_ratio
+        return d
+
+    def summary(self) -> str:
+        """Return a few human-readable lines: one per layer, then sizes, error and the gate."""
+        lines = [f"quantization: scheme={self.scheme}, min_weights={self.min_weights}"]
+        for l in self.layers:
+            lines.append(f"  {l.name or '<model>'} {l.in_features}→{l.out_features} ({l.weights} weights): {l.decision} — {l.reason}")
+        lines.append(
+            f"  weight bytes {self.weight_bytes_before} → {self.weight_bytes_after} ({self.size_ratio:.2f}×); "
+            f"vs float on {self.eval_rows} held-out rows: max |err| {self.max_abs_error:.3g}, "
+            f"rel RMSE {self.rel_rmse:.3%} (gate ≤ {self.gate_max_rel_rmse:.2%}: {'passed' if self.gate_passed else 'FAILED'}"
+            f"{', forced' if self.forced else ''})"
+        )
+        return "\n".join(lines)
+
+
+class Pow2Linear(nn.Module):
+    """Linear layer whose weights are stored as int8 q with w = q · 2^k (the origin document's x_q = round(x/2^k))."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        w = linear.weight.detach()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.exponent = pow2_exponent(float(w.abs().max()))
+        q = torch.clamp(torch.round(w / 2.0**self.exponent), -127, 127).to(torch.int8)
+        self.register_buffer("weight_q", q)
+        self.register_buffer("bias", linear.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return x Wᵀ + b with W dequantized from int8."""
+        return nn.functional.linear(x, self.weight_q.to(x.dtype) * (2.0**self.exponent), self.bias)
+
+
+def pow2_exponent(max_abs: float) -> int:
+    """Return the smallest k such that max_abs / 2^k fits in int8 (≤ 127)."""
+    if max_abs == 0.0:
+        return 0
+    return int(math.ceil(math.log2(max_abs / 127.0)))
+
+
+def _layer_bytes(m: nn.Module) -> int:
+    """Return the bytes of a layer's weights, scales and bias as stored."""
+    return sum(t.numel() * t.element_size() for t in _tensors(m))
+
+
+def _tensors(m: nn.Module):
+    """Yield a layer's stored tensors, looking inside torchao's quantized tensor subclasses."""
+    for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)):
+        inner = getattr(t, "__tensor_flatten__", None)
+        if inner is not None:
+            names, _ = t.__tensor_flatten__()
+            for n in names:
+                yield getattr(t, n)
+        else:
+            yield t
+
+
+def _int8_decision(lin: nn.Linear, min_weights: int) -> tuple[str, str]:
+    """Return (decision, reason) for the int8 scheme on one Linear."""
+    n = lin.weight.numel()
+    if min_weights == 0:
+        if lin.in_features > 1 and lin.out_features > 1:
+            return "int8-dynamic", "forced (min_weights=0)"
+        return "int8-weight-only", "forced (min_weights=0); dynamic int8 cannot take a layer with a width of 1"
+    if lin.in_features == 1:
+        return "float", "in_features == 1: torchao's dynamic int8 path cannot take it"
+    if lin.out_features == 1:
+        return "float", "out_features == 1: a single output row gains nothing from int8"
+    if n < min_weights:
+        return "float", f"{n} weights < {min_weights}: int8 only pays from about {min_weights} weights"
+    return "int8-dynamic", f"{n} weights ≥ {min_weights}: per-row int8 weights and activations"
+
+
+def quantize(model: nn.Module, config: QuantConfig | None, eval_X) -> tuple[nn.Module, QuantReport]:
+    """Return (quantized copy of the folded float `model`, QuantReport measured on held-out rows `eval_X`)."""
+    config = (config or QuantConfig()).validate()
+    float_model = model.eval()
+    qmodel = copy.deepcopy(float_model).eval()
+    report = QuantReport(config.scheme, config.min_weights, gate_max_rel_rmse=float(config.gate_max_rel_rmse), forced=config.force)
+    layers = linear_layers(qmodel)
+    report.weight_bytes_before = sum(_layer_bytes(m) for _, m in layers)
+
+    dynamic, weight_only = set(), set()
+    for name, lin in layers:
+        d = LayerDecision(name, lin.in_features, lin.out_features, lin.weight.numel(), "float", "")
+        if config.scheme == "none":
+            d.reason = "scheme 'none'"
+        elif config.scheme == "pow2":
+            d.decision = "pow2"
+            d.pow2_exponent = pow2_exponent(float(lin.weight.detach().abs().max()))
+            d.reason = f"w = q·2^{d.pow2_exponent}, q int8 (k chosen from the largest |w|)"
+        else:
+            d.decision, d.reason = _int8_decision(lin, config.min_weights)
+            (dynamic if d.decision == "int8-dynamic" else weight_only if d.decision == "int8-weight-only" else set()).add(name)
+        report.layers.append(d)
+
+    if config.scheme == "pow2":
+        for name, lin in layers:
+            _set_submodule(qmodel, name, Pow2Linear(lin))
+    elif dynamic or weight_only:
+        tq = _quiet.import_torchao()
+        if dynamic:
+            tq.quantize_(qmodel, tq.Int8DynamicActivationInt8WeightConfig(), filter_fn=lambda m, fqn: fqn in dynamic)
+        if weight_only:
+            tq.quantize_(qmodel, tq.Int8WeightOnlyConfig(), filter_fn=lambda m, fqn: fqn in weight_only)
+
+    report.weight_bytes_after = sum(_layer_bytes(m) for m in _quantized_layers(qmodel))
+    X = torch.as_tensor(np.asarray(eval_X, dtype=np.float32))
+    with torch.no_grad():
+        f, q = float_model(X).double(), qmodel(X).double()
+    report.eval_rows = int(X.shape[0])
+    report.max_abs_error = float((q - f).abs().max()) if X.shape[0] else 0.0
+    denom = float(torch.sqrt(torch.mean(f**2))) if X.shape[0] else 0.0
+    num = float(torch.sqrt(torch.mean((q - f) ** 2))) if X.shape[0] else 0.0
+    report.rel_rmse = num / denom if denom > 0 else (0.0 if num == 0 else math.inf)
+    report.gate_passed = report.rel_rmse <= config.gate_max_rel_rmse
+    if not report.gate_passed and not config.force:
+        raise QuantGateError(report)
+    return qmodel, report
+
+
+def _quantized_layers(model: nn.Module):
+    """Yield every Linear or Pow2Linear of `model`."""
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, Pow2Linear)):
+            yield m
+
+
+def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace the submodule at dotted `name` by `new`."""
+    parent_name, _, leaf = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, leaf, new)

@@ -1,0 +1,331 @@
+"""SGD trainer: J(θ) = 1/(2m) Σ (h_θ(x_i) − y_i)² for regression, cross-entropy for classification.
+
+Mini-batches (or full batch), momentum, weight decay, an optional LR schedule, early stopping on validation
+loss, a seed that makes the same data give the same weights bit-for-bit on CPU, a progress bar, a loss history
+and a resumable checkpoint (written atomically).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .data import Dataset, Schema, pca_rotation, split, standardize_stats
+from .models import MODEL_KINDS, ModelSpec, build_model
+
+LR_SCHEDULES = ("none", "cosine", "step")
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; defaults reproduce the origin example (full-batch SGD, lr 0.01, 1000 epochs)."""
+
+    model: str = "linear"
+    hidden: tuple[int, ...] = (64, 64)
+    epochs: int = 1000
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    batch_size: int | None = None  # None: full batch
+    seed: int = 0
+    val_fraction: float = 0.2
+    patience: int | None = None  # early stopping on validation loss; None: off
+    lr_schedule: str = "none"
+    rotate: bool = False
+    progress: bool | None = None  # None: on when stderr is a terminal
+    checkpoint_every: int = 0  # epochs between checkpoints; 0: only at the end
+
+    def validate(self) -> "TrainConfig":
+        """Return self after checking every field, raising ValueError naming the bad one."""
+        if self.model not in MODEL_KINDS:
+            raise ValueError(f"model: {self.model!r} is not one of {MODEL_KINDS}")
+        _positive_int("epochs", self.epochs)
+        if self.batch_size is not None:
+            _positive_int("batch_size", self.batch_size)
+        for name in ("lr",):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"{name}: {v!r} must be a positive finite number")
+        for name in ("momentum", "weight_decay"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name}: {v!r} must be a finite number ≥ 0")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ValueError(f"seed: {self.seed!r} must be an integer ≥ 0")
+        vf = self.val_fraction
+        if not isinstance(vf, (int, float)) or isinstance(vf, bool) or not 0.0 <= vf < 1.0:
+            raise ValueError(f"val_fraction: {vf!r} must be in [0, 1)")
+        if self.patience is not None:
+            _positive_int("patience", self.patience)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule: {self.lr_schedule!r} is not one of {LR_SCHEDULES}")
+        if self.model == "mlp":
+            if not self.hidden or any(not isinstance(h, int) or h < 1 for h in self.hidden):
+                raise ValueError(f"hidden: {list(self.hidden)!r} must be positive integers")
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every: {self.checkpoint_every!r} must be an integer ≥ 0")
+        return self
+
+    def to_dict(self) -> dict:
+        """Return the settings as plain JSON-ready data."""
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """Return a TrainConfig rebuilt from `to_dict` output."""
+        d = dict(d)
+        d["hidden"] = tuple(d.get("hidden", ()))
+        return cls(**d)
+
+
+def _positive_int(name: str, v) -> None:
+    """Raise ValueError unless v is an int ≥ 1."""
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"{name}: {v!r} must be an integer ≥ 1")
+
+
+@dataclass
+class TrainResult:
+    """What training produced: the model (scaling inside), its spec, schema, history, metrics and data lineage."""
+
+    model: nn.Sequential
+    spec: ModelSpec
+    config: TrainConfig
+    schema: Schema
+    history: list[dict]
+    metrics: dict
+    epochs_run: int
+    best_epoch: int
+    stopped_early: bool
+    seconds: float
+    data: dict
+    eval_X: np.ndarray  # held-out rows (validation, else training) kept for quantization error checks
+    eval_y: np.ndarray
+    checkpoint: dict = field(repr=False, default_factory=dict)
+
+
+def loss_fn(task: str):
+    """Return the training loss: J(θ) = 1/(2m) Σ (h − y)² for regression, mean cross-entropy for classes."""
+    if task == "regression":
+        return lambda out, y: 0.5 * torch.mean((out[:, 0] - y) ** 2)
+    return lambda out, y: nn.functional.cross_entropy(out, y)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, X: np.ndarray, y: np.ndarray, task: str) -> dict:
+    """Return the metrics of `model` on (X, y): J, MSE, RMSE, MAE, R² for regression; accuracy, log-loss for classes."""
+    out = model(torch.as_tensor(X))
+    if task == "regression":
+        pred = out[:, 0].double()
+        t = torch.as_tensor(y).double()
+        err = pred - t
+        mse = float(torch.mean(err**2))
+        var = float(torch.mean((t - t.mean()) ** 2))
+        return {
+            "J": 0.5 * mse,
+            "mse": mse,
+            "rmse": math.sqrt(mse),
+            "mae": float(torch.mean(err.abs())),
+            "r2": (1.0 - mse / var) if var > 0 else None,
+        }
+    t = torch.as_tensor(y)
+    logloss = float(nn.functional.cross_entropy(out.double(), t))
+    return {"cross_entropy": logloss, "log_loss": logloss, "accuracy": float((out.argmax(1) == t).double().mean())}
+
+
+def _scheduler(opt, config: TrainConfig):
+    """Return the LR scheduler asked for, or None."""
+    if config.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs)
+    if config.lr_schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, config.epochs // 3), gamma=0.1)
+    return None
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    """Write a training checkpoint atomically (temp file + rename); returns its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".ckpt-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Return a checkpoint's contents, loaded without unpickling arbitrary objects."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{p}: checkpoint not found")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file
+        raise ValueError(f"{p}: not a readable aiaas checkpoint ({type(e).__name__}: {e})") from None
+
+
+def train(
+    dataset: Dataset,
+    config: TrainConfig | None = None,
+    checkpoint_path: str | os.PathLike | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Return a TrainResult after SGD training on `dataset`; resumes from `checkpoint_path` when asked."""
+    config = (config or TrainConfig()).validate()
+    if not isinstance(dataset, Dataset):
+        raise TypeError(f"dataset: expected aiaas_torch.data.Dataset, got {type(dataset).__name__}")
+    task = dataset.schema.task
+    if config.model == "logistic" and task != "classification":
+        raise ValueError("model: 'logistic' needs a classification target (give --task classification?)")
+    if config.model == "linear" and task != "regression":
+        raise ValueError("model: 'linear' is for regression; use 'logistic' or 'mlp' for a classification target")
+    train_ds, val_ds = split(dataset, config.val_fraction, config.seed)
+    mean, std = standardize_stats(train_ds.X)
+    basis = pca_rotation((train_ds.X - mean) / std) if config.rotate else None
+    n_out = 1 if task == "regression" else len(dataset.schema.classes)
+    spec = ModelSpec(config.model, train_ds.X.shape[1], n_out, tuple(config.hidden) if config.model == "mlp" else (), config.rotate)
+
+    torch.manual_seed(config.seed)
+    model = build_model(spec, mean, std, basis)
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    sched = _scheduler(opt, config)
+    gen = torch.Generator().manual_seed(config.seed)
+    crit = loss_fn(task)
+    Xt, yt = torch.from_numpy(train_ds.X), torch.from_numpy(train_ds.y)  # views, no copy
+    Xv = torch.from_numpy(val_ds.X) if val_ds is not None else None
+    yv = torch.from_numpy(val_ds.y) if val_ds is not None else None
+    n = Xt.shape[0]
+    bs = n if config.batch_size is None else min(config.batch_size, n)
+
+    history: list[dict] = []
+    start_epoch, best_loss, best_epoch, bad_epochs = 0, math.inf, 0, 0
+    best_state = None
+    if resume:
+        if checkpoint_path is None or not Path(checkpoint_path).exists():
+            raise ValueError(f"resume: no checkpoint at {checkpoint_path}")
+        ck = load_checkpoint(checkpoint_path)
+        if ck.get("config") != config.to_dict() or ck.get("data_sha256") != dataset.sha256:
+            raise ValueError(f"{checkpoint_path}: checkpoint was made with other settings or other data; cannot resume")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        if sched is not None and ck.get("scheduler"):
+            sched.load_state_dict(ck["scheduler"])
+        gen.set_state(ck["generator"])
+        start_epoch, history = int(ck["epoch"]), list(ck["history"])
+        best_loss, best_epoch, bad_epochs = float(ck["best_loss"]), int(ck["best_epoch"]), int(ck["bad_epochs"])
+        best_state = ck.get("best_model")
+
+    def state(epoch: int, done: bool) -> dict:
+        return {
+            "format": "aiaas-checkpoint/1",
+            "config": config.to_dict(),
+            "spec": spec.to_dict(),
+            "schema": dataset.schema.to_dict(),
+            "data_sha256": dataset.sha256,
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict() if sched is not None else {},
+            "generator": gen.get_state(),
+            "epoch": epoch,
+            "history": history,
+            "best_loss": best_loss,
+            "best_epoch": best_epoch,
+            "bad_epochs": bad_epochs,
+            "best_model": best_state,
+            "done": done,
+        }
+
+    show = sys.stderr.isatty() if config.progress is None else bool(config.progress)
+    t0 = time.perf_counter()
+    stopped_early = False
+    epoch = start_epoch
+    bar = tqdm(range(start_epoch, config.epochs), disable=not show, desc="train", unit="epoch", leave=False)
+    model.train()
+    for epoch in bar:
+        order = torch.randperm(n, generator=gen) if bs < n else None
+        total = 0.0
+        for i in range(0, n, bs):
+            idx = order[i : i + bs] if order is not None else None
+            xb, yb = (Xt, yt) if idx is None else (Xt[idx], yt[idx])
+            opt.zero_grad(set_to_none=True)
+            loss = crit(model(xb), yb)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * xb.shape[0]
+        if sched is not None:
+            sched.step()
+        row = {"epoch": epoch + 1, "train_loss": total / n}
+        if Xv is not None:
+            with torch.no_grad():
+                model.eval()
+                row["val_loss"] = float(crit(model(Xv), yv))
+                model.train()
+        history.append(row)
+        watched = row.get("val_loss", row["train_loss"])
+        if not math.isfinite(watched):
+            raise ValueError(f"training diverged at epoch {epoch + 1} (loss {watched}); lower the learning rate")
+        if watched < best_loss:
+            best_loss, best_epoch, bad_epochs = watched, epoch + 1, 0
+            if config.patience is not None:
+                best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+        if show:
+            bar.set_postfix(loss=f"{watched:.4g}")
+        if checkpoint_path is not None and config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0:
+            save_checkpoint(state(epoch + 1, False), checkpoint_path)
+        if config.patience is not None and bad_epochs >= config.patience:
+            stopped_early = True
+            break
+    bar.close()
+    epochs_run = len(history)
+    if config.patience is not None and best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    if checkpoint_path is not None:
+        save_checkpoint(state(epochs_run, True), checkpoint_path)
+    metrics = {"train": evaluate(model, train_ds.X, train_ds.y, task)}
+    if val_ds is not None:
+        metrics["validation"] = evaluate(model, val_ds.X, val_ds.y, task)
+    eval_ds = val_ds if val_ds is not None else train_ds
+    return TrainResult(
+        model=model,
+        spec=spec,
+        config=config,
+        schema=dataset.schema,
+        history=history,
+        metrics=metrics,
+        epochs_run=epochs_run,
+        best_epoch=best_epoch or epochs_run,
+        stopped_early=stopped_early,
+        seconds=time.perf_counter() - t0,
+        data={
+            "source": dataset.source,
+            "sha256": dataset.sha256,
+            "rows": len(dataset),
+            "train_rows": len(train_ds),
+            "validation_rows": 0 if val_ds is None else len(val_ds),
+            "warnings": list(dataset.warnings),
+        },
+        eval_X=eval_ds.X[:4096],
+        eval_y=eval_ds.y[:4096],
+        checkpoint=state(epochs_run, True),
+    )

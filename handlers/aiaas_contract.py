@@ -1,0 +1,325 @@
+"""The input contract of a served model, shared by the TorchServe handler and the aiaas library.
+
+Torch-and-stdlib only: this file is shipped inside every .mar beside the handler, where aiaas_torch may be
+absent. It turns a request body into checked rows (or a `ContractError` naming the row, the feature and what
+was expected), turns model outputs back into the answer for that body's format, verifies model files against
+the card's SHA-256, and picks the device and program to serve with.
+
+Request bodies, one rule each:
+- {"instances": [[...], ...]} or {"instances": [{"name": value, ...}, ...]}  → {"predictions": [...], ...}
+- {"inputs": [{"name", "shape", "datatype", "data"}]} (Open Inference v2, one [N, features] tensor) → v2 answer
+- a bare list of lists is rows; a bare list of numbers is ONE row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import os
+from dataclasses import dataclass
+
+DEFAULT_MAX_ROWS = 10_000
+SIGNING_KEY_ENV = "AIAAS_SIGNING_KEY"  # HMAC key for signed archives; kept outside the archive
+V2_NUMERIC_TYPES = {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
+ISA_CPU_FLAGS = {  # what /proc/cpuinfo must list for code inductor compiled for that vector ISA
+    "avx512": ("avx512f", "avx512dq", "avx512vl", "avx512bw"),
+    "avx2": ("avx2", "fma"),
+    "asimd": ("asimd",),
+    "none": (),
+}
+
+
+class ContractError(ValueError):
+    """A request that breaks the model's input contract; its message is the 400 answer."""
+
+
+@dataclass
+class ParsedRequest:
+    """Checked rows of one request, the body format to answer in, and how many values fell outside training range."""
+
+    rows: list
+    fmt: str  # "instances" | "v2" | "rows"
+    out_of_range: int = 0
+    v2_id: str | None = None
+
+
+class _NonFiniteLiteral(str):
+    """A NaN/Infinity literal (not JSON, but Python's json accepts it): kept as a marker so that the check of
+    the value it stands in for refuses it with the row and feature named."""
+
+
+_NonFiniteLiteral.__name__ = "NaN/Infinity literal"  # what "expected ..., got <type>" messages show
+
+
+def _mark_constant(name: str) -> _NonFiniteLiteral:
+    """Return the marker for a NaN, Infinity or -Infinity literal."""
+    return _NonFiniteLiteral(name)
+
+
+def decode_body(body):
+    """Return the JSON value of a request body given as bytes, str, or already-decoded JSON."""
+    if isinstance(body, (bytes, bytearray)):
+        try:
+            body = bytes(body).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ContractError(f"body: not UTF-8 text (byte {e.start})") from None
+    if isinstance(body, str):
+        if not body.strip():
+            raise ContractError("body: empty; expected JSON such as {\"instances\": [[...]]}")
+        try:
+            return json.loads(body, parse_constant=_mark_constant)
+        except RecursionError:
+            raise ContractError("body: JSON nested too deeply") from None
+        except json.JSONDecodeError as e:
+            raise ContractError(f"body: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    return body
+
+
+def _number(v, where: str) -> float:
+    """Return v as a finite float, or raise ContractError naming `where`."""
+    if isinstance(v, _NonFiniteLiteral):
+        raise ContractError(f"{where}: {v} is not a valid JSON number (NaN and Infinity are not allowed)")
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        shown = json.dumps(v)[:40] if not isinstance(v, (bytes, bytearray)) else repr(v)[:40]
+        raise ContractError(f"{where}: {shown} is not a number")
+    try:
+        f = float(v)
+    except OverflowError:
+        raise ContractError(f"{where}: {str(v)[:40]}… is too large for float32") from None
+    if not math.isfinite(f) or abs(f) > 3.4e38:
+        raise ContractError(f"{where}: {v!r} is not a finite float32 number")
+    return f
+
+
+def _check_row(row, i: int, features: list, label: str) -> list:
+    """Return one row as floats in feature order, from a list or a {name: value} object."""
+    names = [f["name"] for f in features]
+    if isinstance(row, dict):
+        unknown = [k for k in row if k not in names]
+        if unknown:
+            raise ContractError(f"{label}[{i}]: unknown feature(s) {unknown[:5]}; expected {names[:20]}")
+        missing = [n for n in names if n not in row]
+        if missing:
+            raise ContractError(f"{label}[{i}]: missing feature(s) {missing[:5]}")
+        return [_number(row[n], f"{label}[{i}].{n}") for n in names]
+    if isinstance(row, list):
+        if len(row) != len(names):
+            raise ContractError(f"{label}[{i}]: {len(row)} values, expected {len(names)} ({', '.join(names[:20])})")
+        return [_number(v, f"{label}[{i}] feature {names[j]!r}") for j, v in enumerate(row)]
+    raise ContractError(f"{label}[{i}]: expected a list of {len(names)} numbers or an object of features, got {type(row).__name__}")
+
+
+def _check_rows(rows, features: list, label: str, max_rows: int) -> list:
+    """Return the checked rows of a list of rows, refusing empty, over-long and mixed named/positional batches."""
+    if not isinstance(rows, list):
+        raise ContractError(f"{label}: expected a list of rows, got {type(rows).__name__}")
+    if not rows:
+        raise ContractError(f"{label}: no rows; send at least one")
+    if len(rows) > max_rows:
+        raise ContractError(f"{label}: {len(rows)} rows, more than the limit of {max_rows} per request")
+    kinds = {type(r) for r in rows if isinstance(r, (list, dict))}
+    if len(kinds) > 1:
+        raise ContractError(f"{label}: mixes named (object) and positional (list) rows; use one form")
+    return [_check_row(r, i, features, label) for i, r in enumerate(rows)]
+
+
+def _flatten(data, where: str) -> list:
+    """Return nested lists flattened to one list (v2 allows nested data)."""
+    if not isinstance(data, list):
+        raise ContractError(f"{where}: expected a list, got {type(data).__name__}")
+    out: list = []
+    stack = [iter(data)]
+    while stack:
+        for v in stack[-1]:
+            if isinstance(v, list):
+                if len(stack) > 32:
+                    raise ContractError(f"{where}: nested too deeply")
+                stack.append(iter(v))
+                break
+            out.append(v)
+        else:
+            stack.pop()
+    return out
+
+
+def _parse_v2(body: dict, features: list, max_rows: int) -> ParsedRequest:
+    """Return the rows of an Open Inference (v2) body with one [N, features] input tensor."""
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise ContractError("inputs: expected a list holding one tensor object {name, shape, datatype, data}")
+    t = inputs[0]
+    missing = [k for k in ("name", "shape", "datatype", "data") if k not in t]
+    if missing:
+        raise ContractError(f"inputs[0]: missing field(s) {missing}")
+    if t["datatype"] not in V2_NUMERIC_TYPES:
+        raise ContractError(f"inputs[0].datatype: {t['datatype']!r} is not a numeric type ({sorted(V2_NUMERIC_TYPES)})")
+    shape = t["shape"]
+    d = len(features)
+    if not (isinstance(shape, list) and all(isinstance(s, int) and not isinstance(s, bool) for s in shape)):
+        raise ContractError(f"inputs[0].shape: {json.dumps(shape)[:60]} is not a list of integers")
+    if len(shape) == 1:
+        shape = [1, shape[0]]
+    if len(shape) != 2 or shape[1] != d or shape[0] < 0:
+        raise ContractError(f"inputs[0].shape: {t['shape']}, expected [N, {d}]")
+    n = shape[0]
+    if n == 0:
+        raise ContractError("inputs[0]: no rows; send at least one")
+    if n > max_rows:
+        raise ContractError(f"inputs[0]: {n} rows, more than the limit of {max_rows} per request")
+    flat = _flatten(t["data"], "inputs[0].data")
+    if len(flat) != n * d:
+        raise ContractError(f"inputs[0].data: {len(flat)} values for shape [{n}, {d}]")
+    names = [f["name"] for f in features]
+    rows = [[_number(flat[i * d + j], f"inputs[0].data row {i} feature {names[j]!r}") for j in range(d)] for i in range(n)]
+    rid = body.get("id")
+    return ParsedRequest(rows, "v2", v2_id=rid if isinstance(rid, str) and not isinstance(rid, _NonFiniteLiteral) else None)
+
+
+def parse_request(body, card: dict, max_rows: int | None = None) -> ParsedRequest:
+    """Return the checked rows of one request body against the card's input contract, or raise ContractError."""
+    features = card["input"]["features"]
+    limit = max_rows or card["input"].get("max_rows") or DEFAULT_MAX_ROWS
+    value = decode_body(body)
+    if isinstance(value, dict):
+        if "instances" in value and "inputs" in value:
+            raise ContractError("body: has both 'instances' and 'inputs'; send one")
+        if "instances" in value:
+            parsed = ParsedRequest(_check_rows(value["instances"], features, "instances", limit), "instances")
+        elif "inputs" in value:
+            parsed = _parse_v2(value, features, limit)
+        else:
+            raise ContractError(f"body: object without 'instances' or 'inputs' (keys: {sorted(value)[:10]})")
+    elif isinstance(value, list):
+        if value and all(not isinstance(v, (list, dict)) for v in value):
+            value = [value]  # a bare list of numbers is one row
+        parsed = ParsedRequest(_check_rows(value, features, "rows", limit), "rows")
+    else:
+        raise ContractError(f"body: expected a JSON object or list, got {type(value).__name__}")
+    parsed.out_of_range = count_out_of_range(parsed.rows, features)
+    return parsed
+
+
+def count_out_of_range(rows: list, features: list) -> int:
+    """Return how many values fall outside the [min, max] that training saw for their feature."""
+    lo = [f["min"] for f in features]
+    hi = [f["max"] for f in features]
+    return sum(1 for r in rows for j, v in enumerate(r) if v < lo[j] or v > hi[j])
+
+
+def answer(card: dict, parsed: ParsedRequest, outputs: list, model_name: str, model_version: str) -> dict:
+    """Return the JSON answer for one request: `outputs` is the model's output rows for its rows, in order."""
+    out = card["output"]
+    if out["task"] == "classification":
+        classes = out["classes"]
+        probs = [_softmax(o) for o in outputs]
+        labels = [classes[max(range(len(p)), key=p.__getitem__)] for p in probs]
+        if parsed.fmt == "v2":
+            label_type = "BYTES" if any(isinstance(c, str) for c in classes) else "INT64"
+            outs = [
+                {"name": "predictions", "shape": [len(labels)], "datatype": label_type, "data": labels},
+                {"name": "probabilities", "shape": [len(probs), len(classes)], "datatype": "FP32", "data": [p for row in probs for p in row]},
+            ]
+            return _v2(parsed, outs, model_name, model_version)
+        return {"predictions": labels, "probabilities": probs, "classes": classes, "model": model_name, "version": model_version}
+    values = [float(o[0]) for o in outputs]
+    if parsed.fmt == "v2":
+        return _v2(parsed, [{"name": out["target"], "shape": [len(values)], "datatype": "FP32", "data": values}], model_name, model_version)
+    return {"predictions": values, "model": model_name, "version": model_version}
+
+
+def _v2(parsed: ParsedRequest, outputs: list, model_name: str, model_version: str) -> dict:
+    """Return an Open Inference (v2) response body."""
+    body = {"model_name": model_name, "model_version": model_version, "outputs": outputs}
+    if parsed.v2_id is not None:
+        body["id"] = parsed.v2_id
+    return body
+
+
+def _softmax(logits) -> list:
+    """Return the softmax probabilities of one row of logits."""
+    m = max(logits)
+    e = [math.exp(float(v) - m) for v in logits]
+    s = sum(e)
+    return [v / s for v in e]
+
+
+def error_body(message: str, code: int = 400) -> dict:
+    """Return the JSON body of a refused request."""
+    return {"code": code, "type": "InvalidInput", "message": message}
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Return the hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_files(card: dict, directory: str | os.PathLike, roles=None) -> list:
+    """Return a list of problems (missing file, SHA-256 mismatch) for the card's model files in `directory`."""
+    problems = []
+    for name, meta in card.get("files", {}).items():
+        if roles is not None and meta.get("role") not in roles:
+            continue
+        path = os.path.join(directory, name)
+        if not os.path.isfile(path):
+            problems.append(f"{name}: missing")
+        elif sha256_file(path) != meta.get("sha256"):
+            problems.append(f"{name}: SHA-256 does not match the model card (file changed after export)")
+    return problems
+
+
+def card_digest(card: dict, key: str) -> str:
+    """Return the HMAC-SHA256 (hex) of the card's canonical JSON, the "signature" field left out."""
+    body = {k: v for k, v in card.items() if k != "signature"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("utf-8")
+    return hmac.new(key.encode("utf-8"), canonical, hashlib.sha256).hexdigest()
+
+
+def verify_signature(card: dict, directory=None, key: str | None = None) -> list:
+    """Return a list of problems with the card's signature; empty when no key is set or the signature matches."""
+    if not key:
+        return []
+    sig = card.get("signature")
+    if not isinstance(sig, dict) or sig.get("alg") != "HMAC-SHA256" or not isinstance(sig.get("value"), str):
+        return ["model card is not signed, and this server only loads signed archives"]
+    if not hmac.compare_digest(sig["value"], card_digest(card, key)):
+        return ["model card signature does not match (card edited, or signed with another key)"]
+    return []
+
+
+def cpu_flags() -> set:
+    """Return this host's CPU feature flags (empty where /proc/cpuinfo is absent)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def host_supports(isa: str, flags: set | None = None) -> bool:
+    """Return True when this host's CPU has every flag that the compiled package's vector ISA (e.g. "avx512 avx512_vnni") needs."""
+    if not isinstance(isa, str) or not isa:
+        return False  # not recorded: do not risk an illegal instruction
+    have = cpu_flags() if flags is None else flags
+    need = [f for token in isa.split() for f in ISA_CPU_FLAGS.get(token, (token,))]
+    return all(f in have for f in need)
+
+
+def choose_program(card: dict, gpu_id, cuda_available: bool, isa_ok: bool) -> tuple:
+    """Return (device string, file name) to serve with: GPU float program, CPU compiled package, or CPU float program."""
+    files = card.get("files", {})
+    compiled = next((n for n, m in files.items() if m.get("role") == "cpu-compiled"), None)
+    float_prog = next((n for n, m in files.items() if m.get("role") == "float-program"), None)
+    if gpu_id is not None and cuda_available and float_prog:
+        return f"cuda:{int(gpu_id)}", float_prog
+    if compiled and isa_ok:
+        return "cpu", compiled
+    return "cpu", float_prog

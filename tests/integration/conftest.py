@@ -1,0 +1,84 @@
+"""Session fixtures for the integration tests: real run directories, real .mar archives, one real TorchServe.
+
+The server is started once per test session on 127.0.0.1 with ports picked free at start (so the suite can run
+beside a TorchServe that is already up) and stopped at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aiaas_torch import server
+from aiaas_torch.archive import ServingConfig, package
+from aiaas_torch.client import Client
+from aiaas_torch.data import from_arrays
+from aiaas_torch.export import export_run
+from aiaas_torch.quantize import QuantConfig
+from aiaas_torch.train import TrainConfig, train
+
+
+@dataclass
+class Served:
+    """What the integration tests get: run directories, the store, archives and the running server."""
+
+    origin: Path  # y = 2x, compiled package
+    origin_v2: Path  # y = 3x, float program only (exercises the fallback path)
+    classes: Path  # 3 classes, 4 features, logistic
+    store: Path
+    archives: dict
+    home: Path
+    info: server.ServerInfo
+
+
+def _linear_run(root: Path, name: str, slope: float, compile: bool) -> Path:
+    """Return a run directory of y = slope·x trained on x = 1..5."""
+    x = np.arange(1, 6, dtype=np.float64)
+    ds = from_arrays(x.reshape(-1, 1), slope * x, ["x"], target="y")
+    result = train(ds, TrainConfig(val_fraction=0.0, progress=False))
+    return export_run(result, root / name, QuantConfig("int8"), compile=compile).run_dir
+
+
+def _classes_run(root: Path) -> Path:
+    """Return a run directory of a 3-class logistic model on 4 generated features."""
+    rng = np.random.default_rng(0)
+    centers = np.array([[0, 0, 0, 0], [4, 4, 0, 0], [0, 4, 4, 4]], dtype=np.float64)
+    labels = rng.integers(0, 3, 600)
+    X = centers[labels] + rng.normal(0, 0.7, (600, 4))
+    names = np.array(["setosa", "versicolor", "virginica"])[labels]
+    ds = from_arrays(X, names, ["a", "b", "c", "d"], target="species")
+    result = train(ds, TrainConfig(model="logistic", epochs=200, lr=0.5, batch_size=64, progress=False))
+    return export_run(result, root / "classes", QuantConfig("none"), compile=False).run_dir
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory) -> Served:
+    """Yield a running TorchServe serving y2x v1.0 and v2.0 and a classifier; stop it afterwards."""
+    root = tmp_path_factory.mktemp("served")
+    origin = _linear_run(root, "origin", 2.0, compile=True)
+    origin_v2 = _linear_run(root, "origin_v2", 3.0, compile=False)
+    classes = _classes_run(root)
+    store = root / "store"
+    batching = ServingConfig(workers=1, batch_size=8, max_batch_delay_ms=20)
+    archives = {
+        "y2x-1.0": package(origin, "y2x", "1.0", store, serving=batching).path,
+        "y2x-2.0": package(origin_v2, "y2x", "2.0", store, serving=ServingConfig(workers=1)).path,
+        "classes-1.0": package(classes, "classes", "1.0", store, serving=ServingConfig(workers=1)).path,
+    }
+    home = root / "home"
+    models = [f"y2x={archives['y2x-1.0'].name}", f"y2x={archives['y2x-2.0'].name}", f"classes={archives['classes-1.0'].name}"]
+    info = server.start(home, store, models, free_ports=True, ready_timeout=180)
+    try:
+        yield Served(origin, origin_v2, classes, store, archives, home, info)
+    finally:
+        server.stop(home)
+
+
+@pytest.fixture()
+def client(served) -> Client:
+    """Yield a Client for the session's server (URLs and tokens from its home)."""
+    with Client(home=served.home, timeout=30) as c:
+        yield c

@@ -1,0 +1,175 @@
+"""Integration tests against a real TorchServe on 127.0.0.1 serving real .mar archives built by aiaas."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import math
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import httpx
+import psutil
+import pytest
+
+from aiaas_torch import server
+from aiaas_torch.client import BadRequest, Client, TokenError
+from aiaas_torch.export import load_run
+
+pytestmark = pytest.mark.serving
+
+
+def _close(a: float, b: float, rel: float = 1e-5) -> bool:
+    return math.isclose(a, b, rel_tol=rel, abs_tol=1e-6)
+
+
+def test_served_predictions_equal_local_predictions(served, client):
+    rows = [[0.5], [6.0], [7.0], [100.0]]
+    for version, run in (("1.0", served.origin), ("2.0", served.origin_v2)):
+        got = client.predict("y2x", {"instances": rows}, version=version)
+        want = load_run(run).predict({"instances": rows})
+        assert got["model"] == "y2x" and got["version"] == version
+        assert all(_close(g, w) for g, w in zip(got["predictions"], want["predictions"])), (got, want)
+
+
+def test_two_versions_answer_side_by_side(served, client):
+    v1 = client.predict("y2x", [6.0], version="1.0")["predictions"][0]
+    v2 = client.predict("y2x", [6.0], version="2.0")["predictions"][0]
+    assert abs(v1 - 12.0) < 0.05 and abs(v2 - 18.0) < 0.05
+
+
+def test_concurrent_batch_with_half_bad_requests(served, client):
+    token = client.token
+    url = f"{served.info.inference_url}/predictions/y2x/1.0"
+    bad_bodies = [b"not json", b'{"instances": [[1, 2]]}', b'{"instances": [["six"]]}', b'{"instances": []}',
+                  b'{"instances": [{"z": 1}]}', b'[6, 7]', b'{"inputs": 3}', b'{"instances": [[NaN]]}']
+
+    def send(i: int):
+        body = json.dumps({"instances": [[float(i)], [i + 0.5]]}).encode() if i % 2 == 0 else bad_bodies[i // 2]
+        r = httpx.post(url, content=body, headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}, timeout=30, trust_env=False)
+        return i, r
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(send, range(16)))
+    for i, r in results:
+        if i % 2 == 0:
+            assert r.status_code == 200, (i, r.text)
+            preds = r.json()["predictions"]
+            assert len(preds) == 2 and abs(preds[0] - 2 * i) < 0.05 and abs(preds[1] - (2 * i + 1)) < 0.05
+        else:
+            assert r.status_code == 400, (i, r.status_code, r.text)
+            body = r.json()
+            assert body["type"] == "InvalidInput" and body["message"], body
+    assert client.ready("y2x")
+
+
+def test_bad_request_names_the_problem_and_client_raises_bad_request(served, client):
+    with pytest.raises(BadRequest) as e:
+        client.predict("y2x", {"instances": [[1.0, 2.0]]}, version="1.0")
+    assert e.value.status == 400 and "expected 1" in e.value.message
+    with pytest.raises(BadRequest) as e:
+        client.predict("y2x", [6, 7], version="1.0")  # a bare list of numbers is ONE row of 2 values
+    assert "2 values, expected 1" in e.value.message
+
+
+def test_request_without_or_with_wrong_token_is_refused(served):
+    url = f"{served.info.inference_url}/predictions/y2x"
+    r = httpx.post(url, json={"instances": [[1.0]]}, timeout=10, trust_env=False)
+    assert r.status_code in (400, 401) and "InvalidKeyException" in r.text
+    with Client(inference_url=served.info.inference_url, token="wrong-token", timeout=10) as bad:
+        with pytest.raises(TokenError) as e:
+            bad.predict("y2x", {"instances": [[1.0]]})
+    assert e.value.type == "InvalidKeyException"
+
+
+def test_customized_describe_returns_the_card(served, client):
+    answer = client.describe("y2x", version="1.0")
+    card = answer[0]["customizedMetadata"]
+    assert card["input"]["features"][0]["name"] == "x"
+    assert card["output"]["task"] == "regression"
+    assert abs(card["model"]["coefficients"]["weights"]["x"] - 2.0) < 0.01
+    assert card["serving"]["name"] == "y2x" and card["serving"]["version"] == "1.0"
+    assert set(card["files"]) == {"model.pt2", "model_float.pt2"}
+
+
+def test_metrics_show_custom_metrics(served, client):
+    client.predict("y2x", {"instances": [[1000.0]]}, version="1.0")  # out of the training range 1..5
+    with pytest.raises(BadRequest):
+        client.predict("y2x", {"instances": [["x"]]}, version="1.0")
+    text = client.metrics()
+    for name in ("RowsPredicted", "RequestsRejected", "OutOfRangeValues", "AiaasHandlerTime"):
+        assert any(line.startswith(name) and 'ModelName="y2x"' in line for line in text.splitlines()), name
+    oor = [float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith("OutOfRangeValues") and 'ModelName="y2x"' in l]
+    assert sum(oor) >= 1
+
+
+def test_v2_tensor_body_gets_v2_answer(served, client):
+    body = {"id": "req-1", "inputs": [{"name": "x", "shape": [2, 1], "datatype": "FP32", "data": [6.0, 7.0]}]}
+    answer = client.predict("y2x", body, version="1.0")
+    assert answer["model_name"] == "y2x" and answer["model_version"] == "1.0" and answer["id"] == "req-1"
+    out = answer["outputs"][0]
+    assert out["shape"] == [2] and abs(out["data"][0] - 12) < 0.05 and abs(out["data"][1] - 14) < 0.05
+
+
+def test_classifier_answers_labels_and_probabilities(served, client):
+    rows = [{"a": 0, "b": 0, "c": 0, "d": 0}, {"a": 4, "b": 4, "c": 0, "d": 0}, {"a": 0, "b": 4, "c": 4, "d": 4}]
+    answer = client.predict("classes", {"instances": rows})
+    assert answer["predictions"] == ["setosa", "versicolor", "virginica"]
+    assert all(abs(sum(p) - 1.0) < 1e-5 for p in answer["probabilities"])
+    assert answer == load_run(served.classes).predict({"instances": rows}, "classes", "1.0") or all(
+        _close(a, b) for pa, pb in zip(answer["probabilities"], load_run(served.classes).predict({"instances": rows})["probabilities"]) for a, b in zip(pa, pb)
+    )
+
+
+def test_cli_predict_against_the_server(served):
+    cmd = [sys.executable, "-m", "aiaas_torch.cli", "predict", "y2x", "6", "7", "--home", str(served.home), "--version", "1.0", "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    preds = json.loads(out.stdout)["predictions"]
+    assert abs(preds[0] - 12) < 0.05 and abs(preds[1] - 14) < 0.05
+    bad = subprocess.run(cmd[:5] + ["six"] + cmd[6:], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "six" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _tamper(src, dst, member: str) -> None:
+    """Copy a .mar, flipping one byte of `member`."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename == member:
+                data = data[:-1] + bytes([data[-1] ^ 0xFF])
+            zout.writestr(item, data)
+
+
+def test_tampered_archive_is_refused_in_a_second_instance_and_stop_leaves_no_process(served, tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    _tamper(served.archives["y2x-1.0"], store / "y2x-1.0.mar", "model_float.pt2")
+    home = tmp_path / "home2"
+    with pytest.raises(server.ServerError) as e:
+        server.start(home, store, ["y2x=y2x-1.0.mar"], free_ports=True, ready_timeout=60)
+    assert "SHA-256 does not match" in str(e.value)
+    assert server.status(home).get("running") is False
+    # the first instance is untouched and still answers
+    with Client(home=served.home) as c:
+        assert abs(c.predict("y2x", [6.0], version="1.0")["predictions"][0] - 12) < 0.05
+
+
+def test_second_instance_runs_beside_the_first_and_stop_leaves_no_process(served, tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    shutil.copy(served.archives["y2x-2.0"], store)
+    home = tmp_path / "home3"
+    info = server.start(home, store, [f"y2x={served.archives['y2x-2.0'].name}"], free_ports=True, ready_timeout=120)
+    try:
+        with Client(home=home) as c2, Client(home=served.home) as c1:
+            assert abs(c2.predict("y2x", [6.0])["predictions"][0] - 18) < 0.05
+            assert abs(c1.predict("y2x", [6.0], version="1.0")["predictions"][0] - 12) < 0.05
+        java = psutil.Process(info.pid)
+        children = java.children(recursive=True)
+    finally:
+        assert server.stop(home) is True
+    assert not psutil.pid_exists(info.pid) or psutil.Process(info.pid).status() == psutil.STATUS_ZOMBIE
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in children)

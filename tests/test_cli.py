@@ -1,0 +1,190 @@
+"""The `aiaas` command line: help texts, exit codes, one-line errors, nothing written on bad input, --json."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aiaas_torch.cli import build_parser, main
+
+COMMANDS = [["train"], ["quantize"], ["package"], ["serve"], ["serve", "start"], ["serve", "stop"], ["serve", "status"], ["predict"], ["demo"]]
+
+
+def _csv(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def linear_csv(tmp_path_factory) -> Path:
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(300, 3))
+    y = X @ np.array([1.5, -2.0, 0.5]) + 3 + rng.normal(0, 0.01, 300)
+    p = tmp_path_factory.mktemp("csv") / "lin.csv"
+    lines = ["a,b,c,target"] + [",".join(f"{v:.6f}" for v in (*x, t)) for x, t in zip(X, y)]
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+@pytest.fixture(scope="module")
+def run_dir(linear_csv, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "lin"
+    code = main(["train", str(linear_csv), "--target", "target", "--out", str(out), "--epochs", "200", "--lr", "0.1", "--no-compile", "--no-progress"])
+    assert code == 0
+    return out
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c))
+def test_every_command_has_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args([*cmd, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: aiaas" in out and len(out.splitlines()) >= 3
+
+
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        (None, "file not found"),
+        ("", "empty file"),
+        ("a,b\n1,2\n3,4\n", "target column 'y' not found"),
+        ("a,y\n1,2\nzz,4\n", "line 3, column 'a': non-numeric value 'zz'"),
+        ("a,y\n1,2\nnan,4\n", "line 3, column 'a'"),
+        ("a,y\n1,2\n3\n", "line 3: 1 fields, expected 2"),
+        ("a,y\n1,2\n", "at least 2"),
+        ("a,a,y\n1,2,3\n4,5,6\n", "duplicate column name 'a'"),
+    ],
+)
+def test_train_bad_csv_exits_2_with_one_line_and_writes_nothing(tmp_path, content, needle):
+    data = tmp_path / "d.csv"
+    if content is not None:
+        data.write_text(content)
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "aiaas_torch.cli", "train", str(data), "--target", "y", "--out", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr, r.stderr
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == (["d.csv"] if content is not None else [])
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--lr", "abc"], "--lr"), (["--epochs", "0"], "epochs"), (["--model", "tree"], "--model"), (["--hidden", "a,b"], "--hidden"),
+    (["--val-fraction", "1.5"], "val_fraction"), (["--quantize", "int4"], "--quantize"),
+])
+def test_train_bad_arguments_exit_2(linear_csv, tmp_path, capsys, args, needle):
+    code = None
+    try:
+        code = main(["train", str(linear_csv), "--target", "target", "--out", str(tmp_path / "r"), "--no-compile", *args])
+    except SystemExit as e:
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_train_writes_a_run_directory_and_prints_a_summary(run_dir, capsys):
+    assert {p.name for p in run_dir.iterdir()} >= {"model.json", "model_float.pt2", "checkpoint.pt"}
+    card = json.loads((run_dir / "model.json").read_text())
+    coef = card["model"]["coefficients"]
+    assert abs(coef["weights"]["a"] - 1.5) < 0.05 and abs(coef["bias"] - 3) < 0.05
+    assert card["metrics"]["validation"]["r2"] > 0.99
+
+
+def test_train_json_prints_one_document(linear_csv, tmp_path, capsys):
+    assert main(["train", str(linear_csv), "--target", "target", "--out", str(tmp_path / "r"), "--epochs", "5", "--no-compile", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["schema_version"] == 1 and doc["training"]["epochs_run"] == 5
+
+
+def test_constant_feature_is_a_warning_not_an_error(tmp_path, capsys):
+    data = _csv(tmp_path / "c.csv", "a,k,y\n" + "".join(f"{i},7,{2 * i}\n" for i in range(1, 30)))
+    assert main(["train", str(data), "--target", "y", "--out", str(tmp_path / "r"), "--epochs", "50", "--no-compile"]) == 0
+    err = capsys.readouterr().err
+    assert "warning" in err and "constant feature" in err and "'k'" in err
+
+
+def test_predict_local_matches_python_api(run_dir, capsys):
+    from aiaas_torch.export import load_run
+
+    assert main(["predict", "--local", str(run_dir), "--body", '{"instances": [[1, 2, 3]]}', "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["predictions"] == load_run(run_dir).predict({"instances": [[1, 2, 3]]})["predictions"]
+    assert main(["predict", "--local", str(run_dir), "1,2,3", "0,0,0"]) == 0
+    lines = capsys.readouterr().out.split()
+    assert len(lines) == 2 and abs(float(lines[1]) - 3.0) < 0.1
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--body", "[1, 2]"], "2 values, expected 3"),
+    (["--body", "{nope"], "not valid JSON"),
+    (["1,x,3"], "row '1,x,3'"),
+    ([], "exactly one"),
+])
+def test_predict_local_bad_input_exits_2(run_dir, capsys, args, needle):
+    assert main(["predict", "--local", str(run_dir), *args]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_quantize_reexports_with_another_scheme(run_dir, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    assert main(["quantize", str(copy), "--scheme", "pow2", "--no-compile", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["scheme"] == "pow2" and report["layers"][0]["decision"] == "pow2"
+    assert json.loads((copy / "model.json").read_text())["quantization"]["scheme"] == "pow2"
+
+
+def test_package_is_reproducible_and_verified(run_dir, tmp_path, capsys):
+    store1, store2 = tmp_path / "s1", tmp_path / "s2"
+    assert main(["package", str(run_dir), "--name", "lin", "--version", "2", "--model-store", str(store1), "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main(["package", str(run_dir), "--name", "lin", "--version", "2", "--model-store", str(store2), "--json"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert Path(first["path"]).name == "lin-2.mar" and first["sha256"] == second["sha256"]
+    assert (store1 / "lin-2.mar").read_bytes() == (store2 / "lin-2.mar").read_bytes()
+    with zipfile.ZipFile(store1 / "lin-2.mar") as zf:
+        names = set(zf.namelist())
+    assert {"tabular_handler.py", "aiaas_contract.py", "model.json", "model-config.yaml", "MAR-INF/MANIFEST.json", "model_float.pt2"} <= names
+    assert [p.name for p in store1.iterdir()] == ["lin-2.mar"]  # no staging left behind
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--name", "bad name"], "name"), (["--name", "ok", "--version", "1/2"], "version"), (["--name", "ok", "--workers", "0"], "workers"),
+])
+def test_package_bad_arguments_exit_2(run_dir, tmp_path, capsys, args, needle):
+    assert main(["package", str(run_dir), "--model-store", str(tmp_path / "s"), *args]) == 2
+    assert needle in capsys.readouterr().err
+    assert not any((tmp_path / "s").glob("*.mar"))
+
+
+def test_package_refuses_a_run_directory_with_an_edited_file(run_dir, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    with open(copy / "model_float.pt2", "ab") as f:
+        f.write(b"x")
+    assert main(["package", str(copy), "--name", "lin", "--model-store", str(tmp_path / "s")]) == 2
+    assert "model_float.pt2" in capsys.readouterr().err
+
+
+def test_predict_without_server_exits_2(tmp_path, capsys):
+    assert main(["predict", "y2x", "6", "--home", str(tmp_path / "none")]) == 2
+    assert "no server" in capsys.readouterr().err
+
+
+def test_serve_status_without_server(tmp_path, capsys):
+    assert main(["serve", "status", "--home", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["running"] is False

@@ -1,0 +1,460 @@
+"""Client error classification, retries, timeouts and token refresh against a scripted HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from aiaas_torch.client import (
+    BadRequest,
+    Client,
+    ClientError,
+    ConnectionFailed,
+    HTTPStatusError,
+    NotFound,
+    ServerError,
+    ServiceUnavailable,
+    TokenError,
+    WorkerDied,
+)
+
+INVALID_KEY = {
+    "code": 400,
+    "type": "InvalidKeyException",
+    "message": "Token Authorization failed. Token either incorrect, expired, or not provided correctly",
+}
+WORKER_DIED = {"code": 500, "type": "InternalServerException", "message": "Worker died."}
+
+
+class Reply:
+    """One scripted answer: status, JSON (or raw bytes) body, optional reason phrase and delay."""
+
+    def __init__(self, status=200, body=None, reason=None, delay=0.0):
+        self.status, self.body, self.reason, self.delay = status, body, reason, delay
+
+
+class ScriptedServer:
+    """A tiny HTTP server: each path answers its script in order (the last reply repeats); requests are logged."""
+
+    def __init__(self):
+        self.scripts: dict[str, list] = {}
+        self.requests: list[dict] = []
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # keep pytest output clean
+                pass
+
+            def _answer(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                parts = urlsplit(self.path)
+                record = {
+                    "method": self.command,
+                    "path": parts.path,
+                    "query": parse_qs(parts.query),
+                    "headers": dict(self.headers.items()),
+                    "body": body,
+                    "peer": self.client_address,
+                }
+                with outer.lock:
+                    outer.requests.append(record)
+                    script = outer.scripts.get(parts.path, [Reply(404, {"code": 404, "type": "X", "message": "no script"})])
+                    reply = script.pop(0) if len(script) > 1 else script[0]
+                if callable(reply):
+                    reply = reply(record)
+                if reply.delay:
+                    time.sleep(reply.delay)
+                payload = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
+                self.send_response(reply.status, reply.reason)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_PUT = _answer
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def script(self, path, *replies):
+        """Set the replies for path."""
+        with self.lock:
+            self.scripts[path] = list(replies)
+
+    def calls(self, path):
+        """Return the requests made to path."""
+        with self.lock:
+            return [r for r in self.requests if r["path"] == path]
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def fake():
+    server = ScriptedServer()
+    yield server
+    server.close()
+
+
+def make_client(fake, **kwargs):
+    """Return a Client whose three APIs all point at the scripted server."""
+    kwargs.setdefault("token", "INF")
+    kwargs.setdefault("management_token", "MGT")
+    kwargs.setdefault("backoff", 0.01)
+    return Client(inference_url=fake.url, management_url=fake.url, metrics_url=fake.url, **kwargs)
+
+
+def free_closed_port() -> int:
+    """Return a port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+# --------------------------------------------------------------------------------------------- success paths
+
+
+def test_predict_sends_json_with_inference_token(fake):
+    fake.script("/predictions/m", Reply(200, [{"y": 2.0}]))
+    with make_client(fake) as client:
+        assert client.predict("m", {"x": [1.0]}) == [{"y": 2.0}]
+    (call,) = fake.calls("/predictions/m")
+    assert call["method"] == "POST"
+    assert json.loads(call["body"]) == {"x": [1.0]}
+    assert call["headers"]["Authorization"] == "Bearer INF"
+    assert call["headers"]["Content-Type"] == "application/json"
+
+
+def test_predict_sends_bytes_and_str_as_is_and_uses_version(fake):
+    fake.script("/predictions/m/2.0", Reply(200, {"ok": True}))
+    with make_client(fake) as client:
+        client.predict("m", b'{"raw": 1}', version="2.0")
+        client.predict("m", '{"raw": 2}', version="2.0")
+    bodies = [c["body"] for c in fake.calls("/predictions/m/2.0")]
+    assert bodies == [b'{"raw": 1}', b'{"raw": 2}']
+
+
+def test_keep_alive_reuses_one_connection(fake):
+    fake.script("/predictions/m", Reply(200, {}))
+    with make_client(fake) as client:
+        for _ in range(3):
+            client.predict("m", {})
+    peers = {c["peer"] for c in fake.calls("/predictions/m")}
+    assert len(fake.calls("/predictions/m")) == 3 and len(peers) == 1
+
+
+# --------------------------------------------------------------------------------------------- classification
+
+
+def test_token_error_is_told_apart_from_bad_request_by_type(fake):
+    fake.script("/predictions/tok", Reply(400, INVALID_KEY))
+    fake.script("/predictions/bad", Reply(400, {"code": 400, "type": "BadRequestException", "message": "bad body"}))
+    with make_client(fake) as client:
+        with pytest.raises(TokenError) as tok:
+            client.predict("tok", {})
+        with pytest.raises(BadRequest) as bad:
+            client.predict("bad", {})
+    assert not isinstance(tok.value, BadRequest) and not isinstance(bad.value, TokenError)
+    assert tok.value.status == 400 and tok.value.type == "InvalidKeyException"
+    assert bad.value.type == "BadRequestException" and bad.value.message == "bad body"
+    assert bad.value.response is not None and bad.value.response.status_code == 400
+    # 4xx is never retried, and without a key file there is no token refresh either.
+    assert len(fake.calls("/predictions/tok")) == 1 and len(fake.calls("/predictions/bad")) == 1
+
+
+def test_not_found_is_not_retried(fake):
+    fake.script("/predictions/nope", Reply(404, {"code": 404, "type": "ModelNotFoundException", "message": "Model not found: nope"}))
+    with make_client(fake, retries=3) as client:
+        with pytest.raises(NotFound) as err:
+            client.predict("nope", {})
+    assert err.value.type == "ModelNotFoundException" and "nope" in str(err.value)
+    assert len(fake.calls("/predictions/nope")) == 1
+
+
+def test_per_request_status_from_handler_keeps_reason_phrase(fake):
+    # context.set_response_status(422, "bad row") answers 422 with the reason phrase and the handler's body.
+    fake.script("/predictions/m", Reply(422, {"error": "bad row"}, reason="bad row"))
+    with make_client(fake) as client:
+        with pytest.raises(HTTPStatusError) as err:
+            client.predict("m", {})
+    assert type(err.value) is HTTPStatusError
+    assert err.value.status == 422 and err.value.message == "bad row" and err.value.type is None
+
+
+def test_worker_died_is_retried_then_raised(fake):
+    fake.script("/predictions/m", Reply(500, WORKER_DIED))
+    with make_client(fake, retries=2) as client:
+        with pytest.raises(WorkerDied) as err:
+            client.predict("m", {})
+    assert isinstance(err.value, ServerError)
+    assert err.value.message == "Worker died."
+    assert len(fake.calls("/predictions/m")) == 3  # first try + 2 retries
+
+
+def test_other_500_is_server_error_and_not_retried(fake):
+    fake.script("/predictions/m", Reply(500, {"code": 500, "type": "InternalServerException", "message": "boom"}))
+    with make_client(fake, retries=2) as client:
+        with pytest.raises(ServerError) as err:
+            client.predict("m", {})
+    assert not isinstance(err.value, WorkerDied)
+    assert len(fake.calls("/predictions/m")) == 1
+
+
+def test_503_is_retried_with_exponential_backoff_then_succeeds(fake):
+    busy = Reply(503, {"code": 503, "type": "ServiceUnavailableException", "message": "Model is not ready"})
+    fake.script("/predictions/m", busy, busy, Reply(200, {"y": 1}))
+    with make_client(fake, retries=2, backoff=0.1) as client:
+        started = time.monotonic()
+        assert client.predict("m", {}) == {"y": 1}
+        elapsed = time.monotonic() - started
+    assert len(fake.calls("/predictions/m")) == 3
+    assert elapsed >= 0.1 + 0.2  # backoff, then twice the backoff
+
+
+def test_503_exhausts_retries_as_service_unavailable(fake):
+    fake.script("/predictions/m", Reply(503, {"code": 503, "type": "ServiceUnavailableException", "message": "busy"}))
+    with make_client(fake, retries=1) as client:
+        with pytest.raises(ServiceUnavailable):
+            client.predict("m", {})
+    assert len(fake.calls("/predictions/m")) == 2
+
+
+def test_retries_zero_means_one_attempt(fake):
+    fake.script("/predictions/m", Reply(500, WORKER_DIED))
+    with make_client(fake, retries=0) as client:
+        with pytest.raises(WorkerDied):
+            client.predict("m", {})
+    assert len(fake.calls("/predictions/m")) == 1
+
+
+# --------------------------------------------------------------------------------------------- transport
+
+
+def test_connection_refused_is_retried_then_connection_failed():
+    url = f"http://127.0.0.1:{free_closed_port()}"
+    client = Client(inference_url=url, token="t", retries=2, backoff=0.05)
+    started = time.monotonic()
+    with pytest.raises(ConnectionFailed) as err:
+        client.predict("m", {})
+    elapsed = time.monotonic() - started
+    client.close()
+    assert err.value.status is None and isinstance(err.value, ClientError)
+    assert 0.05 + 0.1 <= elapsed < 5.0  # two backoffs were slept, and refusal is fast
+
+
+def test_silent_server_times_out_once_within_the_timeout():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    accepted = []
+
+    def accept_and_hold():
+        try:
+            while True:
+                conn, _ = listener.accept()
+                accepted.append(conn)  # never answer
+        except OSError:
+            pass
+
+    threading.Thread(target=accept_and_hold, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    client = Client(inference_url=url, token="t", timeout=0.5, retries=2, backoff=0.01)
+    started = time.monotonic()
+    try:
+        with pytest.raises(ConnectionFailed) as err:
+            client.predict("m", {})
+        elapsed = time.monotonic() - started
+    finally:
+        client.close()
+        listener.close()
+        for conn in accepted:
+            conn.close()
+    assert "ReadTimeout" in str(err.value)
+    assert 0.4 <= elapsed < 2.0
+    assert len(accepted) == 1  # a read timeout is not retried: the handler might still be working
+
+
+# --------------------------------------------------------------------------------------------- tokens
+
+
+def write_home(tmp_path: Path, url: str, inference="OLD", management="MGT", api="API") -> Path:
+    """Write a fake instance home (server.json + key_file.json) pointing at url; return it."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "server.json").write_text(
+        json.dumps(
+            {
+                "home": str(home),
+                "pid": 1,
+                "inference_url": url,
+                "management_url": url,
+                "metrics_url": url,
+                "key_file": str(home / "key_file.json"),
+                "model_store": str(tmp_path),
+            }
+        )
+    )
+    write_keys(home, inference, management, api)
+    return home
+
+
+def write_keys(home: Path, inference: str, management: str = "MGT", api: str = "API") -> None:
+    """Write a key file in TorchServe 0.12's layout."""
+    (home / "key_file.json").write_text(
+        json.dumps(
+            {
+                "management": {"key": management, "expiration time": "2099-01-01T00:00:00Z"},
+                "inference": {"key": inference, "expiration time": "2099-01-01T00:00:00Z"},
+                "API": {"key": api},
+            }
+        )
+    )
+
+
+def test_client_from_home_reads_urls_and_keys(fake, tmp_path):
+    home = write_home(tmp_path, fake.url, inference="I1", management="M1", api="A1")
+    fake.script("/models/m", Reply(200, [{"modelName": "m"}]))
+    with Client(home=home) as client:
+        assert (client.inference_url, client.token, client.management_token, client.api_key) == (fake.url, "I1", "M1", "A1")
+        client.describe("m")
+    assert fake.calls("/models/m")[0]["headers"]["Authorization"] == "Bearer M1"
+
+
+def test_client_without_server_json_says_so(tmp_path):
+    with pytest.raises(ClientError, match="server.json"):
+        Client(home=tmp_path)
+
+
+def test_expired_token_is_refreshed_through_the_token_api_then_retried(fake, tmp_path):
+    home = write_home(tmp_path, fake.url, inference="OLD")
+
+    def predictions(record):
+        ok = record["headers"].get("Authorization") == "Bearer NEW"
+        return Reply(200, {"y": 1}) if ok else Reply(400, INVALID_KEY)
+
+    def token_api(record):
+        # Like TorchServe 0.12: the API key rotates the key, writes it to key_file.json, answers an empty body.
+        if record["headers"].get("Authorization") != "Bearer API":
+            return Reply(400, {**INVALID_KEY, "message": "Token Authentication failed."})
+        write_keys(home, "NEW")
+        return Reply(200, b"\n")
+
+    fake.script("/predictions/m", predictions)
+    fake.script("/token", token_api)
+    with Client(home=home, retries=0) as client:
+        assert client.predict("m", {}) == {"y": 1}
+        assert client.token == "NEW"
+    (refresh,) = fake.calls("/token")
+    assert refresh["query"] == {"type": ["inference"]}
+    assert [c["headers"]["Authorization"] for c in fake.calls("/predictions/m")] == ["Bearer OLD", "Bearer NEW"]
+
+
+def test_key_rotated_by_someone_else_is_picked_up_without_the_token_api(fake, tmp_path):
+    home = write_home(tmp_path, fake.url, inference="OLD")
+    fake.script("/predictions/m", lambda r: Reply(200, {}) if r["headers"]["Authorization"] == "Bearer OTHER" else Reply(400, INVALID_KEY))
+    fake.script("/token", Reply(500, {"message": "must not be called"}))
+    with Client(home=home) as client:
+        write_keys(home, "OTHER")
+        assert client.predict("m", {}) == {}
+    assert fake.calls("/token") == []
+
+
+def test_token_refresh_happens_once_per_call(fake, tmp_path):
+    home = write_home(tmp_path, fake.url, inference="OLD")
+    fake.script("/predictions/m", Reply(400, INVALID_KEY))  # refuses every key
+
+    def token_api(record):
+        write_keys(home, f"K{len(fake.calls('/token'))}")
+        return Reply(200, b"\n")
+
+    fake.script("/token", token_api)
+    with Client(home=home, retries=3) as client:
+        with pytest.raises(TokenError):
+            client.predict("m", {})
+    assert len(fake.calls("/token")) == 1
+    assert len(fake.calls("/predictions/m")) == 2
+
+
+def test_management_token_is_refreshed_too(fake, tmp_path):
+    home = write_home(tmp_path, fake.url, management="MOLD")
+    fake.script("/models/m", lambda r: Reply(200, [{}]) if r["headers"]["Authorization"] == "Bearer MNEW" else Reply(400, INVALID_KEY))
+
+    def token_api(record):
+        assert record["query"] == {"type": ["management"]}
+        write_keys(home, "OLD", management="MNEW")
+        return Reply(200, b"\n")
+
+    fake.script("/token", token_api)
+    with Client(home=home) as client:
+        assert client.describe("m") == [{}]
+        assert client.management_token == "MNEW"
+
+
+# --------------------------------------------------------------------------------------------- management & metrics
+
+
+def test_describe_asks_for_customized_and_decodes_the_card(fake):
+    card = {"input": {"columns": ["x"]}}
+    fake.script("/models/m/1.0", Reply(200, [{"modelName": "m", "modelVersion": "1.0", "customizedMetadata": json.dumps(card)}]))
+    with make_client(fake) as client:
+        (entry,) = client.describe("m", version="1.0")
+    assert entry["customizedMetadata"] == card
+    (call,) = fake.calls("/models/m/1.0")
+    assert call["query"] == {"customized": ["true"]}
+    assert call["headers"]["Authorization"] == "Bearer MGT"
+
+
+def test_ready_needs_min_workers_ready_in_every_version(fake):
+    ready = {"minWorkers": 1, "workers": [{"status": "READY"}]}
+    fake.script("/models/ok/all", Reply(200, [ready, {"minWorkers": 2, "workers": [{"status": "READY"}] * 2}]))
+    fake.script("/models/half/all", Reply(200, [ready, {"minWorkers": 2, "workers": [{"status": "READY"}, {"status": "UNLOADING"}]}]))
+    fake.script("/models/zero/all", Reply(200, [{"minWorkers": 0, "workers": []}]))
+    fake.script("/models/gone/all", Reply(404, {"code": 404, "type": "ModelNotFoundException", "message": "gone"}))
+    fake.script("/models/tok/all", Reply(400, INVALID_KEY))
+    with make_client(fake) as client:
+        assert client.ready("ok") is True
+        assert client.ready("half") is False
+        assert client.ready("zero") is False  # no worker at all cannot serve
+        assert client.ready("gone") is False
+        with pytest.raises(TokenError):
+            client.ready("tok")
+
+
+def test_ready_is_false_when_server_is_down():
+    client = Client(management_url=f"http://127.0.0.1:{free_closed_port()}", management_token="t", retries=5)
+    started = time.monotonic()
+    assert client.ready("m") is False
+    assert time.monotonic() - started < 2.0  # no retries for a readiness probe
+    client.close()
+
+
+def test_metrics_returns_text_without_a_token(fake):
+    fake.script("/metrics", Reply(200, b"# HELP Requests2XX x\nRequests2XX{Level=\"Host\",} 3.0\n"))
+    with make_client(fake) as client:
+        text = client.metrics()
+    assert "Requests2XX" in text
+    assert "Authorization" not in fake.calls("/metrics")[0]["headers"]
+
+
+def test_missing_url_is_a_clear_client_error():
+    with Client(token="t") as client:
+        with pytest.raises(ClientError, match="inference_url"):
+            client.predict("m", {})

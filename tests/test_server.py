@@ -1,0 +1,316 @@
+"""TorchServe process control against real TorchServe 0.12 instances on 127.0.0.1 (free ports, tmp homes)."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from aiaas_torch import server
+from aiaas_torch.client import Client, HTTPStatusError, TokenError
+from aiaas_torch.server import Ports, ServerError, ServerInfo
+
+FIXTURES = Path(__file__).parent / "fixtures" / "echo"
+REPO = Path(__file__).resolve().parents[1]
+LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1"}
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def build_mar(store: Path, name: str, handler: Path, version: str = "1.0") -> Path:
+    """Return the path of a .mar for handler built with torch-model-archiver's Python API."""
+    from model_archiver.model_archiver_config import ModelArchiverConfig
+    from model_archiver.model_packaging import generate_model_archive
+
+    generate_model_archive(
+        ModelArchiverConfig(model_name=name, handler=str(handler), version=version, export_path=str(store), force=True)
+    )
+    return store / f"{name}.mar"
+
+
+def group_pids(info: ServerInfo) -> set[int]:
+    """Return the pids of the Java server, its launcher and its workers."""
+    pids = {info.pid, info.pgid}
+    try:
+        pids |= {c.pid for c in psutil.Process(info.pid).children(recursive=True)}
+    except psutil.NoSuchProcess:
+        pass
+    return pids
+
+
+def kill_leftovers(pids: set[int]) -> None:
+    """SIGKILL whichever of these pids still run (safety net for a failing test; never by name)."""
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            if any(m in " ".join(proc.cmdline()) for m in ("torchserve", "model_service_worker", "ModelServer")):
+                proc.kill()
+        except psutil.Error:
+            pass
+
+
+def gone(pid: int) -> bool:
+    """Return True when pid no longer exists (zombies count as existing)."""
+    return not psutil.pid_exists(pid)
+
+
+# --------------------------------------------------------------------------------------------- config (no server)
+
+
+def test_builtin_config_matches_repo_config_properties():
+    repo = server._parse_properties((REPO / "config.properties").read_text())
+    assert repo == server._parse_properties(server.DEFAULT_CONFIG)
+    # The security choices the file documents are really there.
+    assert repo["disable_token_authorization"] == "false" and repo["enable_model_api"] == "false"
+    assert all("127.0.0.1" in repo[k] for k in ("inference_address", "management_address", "metrics_address"))
+
+
+def test_effective_config_forces_loopback_and_security(tmp_path):
+    base = {"inference_address": "http://0.0.0.0:80", "disable_token_authorization": "true",
+            "enable_model_api": "true", "metrics_mode": "log", "load_models": "all", "job_queue_size": "7"}  # fmt: skip
+    props = server._effective_config(base, Ports(1, 2, 3, 4, 5, 600), tmp_path)
+    assert props["inference_address"] == "http://127.0.0.1:1"
+    assert props["management_address"] == "http://127.0.0.1:2" and props["metrics_address"] == "http://127.0.0.1:3"
+    assert (props["grpc_inference_port"], props["grpc_management_port"], props["initial_worker_port"]) == ("4", "5", "600")
+    assert props["disable_token_authorization"] == "false" and props["enable_model_api"] == "false"
+    assert props["metrics_mode"] == "prometheus" and "load_models" not in props
+    assert props["job_queue_size"] == "7"  # other base settings survive
+    assert Path(props["metrics_config"]).is_absolute() and Path(props["metrics_config"]).name == "metrics.yaml"
+    assert props["model_store"] == str(tmp_path)
+
+
+def test_find_java_without_java_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ServerError, match="apt-get install openjdk-17-jre-headless"):
+        server.find_java()
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path))
+    with pytest.raises(ServerError, match="JAVA_HOME"):
+        server.find_java()
+
+
+def test_stop_and_status_without_server(tmp_path):
+    assert server.stop(tmp_path) is False
+    assert server.status(tmp_path)["running"] is False
+
+
+# --------------------------------------------------------------------------------------------- real TorchServe
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    """A model store with echo.mar (and broken.mar, whose handler cannot be imported)."""
+    path = tmp_path_factory.mktemp("store")
+    build_mar(path, "echo", FIXTURES / "echo_handler.py")
+    build_mar(path, "broken", FIXTURES / "broken_handler.py")
+    return path
+
+
+@pytest.fixture(scope="module")
+def echo(store, tmp_path_factory):
+    """A TorchServe serving the echo model from its own home on free ports; stopped after the module."""
+    home = tmp_path_factory.mktemp("home1")
+    info = server.start(home=home, model_store=store, models={"echo": "echo.mar"}, free_ports=True, ready_timeout=60)
+    pids = group_pids(info)
+    yield info
+    server.stop(home, timeout=10)
+    kill_leftovers(pids)
+
+
+@pytest.mark.serving
+def test_start_records_info_and_workers_are_ready(echo):
+    assert ServerInfo.from_json((echo.home / "server.json").read_text()) == echo
+    assert server.load_info(echo.home) == echo
+    st = server.status(echo.home)
+    assert st["running"] is True and st["pid"] == echo.pid
+    (version,) = st["models"]["echo"]
+    ready = [w for w in version["workers"] if w["status"] == "READY"]
+    assert len(ready) >= version["minWorkers"] == 1
+    assert all(psutil.pid_exists(w["pid"]) for w in ready)
+    keys = server.read_keys(echo.home)
+    assert set(keys) == {"management", "inference", "api"} and all(keys.values())
+
+
+@pytest.mark.serving
+def test_instance_home_layout_and_config(echo, store):
+    props = server._parse_properties((echo.home / "config.properties").read_text())
+    assert props["model_store"] == str(store)
+    assert Path(props["metrics_config"]).is_file()
+    assert props["inference_address"] == echo.inference_url
+    assert (echo.home / "key_file.json").is_file() and (echo.home / "logs" / "ts_log.log").is_file()
+    assert (echo.home / "tmp" / ".model_server.pid").read_text().strip() == str(echo.pid)
+    # The quiet log config is in force: nothing at DEBUG in the server log.
+    assert "[DEBUG]" not in (echo.home / "logs" / "ts_log.log").read_text()
+
+
+@pytest.mark.serving
+def test_listens_on_loopback_only(echo):
+    listening = [c.laddr for c in psutil.Process(echo.pid).net_connections("inet") if c.status == psutil.CONN_LISTEN]
+    ports = {int(u.rsplit(":", 1)[1]) for u in (echo.inference_url, echo.management_url, echo.metrics_url)}
+    assert ports <= {a.port for a in listening}
+    assert len(listening) == 5  # three HTTP APIs and two gRPC ones
+    assert {a.ip for a in listening} <= LOOPBACK
+
+
+@pytest.mark.serving
+def test_readiness_also_requires_every_port_bound(echo):
+    # Workers can be READY before gRPC binds (and fails): start() also waits for Java to hold every port.
+    assert server._unbound_ports(echo) == []
+    stray = server._free_ports(1)[0]
+    assert server._unbound_ports(replace(echo, listen_ports=echo.listen_ports + (stray,))) == [stray]
+
+
+@pytest.mark.serving
+def test_predict_through_client(echo):
+    with Client(home=echo.home) as client:
+        assert client.predict("echo", {"a": [1, 2]}) == {"a": [1, 2]}
+        assert client.predict("echo", [1.5, "x"]) == [1.5, "x"]
+        assert client.predict("echo", b'{"raw": true}', version="1.0") == {"raw": True}
+        assert client.ready("echo") is True
+        assert client.ready("nope") is False
+        (desc,) = client.describe("echo")
+        assert desc["modelName"] == "echo" and desc["modelVersion"] == "1.0"
+        assert "ts_inference_requests_total" in client.metrics()
+
+
+@pytest.mark.serving
+def test_request_without_or_with_wrong_token_is_refused(echo):
+    for token in (None, "wrong"):
+        with Client(inference_url=echo.inference_url, token=token, retries=0) as client:
+            with pytest.raises(TokenError) as err:
+                client.predict("echo", {"a": 1})
+            assert err.value.status == 400 and err.value.type == "InvalidKeyException"
+    # The management API is guarded the same way, with its own key.
+    keys = server.read_keys(echo.home)
+    r = httpx.get(f"{echo.management_url}/models", headers={"Authorization": f"Bearer {keys['inference']}"})
+    assert r.status_code == 400 and r.json()["type"] == "InvalidKeyException"
+
+
+@pytest.mark.serving
+def test_per_request_error_from_the_handler(echo):
+    with Client(home=echo.home, retries=0) as client:
+        with pytest.raises(HTTPStatusError) as err:
+            client.predict("echo", {"status": 422, "message": "bad row"})
+    assert err.value.status == 422 and err.value.message == "bad row"
+
+
+@pytest.mark.serving
+def test_token_api_rotates_key_in_the_file_and_client_follows(echo):
+    client = Client(home=echo.home, retries=0)
+    old = client.token
+    keys = server.read_keys(echo.home)
+    # TorchServe 0.12: the API key rotates a key; the answer body is empty, the new key is only in key_file.json.
+    r = httpx.get(f"{echo.management_url}/token", params={"type": "inference"}, headers={"Authorization": f"Bearer {keys['api']}"})
+    assert r.status_code == 200 and r.text.strip() == ""
+    new = server.read_keys(echo.home)["inference"]
+    assert new != old
+    with Client(inference_url=echo.inference_url, token=old, retries=0) as stale:
+        with pytest.raises(TokenError):
+            stale.predict("echo", {})
+    try:
+        assert client.predict("echo", {"after": "rotation"}) == {"after": "rotation"}
+        assert client.token == new
+    finally:
+        client.close()
+
+
+@pytest.mark.serving
+def test_scale_and_set_default_work_with_model_api_off(echo):
+    answer = server.scale(echo, "echo", 2)
+    assert "scaled to 2" in answer["status"]
+    (version,) = server.status(echo.home)["models"]["echo"]
+    assert version["minWorkers"] == 2 and sum(w["status"] == "READY" for w in version["workers"]) == 2
+    server.scale(echo, "echo", 1, version="1.0")
+    assert server.wait_until_ready(echo, ["echo"], timeout=30)["echo"][0]["minWorkers"] == 1
+    assert "1.0" in server.set_default(echo, "echo", "1.0")["status"]
+    with pytest.raises(ServerError, match="404"):
+        server.set_default(echo, "echo", "9.9")
+    # Registering is what the model API guards: refused with 405.
+    mk = server.read_keys(echo.home)["management"]
+    r = httpx.post(f"{echo.management_url}/models", params={"url": "echo.mar"}, headers={"Authorization": f"Bearer {mk}"})
+    assert r.status_code == 405
+
+
+@pytest.mark.serving
+def test_second_start_in_same_home_is_refused(echo, store):
+    with pytest.raises(ServerError, match="already runs"):
+        server.start(home=echo.home, model_store=store, models={"echo": "echo.mar"}, free_ports=True)
+    assert server.status(echo.home)["running"] is True
+
+
+@pytest.mark.serving
+def test_two_instances_side_by_side_and_stop_leaves_nothing(echo, store, tmp_path):
+    second = server.start(home=tmp_path / "h2", model_store=store, models=["echo=echo.mar"], free_ports=True, ready_timeout=60)
+    pids = group_pids(second)
+    try:
+        assert second.pid != echo.pid and second.inference_url != echo.inference_url
+        assert len(pids) >= 3  # launcher, Java, one worker
+        with Client(home=second.home) as c2, Client(home=echo.home) as c1:
+            assert c2.token != c1.token  # each instance has its own keys
+            assert c2.predict("echo", {"who": 2}) == {"who": 2}
+            assert c1.predict("echo", {"who": 1}) == {"who": 1}
+        assert server.stop(second.home) is True
+        assert all(gone(pid) for pid in pids), [p for p in pids if not gone(p)]
+        assert not (second.home / "server.json").exists()
+        assert server.stop(second.home) is False
+        assert server.status(second.home)["running"] is False
+        with Client(home=echo.home) as c1:
+            assert c1.predict("echo", {"still": "up"}) == {"still": "up"}
+    finally:
+        kill_leftovers(pids)
+
+
+@pytest.mark.serving
+def test_port_in_use_is_named_before_starting(store, tmp_path):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    free = server._free_ports(5)
+    try:
+        with pytest.raises(ServerError, match=f"port {port} .*management.* in use"):
+            server.start(home=tmp_path / "h3", model_store=store, models={"echo": "echo.mar"},
+                         ports=Ports(free[0], port, free[1], free[2], free[3], free[4]))  # fmt: skip
+    finally:
+        taken.close()
+    assert not (tmp_path / "h3" / "server.json").exists()
+
+
+@pytest.mark.serving
+def test_port_taken_after_the_check_is_reported_from_torchserve_log(store, tmp_path, monkeypatch):
+    # Someone grabs a port between our check and Java's bind. gRPC binds last, after the workers are READY
+    # and the HTTP APIs answer; TorchServe then dies seconds later. start() must not report success.
+    monkeypatch.setattr(server, "_check_ports_free", lambda ports: None)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    free = server._free_ports(5)
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    try:
+        with pytest.raises(ServerError, match=f"died.*Failed to bind.*:{port}"):
+            server.start(home=tmp_path / "h4", model_store=store, models={"echo": "echo.mar"},
+                         ports=Ports(free[0], free[1], free[2], free[3], port, free[4]), ready_timeout=30)  # fmt: skip
+    finally:
+        taken.close()
+    assert {p.pid for p in psutil.Process().children(recursive=True)} - before == set()
+    assert not (tmp_path / "h4" / "server.json").exists()
+
+
+@pytest.mark.serving
+def test_model_that_never_loads_times_out_with_the_model_log(store, tmp_path):
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    with pytest.raises(ServerError) as err:
+        server.start(home=tmp_path / "h5", model_store=store, models={"broken": "broken.mar"},
+                     free_ports=True, ready_timeout=8)  # fmt: skip
+    message = str(err.value)
+    assert "not ready within 8 s" in message and "model_log.log" in message
+    assert "last worker error: RuntimeError: broken_handler: this model cannot load (on purpose)" in message
+    # start() cleaned up after itself: no server, no worker, no server.json.
+    assert {p.pid for p in psutil.Process().children(recursive=True)} - before == set()
+    assert not (tmp_path / "h5" / "server.json").exists()

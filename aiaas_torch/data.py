@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import math
 import os
 import warnings
@@ -110,8 +111,16 @@ def load_csv(path: str | os.PathLike, target: str, task: str = "auto") -> Datase
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ValueError(f"{p}: not UTF-8 text (byte {e.start})") from None
-    rows = list(csv.reader(text.splitlines()))
-    rows_numbered = [(i + 1, r) for i, r in enumerate(rows) if any(c.strip() for c in r)]
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows_numbered = []
+    start = 1  # the line a record starts on (a quoted field may span lines)
+    try:
+        for r in reader:
+            if any(c.strip() for c in r):
+                rows_numbered.append((start, r))
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise ValueError(f"{p}, line {reader.line_num}: malformed CSV ({e})") from None
     if not rows_numbered:
         raise ValueError(f"{p}: empty file, expected a header row and data rows")
     _, header = rows_numbered[0]
@@ -144,23 +153,35 @@ def load_csv(path: str | os.PathLike, target: str, task: str = "auto") -> Datase
         if cell == "":
             raise ValueError(f"{p}, line {line}, column {target!r}: empty target cell")
         y_text.append(cell)
-    y_values, y_numeric = _target_values(y_text, p, [line for line, _ in data], target)
+    y_values, y_numeric = _target_values(y_text, p, [line for line, _ in data], target, task)
     names = [header[j] for j in feature_idx]
     return _build(X, y_values, y_numeric, names, target, task, str(p), hashlib.sha256(raw).hexdigest())
 
 
-def _target_values(cells: list[str], p: Path, lines: list[int], target: str) -> tuple[list, bool]:
-    """Return the target cells as floats when all are numeric (checking they are finite), else as strings."""
+def _target_values(cells: list[str], p: Path, lines: list[int], target: str, task: str) -> tuple[list, bool]:
+    """Return the target cells as floats when all are numeric (checking they are finite), else as string labels.
+
+    A few non-numbers among numbers is a typo, not a set of labels: that is an error naming the line, unless the
+    caller asked for classification.
+    """
     values: list = []
+    bad: list[tuple[int, str]] = []
     for cell, line in zip(cells, lines):
         try:
             v = float(cell)
         except ValueError:
-            return cells, False
+            bad.append((line, cell))
+            continue
         if not math.isfinite(v):
             raise ValueError(f"{p}, line {line}, column {target!r}: {cell!r} is not a finite number")
         values.append(v)
-    return values, True
+    if not bad:
+        return values, True
+    if task == "classification" or (task == "auto" and len(bad) > len(cells) // 2):
+        return cells, False
+    line, cell = bad[0]
+    hint = "" if task == "regression" else " (most of the column is numeric; pass task 'classification' if these are labels)"
+    raise ValueError(f"{p}, line {line}, column {target!r}: non-numeric target {cell[:40]!r}{hint}")
 
 
 def from_arrays(

@@ -1,0 +1,69 @@
+"""Shared session fixtures: the origin example and a 100→512→512→1 MLP, each trained once and exported once.
+
+Compiling a model.pt2 takes seconds to tens of seconds here, so each run directory is built once per session.
+Tests that change a run directory work on a copy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# the package re-exports functions named like some modules (`train`, `quantize`): import the modules by name
+data = importlib.import_module("aiaas_torch.data")
+export = importlib.import_module("aiaas_torch.export")
+train = importlib.import_module("aiaas_torch.train")
+
+
+def make_nonlinear(n: int = 3000, d: int = 100, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Return (X, y) of a nonlinear regression on d standard-normal features."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    y = 2 * np.sin(X[:, 0]) + X[:, 1] * X[:, 2] + np.tanh(X[:, 3:10].sum(1)) + 0.3 * X[:, 10:20].sum(1)
+    y = y + rng.normal(0, 0.1, n)
+    return X, y.astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def origin_csv(tmp_path_factory) -> Path:
+    """The origin example as a CSV file: x = 1..5, y = 2x."""
+    p = tmp_path_factory.mktemp("origin_data") / "origin.csv"
+    p.write_text("x,y\n" + "".join(f"{x},{2 * x}\n" for x in range(1, 6)))
+    return p
+
+
+@pytest.fixture(scope="session")
+def origin_result(origin_csv) -> train.TrainResult:
+    """The origin model: linear, full-batch SGD, lr 0.01, 1000 epochs, no validation split."""
+    ds = data.load_csv(origin_csv, target="y")
+    return train.train(ds, train.TrainConfig(model="linear", val_fraction=0.0, seed=0, progress=False))
+
+
+@pytest.fixture(scope="session")
+def origin_run(origin_result, tmp_path_factory) -> export.ExportResult:
+    """The origin model exported (default int8 config, which leaves its 1→1 layer in float), compiled once."""
+    return export.export_run(origin_result, tmp_path_factory.mktemp("runs") / "origin", compile=True)
+
+
+@pytest.fixture(scope="session")
+def mlp_dataset() -> data.Dataset:
+    """3000 rows × 100 features of a nonlinear regression."""
+    return data.from_arrays(*make_nonlinear())
+
+
+@pytest.fixture(scope="session")
+def mlp_result(mlp_dataset) -> train.TrainResult:
+    """An MLP 100→512→512→1, trained briefly with mini-batch SGD and momentum."""
+    cfg = train.TrainConfig(
+        model="mlp", hidden=(512, 512), batch_size=64, lr=0.01, momentum=0.9, epochs=10, seed=0, progress=False
+    )
+    return train.train(mlp_dataset, cfg)
+
+
+@pytest.fixture(scope="session")
+def mlp_run(mlp_result, tmp_path_factory) -> export.ExportResult:
+    """The MLP exported with int8 (its two large layers quantized), compiled once."""
+    return export.export_run(mlp_result, tmp_path_factory.mktemp("runs") / "mlp", compile=True)

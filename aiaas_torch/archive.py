@@ -64,6 +64,9 @@ class ServingConfig:
                 raise ValueError(f"{name}: {v!r} must be an integer ≥ 1")
         if not isinstance(self.max_batch_delay_ms, int) or self.max_batch_delay_ms < 0:
             raise ValueError(f"max_batch_delay_ms: {self.max_batch_delay_ms!r} must be an integer ≥ 0")
+        if self.max_batch_delay_ms == 0 and self.batch_size > 1:
+            # measured: TorchServe 0.12 reads maxBatchDelay 0 as unset and waits its default 100 ms per batch
+            raise ValueError("max_batch_delay_ms: 0 with batch_size > 1 makes TorchServe 0.12 wait 100 ms per batch; use ≥ 1")
         if self.max_rows is not None and (not isinstance(self.max_rows, int) or self.max_rows < 1):
             raise ValueError(f"max_rows: {self.max_rows!r} must be an integer ≥ 1")
         return self
@@ -108,8 +111,13 @@ def package(
     device: str = "auto",
     serving: ServingConfig | None = None,
     sign_key: str | None = None,
+    handler: str | os.PathLike | None = None,
 ) -> PackageResult:
-    """Build MODEL_STORE/NAME-VERSION.mar from a run directory and verify it; returns a PackageResult."""
+    """Build MODEL_STORE/NAME-VERSION.mar from a run directory and verify it; returns a PackageResult.
+
+    handler: the TorchServe handler file to run (default: ours); ours is shipped beside it either way, so a
+    handler that wraps ``tabular_handler.TabularHandler`` (as the reliability tests' fault injector does) can import it.
+    """
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise ValueError(f"name: {name!r} must start with a letter or digit and hold only letters, digits and '_'")
     if not isinstance(version, str) or not VERSION_RE.match(version):
@@ -117,6 +125,12 @@ def package(
     if device not in DEVICES:
         raise ValueError(f"device: {device!r} is not one of {DEVICES}")
     serving = (serving or ServingConfig()).validate()
+    handler_file = Path(handler).resolve() if handler is not None else HANDLER_FILE
+    custom_handler = handler_file != HANDLER_FILE.resolve()
+    if not handler_file.is_file():
+        raise ValueError(f"handler: {handler_file} is not a file")
+    if custom_handler and handler_file.name in (HANDLER_FILE.name, CONTRACT_FILE.name, CARD, MODEL_CONFIG):
+        raise ValueError(f"handler: {handler_file.name!r} would clash with a file the archive already ships")
     run_dir = Path(run_dir)
     card = read_card(run_dir)
     problems = contract.verify_files(card, run_dir, roles=SERVING_ROLES)
@@ -139,7 +153,9 @@ def package(
         (inputs / MODEL_CONFIG).write_text(yaml.safe_dump(_model_config(serving, device, card["input"]["max_rows"]), sort_keys=True))
         shutil.copy2(CONTRACT_FILE, inputs / CONTRACT_FILE.name)
         extra = [inputs / CARD, inputs / CONTRACT_FILE.name] + [run_dir / n for n in sorted(card["files"])]
-        laid_out = _run_archiver(name, version, inputs / MODEL_CONFIG, extra, work)
+        if custom_handler:
+            extra.append(HANDLER_FILE)
+        laid_out = _run_archiver(name, version, inputs / MODEL_CONFIG, extra, work, handler_file)
         _fix_manifest(laid_out, card["created"])
         final = store / archive_name(name, version)
         tmp = work / (final.name + ".partial")
@@ -149,7 +165,7 @@ def package(
     return PackageResult(final, name, version, contract.sha256_file(final), files)
 
 
-def _run_archiver(name: str, version: str, config_file: Path, extra: list[Path], work: Path) -> Path:
+def _run_archiver(name: str, version: str, config_file: Path, extra: list[Path], work: Path, handler: Path = HANDLER_FILE) -> Path:
     """Run torch-model-archiver (no-archive) with its temp dir pointed at `work`; returns the laid-out directory."""
     from model_archiver.model_archiver_config import ModelArchiverConfig
     from model_archiver.model_packaging import generate_model_archive
@@ -158,7 +174,7 @@ def _run_archiver(name: str, version: str, config_file: Path, extra: list[Path],
     out.mkdir()
     cfg = ModelArchiverConfig(
         model_name=name,
-        handler=str(HANDLER_FILE),
+        handler=str(handler),
         version=version,
         extra_files=",".join(str(p) for p in extra),
         export_path=str(out),

@@ -13,7 +13,7 @@ Errors form one small hierarchy, each carrying ``status``, ``type`` (TorchServe'
         ├── TokenError              400 with type InvalidKeyException: bad, missing or expired token
         ├── NotFound                404
         └── ServerError             5xx
-            ├── WorkerDied          500 "Worker died." (a crashed worker, or a request past responseTimeout)
+            ├── WorkerDied          500/507 "Worker died." (a request past responseTimeout; a killed worker's batch)
             └── ServiceUnavailable  503
 
 TorchServe answers 400 both for a bad body and for a bad token; only the body's "type" tells them apart.
@@ -99,7 +99,7 @@ class ServerError(HTTPStatusError):
 
 
 class WorkerDied(ServerError):
-    """500 "Worker died.": the worker crashed or the request outlived responseTimeout."""
+    """5xx "Worker died.": the request outlived responseTimeout (500) or its worker crashed mid-batch (507)."""
 
 
 class ServiceUnavailable(ServerError):
@@ -119,13 +119,16 @@ def classify(response: httpx.Response) -> HTTPStatusError:
         err_type = body.get("type") if isinstance(body.get("type"), str) else None
         if isinstance(body.get("message"), str):
             message = body["message"]
+    if status == 413 and not isinstance(body, dict):
+        # TorchServe's HTTP layer refuses it before any handler runs, with an empty body: say which limit.
+        message = "request body too large: over the server's max_request_size (TorchServe's default is 6553500 bytes)"
     if not message:
         message = response.text.strip()[:500] or f"HTTP {status}"
     if status == 400:
         cls: type[HTTPStatusError] = TokenError if err_type == "InvalidKeyException" else BadRequest
     elif status == 404:
         cls = NotFound
-    elif status == 500 and message.strip().startswith("Worker died"):
+    elif status >= 500 and message.strip().startswith("Worker died"):  # TorchServe 0.12: 500 on timeout, 507 on a crash
         cls = WorkerDied
     elif status == 503:
         cls = ServiceUnavailable

@@ -35,6 +35,7 @@ import psutil
 
 __all__ = [
     "ServerError",
+    "ServerArgumentError",
     "ServerInfo",
     "Ports",
     "DEFAULT_PORTS",
@@ -94,12 +95,17 @@ _LOG4J2_XML = """\
     <Logger name="ACCESS_LOG" level="{access_level}" additivity="false"><AppenderRef ref="access_log"/></Logger>
     <Logger name="io.netty" level="error"/>
     <Logger name="org.apache" level="off"/>
-    <Logger name="MODEL_LOG" level="info" additivity="false"><AppenderRef ref="model_log"/></Logger>
+    <Logger name="MODEL_LOG" level="info" additivity="false">
+      <!-- The worker prints this once per batch (thousands of lines a second under load). -->
+      <RegexFilter regex="Backend received inference at.*" onMatch="DENY" onMismatch="NEUTRAL"/>
+      <AppenderRef ref="model_log"/>
+    </Logger>
     <Logger name="MODEL_METRICS" level="info" additivity="false"><AppenderRef ref="model_metrics"/></Logger>
     <Logger name="TS_METRICS" level="info" additivity="false"><AppenderRef ref="ts_metrics"/></Logger>
     <!-- Per-request INFO chatter ("Sending response for jobId", worker metric echo lines). -->
     <Logger name="org.pytorch.serve.wlm.BatchAggregator" level="warn"/>
     <Logger name="org.pytorch.serve.wlm.WorkerLifeCycle" level="warn"/>
+    <Logger name="org.pytorch.serve.wlm.WorkerThread" level="warn"/><!-- "Backend response time", per batch -->
     <Logger name="org.pytorch.serve" level="info" additivity="false">
       <AppenderRef ref="ts_log"/>
       <AppenderRef ref="STDOUT" level="warn"/>
@@ -122,6 +128,10 @@ _ROLLING_FILE = """\
 
 class ServerError(RuntimeError):
     """TorchServe could not be found, started, made ready, or reached; the message says why."""
+
+
+class ServerArgumentError(ServerError, ValueError):
+    """A bad argument to start (no such store, archive or config file), found before anything was started."""
 
 
 @dataclass(frozen=True)
@@ -239,7 +249,7 @@ def _base_config(config: str | os.PathLike | None) -> tuple[dict[str, str], str]
     if config is not None:
         path = Path(config)
         if not path.is_file():
-            raise ServerError(f"config file not found: {path}")
+            raise ServerArgumentError(f"config file not found: {path}")
         return _parse_properties(path.read_text()), str(path.resolve())
     local = Path("config.properties")
     if local.is_file():
@@ -281,6 +291,32 @@ def _effective_config(base: Mapping[str, str], ports: Ports, model_store: Path) 
     for key in ("load_models", "model_snapshot"):
         props.pop(key, None)
     return props
+
+
+def _check_signing_key_reaches_workers(props: Mapping[str, str]) -> None:
+    """Raise ServerArgumentError when $AIAAS_SIGNING_KEY is set but TorchServe would strip it from its workers' env.
+
+    Workers inherit the frontend's environment minus names matching `blacklist_env_vars`; the handler reads the
+    key from its env and verifies nothing without it, so a stripped key would silently load unsigned archives.
+    """
+    from .handlers.aiaas_contract import SIGNING_KEY_ENV
+
+    if not os.environ.get(SIGNING_KEY_ENV):
+        return
+    pattern = props.get("blacklist_env_vars", "")
+    if props.get("enable_envvars_config", "").lower() == "true":
+        pattern = os.environ.get("TS_BLACKLIST_ENV_VARS", pattern)
+    if not pattern:
+        return
+    try:
+        stripped = re.fullmatch(pattern, SIGNING_KEY_ENV) is not None  # Java's Matcher.matches(): whole name
+    except re.error:
+        stripped = True  # cannot tell: refuse rather than risk serving unsigned archives
+    if stripped:
+        raise ServerArgumentError(
+            f"blacklist_env_vars={pattern!r} would hide ${SIGNING_KEY_ENV} from TorchServe's workers, which then "
+            f"could not verify signed archives; change blacklist_env_vars or unset ${SIGNING_KEY_ENV}"
+        )
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -594,10 +630,31 @@ def _terminate(info: ServerInfo, timeout: float) -> None:
 # --------------------------------------------------------------------------------------------- management API
 
 
+def _mgmt_call(
+    client: httpx.Client, info: ServerInfo, method: str, path: str, params: Mapping[str, str] | None = None
+) -> httpx.Response:
+    """Return the response to METHOD management_url + path with the current management key.
+
+    The management key expires (token_expiration_min, 60 by default): on InvalidKeyException ask the token
+    API (with the API key, which does not expire) for a new one, which TorchServe writes into the key file,
+    and try once more.
+    """
+    def send() -> httpx.Response:
+        key = read_keys(info.home)["management"]
+        return client.request(method, info.management_url + path, params=params, headers={"Authorization": f"Bearer {key}"})
+
+    r = send()
+    if r.status_code == 400 and "InvalidKeyException" in r.text:
+        api = read_keys(info.home)["api"]
+        renew = client.get(info.management_url + "/token", params={"type": "management"}, headers={"Authorization": f"Bearer {api}"})
+        if renew.status_code < 400:
+            r = send()
+    return r
+
+
 def _mgmt_get(client: httpx.Client, info: ServerInfo, path: str) -> httpx.Response:
     """Return the response to GET management_url + path, with the current management key."""
-    key = read_keys(info.home)["management"]
-    return client.get(info.management_url + path, headers={"Authorization": f"Bearer {key}"})
+    return _mgmt_call(client, info, "GET", path)
 
 
 def _models_snapshot(client: httpx.Client, info: ServerInfo) -> dict[str, list[dict]]:
@@ -730,13 +787,17 @@ def start(
     home = Path(home).resolve()
     store = Path(model_store).resolve()
     if not store.is_dir():
-        raise ServerError(f"model store not found: {store}")
+        raise ServerArgumentError(f"model store not found: {store}")
     find_java()
     torchserve = find_torchserve()
     running = load_info(home)
     if running is not None and _is_alive(running.pid, running.create_time):
         raise ServerError(f"TorchServe already runs from {home} (pid {running.pid}); stop it first")
     model_args, names = _model_args(models)
+    for arg in model_args:  # else TorchServe waits out ready_timeout for a model that cannot appear
+        file = arg.split("=", 1)[-1]
+        if arg != "all" and "://" not in file and not (store / file).exists():
+            raise ServerArgumentError(f"model archive {file!r} not found in the model store {store}")
 
     logs, tmp = home / "logs", home / "tmp"
     for d in (home, logs, tmp):
@@ -748,6 +809,7 @@ def start(
     _check_ports_free(ports)
     base, source = _base_config(config)
     props = _effective_config(base, ports, store)
+    _check_signing_key_reaches_workers(props)
     cfg = home / "config.properties"
     _write_text_atomic(
         cfg,
@@ -853,10 +915,9 @@ def status(home: str | os.PathLike = ".aiaas") -> dict:
 
 def _mgmt_put(info: ServerInfo, path: str, params: Mapping[str, str] | None, timeout: float) -> dict:
     """Return the JSON answer of PUT management_url + path; raise ServerError on an HTTP error."""
-    key = read_keys(info.home)["management"]
     with httpx.Client(timeout=httpx.Timeout(timeout), trust_env=False) as client:
         try:
-            r = client.put(info.management_url + path, params=params, headers={"Authorization": f"Bearer {key}"})
+            r = _mgmt_call(client, info, "PUT", path, params)
         except httpx.HTTPError as e:
             raise ServerError(f"PUT {path} failed: {e}") from None
     try:

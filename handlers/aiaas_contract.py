@@ -34,6 +34,14 @@ ISA_CPU_FLAGS = {  # what /proc/cpuinfo must list for code inductor compiled for
 class ContractError(ValueError):
     """A request that breaks the model's input contract; its message is the 400 answer."""
 
+    status = 400
+
+
+class UnsupportedMediaType(ContractError):
+    """A request body sent with a Content-Type other than JSON; its message is the 415 answer."""
+
+    status = 415
+
 
 @dataclass
 class ParsedRequest:
@@ -75,6 +83,18 @@ def decode_body(body):
         except json.JSONDecodeError as e:
             raise ContractError(f"body: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
     return body
+
+
+def check_content_type(value) -> None:
+    """Raise UnsupportedMediaType unless a request's Content-Type is JSON (application/json, */*+json) or absent."""
+    if value is None:
+        return
+    media = str(value).split(";", 1)[0].strip().lower()
+    if media in ("", "application/json") or (media.startswith("application/") and media.endswith("+json")):
+        return
+    raise UnsupportedMediaType(
+        f"Content-Type: {str(value)[:80]!r} is not supported; send the JSON body with Content-Type: application/json"
+    )
 
 
 def _number(v, where: str) -> float:

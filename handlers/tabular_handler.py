@@ -22,6 +22,13 @@ except ImportError:  # inside a TorchServe worker: the model directory is on sys
 
 logger = logging.getLogger(__name__)
 JSON = "application/json"
+_REASONS = {400: "Bad Request", 415: "Unsupported Media Type"}
+
+
+def _content_type(context, idx: int):
+    """Return request idx's Content-Type header (names are case-insensitive), or None when it has none."""
+    headers = context.get_all_request_header(idx) or {}
+    return next((v for k, v in headers.items() if isinstance(k, str) and k.lower() == "content-type"), None)
 
 
 class TabularHandler:
@@ -68,6 +75,10 @@ class TabularHandler:
         path = os.path.join(model_dir, name)
         if files[name]["role"] == "cpu-compiled":
             try:
+                # The ISA was checked against /proc/cpuinfo above; without this, loading compiles and dlopens
+                # inductor's ISA probe programs with g++ in a fresh cache (TMPDIR per server home): 1.5–10 s a worker.
+                if os.environ.get("TORCHINDUCTOR_VEC_ISA_OK") is None:
+                    torch._inductor.config.cpp.vec_isa_ok = True
                 return device, name, torch._inductor.aoti_load_package(path)
             except Exception:  # a package that will not load on this host: serve the float program instead
                 logger.warning("aiaas: %s failed to load; falling back to the float program", name, exc_info=True)
@@ -100,10 +111,15 @@ class TabularHandler:
             body = request.get("data") if request.get("data") is not None else request.get("body")
             context.set_response_content_type(i, JSON)
             try:
+                contract.check_content_type(_content_type(context, i))
+                if "data" not in request and "body" not in request:  # e.g. TorchServe split a form body into fields
+                    raise contract.ContractError("body: missing; send the JSON body with Content-Type: application/json")
+                if isinstance(body, str):  # TorchServe already decoded the JSON: a string, which must not be parsed again
+                    raise contract.ContractError("body: expected a JSON object or list, got a JSON string")
                 parsed[i] = self.decode(body)
             except contract.ContractError as e:
-                answers[i] = json.dumps(contract.error_body(str(e)), separators=(",", ":"))
-                context.set_response_status(400, "Bad Request", idx=i)
+                answers[i] = json.dumps(contract.error_body(str(e), e.status), separators=(",", ":"))
+                context.set_response_status(e.status, _REASONS.get(e.status, "Bad Request"), idx=i)
         rows = [r for p in parsed if p is not None for r in p.rows]
         outputs = self.predict(rows) if rows else []
         start, out_of_range = 0, 0

@@ -1,0 +1,134 @@
+"""Promise 7: with the default config the server is reachable from loopback only, by token only, and cannot be
+told to fetch models; an expired token is renewed by the client through TorchServe's token API.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+
+import httpx
+import psutil
+import pytest
+
+from aiaas_torch import server
+from aiaas_torch.client import Client
+
+from rel_helpers import close, keys, stop_instance, workers
+
+pytestmark = [pytest.mark.serving, pytest.mark.slow]
+
+LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1"}
+TOKEN_MINUTES = 0.05  # token_expiration_min (TorchServe 0.12 parses a double): 3 s
+
+
+def _refused_for_token(r: httpx.Response) -> bool:
+    """TorchServe 0.12 answers a missing, wrong or expired token with 400 InvalidKeyException."""
+    return r.status_code in (400, 401, 403) and "InvalidKeyException" in r.text
+
+
+def test_every_listening_socket_is_on_loopback_and_workers_listen_on_none(shared):
+    java = psutil.Process(shared.info.pid)
+    listening = [c for c in java.net_connections("inet") if c.status == psutil.CONN_LISTEN]
+    assert listening, "the Java process listens on nothing?"
+    assert all(c.laddr.ip in LOOPBACK for c in listening), [c.laddr for c in listening]
+    assert {c.laddr.port for c in listening} <= set(shared.info.listen_ports)  # no stray (JMX, debug) port
+    children = java.children(recursive=True)
+    assert len(children) >= 3  # lin ×2, hang ×1
+    for child in children:  # Python workers talk to Java over Unix sockets under HOME/tmp, not TCP
+        assert not [c for c in child.net_connections("inet") if c.status == psutil.CONN_LISTEN], child.cmdline()
+        assert str(shared.home / "tmp") in " ".join(child.cmdline()), child.cmdline()
+
+
+CREDENTIALS = ["none", "wrong", "empty-bearer", "other-api-key", "api-key"]
+
+
+def _auth(shared, credential: str, api: str) -> dict:
+    k = keys(shared.home)
+    other = {"inference": k["management"], "management": k["inference"]}[api]
+    value = {"none": None, "wrong": "Bearer not-a-key", "empty-bearer": "Bearer", "other-api-key": f"Bearer {other}",
+             "api-key": f"Bearer {k['api']}"}[credential]  # fmt: skip
+    return {"Authorization": value} if value is not None else {}
+
+
+@pytest.mark.parametrize("credential", CREDENTIALS)
+def test_inference_without_the_right_token_is_refused(shared, credential):
+    r = httpx.post(shared.info.inference_url + "/predictions/lin", json={"instances": [[1, 2, 3]]},
+                   headers=_auth(shared, credential, "inference"), timeout=10, trust_env=False)  # fmt: skip
+    assert _refused_for_token(r), (r.status_code, r.text)
+
+
+@pytest.mark.parametrize("credential", CREDENTIALS)
+@pytest.mark.parametrize("call", ["GET /models", "GET /models/lin", "PUT /models/lin?min_worker=3"])
+def test_management_without_the_right_token_is_refused(shared, credential, call):
+    before = workers(shared.info, "lin")
+    method, path = call.split(" ")
+    r = httpx.request(method, shared.info.management_url + path, headers=_auth(shared, credential, "management"),
+                      timeout=10, trust_env=False)  # fmt: skip
+    assert _refused_for_token(r), (r.status_code, r.text)
+    assert workers(shared.info, "lin") == before
+
+
+@pytest.mark.parametrize("url", ["{store}/lin-1.0.mar", "lin-1.0.mar", "http://127.0.0.1:9/evil.mar", "file:///etc/passwd"])
+def test_registering_a_model_by_url_is_refused_even_with_the_management_token(shared, url):
+    url = url.format(store=shared.store)
+    headers = {"Authorization": f"Bearer {keys(shared.home)['management']}"}
+    before = sorted(m["modelName"] for m in httpx.get(shared.info.management_url + "/models", headers=headers,
+                                                      timeout=10, trust_env=False).json()["models"])  # fmt: skip
+    r = httpx.post(shared.info.management_url + "/models", params={"url": url, "model_name": "intruder", "initial_workers": "1"},
+                   headers=headers, timeout=30, trust_env=False)  # fmt: skip
+    assert r.status_code == 405 and r.json()["type"] == "MethodNotAllowedException", (r.status_code, r.text)
+    assert json.loads(r.text)["message"]
+    after = sorted(m["modelName"] for m in httpx.get(shared.info.management_url + "/models", headers=headers,
+                                                     timeout=10, trust_env=False).json()["models"])  # fmt: skip
+    assert after == before == ["hang", "lin"]
+
+
+def test_unregistering_a_model_is_refused_even_with_the_management_token(shared):
+    before = workers(shared.info, "lin")
+    headers = {"Authorization": f"Bearer {keys(shared.home)['management']}"}
+    r = httpx.delete(shared.info.management_url + "/models/lin/1.0", headers=headers, timeout=10, trust_env=False)
+    assert r.status_code == 405, (r.status_code, r.text)
+    assert workers(shared.info, "lin") == before
+
+
+def _expiry(home, kind: str) -> dt.datetime:
+    """Return when the current `kind` key expires, from key_file.json."""
+    doc = json.loads((home / "key_file.json").read_text())
+    return dt.datetime.fromisoformat(doc[kind]["expiration time"].replace("Z", "+00:00"))
+
+
+def _sleep_until_past(when: dt.datetime) -> None:
+    while dt.datetime.now(dt.timezone.utc) <= when + dt.timedelta(seconds=0.3):
+        time.sleep(0.1)
+
+
+def test_expired_tokens_are_renewed_by_the_client_and_the_server_control(shared, tmp_path):
+    config = tmp_path / "short-tokens.properties"
+    config.write_text(server.DEFAULT_CONFIG + f"token_expiration_min={TOKEN_MINUTES}\n")
+    home = tmp_path / "home"
+    # readiness polling itself outlives a 3 s management key: server.start must renew it to come up at all
+    info = server.start(home, shared.store, {"lin": shared.archives["lin"].name}, free_ports=True, config=config, ready_timeout=120)
+    try:
+        assert f"token_expiration_min={TOKEN_MINUTES}" in (home / "config.properties").read_text()
+        rows = [[1.0, 2.0, 3.0]]
+        want = shared.expect(rows)[0]
+        with Client(home=home, timeout=30, retries=0) as c:
+            assert close(c.predict("lin", {"instances": rows})["predictions"][0], want)
+            old_inference, old_management = c.token, c.management_token
+            _sleep_until_past(max(_expiry(home, "inference"), _expiry(home, "management")))
+            # the old keys really are expired now
+            r = httpx.post(info.inference_url + "/predictions/lin", json={"instances": rows},
+                           headers={"Authorization": f"Bearer {old_inference}"}, timeout=10, trust_env=False)  # fmt: skip
+            assert _refused_for_token(r), (r.status_code, r.text)
+            # the client asks the token API for new keys and its calls succeed
+            assert close(c.predict("lin", {"instances": rows})["predictions"][0], want)
+            assert c.token != old_inference
+            assert c.describe("lin")[0]["modelName"] == "lin"
+            assert c.management_token != old_management
+        _sleep_until_past(_expiry(home, "management"))
+        st = server.status(home)  # server control renews its management key too
+        assert st["running"] and "error" not in st and [w["status"] for w in st["models"]["lin"][0]["workers"]] == ["READY", "READY"]
+    finally:
+        stop_instance(home, info)

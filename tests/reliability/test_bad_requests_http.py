@@ -1,0 +1,174 @@
+"""Promise 1: every malformed HTTP request gets a 4xx with a JSON message naming the problem; no worker dies.
+
+Each case is sent to the shared TorchServe; before and after it the `lin` workers (ids and pids from the
+management API) must be the same READY processes, and a good request sent right after must get the right value.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from aiaas_torch.client import Client, HTTPStatusError
+
+from rel_helpers import close, keys, workers
+
+pytestmark = [pytest.mark.serving, pytest.mark.slow]
+
+JSON_CT = {"Content-Type": "application/json"}
+MAX_REQUEST_SIZE = 6553500  # TorchServe's default max_request_size
+ROW_LIMIT = 10_000  # the card's default max_rows
+
+
+@dataclass
+class Case:
+    """One malformed request: what to send, and a fragment the 4xx answer's JSON message must contain."""
+
+    id: str
+    body: bytes | None
+    needle: str
+    status: int = 400
+    headers: dict = field(default_factory=lambda: dict(JSON_CT))
+    path: str = "/predictions/lin"
+    method: str = "POST"
+
+
+def _j(obj) -> bytes:
+    return json.dumps(obj).encode()
+
+
+ROW = [1.0, 2.0, 3.0]
+CASES = [
+    # wrong content type (the body itself is a valid request)
+    Case("ctype-text-plain", _j({"instances": [ROW]}), "Content-Type", 415, {"Content-Type": "text/plain"}),
+    Case("ctype-octet-stream", _j({"instances": [ROW]}), "Content-Type", 415, {"Content-Type": "application/octet-stream"}),
+    Case("ctype-form-urlencoded", b"instances=1,2,3", "Content-Type", 415, {"Content-Type": "application/x-www-form-urlencoded"}),
+    Case("ctype-multipart", b'--XX\r\nContent-Disposition: form-data; name="body"\r\n\r\n[1,2,3]\r\n--XX--\r\n', "Content-Type", 415,
+         {"Content-Type": "multipart/form-data; boundary=XX"}),
+    Case("ctype-xml", b"<instances><row>1 2 3</row></instances>", "Content-Type", 415, {"Content-Type": "application/xml"}),
+    Case("ctype-image", b"\x89PNG\r\n\x1a\n\x00\x00", "Content-Type", 415, {"Content-Type": "image/png"}),
+    # not JSON, truncated, empty
+    Case("not-json", b"this is not json", "not valid JSON"),
+    Case("single-quotes", b"{'instances': [[1, 2, 3]]}", "not valid JSON"),
+    Case("trailing-comma", b'{"instances": [[1, 2, 3],]}', "not valid JSON"),
+    Case("truncated-in-row", b'{"instances": [[1, 2', "not valid JSON"),
+    Case("truncated-in-string", b'{"instan', "not valid JSON"),
+    Case("truncated-last-brace", b'{"instances": [[1, 2, 3]]', "not valid JSON"),
+    Case("empty-body", b"", "empty"),
+    Case("whitespace-body", b"  \n\t ", "empty"),
+    Case("invalid-utf8", b'{"instances": [["\xff\xfe", 2, 3]]}', "UTF-8"),
+    Case("deeply-nested-arrays", b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),
+    Case("deeply-nested-in-row", _j({"instances": [[[[[[[[1]]]]]], 2, 3]]}), "is not a number"),
+    Case("v2-nested-too-deep", b'{"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": ' + b"[" * 40 + b"1"
+         + b"]" * 40 + b"}]}", "nested too deeply"),
+    # wrong shapes at the top
+    Case("top-number", b"42", "expected a JSON object or list"),
+    Case("top-string", b'"1,2,3"', "expected a JSON object or list"),
+    Case("top-null", b"null", "expected a JSON object or list"),
+    Case("top-string-holding-json", _j(json.dumps({"instances": [ROW]})), "got a JSON string"),
+    Case("object-without-instances", _j({"rows": [ROW]}), "without 'instances' or 'inputs'"),
+    Case("instances-and-inputs", _j({"instances": [ROW], "inputs": []}), "both 'instances' and 'inputs'"),
+    Case("instances-not-a-list", _j({"instances": {"a": 1}}), "expected a list of rows"),
+    Case("inputs-not-a-list", _j({"inputs": 3}), "inputs"),
+    Case("v2-string-datatype", _j({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "BYTES", "data": ["1", "2", "3"]}]}), "datatype"),
+    Case("v2-shape-mismatch", _j({"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32", "data": ROW}]}), "3 values for shape [2, 3]"),
+    # values that are not finite float32 numbers
+    Case("string-for-number", _j({"instances": [["1.0", 2, 3]]}), "is not a number"),
+    Case("boolean", _j({"instances": [[True, 2, 3]]}), "is not a number"),
+    Case("null-value", _j({"instances": [[None, 2, 3]]}), "is not a number"),
+    Case("object-as-value", _j({"instances": [[{"v": 1}, 2, 3]]}), "is not a number"),
+    Case("nan-literal", b'{"instances": [[NaN, 2, 3]]}', "feature 'a'"),
+    Case("infinity-literal", b'{"instances": [[1, Infinity, 3]]}', "feature 'b'"),
+    Case("minus-infinity-literal", b'{"instances": [[1, 2, -Infinity]]}', "feature 'c'"),
+    Case("beyond-float32", b'{"instances": [[1e39, 2, 3]]}', "finite float32"),
+    Case("beyond-float64", b'{"instances": [[1, 2e400, 3]]}', "finite float32"),
+    Case("huge-integer", b'{"instances": [[' + b"9" * 400 + b", 2, 3]]}", "feature 'a'"),
+    # rows of the wrong width, names
+    Case("row-too-short", _j({"instances": [[1, 2]]}), "2 values, expected 3"),
+    Case("row-too-long", _j({"instances": [[1, 2, 3, 4]]}), "4 values, expected 3"),
+    Case("ragged-rows", _j({"instances": [ROW, [1, 2]]}), "instances[1]"),
+    Case("bare-list-wrong-width", _j([6, 7]), "2 values, expected 3"),
+    Case("row-is-a-number", _j({"instances": [1, 2, 3]}), "expected a list of 3 numbers"),
+    Case("unknown-feature", _j({"instances": [{"a": 1, "b": 2, "c": 3, "zz": 4}]}), "unknown feature"),
+    Case("missing-feature", _j({"instances": [{"a": 1, "b": 2}]}), "missing feature(s) ['c']"),
+    Case("unicode-junk-names", _j({"instances": [{"a\u0000": 1, "\u202eb": 2, "\ud83d\ude00": 3}]}), "unknown feature"),
+    Case("lone-surrogate-name", b'{"instances": [{"\\ud800": 1, "b": 2, "c": 3}]}', "unknown feature"),
+    Case("mixed-named-positional", _j({"instances": [{"a": 1, "b": 2, "c": 3}, ROW]}), "mixes named"),
+    # how many rows
+    Case("zero-rows", _j({"instances": []}), "no rows"),
+    Case("zero-rows-bare", _j([]), "no rows"),
+    Case("v2-zero-rows", _j({"inputs": [{"name": "x", "shape": [0, 3], "datatype": "FP32", "data": []}]}), "no rows"),
+    Case("over-row-limit", _j({"instances": [ROW] * (ROW_LIMIT + 1)}), f"more than the limit of {ROW_LIMIT}"),
+    # routing: unknown model, version, method
+    Case("unknown-model", _j({"instances": [ROW]}), "Model not found", 404, path="/predictions/nosuchmodel"),
+    Case("unknown-version", _j({"instances": [ROW]}), "does not exist", 404, path="/predictions/lin/9.9"),
+    Case("unicode-junk-model-name", _j({"instances": [ROW]}), "not found", 404, path="/predictions/%E2%80%AEnil%F0%9F%98%80"),
+    Case("path-traversal-model-name", _j({"instances": [ROW]}), "", 404, path="/predictions/..%2F..%2Fetc%2Fpasswd"),
+]
+OVERSIZE = Case("over-max-request-size", None, "max_request_size", 413)
+
+
+def test_corpus_is_big_enough():
+    assert len(CASES) + 1 >= 40 and len({c.id for c in CASES}) == len(CASES)
+
+
+def _good_request_succeeds(shared, client: Client, salt: float) -> None:
+    rows = [[salt, 2.0 * salt, -salt], [0.5, -1.0, 4.0]]
+    got = client.predict("lin", {"instances": rows})["predictions"]
+    want = shared.expect(rows)
+    assert len(got) == 2 and all(close(g, w) for g, w in zip(got, want)), (got, want)
+
+
+@pytest.fixture(scope="module")
+def client(shared):
+    with Client(home=shared.home, timeout=60, retries=0) as c:
+        yield c
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_malformed_request_is_refused_with_json_4xx_and_no_worker_dies(shared, client, case: Case):
+    before = workers(shared.info, "lin")
+    assert before and all(s == "READY" for _, _, s in before), before
+    token = keys(shared.home)["inference"]
+    r = httpx.request(case.method, shared.info.inference_url + case.path, content=case.body,
+                      headers={**case.headers, "Authorization": f"Bearer {token}"}, timeout=60, trust_env=False)  # fmt: skip
+    assert r.status_code == case.status, (r.status_code, r.text[:300])
+    body = r.json()  # must be JSON
+    assert isinstance(body, dict) and isinstance(body.get("message"), str) and body["message"], body
+    assert case.needle in body["message"], body["message"]
+    assert workers(shared.info, "lin") == before  # same worker ids, same pids, all READY: none died
+    _good_request_succeeds(shared, client, salt=float(len(case.id)))
+
+
+def test_body_over_max_request_size_is_413_and_the_client_names_the_limit(shared, client):
+    """TorchServe's HTTP layer (Netty's aggregator) answers 413 with an EMPTY body before any handler runs,
+    so the JSON message is the client's: a typed HTTPStatusError naming max_request_size."""
+    before = workers(shared.info, "lin")
+    body = b'{"instances": [[1, 2, 3]], "pad": "' + b"x" * MAX_REQUEST_SIZE + b'"}'
+    token = keys(shared.home)["inference"]
+    r = httpx.post(shared.info.inference_url + "/predictions/lin", content=body,
+                   headers={**JSON_CT, "Authorization": f"Bearer {token}"}, timeout=60, trust_env=False)  # fmt: skip
+    assert r.status_code == OVERSIZE.status and 400 <= r.status_code < 500
+    with pytest.raises(HTTPStatusError) as e:
+        client.predict("lin", body)
+    assert e.value.status == 413 and OVERSIZE.needle in e.value.message
+    assert workers(shared.info, "lin") == before
+    _good_request_succeeds(shared, client, salt=9.0)
+
+
+def test_a_transfer_cut_short_leaves_the_server_answering(shared, client):
+    """A client that announces 100000 bytes, sends 20 and hangs up: nothing reaches a worker, nothing dies."""
+    before = workers(shared.info, "lin")
+    url = urlsplit(shared.info.inference_url)
+    token = keys(shared.home)["inference"]
+    head = (f"POST /predictions/lin HTTP/1.1\r\nHost: {url.netloc}\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n").encode()  # fmt: skip
+    with socket.create_connection((url.hostname, url.port), timeout=10) as s:
+        s.sendall(head + b'{"instances": [[1, 2')
+    assert workers(shared.info, "lin") == before
+    _good_request_succeeds(shared, client, salt=3.0)

@@ -1,0 +1,133 @@
+"""Promise 3: SIGKILL one worker under load (16 clients, ≥ 2,000 requests): 0 lost, 0 wrong, READY within 15 s.
+
+The client's own retries (WorkerDied, ServiceUnavailable, broken connections) carry the requests that were in
+the killed worker's batch to the surviving worker. Figures (p99 latency while the fault lasts, time to READY)
+are printed and written to worker_kill.json under the test's tmp dir.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+
+from aiaas_torch.client import Client
+
+from rel_helpers import close, own_worker_pid, percentile, report, wait_ready, workers
+
+pytestmark = [pytest.mark.serving, pytest.mark.slow]
+
+CLIENTS = 16
+MIN_REQUESTS = 2000
+MAX_REQUESTS = 8000  # bounds of the load loop: count ...
+MAX_SECONDS = 120.0  # ... and time
+KILL_AFTER = 300  # answered requests before the kill
+READY_WITHIN_S = 15.0
+
+
+class _Counting:
+    """Wraps a Client's httpx transport call to count the failed attempts its retries absorbed."""
+
+    def __init__(self, http: httpx.Client, tally: dict, lock: threading.Lock):
+        self.http, self.tally, self.lock = http, tally, lock
+
+    def __call__(self, *args, **kwargs):
+        try:
+            r = self.http.__class__.request(self.http, *args, **kwargs)
+        except httpx.TransportError as e:
+            self._count(type(e).__name__)
+            raise
+        if r.status_code >= 500:
+            self._count(f"HTTP {r.status_code}")
+        return r
+
+    def _count(self, what: str) -> None:
+        with self.lock:
+            self.tally[what] = self.tally.get(what, 0) + 1
+
+
+def test_sigkill_of_a_worker_under_load_loses_no_request(shared, tmp_path):
+    info = shared.info
+    before = workers(info, "lin")
+    assert len(before) == 2 and all(s == "READY" for *_, s in before), before
+
+    rng = np.random.default_rng(7)
+    rows = rng.uniform(-3, 3, size=(MAX_REQUESTS, 3)).round(4).tolist()
+    want = shared.expect(rows)
+
+    lock = threading.Lock()
+    next_index = iter(range(MAX_REQUESTS))
+    results: dict[int, tuple[float, float, object]] = {}  # index → (start, end, prediction or exception)
+    failed_attempts: dict[str, int] = {}
+    recovered = threading.Event()
+    t_begin = time.monotonic()
+
+    def take() -> int | None:
+        with lock:
+            i = next(next_index, None)
+        if i is None or time.monotonic() - t_begin > MAX_SECONDS:
+            return None
+        if i >= MIN_REQUESTS and recovered.is_set():
+            return None
+        return i
+
+    def load() -> None:
+        with Client(home=shared.home, timeout=30) as c:  # default retries and backoff
+            c._http.request = _Counting(c._http, failed_attempts, lock)
+            while (i := take()) is not None:
+                t0 = time.monotonic()
+                try:
+                    value: object = c.predict("lin", {"instances": [rows[i]]})["predictions"][0]
+                except Exception as e:  # noqa: BLE001 - every failure is a finding
+                    value = e
+                results[i] = (t0, time.monotonic(), value)
+
+    threads = [threading.Thread(target=load, daemon=True) for _ in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    while len(results) < KILL_AFTER and time.monotonic() - t_begin < 60:
+        time.sleep(0.01)
+    victim = own_worker_pid(info, "lin")
+    t_kill = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    try:
+        ready_after = wait_ready(info, "lin", 2, timeout=60, exclude_pid=victim)
+    finally:
+        recovered.set()
+        t_ready = time.monotonic()
+        for t in threads:
+            t.join(timeout=MAX_SECONDS)
+    assert not any(t.is_alive() for t in threads), "a load thread hung"
+
+    errors = {i: v for i, (_, _, v) in results.items() if isinstance(v, Exception)}
+    wrong = {i: (v, want[i]) for i, (_, _, v) in results.items() if not isinstance(v, Exception) and not close(v, want[i])}
+    during = [end - start for start, end, _ in results.values() if t_kill <= start <= t_ready]
+    overall = [end - start for start, end, _ in results.values()]
+    figures = {
+        "requests": len(results),
+        "clients": CLIENTS,
+        "lost": len(errors),
+        "wrong": len(wrong),
+        "failed_attempts_retried": dict(failed_attempts),
+        "time_to_ready_s": round(ready_after, 2),
+        "requests_during_fault": len(during),
+        "p50_during_fault_ms": round(1000 * percentile(during, 50), 1),
+        "p99_during_fault_ms": round(1000 * percentile(during, 99), 1),
+        "max_during_fault_ms": round(1000 * max(during, default=float("nan")), 1),
+        "p99_overall_ms": round(1000 * percentile(overall, 99), 1),
+        "load_seconds": round(max(end for _, end, _ in results.values()) - t_begin, 2),
+    }
+    report(tmp_path / "worker_kill.json", "SIGKILL of one worker under load", figures)
+
+    assert len(results) >= MIN_REQUESTS
+    assert not errors, f"{len(errors)} requests lost, e.g. {list(errors.items())[:3]}"
+    assert not wrong, f"{len(wrong)} wrong answers, e.g. {list(wrong.items())[:3]}"
+    assert ready_after <= READY_WITHIN_S, f"READY again only after {ready_after:.1f} s"
+    assert not psutil.pid_exists(victim) or psutil.Process(victim).status() == psutil.STATUS_ZOMBIE
+    assert victim not in [pid for _, pid, _ in workers(info, "lin")]

@@ -23,8 +23,13 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -ra -m "not serving and not slow"
 
-bench: install
-	$(PY) benchmarks/serve.py
+# The `plots` extra (matplotlib) only for the benchmark's PNG; `make test` runs without it.
+$(VENV)/.plots-stamp: $(STAMP)
+	$(PY) -m pip install --quiet --quiet --disable-pip-version-check -c constraints.txt matplotlib
+	touch $@
+
+bench: $(VENV)/.plots-stamp
+	$(PY) benchmarks/serve.py --out-dir build/bench
 
 clean:
 	rm -rf $(VENV) .aiaas build *.egg-info

@@ -84,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--rotate", action="store_true", help="rotate standardized features into their PCA basis (AᵀA = I checked)")
     t.add_argument("--checkpoint-every", type=int, default=0, metavar="N", help="also checkpoint every N epochs (default: only at the end)")
     t.add_argument("--resume", action="store_true", help="resume from RUN_DIR's checkpoint (same data and settings)")
+    t.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu", help="train on cpu (default), cuda, or cuda when available")
+    t.add_argument("--distributed", action="store_true",
+                   help="train with DistributedDataParallel: relaunches this command under torchrun on this machine "
+                        "(gloo on CPU, nccl on CUDA); only rank 0 writes RUN_DIR. For several machines, run it under "
+                        "torchrun yourself (see README)")
+    t.add_argument("--nproc-per-node", type=int, default=None, metavar="N",
+                   help="processes for --distributed (default: the CUDA device count with --device cuda, else 2)")
     _quant_args(t, "--quantize")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway when stderr is not a terminal)")
     t.add_argument("--json", action="store_true", help="print the model card as JSON")
@@ -147,6 +154,45 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--timeout", type=_finite, default=30.0, help="HTTP timeout in seconds (default 30)")
     pr.add_argument("--json", action="store_true", help="print the answer exactly as received")
 
+    ks = sub.add_parser("export-kserve", help="lay out a .mar for KServe's TorchServe runtime",
+                        description="Write OUT/config/config.properties, OUT/model-store/NAME-V.mar and OUT/inferenceservice.yaml "
+                                    "for KServe (inference on 8085, token auth off inside the pod: see deploy/kserve/README.md).")
+    ks.add_argument("mar", metavar="MAR", help="archive built by `aiaas package`")
+    ks.add_argument("--out", required=True, metavar="DIR", help="directory to write (must be new or empty)")
+    ks.add_argument("--storage-uri", default=None, metavar="URI", help="where the tree will be uploaded (default pvc://aiaas-models/NAME)")
+    ks.add_argument("--image", default="aiaas-torch:0.1.0", help="serving image built from deploy/Dockerfile (default aiaas-torch:0.1.0)")
+    ks.add_argument("--service", default=None, metavar="NAME", help="InferenceService name (default: the model name)")
+    ks.add_argument("--json", action="store_true", help="print the written paths as JSON")
+
+    b = sub.add_parser("bench", help="load-test a served model, or a run directory under serving configurations",
+                       description="Closed-loop HTTP load on 127.0.0.1 (keep-alive, fixed concurrency, warm-up then a timed "
+                                   "window): requests/s, p50/p90/p99/max latency, errors and CPU at each concurrency. With RUN_DIR, "
+                                   "each --profile/--config is packaged, served, measured and stopped in turn, side by side.")
+    b.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="run directory to package and serve per configuration")
+    b.add_argument("--model", default=None, metavar="NAME", help="load a model already served from --home instead")
+    _home(b)
+    b.add_argument("--profile", action="append", choices=["throughput", "latency"], default=None,
+                   help="serving profile to measure (repeatable; default throughput)")
+    b.add_argument("--config", action="append", default=[], metavar="LABEL:K=V,...",
+                   help="extra configuration, e.g. w1b8:workers=1,batch_size=8,max_batch_delay_ms=1 (repeatable)")
+    b.add_argument("--noop-handler", default=None, metavar="FILE",
+                   help="also serve a no-op handler file (e.g. benchmarks/noop_handler.py) under the first configuration")
+    b.add_argument("--concurrency", type=_int_list, default=(1, 8, 32), metavar="1,8,32", help="connections per level (default 1,8,32)")
+    b.add_argument("--duration", type=_finite, default=10.0, metavar="S", help="timed window per level in seconds (default 10)")
+    b.add_argument("--warmup", type=_finite, default=3.0, metavar="S", help="warm-up per level in seconds (default 3)")
+    b.add_argument("--server-warmup", type=_finite, default=10.0, metavar="S",
+                   help="with RUN_DIR: load before each new server's first level, not measured (default 10; JIT warm-up)")
+    b.add_argument("--timeout", type=_finite, default=10.0, metavar="S", help="per-request timeout, counted as an error (default 10)")
+    b.add_argument("--max-requests", type=int, default=2_000_000, metavar="N", help="most requests per level (default 2,000,000)")
+    b.add_argument("--processes", type=int, default=1, metavar="N", help="generator processes (default 1)")
+    b.add_argument("--body", default=None, metavar="JSON", help="request body (default: one row of the training means)")
+    b.add_argument("--ceiling", action="store_true", help="also measure the generator against a trivial server (its own ceiling)")
+    b.add_argument("--access-log", action="store_true", help="serve with TorchServe's access log on (off by default)")
+    b.add_argument("--out", default=None, metavar="FILE.json", help="write the JSON report here")
+    b.add_argument("--plot", default=None, metavar="FILE.png", help="write throughput and p99 vs concurrency (needs matplotlib)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway when stderr is not a terminal)")
+    b.add_argument("--json", action="store_true", help="print the report as JSON")
+
     d = sub.add_parser("demo", help="run the origin example end to end (y = 2x)",
                        description="Train y = 2x on x = 1..5 with SGD, quantize, package, start TorchServe, predict x = 6 and 7 "
                                    "over HTTP, show the served card and quantization report, and stop the server.")
@@ -189,12 +235,15 @@ def cmd_train(a) -> int:
     from .data import load_csv
     from .export import CHECKPOINT, export_run
     from .quantize import QuantConfig
-    from .train import TrainConfig, train
+    from .train import TrainConfig, check_learnable, finish_distributed, train
 
     quant = QuantConfig(a.scheme, a.min_weights, a.gate, a.force).validate()
+    if a.distributed and "WORLD_SIZE" not in os.environ:
+        return _relaunch_under_torchrun(a)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         ds = load_csv(a.data, a.target, a.task)
+    check_learnable(ds)  # before the per-column warnings: a refusal is one line
     for w in caught:
         _warn(str(w.message))
     model = a.model or ("linear" if ds.schema.task == "regression" else "logistic")
@@ -202,7 +251,7 @@ def cmd_train(a) -> int:
         model=model, hidden=a.hidden, epochs=a.epochs, lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay,
         batch_size=a.batch_size, seed=a.seed, val_fraction=a.val_fraction, patience=a.patience,
         lr_schedule=a.lr_schedule, rotate=a.rotate, progress=False if a.no_progress else None,
-        checkpoint_every=a.checkpoint_every,
+        checkpoint_every=a.checkpoint_every, device=a.device,
     ).validate()
     out = Path(a.out)
     if out.exists() and not out.is_dir():
@@ -212,7 +261,13 @@ def cmd_train(a) -> int:
     if a.resume and not ckpt.exists() and (out / CHECKPOINT).exists():
         ckpt = out / CHECKPOINT
     result = train(ds, cfg, checkpoint_path=ckpt if (cfg.checkpoint_every or a.resume) else None, resume=a.resume)
-    exported = export_run(result, out, quant, compile=False if a.no_compile else None)
+    if result.rank != 0:  # under torchrun only rank 0 writes the run directory
+        finish_distributed()
+        return 0
+    try:
+        exported = export_run(result, out, quant, compile=False if a.no_compile else None)
+    finally:
+        finish_distributed()
     if ckpt.exists() and ckpt.parent != out:
         ckpt.unlink()
     for n in exported.notes:
@@ -222,6 +277,33 @@ def cmd_train(a) -> int:
         return 0
     _print_train_summary(exported)
     return 0
+
+
+def _relaunch_under_torchrun(a) -> int:
+    """Run this same `aiaas train` under torchrun on this machine (loopback rendezvous); returns its exit code."""
+    import socket
+    import subprocess
+
+    if a.nproc_per_node is not None and a.nproc_per_node < 1:
+        raise UsageError(f"--nproc-per-node {a.nproc_per_node}: must be ≥ 1")
+    if a.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda: torch finds no CUDA device here")
+        n = a.nproc_per_node or torch.cuda.device_count()
+    else:
+        n = a.nproc_per_node or 2
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = [x for x in a.argv if x != "--distributed"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(n),
+           "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "aiaas_torch.cli", *argv]
+    env = dict(os.environ)
+    env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one machine: keep gloo's traffic on loopback
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return subprocess.call(cmd, env=env)
 
 
 def _print_train_summary(exported) -> None:
@@ -299,17 +381,7 @@ def cmd_serve(a) -> int:
                     states = [w.get("status") for w in v.get("workers", [])]
                     print(f"  {name} v{v.get('version')}: workers {states}")
         if a.foreground:
-            import signal
-            import time
-
-            try:
-                signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-                while server.status(a.home).get("running"):
-                    time.sleep(1.0)
-            except KeyboardInterrupt:
-                pass
-            finally:
-                server.stop(a.home)
+            _stay_attached(a.home, info.pid)
         return 0
     if a.action == "stop":
         stopped = server.stop(a.home)
@@ -330,6 +402,27 @@ def cmd_serve(a) -> int:
             for v in versions:
                 print(f"  {name} v{v.get('version')}: " + ", ".join(f"{w.get('id')}:{w.get('status')}" for w in v.get("workers", [])))
     return 0 if st.get("running") or a.json else EXIT_FAILURE
+
+
+def _stay_attached(home: str, pid: int) -> None:
+    """Block while the server lives; Ctrl-C or SIGTERM stops it. Returns None."""
+    import signal
+    import threading
+
+    import psutil
+
+    from . import server
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print("serving in the foreground; Ctrl-C stops the server", file=sys.stderr)
+    try:
+        while not stop.wait(1.0) and psutil.pid_exists(pid):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop(home)
 
 
 def _rows_from_args(values: list[str]) -> list[list[float]]:
@@ -404,6 +497,63 @@ def _print_answer(answer) -> None:
         print(json.dumps(answer))
 
 
+def cmd_export_kserve(a) -> int:
+    """Lay out the KServe tree; returns the exit code."""
+    from .kserve import export_kserve
+
+    tree = export_kserve(a.mar, a.out, a.storage_uri, a.image, a.service)
+    doc = {"root": str(tree.root), "config": str(tree.config), "manifest": str(tree.manifest),
+           "model_name": tree.model_name, "model_version": tree.model_version}
+    if a.json:
+        _print_json(doc)
+    else:
+        print(f"KServe tree for {tree.model_name} v{tree.model_version} in {tree.root}: upload it to the storageUri in {tree.manifest.name}")
+    return 0
+
+
+def cmd_bench(a) -> int:
+    """Load-test a served model or a run directory's serving configurations; returns the exit code."""
+    from . import bench
+
+    if bool(a.run_dir) == bool(a.model):
+        raise UsageError("give RUN_DIR (package and serve it) or --model NAME (already served from --home), not both")
+    if a.duration <= 0 or a.warmup < 0 or a.timeout <= 0 or a.max_requests < 1 or a.processes < 1:
+        raise UsageError("--duration and --timeout must be > 0, --warmup ≥ 0, --max-requests and --processes ≥ 1")
+    body = a.body.encode("utf-8") if a.body is not None else None
+    if body is not None:
+        try:
+            json.loads(body)
+        except ValueError as e:
+            raise UsageError(f"--body: not valid JSON ({e})") from None
+    kw = dict(concurrency=a.concurrency, duration=a.duration, warmup=a.warmup, timeout=a.timeout,
+              max_requests=a.max_requests, processes=a.processes, progress=False if a.no_progress else None)  # fmt: skip
+    if a.model:
+        if not (Path(a.home) / "server.json").exists():
+            raise UsageError(f"no server found in {a.home} (start one with `aiaas serve start --home {a.home}`)")
+        report = bench.bench_served(a.home, a.model, body, **kw)
+    else:
+        configs = bench.configs_from_args(a.profile, a.config)
+        handlers = {}
+        if a.noop_handler:
+            if not Path(a.noop_handler).is_file():
+                raise UsageError(f"--noop-handler {a.noop_handler}: file not found")
+            configs["no-op"] = next(iter(configs.values()))
+            handlers["no-op"] = a.noop_handler
+        report = bench.bench_run_dir(a.run_dir, configs, handlers=handlers, access_log=a.access_log, body=body,
+                                     server_warmup=max(0.0, a.server_warmup), **kw)
+    if a.ceiling:
+        report.results.append(bench.generator_ceiling(a.concurrency, a.duration, a.warmup, a.processes, kw["progress"]))
+    if a.out:
+        report.save(a.out)
+    if a.plot and bench.plot(report, a.plot) is None:
+        _warn("no plot: matplotlib (the `plots` extra) is not installed")
+    if a.json:
+        _print_json(report.to_dict())
+    else:
+        print(report.table())
+    return 0
+
+
 def cmd_demo(a) -> int:
     """Run the origin example end to end; returns the exit code."""
     from .demo import run_demo
@@ -414,12 +564,14 @@ def cmd_demo(a) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "quantize": cmd_quantize, "package": cmd_package, "serve": cmd_serve, "predict": cmd_predict, "demo": cmd_demo}
+COMMANDS = {"train": cmd_train, "quantize": cmd_quantize, "package": cmd_package, "serve": cmd_serve, "predict": cmd_predict,
+            "bench": cmd_bench, "export-kserve": cmd_export_kserve, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the `aiaas` command line; returns the process exit code (2 for bad input)."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     from . import client as cl
     from . import server
 

@@ -217,6 +217,7 @@ def _card(result, float_model, report, directory: Path, isa, compile_seconds, ma
             "epochs_run": result.epochs_run,
             "best_epoch": result.best_epoch,
             "stopped_early": result.stopped_early,
+            "distributed": {"world_size": result.world_size, "backend": result.backend} if result.world_size > 1 else None,
             "seconds": round(result.seconds, 3),
             "final_J": {k: v.get("J", v.get("cross_entropy")) for k, v in metrics.items()},
             "history": _history_summary(result.history),

@@ -3,6 +3,12 @@
 Mini-batches (or full batch), momentum, weight decay, an optional LR schedule, early stopping on validation
 loss, a seed that makes the same data give the same weights bit-for-bit on CPU, a progress bar, a loss history
 and a resumable checkpoint (written atomically).
+
+Launched under `torchrun` (WORLD_SIZE > 1) it trains with DistributedDataParallel: gloo on CPU, nccl on CUDA.
+Every rank reads the data set and trains on its shard, chosen by DistributedSampler; one process alone uses the
+same sampler with one replica, so the global batches of a distributed run are exactly the mini-batches of a
+single-process run with the same seed and batch size. Losses are reduced across ranks; only rank 0 returns a
+result meant for writing (callers check `TrainResult.rank`).
 """
 
 from __future__ import annotations
@@ -17,13 +23,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from .data import Dataset, Schema, pca_rotation, split, standardize_stats
 from .models import MODEL_KINDS, ModelSpec, build_model
 
 LR_SCHEDULES = ("none", "cosine", "step")
+DEVICES = ("cpu", "cuda", "auto")
 
 
 @dataclass
@@ -44,6 +54,7 @@ class TrainConfig:
     rotate: bool = False
     progress: bool | None = None  # None: on when stderr is a terminal
     checkpoint_every: int = 0  # epochs between checkpoints; 0: only at the end
+    device: str = "cpu"  # "cpu", "cuda" or "auto" (cuda when available); under torchrun, cuda:LOCAL_RANK
 
     def validate(self) -> "TrainConfig":
         """Return self after checking every field, raising ValueError naming the bad one."""
@@ -72,6 +83,10 @@ class TrainConfig:
         if self.model == "mlp":
             if not self.hidden or any(not isinstance(h, int) or h < 1 for h in self.hidden):
                 raise ValueError(f"hidden: {list(self.hidden)!r} must be positive integers")
+        if self.device not in DEVICES:
+            raise ValueError(f"device: {self.device!r} is not one of {DEVICES}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device: 'cuda' asked for, but torch finds no CUDA device here")
         if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every: {self.checkpoint_every!r} must be an integer ≥ 0")
         return self
@@ -87,6 +102,7 @@ class TrainConfig:
         """Return a TrainConfig rebuilt from `to_dict` output."""
         d = dict(d)
         d["hidden"] = tuple(d.get("hidden", ()))
+        d.setdefault("device", "cpu")
         return cls(**d)
 
 
@@ -114,6 +130,9 @@ class TrainResult:
     eval_X: np.ndarray  # held-out rows (validation, else training) kept for quantization error checks
     eval_y: np.ndarray
     checkpoint: dict = field(repr=False, default_factory=dict)
+    rank: int = 0  # under torchrun only rank 0 writes
+    world_size: int = 1
+    backend: str | None = None  # "gloo" | "nccl" when distributed
 
 
 def loss_fn(task: str):
@@ -182,6 +201,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise ValueError(f"{p}: not a readable aiaas checkpoint ({type(e).__name__}: {e})") from None
 
 
+def check_learnable(dataset: Dataset) -> None:
+    """Raise ValueError when no feature varies (a model could only predict the mean); returns None."""
+    if all(f.std == 0.0 for f in dataset.schema.features):
+        names = ", ".join(dataset.schema.feature_names[:10])
+        raise ValueError(f"{dataset.source}: every feature column is constant ({names}); there is nothing to learn from")
+
+
 def train(
     dataset: Dataset,
     config: TrainConfig | None = None,
@@ -193,6 +219,7 @@ def train(
     if not isinstance(dataset, Dataset):
         raise TypeError(f"dataset: expected aiaas_torch.data.Dataset, got {type(dataset).__name__}")
     task = dataset.schema.task
+    check_learnable(dataset)
     if config.model == "logistic" and task != "classification":
         raise ValueError("model: 'logistic' needs a classification target (give --task classification?)")
     if config.model == "linear" and task != "regression":
@@ -203,17 +230,21 @@ def train(
     n_out = 1 if task == "regression" else len(dataset.schema.classes)
     spec = ModelSpec(config.model, train_ds.X.shape[1], n_out, tuple(config.hidden) if config.model == "mlp" else (), config.rotate)
 
+    rank, world, backend, device = _setup_distributed(config)
     torch.manual_seed(config.seed)
-    model = build_model(spec, mean, std, basis)
+    model = build_model(spec, mean, std, basis).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     sched = _scheduler(opt, config)
-    gen = torch.Generator().manual_seed(config.seed)
     crit = loss_fn(task)
     Xt, yt = torch.from_numpy(train_ds.X), torch.from_numpy(train_ds.y)  # views, no copy
-    Xv = torch.from_numpy(val_ds.X) if val_ds is not None else None
-    yv = torch.from_numpy(val_ds.y) if val_ds is not None else None
+    Xv = torch.from_numpy(val_ds.X).to(device) if val_ds is not None else None
+    yv = torch.from_numpy(val_ds.y).to(device) if val_ds is not None else None
     n = Xt.shape[0]
     bs = n if config.batch_size is None else min(config.batch_size, n)
+    # Each rank's shard, reshuffled every epoch from (seed, epoch); with one replica it is a plain permutation.
+    sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=bs < n, seed=config.seed)
+    local_bs = max(1, bs // world) if bs < n else math.ceil(n / world)
+    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
 
     history: list[dict] = []
     start_epoch, best_loss, best_epoch, bad_epochs = 0, math.inf, 0, 0
@@ -228,7 +259,6 @@ def train(
         opt.load_state_dict(ck["optimizer"])
         if sched is not None and ck.get("scheduler"):
             sched.load_state_dict(ck["scheduler"])
-        gen.set_state(ck["generator"])
         start_epoch, history = int(ck["epoch"]), list(ck["history"])
         best_loss, best_epoch, bad_epochs = float(ck["best_loss"]), int(ck["best_epoch"]), int(ck["bad_epochs"])
         best_state = ck.get("best_model")
@@ -240,10 +270,9 @@ def train(
             "spec": spec.to_dict(),
             "schema": dataset.schema.to_dict(),
             "data_sha256": dataset.sha256,
-            "model": model.state_dict(),
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict() if sched is not None else {},
-            "generator": gen.get_state(),
             "epoch": epoch,
             "history": history,
             "best_loss": best_loss,
@@ -253,30 +282,32 @@ def train(
             "done": done,
         }
 
-    show = sys.stderr.isatty() if config.progress is None else bool(config.progress)
+    show = rank == 0 and (sys.stderr.isatty() if config.progress is None else bool(config.progress))
     t0 = time.perf_counter()
     stopped_early = False
-    epoch = start_epoch
     bar = tqdm(range(start_epoch, config.epochs), disable=not show, desc="train", unit="epoch", leave=False)
-    model.train()
+    net.train()
     for epoch in bar:
-        order = torch.randperm(n, generator=gen) if bs < n else None
-        total = 0.0
-        for i in range(0, n, bs):
-            idx = order[i : i + bs] if order is not None else None
-            xb, yb = (Xt, yt) if idx is None else (Xt[idx], yt[idx])
+        sampler.set_epoch(epoch)
+        order = torch.tensor(list(sampler), dtype=torch.long)
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        for i in range(0, len(order), local_bs):
+            idx = order[i : i + local_bs]
+            xb, yb = Xt[idx].to(device), yt[idx].to(device)
             opt.zero_grad(set_to_none=True)
-            loss = crit(model(xb), yb)
+            loss = crit(net(xb), yb)
             loss.backward()
             opt.step()
-            total += float(loss.detach()) * xb.shape[0]
+            total += loss.detach().double() * xb.shape[0]
+        if world > 1:
+            dist.all_reduce(total)  # the epoch's training loss over every rank's rows
         if sched is not None:
             sched.step()
-        row = {"epoch": epoch + 1, "train_loss": total / n}
+        row = {"epoch": epoch + 1, "train_loss": float(total) / (len(order) * world)}
         if Xv is not None:
             with torch.no_grad():
                 model.eval()
-                row["val_loss"] = float(crit(model(Xv), yv))
+                row["val_loss"] = float(crit(model(Xv), yv))  # the whole validation split on every rank: same value
                 model.train()
         history.append(row)
         watched = row.get("val_loss", row["train_loss"])
@@ -285,12 +316,12 @@ def train(
         if watched < best_loss:
             best_loss, best_epoch, bad_epochs = watched, epoch + 1, 0
             if config.patience is not None:
-                best_state = {k: v.clone() for k, v in model.state_dict().items()}
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         else:
             bad_epochs += 1
         if show:
             bar.set_postfix(loss=f"{watched:.4g}")
-        if checkpoint_path is not None and config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0:
+        if rank == 0 and checkpoint_path is not None and config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0:
             save_checkpoint(state(epoch + 1, False), checkpoint_path)
         if config.patience is not None and bad_epochs >= config.patience:
             stopped_early = True
@@ -299,8 +330,8 @@ def train(
     epochs_run = len(history)
     if config.patience is not None and best_state is not None:
         model.load_state_dict(best_state)
-    model.eval()
-    if checkpoint_path is not None:
+    model = model.cpu().eval()
+    if rank == 0 and checkpoint_path is not None:
         save_checkpoint(state(epochs_run, True), checkpoint_path)
     metrics = {"train": evaluate(model, train_ds.X, train_ds.y, task)}
     if val_ds is not None:
@@ -328,4 +359,30 @@ def train(
         eval_X=eval_ds.X[:4096],
         eval_y=eval_ds.y[:4096],
         checkpoint=state(epochs_run, True),
+        rank=rank,
+        world_size=world,
+        backend=backend,
     )
+
+
+def _setup_distributed(config: TrainConfig) -> tuple[int, int, str | None, torch.device]:
+    """Return (rank, world size, backend, device), joining the process group when launched under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    want_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    if world <= 1:
+        return 0, 1, None, torch.device("cuda" if want_cuda else "cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    backend = "nccl" if want_cuda else "gloo"
+    device = torch.device(f"cuda:{local_rank}") if want_cuda else torch.device("cpu")
+    if want_cuda:
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size(), backend, device
+
+
+def finish_distributed() -> None:
+    """Wait for every rank (rank 0 may still be writing) and leave the process group; returns None."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

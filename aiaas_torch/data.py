@@ -20,6 +20,7 @@ import numpy as np
 
 TASKS = ("auto", "regression", "classification")
 MAX_CLASSES = 20  # more distinct integer targets than this is a regression
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -78,8 +79,8 @@ class Dataset:
         """Return the number of rows."""
         return int(self.X.shape[0])
 
-    def subset(self, idx: np.ndarray) -> "Dataset":
-        """Return the rows at `idx` as a new Dataset sharing this schema."""
+    def subset(self, idx) -> "Dataset":
+        """Return the rows at `idx` (an index array copies, a slice is a view) as a Dataset sharing this schema."""
         return Dataset(self.X[idx], self.y[idx], self.schema, self.source, self.sha256, self.warnings)
 
 
@@ -94,6 +95,8 @@ def _parse_float(text: str, where: str) -> float:
         raise ValueError(f"{where}: non-numeric value {s[:40]!r}, expected a number") from None
     if not math.isfinite(v):
         raise ValueError(f"{where}: {s!r} is not a finite number (NaN and inf are not allowed)")
+    if abs(v) > FLOAT32_MAX:
+        raise ValueError(f"{where}: {s[:40]!r} is too large for float32 (|x| > 3.4e38)")
     return v
 
 
@@ -142,7 +145,7 @@ def load_csv(path: str | os.PathLike, target: str, task: str = "auto") -> Datase
     data = rows_numbered[1:]
     if len(data) < 2:
         raise ValueError(f"{p}: {len(data)} data row(s); at least 2 are needed")
-    X = np.empty((len(data), len(feature_idx)), dtype=np.float64)
+    X = np.empty((len(data), len(feature_idx)), dtype=np.float32)
     y_text: list[str] = []
     for r, (line, row) in enumerate(data):
         if len(row) != len(header):
@@ -191,7 +194,8 @@ def from_arrays(
     if isinstance(X, (str, bytes)) or X is None:
         raise TypeError(f"X: expected a 2-D array of numbers, got {type(X).__name__}")
     try:
-        Xa = np.asarray(X, dtype=np.float64)
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf and is named just below
+            Xa = np.asarray(X, dtype=np.float32)  # float32 input is used as it is: no copy
     except (TypeError, ValueError) as e:
         raise ValueError(f"X: not a rectangular array of numbers ({e})") from None
     if Xa.ndim == 1:
@@ -216,7 +220,7 @@ def from_arrays(
     bad = np.argwhere(~np.isfinite(Xa))
     if bad.size:
         r, c = bad[0]
-        raise ValueError(f"X, row {r}, column {names[c]!r}: {Xa[r, c]} is not a finite number")
+        raise ValueError(f"X, row {r}, column {names[c]!r}: {Xa[r, c]} is not a finite number (NaN, inf, or beyond float32)")
     if ya.dtype.kind in "fiub":
         yv = ya.astype(np.float64)
         badt = np.flatnonzero(~np.isfinite(yv))
@@ -225,7 +229,9 @@ def from_arrays(
         y_values, numeric = yv.tolist(), True
     else:
         y_values, numeric = [str(v) for v in ya.tolist()], False
-    h = hashlib.sha256(np.ascontiguousarray(Xa).tobytes() + repr(y_values).encode()).hexdigest()
+    h = hashlib.sha256(memoryview(np.ascontiguousarray(Xa)).cast("B"))
+    h.update(np.ascontiguousarray(ya).tobytes() if ya.dtype.kind in "fiub" else "\x1f".join(y_values).encode())
+    h = h.hexdigest()
     return _build(Xa, y_values, numeric, names, target, task, "arrays", h)
 
 
@@ -255,14 +261,14 @@ def _build(Xa, y_values, numeric, names, target, task, source, sha) -> Dataset:
     feats = []
     for j, name in enumerate(names):
         col = Xa[:, j]
-        std = float(col.std())
+        std = float(col.std(dtype=np.float64))
         if std == 0.0:
             msg = f"{source}, column {name!r}: constant feature (every value is {col[0]:g}); it carries no information"
             warnings.warn(msg, UserWarning, stacklevel=3)
             notes.append(msg)
-        feats.append(FeatureStats(name, "float32", float(col.min()), float(col.max()), float(col.mean()), std))
+        feats.append(FeatureStats(name, "float32", float(col.min()), float(col.max()), float(col.mean(dtype=np.float64)), std))
     schema = Schema(feats, target, task, classes)
-    return Dataset(Xa.astype(np.float32), y, schema, source, sha, notes)
+    return Dataset(np.ascontiguousarray(Xa, dtype=np.float32), y, schema, source, sha, notes)
 
 
 def _infer_task(y_values: list, numeric: bool, n: int) -> str:
@@ -287,8 +293,10 @@ def split(ds: Dataset, val_fraction: float = 0.2, seed: int = 0) -> tuple[Datase
         raise ValueError(f"val_fraction: {val_fraction} leaves no training rows out of {n}")
     if n_val == 0:
         return ds, None
+    # One gather into shuffled order, then two views: the data set is copied once, not once per part.
     perm = np.random.default_rng(seed).permutation(n)
-    return ds.subset(np.sort(perm[n_val:])), ds.subset(np.sort(perm[:n_val]))
+    shuffled = ds.subset(perm)
+    return shuffled.subset(slice(n_val, None)), shuffled.subset(slice(0, n_val))
 
 
 def standardize_stats(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -264,3 +264,22 @@ def test_line_numbers_count_quoted_fields_that_span_lines(tmp_path):
     p = write(tmp_path, 'a,y\n"1",2\n"3\n",4\n5,x6\n')
     with pytest.raises(ValueError, match=r"line 5, column 'y'"):
         data.load_csv(p, target="y", task="regression")
+
+
+def test_loading_and_splitting_copy_the_data_at_most_once():
+    X = np.random.default_rng(0).normal(size=(1000, 4)).astype(np.float32)
+    ds = data.from_arrays(X, X[:, 0] * 2)
+    assert np.shares_memory(ds.X, X)  # float32 input is used as it is
+    tr, va = data.split(ds, 0.2, seed=1)
+    assert not np.shares_memory(tr.X, X)  # the one copy: rows gathered into shuffled order
+    assert tr.X.base is not None and tr.X.base is va.X.base  # both parts are views of that one copy
+    assert len(tr) == 800 and len(va) == 200
+    assert sorted(map(tuple, np.vstack([tr.X, va.X]).tolist())) == sorted(map(tuple, X.tolist()))
+
+
+def test_values_beyond_float32_are_refused(tmp_path):
+    p = write(tmp_path, "a,y\n1,2\n1e39,3\n4,5\n")
+    with pytest.raises(ValueError, match=r"line 3, column 'a'.*too large for float32"):
+        data.load_csv(p, target="y")
+    with pytest.raises(ValueError, match=r"X, row 1, column 'x0'"):
+        data.from_arrays(np.array([[1.0], [1e300], [3.0]]), [1, 2, 3])

@@ -356,3 +356,10 @@ def test_config_round_trips_and_defaults_are_the_origin_settings():
     assert (cfg.model, cfg.lr, cfg.epochs, cfg.batch_size, cfg.momentum) == ("linear", 0.01, 1000, None, 0.0)
     assert cfg.validate() is cfg
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_all_constant_features_are_refused_by_the_python_api():
+    with pytest.warns(UserWarning, match="constant feature"):
+        ds = data.from_arrays(np.full((10, 2), 3.0), np.arange(10.0), ["a", "b"])
+    with pytest.raises(ValueError, match="every feature column is constant"):
+        train(ds, TrainConfig(epochs=2, progress=False))

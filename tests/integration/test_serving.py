@@ -173,3 +173,32 @@ def test_second_instance_runs_beside_the_first_and_stop_leaves_no_process(served
         assert server.stop(home) is True
     assert not psutil.pid_exists(info.pid) or psutil.Process(info.pid).status() == psutil.STATUS_ZOMBIE
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in children)
+
+
+def test_serve_start_foreground_stops_the_server_on_sigterm(served, tmp_path):
+    import signal
+    import time
+
+    store = tmp_path / "store"
+    store.mkdir()
+    shutil.copy(served.archives["y2x-2.0"], store)
+    home = tmp_path / "fg"
+    cmd = [sys.executable, "-m", "aiaas_torch.cli", "serve", "start", "--home", str(home), "--model-store", str(store),
+           "--models", f"y2x={served.archives['y2x-2.0'].name}", "--free-ports", "--foreground"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # printed once the workers are READY
+        assert "TorchServe ready" in line, line + proc.stderr.read()
+        pid = server.status(home)["pid"]
+        with Client(home=home) as c:
+            assert abs(c.predict("y2x", [6.0])["predictions"][0] - 18) < 0.05
+        time.sleep(1.5)  # still attached: the command has not returned
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            server.stop(home)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert server.status(home)["running"] is False

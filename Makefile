@@ -4,14 +4,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast bench lint clean
+.PHONY: install demo test test-fast bench clean
 
 install: $(STAMP)
 
 # Reinstall when the project metadata or the pinned constraints change.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,plots]'
 	touch $(STAMP)
 
 demo: install
@@ -23,12 +23,7 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -ra -m "not serving and not slow"
 
-# The `plots` extra (matplotlib) only for the benchmark's PNG; `make test` runs without it.
-$(VENV)/.plots-stamp: $(STAMP)
-	$(PY) -m pip install --quiet --quiet --disable-pip-version-check -c constraints.txt matplotlib
-	touch $@
-
-bench: $(VENV)/.plots-stamp
+bench: install
 	$(PY) benchmarks/serve.py --out-dir build/bench
 
 clean:

@@ -314,7 +314,7 @@ class LocalModel:
             raise ValueError(f"{self.run_dir}: no compiled package loadable on this host")
         if program != "float" and isa_ok:
             self.program_file = COMPILED
-            self._fn = torch._inductor.aoti_load_package(str(self.run_dir / COMPILED))
+            self._fn = _load_compiled(self.run_dir / COMPILED)
         else:
             self.program_file = FLOAT_PROGRAM
             self._fn = torch.export.load(str(self.run_dir / FLOAT_PROGRAM)).module()
@@ -330,6 +330,23 @@ class LocalModel:
         parsed = contract.parse_request(body, self.card)
         out = self.forward(np.asarray(parsed.rows, dtype=np.float32))
         return contract.answer(self.card, parsed, out.tolist(), name, version)
+
+
+def _load_compiled(path: Path):
+    """Return the loaded AOTInductor package, skipping inductor's g++ ISA probe (the caller checked CPU flags).
+
+    The probe compiles and runs test programs only to compare ISAs for a warning: 1.6–10 s per process. The
+    setting is restored afterwards, so the caller's own torch.compile keeps probing as usual.
+    """
+    from torch._inductor import config as inductor_config
+
+    saved = inductor_config.cpp.vec_isa_ok
+    if os.environ.get("TORCHINDUCTOR_VEC_ISA_OK") is None:
+        inductor_config.cpp.vec_isa_ok = True
+    try:
+        return torch._inductor.aoti_load_package(str(path))
+    finally:
+        inductor_config.cpp.vec_isa_ok = saved
 
 
 def load_run(run_dir: str | os.PathLike, program: str = "auto") -> LocalModel:

@@ -375,3 +375,12 @@ def test_requantize_refuses_a_tampered_checkpoint(origin_run, tmp_path):
         f.write(b"x")
     with pytest.raises(ValueError, match="checkpoint.pt: SHA-256"):
         export.requantize(run, QuantConfig(scheme="pow2"), compile=False)
+
+
+def test_loading_the_compiled_package_leaves_inductor_settings_as_they_were(origin_run):
+    from torch._inductor import config as inductor_config
+
+    before = inductor_config.cpp.vec_isa_ok
+    model = aiaas_torch.load_run(origin_run.run_dir, program="compiled")
+    assert model.program_file == "model.pt2"
+    assert inductor_config.cpp.vec_isa_ok == before

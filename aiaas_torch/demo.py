@@ -57,7 +57,6 @@ def run_demo(home: str = ".aiaas-demo", workdir: str = "runs", model_store: str 
                 say(f"   x = {xi} → {yi:.4f}")
             summary["predictions"] = answer["predictions"]
             card = c.describe("y2x")[0]["customizedMetadata"]
-            card = card if isinstance(card, dict) else __import__("json").loads(card)
             say("6. the served model card (GET /models/y2x?customized=true)")
             say(f"   input {[f['name'] for f in card['input']['features']]}, output {card['output']['target']} ({card['output']['task']}), "
                 f"coefficients {card['model']['coefficients']}")

@@ -7,6 +7,7 @@ CUDA, serves through TorchServe on the GPU and checks the answers against the CP
 
 from __future__ import annotations
 
+import json
 import zipfile
 
 import numpy as np
@@ -40,7 +41,7 @@ def test_package_device_sets_device_type(cpu_run, tmp_path, device, expected):
     mar = package(cpu_run, "m", "1", tmp_path, device=device, serving=ServingConfig(workers=1)).path
     with zipfile.ZipFile(mar) as zf:
         cfg = yaml.safe_load(zf.read("model-config.yaml"))
-        card = __import__("json").loads(zf.read("model.json"))
+        card = json.loads(zf.read("model.json"))
     assert cfg.get("deviceType") == expected  # unset for auto: TorchServe gives a worker a GPU exactly when there is one
     assert card["serving"]["device"] == device
     assert card["files"]["model_float.pt2"]["serves"].startswith("cuda")

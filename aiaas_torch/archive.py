@@ -141,7 +141,8 @@ def package(
 
     card = dict(card)
     card["files"] = {n: m for n, m in card["files"].items() if m.get("role") in SERVING_ROLES}
-    card["serving"] = {"name": name, "version": version, "device": device, **_model_config(serving, device, card["input"]["max_rows"])}
+    model_config = _model_config(serving, device, card["input"]["max_rows"])
+    card["serving"] = {"name": name, "version": version, "device": device, **model_config}
     if sign_key:
         card["signature"] = {"alg": "HMAC-SHA256", "value": contract.card_digest(card, sign_key)}
 
@@ -150,7 +151,7 @@ def package(
         inputs = work / "inputs"
         inputs.mkdir()
         (inputs / CARD).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-        (inputs / MODEL_CONFIG).write_text(yaml.safe_dump(_model_config(serving, device, card["input"]["max_rows"]), sort_keys=True))
+        (inputs / MODEL_CONFIG).write_text(yaml.safe_dump(model_config, sort_keys=True))
         shutil.copy2(CONTRACT_FILE, inputs / CONTRACT_FILE.name)
         extra = [inputs / CARD, inputs / CONTRACT_FILE.name] + [run_dir / n for n in sorted(card["files"])]
         if custom_handler:

@@ -256,6 +256,15 @@ class _Run:
         raise ConnectionError(f"cannot connect to {self.host}:{self.port}")
 
 
+def _content_length(head: bytes) -> int | None:
+    """Return the Content-Length of a lower-cased HTTP message head, or None when it has none."""
+    i = head.find(b"\r\ncontent-length:")
+    if i < 0:
+        return None
+    j = head.find(b"\r\n", i + 2)
+    return int(head[i + 17 : j if j >= 0 else len(head)])
+
+
 class _Conn(asyncio.Protocol):
     """One keep-alive connection in a closed loop: send, read the whole answer, record, send again."""
 
@@ -296,10 +305,9 @@ class _Conn(asyncio.Protocol):
             except ValueError:
                 self._broken("bad-response")
                 return
-            i = head.find(b"\r\ncontent-length:")
-            if i >= 0:
-                j = head.find(b"\r\n", i + 2)
-                total = end + 4 + int(head[i + 17 : j if j >= 0 else len(head)])
+            length = _content_length(head)
+            if length is not None:
+                total = end + 4 + length
             elif b"chunked" in head:
                 k = buf.find(b"0\r\n\r\n", end + 4)
                 if k < 0:
@@ -646,11 +654,7 @@ class _Trivial(asyncio.Protocol):
             if end < 0:
                 return
             head = bytes(buf[:end]).lower()
-            i = head.find(b"\r\ncontent-length:")
-            length = 0
-            if i >= 0:
-                j = head.find(b"\r\n", i + 2)
-                length = int(head[i + 17 : j if j >= 0 else len(head)])
+            length = _content_length(head) or 0
             if len(buf) < end + 4 + length:
                 return
             del buf[: end + 4 + length]

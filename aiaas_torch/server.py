@@ -33,6 +33,8 @@ from typing import Iterable, Mapping, Sequence
 import httpx
 import psutil
 
+from .handlers.aiaas_contract import REFUSAL_MARK
+
 __all__ = [
     "ServerError",
     "ServerArgumentError",
@@ -464,13 +466,12 @@ def _death_reason(home: Path) -> str:
     return "; ".join(found[:3])
 
 
-REFUSAL_MARK = "aiaas: refusing to load model"  # logged by handlers/tabular_handler.py
 
 
 def _refusal(home: Path) -> str:
     """Return the handler's "refusing to load" line (hash or signature mismatch) from model_log.log, or ''."""
     for line in reversed(_tail(home / "logs" / "model_log.log", 400).splitlines()):
-        if REFUSAL_MARK in line:
+        if REFUSAL_MARK in line:  # logged by handlers/tabular_handler.py
             return line[line.index(REFUSAL_MARK):].strip()
     return ""
 

@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass
 
 DEFAULT_MAX_ROWS = 10_000
+REFUSAL_MARK = "aiaas: refusing to load model"  # the handler logs it; server.wait_until_ready looks for it
 SIGNING_KEY_ENV = "AIAAS_SIGNING_KEY"  # HMAC key for signed archives; kept outside the archive
 V2_NUMERIC_TYPES = {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 ISA_CPU_FLAGS = {  # what /proc/cpuinfo must list for code inductor compiled for that vector ISA

@@ -49,7 +49,7 @@ class TabularHandler:
         problems = contract.verify_files(self.card, model_dir, roles={"cpu-compiled", "float-program"})
         problems += contract.verify_signature(self.card, model_dir, os.environ.get(contract.SIGNING_KEY_ENV))
         if problems:
-            msg = f"aiaas: refusing to load model {self.model_name}: " + "; ".join(problems)
+            msg = f"{contract.REFUSAL_MARK} {self.model_name}: " + "; ".join(problems)
             logger.error(msg)
             raise RuntimeError(msg)
         settings = (getattr(context, "model_yaml_config", None) or {}).get("handler", {}) or {}

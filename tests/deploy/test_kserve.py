@@ -147,3 +147,19 @@ def test_committed_example_tree_is_consistent():
     assert pol["kind"] == "NetworkPolicy" and pol["spec"]["podSelector"]["matchLabels"] == isvc["metadata"]["labels"]
     dockerfile = (root.parent / "Dockerfile").read_text()
     assert "FROM python:3.11-slim" in dockerfile and "USER model-server" in dockerfile and "constraints.txt" in dockerfile
+
+
+def test_docker_image_opens_only_the_inference_address(tmp_path):
+    """The Dockerfile's own sed expression, applied to the repo's config: management and metrics stay on loopback."""
+    import re
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[2]
+    dockerfile = (repo / "deploy" / "Dockerfile").read_text()
+    (expr,) = re.findall(r"sed -e '([^']+)' /tmp/config\.properties", dockerfile)
+    out = subprocess.run(["sed", "-e", expr, str(repo / "config.properties")], capture_output=True, text=True, check=True).stdout
+    props = dict(line.split("=", 1) for line in out.splitlines() if line and not line.startswith("#") and "=" in line)
+    assert props["inference_address"].startswith("http://0.0.0.0:")
+    assert props["management_address"].startswith("http://127.0.0.1:")
+    assert props["metrics_address"].startswith("http://127.0.0.1:")
+    assert props["disable_token_authorization"] == "false" and props["enable_model_api"] == "false"

@@ -130,7 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--model-store", default="model_store", metavar="DIR", help="model store (default model_store)")
     st.add_argument("--models", nargs="+", metavar="NAME=FILE.mar", help="archives to load (default: every .mar in the store)")
     st.add_argument("--free-ports", action="store_true", help="pick every port free at start (default 8080-8082, 7070-7071, 9000)")
-    st.add_argument("--config", default=None, metavar="FILE", help="base config.properties (default ./config.properties)")
+    st.add_argument("--config", default=None, metavar="FILE",
+                    help="base config.properties (default ./config.properties); the security settings (loopback, token "
+                         "auth, model API off, local archives only, no per-model pip installs, no TS_* overrides) are "
+                         "forced whatever it says, with a warning naming each key it tried to change")
+    st.add_argument("--trust-config-key", action="append", default=[], metavar="KEY",
+                    choices=["plugins_path", "vmargs", "system_metrics_cmd"],
+                    help="keep this key of --config (plugins_path: jars on the Java frontend's classpath; vmargs: JVM "
+                         "flags; system_metrics_cmd: a command the frontend runs); dropped with a warning otherwise")
     st.add_argument("--timeout", type=_finite, default=180.0, help="seconds to wait for READY (default 180)")
     st.add_argument("--access-log", action="store_true", help="turn TorchServe's access log back on")
     st.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops the server")
@@ -369,7 +376,14 @@ def cmd_serve(a) -> int:
             for m in models:
                 if "=" not in m or not m.split("=", 1)[0] or not m.endswith(".mar"):
                     raise UsageError(f"--models {m!r}: expected NAME=FILE.mar")
-        info = server.start(a.home, a.model_store, models, a.free_ports, a.config, a.timeout, access_log=a.access_log)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", server.SecuritySettingWarning)
+            try:
+                info = server.start(a.home, a.model_store, models, a.free_ports, a.config, a.timeout,
+                                    access_log=a.access_log, trust_config_keys=a.trust_config_key)
+            finally:
+                for w in caught:
+                    _warn(str(w.message))
         st = server.status(a.home)
         if a.json:
             _print_json(st)

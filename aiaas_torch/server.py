@@ -26,7 +26,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -59,6 +60,7 @@ _MODEL_SERVER_CLASS = "org.pytorch.serve.ModelServer"
 _INFO_FILE = "server.json"
 _KEY_FILE = "key_file.json"
 _POLL_S = 0.25
+_SCANNED_LOGS = ("console.log", "ts_log.log", "model_log.log")  # appended across runs of the same home
 
 # Built-in base config, identical in effect to the repository's config.properties (a test checks this).
 DEFAULT_CONFIG = """\
@@ -74,6 +76,7 @@ enable_model_api=false
 allowed_urls=file://.*
 install_py_dep_per_model=false
 enable_envvars_config=false
+use_env_allowed_urls=false
 metrics_mode=prometheus
 disable_system_metrics=true
 default_workers_per_model=1
@@ -175,6 +178,7 @@ class ServerInfo:
     pgid: int = 0  # process group of the launcher, Java and its workers (start_new_session)
     create_time: float = 0.0  # of the Java process; guards against a recycled pid
     listen_ports: tuple[int, ...] = ()  # every TCP port the instance must hold (HTTP and gRPC)
+    log_offsets: dict[str, int] = field(default_factory=dict)  # log sizes at start: older lines are another run's
 
     def to_json(self) -> str:
         """Return this info as a JSON document."""
@@ -269,30 +273,97 @@ def _metrics_config() -> Path:
     return path
 
 
-def _effective_config(base: Mapping[str, str], ports: Ports, model_store: Path) -> dict[str, str]:
-    """Return the base properties with this instance's addresses, paths and the security settings forced."""
+# The security settings every instance runs with, whatever the base config says (a change gets a warning).
+SECURITY_SETTINGS = {
+    "disable_token_authorization": "false",  # token auth on
+    "enable_model_api": "false",  # no registering or unregistering models over HTTP
+    "allowed_urls": "file://.*",  # were the model API on: local archives only
+    "install_py_dep_per_model": "false",  # no pip installs of a model's requirements at load time
+    "enable_envvars_config": "false",  # TS_* environment variables cannot override this config
+    "use_env_allowed_urls": "false",  # nor can TS_ALLOWED_URLS
+}
+# Settings that put code or flags into the Java frontend (plugin jars on its classpath, JVM flags) or make it run a
+# command: dropped from a base config unless the caller trusts them by name (`--trust-config-key`).
+TRUSTABLE_KEYS = ("plugins_path", "vmargs", "system_metrics_cmd")
+# Environment variables TorchServe reads even with enable_envvars_config=false, and the JVM's own flag variables.
+_UNTRUSTED_ENV = ("TS_CONFIG_FILE", "TS_OPEN_INFERENCE_PROTOCOL", "TS_MODEL_SERVER_HOME",
+                  "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS")  # fmt: skip
+
+
+class SecuritySettingWarning(UserWarning):
+    """A config or environment tried to change a setting that `start` forces; the message names the key."""
+
+
+def _effective_config(
+    base: Mapping[str, str], ports: Ports, model_store: Path, trusted_keys: Iterable[str] = ()
+) -> dict[str, str]:
+    """Return the base properties with this instance's addresses, paths and the security settings forced.
+
+    Warns (SecuritySettingWarning) for every forced setting the base config sets otherwise and for every dropped
+    key that `trusted_keys` does not name.
+    """
     props = dict(base)
+    addresses = {
+        "inference_address": f"http://127.0.0.1:{ports.inference}",
+        "management_address": f"http://127.0.0.1:{ports.management}",
+        "metrics_address": f"http://127.0.0.1:{ports.metrics}",
+        "grpc_inference_address": "127.0.0.1",
+        "grpc_management_address": "127.0.0.1",
+    }
+    for key, value in {**addresses, **SECURITY_SETTINGS}.items():
+        given = props.get(key)
+        if given is not None and not _same_setting(key, given, value):
+            warnings.warn(f"config sets {key}={given}; aiaas serve forces {key}={value}", SecuritySettingWarning, 3)
+    props.update(addresses)
+    props.update(SECURITY_SETTINGS)
     props.update(
         {
-            "inference_address": f"http://127.0.0.1:{ports.inference}",
-            "management_address": f"http://127.0.0.1:{ports.management}",
-            "metrics_address": f"http://127.0.0.1:{ports.metrics}",
-            "grpc_inference_address": "127.0.0.1",
-            "grpc_management_address": "127.0.0.1",
             "grpc_inference_port": str(ports.grpc_inference),
             "grpc_management_port": str(ports.grpc_management),
             "initial_worker_port": str(ports.initial_worker),
             "metrics_config": str(_metrics_config()),
             "model_store": str(model_store),
-            "disable_token_authorization": "false",
-            "enable_model_api": "false",
             "metrics_mode": "prometheus",
         }
     )
     # These would be passed to the launcher/JVM: our log config and our own store/model list win.
     for key in ("load_models", "model_snapshot"):
         props.pop(key, None)
+    trusted = set(trusted_keys)
+    for key in TRUSTABLE_KEYS:
+        if key in props and key not in trusted:
+            warnings.warn(
+                f"config sets {key}={props.pop(key)}; ignored (it changes the Java frontend's code, flags or commands): "
+                f"pass --trust-config-key {key} to keep it",
+                SecuritySettingWarning, 3,
+            )  # fmt: skip
     return props
+
+
+def _same_setting(key: str, given: str, forced: str) -> bool:
+    """Return True when a config value means the forced one (booleans case-insensitively, addresses by host)."""
+    if forced in ("true", "false"):
+        return given.strip().lower() == forced
+    if key.endswith("_address") and forced.startswith("http://"):
+        return given.strip().startswith("http://127.0.0.1:")
+    return given.strip() == forced
+
+
+def _launcher_env(logs: Path, tmp: Path) -> dict[str, str]:
+    """Return the environment for the torchserve launcher: ours, minus what would override the forced settings."""
+    env = dict(os.environ)
+    for name in _UNTRUSTED_ENV:
+        if env.pop(name, None) is not None and name != "TS_CONFIG_FILE":
+            warnings.warn(f"${name} is set; not passed to TorchServe (aiaas serve forces its settings)", SecuritySettingWarning, 3)
+    env.update(
+        {
+            "LOG_LOCATION": str(logs),
+            "METRICS_LOCATION": str(logs),
+            "TMPDIR": str(tmp),  # the launcher's pid file: one instance per TMPDIR
+            "TEMP": str(tmp),  # Java's tmpdir: worker sockets and unpacked archives
+        }
+    )
+    return env
 
 
 def _check_signing_key_reaches_workers(props: Mapping[str, str]) -> None:
@@ -437,48 +508,62 @@ def read_keys(home: str | os.PathLike = ".aiaas") -> dict[str, str]:
         raise ServerError(f"unexpected key file layout in {path}: {sorted(data)}") from None
 
 
-def _tail(path: Path, lines: int = 30) -> str:
-    """Return the last lines of a text file, or a note that it is missing."""
+def _log_sizes(logs: Path) -> dict[str, int]:
+    """Return {log file name: size in bytes} of the logs a start reads, so that only later lines count."""
+    sizes = {}
+    for name in _SCANNED_LOGS:
+        try:
+            sizes[name] = (logs / name).stat().st_size
+        except FileNotFoundError:
+            sizes[name] = 0
+    return sizes
+
+
+def _tail(path: Path, lines: int = 30, since: int = 0) -> str:
+    """Return the last lines of a text file written after byte `since`, or a note that it is missing.
+
+    A file shorter than `since` was rotated since: all of it is new.
+    """
     try:
         with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 64 * lines * 4))
+            end = f.seek(0, os.SEEK_END)
+            f.seek(max(since if since <= end else 0, end - 64 * lines * 4))
             text = f.read().decode("utf-8", "replace")
     except FileNotFoundError:
         return f"(no {path.name})"
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _log_report(home: Path, names: Sequence[str], lines: int = 30) -> str:
-    """Return the last lines of the named logs under HOME/logs, each under a header."""
-    return "\n".join(f"--- last lines of {home / 'logs' / n}:\n{_tail(home / 'logs' / n, lines)}" for n in names)
+def _log_report(home: Path, names: Sequence[str], since: Mapping[str, int], lines: int = 30) -> str:
+    """Return the last lines the named logs under HOME/logs got since this start, each under a header."""
+    return "\n".join(
+        f"--- last lines of {home / 'logs' / n} (this start):\n{_tail(home / 'logs' / n, lines, since.get(n, 0))}" for n in names
+    )
 
 
-def _death_reason(home: Path) -> str:
+def _death_reason(home: Path, since: Mapping[str, int]) -> str:
     """Return the telling lines TorchServe logged before dying (bind failure, already running, ...), or ''."""
     marks = ("Failed to bind", "Address already in use", "already running", "not found", "Invalid")
     found: list[str] = []
     for name in ("console.log", "ts_log.log"):
-        for line in _tail(home / "logs" / name, 200).splitlines():
+        for line in _tail(home / "logs" / name, 200, since.get(name, 0)).splitlines():
             line = line.strip()
             if any(m in line for m in marks) and line not in found:
                 found.append(line)
     return "; ".join(found[:3])
 
 
-
-
-def _refusal(home: Path) -> str:
-    """Return the handler's "refusing to load" line (hash or signature mismatch) from model_log.log, or ''."""
-    for line in reversed(_tail(home / "logs" / "model_log.log", 400).splitlines()):
+def _refusal(home: Path, since: Mapping[str, int]) -> str:
+    """Return the handler's "refusing to load" line (hash or signature mismatch) written since this start, or ''."""
+    for line in reversed(_tail(home / "logs" / "model_log.log", 400, since.get("model_log.log", 0)).splitlines()):
         if REFUSAL_MARK in line:  # logged by handlers/tabular_handler.py
             return line[line.index(REFUSAL_MARK):].strip()
     return ""
 
 
-def _load_error(home: Path) -> str:
-    """Return the last exception line a worker wrote to model_log.log (e.g. the handler's import error), or ''."""
-    for line in reversed(_tail(home / "logs" / "model_log.log", 400).splitlines()):
+def _load_error(home: Path, since: Mapping[str, int]) -> str:
+    """Return the last exception line a worker wrote to model_log.log since this start (e.g. an import error), or ''."""
+    for line in reversed(_tail(home / "logs" / "model_log.log", 400, since.get("model_log.log", 0)).splitlines()):
         text = line.split("MODEL_LOG - ", 1)[-1].strip()
         head, _, rest = text.partition(":")
         # Skip TorchServe's own wrapper ("RuntimeError: 500 - Unknown exception") for the handler's cause.
@@ -503,7 +588,7 @@ def _is_alive(pid: int, create_time: float = 0.0) -> bool:
         return False
 
 
-def _find_java_child(launcher: subprocess.Popen, home: Path, timeout: float = 30.0) -> psutil.Process:
+def _find_java_child(launcher: subprocess.Popen, home: Path, since: Mapping[str, int], timeout: float = 30.0) -> psutil.Process:
     """Return the Java ModelServer process the torchserve launcher started."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -517,15 +602,15 @@ def _find_java_child(launcher: subprocess.Popen, home: Path, timeout: float = 30
         except psutil.NoSuchProcess:
             pass
         if launcher.poll() is not None:
-            reason = _death_reason(home)
+            reason = _death_reason(home, since)
             raise ServerError(
                 f"torchserve exited (code {launcher.returncode}) before starting Java"
                 + (f": {reason}" if reason else "")
                 + "\n"
-                + _log_report(home, ["console.log"])
+                + _log_report(home, ["console.log"], since)
             )
         time.sleep(0.05)
-    raise ServerError(f"torchserve started no Java process within {timeout:.0f} s\n" + _log_report(home, ["console.log"]))
+    raise ServerError(f"torchserve started no Java process within {timeout:.0f} s\n" + _log_report(home, ["console.log"], since))
 
 
 def _group_members(pgid: int) -> list[psutil.Process]:
@@ -719,10 +804,10 @@ def _wait_ready(
     with httpx.Client(timeout=httpx.Timeout(5.0), trust_env=False) as client:
         while True:
             if not _is_alive(info.pid, info.create_time):
-                reason = _death_reason(info.home)
+                reason = _death_reason(info.home, info.log_offsets)
                 raise ServerError(
                     f"TorchServe (pid {info.pid}) died" + (f": {reason}" if reason else "") + "\n"
-                    + _log_report(info.home, ["console.log", "ts_log.log"])
+                    + _log_report(info.home, ["console.log", "ts_log.log"], info.log_offsets)
                 )
             try:
                 last = _models_snapshot(client, info)
@@ -732,19 +817,19 @@ def _wait_ready(
                 problem = f"ports not bound yet: {unbound}" if unbound else f"workers not READY: {last}"
             except (httpx.HTTPError, ServerError, ValueError) as e:
                 problem = f"management API: {e}"
-            refusal = _refusal(info.home)
+            refusal = _refusal(info.home, info.log_offsets)
             if refusal:  # an integrity or signature refusal is final: restarting workers cannot change a file
-                raise ServerError(f"{refusal}\n" + _log_report(info.home, ["model_log.log"]))
+                raise ServerError(f"{refusal}\n" + _log_report(info.home, ["model_log.log"], info.log_offsets))
             if time.monotonic() >= deadline:
                 missing = [n for n in expected or [] if n not in last]
-                error = _load_error(info.home)
+                error = _load_error(info.home, info.log_offsets)
                 raise ServerError(
                     f"TorchServe models not ready within {timeout:g} s"
                     + (f"; last worker error: {error}" if error else "")
                     + f" ({problem}"
                     + (f"; not registered: {missing}" if missing else "")
                     + ")\n"
-                    + _log_report(info.home, ["model_log.log", "ts_log.log"])
+                    + _log_report(info.home, ["model_log.log", "ts_log.log"], info.log_offsets)
                 )
             time.sleep(_POLL_S)
 
@@ -777,14 +862,20 @@ def start(
     ready_timeout: float = 120.0,
     access_log: bool = False,
     ports: Ports | None = None,
+    trust_config_keys: Iterable[str] = (),
 ) -> ServerInfo:
     """Return the ServerInfo of a TorchServe started in HOME once all its models have READY workers.
 
     models: None loads every .mar in the store (names from each archive's manifest); a dict {name: file.mar}
     or a list of "NAME=FILE.mar" strings loads those under those names.
     Ports: 8080/8081/8082 (gRPC 7070/7071), all free ones picked now with free_ports=True, or explicit `ports`.
+    Security settings are forced whatever `config` says (SECURITY_SETTINGS, loopback addresses); keys in
+    TRUSTABLE_KEYS are dropped from it unless named in `trust_config_keys`. Each override is a SecuritySettingWarning.
     Raises ServerError (Java missing, port taken, process died, not ready in time) and then leaves nothing running.
     """
+    unknown = sorted(set(trust_config_keys) - set(TRUSTABLE_KEYS))
+    if unknown:
+        raise ServerArgumentError(f"trust_config_keys: {unknown} cannot be trusted; only {list(TRUSTABLE_KEYS)} can")
     home = Path(home).resolve()
     store = Path(model_store).resolve()
     if not store.is_dir():
@@ -809,7 +900,7 @@ def start(
     ports = ports if ports is not None else _pick_ports(free_ports)
     _check_ports_free(ports)
     base, source = _base_config(config)
-    props = _effective_config(base, ports, store)
+    props = _effective_config(base, ports, store, trust_config_keys)
     _check_signing_key_reaches_workers(props)
     cfg = home / "config.properties"
     _write_text_atomic(
@@ -820,16 +911,7 @@ def start(
     log_cfg = home / "log4j2.xml"
     _write_text_atomic(log_cfg, _log4j_config(access_log))
 
-    env = dict(os.environ)
-    env.pop("TS_CONFIG_FILE", None)  # would override --ts-config in the launcher
-    env.update(
-        {
-            "LOG_LOCATION": str(logs),
-            "METRICS_LOCATION": str(logs),
-            "TMPDIR": str(tmp),  # the launcher's pid file: one instance per TMPDIR
-            "TEMP": str(tmp),  # Java's tmpdir: worker sockets and unpacked archives
-        }
-    )
+    env = _launcher_env(logs, tmp)
     cmd = [
         torchserve, "--start", "--ncs", "--foreground",
         "--ts-config", str(cfg),
@@ -837,6 +919,7 @@ def start(
         "--log-config", str(log_cfg),
         "--models", *model_args,
     ]  # fmt: skip
+    log_offsets = _log_sizes(logs)  # before this start writes a line
     with open(logs / "console.log", "ab") as console:
         launcher = subprocess.Popen(
             cmd, cwd=home, env=env, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
@@ -845,7 +928,7 @@ def start(
     started = time.monotonic()
     info: ServerInfo | None = None
     try:
-        java = _find_java_child(launcher, home)
+        java = _find_java_child(launcher, home, log_offsets)
         info = ServerInfo(
             home=home,
             pid=java.pid,
@@ -857,6 +940,7 @@ def start(
             pgid=launcher.pid,
             create_time=java.create_time(),
             listen_ports=tuple(ports.tcp().values()),
+            log_offsets=log_offsets,
         )
         _launchers[info.pid] = launcher
         _write_text_atomic(_info_path(home), info.to_json())

@@ -5,10 +5,11 @@ loss, a seed that makes the same data give the same weights bit-for-bit on CPU, 
 and a resumable checkpoint (written atomically).
 
 Launched under `torchrun` (WORLD_SIZE > 1) it trains with DistributedDataParallel: gloo on CPU, nccl on CUDA.
-Every rank reads the data set and trains on its shard, chosen by DistributedSampler; one process alone uses the
-same sampler with one replica, so the global batches of a distributed run are exactly the mini-batches of a
-single-process run with the same seed and batch size. Losses are reduced across ranks; only rank 0 returns a
-result meant for writing (callers check `TrainResult.rank`).
+Every rank reads the data set, draws the same epoch permutation, and takes every world-th row of each global
+batch; losses are weighted so that the averaged gradient is the global batch's mean. A distributed run's steps are
+therefore exactly a single-process run's with the same seed and batch size, for any number of rows and any batch
+size (up to float summation order). Only rank 0 returns a result meant for writing (callers check
+`TrainResult.rank`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import torch
 from torch import distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from .data import Dataset, Schema, pca_rotation, split, standardize_stats
@@ -135,11 +135,22 @@ class TrainResult:
     backend: str | None = None  # "gloo" | "nccl" when distributed
 
 
-def loss_fn(task: str):
-    """Return the training loss: J(θ) = 1/(2m) Σ (h − y)² for regression, mean cross-entropy for classes."""
+def loss_fn(task: str, reduction: str = "mean"):
+    """Return the training loss: J(θ) = 1/(2m) Σ (h − y)² for regression, cross-entropy for classes (mean, or sum
+    over the rows with reduction="sum")."""
+    reduce = torch.mean if reduction == "mean" else torch.sum
     if task == "regression":
-        return lambda out, y: 0.5 * torch.mean((out[:, 0] - y) ** 2)
-    return lambda out, y: nn.functional.cross_entropy(out, y)
+        return lambda out, y: 0.5 * reduce((out[:, 0] - y) ** 2)
+    return lambda out, y: nn.functional.cross_entropy(out, y, reduction=reduction)
+
+
+def _epoch_order(n: int, shuffle: bool, seed: int) -> torch.Tensor:
+    """Return the row order of one epoch: a permutation drawn from `seed` (the same on every rank), or 0..n-1."""
+    if not shuffle:
+        return torch.arange(n)
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return torch.randperm(n, generator=g)
 
 
 @torch.no_grad()
@@ -236,14 +247,12 @@ def train(
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     sched = _scheduler(opt, config)
     crit = loss_fn(task)
+    crit_sum = loss_fn(task, reduction="sum")
     Xt, yt = torch.from_numpy(train_ds.X), torch.from_numpy(train_ds.y)  # views, no copy
     Xv = torch.from_numpy(val_ds.X).to(device) if val_ds is not None else None
     yv = torch.from_numpy(val_ds.y).to(device) if val_ds is not None else None
     n = Xt.shape[0]
     bs = n if config.batch_size is None else min(config.batch_size, n)
-    # Each rank's shard, reshuffled every epoch from (seed, epoch); with one replica it is a plain permutation.
-    sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=bs < n, seed=config.seed)
-    local_bs = max(1, bs // world) if bs < n else math.ceil(n / world)
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
 
     history: list[dict] = []
@@ -288,22 +297,31 @@ def train(
     bar = tqdm(range(start_epoch, config.epochs), disable=not show, desc="train", unit="epoch", leave=False)
     net.train()
     for epoch in bar:
-        sampler.set_epoch(epoch)
-        order = torch.tensor(list(sampler), dtype=torch.long)
+        order = _epoch_order(n, shuffle=bs < n, seed=config.seed + epoch)
         total = torch.zeros((), dtype=torch.float64, device=device)
-        for i in range(0, len(order), local_bs):
-            idx = order[i : i + local_bs]
+        for i in range(0, n, bs):
+            # The same global batch as one process; each rank takes every world-th row of it. Under DDP (which
+            # averages the ranks' gradients) each rank's loss is its rows' summed loss × world / batch rows, so the
+            # step equals one process's for any row count and batch size, uneven shards included.
+            batch = order[i : i + bs]
+            idx = batch[rank::world]
             xb, yb = Xt[idx].to(device), yt[idx].to(device)
             opt.zero_grad(set_to_none=True)
-            loss = crit(net(xb), yb)
+            if world == 1:
+                loss = crit(net(xb), yb)
+                rows_loss = loss.detach().double() * xb.shape[0]
+            else:
+                summed = crit_sum(net(xb), yb)
+                loss = summed * (world / len(batch))
+                rows_loss = summed.detach().double()
             loss.backward()
             opt.step()
-            total += loss.detach().double() * xb.shape[0]
+            total += rows_loss
         if world > 1:
             dist.all_reduce(total)  # the epoch's training loss over every rank's rows
         if sched is not None:
             sched.step()
-        row = {"epoch": epoch + 1, "train_loss": float(total) / (len(order) * world)}
+        row = {"epoch": epoch + 1, "train_loss": float(total) / n}
         if Xv is not None:
             with torch.no_grad():
                 model.eval()

@@ -86,3 +86,25 @@ def test_a_different_shard_or_order_would_be_caught(csv_path):
     a = _single_process_weights(csv_path)
     b = train(load_csv(csv_path, "y"), TrainConfig(batch_size=64, epochs=5, lr=0.05, seed=4, progress=False)).model.state_dict()
     assert not torch.allclose(a["1.weight"], b["1.weight"], rtol=1e-5, atol=1e-6)
+
+
+def test_uneven_shards_and_batches_still_match_single_process(tmp_path):
+    """641 training rows and batch 45 over 2 ranks: neither divides evenly, and the run still equals one process's."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(801, 5))
+    y = X @ np.arange(1, 6) + 0.5 + rng.normal(0, 0.1, 801)
+    data = tmp_path / "uneven.csv"
+    data.write_text("a,b,c,d,e,y\n" + "".join(",".join(f"{v:.6f}" for v in (*x, t)) + "\n" for x, t in zip(X, y)))
+    settings = ["--batch-size", "45", "--epochs", "5", "--lr", "0.05", "--seed", "3", "--no-compile", "--no-progress"]
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "aiaas_torch.cli", "train", str(data), "--target", "y", "--out", str(run),
+           "--distributed", "--nproc-per-node", "2", *settings]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    card = json.loads((run / "model.json").read_text())
+    assert card["data"]["train_rows"] % 2 == 1 and card["data"]["train_rows"] % 45 != 0
+    single = train(load_csv(data, "y"), TrainConfig(batch_size=45, epochs=5, lr=0.05, seed=3, progress=False))
+    ck = torch.load(run / "checkpoint.pt", weights_only=True)
+    for k, v in single.model.state_dict().items():
+        assert torch.allclose(ck["model"][k], v, rtol=1e-5, atol=1e-6), (k, (ck["model"][k] - v).abs().max())
+    assert abs(card["training"]["history"]["train_loss"][-1] - single.history[-1]["train_loss"]) < 1e-6 * max(1.0, single.history[-1]["train_loss"])

@@ -87,11 +87,11 @@ class LevelResult:
     """One concurrency level: answers counted in the timed window, their latency and the CPU spent."""
 
     concurrency: int
-    requests: int  # answers completed in the window (errors included)
+    requests: int  # requests finished in the window: successful answers plus errors
     errors: int  # answers with status >= 400, timeouts, broken connections
     error_kinds: dict
     seconds: float  # the timed window
-    rps: float  # requests / seconds
+    rps: float  # successful answers / seconds (errors are not throughput); latencies are theirs too
     p50_ms: float
     p90_ms: float
     p99_ms: float
@@ -325,9 +325,10 @@ class _Conn(asyncio.Protocol):
     def _answered(self, status: int, closing: bool) -> None:
         run = self.run
         if run.phase == _MEASURING:
-            run.latencies.append(time.perf_counter() - self.t0)
-            if status >= 400:
+            if status >= 400:  # an error answer is no throughput, and its latency is not a served request's
                 run.errors[str(status)] = run.errors.get(str(status), 0) + 1
+            else:
+                run.latencies.append(time.perf_counter() - self.t0)
         self.busy = False
         if closing:
             self.transport.close()
@@ -603,9 +604,8 @@ def measure(
                     errors[k] = errors.get(k, 0) + v
             seconds = max(p["seconds"] for p in parts)
             ms = sorted(x * 1000.0 for x in lat)
-            answered = len(ms)
-            unanswered = sum(v for k, v in errors.items() if not k.isdigit())
-            total = answered + unanswered
+            answered = len(ms)  # successful answers only: latencies are recorded for those alone
+            total = answered + sum(errors.values())
             results.append(
                 LevelResult(
                     concurrency=c,

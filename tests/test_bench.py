@@ -115,6 +115,7 @@ def test_measure_counts_error_answers(status_server):
     (lv,) = bench.measure(bench.Target(url), (2,), duration=0.5, warmup=0.1, progress=False)
     check_level(bench.asdict(lv), 2)
     assert lv.requests > 0 and lv.errors == lv.requests and lv.error_kinds == {"400": lv.requests}
+    assert lv.rps == 0 and lv.p50_ms == 0  # error answers are neither throughput nor served latency
 
 
 def test_measure_with_generator_processes(status_server):
@@ -204,3 +205,4 @@ def test_bench_served_counts_rejected_requests(origin_run, tmp_path):
     check_level(bench.asdict(b), 1)
     assert g.requests > 0 and g.errors == 0
     assert b.requests > 0 and b.errors == b.requests and set(b.error_kinds) == {"400"}
+    assert g.rps > 0 and b.rps == 0  # 400s are not throughput

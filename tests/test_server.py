@@ -307,9 +307,9 @@ def test_model_that_never_loads_times_out_with_the_model_log(store, tmp_path):
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     with pytest.raises(ServerError) as err:
         server.start(home=tmp_path / "h5", model_store=store, models={"broken": "broken.mar"},
-                     free_ports=True, ready_timeout=8)  # fmt: skip
+                     free_ports=True, ready_timeout=15)  # fmt: skip
     message = str(err.value)
-    assert "not ready within 8 s" in message and "model_log.log" in message
+    assert "not ready within 15 s" in message and "model_log.log" in message
     assert "last worker error: RuntimeError: broken_handler: this model cannot load (on purpose)" in message
     # start() cleaned up after itself: no server, no worker, no server.json.
     assert {p.pid for p in psutil.Process().children(recursive=True)} - before == set()

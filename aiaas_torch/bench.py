@@ -30,6 +30,8 @@ from urllib.parse import urlsplit
 
 import psutil
 
+from .errors import InputError
+
 __all__ = [
     "Target",
     "LevelResult",
@@ -67,7 +69,7 @@ class Target:
         """Return self after refusing anything but plain HTTP to a loopback address (ValueError)."""
         u = urlsplit(self.url)
         if u.scheme != "http" or u.hostname not in LOOPBACK_HOSTS or not u.port:
-            raise ValueError(f"url: {self.url!r} must be http://127.0.0.1:PORT/... (the generator loads loopback only)")
+            raise InputError(f"url: {self.url!r} must be http://127.0.0.1:PORT/... (the generator loads loopback only)")
         return self
 
     def request_bytes(self) -> bytes:
@@ -554,10 +556,10 @@ def measure(
     """
     target.check()
     if duration <= 0 or warmup < 0 or timeout <= 0:
-        raise ValueError("duration and timeout must be > 0, warmup ≥ 0")
+        raise InputError("duration and timeout must be > 0, warmup ≥ 0")
     levels = [int(c) for c in concurrency]
     if not levels or any(c < 1 for c in levels):
-        raise ValueError(f"concurrency: {list(concurrency)!r} must be integers ≥ 1")
+        raise InputError(f"concurrency: {list(concurrency)!r} must be integers ≥ 1")
     processes = max(1, int(processes))
     from tqdm import tqdm
 
@@ -748,7 +750,7 @@ def served_target(home: str | os.PathLike, model: str, body: bytes | None = None
 
     info = server.load_info(home)
     if info is None:
-        raise ValueError(f"no server recorded in {Path(home) / 'server.json'}; start one with `aiaas serve start`")
+        raise InputError(f"no server recorded in {Path(home) / 'server.json'}; start one with `aiaas serve start`")
     keys = server.read_keys(home)
     if body is None:
         from .client import Client
@@ -802,18 +804,18 @@ def parse_config(text: str):
 
     label, sep, rest = text.partition(":")
     if not sep or not label.strip():
-        raise ValueError(f"--config {text!r}: expected LABEL:key=value,... e.g. w1:workers=1,batch_size=8")
+        raise InputError(f"--config {text!r}: expected LABEL:key=value,... e.g. w1:workers=1,batch_size=8")
     cfg = ServingConfig()
     for item in filter(None, (x.strip() for x in rest.split(","))):
         key, eq, value = item.partition("=")
         key = _CONFIG_ALIASES.get(key.strip(), key.strip())
         if not eq or key not in ServingConfig.__dataclass_fields__ or key == "max_rows":
-            raise ValueError(f"--config {text!r}: {item!r} is not key=value with a key among workers, batch_size, "
+            raise InputError(f"--config {text!r}: {item!r} is not key=value with a key among workers, batch_size, "
                              f"max_batch_delay_ms, response_timeout_s, threads")  # fmt: skip
         try:
             setattr(cfg, key, int(value))
         except ValueError:
-            raise ValueError(f"--config {text!r}: {key} needs an integer, got {value!r}") from None
+            raise InputError(f"--config {text!r}: {key} needs an integer, got {value!r}") from None
     return label.strip(), cfg.validate()
 
 
@@ -825,7 +827,7 @@ def configs_from_args(profiles: Sequence[str] | None, specs: Sequence[str]) -> d
     for text in specs:
         label, cfg = parse_config(text)
         if label in configs:
-            raise ValueError(f"--config {text!r}: label {label!r} used twice")
+            raise InputError(f"--config {text!r}: label {label!r} used twice")
         configs[label] = cfg
     return configs
 

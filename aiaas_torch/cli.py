@@ -14,12 +14,14 @@ import sys
 import warnings
 from pathlib import Path
 
+from .errors import InputError
+
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 
 
-class UsageError(Exception):
-    """A bad argument or input: exit code 2 with a one-line message."""
+class UsageError(InputError):
+    """A bad argument or input found by the CLI itself: exit code 2 with a one-line message."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -473,8 +475,13 @@ def cmd_predict(a) -> int:
     if a.local:
         from .export import load_run
 
+        from .handlers.aiaas_contract import ContractError
+
         body = _request_body(a, a.args)
-        answer = load_run(a.local).predict(body)
+        try:
+            answer = load_run(a.local).predict(body)
+        except ContractError as e:  # the request broke the model's input contract: the user's input
+            raise UsageError(str(e)) from None
     else:
         if not a.args:
             raise UsageError("give the model NAME (or --local RUN_DIR)")
@@ -582,16 +589,28 @@ COMMANDS = {"train": cmd_train, "quantize": cmd_quantize, "package": cmd_package
             "bench": cmd_bench, "export-kserve": cmd_export_kserve, "demo": cmd_demo}
 
 
+def _add_debug(parser: argparse.ArgumentParser) -> None:
+    """Add --debug to a parser and every sub-parser below it, so that it is accepted after any command."""
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="on an internal error, print the full traceback")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _add_debug(sub)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the `aiaas` command line; returns the process exit code (2 for bad input)."""
-    args = build_parser().parse_args(argv)
+    """Run the `aiaas` command line; returns the process exit code (2 for bad input, 1 for a failure or a bug)."""
+    parser = build_parser()
+    _add_debug(parser)
+    args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     from . import client as cl
     from . import server
 
     try:
         return COMMANDS[args.command](args)
-    except (UsageError, ValueError, TypeError) as e:
+    except InputError as e:  # raised on purpose, naming what is wrong
         print(f"aiaas {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except (server.ServerError, cl.ClientError) as e:
@@ -600,6 +619,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"aiaas {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug of ours, not the user's input: say so, traceback on request
+        if getattr(args, "debug", False):
+            import traceback
+
+            traceback.print_exc()
+        first = str(e).splitlines()[0] if str(e) else ""
+        print(f"aiaas {args.command}: internal error: {type(e).__name__}: {first} (this is a bug; rerun with --debug "
+              "for the traceback)", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

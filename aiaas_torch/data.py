@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from .errors import InputError, InputTypeError
 
 TASKS = ("auto", "regression", "classification")
 MAX_CLASSES = 20  # more distinct integer targets than this is a regression
@@ -88,15 +89,15 @@ def _parse_float(text: str, where: str) -> float:
     """Return `text` as a finite float, or raise ValueError naming `where`."""
     s = text.strip()
     if s == "":
-        raise ValueError(f"{where}: empty cell, expected a number")
+        raise InputError(f"{where}: empty cell, expected a number")
     try:
         v = float(s)
     except ValueError:
-        raise ValueError(f"{where}: non-numeric value {s[:40]!r}, expected a number") from None
+        raise InputError(f"{where}: non-numeric value {s[:40]!r}, expected a number") from None
     if not math.isfinite(v):
-        raise ValueError(f"{where}: {s!r} is not a finite number (NaN and inf are not allowed)")
+        raise InputError(f"{where}: {s!r} is not a finite number (NaN and inf are not allowed)")
     if abs(v) > FLOAT32_MAX:
-        raise ValueError(f"{where}: {s[:40]!r} is too large for float32 (|x| > 3.4e38)")
+        raise InputError(f"{where}: {s[:40]!r} is too large for float32 (|x| > 3.4e38)")
     return v
 
 
@@ -104,16 +105,16 @@ def load_csv(path: str | os.PathLike, target: str, task: str = "auto") -> Datase
     """Return the Dataset read from a CSV file with a header row, numeric features and the named target column."""
     p = Path(path)
     if not isinstance(target, str) or not target:
-        raise ValueError("target: give the name of the target column")
+        raise InputError("target: give the name of the target column")
     if not p.exists():
-        raise ValueError(f"{p}: file not found")
+        raise InputError(f"{p}: file not found")
     if not p.is_file():
-        raise ValueError(f"{p}: not a regular file")
+        raise InputError(f"{p}: not a regular file")
     raw = p.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{p}: not UTF-8 text (byte {e.start})") from None
+        raise InputError(f"{p}: not UTF-8 text (byte {e.start})") from None
     reader = csv.reader(io.StringIO(text, newline=""))
     rows_numbered = []
     start = 1  # the line a record starts on (a quoted field may span lines)
@@ -123,38 +124,38 @@ def load_csv(path: str | os.PathLike, target: str, task: str = "auto") -> Datase
                 rows_numbered.append((start, r))
             start = reader.line_num + 1
     except csv.Error as e:
-        raise ValueError(f"{p}, line {reader.line_num}: malformed CSV ({e})") from None
+        raise InputError(f"{p}, line {reader.line_num}: malformed CSV ({e})") from None
     if not rows_numbered:
-        raise ValueError(f"{p}: empty file, expected a header row and data rows")
+        raise InputError(f"{p}: empty file, expected a header row and data rows")
     _, header = rows_numbered[0]
     header = [h.strip() for h in header]
     for j, h in enumerate(header):
         if h == "":
-            raise ValueError(f"{p}, line 1, column {j + 1}: empty column name")
+            raise InputError(f"{p}, line 1, column {j + 1}: empty column name")
     seen: dict[str, int] = {}
     for j, h in enumerate(header):
         if h in seen:
-            raise ValueError(f"{p}, line 1: duplicate column name {h!r} (columns {seen[h] + 1} and {j + 1})")
+            raise InputError(f"{p}, line 1: duplicate column name {h!r} (columns {seen[h] + 1} and {j + 1})")
         seen[h] = j
     if target not in seen:
-        raise ValueError(f"{p}: target column {target!r} not found; columns are {header}")
+        raise InputError(f"{p}: target column {target!r} not found; columns are {header}")
     t = seen[target]
     feature_idx = [j for j in range(len(header)) if j != t]
     if not feature_idx:
-        raise ValueError(f"{p}: no feature columns besides the target {target!r}")
+        raise InputError(f"{p}: no feature columns besides the target {target!r}")
     data = rows_numbered[1:]
     if len(data) < 2:
-        raise ValueError(f"{p}: {len(data)} data row(s); at least 2 are needed")
+        raise InputError(f"{p}: {len(data)} data row(s); at least 2 are needed")
     X = np.empty((len(data), len(feature_idx)), dtype=np.float32)
     y_text: list[str] = []
     for r, (line, row) in enumerate(data):
         if len(row) != len(header):
-            raise ValueError(f"{p}, line {line}: {len(row)} fields, expected {len(header)} as in the header")
+            raise InputError(f"{p}, line {line}: {len(row)} fields, expected {len(header)} as in the header")
         for c, j in enumerate(feature_idx):
             X[r, c] = _parse_float(row[j], f"{p}, line {line}, column {header[j]!r}")
         cell = row[t].strip()
         if cell == "":
-            raise ValueError(f"{p}, line {line}, column {target!r}: empty target cell")
+            raise InputError(f"{p}, line {line}, column {target!r}: empty target cell")
         y_text.append(cell)
     y_values, y_numeric = _target_values(y_text, p, [line for line, _ in data], target, task)
     names = [header[j] for j in feature_idx]
@@ -176,7 +177,7 @@ def _target_values(cells: list[str], p: Path, lines: list[int], target: str, tas
             bad.append((line, cell))
             continue
         if not math.isfinite(v):
-            raise ValueError(f"{p}, line {line}, column {target!r}: {cell!r} is not a finite number")
+            raise InputError(f"{p}, line {line}, column {target!r}: {cell!r} is not a finite number")
         values.append(v)
     if not bad:
         return values, True
@@ -184,7 +185,7 @@ def _target_values(cells: list[str], p: Path, lines: list[int], target: str, tas
         return cells, False
     line, cell = bad[0]
     hint = "" if task == "regression" else " (most of the column is numeric; pass task 'classification' if these are labels)"
-    raise ValueError(f"{p}, line {line}, column {target!r}: non-numeric target {cell[:40]!r}{hint}")
+    raise InputError(f"{p}, line {line}, column {target!r}: non-numeric target {cell[:40]!r}{hint}")
 
 
 def from_arrays(
@@ -192,40 +193,40 @@ def from_arrays(
 ) -> Dataset:
     """Return a Dataset built from a 2-D feature array and a 1-D target (numbers, or labels for classes)."""
     if isinstance(X, (str, bytes)) or X is None:
-        raise TypeError(f"X: expected a 2-D array of numbers, got {type(X).__name__}")
+        raise InputTypeError(f"X: expected a 2-D array of numbers, got {type(X).__name__}")
     try:
         with np.errstate(over="ignore"):  # a value beyond float32 becomes inf and is named just below
             Xa = np.asarray(X, dtype=np.float32)  # float32 input is used as it is: no copy
     except (TypeError, ValueError) as e:
-        raise ValueError(f"X: not a rectangular array of numbers ({e})") from None
+        raise InputError(f"X: not a rectangular array of numbers ({e})") from None
     if Xa.ndim == 1:
         Xa = Xa.reshape(-1, 1)
     if Xa.ndim != 2:
-        raise ValueError(f"X: expected 2 dimensions (rows × features), got shape {Xa.shape}")
+        raise InputError(f"X: expected 2 dimensions (rows × features), got shape {Xa.shape}")
     ya = np.asarray(y)
     if ya.ndim == 2 and ya.shape[1] == 1:
         ya = ya[:, 0]
     if ya.ndim != 1:
-        raise ValueError(f"y: expected 1 dimension, got shape {ya.shape}")
+        raise InputError(f"y: expected 1 dimension, got shape {ya.shape}")
     if ya.shape[0] != Xa.shape[0]:
-        raise ValueError(f"y: {ya.shape[0]} values for {Xa.shape[0]} rows of X")
+        raise InputError(f"y: {ya.shape[0]} values for {Xa.shape[0]} rows of X")
     if Xa.shape[0] < 2:
-        raise ValueError(f"X: {Xa.shape[0]} row(s); at least 2 are needed")
+        raise InputError(f"X: {Xa.shape[0]} row(s); at least 2 are needed")
     names = list(feature_names) if feature_names is not None else [f"x{j}" for j in range(Xa.shape[1])]
     if len(names) != Xa.shape[1]:
-        raise ValueError(f"feature_names: {len(names)} names for {Xa.shape[1]} columns of X")
+        raise InputError(f"feature_names: {len(names)} names for {Xa.shape[1]} columns of X")
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
-        raise ValueError(f"feature_names: duplicate names {dup}")
+        raise InputError(f"feature_names: duplicate names {dup}")
     bad = np.argwhere(~np.isfinite(Xa))
     if bad.size:
         r, c = bad[0]
-        raise ValueError(f"X, row {r}, column {names[c]!r}: {Xa[r, c]} is not a finite number (NaN, inf, or beyond float32)")
+        raise InputError(f"X, row {r}, column {names[c]!r}: {Xa[r, c]} is not a finite number (NaN, inf, or beyond float32)")
     if ya.dtype.kind in "fiub":
         yv = ya.astype(np.float64)
         badt = np.flatnonzero(~np.isfinite(yv))
         if badt.size:
-            raise ValueError(f"y, row {badt[0]}: {yv[badt[0]]} is not a finite number")
+            raise InputError(f"y, row {badt[0]}: {yv[badt[0]]} is not a finite number")
         y_values, numeric = yv.tolist(), True
     else:
         y_values, numeric = [str(v) for v in ya.tolist()], False
@@ -238,23 +239,23 @@ def from_arrays(
 def _build(Xa, y_values, numeric, names, target, task, source, sha) -> Dataset:
     """Return the Dataset for checked values, inferring the task and class labels."""
     if task not in TASKS:
-        raise ValueError(f"task: {task!r} is not one of {TASKS}")
+        raise InputError(f"task: {task!r} is not one of {TASKS}")
     n = Xa.shape[0]
     if task == "auto":
         task = _infer_task(y_values, numeric, n)
     if task == "regression":
         if not numeric:
-            raise ValueError(f"{source}, column {target!r}: regression needs a numeric target")
+            raise InputError(f"{source}, column {target!r}: regression needs a numeric target")
         y = np.asarray(y_values, dtype=np.float32)
         classes = None
     else:
         if numeric:
             if any(v != int(v) for v in y_values):
-                raise ValueError(f"{source}, column {target!r}: classification needs integer or string labels")
+                raise InputError(f"{source}, column {target!r}: classification needs integer or string labels")
             y_values = [int(v) for v in y_values]
         classes = sorted(set(y_values))
         if len(classes) < 2:
-            raise ValueError(f"{source}, column {target!r}: one class only ({classes[0]!r}); need at least 2")
+            raise InputError(f"{source}, column {target!r}: one class only ({classes[0]!r}); need at least 2")
         index = {c: i for i, c in enumerate(classes)}
         y = np.asarray([index[v] for v in y_values], dtype=np.int64)
     notes: list[str] = []
@@ -284,13 +285,13 @@ def _infer_task(y_values: list, numeric: bool, n: int) -> str:
 def split(ds: Dataset, val_fraction: float = 0.2, seed: int = 0) -> tuple[Dataset, Dataset | None]:
     """Return (train, validation) split deterministically by seed; validation is None when val_fraction is 0."""
     if not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction: {val_fraction!r} must be in [0, 1)")
+        raise InputError(f"val_fraction: {val_fraction!r} must be in [0, 1)")
     n = len(ds)
     n_val = int(round(n * val_fraction))
     if val_fraction > 0 and n_val == 0:
         n_val = 1
     if n - n_val < 1:
-        raise ValueError(f"val_fraction: {val_fraction} leaves no training rows out of {n}")
+        raise InputError(f"val_fraction: {val_fraction} leaves no training rows out of {n}")
     if n_val == 0:
         return ds, None
     # One gather into shuffled order, then two views: the data set is copied once, not once per part.
@@ -315,5 +316,5 @@ def pca_rotation(Z: np.ndarray, tol: float = 1e-5) -> np.ndarray:
     A = vecs[:, ::-1].copy()  # largest variance first
     err = float(np.abs(A.T @ A - np.eye(A.shape[1])).max())
     if err > tol:
-        raise ValueError(f"rotation: AᵀA differs from I by {err:.2e} (> {tol:g}); data too ill-conditioned")
+        raise InputError(f"rotation: AᵀA differs from I by {err:.2e} (> {tol:g}); data too ill-conditioned")
     return A.astype(np.float32)

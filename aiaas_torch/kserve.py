@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from .archive import verify_archive
+from .errors import InputError
 
 MOUNT = "/mnt/models"
 INFERENCE_PORT = 8085
@@ -106,18 +107,18 @@ def export_kserve(mar: str | os.PathLike, out: str | os.PathLike, storage_uri: s
     """Write OUT/{config/config.properties, model-store/NAME-V.mar, inferenceservice.yaml} atomically; returns the KServeTree."""
     mar = Path(mar)
     if not mar.is_file():
-        raise ValueError(f"{mar}: archive not found")
+        raise InputError(f"{mar}: archive not found")
     card = verify_archive(mar)
     serving = card.get("serving") or {}
     name, version = serving.get("name"), serving.get("version")
     if not name or not version:
-        raise ValueError(f"{mar}: the card has no serving name/version; build it with `aiaas package`")
+        raise InputError(f"{mar}: the card has no serving name/version; build it with `aiaas package`")
     service = service or name.lower().replace("_", "-")
     if not SERVICE_NAME_RE.match(service) or len(service) > 63:
-        raise ValueError(f"service: {service!r} is not a valid Kubernetes name (lowercase letters, digits, '-')")
+        raise InputError(f"service: {service!r} is not a valid Kubernetes name (lowercase letters, digits, '-')")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
-        raise ValueError(f"--out {out}: exists and is not empty")
+        raise InputError(f"--out {out}: exists and is not empty")
     storage_uri = storage_uri or f"pvc://aiaas-models/{service}"
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))

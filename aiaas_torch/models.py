@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from torch import nn
+from .errors import InputError
 
 MODEL_KINDS = ("linear", "logistic", "mlp")
 
@@ -67,9 +68,9 @@ class ModelSpec:
 def build_model(spec: ModelSpec, mean=None, std=None, basis=None) -> nn.Sequential:
     """Return an nn.Sequential: Standardize, optional Rotate, then the Linear (or MLP) layers of `spec`."""
     if spec.kind not in MODEL_KINDS:
-        raise ValueError(f"model: {spec.kind!r} is not one of {MODEL_KINDS}")
+        raise InputError(f"model: {spec.kind!r} is not one of {MODEL_KINDS}")
     if spec.n_features < 1 or spec.n_outputs < 1:
-        raise ValueError(f"model: needs at least one input and one output, got {spec.n_features}→{spec.n_outputs}")
+        raise InputError(f"model: needs at least one input and one output, got {spec.n_features}→{spec.n_outputs}")
     d = spec.n_features
     mean = np.zeros(d, np.float32) if mean is None else mean
     std = np.ones(d, np.float32) if std is None else std
@@ -78,7 +79,7 @@ def build_model(spec: ModelSpec, mean=None, std=None, basis=None) -> nn.Sequenti
         layers.append(Rotate(np.eye(d, dtype=np.float32) if basis is None else basis))
     if spec.kind == "mlp":
         if not spec.hidden or any(int(h) < 1 for h in spec.hidden):
-            raise ValueError(f"hidden: an MLP needs positive hidden sizes, got {list(spec.hidden)}")
+            raise InputError(f"hidden: an MLP needs positive hidden sizes, got {list(spec.hidden)}")
         width = d
         for h in spec.hidden:
             layers += [nn.Linear(width, int(h)), nn.ReLU()]

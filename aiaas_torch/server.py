@@ -34,6 +34,7 @@ from typing import Iterable, Mapping, Sequence
 import httpx
 import psutil
 
+from .errors import InputError
 from .handlers.aiaas_contract import REFUSAL_MARK
 
 __all__ = [
@@ -135,7 +136,7 @@ class ServerError(RuntimeError):
     """TorchServe could not be found, started, made ready, or reached; the message says why."""
 
 
-class ServerArgumentError(ServerError, ValueError):
+class ServerArgumentError(ServerError, InputError):
     """A bad argument to start (no such store, archive or config file), found before anything was started."""
 
 

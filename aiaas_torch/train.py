@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from .data import Dataset, Schema, pca_rotation, split, standardize_stats
 from .models import MODEL_KINDS, ModelSpec, build_model
+from .errors import InputError, InputTypeError
 
 LR_SCHEDULES = ("none", "cosine", "step")
 DEVICES = ("cpu", "cuda", "auto")
@@ -59,36 +60,36 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Return self after checking every field, raising ValueError naming the bad one."""
         if self.model not in MODEL_KINDS:
-            raise ValueError(f"model: {self.model!r} is not one of {MODEL_KINDS}")
+            raise InputError(f"model: {self.model!r} is not one of {MODEL_KINDS}")
         _positive_int("epochs", self.epochs)
         if self.batch_size is not None:
             _positive_int("batch_size", self.batch_size)
         for name in ("lr",):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise ValueError(f"{name}: {v!r} must be a positive finite number")
+                raise InputError(f"{name}: {v!r} must be a positive finite number")
         for name in ("momentum", "weight_decay"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"{name}: {v!r} must be a finite number ≥ 0")
+                raise InputError(f"{name}: {v!r} must be a finite number ≥ 0")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ValueError(f"seed: {self.seed!r} must be an integer ≥ 0")
+            raise InputError(f"seed: {self.seed!r} must be an integer ≥ 0")
         vf = self.val_fraction
         if not isinstance(vf, (int, float)) or isinstance(vf, bool) or not 0.0 <= vf < 1.0:
-            raise ValueError(f"val_fraction: {vf!r} must be in [0, 1)")
+            raise InputError(f"val_fraction: {vf!r} must be in [0, 1)")
         if self.patience is not None:
             _positive_int("patience", self.patience)
         if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule: {self.lr_schedule!r} is not one of {LR_SCHEDULES}")
+            raise InputError(f"lr_schedule: {self.lr_schedule!r} is not one of {LR_SCHEDULES}")
         if self.model == "mlp":
             if not self.hidden or any(not isinstance(h, int) or h < 1 for h in self.hidden):
-                raise ValueError(f"hidden: {list(self.hidden)!r} must be positive integers")
+                raise InputError(f"hidden: {list(self.hidden)!r} must be positive integers")
         if self.device not in DEVICES:
-            raise ValueError(f"device: {self.device!r} is not one of {DEVICES}")
+            raise InputError(f"device: {self.device!r} is not one of {DEVICES}")
         if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device: 'cuda' asked for, but torch finds no CUDA device here")
+            raise InputError("device: 'cuda' asked for, but torch finds no CUDA device here")
         if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every: {self.checkpoint_every!r} must be an integer ≥ 0")
+            raise InputError(f"checkpoint_every: {self.checkpoint_every!r} must be an integer ≥ 0")
         return self
 
     def to_dict(self) -> dict:
@@ -109,7 +110,7 @@ class TrainConfig:
 def _positive_int(name: str, v) -> None:
     """Raise ValueError unless v is an int ≥ 1."""
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise ValueError(f"{name}: {v!r} must be an integer ≥ 1")
+        raise InputError(f"{name}: {v!r} must be an integer ≥ 1")
 
 
 @dataclass
@@ -205,18 +206,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     """Return a checkpoint's contents, loaded without unpickling arbitrary objects."""
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"{p}: checkpoint not found")
+        raise InputError(f"{p}: checkpoint not found")
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file
-        raise ValueError(f"{p}: not a readable aiaas checkpoint ({type(e).__name__}: {e})") from None
+        raise InputError(f"{p}: not a readable aiaas checkpoint ({type(e).__name__}: {e})") from None
 
 
 def check_learnable(dataset: Dataset) -> None:
     """Raise ValueError when no feature varies (a model could only predict the mean); returns None."""
     if all(f.std == 0.0 for f in dataset.schema.features):
         names = ", ".join(dataset.schema.feature_names[:10])
-        raise ValueError(f"{dataset.source}: every feature column is constant ({names}); there is nothing to learn from")
+        raise InputError(f"{dataset.source}: every feature column is constant ({names}); there is nothing to learn from")
 
 
 def train(
@@ -228,13 +229,13 @@ def train(
     """Return a TrainResult after SGD training on `dataset`; resumes from `checkpoint_path` when asked."""
     config = (config or TrainConfig()).validate()
     if not isinstance(dataset, Dataset):
-        raise TypeError(f"dataset: expected aiaas_torch.data.Dataset, got {type(dataset).__name__}")
+        raise InputTypeError(f"dataset: expected aiaas_torch.data.Dataset, got {type(dataset).__name__}")
     task = dataset.schema.task
     check_learnable(dataset)
     if config.model == "logistic" and task != "classification":
-        raise ValueError("model: 'logistic' needs a classification target (give --task classification?)")
+        raise InputError("model: 'logistic' needs a classification target (give --task classification?)")
     if config.model == "linear" and task != "regression":
-        raise ValueError("model: 'linear' is for regression; use 'logistic' or 'mlp' for a classification target")
+        raise InputError("model: 'linear' is for regression; use 'logistic' or 'mlp' for a classification target")
     train_ds, val_ds = split(dataset, config.val_fraction, config.seed)
     mean, std = standardize_stats(train_ds.X)
     basis = pca_rotation((train_ds.X - mean) / std) if config.rotate else None
@@ -260,10 +261,10 @@ def train(
     best_state = None
     if resume:
         if checkpoint_path is None or not Path(checkpoint_path).exists():
-            raise ValueError(f"resume: no checkpoint at {checkpoint_path}")
+            raise InputError(f"resume: no checkpoint at {checkpoint_path}")
         ck = load_checkpoint(checkpoint_path)
         if ck.get("config") != config.to_dict() or ck.get("data_sha256") != dataset.sha256:
-            raise ValueError(f"{checkpoint_path}: checkpoint was made with other settings or other data; cannot resume")
+            raise InputError(f"{checkpoint_path}: checkpoint was made with other settings or other data; cannot resume")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         if sched is not None and ck.get("scheduler"):
@@ -330,7 +331,7 @@ def train(
         history.append(row)
         watched = row.get("val_loss", row["train_loss"])
         if not math.isfinite(watched):
-            raise ValueError(f"training diverged at epoch {epoch + 1} (loss {watched}); lower the learning rate")
+            raise InputError(f"training diverged at epoch {epoch + 1} (loss {watched}); lower the learning rate")
         if watched < best_loss:
             best_loss, best_epoch, bad_epochs = watched, epoch + 1, 0
             if config.patience is not None:

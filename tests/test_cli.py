@@ -188,3 +188,29 @@ def test_predict_without_server_exits_2(tmp_path, capsys):
 def test_serve_status_without_server(tmp_path, capsys):
     assert main(["serve", "status", "--home", str(tmp_path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["running"] is False
+
+
+def test_a_bug_is_an_internal_error_not_a_usage_error(monkeypatch, tmp_path, capsys):
+    """A plain ValueError from deep inside (as numpy raises on a bug of ours) is exit 1, not the user's fault."""
+    import aiaas_torch.data
+
+    def broken(*args, **kwargs):
+        raise ValueError("operands could not be broadcast together with shapes (3,) (4,)")
+
+    monkeypatch.setattr(aiaas_torch.data, "load_csv", broken)
+    data = tmp_path / "d.csv"
+    data.write_text("x,y\n1,2\n2,4\n")
+    assert main(["train", str(data), "--target", "y", "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "internal error: ValueError: operands could not be broadcast" in err and "--debug" in err
+    assert "Traceback" not in err
+    assert main(["train", str(data), "--target", "y", "--out", str(tmp_path / "run"), "--debug"]) == 1
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def test_input_errors_raised_on_purpose_are_exit_2(tmp_path, capsys):
+    data = tmp_path / "d.csv"
+    data.write_text("x,y\n1,2\n2,oops\n")
+    assert main(["train", str(data), "--target", "y", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "line 3" in err and "internal error" not in err

@@ -4,18 +4,26 @@ torch-model-archiver (its Python API, `archive_format="no-archive"`) lays the fi
 directory; we then zip them deterministically (sorted names, fixed timestamps and modes, `createdOn` from the
 card) and `os.replace` the result into the model store as NAME-VERSION.mar, so packaging the same run twice gives
 byte-identical archives and no half-written archive is ever visible.
+
+The card inside the archive (model.json) is written last, after the archiver has laid the other files out, so it
+lists the SHA-256 of every other member (manifest, handler code, model-config.yaml, model programs); a signed
+card's HMAC-SHA256 therefore covers all of them. `verify_archive` is the one check of an archive, run here in the
+installed package (by `package` and by `server.start` before TorchServe loads anything), never by archive code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
+import hmac
 import json
 import os
 import re
 import shutil
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +42,20 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")
 VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_.]*$")
 DEVICES = ("auto", "cpu", "gpu")
 SERVING_ROLES = {"cpu-compiled", "float-program"}
+SIGNING_KEY_ENV = "AIAAS_SIGNING_KEY"  # HMAC key: read by `package --sign` and `serve start`, never by a worker
+SIGNATURE_ALG = "HMAC-SHA256"
+
+
+class ArchiveError(ValueError):
+    """An archive that fails verification; `member` is the member at fault (None: the archive as a whole)."""
+
+    def __init__(self, path, member: str | None, problem: str):
+        self.path, self.member, self.problem = Path(path), member, problem
+        super().__init__(f"{path}: " + (f"{member}: " if member is not None else "") + problem)
+
+
+class ForeignArchiveError(ArchiveError):
+    """A readable .mar without a model card: not built by `aiaas package`, so nothing in it can be checked."""
 
 
 @dataclass
@@ -136,34 +158,50 @@ def package(
     problems = contract.verify_files(card, run_dir, roles=SERVING_ROLES)
     if problems:
         raise ValueError(f"{run_dir}: " + "; ".join(problems))
+    model_files = {n: m for n, m in card["files"].items() if m.get("role") in SERVING_ROLES}
+    shipped = {CARD, MODEL_CONFIG, contract.MANIFEST, HANDLER_FILE.name, CONTRACT_FILE.name, handler_file.name}
+    for n in model_files:
+        if n in shipped:
+            raise ValueError(f"{run_dir / CARD}: model file {n!r} would clash with a file the archive already ships")
     store = Path(model_store)
     store.mkdir(parents=True, exist_ok=True)
 
     card = dict(card)
-    card["files"] = {n: m for n, m in card["files"].items() if m.get("role") in SERVING_ROLES}
     model_config = _model_config(serving, device, card["input"]["max_rows"])
     card["serving"] = {"name": name, "version": version, "device": device, **model_config}
-    if sign_key:
-        card["signature"] = {"alg": "HMAC-SHA256", "value": contract.card_digest(card, sign_key)}
 
     with tempfile.TemporaryDirectory(prefix=".aiaas-package-", dir=store) as work:
         work = Path(work)
         inputs = work / "inputs"
         inputs.mkdir()
-        (inputs / CARD).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
         (inputs / MODEL_CONFIG).write_text(yaml.safe_dump(model_config, sort_keys=True))
         shutil.copy2(CONTRACT_FILE, inputs / CONTRACT_FILE.name)
-        extra = [inputs / CARD, inputs / CONTRACT_FILE.name] + [run_dir / n for n in sorted(card["files"])]
+        extra = [inputs / CONTRACT_FILE.name] + [run_dir / n for n in sorted(model_files)]
         if custom_handler:
             extra.append(HANDLER_FILE)
         laid_out = _run_archiver(name, version, inputs / MODEL_CONFIG, extra, work, handler_file)
         _fix_manifest(laid_out, card["created"])
+        card["files"] = _member_entries(laid_out, model_files, handler_file.name)
+        if sign_key:
+            card["signature"] = {"alg": SIGNATURE_ALG, "value": card_digest(card, sign_key)}
+        (laid_out / CARD).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
         final = store / archive_name(name, version)
         tmp = work / (final.name + ".partial")
         files = _deterministic_zip(laid_out, tmp, card["created"])
-        verify_archive(tmp)
+        verify_archive(tmp, sign_key)
         os.replace(tmp, final)
     return PackageResult(final, name, version, contract.sha256_file(final), files)
+
+
+def _member_entries(laid_out: Path, model_files: dict, handler_name: str) -> dict:
+    """Return the card's `files`: the model files' entries, then role, SHA-256 and size of every other laid-out file."""
+    roles = {contract.MANIFEST: "manifest", MODEL_CONFIG: "serving-config", handler_name: "handler"}
+    entries = dict(model_files)
+    for path in sorted(p for p in laid_out.rglob("*") if p.is_file()):
+        n = path.relative_to(laid_out).as_posix()
+        if n not in entries and n != CARD:
+            entries[n] = {"role": roles.get(n, "handler-code"), "sha256": contract.sha256_file(path), "bytes": path.stat().st_size}
+    return entries
 
 
 def _run_archiver(name: str, version: str, config_file: Path, extra: list[Path], work: Path, handler: Path = HANDLER_FILE) -> Path:
@@ -208,33 +246,113 @@ def _deterministic_zip(src: Path, dst: Path, created_iso: str) -> list[str]:
     when = _dt.datetime.fromisoformat(created_iso)
     stamp = (max(1980, when.year), when.month, when.day, when.hour, when.minute, when.second)
     names = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
-    with zipfile.ZipFile(dst, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    with zipfile.ZipFile(dst, "w") as zf:
         for n in names:
-            info = zipfile.ZipInfo(n, date_time=stamp)
-            info.external_attr = 0o644 << 16
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.create_system = 3
             with open(src / n, "rb") as f:
-                zf.writestr(info, f.read(), compresslevel=6)
+                _write_member(zf, n, f.read(), stamp, zipfile.ZIP_DEFLATED)
     return names
 
 
-def verify_archive(path: str | os.PathLike) -> dict:
-    """Return the card inside a .mar after checking every model file's SHA-256 against it (ValueError if not)."""
+def _write_member(zf: zipfile.ZipFile, name: str, data: bytes, stamp: tuple, compression: int) -> None:
+    """Write one regular file (mode 0644, no extra fields) into an open zip."""
+    info = zipfile.ZipInfo(name, date_time=stamp)
+    info.external_attr = 0o644 << 16
+    info.compress_type = compression
+    info.create_system = 3
+    zf.writestr(info, data, compresslevel=6 if compression == zipfile.ZIP_DEFLATED else None)
+
+
+def card_digest(card: dict, key: str) -> str:
+    """Return the HMAC-SHA256 (hex) of the card's canonical JSON, the "signature" field left out."""
+    body = {k: v for k, v in card.items() if k != "signature"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("utf-8")
+    return hmac.new(key.encode("utf-8"), canonical, hashlib.sha256).hexdigest()
+
+
+def _signature_problem(card: dict, key: str) -> str | None:
+    """Return why the card's signature does not hold under `key`, or None when it does."""
+    sig = card.get("signature")
+    if not isinstance(sig, dict) or sig.get("alg") != SIGNATURE_ALG or not isinstance(sig.get("value"), str):
+        return f"the card is not signed, and with ${SIGNING_KEY_ENV} set only signed archives load"
+    if not hmac.compare_digest(sig["value"], card_digest(card, key)):
+        return "the card's signature does not match (card or a member edited, or signed with another key)"
+    return None
+
+
+def verify_archive(path: str | os.PathLike, key: str | None = None, copy_to: str | os.PathLike | None = None) -> dict:
+    """Return the card inside a .mar after checking that it lists every other member with a matching SHA-256.
+
+    Refused (ArchiveError, a ValueError naming the archive and the member): an unreadable archive or card, an
+    unsafe member name (absolute, `..`, backslash), a member twice, a member not listed in the card (extra), a
+    listed one missing, a SHA-256 mismatch; with `key`, a card that is unsigned or whose HMAC does not match.
+    ForeignArchiveError: a readable archive with no card at all.
+    copy_to: also write exactly the checked bytes of those members, as a fresh zip, to this path (atomically).
+    TorchServe unpacks a .mar by reading it front to back (local headers), while this check reads the central
+    directory; serving the fresh copy, not the original, leaves no room for the two readings to differ.
+    """
     path = Path(path)
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
-        raise ValueError(f"{path}: not a readable .mar archive ({e})") from None
+        raise ArchiveError(path, None, f"not a readable .mar archive ({e})") from None
     with zf:
-        names = set(zf.namelist())
-        for required in (CARD, "MAR-INF/MANIFEST.json", HANDLER_FILE.name, CONTRACT_FILE.name):
-            if required not in names:
-                raise ValueError(f"{path}: {required} missing from the archive")
-        card = json.loads(zf.read(CARD))
-        for n, meta in card.get("files", {}).items():
+        infos = zf.infolist()
+        names = [i.filename for i in infos]
+        for i, n in enumerate(names):
+            problem = contract.path_problem(n)
+            if problem:
+                raise ArchiveError(path, repr(n), f"member name {problem}")
+            if n in names[:i]:
+                raise ArchiveError(path, n, "appears twice in the archive")
+        if CARD not in names:
+            raise ForeignArchiveError(path, CARD, "missing: not an archive built by `aiaas package`")
+        if contract.MANIFEST not in names:
+            raise ArchiveError(path, contract.MANIFEST, "missing from the archive")
+        card_bytes = _read_member(zf, path, CARD)
+        try:
+            card = json.loads(card_bytes)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ArchiveError(path, CARD, f"not valid JSON ({e})") from None
+        files = card.get("files") if isinstance(card, dict) else None
+        if not isinstance(files, dict):
+            raise ArchiveError(path, CARD, "has no 'files' object listing the archive's members")
+        for n, meta in files.items():
+            problem = contract.file_name_problem(n)
+            if problem:
+                raise ArchiveError(path, repr(n), f"file name in the card {problem}")
+            if n == CARD or not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str):
+                raise ArchiveError(path, n, "its card entry has no SHA-256")
             if n not in names:
-                raise ValueError(f"{path}: {n} named in the card is missing from the archive")
-            if hashlib.sha256(zf.read(n)).hexdigest() != meta.get("sha256"):
-                raise ValueError(f"{path}: {n} does not match the SHA-256 in the card")
+                raise ArchiveError(path, n, "listed in the card but missing from the archive")
+        for n in names:
+            if n != CARD and n not in files:
+                raise ArchiveError(path, n, "in the archive but not listed in the card (an extra member; "
+                                            "archives packaged before every member was listed must be packaged again)")
+        if key:
+            problem = _signature_problem(card, key)
+            if problem:
+                raise ArchiveError(path, CARD, problem)
+        out = Path(copy_to) if copy_to is not None else None
+        partial = out.with_name(f".{out.name}.partial") if out is not None else None
+        try:
+            with zipfile.ZipFile(partial, "w") if partial is not None else contextlib.nullcontext() as copy:
+                for info in infos:
+                    data = card_bytes if info.filename == CARD else _read_member(zf, path, info.filename)
+                    if info.filename != CARD and hashlib.sha256(data).hexdigest() != files[info.filename]["sha256"]:
+                        raise ArchiveError(path, info.filename, "SHA-256 does not match the card")
+                    if copy is not None:
+                        _write_member(copy, info.filename, data, info.date_time, zipfile.ZIP_STORED)
+            if partial is not None:
+                os.replace(partial, out)
+        finally:
+            if partial is not None:
+                partial.unlink(missing_ok=True)
     return card
+
+
+def _read_member(zf: zipfile.ZipFile, path: Path, name: str) -> bytes:
+    """Return one member's bytes, or raise ArchiveError when it cannot be read (corrupt data, bad CRC)."""
+    try:
+        return zf.read(name)
+    except (zipfile.BadZipFile, OSError, ValueError, RuntimeError, EOFError, zlib.error) as e:  # RuntimeError: encrypted
+        raise ArchiveError(path, name, f"cannot be read ({e})") from None

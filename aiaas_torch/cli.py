@@ -127,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     ss = s.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
     ss.required = True
     st = ss.add_parser("start", help="start TorchServe and wait until every model's workers are READY",
-                       description="Start TorchServe in HOME with the model store; returns when every model's workers are READY.")
+                       description="Start TorchServe in HOME with the model store; returns when every model's workers are READY. "
+                                   "Every archive is checked against its card first (and its signature when $AIAAS_SIGNING_KEY "
+                                   "is set); one that fails stops the start with exit code 2.")
     _home(st)
     st.add_argument("--model-store", default="model_store", metavar="DIR", help="model store (default model_store)")
     st.add_argument("--models", nargs="+", metavar="NAME=FILE.mar", help="archives to load (default: every .mar in the store)")
@@ -347,8 +349,7 @@ def cmd_quantize(a) -> int:
 
 def cmd_package(a) -> int:
     """Build the .mar; returns the exit code."""
-    from .archive import ServingConfig, package
-    from .handlers.aiaas_contract import SIGNING_KEY_ENV
+    from .archive import SIGNING_KEY_ENV, ServingConfig, package
 
     serving = ServingConfig.profile(a.profile)
     for field, value in (("workers", a.workers), ("batch_size", a.batch_size), ("max_batch_delay_ms", a.max_batch_delay),

@@ -6,12 +6,17 @@ Each instance lives in its own home directory (default ``.aiaas``)::
     HOME/log4j2.xml          quiet log config (INFO, access log off unless asked)
     HOME/key_file.json       token keys, written by TorchServe into its working directory (= HOME)
     HOME/logs/               console.log, ts_log.log, model_log.log, ...
-    HOME/tmp/                TMPDIR (TorchServe's pid file) and Java's tmpdir (worker sockets, unpacked models)
+    HOME/tmp/                TMPDIR (TorchServe's pid file) and Java's tmpdir (worker sockets, unpacked models); 0700
+    HOME/store/              checked copies of the archives being served (TorchServe's model store); 0700
     HOME/server.json         ServerInfo of the running instance, read by stop(), status() and the client
 
 Separate homes make instances independent: TorchServe allows one instance per TMPDIR and writes its key file
 into its working directory. We never call ``torchserve --stop``: it stops whichever instance the pid file in
 ``$TMPDIR`` names and deletes ``key_file.json`` in the caller's directory; we signal our own pid instead.
+
+Archives are checked here, by the installed package, before TorchServe starts (`archive.verify_archive`: every
+member against the card, and the card's signature when $AIAAS_SIGNING_KEY is set); TorchServe then loads the
+checked copies in HOME/store. The signing key never reaches TorchServe or its workers, which run archive code.
 """
 
 from __future__ import annotations
@@ -34,8 +39,10 @@ from typing import Iterable, Mapping, Sequence
 import httpx
 import psutil
 
+from . import archive
+from .archive import SIGNING_KEY_ENV
 from .errors import InputError
-from .handlers.aiaas_contract import REFUSAL_MARK
+from .handlers.aiaas_contract import REFUSAL_MARK, file_name_problem
 
 __all__ = [
     "ServerError",
@@ -60,6 +67,7 @@ JAVA_INSTALL_HINT = "install it with `apt-get install openjdk-17-jre-headless` (
 _MODEL_SERVER_CLASS = "org.pytorch.serve.ModelServer"
 _INFO_FILE = "server.json"
 _KEY_FILE = "key_file.json"
+_CHECKED_STORE = "store"  # HOME/store: the checked copies TorchServe loads
 _POLL_S = 0.25
 _SCANNED_LOGS = ("console.log", "ts_log.log", "model_log.log")  # appended across runs of the same home
 
@@ -327,6 +335,10 @@ def _effective_config(
             "metrics_mode": "prometheus",
         }
     )
+    # Workers run code from the archives: the signing key must never reach them, even where a caller's environment
+    # holds it (TorchServe gives each worker its own environment minus the names this pattern matches whole).
+    hidden = base.get("blacklist_env_vars", "")
+    props["blacklist_env_vars"] = f"(?:{hidden})|{SIGNING_KEY_ENV}" if hidden else SIGNING_KEY_ENV
     # These would be passed to the launcher/JVM: our log config and our own store/model list win.
     for key in ("load_models", "model_snapshot"):
         props.pop(key, None)
@@ -351,8 +363,10 @@ def _same_setting(key: str, given: str, forced: str) -> bool:
 
 
 def _launcher_env(logs: Path, tmp: Path) -> dict[str, str]:
-    """Return the environment for the torchserve launcher: ours, minus what would override the forced settings."""
+    """Return the environment for the torchserve launcher: ours, minus the signing key and what would override the
+    forced settings, plus the instance's paths."""
     env = dict(os.environ)
+    env.pop(SIGNING_KEY_ENV, None)  # archives were checked already; nothing TorchServe runs may see the key
     for name in _UNTRUSTED_ENV:
         if env.pop(name, None) is not None and name != "TS_CONFIG_FILE":
             warnings.warn(f"${name} is set; not passed to TorchServe (aiaas serve forces its settings)", SecuritySettingWarning, 3)
@@ -365,32 +379,6 @@ def _launcher_env(logs: Path, tmp: Path) -> dict[str, str]:
         }
     )
     return env
-
-
-def _check_signing_key_reaches_workers(props: Mapping[str, str]) -> None:
-    """Raise ServerArgumentError when $AIAAS_SIGNING_KEY is set but TorchServe would strip it from its workers' env.
-
-    Workers inherit the frontend's environment minus names matching `blacklist_env_vars`; the handler reads the
-    key from its env and verifies nothing without it, so a stripped key would silently load unsigned archives.
-    """
-    from .handlers.aiaas_contract import SIGNING_KEY_ENV
-
-    if not os.environ.get(SIGNING_KEY_ENV):
-        return
-    pattern = props.get("blacklist_env_vars", "")
-    if props.get("enable_envvars_config", "").lower() == "true":
-        pattern = os.environ.get("TS_BLACKLIST_ENV_VARS", pattern)
-    if not pattern:
-        return
-    try:
-        stripped = re.fullmatch(pattern, SIGNING_KEY_ENV) is not None  # Java's Matcher.matches(): whole name
-    except re.error:
-        stripped = True  # cannot tell: refuse rather than risk serving unsigned archives
-    if stripped:
-        raise ServerArgumentError(
-            f"blacklist_env_vars={pattern!r} would hide ${SIGNING_KEY_ENV} from TorchServe's workers, which then "
-            f"could not verify signed archives; change blacklist_env_vars or unset ${SIGNING_KEY_ENV}"
-        )
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -555,7 +543,7 @@ def _death_reason(home: Path, since: Mapping[str, int]) -> str:
 
 
 def _refusal(home: Path, since: Mapping[str, int]) -> str:
-    """Return the handler's "refusing to load" line (hash or signature mismatch) written since this start, or ''."""
+    """Return the handler's "refusing to load" line (a model file's hash mismatch) written since this start, or ''."""
     for line in reversed(_tail(home / "logs" / "model_log.log", 400, since.get("model_log.log", 0)).splitlines()):
         if REFUSAL_MARK in line:  # logged by handlers/tabular_handler.py
             return line[line.index(REFUSAL_MARK):].strip()
@@ -819,7 +807,7 @@ def _wait_ready(
             except (httpx.HTTPError, ServerError, ValueError) as e:
                 problem = f"management API: {e}"
             refusal = _refusal(info.home, info.log_offsets)
-            if refusal:  # an integrity or signature refusal is final: restarting workers cannot change a file
+            if refusal:  # an integrity refusal is final: restarting workers cannot change a file
                 raise ServerError(f"{refusal}\n" + _log_report(info.home, ["model_log.log"], info.log_offsets))
             if time.monotonic() >= deadline:
                 missing = [n for n in expected or [] if n not in last]
@@ -872,7 +860,9 @@ def start(
     Ports: 8080/8081/8082 (gRPC 7070/7071), all free ones picked now with free_ports=True, or explicit `ports`.
     Security settings are forced whatever `config` says (SECURITY_SETTINGS, loopback addresses); keys in
     TRUSTABLE_KEYS are dropped from it unless named in `trust_config_keys`. Each override is a SecuritySettingWarning.
-    Raises ServerError (Java missing, port taken, process died, not ready in time) and then leaves nothing running.
+    Every archive is checked first (see _checked_store); with $AIAAS_SIGNING_KEY set only signed ones load.
+    Raises ServerArgumentError (bad argument, an archive that fails its check) before anything starts, and
+    ServerError (Java missing, port taken, process died, not ready in time), then leaving nothing running.
     """
     unknown = sorted(set(trust_config_keys) - set(TRUSTABLE_KEYS))
     if unknown:
@@ -887,22 +877,21 @@ def start(
     if running is not None and _is_alive(running.pid, running.create_time):
         raise ServerError(f"TorchServe already runs from {home} (pid {running.pid}); stop it first")
     model_args, names = _model_args(models)
-    for arg in model_args:  # else TorchServe waits out ready_timeout for a model that cannot appear
-        file = arg.split("=", 1)[-1]
-        if arg != "all" and "://" not in file and not (store / file).exists():
-            raise ServerArgumentError(f"model archive {file!r} not found in the model store {store}")
+    archives = _archives_to_load(store, model_args)
 
+    home.mkdir(parents=True, exist_ok=True)
+    checked = _checked_store(home, store, archives)
     logs, tmp = home / "logs", home / "tmp"
-    for d in (home, logs, tmp):
-        d.mkdir(parents=True, exist_ok=True)
+    for d in (logs, tmp):
+        d.mkdir(exist_ok=True)
+    os.chmod(tmp, 0o700)  # TorchServe unpacks the checked archives here: nobody else may change them
     _info_path(home).unlink(missing_ok=True)
     (home / _KEY_FILE).unlink(missing_ok=True)  # TorchServe rewrites it; a stale one would confuse polling
 
     ports = ports if ports is not None else _pick_ports(free_ports)
     _check_ports_free(ports)
     base, source = _base_config(config)
-    props = _effective_config(base, ports, store, trust_config_keys)
-    _check_signing_key_reaches_workers(props)
+    props = _effective_config(base, ports, checked, trust_config_keys)
     cfg = home / "config.properties"
     _write_text_atomic(
         cfg,
@@ -916,7 +905,7 @@ def start(
     cmd = [
         torchserve, "--start", "--ncs", "--foreground",
         "--ts-config", str(cfg),
-        "--model-store", str(store),
+        "--model-store", str(checked),
         "--log-config", str(log_cfg),
         "--models", *model_args,
     ]  # fmt: skip
@@ -958,6 +947,69 @@ def start(
         launcher.wait()
         _info_path(home).unlink(missing_ok=True)
         raise
+
+
+def _archives_to_load(store: Path, model_args: Sequence[str]) -> list[str]:
+    """Return the file names in the store of the archives that --models names ("all": every .mar in it).
+
+    Raises ServerArgumentError for a URL or a path (only plain .mar names in the store can be checked), an
+    archive not in the store (else TorchServe waits out ready_timeout for a model that cannot appear), and, with
+    "all", an entry TorchServe would load that is not a .mar file (a folder, .model or .tar.gz).
+    """
+    files: list[str] = []
+    if list(model_args) == ["all"]:
+        for entry in sorted(store.iterdir()):
+            if entry.name.startswith("."):  # TorchServe skips hidden entries; `package` stages in hidden folders
+                continue
+            if entry.name.endswith(".mar") and entry.is_file():
+                files.append(entry.name)
+            elif entry.is_dir() or entry.name.endswith((".model", ".tar.gz")):
+                raise ServerArgumentError(
+                    f"{entry}: TorchServe would load this as a model, but only .mar archives can be checked; "
+                    "move it out of the model store"
+                )
+        return files
+    for arg in model_args:
+        file = arg.split("=", 1)[-1]
+        if "://" in file or file_name_problem(file) or "/" in file:
+            raise ServerArgumentError(f"model archive {file!r}: name a .mar file in the model store (not a path or URL)")
+        if not (store / file).is_file():
+            raise ServerArgumentError(f"model archive {file!r} not found in the model store {store}")
+        if file not in files:
+            files.append(file)
+    return files
+
+
+def _checked_store(home: Path, store: Path, archives: Sequence[str]) -> Path:
+    """Return HOME/store (mode 0700), rebuilt to hold a checked copy of each named archive of the store.
+
+    TorchServe loads these copies, never the store itself: a store others can write to could have a file
+    swapped between our check and TorchServe's read. archive.verify_archive writes each copy from the very bytes
+    it checked. A readable archive with no card (not built by aiaas) is copied unchecked, unless a key is set.
+    Raises ServerArgumentError naming the archive and the member at fault.
+    """
+    key = os.environ.get(SIGNING_KEY_ENV) or None
+    checked = home / _CHECKED_STORE
+    if checked.is_symlink() or checked.is_file():
+        checked.unlink()
+    elif checked.exists():
+        shutil.rmtree(checked)
+    checked.mkdir(mode=0o700)
+    os.chmod(checked, 0o700)  # mkdir's mode is masked by the umask
+    try:
+        for file in archives:
+            try:
+                archive.verify_archive(store / file, key, copy_to=checked / file)
+            except archive.ForeignArchiveError as e:
+                if key:
+                    raise ServerArgumentError(f"refusing to start: {e}; with ${SIGNING_KEY_ENV} set only signed aiaas archives load") from None
+                shutil.copyfile(store / file, checked / file)
+            except archive.ArchiveError as e:
+                raise ServerArgumentError(f"refusing to start: {e}") from None
+    except BaseException:
+        shutil.rmtree(checked, ignore_errors=True)  # a refused start leaves no copies behind
+        raise
+    return checked
 
 
 def stop(home: str | os.PathLike = ".aiaas", timeout: float = 30.0) -> bool:

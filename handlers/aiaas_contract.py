@@ -3,7 +3,8 @@
 Torch-and-stdlib only: this file is shipped inside every .mar beside the handler, where aiaas_torch may be
 absent. It turns a request body into checked rows (or a `ContractError` naming the row, the feature and what
 was expected), turns model outputs back into the answer for that body's format, verifies model files against
-the card's SHA-256, and picks the device and program to serve with.
+the card's SHA-256 (integrity only: the signature is checked by the installed aiaas_torch before an archive is
+loaded, never by code shipped inside it), and picks the device and program to serve with.
 
 Request bodies, one rule each:
 - {"instances": [[...], ...]} or {"instances": [{"name": value, ...}, ...]}  → {"predictions": [...], ...}
@@ -14,7 +15,6 @@ Request bodies, one rule each:
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import math
 import os
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 DEFAULT_MAX_ROWS = 10_000
 REFUSAL_MARK = "aiaas: refusing to load model"  # the handler logs it; server.wait_until_ready looks for it
-SIGNING_KEY_ENV = "AIAAS_SIGNING_KEY"  # HMAC key for signed archives; kept outside the archive
+MANIFEST = "MAR-INF/MANIFEST.json"  # the one archive member outside the archive's top level
 V2_NUMERIC_TYPES = {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 ISA_CPU_FLAGS = {  # what /proc/cpuinfo must list for code inductor compiled for that vector ISA
     "avx512": ("avx512f", "avx512dq", "avx512vl", "avx512bw"),
@@ -280,10 +280,38 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def path_problem(name) -> str | None:
+    """Return why `name` is not a safe relative path inside an archive or run directory, or None when it is."""
+    if not isinstance(name, str) or not name:
+        return "is not a file name"
+    if "\\" in name or "\0" in name:
+        return "holds a backslash or NUL (not a plain POSIX path)"
+    if name.startswith("/"):
+        return "is an absolute path"
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        return "holds an empty, '.' or '..' path part"
+    return None
+
+
+def file_name_problem(name) -> str | None:
+    """Return why a file name listed in a model card is not a plain base name (the archive manifest excepted), or None."""
+    problem = path_problem(name)
+    if problem is None and "/" in name and name != MANIFEST:
+        problem = "is not a plain file name (it names a directory)"
+    return problem
+
+
 def verify_files(card: dict, directory: str | os.PathLike, roles=None) -> list:
-    """Return a list of problems (missing file, SHA-256 mismatch) for the card's model files in `directory`."""
+    """Return a list of problems (unsafe name, missing file, SHA-256 mismatch) for the card's files in `directory`."""
     problems = []
     for name, meta in card.get("files", {}).items():
+        unsafe = file_name_problem(name)
+        if unsafe:  # checked for every entry: a card naming ../x is refused whatever role it claims
+            problems.append(f"{name!r}: file name {unsafe}")
+            continue
+        if not isinstance(meta, dict):
+            problems.append(f"{name}: its card entry is not an object")
+            continue
         if roles is not None and meta.get("role") not in roles:
             continue
         path = os.path.join(directory, name)
@@ -292,25 +320,6 @@ def verify_files(card: dict, directory: str | os.PathLike, roles=None) -> list:
         elif sha256_file(path) != meta.get("sha256"):
             problems.append(f"{name}: SHA-256 does not match the model card (file changed after export)")
     return problems
-
-
-def card_digest(card: dict, key: str) -> str:
-    """Return the HMAC-SHA256 (hex) of the card's canonical JSON, the "signature" field left out."""
-    body = {k: v for k, v in card.items() if k != "signature"}
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("utf-8")
-    return hmac.new(key.encode("utf-8"), canonical, hashlib.sha256).hexdigest()
-
-
-def verify_signature(card: dict, directory=None, key: str | None = None) -> list:
-    """Return a list of problems with the card's signature; empty when no key is set or the signature matches."""
-    if not key:
-        return []
-    sig = card.get("signature")
-    if not isinstance(sig, dict) or sig.get("alg") != "HMAC-SHA256" or not isinstance(sig.get("value"), str):
-        return ["model card is not signed, and this server only loads signed archives"]
-    if not hmac.compare_digest(sig["value"], card_digest(card, key)):
-        return ["model card signature does not match (card edited, or signed with another key)"]
-    return []
 
 
 def cpu_flags() -> set:

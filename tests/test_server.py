@@ -139,7 +139,9 @@ def test_start_records_info_and_workers_are_ready(echo):
 @pytest.mark.serving
 def test_instance_home_layout_and_config(echo, store):
     props = server._parse_properties((echo.home / "config.properties").read_text())
-    assert props["model_store"] == str(store)
+    # TorchServe loads the copies start() made in HOME/store (echo.mar has no card: copied as it is), not the store
+    assert props["model_store"] == str(echo.home / "store") and echo.model_store == store
+    assert (echo.home / "store" / "echo.mar").read_bytes() == (store / "echo.mar").read_bytes()
     assert Path(props["metrics_config"]).is_file()
     assert props["inference_address"] == echo.inference_url
     assert (echo.home / "key_file.json").is_file() and (echo.home / "logs" / "ts_log.log").is_file()

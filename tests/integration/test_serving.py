@@ -91,7 +91,10 @@ def test_customized_describe_returns_the_card(served, client):
     assert card["output"]["task"] == "regression"
     assert abs(card["model"]["coefficients"]["weights"]["x"] - 2.0) < 0.01
     assert card["serving"]["name"] == "y2x" and card["serving"]["version"] == "1.0"
-    assert set(card["files"]) == {"model.pt2", "model_float.pt2"}
+    programs = {n for n, m in card["files"].items() if m["role"] in ("cpu-compiled", "float-program")}
+    assert programs == {"model.pt2", "model_float.pt2"}
+    with zipfile.ZipFile(served.archives["y2x-1.0"]) as zf:  # every other member is listed too
+        assert set(card["files"]) == set(zf.namelist()) - {"model.json"}
 
 
 def test_metrics_show_custom_metrics(served, client):

@@ -236,9 +236,9 @@ PY_CASES = [
     ("profile-unknown", None, lambda ws, run, _: ServingConfig.profile("fastest"), ValueError, "profile"),
     ("verify-truncated-archive", _truncated_mar, lambda ws, run, mar: verify_archive(mar), ValueError, "not a readable .mar"),
     ("verify-archive-without-model-file", _mar_without("model_float.pt2"), lambda ws, run, mar: verify_archive(mar), ValueError,
-     "model_float.pt2 named in the card is missing"),
+     "model_float.pt2: listed in the card but missing from the archive"),
     ("verify-archive-without-handler", _mar_without("tabular_handler.py"), lambda ws, run, mar: verify_archive(mar), ValueError,
-     "tabular_handler.py missing"),
+     "tabular_handler.py: listed in the card but missing from the archive"),
     ("load-run-empty-features", None, lambda ws, run, _: export.check_card({**export.read_card(run), "input": {"features": []}}, "card"),
      ValueError, "input.features"),
 ]

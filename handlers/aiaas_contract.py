@@ -112,10 +112,13 @@ def _show(value, limit: int = 40, depth: int = 2) -> str:
 
 
 def check_content_type(value) -> None:
-    """Raise UnsupportedMediaType unless a request's Content-Type is JSON (application/json, */*+json) or absent."""
+    """Raise UnsupportedMediaType unless a request's Content-Type is JSON (application/json, */*+json) in UTF-8, or absent."""
     if value is None:
         return
-    media = str(value).split(";", 1)[0].strip().lower()
+    media, *params = [part.strip().lower() for part in str(value).split(";")]
+    charsets = [p.split("=", 1)[1].strip().strip('"') for p in params if p.startswith("charset=")]
+    if any(c not in ("utf-8", "utf8") for c in charsets):
+        raise UnsupportedMediaType(f"Content-Type: charset {_clip(charsets[0])!r} is not supported; send JSON in UTF-8")
     if media in ("", "application/json") or (media.startswith("application/") and media.endswith("+json")):
         return
     raise UnsupportedMediaType(

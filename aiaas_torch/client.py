@@ -23,7 +23,8 @@ Retries (``retries``, default 2, with exponential ``backoff``): WorkerDied, 503 
 4xx (a bad request fails the same way again; an expired token is renewed once instead) and never a
 RequestTimedOut: TorchServe answers "Worker died." both to a crash and to a request that outlived the model's
 responseTimeout (and kills that worker), so a retry of a hanging request would kill a worker per attempt. An
-attempt that lasted at least the model's responseTimeout is taken for a timeout. The client reads that timeout
+attempt that lasted at least the model's responseTimeout is taken for a timeout (as is any request that shared a
+batch with the one that hung: TorchServe fails them together). The client reads that timeout
 from the management API's description of the model (once per model and version); without a management URL or
 token it assumes ``response_timeout`` (default 30 s, what `aiaas package` sets by default).
 """

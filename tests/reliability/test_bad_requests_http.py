@@ -19,9 +19,9 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from aiaas_torch.client import Client, HTTPStatusError
+from aiaas_torch.client import BadRequest, Client, HTTPStatusError
 
-from rel_helpers import PROBE_BATCH, PROBE_ID_HEADER, PROBE_SIZE_HEADER, close, keys, workers
+from rel_helpers import PROBE_BATCH, PROBE_ID_HEADER, PROBE_SIZE_HEADER, CountingTransport, close, keys, workers
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
@@ -251,6 +251,22 @@ def test_request_for_an_unknown_route_is_refused_with_json_4xx(shared, client, h
     _assert_refused(_post(http, shared, case.path, case.body, case.headers, case.method), case)
     assert workers(shared.info, "lin") == before
     _good_request_succeeds(shared, client, salt=float(len(case.id)))
+
+
+def test_the_client_sends_a_refused_request_once(shared):
+    """With its default retries, the client makes one attempt per refused request: no 4xx is retried."""
+    long_int = next(c for c in CASES if c.id == "int-over-4300-digits")
+    with Client(home=shared.home, timeout=60) as c:
+        attempts = CountingTransport(c)
+        with pytest.raises(BadRequest) as e:
+            c.predict("lin", long_int.body)  # before the fix: 503 to its batch, and two retries
+        assert long_int.needle in e.value.message and attempts.posts == 1
+        with pytest.raises(BadRequest):
+            c.predict("lin", {"instances": [[1, 2]]})
+        with pytest.raises(HTTPStatusError) as e:
+            c.predict("lin", {"instances": [ROW]}, version="9.9")
+        assert e.value.status == 404
+    assert attempts.posts == 3 and not attempts.failed
 
 
 def test_body_over_max_request_size_is_413_and_the_client_names_the_limit(shared, client):

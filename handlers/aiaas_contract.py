@@ -201,9 +201,10 @@ def _parse_v2(body: dict, features: list, max_rows: int) -> ParsedRequest:
     missing = [k for k in ("name", "shape", "datatype", "data") if k not in t]
     if missing:
         raise ContractError(f"inputs[0]: missing field(s) {missing}")
-    if not isinstance(t["datatype"], str) or t["datatype"] not in V2_NUMERIC_TYPES:
-        dtype = t["datatype"]
-        raise ContractError(f"inputs[0].datatype: {_clip(repr(dtype)) if isinstance(dtype, str) else _show(dtype)} is not a numeric type ({sorted(V2_NUMERIC_TYPES)})")
+    dtype = t["datatype"]
+    if not isinstance(dtype, str) or dtype not in V2_NUMERIC_TYPES:
+        shown = _clip(repr(dtype)) if isinstance(dtype, str) else _show(dtype)
+        raise ContractError(f"inputs[0].datatype: {shown} is not a numeric type ({sorted(V2_NUMERIC_TYPES)})")
     shape = t["shape"]
     d = len(features)
     if not (isinstance(shape, list) and all(isinstance(s, int) and not isinstance(s, bool) for s in shape)):

@@ -13,10 +13,20 @@ Errors form one small hierarchy, each carrying ``status``, ``type`` (TorchServe'
         ├── TokenError              400 with type InvalidKeyException: bad, missing or expired token
         ├── NotFound                404
         └── ServerError             5xx
-            ├── WorkerDied          500/507 "Worker died." (a request past responseTimeout; a killed worker's batch)
+            ├── WorkerDied          500/507 "Worker died.": the worker crashed under the request; retried
+            │   └── RequestTimedOut "Worker died." after at least the model's responseTimeout; never retried
             └── ServiceUnavailable  503
 
 TorchServe answers 400 both for a bad body and for a bad token; only the body's "type" tells them apart.
+
+Retries (``retries``, default 2, with exponential ``backoff``): WorkerDied, 503 and broken connections. Never a
+4xx (a bad request fails the same way again; an expired token is renewed once instead) and never a
+RequestTimedOut: TorchServe answers "Worker died." both to a crash and to a request that outlived the model's
+responseTimeout (and kills that worker), so a retry of a hanging request would kill a worker per attempt. An
+attempt that lasted at least the model's responseTimeout is taken for a timeout (as is any request that shared a
+batch with the one that hung: TorchServe fails them together). The client reads that timeout
+from the management API's description of the model (once per model and version); without a management URL or
+token it assumes ``response_timeout`` (default 30 s, what `aiaas package` sets by default).
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ __all__ = [
     "NotFound",
     "ServerError",
     "WorkerDied",
+    "RequestTimedOut",
     "ServiceUnavailable",
     "classify",
 ]
@@ -99,7 +110,11 @@ class ServerError(HTTPStatusError):
 
 
 class WorkerDied(ServerError):
-    """5xx "Worker died.": the request outlived responseTimeout (500) or its worker crashed mid-batch (507)."""
+    """5xx "Worker died.": the worker serving the request's batch crashed (or, see RequestTimedOut, was timed out)."""
+
+
+class RequestTimedOut(WorkerDied):
+    """"Worker died." after at least the model's responseTimeout: TorchServe timed the request out and killed its worker."""
 
 
 class ServiceUnavailable(ServerError):
@@ -144,6 +159,7 @@ def classify(response: httpx.Response) -> HTTPStatusError:
 _RETRY_TRANSPORT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadError, httpx.WriteError,
                     httpx.RemoteProtocolError, httpx.PoolTimeout)  # fmt: skip
 _RETRY_STATUS = (WorkerDied, ServiceUnavailable)
+FALLBACK_RESPONSE_TIMEOUT_S = 30.0  # archive.ServingConfig's default responseTimeout (not imported: that pulls in torch)
 
 
 class Client:
@@ -161,6 +177,7 @@ class Client:
         timeout: float = 30.0,
         retries: int = 2,
         backoff: float = 0.2,
+        response_timeout: float = FALLBACK_RESPONSE_TIMEOUT_S,
     ) -> None:
         self.key_file: Path | None = None
         if home is not None:
@@ -183,6 +200,8 @@ class Client:
         self.api_key = api_key
         self.retries = max(0, int(retries))
         self.backoff = float(backoff)
+        self.response_timeout = float(response_timeout)  # assumed when a model's own cannot be read
+        self._response_timeouts: dict[tuple[str, str | None], float] = {}
         self.timeout = httpx.Timeout(timeout, connect=min(timeout, 5.0))
         # trust_env=False: the servers are on loopback; a proxy from the environment must not intercept them.
         self._http = httpx.Client(timeout=self.timeout, trust_env=False)
@@ -205,7 +224,7 @@ class Client:
             content = json.dumps(body).encode("utf-8")
         response = self._send(
             "POST", url, "inference", content=content, headers={"Content-Type": "application/json"},
-            retries=self.retries,
+            retries=self.retries, model=(name, version),
         )  # fmt: skip
         return _decode(response)
 
@@ -312,12 +331,31 @@ class Client:
             self.management_token = fresh
         return True
 
-    def _send(self, method: str, url: str, kind: str | None, *, retries: int, **kwargs: Any) -> httpx.Response:
-        """Return the successful response, retrying transient failures; raise the typed error otherwise."""
+    def response_timeout_of(self, name: str, version: str | None = None) -> float:
+        """Return the seconds of NAME[/VERSION]'s responseTimeout from the management API (cached), else response_timeout."""
+        key = (name, version)
+        if key not in self._response_timeouts:
+            try:
+                entry = self.describe(name, version, customized=False)[0]
+                seconds = float(entry["responseTimeout"])
+            except (ClientError, LookupError, TypeError, ValueError):  # no management access, or an odd answer
+                return self.response_timeout  # not cached: the management API may answer next time
+            self._response_timeouts[key] = seconds
+        return self._response_timeouts[key]
+
+    def _send(
+        self, method: str, url: str, kind: str | None, *, retries: int, model: tuple | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """Return the successful response, retrying transient failures; raise the typed error otherwise.
+
+        model: (name, version) of a prediction, so that a "Worker died." that came after the model's
+        responseTimeout is told apart as RequestTimedOut (and not retried).
+        """
         refreshed = False
         attempt = 0
         extra_headers = kwargs.pop("headers", {})
         while True:
+            started = time.monotonic()
             try:
                 response = self._http.request(method, url, headers={**extra_headers, **self._auth(kind)}, **kwargs)
             except httpx.TransportError as e:
@@ -328,15 +366,27 @@ class Client:
                 if response.status_code < 400:
                     return response
                 error = classify(response)
+                if isinstance(error, WorkerDied) and model is not None:
+                    error = self._timed_out(error, time.monotonic() - started, *model)
                 if isinstance(error, TokenError) and kind and not refreshed:
                     refreshed = True  # one refresh per call; it does not use up a retry
                     if self._refresh(kind):
                         continue
-                retryable = isinstance(error, _RETRY_STATUS)
+                retryable = isinstance(error, _RETRY_STATUS) and not isinstance(error, RequestTimedOut)
             if not retryable or attempt >= retries:
                 raise error
             time.sleep(self.backoff * (2**attempt))
             attempt += 1
+
+
+    def _timed_out(self, error: WorkerDied, seconds: float, name: str, version: str | None) -> WorkerDied:
+        """Return error as a RequestTimedOut when its attempt lasted at least the model's responseTimeout, else error."""
+        limit = self.response_timeout_of(name, version)
+        if seconds < limit:
+            return error
+        message = (f"{error.message} The attempt lasted {seconds:.1f} s, at least {name}'s responseTimeout of {limit:g} s: "
+                   "TorchServe timed the request out (not retried)")  # fmt: skip
+        return RequestTimedOut(message, status=error.status, type=error.type, response=error.response)
 
 
 def _decode(response: httpx.Response) -> Any:

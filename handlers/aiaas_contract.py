@@ -15,6 +15,7 @@ Request bodies, one rule each:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -68,7 +69,7 @@ def _mark_constant(name: str) -> _NonFiniteLiteral:
 
 
 def decode_body(body):
-    """Return the JSON value of a request body given as bytes, str, or already-decoded JSON."""
+    """Return the JSON value of a request body given as bytes, str, or already-decoded JSON; any failure is a ContractError."""
     if isinstance(body, (bytes, bytearray)):
         try:
             body = bytes(body).decode("utf-8")
@@ -83,14 +84,41 @@ def decode_body(body):
             raise ContractError("body: JSON nested too deeply") from None
         except json.JSONDecodeError as e:
             raise ContractError(f"body: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        except ValueError as e:  # valid JSON that Python refuses, e.g. an integer literal of over 4,300 digits
+            raise ContractError(f"body: cannot be read ({str(e).split(';')[0][:200]})") from None
     return body
 
 
+def _clip(text: str, limit: int = 40) -> str:
+    """Return text cut to `limit` characters, with an ellipsis when it was longer (error messages echo bodies)."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _show(value, limit: int = 40, depth: int = 2) -> str:
+    """Return a short JSON-like rendering of a request value for an error message (bounded depth and length)."""
+    if isinstance(value, list) and value and depth > 0:
+        inner = [_show(v, limit, depth - 1) for v in value[:5]]
+        return _clip("[" + ", ".join(inner + ["…"] * (len(value) > 5)) + "]", limit)
+    if isinstance(value, dict) and value and depth > 0:
+        inner = [f"{_show(k)}: {_show(v, limit, depth - 1)}" for k, v in itertools.islice(value.items(), 5)]
+        return _clip("{" + ", ".join(inner + ["…"] * (len(value) > 5)) + "}", limit)
+    if isinstance(value, (list, dict)):
+        return ("[…]" if value else "[]") if isinstance(value, list) else ("{…}" if value else "{}")
+    if isinstance(value, str):
+        return _clip(json.dumps(value[: limit + 1]), limit)
+    if isinstance(value, (bytes, bytearray)):
+        return _clip(repr(bytes(value[: limit + 1])), limit)
+    return _clip(json.dumps(value) if isinstance(value, (int, float, bool)) or value is None else repr(value), limit)
+
+
 def check_content_type(value) -> None:
-    """Raise UnsupportedMediaType unless a request's Content-Type is JSON (application/json, */*+json) or absent."""
+    """Raise UnsupportedMediaType unless a request's Content-Type is JSON (application/json, */*+json) in UTF-8, or absent."""
     if value is None:
         return
-    media = str(value).split(";", 1)[0].strip().lower()
+    media, *params = [part.strip().lower() for part in str(value).split(";")]
+    charsets = [p.split("=", 1)[1].strip().strip('"') for p in params if p.startswith("charset=")]
+    if any(c not in ("utf-8", "utf8") for c in charsets):
+        raise UnsupportedMediaType(f"Content-Type: charset {_clip(charsets[0])!r} is not supported; send JSON in UTF-8")
     if media in ("", "application/json") or (media.startswith("application/") and media.endswith("+json")):
         return
     raise UnsupportedMediaType(
@@ -103,8 +131,7 @@ def _number(v, where: str) -> float:
     if isinstance(v, _NonFiniteLiteral):
         raise ContractError(f"{where}: {v} is not a valid JSON number (NaN and Infinity are not allowed)")
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        shown = json.dumps(v)[:40] if not isinstance(v, (bytes, bytearray)) else repr(v)[:40]
-        raise ContractError(f"{where}: {shown} is not a number")
+        raise ContractError(f"{where}: {_show(v)} is not a number")
     try:
         f = float(v)
     except OverflowError:
@@ -120,7 +147,7 @@ def _check_row(row, i: int, features: list, label: str) -> list:
     if isinstance(row, dict):
         unknown = [k for k in row if k not in names]
         if unknown:
-            raise ContractError(f"{label}[{i}]: unknown feature(s) {unknown[:5]}; expected {names[:20]}")
+            raise ContractError(f"{label}[{i}]: unknown feature(s) {[_clip(k) for k in unknown[:5]]}; expected {names[:20]}")
         missing = [n for n in names if n not in row]
         if missing:
             raise ContractError(f"{label}[{i}]: missing feature(s) {missing[:5]}")
@@ -174,16 +201,18 @@ def _parse_v2(body: dict, features: list, max_rows: int) -> ParsedRequest:
     missing = [k for k in ("name", "shape", "datatype", "data") if k not in t]
     if missing:
         raise ContractError(f"inputs[0]: missing field(s) {missing}")
-    if t["datatype"] not in V2_NUMERIC_TYPES:
-        raise ContractError(f"inputs[0].datatype: {t['datatype']!r} is not a numeric type ({sorted(V2_NUMERIC_TYPES)})")
+    dtype = t["datatype"]
+    if not isinstance(dtype, str) or dtype not in V2_NUMERIC_TYPES:
+        shown = _clip(repr(dtype)) if isinstance(dtype, str) else _show(dtype)
+        raise ContractError(f"inputs[0].datatype: {shown} is not a numeric type ({sorted(V2_NUMERIC_TYPES)})")
     shape = t["shape"]
     d = len(features)
     if not (isinstance(shape, list) and all(isinstance(s, int) and not isinstance(s, bool) for s in shape)):
-        raise ContractError(f"inputs[0].shape: {json.dumps(shape)[:60]} is not a list of integers")
+        raise ContractError(f"inputs[0].shape: {_show(shape, 60)} is not a list of integers")
     if len(shape) == 1:
         shape = [1, shape[0]]
     if len(shape) != 2 or shape[1] != d or shape[0] < 0:
-        raise ContractError(f"inputs[0].shape: {t['shape']}, expected [N, {d}]")
+        raise ContractError(f"inputs[0].shape: {_clip(str(t['shape']), 60)}, expected [N, {d}]")
     n = shape[0]
     if n == 0:
         raise ContractError("inputs[0]: no rows; send at least one")
@@ -211,7 +240,7 @@ def parse_request(body, card: dict, max_rows: int | None = None) -> ParsedReques
         elif "inputs" in value:
             parsed = _parse_v2(value, features, limit)
         else:
-            raise ContractError(f"body: object without 'instances' or 'inputs' (keys: {sorted(value)[:10]})")
+            raise ContractError(f"body: object without 'instances' or 'inputs' (keys: {[_clip(k) for k in sorted(value)[:10]]})")
     elif isinstance(value, list):
         if value and all(not isinstance(v, (list, dict)) for v in value):
             value = [value]  # a bare list of numbers is one row
@@ -267,8 +296,8 @@ def _softmax(logits) -> list:
 
 
 def error_body(message: str, code: int = 400) -> dict:
-    """Return the JSON body of a refused request."""
-    return {"code": code, "type": "InvalidInput", "message": message}
+    """Return the JSON body of a refused (4xx) or failed (5xx) request."""
+    return {"code": code, "type": "InvalidInput" if code < 500 else "InternalServerError", "message": message}
 
 
 def sha256_file(path: str | os.PathLike) -> str:

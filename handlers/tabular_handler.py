@@ -22,13 +22,32 @@ except ImportError:  # inside a TorchServe worker: the model directory is on sys
 
 logger = logging.getLogger(__name__)
 JSON = "application/json"
-_REASONS = {400: "Bad Request", 415: "Unsupported Media Type"}
+INTERNAL = "internal error (a bug of ours, logged by the server)"
+_REASONS = {400: "Bad Request", 415: "Unsupported Media Type", 500: "Internal Server Error"}
 
 
 def _content_type(context, idx: int):
     """Return request idx's Content-Type header (names are case-insensitive), or None when it has none."""
     headers = context.get_all_request_header(idx) or {}
     return next((v for k, v in headers.items() if isinstance(k, str) and k.lower() == "content-type"), None)
+
+
+def _is_describe(data: list, context) -> bool:
+    """Return True for TorchServe's describe call: always a batch of its own, one request without a body, so a
+    predict request carrying a "describe" header of its own is answered as a prediction."""
+    return len(data) == 1 and not data[0] and context.get_request_header(0, "describe") == "True"
+
+
+def _refuse(context, idx: int, status: int, message: str) -> str:
+    """Set request idx's status and return its JSON error body."""
+    context.set_response_status(status, _REASONS.get(status, "Bad Request"), idx=idx)
+    return json.dumps(contract.error_body(message, status), separators=(",", ":"))
+
+
+def _fail(context, idx: int, step: str, batch: int) -> str:
+    """Log the exception being handled (once, with its traceback) and return request idx's 500 answer."""
+    logger.exception("aiaas: %s request %d of a batch of %d failed", step, idx, batch)
+    return _refuse(context, idx, 500, f"{INTERNAL} while {step} this request")
 
 
 class TabularHandler:
@@ -87,50 +106,93 @@ class TabularHandler:
                 path = os.path.join(model_dir, name)
         return device, name, torch.export.load(path).module().to(device)
 
-    def decode(self, body):
-        """Return the checked ParsedRequest for one request body (raises contract.ContractError)."""
+    def decode(self, request: dict, context, idx: int):
+        """Return the checked ParsedRequest for request idx of the batch (raises contract.ContractError)."""
+        contract.check_content_type(_content_type(context, idx))
+        if "data" not in request and "body" not in request:  # e.g. TorchServe split a form body into fields
+            raise contract.ContractError("body: missing; send the JSON body with Content-Type: application/json")
+        body = request.get("data") if request.get("data") is not None else request.get("body")
+        if isinstance(body, str):  # TorchServe already decoded the JSON: a string, which must not be parsed again
+            raise contract.ContractError("body: expected a JSON object or list, got a JSON string")
         return contract.parse_request(body, self.card, self.max_rows)
 
     def predict(self, rows: list) -> list:
         """Return the model's output rows for a list of checked input rows, in one forward."""
         x = torch.tensor(rows, dtype=torch.float32, device=self.device)
         with torch.inference_mode():
-            return self.model(x).float().cpu().tolist()
+            outputs = self.model(x).float().cpu().tolist()
+        if len(outputs) != len(rows):
+            raise RuntimeError(f"the model returned {len(outputs)} output rows for {len(rows)} input rows")
+        return outputs
 
     def encode(self, parsed, outputs: list) -> str:
         """Return the JSON answer for one request."""
         return json.dumps(contract.answer(self.card, parsed, outputs, self.model_name, self.model_version), separators=(",", ":"))
 
     def handle(self, data: list, context) -> list:
-        """Return exactly one answer per request of the batch; a bad request gets 400 and does not fail the others."""
+        """Return exactly one answer per request of the batch; a request's failure (4xx, or 500 for a bug of ours) is its own.
+
+        Nothing one request holds can fail another or raise out of here: TorchServe would answer 503 to the whole batch.
+        """
         t0 = time.perf_counter()
-        if context.get_request_header(0, "describe") == "True":
+        if _is_describe(data, context):
             return [self.describe_handle()]
         answers: list = [None] * len(data)
         parsed: list = [None] * len(data)
         for i, request in enumerate(data):
-            body = request.get("data") if request.get("data") is not None else request.get("body")
             context.set_response_content_type(i, JSON)
             try:
-                contract.check_content_type(_content_type(context, i))
-                if "data" not in request and "body" not in request:  # e.g. TorchServe split a form body into fields
-                    raise contract.ContractError("body: missing; send the JSON body with Content-Type: application/json")
-                if isinstance(body, str):  # TorchServe already decoded the JSON: a string, which must not be parsed again
-                    raise contract.ContractError("body: expected a JSON object or list, got a JSON string")
-                parsed[i] = self.decode(body)
+                parsed[i] = self.decode(request, context, i)
             except contract.ContractError as e:
-                answers[i] = json.dumps(contract.error_body(str(e), e.status), separators=(",", ":"))
-                context.set_response_status(e.status, _REASONS.get(e.status, "Bad Request"), idx=i)
-        rows = [r for p in parsed if p is not None for r in p.rows]
-        outputs = self.predict(rows) if rows else []
-        start, out_of_range = 0, 0
+                answers[i] = _refuse(context, i, e.status, str(e))
+            except Exception:  # a bug of ours: this request's 500, not the batch's 503
+                answers[i] = _fail(context, i, "reading", len(data))
+        outputs = self._forward(parsed)
         for i, p in enumerate(parsed):
-            if p is not None:
-                answers[i] = self.encode(p, outputs[start : start + len(p.rows)])
-                start += len(p.rows)
-                out_of_range += p.out_of_range
-        self._metrics(context, len(rows), sum(p is None for p in parsed), out_of_range, t0)
+            if p is None:
+                continue
+            if outputs[i] is None:  # its forward failed, and _forward logged why
+                answers[i] = _refuse(context, i, 500, f"{INTERNAL}: the model failed on this request")
+                continue
+            try:
+                answers[i] = self.encode(p, outputs[i])
+            except Exception:
+                answers[i] = _fail(context, i, "answering", len(data))
+        try:
+            self._metrics(context, sum(len(o) for o in outputs if o is not None), sum(p is None for p in parsed),
+                          sum(p.out_of_range for p in parsed if p is not None), t0)  # fmt: skip
+        except Exception:  # answers are ready: metrics must not turn them into a 503
+            logger.exception("aiaas: recording metrics failed")
         return answers
+
+    def _forward(self, parsed: list) -> list:
+        """Return each request's output rows (None for a request without valid rows or whose forward failed).
+
+        One forward for all valid rows of the batch. The rows are checked finite float32 numbers of the right width,
+        so only a bug of ours or the batch as a whole (e.g. out of memory) can make it fail; then each request gets
+        its own forward, so that a request that fails alone fails alone.
+        """
+        rows = [r for p in parsed if p is not None for r in p.rows]
+        try:
+            flat = self.predict(rows) if rows else []
+        except Exception:
+            logger.exception("aiaas: the forward of a batch of %d rows failed; retrying request by request", len(rows))
+            return [self._forward_one(i, p) for i, p in enumerate(parsed)]
+        out, start = [], 0
+        for p in parsed:
+            out.append(None if p is None else flat[start : start + len(p.rows)])
+            start += len(p.rows) if p is not None else 0
+        return out
+
+    def _forward_one(self, idx: int, parsed):
+        """Return one request's output rows from a forward of its own, or None (logged) when there is none."""
+        if parsed is None:
+            return None
+        try:
+            return self.predict(parsed.rows)
+        except Exception:
+            logger.exception("aiaas: the forward of request %d (%d rows) failed", idx, len(parsed.rows))
+            return None
 
     def _metrics(self, context, rows: int, rejected: int, out_of_range: int, t0: float) -> None:
         """Record the custom metrics declared in handlers/metrics.yaml; returns None."""

@@ -19,6 +19,7 @@ from aiaas_torch.client import (
     ConnectionFailed,
     HTTPStatusError,
     NotFound,
+    RequestTimedOut,
     ServerError,
     ServiceUnavailable,
     TokenError,
@@ -243,6 +244,57 @@ def test_retries_zero_means_one_attempt(fake):
         with pytest.raises(WorkerDied):
             client.predict("m", {})
     assert len(fake.calls("/predictions/m")) == 1
+
+
+@pytest.mark.parametrize("status", [400, 404, 405, 413, 415, 422, 429])
+def test_no_4xx_is_retried(fake, status):
+    fake.script("/predictions/m", Reply(status, {"code": status, "type": "X", "message": "refused"}))
+    with make_client(fake, retries=3) as client:
+        with pytest.raises(HTTPStatusError) as err:
+            client.predict("m", {})
+    assert err.value.status == status
+    assert len(fake.calls("/predictions/m")) == 1
+
+
+def test_worker_died_after_the_models_response_timeout_is_a_timeout_and_not_retried(fake):
+    fake.script("/models/m", Reply(200, [{"modelName": "m", "modelVersion": "1.0", "responseTimeout": 1}]))
+    fake.script("/predictions/m", Reply(500, WORKER_DIED, delay=1.1))
+    with make_client(fake, retries=2) as client:
+        for _ in range(2):
+            with pytest.raises(RequestTimedOut) as err:
+                client.predict("m", {})
+            assert isinstance(err.value, WorkerDied) and err.value.status == 500
+            assert err.value.message.startswith("Worker died.") and "responseTimeout of 1 s" in err.value.message
+    assert len(fake.calls("/predictions/m")) == 2  # one attempt per call
+    assert len(fake.calls("/models/m")) == 1  # the timeout was read once, then cached
+    assert fake.calls("/models/m")[0]["headers"]["Authorization"] == "Bearer MGT"
+
+
+def test_worker_died_before_the_models_response_timeout_is_a_crash_and_retried(fake):
+    fake.script("/models/m/2.0", Reply(200, [{"modelName": "m", "modelVersion": "2.0", "responseTimeout": 5}]))
+    fake.script("/predictions/m/2.0", Reply(500, WORKER_DIED, delay=0.3), Reply(200, {"y": 1}))
+    with make_client(fake, retries=2) as client:
+        assert client.predict("m", {}, version="2.0") == {"y": 1}
+    assert len(fake.calls("/predictions/m/2.0")) == 2 and len(fake.calls("/models/m/2.0")) == 1
+
+
+def test_without_management_access_the_assumed_response_timeout_decides(fake):
+    fake.script("/predictions/slow", Reply(500, WORKER_DIED, delay=0.5))
+    fake.script("/predictions/fast", Reply(500, WORKER_DIED))
+    with Client(inference_url=fake.url, token="INF", retries=2, backoff=0.01, response_timeout=0.4) as client:
+        with pytest.raises(RequestTimedOut):
+            client.predict("slow", {})
+        with pytest.raises(WorkerDied) as fast:
+            client.predict("fast", {})
+    assert type(fast.value) is WorkerDied
+    assert len(fake.calls("/predictions/slow")) == 1 and len(fake.calls("/predictions/fast")) == 3
+
+
+def test_the_assumed_response_timeout_is_the_archives_default():
+    from aiaas_torch.archive import ServingConfig
+    from aiaas_torch.client import FALLBACK_RESPONSE_TIMEOUT_S
+
+    assert Client(inference_url="http://127.0.0.1:1").response_timeout == FALLBACK_RESPONSE_TIMEOUT_S == ServingConfig().response_timeout_s
 
 
 # --------------------------------------------------------------------------------------------- transport

@@ -301,3 +301,49 @@ FILES = {
 )
 def test_choose_program(files, gpu_id, cuda, isa_ok, expected):
     assert c.choose_program(_card(files=files), gpu_id, cuda, isa_ok) == expected
+
+
+@pytest.mark.parametrize(
+    "body, match",
+    [
+        (b"[[" + b"9" * 5000 + b", 2, 3]]", r"^body: cannot be read \(Exceeds the limit \(4300 digits\)"),
+        ("[[1, 2, 3]]".encode("utf-16"), r"^body: not UTF-8"),
+        (b'[["\xed\xa0\x80", 2, 3]]', r"^body: not UTF-8"),  # a UTF-8-encoded lone surrogate
+        (b"\xef\xbb\xbf[[1, 2, 3]]", r"^body: not valid JSON \(Unexpected UTF-8 BOM"),
+        ('[["\\ud800", 2, 3]]', r"^rows\[0\] feature 'a': \"\\ud800\" is not a number"),  # a lone surrogate escape is JSON
+    ],
+)
+def test_every_decoding_failure_is_a_contract_error(body, match):
+    with pytest.raises(ContractError, match=match):
+        parse_request(body, CARD)
+
+
+def _random_value(rng, depth: int):
+    atoms = [0, 1, -1, 2.5, 1e308, True, False, None, "a", "", "\ud800", [], {}, 10**50, float("nan")]
+    r = rng.random()
+    if depth > 4 or r < 0.4:
+        return rng.choice(atoms)
+    if r < 0.7:
+        return [_random_value(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+    keys = ["a", "b", "c", "instances", "inputs", "name", "shape", "datatype", "data", "id", "zz"]
+    return {rng.choice(keys): _random_value(rng, depth + 1) for _ in range(rng.randint(0, 4))}
+
+
+def test_random_bodies_are_answered_or_refused_with_a_contract_error_only():
+    import random
+
+    rng = random.Random(0)
+    for _ in range(5000):
+        r = rng.random()
+        if r < 0.3:
+            body = {"instances": _random_value(rng, 1)}
+        elif r < 0.6:
+            body = {"inputs": [{"name": _random_value(rng, 3), "shape": rng.choice([[1, 3], [2, 3], _random_value(rng, 3)]),
+                                "datatype": rng.choice(["FP32", _random_value(rng, 3)]), "data": _random_value(rng, 2)}],
+                    "id": _random_value(rng, 3)}  # fmt: skip
+        else:
+            body = _random_value(rng, 0)
+        try:
+            parse_request(body, CARD)
+        except ContractError as e:
+            assert str(e) and len(str(e)) < 600, str(e)[:200]

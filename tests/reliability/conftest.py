@@ -3,6 +3,8 @@
 The shared server serves two models from one store on 127.0.0.1 (free ports):
   lin   the 3-feature linear model, 2 workers (a worker can be killed while the other answers)
   hang  the same run directory behind tests/fixtures/hang_handler.py, 1 worker, responseTimeout 2 s
+  batch8  the same run directory behind tests/fixtures/batch_probe_handler.py, 1 worker, batchSize 8, maxBatchDelay
+        2 s: 8 concurrent requests are answered in one batch, and each answer says which batch it was part of
 Tests that kill the Java process or need other settings start their own instance.
 """
 
@@ -17,7 +19,8 @@ from aiaas_torch import server
 from aiaas_torch.archive import ServingConfig, package
 from aiaas_torch.export import load_run
 
-from rel_helpers import HANG_HANDLER, HANG_TIMEOUT_S, group_pids, kill_leftovers, linear_run
+from rel_helpers import (BATCH_PROBE_HANDLER, HANG_HANDLER, HANG_TIMEOUT_S, PROBE_BATCH, PROBE_DELAY_MS, group_pids,
+                         kill_leftovers, linear_run)  # fmt: skip
 
 
 
@@ -53,7 +56,7 @@ def runs(tmp_path_factory) -> Runs:
 
 @pytest.fixture(scope="session")
 def shared(runs, tmp_path_factory) -> Shared:
-    """Yield the shared TorchServe (lin with 2 workers, hang with 1); stop it and reap it afterwards."""
+    """Yield the shared TorchServe (lin with 2 workers, hang and batch8 with 1); stop it and reap it afterwards."""
     root = tmp_path_factory.mktemp("rel_shared")
     store = root / "store"
     archives = {
@@ -61,9 +64,11 @@ def shared(runs, tmp_path_factory) -> Shared:
                        serving=ServingConfig(workers=2, batch_size=8, max_batch_delay_ms=5, response_timeout_s=30)).path,
         "hang": package(runs.lin, "hang", "1.0", store, handler=HANG_HANDLER,
                         serving=ServingConfig(workers=1, batch_size=1, max_batch_delay_ms=0, response_timeout_s=HANG_TIMEOUT_S)).path,
+        "batch8": package(runs.lin, "batch8", "1.0", store, handler=BATCH_PROBE_HANDLER,
+                          serving=ServingConfig(workers=1, batch_size=PROBE_BATCH, max_batch_delay_ms=PROBE_DELAY_MS)).path,
     }  # fmt: skip
     home = root / "home"
-    info = server.start(home, store, {"lin": archives["lin"].name, "hang": archives["hang"].name}, free_ports=True, ready_timeout=180)
+    info = server.start(home, store, {name: mar.name for name, mar in archives.items()}, free_ports=True, ready_timeout=180)
     pids = group_pids(info)
     try:
         yield Shared(home, store, archives, info, load_run(runs.lin))

@@ -29,6 +29,10 @@ FIXTURES = REPO / "tests" / "fixtures"
 HANG_HANDLER = FIXTURES / "hang_handler.py"
 HANG_SENTINEL = -7777.0  # tests/fixtures/hang_handler.SENTINEL
 HANG_TIMEOUT_S = 2  # responseTimeout of the shared server's `hang` model
+HANG_MARK = "hang_handler: hanging on a sentinel request"  # tests/fixtures/hang_handler.HANG_MARK, logged per hang
+BATCH_PROBE_HANDLER = FIXTURES / "batch_probe_handler.py"
+PROBE_BATCH, PROBE_DELAY_MS = 8, 2000  # batchSize and maxBatchDelay of the shared server's `batch8` model
+PROBE_SIZE_HEADER, PROBE_ID_HEADER = "X-Aiaas-Batch-Size", "X-Aiaas-Batch-Id"  # set by tests/fixtures/batch_probe_handler.py
 FEATURES = ["a", "b", "c"]
 TS_MARKS = ("torchserve", "model_service_worker", "org.pytorch.serve.ModelServer")
 
@@ -102,6 +106,37 @@ def own_worker_pid(info: server.ServerInfo, name: str) -> int:
         if status == "READY" and pid in ours:
             return pid
     raise AssertionError(f"no READY worker of {name} among the children of pid {info.pid}")
+
+
+# --------------------------------------------------------------------------------------------- client attempts
+
+
+class CountingTransport:
+    """Counts a Client's POST attempts, and its failed ones by kind (HTTP 5xx, transport errors), by wrapping the
+    call its retry loop makes for each attempt. One per Client, so per thread: no lock."""
+
+    def __init__(self, client):
+        self._request = client._http.request
+        self.posts = 0
+        self.failed: dict[str, int] = {}
+        client._http.request = self
+
+    def __call__(self, method: str, *args, **kwargs) -> httpx.Response:
+        """Return the wrapped call's response (or raise its error), counting a POST and whether it failed."""
+        if method != "POST":  # e.g. the describe that tells a timeout from a crash
+            return self._request(method, *args, **kwargs)
+        self.posts += 1
+        try:
+            r = self._request(method, *args, **kwargs)
+        except httpx.TransportError as e:
+            self._failed(type(e).__name__)
+            raise
+        if r.status_code >= 500:
+            self._failed(f"HTTP {r.status_code}")
+        return r
+
+    def _failed(self, what: str) -> None:
+        self.failed[what] = self.failed.get(what, 0) + 1
 
 
 # --------------------------------------------------------------------------------------------- processes

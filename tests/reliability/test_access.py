@@ -82,7 +82,7 @@ def test_registering_a_model_by_url_is_refused_even_with_the_management_token(sh
     assert json.loads(r.text)["message"]
     after = sorted(m["modelName"] for m in httpx.get(shared.info.management_url + "/models", headers=headers,
                                                      timeout=10, trust_env=False).json()["models"])  # fmt: skip
-    assert after == before == ["hang", "lin"]
+    assert after == before == ["batch8", "hang", "lin"]
 
 
 def test_unregistering_a_model_is_refused_even_with_the_management_token(shared):

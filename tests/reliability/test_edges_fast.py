@@ -39,13 +39,14 @@ def test_413_with_torchserves_empty_body_names_the_limit():
 
 
 @pytest.mark.parametrize("value", [None, "", "application/json", "application/json; charset=utf-8", "Application/JSON",
-                                   "application/vnd.api+json"])
+                                   "application/vnd.api+json", 'application/json; charset="UTF-8"', "application/json;charset=utf8"])
 def test_json_content_types_are_accepted(value):
     contract.check_content_type(value)
 
 
 @pytest.mark.parametrize("value", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
-                                   "application/octet-stream", "image/png", "text/json+x"])
+                                   "application/octet-stream", "image/png", "text/json+x", "application/json; charset=utf-16",
+                                   "application/json; charset=latin-1; x=y", "application/json; charset=utf-8; charset=utf-16"])
 def test_other_content_types_are_refused_with_415(value):
     with pytest.raises(contract.UnsupportedMediaType) as e:
         contract.check_content_type(value)

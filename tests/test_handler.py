@@ -1,0 +1,257 @@
+"""The handler inside TorchServe's own worker code: one request's bytes never change another request's answer.
+
+Each batch goes through the worker's real path without a socket: the frames the Java frontend sends are decoded by
+`ts.protocol.otf_message_handler.retrieve_msg` (which JSON-decodes bodies itself), handed to `ts.service.Service.predict`
+(which calls our `handle` and answers 503 to the whole batch if anything escapes it) and the response frame it
+builds is read back per request. The model is a known linear function, so every good answer is checked by arithmetic.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import struct
+
+import pytest
+import torch
+
+from aiaas_torch.handlers import tabular_handler
+from aiaas_torch.handlers.tabular_handler import TabularHandler
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+from ts.protocol.otf_message_handler import retrieve_msg
+from ts.service import Service
+
+W, B = (1.5, -2.0, 0.5), 3.0  # the model: y = 1.5a − 2b + 0.5c + 3
+JSON_CT = {"Content-Type": "application/json"}
+CARD = {
+    "input": {"features": [{"name": n, "min": -10.0, "max": 10.0, "mean": 0.0} for n in "abc"], "max_rows": 100},
+    "output": {"target": "y", "task": "regression", "classes": None},
+    "files": {},
+}
+
+
+def _want(row) -> float:
+    return sum(w * x for w, x in zip(W, row)) + B
+
+
+def _handler() -> TabularHandler:
+    """Return a TabularHandler set up as initialize() would, on an in-memory linear model."""
+    h = TabularHandler()
+    h.card, h.max_rows, h.device = CARD, 100, "cpu"
+    h.model_name, h.model_version = "m", "1.0"
+    lin = torch.nn.Linear(3, 1)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([W]))
+        lin.bias.fill_(B)
+    h.model = lin
+    h.initialized = True
+    return h
+
+
+def _bytes(b: bytes | str) -> bytes:
+    b = b.encode() if isinstance(b, str) else b
+    return struct.pack("!i", len(b)) + b
+
+
+def _frame(requests: list[tuple[bytes, dict]]) -> bytes:
+    """Return the predict frame the frontend sends for (body, headers) requests: cmd, then per request its id,
+    headers and one "body" parameter with the request's Content-Type (what the frontend does for a raw body)."""
+    out = b"I"
+    for i, (body, headers) in enumerate(requests):
+        out += _bytes(f"req-{i}")
+        for k, v in headers.items():
+            out += _bytes(k) + _bytes(v)
+        out += struct.pack("!i", -1)
+        if body is not None:
+            ctype = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
+            out += _bytes("body") + _bytes(ctype) + _bytes(body)
+        out += struct.pack("!i", -1)
+    return out + struct.pack("!i", -1)
+
+
+class _Conn:
+    """A socket stand-in that serves recv() from a byte string."""
+
+    def __init__(self, data: bytes):
+        self.buf = io.BytesIO(data)
+
+    def recv(self, n: int) -> bytes:
+        return self.buf.read(n)
+
+
+def _read_response(frame: bytes, n: int) -> tuple[int, list[tuple[int, dict, bytes]]]:
+    """Return (batch code, [(HTTP status, response headers, body)] per request) from a worker's predict response."""
+    conn = _Conn(frame)
+
+    def i32() -> int:
+        return struct.unpack("!i", conn.recv(4))[0]
+
+    def buf() -> bytes:
+        return conn.recv(i32())
+
+    code = i32()
+    buf()  # the batch's message
+    answers = []
+    for _ in range(n):
+        buf()  # request id
+        length = i32()
+        conn.recv(max(length, 0))  # content type
+        status = i32()
+        buf()  # reason phrase
+        headers = {buf().decode(): buf().decode() for _ in range(i32())}
+        answers.append((status, headers, buf()))
+    assert i32() == -1
+    return code, answers
+
+
+def run_batch(handler: TabularHandler, requests: list[tuple[bytes | None, dict]]) -> list[tuple[int, object]]:
+    """Return [(HTTP status, decoded JSON body)] for a batch, as TorchServe's worker would answer it."""
+    service = Service("m", ".", {"model": {"modelVersion": "1.0"}}, handler.handle, None, len(requests),
+                      metrics_cache=_metrics_cache())  # fmt: skip
+    service.set_cl_socket(None)
+    cmd, msg = retrieve_msg(_Conn(_frame(requests)))
+    assert cmd == b"I" and len(msg) == len(requests)
+    code, answers = _read_response(bytes(service.predict(msg)), len(requests))
+    # the batch code is what a request without a status of its own gets; a batch failure sets it for every request
+    return [(status if code == 200 else code, json.loads(body) if body != b"error" else body) for status, _, body in answers]
+
+
+def _metrics_cache() -> MetricsCacheYamlImpl:
+    cache = MetricsCacheYamlImpl(config_file_path=str(tabular_handler.__file__).replace("tabular_handler.py", "metrics.yaml"))
+    cache.initialize_cache()
+    return cache
+
+
+def _good(i: int) -> tuple[bytes, dict]:
+    return json.dumps({"instances": [[i, 1.0, -2.0]]}).encode(), dict(JSON_CT)
+
+
+def _assert_goods(results, bad_index: int) -> None:
+    for i, (status, body) in enumerate(results):
+        if i != bad_index:
+            assert status == 200, (i, status, body)
+            assert body["predictions"] == pytest.approx([_want([i, 1.0, -2.0])], rel=1e-6), (i, body)
+
+
+def _deepest_decodable() -> int:
+    """Return the deepest list nesting json.loads accepts at this stack depth (bisection)."""
+    lo, hi = 1, 100_000
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        try:
+            json.loads("[" * mid + "]" * mid)
+            lo = mid
+        except RecursionError:
+            hi = mid - 1
+    return lo
+
+
+_DEEP = _deepest_decodable() - 4
+BAD_BODIES = {
+    "int-over-4300-digits": (b"[[" + b"9" * 5000 + b", 1, 2]]", "4300 digits"),
+    "int-over-4300-digits-named": (b'{"instances": [{"a": 1, "b": -' + b"1" * 4301 + b', "c": 2}]}', "4300 digits"),
+    "huge-exponent": (b"[[1e999999999, 1, 2]]", "finite float32"),
+    "v2-datatype-a-list": (json.dumps({"inputs": [{"name": "x", "shape": [1, 3], "datatype": ["FP32"], "data": [1, 2, 3]}]}).encode(),
+                           "is not a numeric type"),
+    "v2-datatype-an-object": (json.dumps({"inputs": [{"name": "x", "shape": [1, 3], "datatype": {}, "data": [1, 2, 3]}]}).encode(),
+                              "is not a numeric type"),
+    # as deep as the decoder takes here: TorchServe's worker may decode it, and our messages must not recurse into it
+    "deep-list-as-value": (b"[[" + b"[" * _DEEP + b"]" * _DEEP + b", 1, 2]]", ("is not a number", "nested too deeply")),
+    "deep-list-as-shape": (b'{"inputs": [{"name": "x", "shape": ' + b"[" * _DEEP + b"]" * _DEEP + b', "datatype": "FP32", "data": [1]}]}',
+                           ("is not a list of integers", "nested too deeply")),
+    "lone-surrogate-utf8-bytes": (b'[["\xed\xa0\x80", 1, 2]]', "not UTF-8"),
+    "utf16-body": ("[[1, 2, 3]]".encode("utf-16"), "not UTF-8"),
+    "utf8-bom": (b"\xef\xbb\xbf[[1, 2, 3]]", "BOM"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_BODIES))
+def test_one_bad_body_is_its_own_400_and_the_rest_of_the_batch_is_answered(name):
+    body, needle = BAD_BODIES[name]
+    requests = [_good(i) for i in range(4)]
+    requests[2] = (body, dict(JSON_CT))
+    results = run_batch(_handler(), requests)
+    status, answer = results[2]
+    assert status == 400, results
+    needles = needle if isinstance(needle, tuple) else (needle,)
+    assert answer["code"] == 400 and answer["type"] == "InvalidInput" and any(n in answer["message"] for n in needles), answer
+    assert len(answer["message"]) < 400, answer["message"]  # names the problem, does not echo the body
+    _assert_goods(results, bad_index=2)
+
+
+def test_a_huge_string_is_refused_without_being_echoed_back():
+    requests = [_good(0), (json.dumps({"instances": [{"a": 1, "b": 2, "c": 3, "x" * 1_000_000: 4}]}).encode(), dict(JSON_CT)), _good(2)]
+    results = run_batch(_handler(), requests)
+    assert results[1][0] == 400 and "unknown feature" in results[1][1]["message"] and len(results[1][1]["message"]) < 400
+    _assert_goods(results, bad_index=1)
+
+
+def test_a_describe_header_on_a_predict_request_does_not_answer_the_batch_with_the_card():
+    requests = [(_good(0)[0], {**JSON_CT, "describe": "True"}), _good(1), _good(2)]
+    results = run_batch(_handler(), requests)
+    _assert_goods(results, bad_index=-1)
+
+
+def test_torchserves_describe_call_still_gets_the_card():
+    # the frontend's describe job: a batch of its own, the management request's headers plus describe=True, no body
+    ((status, card),) = run_batch(_handler(), [(None, {"describe": "True"})])
+    assert status == 200 and card == CARD
+
+
+def test_a_bug_while_reading_one_request_is_its_own_500_logged_once(monkeypatch, caplog):
+    real = tabular_handler.contract.parse_request
+
+    def parse(body, card, max_rows=None):
+        if b"666" in (body if isinstance(body, bytes) else json.dumps(body).encode()):
+            raise KeyError("a bug of ours")
+        return real(body, card, max_rows)
+
+    monkeypatch.setattr(tabular_handler.contract, "parse_request", parse)
+    requests = [_good(0), (b"[[666, 1, 2]]", dict(JSON_CT)), _good(2)]
+    with caplog.at_level(logging.ERROR, logger=tabular_handler.__name__):
+        results = run_batch(_handler(), requests)
+    assert results[1][0] == 500 and results[1][1]["code"] == 500 and "internal error" in results[1][1]["message"]
+    _assert_goods(results, bad_index=1)
+    logged = [r for r in caplog.records if r.name == tabular_handler.__name__]
+    assert len(logged) == 1 and logged[0].exc_info and "a bug of ours" in str(logged[0].exc_info[1])
+
+
+def test_a_forward_that_fails_for_the_batch_fails_only_the_request_that_fails_alone(caplog):
+    h = _handler()
+    model = h.model
+
+    def fragile(x):
+        if (x == 13.0).any():
+            raise RuntimeError("kernel failure on 13")
+        return model(x)
+
+    h.model = fragile
+    requests = [_good(0), (b"[[13, 1, 2]]", dict(JSON_CT)), _good(2), _good(3)]
+    with caplog.at_level(logging.ERROR, logger=tabular_handler.__name__):
+        results = run_batch(h, requests)
+    assert results[1][0] == 500 and results[1][1]["type"] == "InternalServerError"
+    _assert_goods(results, bad_index=1)
+    messages = [r.getMessage() for r in caplog.records if r.name == tabular_handler.__name__]
+    assert len(messages) == 2 and "batch of 4 rows" in messages[0] and "request 1 (1 rows)" in messages[1], messages
+
+
+def test_an_encoding_bug_for_one_request_is_its_own_500(monkeypatch):
+    h = _handler()
+    real = h.encode
+
+    def encode(parsed, outputs):
+        if parsed.rows[0][0] == 7.0:
+            raise TypeError("a bug of ours")
+        return real(parsed, outputs)
+
+    h.encode = encode
+    results = run_batch(h, [_good(0), _good(7), _good(2)])
+    assert results[1][0] == 500 and results[1][1]["code"] == 500
+    _assert_goods(results, bad_index=1)
+
+
+def test_a_metrics_failure_does_not_fail_the_answers():
+    h = _handler()
+    h._metrics = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("metrics backend broken"))
+    _assert_goods(run_batch(h, [_good(0), _good(1)]), bad_index=-1)

@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from . import handlers as _handlers_pkg
+from .errors import InputError
 from .export import CARD, read_card
 from .handlers import aiaas_contract as contract
 
@@ -46,7 +47,7 @@ SIGNING_KEY_ENV = "AIAAS_SIGNING_KEY"  # HMAC key: read by `package --sign` and 
 SIGNATURE_ALG = "HMAC-SHA256"
 
 
-class ArchiveError(ValueError):
+class ArchiveError(InputError):
     """An archive that fails verification; `member` is the member at fault (None: the archive as a whole)."""
 
     def __init__(self, path, member: str | None, problem: str):
@@ -76,21 +77,21 @@ class ServingConfig:
             return cls()
         if name == "latency":
             return cls(batch_size=1, max_batch_delay_ms=0)
-        raise ValueError(f"profile: {name!r} is not one of throughput, latency")
+        raise InputError(f"profile: {name!r} is not one of throughput, latency")
 
     def validate(self) -> "ServingConfig":
         """Return self after checking every field, raising ValueError naming the bad one."""
         for name in ("workers", "batch_size", "response_timeout_s", "threads"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name}: {v!r} must be an integer ≥ 1")
+                raise InputError(f"{name}: {v!r} must be an integer ≥ 1")
         if not isinstance(self.max_batch_delay_ms, int) or self.max_batch_delay_ms < 0:
-            raise ValueError(f"max_batch_delay_ms: {self.max_batch_delay_ms!r} must be an integer ≥ 0")
+            raise InputError(f"max_batch_delay_ms: {self.max_batch_delay_ms!r} must be an integer ≥ 0")
         if self.max_batch_delay_ms == 0 and self.batch_size > 1:
             # measured: TorchServe 0.12 reads maxBatchDelay 0 as unset and waits its default 100 ms per batch
-            raise ValueError("max_batch_delay_ms: 0 with batch_size > 1 makes TorchServe 0.12 wait 100 ms per batch; use ≥ 1")
+            raise InputError("max_batch_delay_ms: 0 with batch_size > 1 makes TorchServe 0.12 wait 100 ms per batch; use ≥ 1")
         if self.max_rows is not None and (not isinstance(self.max_rows, int) or self.max_rows < 1):
-            raise ValueError(f"max_rows: {self.max_rows!r} must be an integer ≥ 1")
+            raise InputError(f"max_rows: {self.max_rows!r} must be an integer ≥ 1")
         return self
 
 
@@ -141,28 +142,28 @@ def package(
     handler that wraps ``tabular_handler.TabularHandler`` (as the reliability tests' fault injector does) can import it.
     """
     if not isinstance(name, str) or not NAME_RE.match(name):
-        raise ValueError(f"name: {name!r} must start with a letter or digit and hold only letters, digits and '_'")
+        raise InputError(f"name: {name!r} must start with a letter or digit and hold only letters, digits and '_'")
     if not isinstance(version, str) or not VERSION_RE.match(version):
-        raise ValueError(f"version: {version!r} must hold only letters, digits, '.' and '_'")
+        raise InputError(f"version: {version!r} must hold only letters, digits, '.' and '_'")
     if device not in DEVICES:
-        raise ValueError(f"device: {device!r} is not one of {DEVICES}")
+        raise InputError(f"device: {device!r} is not one of {DEVICES}")
     serving = (serving or ServingConfig()).validate()
     handler_file = Path(handler).resolve() if handler is not None else HANDLER_FILE
     custom_handler = handler_file != HANDLER_FILE.resolve()
     if not handler_file.is_file():
-        raise ValueError(f"handler: {handler_file} is not a file")
+        raise InputError(f"handler: {handler_file} is not a file")
     if custom_handler and handler_file.name in (HANDLER_FILE.name, CONTRACT_FILE.name, CARD, MODEL_CONFIG):
-        raise ValueError(f"handler: {handler_file.name!r} would clash with a file the archive already ships")
+        raise InputError(f"handler: {handler_file.name!r} would clash with a file the archive already ships")
     run_dir = Path(run_dir)
     card = read_card(run_dir)
     problems = contract.verify_files(card, run_dir, roles=SERVING_ROLES)
     if problems:
-        raise ValueError(f"{run_dir}: " + "; ".join(problems))
+        raise InputError(f"{run_dir}: " + "; ".join(problems))
     model_files = {n: m for n, m in card["files"].items() if m.get("role") in SERVING_ROLES}
     shipped = {CARD, MODEL_CONFIG, contract.MANIFEST, HANDLER_FILE.name, CONTRACT_FILE.name, handler_file.name}
     for n in model_files:
         if n in shipped:
-            raise ValueError(f"{run_dir / CARD}: model file {n!r} would clash with a file the archive already ships")
+            raise InputError(f"{run_dir / CARD}: model file {n!r} would clash with a file the archive already ships")
     store = Path(model_store)
     store.mkdir(parents=True, exist_ok=True)
 

@@ -11,12 +11,12 @@ from . import _quiet
 _quiet.install()
 
 from .archive import PackageResult, ServingConfig, package, verify_archive  # noqa: E402
-from .client import Client, ClientError  # noqa: E402
+from .client import Client, ClientError, ServerError  # noqa: E402
 from .data import Dataset, from_arrays, load_csv, split  # noqa: E402
 from .export import ExportResult, LocalModel, export_run, load_run, read_card, requantize  # noqa: E402
 from .models import ModelSpec, build_model, fold_preprocessing  # noqa: E402
 from .quantize import QuantConfig, QuantGateError, QuantReport, quantize  # noqa: E402
-from .server import ServerError, ServerInfo, wait_until_ready  # noqa: E402
+from .server import ServerInfo, TorchServeError, wait_until_ready  # noqa: E402
 from .server import start as start_server  # noqa: E402
 from .server import status as server_status  # noqa: E402
 from .server import stop as stop_server  # noqa: E402
@@ -24,7 +24,7 @@ from .train import TrainConfig, TrainResult, train  # noqa: E402
 
 __all__ = [
     "Client", "ClientError", "Dataset", "ExportResult", "LocalModel", "ModelSpec", "PackageResult", "QuantConfig",
-    "QuantGateError", "QuantReport", "ServerError", "ServerInfo", "ServingConfig", "TrainConfig", "TrainResult",
+    "QuantGateError", "QuantReport", "ServerError", "ServerInfo", "TorchServeError", "ServingConfig", "TrainConfig", "TrainResult",
     "build_model", "export_run", "fold_preprocessing", "from_arrays", "load_csv", "load_run", "package", "quantize",
     "read_card", "requantize", "server_status", "split", "start_server", "stop_server", "train", "verify_archive",
     "wait_until_ready",

@@ -614,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:  # raised on purpose, naming what is wrong
         print(f"aiaas {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except (server.ServerError, cl.ClientError) as e:
+    except (server.TorchServeError, cl.ClientError) as e:
         print(f"aiaas {args.command}: {e}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:

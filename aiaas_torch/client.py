@@ -1,7 +1,7 @@
 """HTTP client for a TorchServe instance: predict, describe, ready, metrics; tokens, timeouts, retries, typed errors.
 
     with Client(home=".aiaas") as client:          # URLs from HOME/server.json, keys from its key_file.json
-        client.predict("origin", {"x": [[1.0], [2.0]]})
+        client.predict("y2x", {"instances": [[6.0], [7.0]]})   # → {"predictions": [12.0, 14.0], ...}
 
 Errors form one small hierarchy, each carrying ``status``, ``type`` (TorchServe's error "type"), ``message`` and
 ``response``::
@@ -292,7 +292,7 @@ class Client:
         """Return the keys in the key file; raise ClientError when it is unreadable."""
         try:
             return _server.read_keys(self.key_file)
-        except _server.ServerError as e:
+        except _server.TorchServeError as e:
             raise ClientError(str(e)) from None
 
     def _auth(self, kind: str | None) -> dict[str, str]:

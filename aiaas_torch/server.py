@@ -45,7 +45,7 @@ from .errors import InputError
 from .handlers.aiaas_contract import REFUSAL_MARK, file_name_problem
 
 __all__ = [
-    "ServerError",
+    "TorchServeError",
     "ServerArgumentError",
     "ServerInfo",
     "Ports",
@@ -140,11 +140,11 @@ _ROLLING_FILE = """\
     </RollingFile>"""
 
 
-class ServerError(RuntimeError):
+class TorchServeError(RuntimeError):
     """TorchServe could not be found, started, made ready, or reached; the message says why."""
 
 
-class ServerArgumentError(ServerError, InputError):
+class ServerArgumentError(TorchServeError, InputError):
     """A bad argument to start (no such store, archive or config file), found before anything was started."""
 
 
@@ -222,10 +222,10 @@ def find_java() -> str:
         java = Path(java_home) / "bin" / "java"
         if java.is_file() and os.access(java, os.X_OK):
             return str(java)
-        raise ServerError(f"JAVA_HOME={java_home} has no bin/java; fix JAVA_HOME or unset it, or {JAVA_INSTALL_HINT}")
+        raise TorchServeError(f"JAVA_HOME={java_home} has no bin/java; fix JAVA_HOME or unset it, or {JAVA_INSTALL_HINT}")
     java = shutil.which("java")
     if java is None:
-        raise ServerError(f"TorchServe needs Java 11+ and no `java` is on PATH; {JAVA_INSTALL_HINT}")
+        raise TorchServeError(f"TorchServe needs Java 11+ and no `java` is on PATH; {JAVA_INSTALL_HINT}")
     return java
 
 
@@ -236,7 +236,7 @@ def find_torchserve() -> str:
         return str(local)
     found = shutil.which("torchserve")
     if found is None:
-        raise ServerError("the `torchserve` command was not found; install it with `pip install torchserve==0.12.0`")
+        raise TorchServeError("the `torchserve` command was not found; install it with `pip install torchserve==0.12.0`")
     return found
 
 
@@ -278,7 +278,7 @@ def _metrics_config() -> Path:
 
     path = Path(handlers.__file__).resolve().parent / "metrics.yaml"
     if not path.is_file():
-        raise ServerError(f"metrics config missing from the installed package: {path}")
+        raise TorchServeError(f"metrics config missing from the installed package: {path}")
     return path
 
 
@@ -442,14 +442,14 @@ def _pick_ports(free_ports: bool) -> Ports:
 
 
 def _check_ports_free(ports: Ports) -> None:
-    """Raise ServerError naming the first port on 127.0.0.1 that something else already holds."""
+    """Raise TorchServeError naming the first port on 127.0.0.1 that something else already holds."""
     for name, port in ports.tcp().items():
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Netty does: TIME_WAIT is no clash
             s.bind(("127.0.0.1", port))
         except OSError as e:
-            raise ServerError(
+            raise TorchServeError(
                 f"port {port} on 127.0.0.1 ({name}) is already in use ({e.strerror}); stop what holds it, "
                 f"or start with free_ports=True"
             ) from None
@@ -473,7 +473,7 @@ def load_info(home: str | os.PathLike = ".aiaas") -> ServerInfo | None:
     except FileNotFoundError:
         return None
     except (ValueError, TypeError, KeyError) as e:
-        raise ServerError(f"{path} is unreadable ({e}); delete it if no server runs") from None
+        raise TorchServeError(f"{path} is unreadable ({e}); delete it if no server runs") from None
 
 
 def read_keys(home: str | os.PathLike = ".aiaas") -> dict[str, str]:
@@ -484,9 +484,9 @@ def read_keys(home: str | os.PathLike = ".aiaas") -> dict[str, str]:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ServerError(f"no TorchServe key file at {path}; is the server running with token auth?") from None
+        raise TorchServeError(f"no TorchServe key file at {path}; is the server running with token auth?") from None
     except ValueError as e:
-        raise ServerError(f"TorchServe key file {path} is not JSON ({e})") from None
+        raise TorchServeError(f"TorchServe key file {path} is not JSON ({e})") from None
     try:
         return {
             "management": data["management"]["key"],
@@ -494,7 +494,7 @@ def read_keys(home: str | os.PathLike = ".aiaas") -> dict[str, str]:
             "api": data["API"]["key"],
         }
     except (KeyError, TypeError):
-        raise ServerError(f"unexpected key file layout in {path}: {sorted(data)}") from None
+        raise TorchServeError(f"unexpected key file layout in {path}: {sorted(data)}") from None
 
 
 def _log_sizes(logs: Path) -> dict[str, int]:
@@ -592,14 +592,14 @@ def _find_java_child(launcher: subprocess.Popen, home: Path, since: Mapping[str,
             pass
         if launcher.poll() is not None:
             reason = _death_reason(home, since)
-            raise ServerError(
+            raise TorchServeError(
                 f"torchserve exited (code {launcher.returncode}) before starting Java"
                 + (f": {reason}" if reason else "")
                 + "\n"
                 + _log_report(home, ["console.log"], since)
             )
         time.sleep(0.05)
-    raise ServerError(f"torchserve started no Java process within {timeout:.0f} s\n" + _log_report(home, ["console.log"], since))
+    raise TorchServeError(f"torchserve started no Java process within {timeout:.0f} s\n" + _log_report(home, ["console.log"], since))
 
 
 def _group_members(pgid: int) -> list[psutil.Process]:
@@ -778,7 +778,7 @@ def wait_until_ready(
     """Return the models snapshot once every (or every named) model has minWorkers READY workers.
 
     Readiness comes from the management API, not /ping: /ping says Healthy while workers crash-loop.
-    Raises ServerError when the process dies or the timeout passes, with the last lines of the logs.
+    Raises TorchServeError when the process dies or the timeout passes, with the last lines of the logs.
     """
     return _wait_ready(info, models, time.monotonic() + timeout, timeout)
 
@@ -786,7 +786,7 @@ def wait_until_ready(
 def _wait_ready(
     info: ServerInfo, models: Iterable[str] | None, deadline: float, timeout: float
 ) -> dict[str, list[dict]]:
-    """Return the models snapshot once ready; raise ServerError at the deadline (reported as `timeout` s)."""
+    """Return the models snapshot once ready; raise TorchServeError at the deadline (reported as `timeout` s)."""
     expected = list(models) if models is not None else None
     last: dict[str, list[dict]] = {}
     problem = "management API not answering yet"
@@ -794,7 +794,7 @@ def _wait_ready(
         while True:
             if not _is_alive(info.pid, info.create_time):
                 reason = _death_reason(info.home, info.log_offsets)
-                raise ServerError(
+                raise TorchServeError(
                     f"TorchServe (pid {info.pid}) died" + (f": {reason}" if reason else "") + "\n"
                     + _log_report(info.home, ["console.log", "ts_log.log"], info.log_offsets)
                 )
@@ -804,15 +804,15 @@ def _wait_ready(
                 if _all_ready(last, expected) and not unbound:
                     return last
                 problem = f"ports not bound yet: {unbound}" if unbound else f"workers not READY: {last}"
-            except (httpx.HTTPError, ServerError, ValueError) as e:
+            except (httpx.HTTPError, TorchServeError, ValueError) as e:
                 problem = f"management API: {e}"
             refusal = _refusal(info.home, info.log_offsets)
             if refusal:  # an integrity refusal is final: restarting workers cannot change a file
-                raise ServerError(f"{refusal}\n" + _log_report(info.home, ["model_log.log"], info.log_offsets))
+                raise TorchServeError(f"{refusal}\n" + _log_report(info.home, ["model_log.log"], info.log_offsets))
             if time.monotonic() >= deadline:
                 missing = [n for n in expected or [] if n not in last]
                 error = _load_error(info.home, info.log_offsets)
-                raise ServerError(
+                raise TorchServeError(
                     f"TorchServe models not ready within {timeout:g} s"
                     + (f"; last worker error: {error}" if error else "")
                     + f" ({problem}"
@@ -837,7 +837,7 @@ def _model_args(models: Mapping[str, str] | Sequence[str] | None) -> tuple[list[
     else:
         pairs = list(models)
     if not pairs:
-        raise ServerError("models is empty; pass None to load every .mar in the store")
+        raise TorchServeError("models is empty; pass None to load every .mar in the store")
     names = [p.split("=", 1)[0] for p in pairs if "=" in p]
     return pairs, (names if len(names) == len(pairs) else None)
 
@@ -862,7 +862,7 @@ def start(
     TRUSTABLE_KEYS are dropped from it unless named in `trust_config_keys`. Each override is a SecuritySettingWarning.
     Every archive is checked first (see _checked_store); with $AIAAS_SIGNING_KEY set only signed ones load.
     Raises ServerArgumentError (bad argument, an archive that fails its check) before anything starts, and
-    ServerError (Java missing, port taken, process died, not ready in time), then leaving nothing running.
+    TorchServeError (Java missing, port taken, process died, not ready in time), then leaving nothing running.
     """
     unknown = sorted(set(trust_config_keys) - set(TRUSTABLE_KEYS))
     if unknown:
@@ -875,7 +875,7 @@ def start(
     torchserve = find_torchserve()
     running = load_info(home)
     if running is not None and _is_alive(running.pid, running.create_time):
-        raise ServerError(f"TorchServe already runs from {home} (pid {running.pid}); stop it first")
+        raise TorchServeError(f"TorchServe already runs from {home} (pid {running.pid}); stop it first")
     model_args, names = _model_args(models)
     archives = _archives_to_load(store, model_args)
 
@@ -1046,18 +1046,18 @@ def status(home: str | os.PathLike = ".aiaas") -> dict:
         try:
             with httpx.Client(timeout=httpx.Timeout(5.0), trust_env=False) as client:
                 result["models"] = _models_snapshot(client, info)
-        except (httpx.HTTPError, ServerError, ValueError) as e:
+        except (httpx.HTTPError, TorchServeError, ValueError) as e:
             result["error"] = f"management API: {e}"
     return result
 
 
 def _mgmt_put(info: ServerInfo, path: str, params: Mapping[str, str] | None, timeout: float) -> dict:
-    """Return the JSON answer of PUT management_url + path; raise ServerError on an HTTP error."""
+    """Return the JSON answer of PUT management_url + path; raise TorchServeError on an HTTP error."""
     with httpx.Client(timeout=httpx.Timeout(timeout), trust_env=False) as client:
         try:
             r = _mgmt_call(client, info, "PUT", path, params)
         except httpx.HTTPError as e:
-            raise ServerError(f"PUT {path} failed: {e}") from None
+            raise TorchServeError(f"PUT {path} failed: {e}") from None
     try:
         body = r.json()
     except ValueError:
@@ -1065,7 +1065,7 @@ def _mgmt_put(info: ServerInfo, path: str, params: Mapping[str, str] | None, tim
     if not isinstance(body, dict):
         body = {"status": body}
     if r.status_code >= 400:
-        raise ServerError(f"PUT {path} answered {r.status_code}: {body.get('message', body)}")
+        raise TorchServeError(f"PUT {path} answered {r.status_code}: {body.get('message', body)}")
     return body
 
 

@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
 
 from aiaas_torch.client import (
@@ -24,6 +25,7 @@ from aiaas_torch.client import (
     ServiceUnavailable,
     TokenError,
     WorkerDied,
+    classify,
 )
 
 INVALID_KEY = {
@@ -510,3 +512,13 @@ def test_missing_url_is_a_clear_client_error():
     with Client(token="t") as client:
         with pytest.raises(ClientError, match="inference_url"):
             client.predict("m", {})
+
+
+def test_the_package_level_server_error_is_the_one_predict_raises():
+    """ai.ServerError catches a 5xx from predict; TorchServe process-control failures are ai.TorchServeError."""
+    import aiaas_torch as ai
+
+    answer = httpx.Response(500, json={"code": 500, "message": "boom"}, request=httpx.Request("POST", "http://127.0.0.1:1/p"))
+    assert isinstance(classify(answer), ai.ServerError)
+    assert issubclass(ai.ServerError, ai.ClientError)
+    assert not issubclass(ai.TorchServeError, ai.ClientError) and not issubclass(ai.ServerError, ai.TorchServeError)

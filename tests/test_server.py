@@ -12,7 +12,7 @@ import pytest
 
 from aiaas_torch import server
 from aiaas_torch.client import Client, HTTPStatusError, TokenError
-from aiaas_torch.server import Ports, ServerError, ServerInfo
+from aiaas_torch.server import Ports, TorchServeError, ServerInfo
 
 FIXTURES = Path(__file__).parent / "fixtures" / "echo"
 REPO = Path(__file__).resolve().parents[1]
@@ -87,10 +87,10 @@ def test_effective_config_forces_loopback_and_security(tmp_path):
 def test_find_java_without_java_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.delenv("JAVA_HOME", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(ServerError, match="apt-get install openjdk-17-jre-headless"):
+    with pytest.raises(TorchServeError, match="apt-get install openjdk-17-jre-headless"):
         server.find_java()
     monkeypatch.setenv("JAVA_HOME", str(tmp_path))
-    with pytest.raises(ServerError, match="JAVA_HOME"):
+    with pytest.raises(TorchServeError, match="JAVA_HOME"):
         server.find_java()
 
 
@@ -230,7 +230,7 @@ def test_scale_and_set_default_work_with_model_api_off(echo):
     server.scale(echo, "echo", 1, version="1.0")
     assert server.wait_until_ready(echo, ["echo"], timeout=30)["echo"][0]["minWorkers"] == 1
     assert "1.0" in server.set_default(echo, "echo", "1.0")["status"]
-    with pytest.raises(ServerError, match="404"):
+    with pytest.raises(TorchServeError, match="404"):
         server.set_default(echo, "echo", "9.9")
     # Registering is what the model API guards: refused with 405.
     mk = server.read_keys(echo.home)["management"]
@@ -240,7 +240,7 @@ def test_scale_and_set_default_work_with_model_api_off(echo):
 
 @pytest.mark.serving
 def test_second_start_in_same_home_is_refused(echo, store):
-    with pytest.raises(ServerError, match="already runs"):
+    with pytest.raises(TorchServeError, match="already runs"):
         server.start(home=echo.home, model_store=store, models={"echo": "echo.mar"}, free_ports=True)
     assert server.status(echo.home)["running"] is True
 
@@ -275,7 +275,7 @@ def test_port_in_use_is_named_before_starting(store, tmp_path):
     port = taken.getsockname()[1]
     free = server._free_ports(5)
     try:
-        with pytest.raises(ServerError, match=f"port {port} .*management.* in use"):
+        with pytest.raises(TorchServeError, match=f"port {port} .*management.* in use"):
             server.start(home=tmp_path / "h3", model_store=store, models={"echo": "echo.mar"},
                          ports=Ports(free[0], port, free[1], free[2], free[3], free[4]))  # fmt: skip
     finally:
@@ -295,7 +295,7 @@ def test_port_taken_after_the_check_is_reported_from_torchserve_log(store, tmp_p
     free = server._free_ports(5)
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     try:
-        with pytest.raises(ServerError, match=f"died.*Failed to bind.*:{port}"):
+        with pytest.raises(TorchServeError, match=f"died.*Failed to bind.*:{port}"):
             server.start(home=tmp_path / "h4", model_store=store, models={"echo": "echo.mar"},
                          ports=Ports(free[0], free[1], free[2], free[3], port, free[4]), ready_timeout=30)  # fmt: skip
     finally:
@@ -307,7 +307,7 @@ def test_port_taken_after_the_check_is_reported_from_torchserve_log(store, tmp_p
 @pytest.mark.serving
 def test_model_that_never_loads_times_out_with_the_model_log(store, tmp_path):
     before = {p.pid for p in psutil.Process().children(recursive=True)}
-    with pytest.raises(ServerError) as err:
+    with pytest.raises(TorchServeError) as err:
         server.start(home=tmp_path / "h5", model_store=store, models={"broken": "broken.mar"},
                      free_ports=True, ready_timeout=15)  # fmt: skip
     message = str(err.value)

@@ -151,7 +151,7 @@ def test_tampered_archive_is_refused_in_a_second_instance_and_stop_leaves_no_pro
     store.mkdir()
     _tamper(served.archives["y2x-1.0"], store / "y2x-1.0.mar", "model_float.pt2")
     home = tmp_path / "home2"
-    with pytest.raises(server.ServerError) as e:
+    with pytest.raises(server.TorchServeError) as e:
         server.start(home, store, ["y2x=y2x-1.0.mar"], free_ports=True, ready_timeout=60)
     assert "SHA-256 does not match" in str(e.value)
     assert server.status(home).get("running") is False
@@ -205,3 +205,15 @@ def test_serve_start_foreground_stops_the_server_on_sigterm(served, tmp_path):
             server.stop(home)
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert server.status(home)["running"] is False
+
+
+def test_the_client_docstring_example_works_against_a_served_model(client):
+    """The example in aiaas_torch.client's docstring is a body the contract accepts, answering y = 2x."""
+    import ast
+    import re
+
+    from aiaas_torch import client as client_module
+
+    (name, body) = re.search(r'client\.predict\("(\w+)", (\{.*?\})\)', client_module.__doc__).groups()
+    answer = client.predict(name, ast.literal_eval(body), version="1.0")
+    assert answer["predictions"] == pytest.approx([12.0, 14.0], rel=1e-3)

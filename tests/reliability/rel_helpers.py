@@ -184,7 +184,7 @@ def reaping(home: Path):
     finally:
         try:
             info = server.load_info(home)
-        except server.ServerError:
+        except server.TorchServeError:
             info = None
         if info is not None:
             stop_instance(home, info)

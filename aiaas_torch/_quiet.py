@@ -7,7 +7,7 @@ Each filter matches one known message, so any other warning still reaches the us
 - `isinstance(treespec, LeafSpec)` is a FutureWarning raised inside torch.export's own unpickling.
 - `torch.jit.script_method` is deprecated: torch's own modules still define TorchScript methods at import on
   the export/compile path (we never script anything).
-- torch.ao.quantization deprecation: we never call it (ARCHITECTURE.md: torchao replaces it), but importing
+- torch.ao.quantization deprecation: we never call it (torchao replaces it: per-row and batch-invariant), but importing
   some torch modules touches it.
 """
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 
 from aiaas_torch import bench
+from aiaas_torch.bench import served
 from aiaas_torch.archive import ServingConfig
 
 HERE = Path(__file__).resolve().parent
@@ -156,7 +157,7 @@ def main(argv=None) -> int:
         report = bench.bench_run_dir(run_dir, {"aiaas (TorchServe)": ours}, name=NAME, server_warmup=a.server_warmup, workdir=tmp, **kw)
         from aiaas_torch.export import read_card
 
-        body = bench._card_body(read_card(run_dir))
+        body = bench.card_body(read_card(run_dir))
         env = {**os.environ, "AIAAS_RUN_DIR": str(run_dir), "AIAAS_MODEL_NAME": NAME, "OMP_NUM_THREADS": "1",
                "PYTHONPATH": str(HERE)}  # fmt: skip
         peers = {
@@ -165,12 +166,9 @@ def main(argv=None) -> int:
             f"LitServe ({a.workers} workers)": lambda port: [str(py), "peer_apps.py", "litserve", str(port), str(a.workers)],
         }  # fmt: skip
         for label, cmd in peers.items():
-            port = bench._free_port()
+            port = served._free_port()  # until the serving package's free-port helper replaces it
             with Peer(label, cmd(port), port, env, root / f"{len(report.results)}.log") as peer:
-                target = bench.Target(peer.url, body)
-                if a.server_warmup > 0:
-                    bench.measure(target, (max(conc),), duration=a.server_warmup, warmup=0.0, progress=False)
-                levels = bench.measure(target, server_pids=[peer.proc.pid], label=label, **kw)
+                levels = bench.measure_warmed(bench.Target(peer.url, body), a.server_warmup, server_pids=[peer.proc.pid], label=label, **kw)
             report.results.append(bench.ConfigResult(label, levels))
     report.machine["loadavg_1min_at_start"] = round(load, 2)
     report.machine["peers"] = versions

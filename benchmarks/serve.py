@@ -148,8 +148,8 @@ def main(argv=None) -> int:
             report.ratios[f"default / {label} req/s at c={top}"] = d.rps / o.rps
     for label in ("default", "no-op"):
         lv = report.level(label, top)
-        if lv and lv.rps and lv.server_cpu_percent:
-            report.ratios[f"{label}: server CPU µs per request at c={top}"] = lv.server_cpu_percent * 1e4 / lv.rps
+        if lv and lv.server_cpu_percent and (us := lv.server_cpu_us_per_request()) is not None:
+            report.ratios[f"{label}: server CPU µs per request at c={top}"] = us
     ceiling = report.results[-1].levels[-1]
     report.ratios[f"generator ceiling req/s at c={top} (trivial server)"] = ceiling.rps
     met = goals(report)

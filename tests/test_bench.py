@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import builtins
 import json
+import subprocess
+import sys
 import threading
+from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -84,8 +87,18 @@ def test_request_bytes_is_one_keep_alive_request():
 
 def test_percentile_nearest_rank():
     values = [float(i) for i in range(1, 101)]
-    assert bench._percentile(values, 50) == 50.0 and bench._percentile(values, 99) == 99.0
-    assert bench._percentile(values, 100) == 100.0 and bench._percentile([], 50) == 0.0
+    assert bench.percentile(values, 50) == 50.0 and bench.percentile(values, 99) == 99.0
+    assert bench.percentile(values, 100) == 100.0 and bench.percentile([], 50) == 0.0
+    assert bench.percentile([3.0, 1.0, 2.0], 50) == 2.0  # any order: one function for the generator and the tests
+
+
+def test_generator_child_processes_load_neither_torch_nor_the_package():
+    # the generator's child processes run the engine file as a script: it must stand alone, and stay light
+    code = ("import runpy, sys; runpy.run_path(sys.argv[1]); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'aiaas_torch', 'numpy')))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code, bench.loadgen.ENGINE_SCRIPT], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 def test_parse_config_and_profiles():
@@ -105,7 +118,7 @@ def test_measure_trivial_server_is_well_formed():
     with bench.serve_trivial(max_seconds=60) as (url, pid):
         levels = bench.measure(bench.Target(url), (1, 2), duration=0.5, warmup=0.2, server_pids=[pid], progress=False)
     for lv, c in zip(levels, (1, 2)):
-        d = bench.asdict(lv)
+        d = asdict(lv)
         check_level(d, c)
         assert d["requests"] > 0 and d["errors"] == 0 and d["server_cpu_percent"] is not None
 
@@ -113,7 +126,7 @@ def test_measure_trivial_server_is_well_formed():
 def test_measure_counts_error_answers(status_server):
     url = status_server(400)
     (lv,) = bench.measure(bench.Target(url), (2,), duration=0.5, warmup=0.1, progress=False)
-    check_level(bench.asdict(lv), 2)
+    check_level(asdict(lv), 2)
     assert lv.requests > 0 and lv.errors == lv.requests and lv.error_kinds == {"400": lv.requests}
     assert lv.rps == 0 and lv.p50_ms == 0  # error answers are neither throughput nor served latency
 
@@ -121,7 +134,7 @@ def test_measure_counts_error_answers(status_server):
 def test_measure_with_generator_processes(status_server):
     url = status_server(200)
     (lv,) = bench.measure(bench.Target(url), (4,), duration=0.5, warmup=0.2, processes=2, progress=False)
-    check_level(bench.asdict(lv), 4)
+    check_level(asdict(lv), 4)
     assert lv.processes == 2 and lv.requests > 0 and lv.errors == 0
 
 
@@ -201,8 +214,8 @@ def test_bench_served_counts_rejected_requests(origin_run, tmp_path):
         server.stop(home)
     (g,) = good.results[0].levels
     (b,) = bad.results[0].levels
-    check_level(bench.asdict(g), 2)
-    check_level(bench.asdict(b), 1)
+    check_level(asdict(g), 2)
+    check_level(asdict(b), 1)
     assert g.requests > 0 and g.errors == 0
     assert b.requests > 0 and b.errors == b.requests and set(b.error_kinds) == {"400"}
     assert g.rps > 0 and b.rps == 0  # 400s are not throughput

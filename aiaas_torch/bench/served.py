@@ -1,0 +1,232 @@
+"""Measuring served models: start a server (TorchServe from a run directory, or the trivial responder), load it, stop it.
+
+`_free_port` is one of the project's free-port helpers, kept here until the serving package's one replaces it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from ..errors import InputError
+from .cpu import machine_info
+from .loadgen import DEFAULT_CONCURRENCY, ENGINE_SCRIPT, Target, measure
+from .report import BenchReport, ConfigResult
+
+
+def _free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc=None, timeout: float = 10.0) -> None:
+    """Return once 127.0.0.1:port accepts connections; RuntimeError if `proc` (a Popen) exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server process exited (code {proc.returncode}) before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:g} s")
+
+
+class serve_trivial:
+    """Context manager: a raw asyncio HTTP responder in a child process; yields (URL, pid); stopped on exit."""
+
+    def __init__(self, max_seconds: float = 600.0):
+        self.max_seconds = max_seconds
+        self.proc = None
+
+    def __enter__(self) -> tuple[str, int]:
+        port = _free_port()
+        self.proc = subprocess.Popen([sys.executable, ENGINE_SCRIPT, "trivial", str(port), str(self.max_seconds)])
+        try:
+            wait_port(port, self.proc)
+        except BaseException:
+            self.__exit__()
+            raise
+        return f"http://127.0.0.1:{port}/predictions/trivial", self.proc.pid
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def generator_ceiling(concurrency: Sequence[int] = DEFAULT_CONCURRENCY, duration: float = 5.0, warmup: float = 1.0,
+                      processes: int = 1, progress: bool | None = None) -> ConfigResult:  # fmt: skip
+    """Return the generator's own ceiling: the same load against the trivial responder (a child process)."""
+    with serve_trivial(max_seconds=len(concurrency) * (duration + warmup) + 60) as (url, pid):
+        levels = measure(Target(url), concurrency, duration, warmup, processes=processes, server_pids=[pid],
+                         progress=progress, label="trivial")  # fmt: skip
+    return ConfigResult(f"trivial server ({processes} gen. proc.)", levels, note="raw asyncio responder, one process")
+
+
+def card_body(card: dict) -> bytes:
+    """Return a one-row request body made of each feature's training mean."""
+    row = [round(float(f.get("mean", 0.0)), 6) for f in card["input"]["features"]]
+    return json.dumps({"instances": [row]}).encode()
+
+
+def served_target(home: str | os.PathLike, model: str, body: bytes | None = None, version: str | None = None) -> Target:
+    """Return the Target of a model served by the TorchServe of HOME (URL and token from the home)."""
+    from .. import server
+
+    info = server.load_info(home)
+    if info is None:
+        raise InputError(f"no server recorded in {Path(home) / 'server.json'}; start one with `aiaas serve start`")
+    keys = server.read_keys(home)
+    if body is None:
+        from ..client import Client
+
+        with Client(home=home, timeout=10) as c:
+            card = c.describe(model, version)[0].get("customizedMetadata")
+        body = card_body(card) if isinstance(card, dict) else b'{"instances": [[0.0]]}'
+    url = f"{info.inference_url}/predictions/{model}" + (f"/{version}" if version else "")
+    return Target(url, body, {"Authorization": f"Bearer {keys['inference']}"})
+
+
+def bench_served(home: str | os.PathLike, model: str, body: bytes | None = None, **kwargs) -> BenchReport:
+    """Return the report of a model already served by HOME's TorchServe (measure's keyword arguments apply)."""
+    from .. import server
+
+    info = server.load_info(home)
+    target = served_target(home, model, body)
+    pids = [info.pid] if info is not None else []
+    levels = measure(target, server_pids=pids, label=model, **kwargs)
+    return BenchReport(machine_info(), _settings(kwargs), [ConfigResult(model, levels)])
+
+
+def _settings(kwargs: Mapping) -> dict:
+    """Return the load settings for the report."""
+    s = {"concurrency": list(kwargs.get("concurrency", DEFAULT_CONCURRENCY)), "duration_s": kwargs.get("duration", 10.0),
+         "warmup_s": kwargs.get("warmup", 3.0), "processes": kwargs.get("processes", 1),
+         "timeout_s": kwargs.get("timeout", 10.0), "generator": "raw asyncio HTTP/1.1, keep-alive, closed loop"}  # fmt: skip
+    return s
+
+
+def package_with_handler(run_dir, name: str, store, serving, handler_file: str | os.PathLike):
+    """Return the PackageResult of the run directory packaged with `serving` and another handler file.
+
+    Used for the no-op baseline: the same archive, config and card, but a handler that answers without a model.
+    """
+    from ..archive import package
+
+    return package(run_dir, name, "1.0", store, serving=serving, handler=handler_file)
+
+
+_CONFIG_ALIASES = {"batch": "batch_size", "delay": "max_batch_delay_ms", "max_batch_delay": "max_batch_delay_ms",
+                   "timeout": "response_timeout_s", "response_timeout": "response_timeout_s"}  # fmt: skip
+
+
+def parse_config(text: str):
+    """Return (label, ServingConfig) from "LABEL:workers=2,batch_size=16,max_batch_delay_ms=0" (ValueError if bad).
+
+    Fields not given keep the throughput profile's values; batch, delay and timeout are accepted as short names.
+    """
+    from ..archive import ServingConfig
+
+    label, sep, rest = text.partition(":")
+    if not sep or not label.strip():
+        raise InputError(f"--config {text!r}: expected LABEL:key=value,... e.g. w1:workers=1,batch_size=8")
+    cfg = ServingConfig()
+    for item in filter(None, (x.strip() for x in rest.split(","))):
+        key, eq, value = item.partition("=")
+        key = _CONFIG_ALIASES.get(key.strip(), key.strip())
+        if not eq or key not in ServingConfig.__dataclass_fields__ or key == "max_rows":
+            raise InputError(f"--config {text!r}: {item!r} is not key=value with a key among workers, batch_size, "
+                             f"max_batch_delay_ms, response_timeout_s, threads")  # fmt: skip
+        try:
+            setattr(cfg, key, int(value))
+        except ValueError:
+            raise InputError(f"--config {text!r}: {key} needs an integer, got {value!r}") from None
+    return label.strip(), cfg.validate()
+
+
+def configs_from_args(profiles: Sequence[str] | None, specs: Sequence[str]) -> dict:
+    """Return {label: ServingConfig} for the named profiles and LABEL:k=v specs (default: the throughput profile)."""
+    from ..archive import ServingConfig
+
+    configs = {p: ServingConfig.profile(p) for p in (profiles or ([] if specs else ["throughput"]))}
+    for text in specs:
+        label, cfg = parse_config(text)
+        if label in configs:
+            raise InputError(f"--config {text!r}: label {label!r} used twice")
+        configs[label] = cfg
+    return configs
+
+
+def measure_warmed(target: Target, server_warmup: float, **kwargs) -> list:
+    """Return measure's LevelResults after `server_warmup` s of unmeasured load at the highest concurrency.
+
+    A fresh server is slow at first (TorchServe's JIT needs 10–15 s); measure's keyword arguments apply.
+    """
+    if server_warmup > 0:
+        top = max(kwargs.get("concurrency", DEFAULT_CONCURRENCY))
+        measure(target, (top,), duration=server_warmup, warmup=0.0, progress=False, timeout=kwargs.get("timeout", 10.0))
+    return measure(target, **kwargs)
+
+
+def bench_run_dir(
+    run_dir: str | os.PathLike,
+    configs: Mapping[str, object],
+    name: str = "bench",
+    handlers: Mapping[str, str | os.PathLike] | None = None,
+    access_log: bool = False,
+    workdir: str | os.PathLike | None = None,
+    server_config: str | os.PathLike | None = None,
+    server_warmup: float = 10.0,
+    **kwargs,
+) -> BenchReport:
+    """Return the report of one run directory served under each {label: ServingConfig}, one server after another.
+
+    For each configuration: package the run directory (with handlers[label] instead of our handler when given),
+    start TorchServe on free loopback ports in a private home, wait for READY, measure, stop. measure's keyword
+    arguments apply (concurrency, duration, warmup, processes, ...). Before the first level, each new server gets
+    `server_warmup` seconds of load at the highest concurrency (not measured): TorchServe's JIT needs 10–15 s.
+    """
+    from .. import server
+    from ..archive import package
+    from ..export import read_card
+
+    card = read_card(run_dir)
+    body = kwargs.pop("body", None) or card_body(card)
+    handlers = dict(handlers or {})
+    results = []
+    with tempfile.TemporaryDirectory(prefix="aiaas-bench-", dir=workdir) as root:
+        for label, serving in configs.items():
+            root_i = Path(root) / f"c{len(results)}"
+            store, home = root_i / "store", root_i / "home"
+            if label in handlers:
+                mar = package_with_handler(run_dir, name, store, serving, handlers[label])
+            else:
+                mar = package(run_dir, name, "1.0", store, serving=serving)
+            t0 = time.perf_counter()
+            info = server.start(home, store, {name: mar.path.name}, free_ports=True, config=server_config,
+                                ready_timeout=180, access_log=access_log)  # fmt: skip
+            ready = time.perf_counter() - t0
+            try:
+                levels = measure_warmed(served_target(home, name, body), server_warmup, server_pids=[info.pid], label=label, **kwargs)
+            finally:
+                server.stop(home)
+            results.append(ConfigResult(label, levels, asdict(serving), round(ready, 2),
+                                        note=f"handler {Path(handlers[label]).name}" if label in handlers else ""))  # fmt: skip
+    return BenchReport(machine_info(), {**_settings(kwargs), "run_dir": str(run_dir), "server_warmup_s": server_warmup}, results)
+

@@ -203,15 +203,6 @@ def tree_listing(root: Path) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------- figures
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Return the q-th percentile (0..100) of values, nearest-rank."""
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    k = max(0, min(len(s) - 1, math.ceil(q / 100.0 * len(s)) - 1))
-    return s[k]
-
-
 def report(path: Path, name: str, figures: dict) -> None:
     """Print the figures (pytest -s shows them) and write them as JSON to path."""
     path.write_text(json.dumps(figures, indent=2) + "\n")

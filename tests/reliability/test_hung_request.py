@@ -15,9 +15,10 @@ import time
 
 import pytest
 
+from aiaas_torch.bench import percentile
 from aiaas_torch.client import Client, RequestTimedOut
 
-from rel_helpers import (HANG_HANDLER, HANG_MARK, HANG_SENTINEL, HANG_TIMEOUT_S, CountingTransport, close, percentile, report,
+from rel_helpers import (HANG_HANDLER, HANG_MARK, HANG_SENTINEL, HANG_TIMEOUT_S, CountingTransport, close, report,
                          wait_ready, workers)  # fmt: skip
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]

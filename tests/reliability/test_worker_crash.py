@@ -18,9 +18,10 @@ import numpy as np
 import psutil
 import pytest
 
+from aiaas_torch.bench import percentile
 from aiaas_torch.client import Client
 
-from rel_helpers import CountingTransport, close, own_worker_pid, percentile, report, wait_ready, workers
+from rel_helpers import CountingTransport, close, own_worker_pid, report, wait_ready, workers
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 

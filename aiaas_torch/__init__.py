@@ -1,7 +1,7 @@
 """aiaas-torch: train a tabular model with SGD, quantize it, package it for TorchServe, serve and call it.
 
 The Python API under short names; each stage is its own module (data → train → quantize → export → archive →
-server → client), and `aiaas_torch.cli` is the `aiaas` command.
+serving → client), and `aiaas_torch.cli` is the `aiaas` command.
 """
 
 __version__ = "0.1.0"
@@ -16,10 +16,10 @@ from .data import Dataset, from_arrays, load_csv, split  # noqa: E402
 from .export import ExportResult, LocalModel, export_run, load_run, read_card, requantize  # noqa: E402
 from .models import ModelSpec, build_model, fold_preprocessing  # noqa: E402
 from .quantize import QuantConfig, QuantGateError, QuantReport, quantize  # noqa: E402
-from .server import ServerInfo, TorchServeError, wait_until_ready  # noqa: E402
-from .server import start as start_server  # noqa: E402
-from .server import status as server_status  # noqa: E402
-from .server import stop as stop_server  # noqa: E402
+from .serving import ServerInfo, TorchServeError, wait_until_ready  # noqa: E402
+from .serving import start as start_server  # noqa: E402
+from .serving import status as server_status  # noqa: E402
+from .serving import stop as stop_server  # noqa: E402
 from .train import TrainConfig, TrainResult, train  # noqa: E402
 
 __all__ = [

@@ -8,7 +8,7 @@ byte-identical archives and no half-written archive is ever visible.
 The card inside the archive (model.json) is written last, after the archiver has laid the other files out, so it
 lists the SHA-256 of every other member (manifest, handler code, model-config.yaml, model programs); a signed
 card's HMAC-SHA256 therefore covers all of them. `verify_archive` is the one check of an archive, run here in the
-installed package (by `package` and by `server.start` before TorchServe loads anything), never by archive code.
+installed package (by `package` and by `serving.start` before TorchServe loads anything), never by archive code.
 """
 
 from __future__ import annotations

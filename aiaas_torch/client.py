@@ -39,7 +39,8 @@ from typing import Any
 
 import httpx
 
-from aiaas_torch import server as _server
+from aiaas_torch.serving import home as _home, tokens as _tokens
+from aiaas_torch.serving.errors import TorchServeError
 
 __all__ = [
     "Client",
@@ -181,7 +182,7 @@ class Client:
     ) -> None:
         self.key_file: Path | None = None
         if home is not None:
-            info = _server.load_info(home)
+            info = _home.load_info(home)
             if info is None:
                 raise ClientError(f"no server recorded in {Path(home) / 'server.json'}; start one first")
             inference_url = inference_url or info.inference_url
@@ -291,8 +292,8 @@ class Client:
     def _read_keys(self) -> dict[str, str]:
         """Return the keys in the key file; raise ClientError when it is unreadable."""
         try:
-            return _server.read_keys(self.key_file)
-        except _server.TorchServeError as e:
+            return _tokens.read_keys(self.key_file)
+        except TorchServeError as e:
             raise ClientError(str(e)) from None
 
     def _auth(self, kind: str | None) -> dict[str, str]:
@@ -303,26 +304,19 @@ class Client:
     def _refresh(self, kind: str) -> bool:
         """Return True when a different token for kind ("inference" or "management") is now in use.
 
-        First re-reads the key file (someone may have rotated the key); else asks the token API for a new
-        key. TorchServe 0.12's GET /token?type=... answers 200 with an empty body and writes the new key only
-        into key_file.json, so a refresh is possible only with the key file at hand.
+        The key file may hold a renewed key already; else the token API is asked for one (tokens.fresh_key).
         """
         if self.key_file is None:
             return False
         current = self.token if kind == "inference" else self.management_token
-        fresh = self._read_keys()[kind]
-        if fresh == current and self.api_key and self.management_url:
-            try:
-                r = self._http.get(
-                    f"{self.management_url}/token",
-                    params={"type": kind},
-                    headers={"Authorization": f"Bearer {self.api_key}"},
-                )
-            except httpx.TransportError as e:
-                raise ConnectionFailed(f"token refresh failed: {e!r}") from e
-            if r.status_code >= 400:
-                raise classify(r)
-            fresh = self._read_keys()[kind]
+        try:
+            fresh = _tokens.fresh_key(self._http, self.key_file, kind, current, self.management_url, self.api_key)
+        except httpx.TransportError as e:
+            raise ConnectionFailed(f"token refresh failed: {e!r}") from e
+        except _tokens.RenewalRefused as e:
+            raise classify(e.response) from None
+        except TorchServeError as e:
+            raise ClientError(str(e)) from None
         if fresh == current:
             return False
         if kind == "inference":

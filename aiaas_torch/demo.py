@@ -11,7 +11,7 @@ import numpy as np
 def run_demo(home: str = ".aiaas-demo", workdir: str = "runs", model_store: str = "model_store", echo=print) -> dict:
     """Run the origin example through every stage and stop the server; returns a summary of what was measured."""
     from . import client as cl
-    from . import server
+    from . import serving as server
     from .archive import package
     from .data import from_arrays
     from .export import export_run

@@ -201,7 +201,7 @@ def test_cli_bench_run_dir_against_real_torchserve(origin_run, tmp_path, capsys)
 
 @pytest.mark.serving
 def test_bench_served_counts_rejected_requests(origin_run, tmp_path):
-    from aiaas_torch import server
+    from aiaas_torch import serving as server
     from aiaas_torch.archive import package
 
     store, home = tmp_path / "store", tmp_path / "home"

@@ -71,7 +71,7 @@ def test_train_on_cuda_matches_cpu(tmp_path):
 @needs_cuda
 @pytest.mark.serving
 def test_served_on_gpu_matches_cpu(cpu_run, tmp_path):
-    from aiaas_torch import server
+    from aiaas_torch import serving as server
     from aiaas_torch.client import Client
 
     store = tmp_path / "store"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+import tomllib
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,9 +13,12 @@ import httpx
 import psutil
 import pytest
 
-from aiaas_torch import server
+from aiaas_torch import serving as server
+from aiaas_torch.serving import control
+from aiaas_torch.serving.config import base_config, effective_config, parse_properties
+from aiaas_torch.serving.readiness import unbound_ports
 from aiaas_torch.client import Client, HTTPStatusError, TokenError
-from aiaas_torch.server import Ports, TorchServeError, ServerInfo
+from aiaas_torch.serving import Ports, TorchServeError, ServerInfo
 
 FIXTURES = Path(__file__).parent / "fixtures" / "echo"
 REPO = Path(__file__).resolve().parents[1]
@@ -62,18 +68,43 @@ def gone(pid: int) -> bool:
 # --------------------------------------------------------------------------------------------- config (no server)
 
 
-def test_builtin_config_matches_repo_config_properties():
-    repo = server._parse_properties((REPO / "config.properties").read_text())
-    assert repo == server._parse_properties(server.DEFAULT_CONFIG)
+def test_one_base_config_shipped_with_the_package_and_used_from_any_directory(tmp_path, monkeypatch):
+    # The one file a human edits is the package's own (editable installs read it in place)...
+    assert server.BASE_CONFIG == REPO / "aiaas_torch" / "serving" / "config.properties"
+    assert not (REPO / "config.properties").exists()  # no second copy to keep equal
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "aiaas_torch.serving" in pyproject["packages"]
+    assert "config.properties" in pyproject["package-data"]["aiaas_torch.serving"]  # ...and wheels ship it
+    # ...and a start without --config uses it wherever it runs, unless that directory has its own config.properties.
+    monkeypatch.chdir(tmp_path)
+    props, source = base_config(None)
+    assert source == str(server.BASE_CONFIG) and props == parse_properties(server.BASE_CONFIG.read_text())
     # The security choices the file documents are really there.
-    assert repo["disable_token_authorization"] == "false" and repo["enable_model_api"] == "false"
-    assert all("127.0.0.1" in repo[k] for k in ("inference_address", "management_address", "metrics_address"))
+    assert props["disable_token_authorization"] == "false" and props["enable_model_api"] == "false"
+    assert all("127.0.0.1" in props[k] for k in ("inference_address", "management_address", "metrics_address"))
+    (tmp_path / "config.properties").write_text("job_queue_size=7\n")
+    assert base_config(None) == ({"job_queue_size": "7"}, str(tmp_path / "config.properties"))
+
+
+def test_serving_does_not_import_torch():
+    # `serve status` and `serve stop` must not pay for torch: only checking an archive (store.checked_store) needs it.
+    # aiaas_torch/__init__.py imports torch for the library's short names, so this loads the subpackage without it.
+    code = (
+        "import sys, types\n"
+        "pkg = types.ModuleType('aiaas_torch'); pkg.__path__ = [sys.argv[1]]; pkg.__version__ = '0'\n"
+        "sys.modules['aiaas_torch'] = pkg\n"
+        "import aiaas_torch.serving, aiaas_torch.client\n"
+        "loaded = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
+        "assert not loaded, loaded\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code, str(REPO / "aiaas_torch")], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
 
 
 def test_effective_config_forces_loopback_and_security(tmp_path):
     base = {"inference_address": "http://0.0.0.0:80", "disable_token_authorization": "true",
             "enable_model_api": "true", "metrics_mode": "log", "load_models": "all", "job_queue_size": "7"}  # fmt: skip
-    props = server._effective_config(base, Ports(1, 2, 3, 4, 5, 600), tmp_path)
+    props = effective_config(base, Ports(1, 2, 3, 4, 5, 600), tmp_path)
     assert props["inference_address"] == "http://127.0.0.1:1"
     assert props["management_address"] == "http://127.0.0.1:2" and props["metrics_address"] == "http://127.0.0.1:3"
     assert (props["grpc_inference_port"], props["grpc_management_port"], props["initial_worker_port"]) == ("4", "5", "600")
@@ -138,7 +169,7 @@ def test_start_records_info_and_workers_are_ready(echo):
 
 @pytest.mark.serving
 def test_instance_home_layout_and_config(echo, store):
-    props = server._parse_properties((echo.home / "config.properties").read_text())
+    props = parse_properties((echo.home / "config.properties").read_text())
     # TorchServe loads the copies start() made in HOME/store (echo.mar has no card: copied as it is), not the store
     assert props["model_store"] == str(echo.home / "store") and echo.model_store == store
     assert (echo.home / "store" / "echo.mar").read_bytes() == (store / "echo.mar").read_bytes()
@@ -162,9 +193,9 @@ def test_listens_on_loopback_only(echo):
 @pytest.mark.serving
 def test_readiness_also_requires_every_port_bound(echo):
     # Workers can be READY before gRPC binds (and fails): start() also waits for Java to hold every port.
-    assert server._unbound_ports(echo) == []
-    stray = server._free_ports(1)[0]
-    assert server._unbound_ports(replace(echo, listen_ports=echo.listen_ports + (stray,))) == [stray]
+    assert unbound_ports(echo) == []
+    stray = server.free_ports(1)[0]
+    assert unbound_ports(replace(echo, listen_ports=echo.listen_ports + (stray,))) == [stray]
 
 
 @pytest.mark.serving
@@ -273,7 +304,7 @@ def test_port_in_use_is_named_before_starting(store, tmp_path):
     taken.bind(("127.0.0.1", 0))
     taken.listen(1)
     port = taken.getsockname()[1]
-    free = server._free_ports(5)
+    free = server.free_ports(5)
     try:
         with pytest.raises(TorchServeError, match=f"port {port} .*management.* in use"):
             server.start(home=tmp_path / "h3", model_store=store, models={"echo": "echo.mar"},
@@ -287,12 +318,12 @@ def test_port_in_use_is_named_before_starting(store, tmp_path):
 def test_port_taken_after_the_check_is_reported_from_torchserve_log(store, tmp_path, monkeypatch):
     # Someone grabs a port between our check and Java's bind. gRPC binds last, after the workers are READY
     # and the HTTP APIs answer; TorchServe then dies seconds later. start() must not report success.
-    monkeypatch.setattr(server, "_check_ports_free", lambda ports: None)
+    monkeypatch.setattr(control, "check_ports_free", lambda ports: None)
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen(1)
     port = taken.getsockname()[1]
-    free = server._free_ports(5)
+    free = server.free_ports(5)
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     try:
         with pytest.raises(TorchServeError, match=f"died.*Failed to bind.*:{port}"):

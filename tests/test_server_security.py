@@ -14,10 +14,11 @@ import httpx
 import psutil
 import pytest
 
-from aiaas_torch import server
+from aiaas_torch import serving as server
+from aiaas_torch.serving.config import effective_config, launcher_env
 from aiaas_torch.cli import main
 from aiaas_torch.handlers.aiaas_contract import REFUSAL_MARK
-from aiaas_torch.server import SECURITY_SETTINGS, Ports, SecuritySettingWarning
+from aiaas_torch.serving import SECURITY_SETTINGS, Ports, SecuritySettingWarning
 
 from test_server import FIXTURES, build_mar, group_pids, kill_leftovers
 
@@ -36,7 +37,7 @@ def _effective(base: dict, trusted=()) -> tuple[dict, list[str]]:
     """Return the effective config of `base` and the warnings it raised."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        props = server._effective_config(base, PORTS, Path("/store"), trusted)
+        props = effective_config(base, PORTS, Path("/store"), trusted)
     return props, [str(w.message) for w in caught if issubclass(w.category, SecuritySettingWarning)]
 
 
@@ -73,7 +74,7 @@ def test_untrusted_environment_variables_do_not_reach_torchserve(monkeypatch, tm
     monkeypatch.setenv("TS_CONFIG_FILE", "/elsewhere")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        env = server._launcher_env(tmp_path / "logs", tmp_path / "tmp")
+        env = launcher_env(tmp_path / "logs", tmp_path / "tmp")
     assert not {"TS_OPEN_INFERENCE_PROTOCOL", "JAVA_TOOL_OPTIONS", "TS_CONFIG_FILE"} & set(env)
     said = " ".join(str(w.message) for w in caught)
     assert "TS_OPEN_INFERENCE_PROTOCOL" in said and "JAVA_TOOL_OPTIONS" in said

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
-from aiaas_torch import server
+from aiaas_torch import serving as server
 from aiaas_torch.archive import METRICS_CONFIG, ServingConfig, package
 from aiaas_torch.cli import main
 from aiaas_torch.data import from_arrays
@@ -90,7 +90,7 @@ def test_cli_export_kserve(mar, tmp_path, capsys):
 @pytest.mark.serving
 def test_torchserve_serves_kserve_bodies_from_the_generated_config(mar, tmp_path):
     tree = export_kserve(mar, tmp_path / "k")
-    ports = server._free_ports(6)
+    ports = server.free_ports(6)
     props = _props(tree.config)
     props.update({
         "inference_address": f"http://127.0.0.1:{ports[0]}", "management_address": f"http://127.0.0.1:{ports[1]}",
@@ -157,7 +157,7 @@ def test_docker_image_opens_only_the_inference_address(tmp_path):
     repo = Path(__file__).resolve().parents[2]
     dockerfile = (repo / "deploy" / "Dockerfile").read_text()
     (expr,) = re.findall(r"sed -e '([^']+)' /tmp/config\.properties", dockerfile)
-    out = subprocess.run(["sed", "-e", expr, str(repo / "config.properties")], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(["sed", "-e", expr, str(repo / "aiaas_torch" / "serving" / "config.properties")], capture_output=True, text=True, check=True).stdout
     props = dict(line.split("=", 1) for line in out.splitlines() if line and not line.startswith("#") and "=" in line)
     assert props["inference_address"].startswith("http://0.0.0.0:")
     assert props["management_address"].startswith("http://127.0.0.1:")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aiaas_torch import server
+from aiaas_torch import serving as server
 from aiaas_torch.archive import ServingConfig, package
 from aiaas_torch.client import Client
 from aiaas_torch.data import from_arrays

@@ -14,7 +14,7 @@ import httpx
 import psutil
 import pytest
 
-from aiaas_torch import server
+from aiaas_torch import serving as server
 from aiaas_torch.client import BadRequest, Client, TokenError
 from aiaas_torch.export import load_run
 

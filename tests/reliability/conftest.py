@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from aiaas_torch import server
+from aiaas_torch import serving as server
 from aiaas_torch.archive import ServingConfig, package
 from aiaas_torch.export import load_run
 

@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import psutil
 
-from aiaas_torch import server
+from aiaas_torch import serving as server
 from aiaas_torch.data import from_arrays
 from aiaas_torch.export import export_run
 from aiaas_torch.quantize import QuantConfig

@@ -12,7 +12,7 @@ import httpx
 import psutil
 import pytest
 
-from aiaas_torch import server
+from aiaas_torch import serving as server
 from aiaas_torch.client import Client
 
 from rel_helpers import close, keys, stop_instance, workers
@@ -106,7 +106,7 @@ def _sleep_until_past(when: dt.datetime) -> None:
 
 def test_expired_tokens_are_renewed_by_the_client_and_the_server_control(shared, tmp_path):
     config = tmp_path / "short-tokens.properties"
-    config.write_text(server.DEFAULT_CONFIG + f"token_expiration_min={TOKEN_MINUTES}\n")
+    config.write_text(server.BASE_CONFIG.read_text() + f"token_expiration_min={TOKEN_MINUTES}\n")
     home = tmp_path / "home"
     # readiness polling itself outlives a 3 s management key: server.start must renew it to come up at all
     info = server.start(home, shared.store, {"lin": shared.archives["lin"].name}, free_ports=True, config=config, ready_timeout=120)

@@ -7,7 +7,8 @@ import re
 import httpx
 import pytest
 
-from aiaas_torch import server
+from aiaas_torch import serving as server
+from aiaas_torch.serving.config import effective_config, launcher_env
 from aiaas_torch.archive import SIGNING_KEY_ENV
 from aiaas_torch.client import HTTPStatusError, ServerError, WorkerDied, classify
 from aiaas_torch.handlers import aiaas_contract as contract
@@ -54,13 +55,13 @@ def test_other_content_types_are_refused_with_415(value):
 
 
 def test_the_key_is_hidden_from_torchserve_and_its_workers_by_config_and_environment(monkeypatch, tmp_path):
-    props = server._effective_config({"blacklist_env_vars": ".*PROXY.*", "enable_envvars_config": "true"}, server.DEFAULT_PORTS, tmp_path)
+    props = effective_config({"blacklist_env_vars": ".*PROXY.*", "enable_envvars_config": "true"}, server.DEFAULT_PORTS, tmp_path)
     pattern = props["blacklist_env_vars"]  # Java's Matcher.matches(): the whole name must match
     assert re.fullmatch(pattern, SIGNING_KEY_ENV) and re.fullmatch(pattern, "HTTP_PROXY") and not re.fullmatch(pattern, "PATH")
     assert props["enable_envvars_config"] == "false"  # else TS_BLACKLIST_ENV_VARS from the environment would win
-    assert re.fullmatch(server._effective_config({}, server.DEFAULT_PORTS, tmp_path)["blacklist_env_vars"], SIGNING_KEY_ENV)
+    assert re.fullmatch(effective_config({}, server.DEFAULT_PORTS, tmp_path)["blacklist_env_vars"], SIGNING_KEY_ENV)
     monkeypatch.setenv(SIGNING_KEY_ENV, "a-secret-key")
-    env = server._launcher_env(tmp_path / "logs", tmp_path / "tmp")
+    env = launcher_env(tmp_path / "logs", tmp_path / "tmp")
     assert SIGNING_KEY_ENV not in env and "a-secret-key" not in env.values() and env["TMPDIR"] == str(tmp_path / "tmp")
 
 

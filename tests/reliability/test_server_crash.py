@@ -15,7 +15,7 @@ import time
 import psutil
 import pytest
 
-from aiaas_torch import server
+from aiaas_torch import serving as server
 from aiaas_torch.archive import verify_archive
 from aiaas_torch.client import Client, ConnectionFailed
 

@@ -25,7 +25,10 @@ import psutil
 import pytest
 import torch
 
-from aiaas_torch import archive, server
+from aiaas_torch import archive
+from aiaas_torch import serving as server
+from aiaas_torch.serving import control
+from aiaas_torch.serving.config import parse_properties
 from aiaas_torch.archive import SIGNING_KEY_ENV, package, verify_archive
 from aiaas_torch.cli import main
 from aiaas_torch.client import Client
@@ -132,7 +135,7 @@ def _forbid_launch(monkeypatch) -> None:
     def no_launch(*args, **kwargs):
         raise AssertionError("TorchServe was launched for an archive that must be refused")
 
-    monkeypatch.setattr(server.subprocess, "Popen", no_launch)
+    monkeypatch.setattr(control.subprocess, "Popen", no_launch)
 
 
 # --------------------------------------------------------------------------------------------- refusals
@@ -317,7 +320,7 @@ def test_with_a_key_signed_archives_serve_from_checked_copies_and_no_worker_can_
             assert len(workers(info, "lin")) == 2
             for pid in [pid for _, pid, _ in workers(info, "lin")] + [info.pid]:
                 assert SIGNING_KEY_ENV not in psutil.Process(pid).environ()
-            props = server._parse_properties((home / "config.properties").read_text())
+            props = parse_properties((home / "config.properties").read_text())
             assert props["model_store"] == str(home / "store") and KEY not in (home / "config.properties").read_text()
             assert stat.S_IMODE((home / "store").stat().st_mode) == 0o700 and stat.S_IMODE((home / "tmp").stat().st_mode) == 0o700
         finally:

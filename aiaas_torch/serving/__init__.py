@@ -1,0 +1,62 @@
+"""TorchServe on this machine: write an instance's config, start it, wait until its workers are READY, stop it.
+
+Modules, one job each (imports point down this list, never up):
+
+    control      start, stop, status (find_java, find_torchserve)
+    store        which archives a start loads; each verified (archive.verify_archive) into HOME/store
+    readiness    wait_until_ready: workers READY and ports bound, or why not, from the logs
+    pids         TorchServe's processes by pid: alive check, stopping the Java server, its workers and launcher
+    management   the management API with the instance's token: models snapshot, scale, set-default
+    tokens       key_file.json and renewing an expired key (also used by aiaas_torch.client)
+    config       base config (config.properties beside it), forced settings, effective config, log4j, environment
+    ports        Ports, free loopback ports, clash checks
+    home         the home directory's files, server.json (ServerInfo), atomic writes
+    errors       TorchServeError, ServerArgumentError, SecuritySettingWarning
+
+Each instance lives in its own home directory (default ``.aiaas``)::
+
+    HOME/config.properties   effective TorchServe config (base config + per-instance overrides)
+    HOME/log4j2.xml          quiet log config (INFO, access log off unless asked)
+    HOME/key_file.json       token keys, written by TorchServe into its working directory (= HOME)
+    HOME/logs/               console.log, ts_log.log, model_log.log, ...
+    HOME/tmp/                TMPDIR (TorchServe's pid file) and Java's tmpdir (worker sockets, unpacked models); 0700
+    HOME/store/              checked copies of the archives being served (TorchServe's model store); 0700
+    HOME/server.json         ServerInfo of the running instance, read by stop(), status() and the client
+
+Separate homes make instances independent: TorchServe allows one instance per TMPDIR and writes its key file
+into its working directory. Nothing here imports torch at import time (`store` imports `archive` when it checks).
+"""
+
+from __future__ import annotations
+
+from .config import BASE_CONFIG, SECURITY_SETTINGS, TRUSTABLE_KEYS
+from .control import find_java, find_torchserve, start, status, stop
+from .errors import SecuritySettingWarning, ServerArgumentError, TorchServeError
+from .home import ServerInfo, load_info
+from .management import scale, set_default
+from .ports import DEFAULT_PORTS, Ports, free_ports
+from .readiness import wait_until_ready
+from .tokens import read_keys
+
+__all__ = [
+    "TorchServeError",
+    "ServerArgumentError",
+    "SecuritySettingWarning",
+    "ServerInfo",
+    "Ports",
+    "DEFAULT_PORTS",
+    "BASE_CONFIG",
+    "SECURITY_SETTINGS",
+    "TRUSTABLE_KEYS",
+    "free_ports",
+    "find_java",
+    "find_torchserve",
+    "start",
+    "wait_until_ready",
+    "stop",
+    "status",
+    "read_keys",
+    "load_info",
+    "scale",
+    "set_default",
+]

@@ -1,0 +1,241 @@
+"""Start, stop and ask the status of a TorchServe instance in its home directory.
+
+We never call ``torchserve --stop``: it stops whichever instance the pid file in ``$TMPDIR`` names and deletes
+``key_file.json`` in the caller's directory; we signal our own pid instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import httpx
+import psutil
+
+from .config import TRUSTABLE_KEYS, base_config, effective_config, launcher_env, log4j_config
+from .errors import ServerArgumentError, TorchServeError
+from .home import KEY_FILE, ServerInfo, info_path, load_info, write_text_atomic
+from .management import models_snapshot
+from .pids import MODEL_SERVER_CLASS, is_alive, kill_group, launchers, terminate
+from .ports import Ports, check_ports_free, pick_ports
+from .readiness import death_reason, log_report, log_sizes, wait_ready
+from .store import archives_to_load, checked_store
+
+JAVA_INSTALL_HINT = "install it with `apt-get install openjdk-17-jre-headless` (or set JAVA_HOME to a JDK/JRE 11+)"
+
+
+def find_java() -> str:
+    """Return the path of the java executable TorchServe will use (JAVA_HOME first, then PATH)."""
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home:
+        java = Path(java_home) / "bin" / "java"
+        if java.is_file() and os.access(java, os.X_OK):
+            return str(java)
+        raise TorchServeError(f"JAVA_HOME={java_home} has no bin/java; fix JAVA_HOME or unset it, or {JAVA_INSTALL_HINT}")
+    java = shutil.which("java")
+    if java is None:
+        raise TorchServeError(f"TorchServe needs Java 11+ and no `java` is on PATH; {JAVA_INSTALL_HINT}")
+    return java
+
+
+def find_torchserve() -> str:
+    """Return the path of the torchserve launcher, preferring the one beside this Python interpreter."""
+    local = Path(sys.executable).parent / "torchserve"
+    if local.is_file() and os.access(local, os.X_OK):
+        return str(local)
+    found = shutil.which("torchserve")
+    if found is None:
+        raise TorchServeError("the `torchserve` command was not found; install it with `pip install torchserve==0.12.0`")
+    return found
+
+
+def _model_args(models: Mapping[str, str] | Sequence[str] | None) -> tuple[list[str], list[str] | None]:
+    """Return the --models arguments and the model names to wait for (None: every registered model)."""
+    if models is None:
+        return ["all"], None
+    if isinstance(models, Mapping):
+        pairs = [f"{name}={file}" for name, file in models.items()]
+    elif isinstance(models, str):
+        pairs = [models]
+    else:
+        pairs = list(models)
+    if not pairs:
+        raise TorchServeError("models is empty; pass None to load every .mar in the store")
+    names = [p.split("=", 1)[0] for p in pairs if "=" in p]
+    return pairs, (names if len(names) == len(pairs) else None)
+
+
+def start(
+    home: str | os.PathLike = ".aiaas",
+    model_store: str | os.PathLike = "model_store",
+    models: Mapping[str, str] | Sequence[str] | None = None,
+    free_ports: bool = False,
+    config: str | os.PathLike | None = None,
+    ready_timeout: float = 120.0,
+    access_log: bool = False,
+    ports: Ports | None = None,
+    trust_config_keys: Iterable[str] = (),
+) -> ServerInfo:
+    """Return the ServerInfo of a TorchServe started in HOME once all its models have READY workers.
+
+    models: None loads every .mar in the store (names from each archive's manifest); a dict {name: file.mar}
+    or a list of "NAME=FILE.mar" strings loads those under those names.
+    Ports: 8080/8081/8082 (gRPC 7070/7071), all free ones picked now with free_ports=True, or explicit `ports`.
+    Security settings are forced whatever `config` says (SECURITY_SETTINGS, loopback addresses); keys in
+    TRUSTABLE_KEYS are dropped from it unless named in `trust_config_keys`. Each override is a SecuritySettingWarning.
+    Every archive is checked first (see store.checked_store); with $AIAAS_SIGNING_KEY set only signed ones load.
+    Raises ServerArgumentError (bad argument, an archive that fails its check) before anything starts, and
+    TorchServeError (Java missing, port taken, process died, not ready in time), then leaving nothing running.
+    """
+    unknown = sorted(set(trust_config_keys) - set(TRUSTABLE_KEYS))
+    if unknown:
+        raise ServerArgumentError(f"trust_config_keys: {unknown} cannot be trusted; only {list(TRUSTABLE_KEYS)} can")
+    home = Path(home).resolve()
+    store = Path(model_store).resolve()
+    if not store.is_dir():
+        raise ServerArgumentError(f"model store not found: {store}")
+    find_java()
+    torchserve = find_torchserve()
+    running = load_info(home)
+    if running is not None and is_alive(running.pid, running.create_time):
+        raise TorchServeError(f"TorchServe already runs from {home} (pid {running.pid}); stop it first")
+    model_args, names = _model_args(models)
+    archives = archives_to_load(store, model_args)
+
+    home.mkdir(parents=True, exist_ok=True)
+    checked = checked_store(home, store, archives)
+    logs, tmp = home / "logs", home / "tmp"
+    for d in (logs, tmp):
+        d.mkdir(exist_ok=True)
+    os.chmod(tmp, 0o700)  # TorchServe unpacks the checked archives here: nobody else may change them
+    info_path(home).unlink(missing_ok=True)
+    (home / KEY_FILE).unlink(missing_ok=True)  # TorchServe rewrites it; a stale one would confuse polling
+
+    ports = ports if ports is not None else pick_ports(free_ports)
+    check_ports_free(ports)
+    base, source = base_config(config)
+    props = effective_config(base, ports, checked, trust_config_keys)
+    cfg = home / "config.properties"
+    write_text_atomic(
+        cfg,
+        f"# Effective TorchServe config written by aiaas_torch.serving from {source}\n"
+        + "".join(f"{k}={v}\n" for k, v in props.items()),
+    )
+    log_cfg = home / "log4j2.xml"
+    write_text_atomic(log_cfg, log4j_config(access_log))
+
+    env = launcher_env(logs, tmp)
+    cmd = [
+        torchserve, "--start", "--ncs", "--foreground",
+        "--ts-config", str(cfg),
+        "--model-store", str(checked),
+        "--log-config", str(log_cfg),
+        "--models", *model_args,
+    ]  # fmt: skip
+    log_offsets = log_sizes(logs)  # before this start writes a line
+    with open(logs / "console.log", "ab") as console:
+        launcher = subprocess.Popen(
+            cmd, cwd=home, env=env, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    started = time.monotonic()
+    info: ServerInfo | None = None
+    try:
+        java = _find_java_child(launcher, home, log_offsets)
+        info = ServerInfo(
+            home=home,
+            pid=java.pid,
+            inference_url=f"http://127.0.0.1:{ports.inference}",
+            management_url=f"http://127.0.0.1:{ports.management}",
+            metrics_url=f"http://127.0.0.1:{ports.metrics}",
+            key_file=home / KEY_FILE,
+            model_store=store,
+            pgid=launcher.pid,
+            create_time=java.create_time(),
+            listen_ports=tuple(ports.tcp().values()),
+            log_offsets=log_offsets,
+        )
+        launchers[info.pid] = launcher
+        write_text_atomic(info_path(home), info.to_json())
+        wait_ready(info, names, started + ready_timeout, ready_timeout)
+        return info
+    except BaseException:
+        # Never leave a half-started server behind: the caller gets the error, not a process to hunt down.
+        if info is not None:
+            terminate(info, timeout=10.0)
+        else:
+            kill_group(launcher.pid)
+        if launcher.poll() is None:
+            launcher.kill()
+        launcher.wait()
+        info_path(home).unlink(missing_ok=True)
+        raise
+
+
+def _find_java_child(launcher: subprocess.Popen, home: Path, since: Mapping[str, int], timeout: float = 30.0) -> psutil.Process:
+    """Return the Java ModelServer process the torchserve launcher started."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            for child in psutil.Process(launcher.pid).children():
+                try:
+                    if MODEL_SERVER_CLASS in child.cmdline():
+                        return child
+                except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                    continue
+        except psutil.NoSuchProcess:
+            pass
+        if launcher.poll() is not None:
+            reason = death_reason(home, since)
+            raise TorchServeError(
+                f"torchserve exited (code {launcher.returncode}) before starting Java"
+                + (f": {reason}" if reason else "")
+                + "\n"
+                + log_report(home, ["console.log"], since)
+            )
+        time.sleep(0.05)
+    raise TorchServeError(f"torchserve started no Java process within {timeout:.0f} s\n" + log_report(home, ["console.log"], since))
+
+
+def stop(home: str | os.PathLike = ".aiaas", timeout: float = 30.0) -> bool:
+    """Return True after stopping the TorchServe of HOME (SIGTERM, then SIGKILL), False if none was running."""
+    home = Path(home).resolve()
+    info = load_info(home)
+    if info is None:
+        return False
+    was_running = is_alive(info.pid, info.create_time)
+    terminate(info, timeout)
+    info_path(home).unlink(missing_ok=True)
+    return was_running
+
+
+def status(home: str | os.PathLike = ".aiaas") -> dict:
+    """Return {running, pid, inference_url, management_url, metrics_url, key_file, models} for HOME's server."""
+    info = load_info(Path(home).resolve())
+    if info is None:
+        return {
+            "running": False, "pid": None, "inference_url": None, "management_url": None,
+            "metrics_url": None, "key_file": None, "models": {},
+        }  # fmt: skip
+    running = is_alive(info.pid, info.create_time)
+    result = {
+        "running": running,
+        "pid": info.pid if running else None,
+        "inference_url": info.inference_url,
+        "management_url": info.management_url,
+        "metrics_url": info.metrics_url,
+        "key_file": str(info.key_file),
+        "models": {},
+    }
+    if running:
+        try:
+            with httpx.Client(timeout=httpx.Timeout(5.0), trust_env=False) as client:
+                result["models"] = models_snapshot(client, info)
+        except (httpx.HTTPError, TorchServeError, ValueError) as e:
+            result["error"] = f"management API: {e}"
+    return result

@@ -1,0 +1,65 @@
+"""TorchServe's token keys: reading HOME/key_file.json and renewing an expired key (used by management and client).
+
+Keys expire (token_expiration_min, 60 by default). TorchServe 0.12's GET /token?type=KIND, authorised by the API
+key (which does not expire), answers 200 with an empty body and writes the new key only into key_file.json, so a
+key can be renewed only with the key file at hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import httpx
+
+from .errors import TorchServeError
+from .home import KEY_FILE
+
+
+class RenewalRefused(TorchServeError):
+    """The token API refused to renew a key; `response` is its answer."""
+
+    def __init__(self, response: httpx.Response):
+        self.response = response
+        super().__init__(f"token renewal answered {response.status_code}: {response.text[:200]}")
+
+
+def read_keys(home: str | os.PathLike = ".aiaas") -> dict[str, str]:
+    """Return {"management", "inference", "api"} keys from HOME/key_file.json (a key file path also works)."""
+    path = Path(home)
+    if path.is_dir():
+        path = path / KEY_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise TorchServeError(f"no TorchServe key file at {path}; is the server running with token auth?") from None
+    except ValueError as e:
+        raise TorchServeError(f"TorchServe key file {path} is not JSON ({e})") from None
+    try:
+        return {
+            "management": data["management"]["key"],
+            "inference": data["inference"]["key"],
+            "api": data["API"]["key"],
+        }
+    except (KeyError, TypeError):
+        raise TorchServeError(f"unexpected key file layout in {path}: {sorted(data)}") from None
+
+
+def fresh_key(
+    http: httpx.Client, key_file: str | os.PathLike, kind: str, current: str | None,
+    management_url: str | None, api_key: str | None,
+) -> str:  # fmt: skip
+    """Return the KIND ("inference" or "management") key now in the key file, renewed first if it is still `current`.
+
+    Someone may have renewed it already, so the file is read first; the token API is asked only when the file
+    still holds the refused key and both management_url and api_key are known. Raises RenewalRefused when the
+    token API answers >= 400, TorchServeError when the key file is unreadable, httpx.TransportError as it comes.
+    """
+    key = read_keys(key_file)[kind]
+    if key == current and api_key and management_url:
+        r = http.get(f"{management_url}/token", params={"type": kind}, headers={"Authorization": f"Bearer {api_key}"})
+        if r.status_code >= 400:
+            raise RenewalRefused(r)
+        key = read_keys(key_file)[kind]
+    return key

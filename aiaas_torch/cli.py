@@ -371,7 +371,7 @@ def cmd_package(a) -> int:
 
 def cmd_serve(a) -> int:
     """Start, stop or show a local TorchServe; returns the exit code."""
-    from . import server
+    from . import serving as server
 
     if a.action == "start":
         models = a.models
@@ -428,7 +428,7 @@ def _stay_attached(home: str, pid: int) -> None:
 
     import psutil
 
-    from . import server
+    from . import serving as server
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -607,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     from . import client as cl
-    from . import server
+    from . import serving as server
 
     try:
         return COMMANDS[args.command](args)

@@ -27,6 +27,7 @@ import httpx
 from aiaas_torch import bench
 from aiaas_torch.bench import served
 from aiaas_torch.archive import ServingConfig
+from aiaas_torch.serving import free_ports
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -166,7 +167,7 @@ def main(argv=None) -> int:
             f"LitServe ({a.workers} workers)": lambda port: [str(py), "peer_apps.py", "litserve", str(port), str(a.workers)],
         }  # fmt: skip
         for label, cmd in peers.items():
-            port = served._free_port()  # until the serving package's free-port helper replaces it
+            (port,) = free_ports(1)
             with Peer(label, cmd(port), port, env, root / f"{len(report.results)}.log") as peer:
                 levels = bench.measure_warmed(bench.Target(peer.url, body), a.server_warmup, server_pids=[peer.proc.pid], label=label, **kw)
             report.results.append(bench.ConfigResult(label, levels))

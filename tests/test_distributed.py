@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 
 from aiaas_torch.data import load_csv
 from aiaas_torch.export import load_run
+from aiaas_torch.serving import free_ports
 from aiaas_torch.train import TrainConfig, train
 
 pytestmark = pytest.mark.slow
@@ -36,12 +36,6 @@ def csv_path(tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp("ddp") / "d.csv"
     p.write_text("a,b,c,d,e,y\n" + "".join(",".join(f"{v:.6f}" for v in (*x, t)) + "\n" for x, t in zip(X, y)))
     return p
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _single_process_weights(csv_path: Path) -> dict:
@@ -65,7 +59,7 @@ def test_torchrun_two_processes_matches_single_process(csv_path, tmp_path):
     run = tmp_path / "run"
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
-           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+           "--master-addr", "127.0.0.1", "--master-port", str(free_ports(1)[0]),
            "-m", "aiaas_torch.cli", "train", str(csv_path), "--target", "y", "--out", str(run), *SETTINGS]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -1,7 +1,4 @@
-"""Measuring served models: start a server (TorchServe from a run directory, or the trivial responder), load it, stop it.
-
-`_free_port` is one of the project's free-port helpers, kept here until the serving package's one replaces it.
-"""
+"""Measuring served models: start a server (TorchServe from a run directory, or the trivial responder), load it, stop it."""
 
 from __future__ import annotations
 
@@ -17,16 +14,10 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..errors import InputError
+from ..serving.ports import free_ports
 from .cpu import machine_info
 from .loadgen import DEFAULT_CONCURRENCY, ENGINE_SCRIPT, Target, measure
 from .report import BenchReport, ConfigResult
-
-
-def _free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, proc=None, timeout: float = 10.0) -> None:
@@ -51,7 +42,7 @@ class serve_trivial:
         self.proc = None
 
     def __enter__(self) -> tuple[str, int]:
-        port = _free_port()
+        (port,) = free_ports(1)
         self.proc = subprocess.Popen([sys.executable, ENGINE_SCRIPT, "trivial", str(port), str(self.max_seconds)])
         try:
             wait_port(port, self.proc)
@@ -87,7 +78,7 @@ def card_body(card: dict) -> bytes:
 
 def served_target(home: str | os.PathLike, model: str, body: bytes | None = None, version: str | None = None) -> Target:
     """Return the Target of a model served by the TorchServe of HOME (URL and token from the home)."""
-    from .. import server
+    from .. import serving as server
 
     info = server.load_info(home)
     if info is None:
@@ -105,7 +96,7 @@ def served_target(home: str | os.PathLike, model: str, body: bytes | None = None
 
 def bench_served(home: str | os.PathLike, model: str, body: bytes | None = None, **kwargs) -> BenchReport:
     """Return the report of a model already served by HOME's TorchServe (measure's keyword arguments apply)."""
-    from .. import server
+    from .. import serving as server
 
     info = server.load_info(home)
     target = served_target(home, model, body)
@@ -202,7 +193,7 @@ def bench_run_dir(
     arguments apply (concurrency, duration, warmup, processes, ...). Before the first level, each new server gets
     `server_warmup` seconds of load at the highest concurrency (not measured): TorchServe's JIT needs 10–15 s.
     """
-    from .. import server
+    from .. import serving as server
     from ..archive import package
     from ..export import read_card
 

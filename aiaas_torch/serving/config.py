@@ -1,6 +1,7 @@
 """An instance's TorchServe config: the base file, the forced settings, the effective config, log4j, the environment.
 
-BASE_CONFIG (config.properties beside this module, shipped as package data) is the one base config a human edits;
+BASE_CONFIG (config.properties beside this module: a link to the repository's top-level config.properties, whose
+content wheels ship as package data) is the one base config a human edits;
 `start` uses it unless given a config file or run where a ./config.properties exists.
 """
 

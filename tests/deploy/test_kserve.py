@@ -157,7 +157,7 @@ def test_docker_image_opens_only_the_inference_address(tmp_path):
     repo = Path(__file__).resolve().parents[2]
     dockerfile = (repo / "deploy" / "Dockerfile").read_text()
     (expr,) = re.findall(r"sed -e '([^']+)' /tmp/config\.properties", dockerfile)
-    out = subprocess.run(["sed", "-e", expr, str(repo / "aiaas_torch" / "serving" / "config.properties")], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(["sed", "-e", expr, str(repo / "config.properties")], capture_output=True, text=True, check=True).stdout
     props = dict(line.split("=", 1) for line in out.splitlines() if line and not line.startswith("#") and "=" in line)
     assert props["inference_address"].startswith("http://0.0.0.0:")
     assert props["management_address"].startswith("http://127.0.0.1:")

@@ -39,8 +39,6 @@ from typing import Iterable, Mapping, Sequence
 import httpx
 import psutil
 
-from . import archive
-from .archive import SIGNING_KEY_ENV
 from .errors import InputError
 from .handlers.aiaas_contract import REFUSAL_MARK, file_name_problem
 
@@ -311,6 +309,8 @@ def _effective_config(
     Warns (SecuritySettingWarning) for every forced setting the base config sets otherwise and for every dropped
     key that `trusted_keys` does not name.
     """
+    from .archive import SIGNING_KEY_ENV  # here, not at module top: `archive` imports torch, status/stop need none
+
     props = dict(base)
     addresses = {
         "inference_address": f"http://127.0.0.1:{ports.inference}",
@@ -365,6 +365,8 @@ def _same_setting(key: str, given: str, forced: str) -> bool:
 def _launcher_env(logs: Path, tmp: Path) -> dict[str, str]:
     """Return the environment for the torchserve launcher: ours, minus the signing key and what would override the
     forced settings, plus the instance's paths."""
+    from .archive import SIGNING_KEY_ENV  # here, not at module top: `archive` imports torch, status/stop need none
+
     env = dict(os.environ)
     env.pop(SIGNING_KEY_ENV, None)  # archives were checked already; nothing TorchServe runs may see the key
     for name in _UNTRUSTED_ENV:
@@ -988,6 +990,9 @@ def _checked_store(home: Path, store: Path, archives: Sequence[str]) -> Path:
     it checked. A readable archive with no card (not built by aiaas) is copied unchecked, unless a key is set.
     Raises ServerArgumentError naming the archive and the member at fault.
     """
+    from . import archive  # here, not at module top: it imports torch, which status/stop/predict never need
+    from .archive import SIGNING_KEY_ENV
+
     key = os.environ.get(SIGNING_KEY_ENV) or None
     checked = home / _CHECKED_STORE
     if checked.is_symlink() or checked.is_file():

@@ -1,26 +1,40 @@
 """aiaas-torch: train a tabular model with SGD, quantize it, package it for TorchServe, serve and call it.
 
 The Python API under short names; each stage is its own module (data → train → quantize → export → archive →
-serving → client), and `aiaas_torch.cli` is the `aiaas` command.
+serving → client), and `aiaas_torch.cli` is the `aiaas` command. A name's module is imported on first use, so
+`import aiaas_torch` costs no torch import until a name that needs torch is used.
 """
 
 __version__ = "0.1.0"
 
+import importlib
+import sys
+import types
+
 from . import _quiet
 
-_quiet.install()
+_quiet.install()  # before any submodule imports torch: its filters must see torch's and torchao's import noise
 
-from .archive import PackageResult, ServingConfig, package, verify_archive  # noqa: E402
-from .client import Client, ClientError, ServerError  # noqa: E402
-from .data import Dataset, from_arrays, load_csv, split  # noqa: E402
-from .export import ExportResult, LocalModel, export_run, load_run, read_card, requantize  # noqa: E402
-from .models import ModelSpec, build_model, fold_preprocessing  # noqa: E402
-from .quantize import QuantConfig, QuantGateError, QuantReport, quantize  # noqa: E402
-from .serving import ServerInfo, TorchServeError, wait_until_ready  # noqa: E402
-from .serving import start as start_server  # noqa: E402
-from .serving import status as server_status  # noqa: E402
-from .serving import stop as stop_server  # noqa: E402
-from .train import TrainConfig, TrainResult, train  # noqa: E402
+# public name → (module, attribute)
+_EXPORTS = {
+    "PackageResult": ("archive", "PackageResult"), "ServingConfig": ("archive", "ServingConfig"),
+    "package": ("archive", "package"), "verify_archive": ("archive", "verify_archive"),
+    "Client": ("client", "Client"), "ClientError": ("client", "ClientError"), "ServerError": ("client", "ServerError"),
+    "Dataset": ("data", "Dataset"), "from_arrays": ("data", "from_arrays"), "load_csv": ("data", "load_csv"),
+    "split": ("data", "split"),
+    "ExportResult": ("export", "ExportResult"), "LocalModel": ("export", "LocalModel"), "export_run": ("export", "export_run"),
+    "load_run": ("export", "load_run"), "read_card": ("export", "read_card"), "requantize": ("export", "requantize"),
+    "ModelSpec": ("models", "ModelSpec"), "build_model": ("models", "build_model"),
+    "fold_preprocessing": ("models", "fold_preprocessing"),
+    "QuantConfig": ("quantize", "QuantConfig"), "QuantGateError": ("quantize", "QuantGateError"),
+    "QuantReport": ("quantize", "QuantReport"), "quantize": ("quantize", "quantize"),
+    "ServerInfo": ("serving", "ServerInfo"), "TorchServeError": ("serving", "TorchServeError"),
+    "wait_until_ready": ("serving", "wait_until_ready"), "start_server": ("serving", "start"),
+    "server_status": ("serving", "status"), "stop_server": ("serving", "stop"),
+    "TrainConfig": ("train", "TrainConfig"), "TrainResult": ("train", "TrainResult"), "train": ("train", "train"),
+}
+# submodules that `import aiaas_torch` used to load eagerly: still reachable as attributes
+_SUBMODULES = ("archive", "client", "data", "errors", "export", "handlers", "models", "serving")
 
 __all__ = [
     "Client", "ClientError", "Dataset", "ExportResult", "LocalModel", "ModelSpec", "PackageResult", "QuantConfig",
@@ -29,3 +43,34 @@ __all__ = [
     "read_card", "requantize", "server_status", "split", "start_server", "stop_server", "train", "verify_archive",
     "wait_until_ready",
 ]
+
+
+def __getattr__(name: str):
+    """Return the public name or submodule `name`, importing its module on first use."""
+    if name in _EXPORTS:
+        module, attr = _EXPORTS[name]
+        value = getattr(importlib.import_module(f".{module}", __name__), attr)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """Return the names `dir(aiaas_torch)` always listed: dunders, public names and submodules (loaded or not)."""
+    loaded = {n for n, v in globals().items() if isinstance(v, types.ModuleType) and v.__name__.startswith(f"{__name__}.")}
+    return sorted({n for n in globals() if n.startswith("__") and n not in ("__getattr__", "__dir__")} | set(__all__) | set(_SUBMODULES) | loaded)
+
+
+class _Package(types.ModuleType):
+    """This package's module type: importing the `train` or `quantize` submodule never hides the function of that name."""
+
+    def __setattr__(self, name: str, value) -> None:
+        """Set an attribute, except a submodule binding over a public name of the same name (served by __getattr__)."""
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -136,6 +136,33 @@ def test_cli_predict_against_the_server(served):
     assert bad.returncode == 2 and "six" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def _cli_with_import_log(args: list[str]) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """Run `python -X importtime -m aiaas_torch.cli ARGS`; returns the result and the names of the modules it imported."""
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "aiaas_torch.cli", *args], capture_output=True, text=True, timeout=120)
+    modules = {line.rsplit("|", 1)[1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    return r, modules
+
+
+def test_help_serve_status_stop_and_remote_predict_import_no_torch(served, tmp_path):
+    empty = tmp_path / "empty-home"
+    empty.mkdir()
+    remote = ["predict", "y2x", "6", "7", "--home", str(served.home), "--version", "1.0", "--json"]
+    for args, code, needle in [
+        (["--help"], 0, "usage: aiaas"),
+        (["serve", "status", "--home", str(empty)], 1, f"no TorchServe running from {empty}"),
+        (["serve", "stop", "--home", str(empty)], 0, f"no TorchServe was running from {empty}"),
+        (remote, 0, '"predictions"'),
+    ]:
+        r, modules = _cli_with_import_log(args)
+        assert r.returncode == code and needle in r.stdout, (args, r.returncode, r.stdout, r.stderr[-2000:])
+        assert "aiaas_torch" in modules, (args, sorted(modules))  # the probe read the import log
+        assert not {m for m in modules if m.split(".")[0] == "torch"}, (args, sorted(m for m in modules if "torch" in m))
+    assert [round(p) for p in json.loads(r.stdout)["predictions"]] == [12, 14]
+    # the same probe sees torch where a command needs it (a prediction from a local run directory)
+    r, modules = _cli_with_import_log(["predict", "--local", str(served.origin), "6", "--json"])
+    assert r.returncode == 0 and "torch" in modules, (r.stdout, r.stderr[-2000:])
+
+
 def _tamper(src, dst, member: str) -> None:
     """Copy a .mar, flipping one byte of `member`."""
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:

@@ -1,0 +1,75 @@
+"""The `aiaas` command: train | quantize | package | export-kserve | serve | predict | bench | demo.
+
+Every bad input ends with exit code 2 and one line on stderr naming the problem (no traceback, nothing
+written); `--json` on any command prints one JSON document on stdout for scripts. Each command group is one
+module here that builds its sub-parser next to the code that runs it and imports torch only when it needs it,
+so `--help`, `serve status|stop` and a remote `predict` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import InputError
+from . import bench, demo, package, predict, serve, train
+from .common import EXIT_FAILURE, EXIT_USAGE, UsageError, _Parser
+
+__all__ = ["EXIT_FAILURE", "EXIT_USAGE", "UsageError", "build_parser", "main"]
+
+_GROUPS = (train, package, serve, predict, bench, demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the `aiaas` command with every subcommand."""
+    p = _Parser(prog="aiaas", description="AI as a service on PyTorch: train → quantize → package → serve → predict.")
+    from .. import __version__
+
+    p.add_argument("--version", action="version", version=f"aiaas-torch {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for group in _GROUPS:
+        group.add_parser(sub)
+    return p
+
+
+def _add_debug(parser: argparse.ArgumentParser) -> None:
+    """Add --debug to a parser and every sub-parser below it, so that it is accepted after any command."""
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="on an internal error, print the full traceback")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _add_debug(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `aiaas` command line; returns the process exit code (2 for bad input, 1 for a failure or a bug)."""
+    parser = build_parser()
+    _add_debug(parser)
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    from .. import client as cl
+    from .. import serving as server
+
+    try:
+        return args.run(args)
+    except InputError as e:  # raised on purpose, naming what is wrong
+        print(f"aiaas {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (server.TorchServeError, cl.ClientError) as e:
+        print(f"aiaas {args.command}: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print(f"aiaas {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug of ours, not the user's input: say so, traceback on request
+        if getattr(args, "debug", False):
+            import traceback
+
+            traceback.print_exc()
+        first = str(e).splitlines()[0] if str(e) else ""
+        print(f"aiaas {args.command}: internal error: {type(e).__name__}: {first} (this is a bug; rerun with --debug "
+              "for the traceback)", file=sys.stderr)
+        return EXIT_FAILURE
+

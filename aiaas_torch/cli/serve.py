@@ -1,0 +1,115 @@
+"""`aiaas serve start|stop|status`: control a local TorchServe (stop and status import no torch)."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+from .common import EXIT_FAILURE, UsageError, _finite, _home, _Parser, _print_json, _warn
+
+
+def add_parser(sub) -> None:
+    """Add the serve sub-parser (start, stop, status) to `sub`; returns None."""
+    s = sub.add_parser("serve", help="start, stop or inspect a local TorchServe", description="Control a local TorchServe (127.0.0.1 only, token auth on).")
+    ss = s.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    ss.required = True
+    st = ss.add_parser("start", help="start TorchServe and wait until every model's workers are READY",
+                       description="Start TorchServe in HOME with the model store; returns when every model's workers are READY. "
+                                   "Every archive is checked against its card first (and its signature when $AIAAS_SIGNING_KEY "
+                                   "is set); one that fails stops the start with exit code 2.")
+    _home(st)
+    st.add_argument("--model-store", default="model_store", metavar="DIR", help="model store (default model_store)")
+    st.add_argument("--models", nargs="+", metavar="NAME=FILE.mar", help="archives to load (default: every .mar in the store)")
+    st.add_argument("--free-ports", action="store_true", help="pick every port free at start (default 8080-8082, 7070-7071, 9000)")
+    st.add_argument("--config", default=None, metavar="FILE",
+                    help="base config.properties (default ./config.properties); the security settings (loopback, token "
+                         "auth, model API off, local archives only, no per-model pip installs, no TS_* overrides) are "
+                         "forced whatever it says, with a warning naming each key it tried to change")
+    st.add_argument("--trust-config-key", action="append", default=[], metavar="KEY",
+                    choices=["plugins_path", "vmargs", "system_metrics_cmd"],
+                    help="keep this key of --config (plugins_path: jars on the Java frontend's classpath; vmargs: JVM "
+                         "flags; system_metrics_cmd: a command the frontend runs); dropped with a warning otherwise")
+    st.add_argument("--timeout", type=_finite, default=180.0, help="seconds to wait for READY (default 180)")
+    st.add_argument("--access-log", action="store_true", help="turn TorchServe's access log back on")
+    st.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops the server")
+    st.add_argument("--json", action="store_true", help="print the URLs and key file as JSON")
+    sp = ss.add_parser("stop", help="stop the TorchServe of HOME and wait until it is gone", description="Stop HOME's TorchServe by pid and wait until the Java process is gone.")
+    _home(sp)
+    sp.add_argument("--json", action="store_true", help="print {stopped: bool} as JSON")
+    su = ss.add_parser("status", help="show URLs, key file and worker states", description="Show HOME's TorchServe: URLs, key file, each model's versions and worker states.")
+    _home(su)
+    su.add_argument("--json", action="store_true", help="print the status as JSON")
+    s.set_defaults(run=run)
+
+
+def run(a) -> int:
+    """Start, stop or show a local TorchServe; returns the exit code."""
+    from .. import serving as server
+
+    if a.action == "start":
+        models = a.models
+        if models:
+            for m in models:
+                if "=" not in m or not m.split("=", 1)[0] or not m.endswith(".mar"):
+                    raise UsageError(f"--models {m!r}: expected NAME=FILE.mar")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", server.SecuritySettingWarning)
+            try:
+                info = server.start(a.home, a.model_store, models, a.free_ports, a.config, a.timeout,
+                                    access_log=a.access_log, trust_config_keys=a.trust_config_key)
+            finally:
+                for w in caught:
+                    _warn(str(w.message))
+        st = server.status(a.home)
+        if a.json:
+            _print_json(st)
+        else:
+            print(f"TorchServe ready (pid {info.pid}): inference {info.inference_url}, management {info.management_url}, "
+                  f"metrics {info.metrics_url}; tokens in {info.key_file}")
+            for name, versions in st.get("models", {}).items():
+                for v in versions:
+                    states = [w.get("status") for w in v.get("workers", [])]
+                    print(f"  {name} v{v.get('version')}: workers {states}")
+        if a.foreground:
+            _stay_attached(a.home, info.pid)
+        return 0
+    if a.action == "stop":
+        stopped = server.stop(a.home)
+        if a.json:
+            _print_json({"stopped": stopped})
+        else:
+            print("TorchServe stopped" if stopped else f"no TorchServe was running from {a.home}")
+        return 0
+    st = server.status(a.home)
+    if a.json:
+        _print_json(st)
+    elif not st.get("running"):
+        print(f"no TorchServe running from {a.home}")
+    else:
+        print(f"TorchServe pid {st['pid']}: inference {st['inference_url']}, management {st['management_url']}, metrics {st['metrics_url']}")
+        print(f"  key file {st['key_file']}")
+        for name, versions in st.get("models", {}).items():
+            for v in versions:
+                print(f"  {name} v{v.get('version')}: " + ", ".join(f"{w.get('id')}:{w.get('status')}" for w in v.get("workers", [])))
+    return 0 if st.get("running") or a.json else EXIT_FAILURE
+
+
+def _stay_attached(home: str, pid: int) -> None:
+    """Block while the server lives; Ctrl-C or SIGTERM stops it. Returns None."""
+    import signal
+    import threading
+
+    import psutil
+
+    from .. import serving as server
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print("serving in the foreground; Ctrl-C stops the server", file=sys.stderr)
+    try:
+        while not stop.wait(1.0) and psutil.pid_exists(pid):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop(home)

@@ -1,0 +1,177 @@
+"""`aiaas train` and `aiaas quantize`: train, quantize and export a run directory, or re-quantize one."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from .common import UsageError, _finite, _int_list, _print_json, _warn
+
+
+def add_parser(sub) -> None:
+    """Add the train and quantize sub-parsers to `sub`; returns None."""
+    t = sub.add_parser("train", help="train on a CSV, quantize, export a run directory",
+                       description="Train a model with torch.optim.SGD on a CSV, then (by default) quantize and export "
+                                   "the run directory: model card model.json, model.pt2, model_float.pt2, checkpoint.pt.")
+    t.add_argument("data", metavar="DATA.csv", help="CSV file with a header row and numeric feature columns")
+    t.add_argument("--target", required=True, metavar="COL", help="name of the target column")
+    t.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write (replaced atomically)")
+    t.add_argument("--task", choices=["auto", "regression", "classification"], default="auto",
+                   help="target kind (default: auto — strings or few distinct integers are classes)")
+    t.add_argument("--model", choices=["linear", "logistic", "mlp"], default=None,
+                   help="model kind (default: linear for regression, logistic for classification)")
+    t.add_argument("--hidden", type=_int_list, default=(64, 64), metavar="64,64", help="MLP hidden sizes (default 64,64)")
+    t.add_argument("--epochs", type=int, default=1000, help="epochs (default 1000)")
+    t.add_argument("--lr", type=_finite, default=0.01, help="SGD learning rate (default 0.01)")
+    t.add_argument("--momentum", type=_finite, default=0.0, help="SGD momentum (default 0)")
+    t.add_argument("--weight-decay", type=_finite, default=0.0, help="SGD weight decay (default 0)")
+    t.add_argument("--batch-size", type=int, default=None, metavar="N", help="mini-batch size (default: full batch)")
+    t.add_argument("--seed", type=int, default=0, help="seed for init, shuffling and the split (default 0)")
+    t.add_argument("--val-fraction", type=_finite, default=0.2, metavar="F", help="validation share in [0, 1) (default 0.2)")
+    t.add_argument("--patience", type=int, default=None, metavar="N", help="early stopping after N epochs without a better validation loss")
+    t.add_argument("--lr-schedule", choices=["none", "cosine", "step"], default="none", help="learning-rate schedule (default none)")
+    t.add_argument("--rotate", action="store_true", help="rotate standardized features into their PCA basis (AᵀA = I checked)")
+    t.add_argument("--checkpoint-every", type=int, default=0, metavar="N", help="also checkpoint every N epochs (default: only at the end)")
+    t.add_argument("--resume", action="store_true", help="resume from RUN_DIR's checkpoint (same data and settings)")
+    t.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu", help="train on cpu (default), cuda, or cuda when available")
+    t.add_argument("--distributed", action="store_true",
+                   help="train with DistributedDataParallel: relaunches this command under torchrun on this machine "
+                        "(gloo on CPU, nccl on CUDA); only rank 0 writes RUN_DIR. For several machines, run it under "
+                        "torchrun yourself (see README)")
+    t.add_argument("--nproc-per-node", type=int, default=None, metavar="N",
+                   help="processes for --distributed (default: the CUDA device count with --device cuda, else 2)")
+    _quant_args(t, "--quantize")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway when stderr is not a terminal)")
+    t.add_argument("--json", action="store_true", help="print the model card as JSON")
+    t.set_defaults(run=run)
+
+    q = sub.add_parser("quantize", help="re-quantize and re-export an existing run directory",
+                       description="Re-quantize RUN_DIR's trained model from its checkpoint and re-export the run directory atomically.")
+    q.add_argument("run_dir", metavar="RUN_DIR")
+    _quant_args(q, "--scheme")
+    q.add_argument("--json", action="store_true", help="print the quantization report as JSON")
+    q.set_defaults(run=run)
+
+
+def _quant_args(p, flag: str) -> None:
+    """Add the quantization options (`flag` is --quantize or --scheme)."""
+    p.add_argument(flag, dest="scheme", choices=["int8", "pow2", "none"], default="int8",
+                   help="int8 (torchao, only where it pays), pow2 (w = q·2^k), or none (default int8)")
+    p.add_argument("--min-weights", type=int, default=16384, metavar="N",
+                   help="int8 only for Linear layers with at least N weights (default 16384; 0 forces every layer)")
+    p.add_argument("--gate", type=_finite, default=0.02, metavar="F",
+                   help="refuse the model if relative RMSE against float exceeds F (default 0.02)")
+    p.add_argument("--force", action="store_true", help="export even if the accuracy gate fails")
+    p.add_argument("--no-compile", action="store_true", help="skip the AOTInductor model.pt2 (serve the float program)")
+
+
+def run(a) -> int:
+    """Run `aiaas train` or `aiaas quantize`; returns the exit code."""
+    return _train(a) if a.command == "train" else _quantize(a)
+
+
+def _train(a) -> int:
+    """Train, quantize and export; returns the exit code."""
+    from ..data import load_csv
+    from ..export import CHECKPOINT, export_run
+    from ..quantize import QuantConfig
+    from ..train import TrainConfig, check_learnable, finish_distributed, train
+
+    quant = QuantConfig(a.scheme, a.min_weights, a.gate, a.force).validate()
+    if a.distributed and "WORLD_SIZE" not in os.environ:
+        return _relaunch_under_torchrun(a)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        ds = load_csv(a.data, a.target, a.task)
+    check_learnable(ds)  # before the per-column warnings: a refusal is one line
+    for w in caught:
+        _warn(str(w.message))
+    model = a.model or ("linear" if ds.schema.task == "regression" else "logistic")
+    cfg = TrainConfig(
+        model=model, hidden=a.hidden, epochs=a.epochs, lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay,
+        batch_size=a.batch_size, seed=a.seed, val_fraction=a.val_fraction, patience=a.patience,
+        lr_schedule=a.lr_schedule, rotate=a.rotate, progress=False if a.no_progress else None,
+        checkpoint_every=a.checkpoint_every, device=a.device,
+    ).validate()
+    out = Path(a.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a directory")
+    # Periodic checkpoints live beside the run directory until export moves the final one inside.
+    ckpt = out.with_name(f".{out.name}.{CHECKPOINT}")
+    if a.resume and not ckpt.exists() and (out / CHECKPOINT).exists():
+        ckpt = out / CHECKPOINT
+    result = train(ds, cfg, checkpoint_path=ckpt if (cfg.checkpoint_every or a.resume) else None, resume=a.resume)
+    if result.rank != 0:  # under torchrun only rank 0 writes the run directory
+        finish_distributed()
+        return 0
+    try:
+        exported = export_run(result, out, quant, compile=False if a.no_compile else None)
+    finally:
+        finish_distributed()
+    if ckpt.exists() and ckpt.parent != out:
+        ckpt.unlink()
+    for n in exported.notes:
+        _warn(n)
+    if a.json:
+        _print_json(exported.card)
+        return 0
+    _print_train_summary(exported)
+    return 0
+
+
+def _relaunch_under_torchrun(a) -> int:
+    """Run this same `aiaas train` under torchrun on this machine (loopback rendezvous); returns its exit code."""
+    import subprocess
+
+    from ..serving import free_ports
+
+    if a.nproc_per_node is not None and a.nproc_per_node < 1:
+        raise UsageError(f"--nproc-per-node {a.nproc_per_node}: must be ≥ 1")
+    if a.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda: torch finds no CUDA device here")
+        n = a.nproc_per_node or torch.cuda.device_count()
+    else:
+        n = a.nproc_per_node or 2
+    (port,) = free_ports(1)
+    argv = [x for x in a.argv if x != "--distributed"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(n),
+           "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "aiaas_torch.cli", *argv]
+    env = dict(os.environ)
+    env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one machine: keep gloo's traffic on loopback
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return subprocess.call(cmd, env=env)
+
+
+def _print_train_summary(exported) -> None:
+    """Print the few lines a user wants after training."""
+    card = exported.card
+    t = card["training"]
+    print(f"trained {card['model']['spec']['kind']} on {card['data']['train_rows']} rows × {len(card['input']['features'])} features "
+          f"({card['output']['task']}, target {card['output']['target']!r}) in {t['seconds']:.2f} s, {t['epochs_run']} epochs"
+          f"{' (stopped early)' if t['stopped_early'] else ''}")
+    for split, m in card["metrics"].items():
+        print(f"  {split:10s} " + ", ".join(f"{k}={v:.6g}" for k, v in m.items() if v is not None))
+    coef = card["model"].get("coefficients")
+    if coef and card["output"]["task"] == "regression":
+        print("  coefficients (raw units): " + ", ".join(f"{k}={v:.6g}" for k, v in coef["weights"].items()) + f", bias={coef['bias']:.6g}")
+    print(exported.report.summary())
+    print(f"run directory: {exported.run_dir}" + (f" (model.pt2 compiled in {exported.compile_seconds:.1f} s)" if exported.compile_seconds else ""))
+
+
+def _quantize(a) -> int:
+    """Re-quantize an existing run directory; returns the exit code."""
+    from ..export import requantize
+    from ..quantize import QuantConfig
+
+    exported = requantize(a.run_dir, QuantConfig(a.scheme, a.min_weights, a.gate, a.force).validate(), compile=False if a.no_compile else None)
+    if a.json:
+        _print_json(exported.report.to_dict())
+    else:
+        print(exported.report.summary())
+        print(f"run directory: {exported.run_dir}")
+    return 0

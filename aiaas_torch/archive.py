@@ -28,6 +28,7 @@ from .handlers import aiaas_contract as contract
 HANDLER_DIR = Path(_handlers_pkg.__file__).parent
 HANDLER_FILE = HANDLER_DIR / "tabular_handler.py"
 CONTRACT_FILE = HANDLER_DIR / "aiaas_contract.py"
+PROGRAMS_FILE = HANDLER_DIR / "programs.py"
 METRICS_CONFIG = HANDLER_DIR / "metrics.yaml"
 MODEL_CONFIG = "model-config.yaml"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")
@@ -153,7 +154,8 @@ def package(
         (inputs / CARD).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
         (inputs / MODEL_CONFIG).write_text(yaml.safe_dump(model_config, sort_keys=True))
         shutil.copy2(CONTRACT_FILE, inputs / CONTRACT_FILE.name)
-        extra = [inputs / CARD, inputs / CONTRACT_FILE.name] + [run_dir / n for n in sorted(card["files"])]
+        shutil.copy2(PROGRAMS_FILE, inputs / PROGRAMS_FILE.name)
+        extra = [inputs / CARD, inputs / CONTRACT_FILE.name, inputs / PROGRAMS_FILE.name] + [run_dir / n for n in sorted(card["files"])]
         if custom_handler:
             extra.append(HANDLER_FILE)
         laid_out = _run_archiver(name, version, inputs / MODEL_CONFIG, extra, work, handler_file)
@@ -228,7 +230,7 @@ def verify_archive(path: str | os.PathLike) -> dict:
         raise ValueError(f"{path}: not a readable .mar archive ({e})") from None
     with zf:
         names = set(zf.namelist())
-        for required in (CARD, "MAR-INF/MANIFEST.json", HANDLER_FILE.name, CONTRACT_FILE.name):
+        for required in (CARD, "MAR-INF/MANIFEST.json", HANDLER_FILE.name, CONTRACT_FILE.name, PROGRAMS_FILE.name):
             if required not in names:
                 raise ValueError(f"{path}: {required} missing from the archive")
         card = json.loads(zf.read(CARD))

@@ -157,9 +157,10 @@ def export_run(
     staging = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.staging-", dir=run_dir.parent))
     try:
         d = result.spec.n_features
-        torch.export.save(_export_program(float_model, d), str(staging / FLOAT_PROGRAM))
+        float_ep = _export_program(float_model, d)
+        torch.export.save(float_ep, str(staging / FLOAT_PROGRAM))
         opt = _optimize.optimize(float_model, qmodel, report, staging, scheme=quant.scheme, compile=mode,
-                                 compiler=compiler, timer=timer)  # fmt: skip
+                                 compiler=compiler, timer=timer, float_ep=float_ep)  # fmt: skip
         for staged, final in opt.compiled.items():
             os.replace(staging / staged, staging / final)
         notes += opt.notes

@@ -129,8 +129,11 @@ def _host() -> dict:
 
 def optimize(float_model, qmodel, report, staging: Path, *, scheme: str, compile="auto", compiler: bool = True,
              timer: Timer | None = None, batches=BATCHES, margin: float = programs.MARGIN, host: dict | None = None,
-             compile_fn=None, program_fn=None) -> Optimization:  # fmt: skip
-    """Return the Optimization of one export: candidates dropped or compiled into `staging`, timed, and the plan."""
+             float_ep=None) -> Optimization:  # fmt: skip
+    """Return the Optimization of one export: candidates dropped or compiled into `staging`, timed, and the plan.
+
+    float_ep: the float model's torch.export program when the caller has it (saves exporting it again).
+    """
     from .export import FLOAT_PROGRAM
 
     mode = compile_mode(compile)
@@ -168,7 +171,7 @@ def optimize(float_model, qmodel, report, staging: Path, *, scheme: str, compile
                     continue
                 modules[name] = programs.rebuild_sequential(layers, float_model.state_dict())
             elif c.kind == "program":
-                modules[name] = (program_fn or (lambda m: _export(m, n_features).module()))(float_model)
+                modules[name] = (float_ep or _export(float_model, n_features)).module()
             else:
                 module = c.build(float_model, qmodel, report)
                 why = module if isinstance(module, str) else None
@@ -186,7 +189,7 @@ def optimize(float_model, qmodel, report, staging: Path, *, scheme: str, compile
                     drop(name, c, why)
                     continue
                 staged = f".candidate-{name}.pt2"
-                secs = (compile_fn or _compile)(_export(module, n_features), staging / staged)
+                secs = _compile(float_ep if module is float_model and float_ep else _export(module, n_features), staging / staged)
                 opt.compile_seconds = (opt.compile_seconds or 0.0) + secs
                 modules[name] = programs.load_compiled(str(staging / staged))
                 cands[name] = {"kind": c.kind, "precision": "float32" if c.precision == programs.FLOAT else scheme.replace("auto", "int8"),

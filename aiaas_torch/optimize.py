@@ -139,7 +139,8 @@ def optimize(float_model, qmodel, report, staging: Path, *, scheme: str, compile
     mode = compile_mode(compile)
     timer = timer or median_timer
     host = host or _host()
-    forced = scheme in ("int8", "pow2")
+    # forcing int8/pow2 forces the quantized program, unless quantization left every layer float (then it is the float one)
+    forced = scheme in ("int8", "pow2") and any(l.decision != "float" for l in report.layers)
     n_weights = sum(m.weight.numel() for m in float_model.modules() if isinstance(m, nn.Linear))
     n_features = next(m for m in float_model.modules() if isinstance(m, nn.Linear)).in_features
     qname = f"{'int8' if scheme == 'auto' else scheme}-compiled"

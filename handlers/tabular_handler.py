@@ -57,9 +57,9 @@ class TabularHandler:
         settings = (getattr(context, "model_yaml_config", None) or {}).get("handler", {}) or {}
         self.max_rows = int(settings.get("max_rows", self.card["input"].get("max_rows", contract.DEFAULT_MAX_ROWS)))
         torch.set_num_threads(int(settings.get("threads", 1)))
-        self.device, self.program_file, self.model = self._load(model_dir, props.get("gpu_id"))
+        self.device, self.program_files, self.model = self._load(model_dir, props.get("gpu_id"))
         self.predict([[f["mean"] for f in self.card["input"]["features"]]])  # warm-up
-        logger.info("aiaas: %s v%s serving %s on %s", self.model_name, self.model_version, self.program_file, self.device)
+        logger.info("aiaas: %s v%s serving %s on %s", self.model_name, self.model_version, ", ".join(self.program_files), self.device)
         self.initialized = True
 
     def _load(self, model_dir: str, gpu_id):

@@ -166,3 +166,10 @@ def test_avx2_plumbing_on_an_avx512_host(tmp_path):
     choice = programs.choose(card, {"avx", "avx2", "fma"}, card["versions"]["torch"])
     assert choice.ranges[0][2] == "model.pt2"
     assert export.load_run(tmp_path / "run", program="compiled").forward(np.zeros((2, 20), np.float32)).shape == (2, 1)
+
+
+def test_forcing_int8_that_changes_no_layer_compiles_the_float_program(origin_result, tmp_path, fake_compile):
+    timer = FakeTimer({n: {1: 1e-5, 16: 1e-5, 256: 1e-5} for n in ("float-eager", "float-program", "float-compiled")})
+    res = export.export_run(origin_result, tmp_path / "run", QuantConfig("int8"), compile="always", timer=timer)
+    assert fake_compile == [".candidate-float-compiled.pt2"]
+    assert [r["candidate"] for r in res.card["optimization"]["plan"]] == ["float-compiled"] and not res.notes

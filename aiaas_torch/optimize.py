@@ -120,11 +120,12 @@ class Optimization:
 
 
 def _host() -> dict:
-    """Return this host's CPU model, inductor's vector ISA, ISA class and the timing thread count."""
-    from .export import vector_isa
+    """Return this host's CPU model, vector ISA class (from its CPU flags), the timing thread count and torch version.
 
-    return {"cpu": programs.cpu_model_name(), "isa": vector_isa(), "isa_class": programs.isa_class(contract.cpu_flags()),
-            "threads": THREADS, "torch": torch.__version__}  # fmt: skip
+    Inductor's own ISA pick ("isa") is added only when something is compiled: the probe costs 4–10 s here.
+    """
+    return {"cpu": programs.cpu_model_name(), "isa_class": programs.isa_class(contract.cpu_flags()), "threads": THREADS,
+            "torch": torch.__version__}  # fmt: skip
 
 
 def optimize(float_model, qmodel, report, staging: Path, *, scheme: str, compile="auto", compiler: bool = True,
@@ -143,7 +144,7 @@ def optimize(float_model, qmodel, report, staging: Path, *, scheme: str, compile
     forced = scheme in ("int8", "pow2") and any(l.decision != "float" for l in report.layers)
     n_weights = sum(m.weight.numel() for m in float_model.modules() if isinstance(m, nn.Linear))
     n_features = next(m for m in float_model.modules() if isinstance(m, nn.Linear)).in_features
-    qname = f"{'int8' if scheme == 'auto' else scheme}-compiled"
+    qname = f"{scheme if scheme == 'pow2' else 'int8'}-compiled"
     layers = sequential_layers(float_model)
     section = {"host": host, "mode": {"quantize": scheme, "compile": mode}, "batches": list(batches),
                "margin": margin, "candidates": {}, "plan": [], "reason": ""}  # fmt: skip
@@ -185,11 +186,15 @@ def optimize(float_model, qmodel, report, staging: Path, *, scheme: str, compile
                 elif why is None and mode == "auto" and not forced and n_weights < MIN_COMPILE_WEIGHTS:
                     why = f"{n_weights} weights < {MIN_COMPILE_WEIGHTS}: a compiled call costs more here than the whole eager forward"
                 elif why is None and c.precision != programs.FLOAT and not forced and "float-eager" in cands:
-                    why = _prefilter(name, module, cands["float-eager"]["seconds"], timer, rows, batches, margin, host["isa"])
+                    why = _prefilter(name, module, cands["float-eager"]["seconds"], timer, rows, batches, margin, host["isa_class"])
                 if why:
                     drop(name, c, why)
                     continue
                 staged = f".candidate-{name}.pt2"
+                if "isa" not in host:
+                    from .export import vector_isa
+
+                    host["isa"] = vector_isa()
                 secs = _compile(float_ep if module is float_model and float_ep else _export(module, n_features), staging / staged)
                 opt.compile_seconds = (opt.compile_seconds or 0.0) + secs
                 modules[name] = programs.load_compiled(str(staging / staged))
@@ -210,11 +215,11 @@ def optimize(float_model, qmodel, report, staging: Path, *, scheme: str, compile
     elif mode == "always" and any(cands[n]["kind"] == "compiled" for n in measured):
         eligible = [n for n in measured if cands[n]["kind"] == "compiled"]
     timings = {n: {int(b): s for b, s in cands[n]["seconds"].items()} for n in eligible}
-    plan, reason = programs.decide(eligible, timings, list(batches), margin, host["isa"])
+    plan, reason = programs.decide(eligible, timings, list(batches), margin, host["isa_class"])
     if forced and qname not in measured:
         opt.notes.append(f"--quantize {scheme} needs a compiled package ({cands[qname]['reason']}): the float program serves")
     elif forced:
-        opt.notes.append(cost_line(qname, cands, batches, host["isa"]))
+        opt.notes.append(cost_line(qname, cands, batches, host["isa_class"]))
     # keep the compiled files the plan serves, renamed in plan order; drop the others
     winners = [r.candidate for r in plan]
     final_names = iter(COMPILED_NAMES)
@@ -275,7 +280,7 @@ def _compile(ep, path: Path) -> float:
 def describe(section: dict) -> str:
     """Return a few human-readable lines: the host, each candidate's timings or why it was dropped, and the plan."""
     h = section["host"]
-    lines = [f"optimization on {h['cpu']} ({h['isa']}, class {h['isa_class']}, {h['threads']} thread): "
+    lines = [f"optimization on {h['cpu']} (ISA class {h['isa_class']}{', inductor ' + h['isa'] if h.get('isa') else ''}, {h['threads']} thread): "
              f"quantize {section['mode']['quantize']}, compile {section['mode']['compile']}"]  # fmt: skip
     for n, m in section["candidates"].items():
         if m["status"] == "measured":

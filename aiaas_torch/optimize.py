@@ -29,6 +29,9 @@ THREADS = 1  # torch threads per worker in the default ServingConfig: time the w
 # Below this many weights a compile cannot pay: measured here, AOTInductor's call costs 20–50 µs against 9 µs
 # for the whole eager forward of the 1-weight origin model, and a compile costs 15–75 s.
 MIN_COMPILE_WEIGHTS = 1024
+# What a compile can save over the eager float model: Python dispatch per layer (≈ 10 µs here) and fusing
+# elementwise ops, both negligible against large matrix products, which eager and compiled run with the same BLAS.
+SAVING_PER_LAYER_S = 10e-6
 COMPILED_NAMES = ("model.pt2", "model_2.pt2", "model_3.pt2")  # the compiled programs a plan keeps, in plan order
 
 Timer = Callable[[str, int, Callable, torch.Tensor, float], float]
@@ -185,6 +188,8 @@ def optimize(float_model, qmodel, report, staging: Path, *, scheme: str, compile
                     why = f"--quantize {scheme} forces the {qname} program"
                 elif why is None and mode == "auto" and not forced and n_weights < MIN_COMPILE_WEIGHTS:
                     why = f"{n_weights} weights < {MIN_COMPILE_WEIGHTS}: a compiled call costs more here than the whole eager forward"
+                elif why is None and mode == "auto" and not forced and c.precision == programs.FLOAT and "float-eager" in cands:
+                    why = _saving_bound(cands["float-eager"]["seconds"], len(layers), margin)
                 elif why is None and c.precision != programs.FLOAT and not forced and "float-eager" in cands:
                     why = _prefilter(name, module, cands["float-eager"]["seconds"], timer, rows, batches, margin, host["isa_class"])
                 if why:
@@ -250,6 +255,16 @@ def _prefilter(name, qmodule, float_seconds: dict, timer: Timer, rows, batches, 
     worst = max(ratios, key=ratios.get)
     return (f"{name.split('-')[0]} eager {ratios[worst]:.1f}× slower than float eager at batch {worst} on {isa} "
             f"(best {min(ratios.values()):.2f}×): compiling it cannot win")  # fmt: skip
+
+
+def _saving_bound(eager_seconds: dict, n_layers: int, margin: float):
+    """Return why compiling the float model cannot beat its eager form by the margin at any batch, or None."""
+    bound = SAVING_PER_LAYER_S * n_layers
+    fastest = min(eager_seconds.values())
+    if bound >= margin * fastest:
+        return None
+    return (f"a compile saves at most ≈ {bound * 1e6:.0f} µs ({n_layers} layers × {SAVING_PER_LAYER_S * 1e6:.0f} µs), "
+            f"< {margin:.0%} of the eager forward at every batch (≥ {programs._fmt(fastest)}): it cannot win")  # fmt: skip
 
 
 def cost_line(name: str, cands: dict, batches, isa: str) -> str:

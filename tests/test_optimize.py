@@ -175,3 +175,11 @@ def test_forcing_int8_that_changes_no_layer_compiles_the_float_program(origin_re
     res = export.export_run(origin_result, tmp_path / "run", QuantConfig("int8"), compile="always", timer=timer)
     assert fake_compile == [".candidate-float-compiled.pt2"]
     assert [r["candidate"] for r in res.card["optimization"]["plan"]] == ["float-compiled"] and not res.notes
+
+
+def test_a_float_model_dominated_by_matrix_products_is_not_compiled(mlp_result, tmp_path, fake_compile):
+    slow = {1: 6e-3, 16: 20e-3, 256: 190e-3}  # the large MLP's eager float here: 50 µs of savable overhead is < 10 %
+    timer = FakeTimer({"float-eager": slow, "float-program": slow, "int8-compiled (eager prefilter)": {1: 1, 16: 1, 256: 1}})
+    res = export.export_run(mlp_result, tmp_path / "run", timer=timer)
+    reason = res.card["optimization"]["candidates"]["float-compiled"]["reason"]
+    assert fake_compile == [] and "saves at most ≈ 50 µs (5 layers × 10 µs)" in reason and "≥ 6.0 ms" in reason

@@ -51,6 +51,8 @@ def test_served_int8_mlp_equals_local_model_under_the_same_batch_composition(ser
     assert max(abs(a - w) for a, w in zip(alone, want)) <= 1e-2 * scale  # batch 1 vs batch 24 kernels: ~3e-3
     flt = load_run(served.mlp, program="float").predict({"instances": rows})["predictions"]
     assert max(abs(g - f) for g, f in zip(got, flt)) > 1e-5 * scale  # int8 really served, not the float program
+    log = (served.home / "logs" / "model_log.log").read_text()
+    assert "aiaas: mlp program choice: any rows: int8-compiled (model.pt2)" in log  # the worker logs its choice
 
 
 def test_two_versions_answer_side_by_side(served, client):

@@ -58,6 +58,16 @@ def time_call(fn, x: torch.Tensor, budget_s: float = 1.5, max_iter: int = 2000) 
     return statistics.median(times)
 
 
+def time_in_turns(fns: dict, x: torch.Tensor, rounds: int = 5, budget_s: float = 0.3) -> dict:
+    """Return each fn's median seconds over `rounds` turns of ≈ budget_s each, so that load drift on a shared host
+    falls on every program alike (one program after another once gave two identical programs 0.77×)."""
+    samples = {n: [] for n in fns}
+    for _ in range(rounds):
+        for n, fn in fns.items():
+            samples[n].append(time_call(fn, x, budget_s, max_iter=400))
+    return {n: statistics.median(v) for n, v in samples.items()}
+
+
 def batch_invariance(fn, X: np.ndarray) -> dict:
     """Return how a row's answer depends on its batch: alone vs in 256 rows, and with a neighbour changed."""
     with torch.inference_mode():
@@ -135,8 +145,8 @@ def bench_model(label: str, d: int, hidden: tuple, n: int, root: Path, threads: 
             torch.set_num_threads(t)
             for b in (1, 256):
                 x = torch.from_numpy(np.ascontiguousarray(X[:b]))
-                for name, lm in programs.items():
-                    out["latency_ms"].setdefault(f"{t} thr, batch {b}", {})[name] = round(1000 * time_call(lm._fn, x), 4)
+                medians = time_in_turns({name: lm._fn for name, lm in programs.items()}, x)
+                out["latency_ms"][f"{t} thr, batch {b}"] = {name: round(1000 * v, 4) for name, v in medians.items()}
     finally:
         torch.set_num_threads(saved)
     for name, lm in programs.items():

@@ -155,7 +155,7 @@ def choose(card: dict, flags: set, torch_version: str, cuda_available: bool = Fa
         return Choice(f"cuda:{int(gpu_id)}", [(None, "float-program", float_prog, "program")], "a GPU: the float program on it")
     opt = card.get("optimization") or {}
     cands = dict(opt.get("candidates") or {})
-    cands.setdefault("float-program", {"kind": "program", "precision": FLOAT, "file": float_prog})
+    cands["float-program"] = {"kind": "program", "precision": FLOAT, "file": float_prog}  # always the last resort
     compiled = next((n for n, m in files.items() if m.get("role") == "cpu-compiled"), None)
     if not opt.get("candidates") and compiled:  # a card written before measured choice: its compiled package, if it loads here
         cands["compiled"] = {"kind": "compiled", "precision": FLOAT, "file": compiled}

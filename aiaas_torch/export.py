@@ -2,8 +2,9 @@
 
 A run directory holds:
   model.json        the model card: input contract, output, training, metrics, QuantReport, hashes, versions
-  model.pt2         AOTInductor package of the (quantized) model for CPU, dynamic batch dimension
-  model_float.pt2   torch.export program of the float model (CUDA, and the fallback where model.pt2 cannot load)
+  model.pt2         AOTInductor package for CPU, dynamic batch dimension, when measurement chose a compiled program
+                    (model_2.pt2 too where a second one serves another batch-size range; see optimize.py)
+  model_float.pt2   torch.export program of the float model (CUDA, the eager rebuild's weights, the fallback)
   checkpoint.pt     the training checkpoint (resume, re-quantize)
 Everything is written into a staging directory beside the target and moved into place only when complete, with
 the card written last, so a crash mid-export never leaves a run directory that loads.
@@ -25,9 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import _quiet, __version__
+from . import _quiet, __version__, optimize as _optimize
 from .data import Schema
 from .handlers import aiaas_contract as contract
+from .handlers import programs
 from .models import ModelSpec, build_model, fold_preprocessing, linear_layers
 from .quantize import QuantConfig, QuantReport, quantize
 from .train import TrainConfig, TrainResult, load_checkpoint, save_checkpoint
@@ -49,6 +51,10 @@ class ExportResult:
     report: QuantReport
     compile_seconds: float | None = None
     notes: list[str] = field(default_factory=list)
+
+    def optimization_summary(self) -> str:
+        """Return the human-readable lines of the card's optimization section (timings, plan, reason)."""
+        return _optimize.describe(self.card["optimization"])
 
 
 def compiler_available() -> bool:
@@ -127,31 +133,38 @@ def export_run(
     result: TrainResult,
     run_dir: str | os.PathLike,
     quant: QuantConfig | None = None,
-    compile: bool | None = None,
+    compile: bool | str | None = None,
     max_rows: int = contract.DEFAULT_MAX_ROWS,
+    timer: _optimize.Timer | None = None,
 ) -> ExportResult:
-    """Quantize, export and write the run directory atomically; returns an ExportResult (raises before writing if the gate fails)."""
+    """Quantize, choose the served program by measurement, and write the run directory atomically; returns an ExportResult.
+
+    compile: "auto" (None; compile where the cost model says it can pay), "always" (True) or "never" (False).
+    timer: replaces the timing of candidate programs (tests inject timings). Raises before writing if the gate fails.
+    """
     _quiet.install()
     run_dir = Path(run_dir)
     quant = (quant or QuantConfig()).validate()
+    mode = _optimize.compile_mode(compile)
     float_model = fold_preprocessing(result.model)
     qmodel, report = quantize(float_model, quant, result.eval_X)
     notes: list[str] = []
-    if compile is None:
-        compile = compiler_available()
-        if not compile:
-            notes.append("no C++ compiler found: model.pt2 (compiled CPU package) skipped; serving uses the float program")
+    compiler = compiler_available()
+    if mode != "never" and not compiler:
+        notes.append("no C++ compiler found: no compiled CPU package; serving uses the float program")
 
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.staging-", dir=run_dir.parent))
     try:
         d = result.spec.n_features
-        torch.export.save(_export_program(float_model, d), str(staging / FLOAT_PROGRAM))
-        compile_seconds = None
-        isa = None
-        if compile:
-            compile_seconds = _compile_package(_export_program(qmodel, d), staging / COMPILED)
-            isa = vector_isa()
+        float_ep = _export_program(float_model, d)
+        torch.export.save(float_ep, str(staging / FLOAT_PROGRAM))
+        opt = _optimize.optimize(float_model, qmodel, report, staging, scheme=quant.scheme, compile=mode,
+                                 compiler=compiler, timer=timer, float_ep=float_ep)  # fmt: skip
+        for staged, final in opt.compiled.items():
+            os.replace(staging / staged, staging / final)
+        notes += opt.notes
+        compile_seconds = opt.compile_seconds
         ck = dict(result.checkpoint)
         ck["eval_X"] = torch.from_numpy(np.ascontiguousarray(result.eval_X))
         ck["eval_y"] = torch.from_numpy(np.ascontiguousarray(result.eval_y))
@@ -159,7 +172,7 @@ def export_run(
         ck["data"] = result.data
         ck["seconds"] = result.seconds
         save_checkpoint(ck, staging / CHECKPOINT)
-        card = _card(result, float_model, report, staging, isa, compile_seconds, max_rows, notes)
+        card = _card(result, float_model, report, staging, opt.section, max_rows, notes)
         _write_json_atomic(staging / CARD, card)
         _swap_into_place(staging, run_dir)
     except BaseException:
@@ -168,13 +181,14 @@ def export_run(
     return ExportResult(run_dir, card, report, compile_seconds, notes)
 
 
-def _card(result, float_model, report, directory: Path, isa, compile_seconds, max_rows, notes) -> dict:
+def _card(result, float_model, report, directory: Path, optimization: dict, max_rows, notes) -> dict:
     """Return the model card for the files in `directory`."""
     schema, spec, config = result.schema, result.spec, result.config
+    compiled = {m["file"]: (n, m) for n, m in optimization["candidates"].items() if m["kind"] == "compiled" and m.get("file")}
     files = {}
     for name, role, serves in (
-        (COMPILED, "cpu-compiled", "cpu"),
-        (FLOAT_PROGRAM, "float-program", "cuda, and cpu where model.pt2 cannot load"),
+        *((f, "cpu-compiled", "cpu") for f in sorted(compiled)),
+        (FLOAT_PROGRAM, "float-program", "cuda, the eager rebuild's weights, and cpu where no compiled package serves"),
         (CHECKPOINT, "checkpoint", None),
     ):
         p = directory / name
@@ -183,8 +197,9 @@ def _card(result, float_model, report, directory: Path, isa, compile_seconds, ma
             if serves:
                 meta["serves"] = serves
             if role == "cpu-compiled":
-                meta["isa"] = isa
-                meta["compile_seconds"] = round(compile_seconds, 2)
+                meta["candidate"] = compiled[name][0]
+                meta["isa"] = optimization["host"]["isa"]
+                meta["compile_seconds"] = compiled[name][1]["compile_seconds"]
             files[name] = meta
     metrics = result.metrics
     return {
@@ -208,6 +223,7 @@ def _card(result, float_model, report, directory: Path, isa, compile_seconds, ma
             "spec": spec.to_dict(),
             "parameters": int(sum(p.numel() for p in float_model.parameters())),
             "layers": [f"{n}: Linear({m.in_features}→{m.out_features})" for n, m in linear_layers(float_model)],
+            "sequential": _optimize.sequential_layers(float_model),
             "coefficients": _coefficients(float_model, schema, spec),
         },
         "training": {
@@ -224,6 +240,7 @@ def _card(result, float_model, report, directory: Path, isa, compile_seconds, ma
         },
         "metrics": metrics,
         "quantization": report.to_dict(),
+        "optimization": optimization,
         "files": files,
         "data": result.data,
         "versions": _versions(),
@@ -308,16 +325,19 @@ class LocalModel:
             raise ValueError(f"{self.run_dir}: " + "; ".join(problems))
         if program not in ("auto", "compiled", "float"):
             raise ValueError(f"program: {program!r} is not one of auto, compiled, float")
-        files = self.card["files"]
-        isa_ok = COMPILED in files and contract.host_supports(files[COMPILED].get("isa") or "")
-        if program == "compiled" and not isa_ok:
-            raise ValueError(f"{self.run_dir}: no compiled package loadable on this host")
-        if program != "float" and isa_ok:
-            self.program_file = COMPILED
-            self._fn = _load_compiled(self.run_dir / COMPILED)
-        else:
-            self.program_file = FLOAT_PROGRAM
-            self._fn = torch.export.load(str(self.run_dir / FLOAT_PROGRAM)).module()
+        card = self.card
+        if program != "auto":  # one program for every batch size: the compiled package, or the float program
+            meta = self.card["files"].get(COMPILED, {})
+            want = "float-program" if program == "float" else meta.get("candidate", "compiled")
+            plan = [{"max_rows": None, "candidate": want, "ranked": [want]}]
+            card = dict(self.card, optimization=dict(self.card.get("optimization") or {}, plan=plan))
+            if program == "compiled" and not meta:
+                raise ValueError(f"{self.run_dir}: no compiled package loadable on this host (none in the run directory)")
+        self.programs = programs.load(card, str(self.run_dir))
+        if program == "compiled" and self.programs.files != [COMPILED]:
+            raise ValueError(f"{self.run_dir}: no compiled package loadable on this host ({self.programs.reason})")
+        self.program_file = self.programs.files[0]  # the program serving batch 1
+        self._fn = self.programs
 
     def forward(self, X) -> np.ndarray:
         """Return the raw model outputs (rows × outputs) for a 2-D array of raw features."""
@@ -332,29 +352,12 @@ class LocalModel:
         return contract.answer(self.card, parsed, out.tolist(), name, version)
 
 
-def _load_compiled(path: Path):
-    """Return the loaded AOTInductor package, skipping inductor's g++ ISA probe (the caller checked CPU flags).
-
-    The probe compiles and runs test programs only to compare ISAs for a warning: 1.6–10 s per process. The
-    setting is restored afterwards, so the caller's own torch.compile keeps probing as usual.
-    """
-    from torch._inductor import config as inductor_config
-
-    saved = inductor_config.cpp.vec_isa_ok
-    if os.environ.get("TORCHINDUCTOR_VEC_ISA_OK") is None:
-        inductor_config.cpp.vec_isa_ok = True
-    try:
-        return torch._inductor.aoti_load_package(str(path))
-    finally:
-        inductor_config.cpp.vec_isa_ok = saved
-
-
 def load_run(run_dir: str | os.PathLike, program: str = "auto") -> LocalModel:
     """Return a LocalModel for a run directory after checking its card and every file's SHA-256."""
     return LocalModel(run_dir, program)
 
 
-def requantize(run_dir: str | os.PathLike, quant: QuantConfig, compile: bool | None = None) -> ExportResult:
+def requantize(run_dir: str | os.PathLike, quant: QuantConfig, compile: bool | str | None = None) -> ExportResult:
     """Re-quantize and re-export an existing run directory from its checkpoint; returns the new ExportResult."""
     run_dir = Path(run_dir)
     card = read_card(run_dir)

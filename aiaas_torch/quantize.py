@@ -1,6 +1,7 @@
-"""Quantize a folded float model: int8 where it pays (torchao, per-row, batch-invariant), pow2, or none.
+"""Quantize a folded float model: int8 (torchao, per-row, batch-invariant) on the layers it can pay on, pow2, or none.
 
-`QuantConfig` chooses the scheme; `quantize` returns the quantized model and a `QuantReport` that gives every
+`QuantConfig` chooses the scheme ("auto", the default, builds the int8 model and lets the export measure whether
+it serves: see optimize.py; "int8" and "pow2" force it); `quantize` returns the quantized model and a `QuantReport` that gives every
 Linear layer a decision and its reason, the weight bytes before/after, the error against the float model on
 held-out rows, and whether the accuracy gate passed. A failed gate refuses the model unless forced.
 """
@@ -18,7 +19,7 @@ from torch import nn
 from . import _quiet
 from .models import linear_layers
 
-SCHEMES = ("int8", "pow2", "none")
+SCHEMES = ("auto", "int8", "pow2", "none")
 DEFAULT_MIN_WEIGHTS = 16384  # int8 only pays from about 16K weights here (ARCHITECTURE.md)
 
 
@@ -37,7 +38,7 @@ class QuantGateError(ValueError):
 class QuantConfig:
     """Which scheme, which layers (by weight count), and the accuracy gate (max relative RMSE against float)."""
 
-    scheme: str = "int8"
+    scheme: str = "auto"  # int8 where measurement on this host says it pays; "int8"/"pow2" force, "none" never
     min_weights: int = DEFAULT_MIN_WEIGHTS  # 0 forces int8 on every Linear
     gate_max_rel_rmse: float = 0.02
     force: bool = False

@@ -2,9 +2,9 @@
 
 Torch-and-stdlib only: this file is shipped inside every .mar beside the handler, where aiaas_torch may be
 absent. It turns a request body into checked rows (or a `ContractError` naming the row, the feature and what
-was expected), turns model outputs back into the answer for that body's format, verifies model files against
+was expected), turns model outputs back into the answer for that body's format, and verifies model files against
 the card's SHA-256 (integrity only: the signature is checked by the installed aiaas_torch before an archive is
-loaded, never by code shipped inside it), and picks the device and program to serve with.
+loaded, never by code shipped inside it) and this host's CPU flags (programs.py picks the program to serve with).
 
 Request bodies, one rule each:
 - {"instances": [[...], ...]} or {"instances": [{"name": value, ...}, ...]}  → {"predictions": [...], ...}
@@ -371,14 +371,3 @@ def host_supports(isa: str, flags: set | None = None) -> bool:
     need = [f for token in isa.split() for f in ISA_CPU_FLAGS.get(token, (token,))]
     return all(f in have for f in need)
 
-
-def choose_program(card: dict, gpu_id, cuda_available: bool, isa_ok: bool) -> tuple:
-    """Return (device string, file name) to serve with: GPU float program, CPU compiled package, or CPU float program."""
-    files = card.get("files", {})
-    compiled = next((n for n, m in files.items() if m.get("role") == "cpu-compiled"), None)
-    float_prog = next((n for n, m in files.items() if m.get("role") == "float-program"), None)
-    if gpu_id is not None and cuda_available and float_prog:
-        return f"cuda:{int(gpu_id)}", float_prog
-    if compiled and isa_ok:
-        return "cpu", compiled
-    return "cpu", float_prog

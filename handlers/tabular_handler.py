@@ -17,8 +17,10 @@ import torch
 
 try:  # installed package (tests, aiaas predict --local)
     from . import aiaas_contract as contract
+    from . import programs
 except ImportError:  # inside a TorchServe worker: the model directory is on sys.path
     import aiaas_contract as contract
+    import programs
 
 logger = logging.getLogger(__name__)
 JSON = "application/json"
@@ -75,36 +77,16 @@ class TabularHandler:
         settings = (getattr(context, "model_yaml_config", None) or {}).get("handler", {}) or {}
         self.max_rows = int(settings.get("max_rows", self.card["input"].get("max_rows", contract.DEFAULT_MAX_ROWS)))
         torch.set_num_threads(int(settings.get("threads", 1)))
-        self.device, self.program_file, self.model = self._load(model_dir, props.get("gpu_id"))
+        self.device, self.program_files, self.model = self._load(model_dir, props.get("gpu_id"))
         self.predict([[f["mean"] for f in self.card["input"]["features"]]])  # warm-up
-        logger.info("aiaas: %s v%s serving %s on %s", self.model_name, self.model_version, self.program_file, self.device)
+        logger.info("aiaas: %s v%s serving %s on %s", self.model_name, self.model_version, ", ".join(self.program_files), self.device)
         self.initialized = True
 
     def _load(self, model_dir: str, gpu_id):
-        """Return (device, file name, callable model) chosen by contract.choose_program, falling back to the float program."""
-        files = self.card["files"]
-        compiled = next((n for n, m in files.items() if m.get("role") == "cpu-compiled"), None)
-        same_torch = self.card.get("versions", {}).get("torch") == torch.__version__
-        isa_ok = bool(compiled) and same_torch and contract.host_supports(files[compiled].get("isa") or "")
-        if compiled and not isa_ok:
-            logger.warning(
-                "aiaas: not using %s (built with torch %s, ISA %s; worker has torch %s): falling back to the float program",
-                compiled, self.card.get("versions", {}).get("torch"), files[compiled].get("isa"), torch.__version__,
-            )
-        device, name = contract.choose_program(self.card, gpu_id, torch.cuda.is_available(), isa_ok)
-        path = os.path.join(model_dir, name)
-        if files[name]["role"] == "cpu-compiled":
-            try:
-                # The ISA was checked against /proc/cpuinfo above; without this, loading compiles and dlopens
-                # inductor's ISA probe programs with g++ in a fresh cache (TMPDIR per server home): 1.5–10 s a worker.
-                if os.environ.get("TORCHINDUCTOR_VEC_ISA_OK") is None:
-                    torch._inductor.config.cpp.vec_isa_ok = True
-                return device, name, torch._inductor.aoti_load_package(path)
-            except Exception:  # a package that will not load on this host: serve the float program instead
-                logger.warning("aiaas: %s failed to load; falling back to the float program", name, exc_info=True)
-                device, name = contract.choose_program(self.card, gpu_id, torch.cuda.is_available(), False)
-                path = os.path.join(model_dir, name)
-        return device, name, torch.export.load(path).module().to(device)
+        """Return (device, file names, ProgramSet) chosen by programs.choose for this worker's CPU, torch and device."""
+        loaded = programs.load(self.card, model_dir, torch.cuda.is_available(), gpu_id, log=logger.warning)
+        logger.info("aiaas: %s program choice: %s", self.model_name, loaded.reason)
+        return loaded.device, loaded.files, loaded
 
     def decode(self, request: dict, context, idx: int):
         """Return the checked ParsedRequest for request idx of the batch (raises contract.ContractError)."""
@@ -117,7 +99,7 @@ class TabularHandler:
         return contract.parse_request(body, self.card, self.max_rows)
 
     def predict(self, rows: list) -> list:
-        """Return the model's output rows for a list of checked input rows, in one forward."""
+        """Return the model's output rows for a list of checked input rows, in one forward (the program of its batch size)."""
         x = torch.tensor(rows, dtype=torch.float32, device=self.device)
         with torch.inference_mode():
             outputs = self.model(x).float().cpu().tolist()

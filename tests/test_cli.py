@@ -77,7 +77,7 @@ def test_train_bad_csv_exits_2_with_one_line_and_writes_nothing(tmp_path, conten
 
 @pytest.mark.parametrize("args, needle", [
     (["--lr", "abc"], "--lr"), (["--epochs", "0"], "epochs"), (["--model", "tree"], "--model"), (["--hidden", "a,b"], "--hidden"),
-    (["--val-fraction", "1.5"], "val_fraction"), (["--quantize", "int4"], "--quantize"),
+    (["--val-fraction", "1.5"], "val_fraction"), (["--quantize", "int4"], "--quantize"), (["--compile", "sometimes"], "--compile"),
 ])
 def test_train_bad_arguments_exit_2(linear_csv, tmp_path, capsys, args, needle):
     code = None
@@ -97,6 +97,16 @@ def test_train_writes_a_run_directory_and_prints_a_summary(run_dir, capsys):
     coef = card["model"]["coefficients"]
     assert abs(coef["weights"]["a"] - 1.5) < 0.05 and abs(coef["bias"] - 3) < 0.05
     assert card["metrics"]["validation"]["r2"] > 0.99
+
+
+def test_train_prints_the_program_choice_and_the_cost_of_a_forced_scheme(linear_csv, tmp_path, capsys):
+    argv = ["train", str(linear_csv), "--target", "target", "--out", str(tmp_path / "r"), "--epochs", "5", "--no-progress"]
+    assert main([*argv, "--compile", "never"]) == 0
+    out = capsys.readouterr().out
+    assert "float-compiled: dropped — compile never" in out and "serves: any rows → float-eager" in out
+    assert main([*argv, "--quantize", "int8", "--min-weights", "0", "--no-compile"]) == 0
+    err = capsys.readouterr().err
+    assert "--quantize int8 needs a compiled package (compile never): the float program serves" in err
 
 
 def test_train_json_prints_one_document(linear_csv, tmp_path, capsys):
@@ -156,7 +166,7 @@ def test_package_is_reproducible_and_verified(run_dir, tmp_path, capsys):
     assert (store1 / "lin-2.mar").read_bytes() == (store2 / "lin-2.mar").read_bytes()
     with zipfile.ZipFile(store1 / "lin-2.mar") as zf:
         names = set(zf.namelist())
-    assert {"tabular_handler.py", "aiaas_contract.py", "model.json", "model-config.yaml", "MAR-INF/MANIFEST.json", "model_float.pt2"} <= names
+    assert {"tabular_handler.py", "aiaas_contract.py", "programs.py", "model.json", "model-config.yaml", "MAR-INF/MANIFEST.json", "model_float.pt2"} <= names
     assert [p.name for p in store1.iterdir()] == ["lin-2.mar"]  # no staging left behind
 
 

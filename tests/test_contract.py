@@ -1,4 +1,4 @@
-"""The request contract shared by the handler and the library: body rules, rejections, answers, program choice."""
+"""The request contract shared by the handler and the library: body rules, rejections, answers, files and host."""
 
 from __future__ import annotations
 
@@ -240,7 +240,7 @@ def test_classification_v2_answer():
     assert c.answer(card_s, p, [[0.0, 2.0]], "m", "1")["outputs"][0]["datatype"] == "BYTES"
 
 
-# --- files, host and program choice ------------------------------------------------------------------------
+# --- files and host --------------------------------------------------------------------------------------------
 
 
 def test_verify_files(tmp_path):
@@ -279,28 +279,6 @@ def test_host_supports_this_host_reads_cpuinfo():
     assert c.host_supports("none")
     assert c.host_supports("avx2") == ({"avx2", "fma"} <= flags)
 
-
-FILES = {
-    "model.pt2": {"role": "cpu-compiled", "sha256": "x"},
-    "model_float.pt2": {"role": "float-program", "sha256": "y"},
-    "checkpoint.pt": {"role": "checkpoint", "sha256": "z"},
-}
-
-
-@pytest.mark.parametrize(
-    "files, gpu_id, cuda, isa_ok, expected",
-    [
-        (FILES, 1, True, True, ("cuda:1", "model_float.pt2")),  # a GPU: the float program on it
-        (FILES, "0", True, False, ("cuda:0", "model_float.pt2")),
-        (FILES, 0, False, True, ("cpu", "model.pt2")),  # a gpu_id but no CUDA: CPU, compiled
-        (FILES, None, True, True, ("cpu", "model.pt2")),  # no gpu_id: CPU even where CUDA exists
-        (FILES, None, False, True, ("cpu", "model.pt2")),
-        (FILES, None, False, False, ("cpu", "model_float.pt2")),  # ISA missing: float program on CPU
-        ({k: v for k, v in FILES.items() if k != "model.pt2"}, None, False, True, ("cpu", "model_float.pt2")),
-    ],
-)
-def test_choose_program(files, gpu_id, cuda, isa_ok, expected):
-    assert c.choose_program(_card(files=files), gpu_id, cuda, isa_ok) == expected
 
 
 @pytest.mark.parametrize(

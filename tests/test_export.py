@@ -89,7 +89,11 @@ def test_origin_card(origin_run, origin_result, origin_csv):
     coef = card["model"]["coefficients"]
     assert abs(coef["weights"]["x"] - 2) <= 0.01 and abs(coef["bias"]) <= 0.05
     q = card["quantization"]
-    assert q["scheme"] == "int8" and q["layers"][0]["decision"] == "float" and "in_features == 1" in q["layers"][0]["reason"]
+    assert q["scheme"] == "auto" and q["layers"][0]["decision"] == "float" and "in_features == 1" in q["layers"][0]["reason"]
+    opt = card["optimization"]
+    assert opt["host"]["isa"] == export.vector_isa() and opt["host"]["cpu"] and opt["mode"]["compile"] == "always"
+    assert [r["candidate"] for r in opt["plan"]] == ["float-compiled"]  # compile=True forces a compiled program
+    assert "int8 leaves every layer float" in opt["candidates"]["int8-compiled"]["reason"]
     assert card["data"]["sha256"] == _sha(origin_csv)
     assert card["data"]["source"] == str(origin_csv) and card["data"]["rows"] == 5
     assert card["versions"] == {
@@ -351,7 +355,7 @@ def test_requantize_with_pow2_re_exports(origin_run, origin_result, tmp_path):
     old = export.read_card(run)
     res = export.requantize(run, QuantConfig(scheme="pow2"))
     card = export.read_card(run)
-    assert old["quantization"]["scheme"] == "int8"
+    assert old["quantization"]["scheme"] == "auto"
     assert card["quantization"]["scheme"] == "pow2" == res.report.scheme
     assert card["quantization"]["layers"][0]["decision"] == "pow2"
     assert card["files"]["model.pt2"]["sha256"] != old["files"]["model.pt2"]["sha256"]

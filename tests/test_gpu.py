@@ -19,6 +19,7 @@ from aiaas_torch.archive import ServingConfig, package
 from aiaas_torch.data import from_arrays
 from aiaas_torch.export import export_run, load_run
 from aiaas_torch.handlers import aiaas_contract as contract
+from aiaas_torch.handlers import programs
 from aiaas_torch.train import TrainConfig, train
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; this machine has none")
@@ -49,12 +50,16 @@ def test_package_device_sets_device_type(cpu_run, tmp_path, device, expected):
 
 def test_device_choice_for_every_branch(cpu_run):
     card = load_run(cpu_run).card
-    card = dict(card, files={**card["files"], "model.pt2": {"role": "cpu-compiled", "isa": "avx2"}})
-    assert contract.choose_program(card, 0, True, True) == ("cuda:0", "model_float.pt2")
-    assert contract.choose_program(card, 1, True, False) == ("cuda:1", "model_float.pt2")
-    assert contract.choose_program(card, 0, False, True) == ("cpu", "model.pt2")  # gpu_id but no CUDA in the worker
-    assert contract.choose_program(card, None, True, True) == ("cpu", "model.pt2")  # CUDA but TorchServe gave no GPU
-    assert contract.choose_program(card, None, False, False) == ("cpu", "model_float.pt2")
+    flags = contract.cpu_flags()
+
+    def device(gpu_id, cuda):
+        c = programs.choose(card, flags, torch.__version__, cuda, gpu_id)
+        return c.device, c.ranges[0][2]
+
+    assert device(0, True) == ("cuda:0", "model_float.pt2")
+    assert device("1", True) == ("cuda:1", "model_float.pt2")
+    assert device(0, False)[0] == "cpu"  # gpu_id but no CUDA in the worker
+    assert device(None, True)[0] == "cpu"  # CUDA but TorchServe gave no GPU
 
 
 @needs_cuda

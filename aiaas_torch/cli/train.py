@@ -57,14 +57,18 @@ def add_parser(sub) -> None:
 
 def _quant_args(p, flag: str) -> None:
     """Add the quantization options (`flag` is --quantize or --scheme)."""
-    p.add_argument(flag, dest="scheme", choices=["int8", "pow2", "none"], default="int8",
-                   help="int8 (torchao, only where it pays), pow2 (w = q·2^k), or none (default int8)")
+    p.add_argument(flag, dest="scheme", choices=["auto", "int8", "pow2", "none"], default="auto",
+                   help="auto (int8 where measured faster on this host, default), int8 or pow2 (forced, e.g. for size; "
+                        "the measured cost is printed), or none")
     p.add_argument("--min-weights", type=int, default=16384, metavar="N",
                    help="int8 only for Linear layers with at least N weights (default 16384; 0 forces every layer)")
     p.add_argument("--gate", type=_finite, default=0.02, metavar="F",
                    help="refuse the model if relative RMSE against float exceeds F (default 0.02)")
     p.add_argument("--force", action="store_true", help="export even if the accuracy gate fails")
-    p.add_argument("--no-compile", action="store_true", help="skip the AOTInductor model.pt2 (serve the float program)")
+    p.add_argument("--compile", dest="compile", choices=["auto", "always", "never"], default="auto",
+                   help="AOTInductor packages: auto (only where the cost model says a compile can pay, then measured; "
+                        "default), always (serve a compiled program), never")
+    p.add_argument("--no-compile", dest="compile", action="store_const", const="never", help="same as --compile never")
 
 
 def run(a) -> int:
@@ -107,7 +111,7 @@ def _train(a) -> int:
         finish_distributed()
         return 0
     try:
-        exported = export_run(result, out, quant, compile=False if a.no_compile else None)
+        exported = export_run(result, out, quant, compile=a.compile)
     finally:
         finish_distributed()
     if ckpt.exists() and ckpt.parent != out:
@@ -160,7 +164,8 @@ def _print_train_summary(exported) -> None:
     if coef and card["output"]["task"] == "regression":
         print("  coefficients (raw units): " + ", ".join(f"{k}={v:.6g}" for k, v in coef["weights"].items()) + f", bias={coef['bias']:.6g}")
     print(exported.report.summary())
-    print(f"run directory: {exported.run_dir}" + (f" (model.pt2 compiled in {exported.compile_seconds:.1f} s)" if exported.compile_seconds else ""))
+    print(exported.optimization_summary())
+    print(f"run directory: {exported.run_dir}" + (f" (compiled in {exported.compile_seconds:.1f} s)" if exported.compile_seconds else ""))
 
 
 def _quantize(a) -> int:
@@ -168,10 +173,13 @@ def _quantize(a) -> int:
     from ..export import requantize
     from ..quantize import QuantConfig
 
-    exported = requantize(a.run_dir, QuantConfig(a.scheme, a.min_weights, a.gate, a.force).validate(), compile=False if a.no_compile else None)
+    exported = requantize(a.run_dir, QuantConfig(a.scheme, a.min_weights, a.gate, a.force).validate(), compile=a.compile)
+    for n in exported.notes:
+        _warn(n)
     if a.json:
         _print_json(exported.report.to_dict())
     else:
         print(exported.report.summary())
+        print(exported.optimization_summary())
         print(f"run directory: {exported.run_dir}")
     return 0

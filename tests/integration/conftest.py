@@ -28,6 +28,7 @@ class Served:
     origin: Path  # y = 2x, compiled package
     origin_v2: Path  # y = 3x, float program only (exercises the fallback path)
     classes: Path  # 3 classes, 4 features, logistic
+    mlp: Path  # MLP 100→512→512→1, int8 forced, compiled (the session's mlp_run), served with batchSize 1
     store: Path
     archives: dict
     home: Path
@@ -55,8 +56,8 @@ def _classes_run(root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def served(tmp_path_factory) -> Served:
-    """Yield a running TorchServe serving y2x v1.0 and v2.0 and a classifier; stop it afterwards."""
+def served(tmp_path_factory, mlp_run) -> Served:
+    """Yield a running TorchServe serving y2x v1.0 and v2.0, a classifier and the int8 MLP; stop it afterwards."""
     root = tmp_path_factory.mktemp("served")
     origin = _linear_run(root, "origin", 2.0, compile=True)
     origin_v2 = _linear_run(root, "origin_v2", 3.0, compile=False)
@@ -67,12 +68,14 @@ def served(tmp_path_factory) -> Served:
         "y2x-1.0": package(origin, "y2x", "1.0", store, serving=batching).path,
         "y2x-2.0": package(origin_v2, "y2x", "2.0", store, serving=ServingConfig(workers=1)).path,
         "classes-1.0": package(classes, "classes", "1.0", store, serving=ServingConfig(workers=1)).path,
+        "mlp-1.0": package(mlp_run.run_dir, "mlp", "1.0", store, serving=ServingConfig(workers=1, batch_size=1, max_batch_delay_ms=0)).path,
     }
     home = root / "home"
-    models = [f"y2x={archives['y2x-1.0'].name}", f"y2x={archives['y2x-2.0'].name}", f"classes={archives['classes-1.0'].name}"]
+    models = [f"y2x={archives['y2x-1.0'].name}", f"y2x={archives['y2x-2.0'].name}", f"classes={archives['classes-1.0'].name}",
+              f"mlp={archives['mlp-1.0'].name}"]
     info = server.start(home, store, models, free_ports=True, ready_timeout=180)
     try:
-        yield Served(origin, origin_v2, classes, store, archives, home, info)
+        yield Served(origin, origin_v2, classes, mlp_run.run_dir, store, archives, home, info)
     finally:
         server.stop(home)
 

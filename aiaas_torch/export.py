@@ -28,6 +28,7 @@ import torch
 
 from . import _quiet, __version__, optimize as _optimize
 from .data import Schema
+from .errors import InputError
 from .handlers import aiaas_contract as contract
 from .handlers import programs
 from .models import ModelSpec, build_model, fold_preprocessing, linear_layers
@@ -264,7 +265,7 @@ def _swap_into_place(staging: Path, run_dir: Path) -> None:
     old = None
     if run_dir.exists():
         if not (run_dir / CARD).exists() and any(run_dir.iterdir()):
-            raise ValueError(f"{run_dir}: exists and is not an aiaas run directory; refusing to replace it")
+            raise InputError(f"{run_dir}: exists and is not an aiaas run directory; refusing to replace it")
         old = run_dir.with_name(f".{run_dir.name}.old-{os.getpid()}-{time.time_ns()}")
         os.replace(run_dir, old)
     try:
@@ -281,11 +282,11 @@ def read_card(run_dir: str | os.PathLike) -> dict:
     """Return the model card of a run directory, checking it is a card this version understands."""
     p = Path(run_dir) / CARD
     if not p.is_file():
-        raise ValueError(f"{run_dir}: no {CARD}; not a complete aiaas run directory")
+        raise InputError(f"{run_dir}: no {CARD}; not a complete aiaas run directory")
     try:
         card = json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{p}: not valid JSON ({e})") from None
+        raise InputError(f"{p}: not valid JSON ({e})") from None
     check_card(card, str(p))
     return card
 
@@ -293,24 +294,24 @@ def read_card(run_dir: str | os.PathLike) -> dict:
 def check_card(card, where: str) -> None:
     """Raise ValueError naming the field when a model card lacks a field or has one of the wrong type."""
     if not isinstance(card, dict):
-        raise ValueError(f"{where}: the card must be a JSON object")
+        raise InputError(f"{where}: the card must be a JSON object")
     expect = {"schema_version": int, "input": dict, "output": dict, "files": dict, "quantization": dict, "versions": dict}
     for key, typ in expect.items():
         if key not in card:
-            raise ValueError(f"{where}: field {key!r} missing")
+            raise InputError(f"{where}: field {key!r} missing")
         if not isinstance(card[key], typ) or isinstance(card[key], bool):
-            raise ValueError(f"{where}: field {key!r} must be {typ.__name__}, got {type(card[key]).__name__}")
+            raise InputError(f"{where}: field {key!r} must be {typ.__name__}, got {type(card[key]).__name__}")
     if card["schema_version"] != SCHEMA_VERSION:
-        raise ValueError(f"{where}: schema_version {card['schema_version']} is not {SCHEMA_VERSION}")
+        raise InputError(f"{where}: schema_version {card['schema_version']} is not {SCHEMA_VERSION}")
     feats = card["input"].get("features")
     if not isinstance(feats, list) or not feats or not all(isinstance(f, dict) and isinstance(f.get("name"), str) for f in feats):
-        raise ValueError(f"{where}: field 'input.features' must be a non-empty list of {{name, min, max, ...}}")
+        raise InputError(f"{where}: field 'input.features' must be a non-empty list of {{name, min, max, ...}}")
     for f in feats:
         for k in ("min", "max"):
             if not isinstance(f.get(k), (int, float)) or isinstance(f.get(k), bool):
-                raise ValueError(f"{where}: field 'input.features[{f['name']!r}].{k}' must be a number")
+                raise InputError(f"{where}: field 'input.features[{f['name']!r}].{k}' must be a number")
     if card["output"].get("task") not in ("regression", "classification"):
-        raise ValueError(f"{where}: field 'output.task' must be 'regression' or 'classification'")
+        raise InputError(f"{where}: field 'output.task' must be 'regression' or 'classification'")
 
 
 class LocalModel:
@@ -322,9 +323,9 @@ class LocalModel:
         self.card = read_card(self.run_dir)
         problems = contract.verify_files(self.card, self.run_dir)
         if problems:
-            raise ValueError(f"{self.run_dir}: " + "; ".join(problems))
+            raise InputError(f"{self.run_dir}: " + "; ".join(problems))
         if program not in ("auto", "compiled", "float"):
-            raise ValueError(f"program: {program!r} is not one of auto, compiled, float")
+            raise InputError(f"program: {program!r} is not one of auto, compiled, float")
         card = self.card
         if program != "auto":  # one program for every batch size: the compiled package, or the float program
             meta = self.card["files"].get(COMPILED, {})
@@ -332,10 +333,10 @@ class LocalModel:
             plan = [{"max_rows": None, "candidate": want, "ranked": [want]}]
             card = dict(self.card, optimization=dict(self.card.get("optimization") or {}, plan=plan))
             if program == "compiled" and not meta:
-                raise ValueError(f"{self.run_dir}: no compiled package loadable on this host (none in the run directory)")
+                raise InputError(f"{self.run_dir}: no compiled package loadable on this host (none in the run directory)")
         self.programs = programs.load(card, str(self.run_dir))
         if program == "compiled" and self.programs.files != [COMPILED]:
-            raise ValueError(f"{self.run_dir}: no compiled package loadable on this host ({self.programs.reason})")
+            raise InputError(f"{self.run_dir}: no compiled package loadable on this host ({self.programs.reason})")
         self.program_file = self.programs.files[0]  # the program serving batch 1
         self._fn = self.programs
 
@@ -363,7 +364,7 @@ def requantize(run_dir: str | os.PathLike, quant: QuantConfig, compile: bool | s
     card = read_card(run_dir)
     problems = contract.verify_files(card, run_dir, roles={"checkpoint"})
     if problems:
-        raise ValueError(f"{run_dir}: " + "; ".join(problems))
+        raise InputError(f"{run_dir}: " + "; ".join(problems))
     ck = load_checkpoint(run_dir / CHECKPOINT)
     spec = ModelSpec.from_dict(ck["spec"])
     model = build_model(spec)

@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .errors import InputError
 from .handlers import aiaas_contract as contract
 from .handlers import programs
 
@@ -77,7 +78,7 @@ def compile_mode(compile) -> str:
     if isinstance(compile, bool):
         return "always" if compile else "never"
     if compile not in COMPILE_MODES:
-        raise ValueError(f"compile: {compile!r} is not one of {COMPILE_MODES}")
+        raise InputError(f"compile: {compile!r} is not one of {COMPILE_MODES}")
     return compile
 
 

@@ -17,13 +17,14 @@ import torch
 from torch import nn
 
 from . import _quiet
+from .errors import InputError
 from .models import linear_layers
 
 SCHEMES = ("auto", "int8", "pow2", "none")
-DEFAULT_MIN_WEIGHTS = 16384  # int8 only pays from about 16K weights here (ARCHITECTURE.md)
+DEFAULT_MIN_WEIGHTS = 16384  # below about 16K weights int8 cannot pay here (per-call overhead; measured)
 
 
-class QuantGateError(ValueError):
+class QuantGateError(InputError):
     """The quantized model's error against float exceeds the accuracy gate."""
 
     def __init__(self, report: "QuantReport"):
@@ -46,12 +47,12 @@ class QuantConfig:
     def validate(self) -> "QuantConfig":
         """Return self after checking every field, raising ValueError naming the bad one."""
         if self.scheme not in SCHEMES:
-            raise ValueError(f"scheme: {self.scheme!r} is not one of {SCHEMES}")
+            raise InputError(f"scheme: {self.scheme!r} is not one of {SCHEMES}")
         if not isinstance(self.min_weights, int) or isinstance(self.min_weights, bool) or self.min_weights < 0:
-            raise ValueError(f"min_weights: {self.min_weights!r} must be an integer ≥ 0")
+            raise InputError(f"min_weights: {self.min_weights!r} must be an integer ≥ 0")
         g = self.gate_max_rel_rmse
         if not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0:
-            raise ValueError(f"gate_max_rel_rmse: {g!r} must be a finite number ≥ 0")
+            raise InputError(f"gate_max_rel_rmse: {g!r} must be a finite number ≥ 0")
         return self
 
 

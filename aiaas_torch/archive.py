@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 
 from . import handlers as _handlers_pkg
-from .errors import InputError
+from .errors import InputError, check_int
 from .export import CARD, read_card
 from .handlers import aiaas_contract as contract
 
@@ -81,18 +81,15 @@ class ServingConfig:
         raise InputError(f"profile: {name!r} is not one of throughput, latency")
 
     def validate(self) -> "ServingConfig":
-        """Return self after checking every field, raising ValueError naming the bad one."""
+        """Return self after checking every field, raising InputError naming the bad one."""
         for name in ("workers", "batch_size", "response_timeout_s", "threads"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise InputError(f"{name}: {v!r} must be an integer ≥ 1")
-        if not isinstance(self.max_batch_delay_ms, int) or self.max_batch_delay_ms < 0:
-            raise InputError(f"max_batch_delay_ms: {self.max_batch_delay_ms!r} must be an integer ≥ 0")
+            check_int(name, getattr(self, name), 1)
+        check_int("max_batch_delay_ms", self.max_batch_delay_ms, 0)
         if self.max_batch_delay_ms == 0 and self.batch_size > 1:
             # measured: TorchServe 0.12 reads maxBatchDelay 0 as unset and waits its default 100 ms per batch
             raise InputError("max_batch_delay_ms: 0 with batch_size > 1 makes TorchServe 0.12 wait 100 ms per batch; use ≥ 1")
-        if self.max_rows is not None and (not isinstance(self.max_rows, int) or self.max_rows < 1):
-            raise InputError(f"max_rows: {self.max_rows!r} must be an integer ≥ 1")
+        if self.max_rows is not None:
+            check_int("max_rows", self.max_rows, 1)
         return self
 
 

@@ -55,14 +55,17 @@ class ModelSpec:
 
     def to_dict(self) -> dict:
         """Return the spec as plain JSON-ready data."""
-        d = asdict(self)
-        d["hidden"] = list(self.hidden)
-        return d
+        return json_ready(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":
         """Return a ModelSpec rebuilt from `to_dict` output."""
         return cls(d["kind"], int(d["n_features"]), int(d["n_outputs"]), tuple(d.get("hidden", ())), bool(d.get("rotate")))
+
+
+def json_ready(settings) -> dict:
+    """Return a settings dataclass as plain JSON-ready data (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}
 
 
 def build_model(spec: ModelSpec, mean=None, std=None, basis=None) -> nn.Sequential:

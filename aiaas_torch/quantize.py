@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from . import _quiet
-from .errors import InputError
+from .errors import InputError, check_choice, check_int, check_number
 from .models import linear_layers
 
 SCHEMES = ("auto", "int8", "pow2", "none")
@@ -45,14 +45,10 @@ class QuantConfig:
     force: bool = False
 
     def validate(self) -> "QuantConfig":
-        """Return self after checking every field, raising ValueError naming the bad one."""
-        if self.scheme not in SCHEMES:
-            raise InputError(f"scheme: {self.scheme!r} is not one of {SCHEMES}")
-        if not isinstance(self.min_weights, int) or isinstance(self.min_weights, bool) or self.min_weights < 0:
-            raise InputError(f"min_weights: {self.min_weights!r} must be an integer ≥ 0")
-        g = self.gate_max_rel_rmse
-        if not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0:
-            raise InputError(f"gate_max_rel_rmse: {g!r} must be a finite number ≥ 0")
+        """Return self after checking every field, raising InputError naming the bad one."""
+        check_choice("scheme", self.scheme, SCHEMES)
+        check_int("min_weights", self.min_weights, 0)
+        check_number("gate_max_rel_rmse", self.gate_max_rel_rmse)
         return self
 
 

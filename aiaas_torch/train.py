@@ -19,7 +19,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +30,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .data import Dataset, Schema, pca_rotation, split, standardize_stats
-from .models import MODEL_KINDS, ModelSpec, build_model
-from .errors import InputError, InputTypeError
+from .models import MODEL_KINDS, ModelSpec, build_model, json_ready
+from .errors import InputError, InputTypeError, check_choice, check_int, check_number
 
 LR_SCHEDULES = ("none", "cosine", "step")
 DEVICES = ("cpu", "cuda", "auto")
@@ -58,45 +58,33 @@ class TrainConfig:
     device: str = "cpu"  # "cpu", "cuda" or "auto" (cuda when available); under torchrun, cuda:LOCAL_RANK
 
     def validate(self) -> "TrainConfig":
-        """Return self after checking every field, raising ValueError naming the bad one."""
-        if self.model not in MODEL_KINDS:
-            raise InputError(f"model: {self.model!r} is not one of {MODEL_KINDS}")
-        _positive_int("epochs", self.epochs)
+        """Return self after checking every field, raising InputError naming the bad one."""
+        check_choice("model", self.model, MODEL_KINDS)
+        check_int("epochs", self.epochs, 1)
         if self.batch_size is not None:
-            _positive_int("batch_size", self.batch_size)
-        for name in ("lr",):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise InputError(f"{name}: {v!r} must be a positive finite number")
-        for name in ("momentum", "weight_decay"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise InputError(f"{name}: {v!r} must be a finite number ≥ 0")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise InputError(f"seed: {self.seed!r} must be an integer ≥ 0")
+            check_int("batch_size", self.batch_size, 1)
+        check_number("lr", self.lr, positive=True)
+        check_number("momentum", self.momentum)
+        check_number("weight_decay", self.weight_decay)
+        check_int("seed", self.seed, 0)
         vf = self.val_fraction
         if not isinstance(vf, (int, float)) or isinstance(vf, bool) or not 0.0 <= vf < 1.0:
             raise InputError(f"val_fraction: {vf!r} must be in [0, 1)")
         if self.patience is not None:
-            _positive_int("patience", self.patience)
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise InputError(f"lr_schedule: {self.lr_schedule!r} is not one of {LR_SCHEDULES}")
+            check_int("patience", self.patience, 1)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if self.model == "mlp":
             if not self.hidden or any(not isinstance(h, int) or h < 1 for h in self.hidden):
                 raise InputError(f"hidden: {list(self.hidden)!r} must be positive integers")
-        if self.device not in DEVICES:
-            raise InputError(f"device: {self.device!r} is not one of {DEVICES}")
+        check_choice("device", self.device, DEVICES)
         if self.device == "cuda" and not torch.cuda.is_available():
             raise InputError("device: 'cuda' asked for, but torch finds no CUDA device here")
-        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
-            raise InputError(f"checkpoint_every: {self.checkpoint_every!r} must be an integer ≥ 0")
+        check_int("checkpoint_every", self.checkpoint_every, 0)
         return self
 
     def to_dict(self) -> dict:
         """Return the settings as plain JSON-ready data."""
-        d = asdict(self)
-        d["hidden"] = list(self.hidden)
-        return d
+        return json_ready(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -105,12 +93,6 @@ class TrainConfig:
         d["hidden"] = tuple(d.get("hidden", ()))
         d.setdefault("device", "cpu")
         return cls(**d)
-
-
-def _positive_int(name: str, v) -> None:
-    """Raise ValueError unless v is an int ≥ 1."""
-    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise InputError(f"{name}: {v!r} must be an integer ≥ 1")
 
 
 @dataclass

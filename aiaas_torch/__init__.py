@@ -22,8 +22,8 @@ _EXPORTS = {
     "Client": ("client", "Client"), "ClientError": ("client", "ClientError"), "ServerError": ("client", "ServerError"),
     "Dataset": ("data", "Dataset"), "from_arrays": ("data", "from_arrays"), "load_csv": ("data", "load_csv"),
     "split": ("data", "split"),
-    "ExportResult": ("export", "ExportResult"), "LocalModel": ("export", "LocalModel"), "export_run": ("export", "export_run"),
-    "load_run": ("export", "load_run"), "read_card": ("export", "read_card"), "requantize": ("export", "requantize"),
+    "ExportResult": ("export", "ExportResult"), "LocalModel": ("runs", "LocalModel"), "export_run": ("export", "export_run"),
+    "load_run": ("runs", "load_run"), "read_card": ("card", "read_card"), "requantize": ("export", "requantize"),
     "ModelSpec": ("models", "ModelSpec"), "build_model": ("models", "build_model"),
     "fold_preprocessing": ("models", "fold_preprocessing"),
     "QuantConfig": ("quantize", "QuantConfig"), "QuantGateError": ("quantize", "QuantGateError"),
@@ -34,7 +34,7 @@ _EXPORTS = {
     "TrainConfig": ("train", "TrainConfig"), "TrainResult": ("train", "TrainResult"), "train": ("train", "train"),
 }
 # submodules that `import aiaas_torch` used to load eagerly: still reachable as attributes
-_SUBMODULES = ("archive", "client", "data", "errors", "export", "handlers", "models", "serving")
+_SUBMODULES = ("archive", "card", "client", "data", "errors", "export", "handlers", "models", "runs", "serving")
 
 __all__ = [
     "Client", "ClientError", "Dataset", "ExportResult", "LocalModel", "ModelSpec", "PackageResult", "QuantConfig",

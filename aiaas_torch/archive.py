@@ -31,7 +31,7 @@ import yaml
 
 from . import handlers as _handlers_pkg
 from .errors import InputError, check_int
-from .export import CARD, read_card
+from .card import CARD, read_card
 from .handlers import aiaas_contract as contract
 
 HANDLER_DIR = Path(_handlers_pkg.__file__).parent

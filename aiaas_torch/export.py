@@ -1,4 +1,4 @@
-"""Write a run directory (model files + the model card) and load it back for local prediction.
+"""Write a run directory (model files + the model card), from training or from its own checkpoint (requantize).
 
 A run directory holds:
   model.json        the model card: input contract, output, training, metrics, QuantReport, hashes, versions
@@ -7,7 +7,8 @@ A run directory holds:
   model_float.pt2   torch.export program of the float model (CUDA, the eager rebuild's weights, the fallback)
   checkpoint.pt     the training checkpoint (resume, re-quantize)
 Everything is written into a staging directory beside the target and moved into place only when complete, with
-the card written last, so a crash mid-export never leaves a run directory that loads.
+the card written last, so a crash mid-export never leaves a run directory that loads. Reading the card back is
+card.py's job; loading a run directory for prediction is runs.py's.
 """
 
 from __future__ import annotations
@@ -27,19 +28,14 @@ import numpy as np
 import torch
 
 from . import _quiet, __version__, optimize as _optimize
+from .card import CARD, CHECKPOINT, FLOAT_PROGRAM, SCHEMA_VERSION, read_card
 from .data import Schema
 from .errors import InputError
 from .handlers import aiaas_contract as contract
-from .handlers import programs
 from .models import ModelSpec, build_model, fold_preprocessing, linear_layers
 from .quantize import QuantConfig, QuantReport, quantize
 from .train import TrainConfig, TrainResult, load_checkpoint, save_checkpoint
 
-SCHEMA_VERSION = 1
-CARD = "model.json"
-COMPILED = "model.pt2"
-FLOAT_PROGRAM = "model_float.pt2"
-CHECKPOINT = "checkpoint.pt"
 MAX_BATCH = 1 << 20
 
 
@@ -276,86 +272,6 @@ def _swap_into_place(staging: Path, run_dir: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def read_card(run_dir: str | os.PathLike) -> dict:
-    """Return the model card of a run directory, checking it is a card this version understands."""
-    p = Path(run_dir) / CARD
-    if not p.is_file():
-        raise InputError(f"{run_dir}: no {CARD}; not a complete aiaas run directory")
-    try:
-        card = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{p}: not valid JSON ({e})") from None
-    check_card(card, str(p))
-    return card
-
-
-def check_card(card, where: str) -> None:
-    """Raise ValueError naming the field when a model card lacks a field or has one of the wrong type."""
-    if not isinstance(card, dict):
-        raise InputError(f"{where}: the card must be a JSON object")
-    expect = {"schema_version": int, "input": dict, "output": dict, "files": dict, "quantization": dict, "versions": dict}
-    for key, typ in expect.items():
-        if key not in card:
-            raise InputError(f"{where}: field {key!r} missing")
-        if not isinstance(card[key], typ) or isinstance(card[key], bool):
-            raise InputError(f"{where}: field {key!r} must be {typ.__name__}, got {type(card[key]).__name__}")
-    if card["schema_version"] != SCHEMA_VERSION:
-        raise InputError(f"{where}: schema_version {card['schema_version']} is not {SCHEMA_VERSION}")
-    feats = card["input"].get("features")
-    if not isinstance(feats, list) or not feats or not all(isinstance(f, dict) and isinstance(f.get("name"), str) for f in feats):
-        raise InputError(f"{where}: field 'input.features' must be a non-empty list of {{name, min, max, ...}}")
-    for f in feats:
-        for k in ("min", "max"):
-            if not isinstance(f.get(k), (int, float)) or isinstance(f.get(k), bool):
-                raise InputError(f"{where}: field 'input.features[{f['name']!r}].{k}' must be a number")
-    if card["output"].get("task") not in ("regression", "classification"):
-        raise InputError(f"{where}: field 'output.task' must be 'regression' or 'classification'")
-
-
-class LocalModel:
-    """A run directory loaded for prediction in this process, through the same contract as the server."""
-
-    def __init__(self, run_dir: str | os.PathLike, program: str = "auto"):
-        _quiet.install()
-        self.run_dir = Path(run_dir)
-        self.card = read_card(self.run_dir)
-        problems = contract.verify_files(self.card, self.run_dir)
-        if problems:
-            raise InputError(f"{self.run_dir}: " + "; ".join(problems))
-        if program not in ("auto", "compiled", "float"):
-            raise InputError(f"program: {program!r} is not one of auto, compiled, float")
-        card = self.card
-        if program != "auto":  # one program for every batch size: the compiled package, or the float program
-            meta = self.card["files"].get(COMPILED, {})
-            want = "float-program" if program == "float" else meta.get("candidate", "compiled")
-            plan = [{"max_rows": None, "candidate": want, "ranked": [want]}]
-            card = dict(self.card, optimization=dict(self.card.get("optimization") or {}, plan=plan))
-            if program == "compiled" and not meta:
-                raise InputError(f"{self.run_dir}: no compiled package loadable on this host (none in the run directory)")
-        self.programs = programs.load(card, str(self.run_dir))
-        if program == "compiled" and self.programs.files != [COMPILED]:
-            raise InputError(f"{self.run_dir}: no compiled package loadable on this host ({self.programs.reason})")
-        self.program_file = self.programs.files[0]  # the program serving batch 1
-        self._fn = self.programs
-
-    def forward(self, X) -> np.ndarray:
-        """Return the raw model outputs (rows × outputs) for a 2-D array of raw features."""
-        x = torch.as_tensor(np.asarray(X, dtype=np.float32))
-        with torch.inference_mode():
-            return self._fn(x).detach().numpy()
-
-    def predict(self, body, name: str = "local", version: str = "local") -> dict:
-        """Return the answer the server would give for a request body (raises ValueError for a bad body)."""
-        parsed = contract.parse_request(body, self.card)
-        out = self.forward(np.asarray(parsed.rows, dtype=np.float32))
-        return contract.answer(self.card, parsed, out.tolist(), name, version)
-
-
-def load_run(run_dir: str | os.PathLike, program: str = "auto") -> LocalModel:
-    """Return a LocalModel for a run directory after checking its card and every file's SHA-256."""
-    return LocalModel(run_dir, program)
 
 
 def requantize(run_dir: str | os.PathLike, quant: QuantConfig, compile: bool | str | None = None) -> ExportResult:

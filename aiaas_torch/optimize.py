@@ -140,7 +140,7 @@ def optimize(float_model, qmodel, report, staging: Path, *, scheme: str, compile
 
     float_ep: the float model's torch.export program when the caller has it (saves exporting it again).
     """
-    from .export import FLOAT_PROGRAM
+    from .card import FLOAT_PROGRAM
 
     mode = compile_mode(compile)
     timer = timer or median_timer

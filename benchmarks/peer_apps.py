@@ -1,6 +1,6 @@
 """The peers of benchmarks/peers.py: the same run directory served by FastAPI + uvicorn and by LitServe.
 
-Both load the model with aiaas_torch.export.load_run (the compiled package, one torch thread per worker, as our
+Both load the model with aiaas_torch.runs.load_run (the compiled package, one torch thread per worker, as our
 TorchServe workers do) and answer through the same contract (LocalModel.predict), so only the serving stack
 differs. They run from the benchmark venv (.venv-bench), never from the project's own environment.
 
@@ -23,7 +23,7 @@ NAME = os.environ.get("AIAAS_MODEL_NAME", "bench")
 
 def _load():
     """Return the LocalModel of AIAAS_RUN_DIR."""
-    from aiaas_torch.export import load_run
+    from aiaas_torch.runs import load_run
 
     return load_run(RUN_DIR)
 

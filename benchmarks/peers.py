@@ -3,7 +3,7 @@
 The peers live only in a separate benchmark venv (.venv-bench, gitignored), created on first use from
 benchmarks/requirements-bench.txt; they are never dependencies of aiaas-torch. That venv sees the project's own
 environment (torch, aiaas_torch) through a .pth file placed after its own site-packages, so the peers load the
-run directory with aiaas_torch.export.load_run exactly as our handler does, and the peer packages win any clash.
+run directory with aiaas_torch.runs.load_run exactly as our handler does, and the peer packages win any clash.
 
 Same machine, same load generator (aiaas_torch.bench), same body, same concurrency levels, one after another:
     .venv/bin/python benchmarks/peers.py --out-dir docs/bench        # ≈ 4 min on 2 cores (+ venv on first use)
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
             run_dir, _ = build_origin(root)
         ours = ServingConfig(workers=a.workers)
         report = bench.bench_run_dir(run_dir, {"aiaas (TorchServe)": ours}, name=NAME, server_warmup=a.server_warmup, workdir=tmp, **kw)
-        from aiaas_torch.export import read_card
+        from aiaas_torch.card import read_card
 
         body = bench.card_body(read_card(run_dir))
         env = {**os.environ, "AIAAS_RUN_DIR": str(run_dir), "AIAAS_MODEL_NAME": NAME, "OMP_NUM_THREADS": "1",

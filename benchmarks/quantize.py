@@ -28,7 +28,8 @@ import torch
 from aiaas_torch import bench
 from aiaas_torch.archive import ServingConfig
 from aiaas_torch.data import from_arrays
-from aiaas_torch.export import export_run, load_run
+from aiaas_torch.export import export_run
+from aiaas_torch.runs import load_run
 from aiaas_torch.handlers import aiaas_contract, programs as prog
 from aiaas_torch.quantize import QuantConfig
 from aiaas_torch.train import TrainConfig, train

@@ -123,7 +123,7 @@ def test_constant_feature_is_a_warning_not_an_error(tmp_path, capsys):
 
 
 def test_predict_local_matches_python_api(run_dir, capsys):
-    from aiaas_torch.export import load_run
+    from aiaas_torch.runs import load_run
 
     assert main(["predict", "--local", str(run_dir), "--body", '{"instances": [[1, 2, 3]]}', "--json"]) == 0
     got = json.loads(capsys.readouterr().out)

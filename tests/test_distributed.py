@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from aiaas_torch.data import load_csv
-from aiaas_torch.export import load_run
+from aiaas_torch.runs import load_run
 from aiaas_torch.serving import free_ports
 from aiaas_torch.train import TrainConfig, train
 

@@ -21,6 +21,8 @@ from aiaas_torch.models import fold_preprocessing
 from aiaas_torch.quantize import QuantConfig, QuantGateError, quantize
 
 export = importlib.import_module("aiaas_torch.export")
+card_mod = importlib.import_module("aiaas_torch.card")
+runs = importlib.import_module("aiaas_torch.runs")
 
 FILES = {"model.json", "model.pt2", "model_float.pt2", "checkpoint.pt"}
 
@@ -51,7 +53,7 @@ def rows(mlp_result):
 
 @pytest.fixture(scope="module")
 def mlp_compiled(mlp_run):
-    return export.load_run(mlp_run.run_dir, program="compiled")
+    return runs.load_run(mlp_run.run_dir, program="compiled")
 
 
 # --- the run directory and its card ------------------------------------------------------------------------
@@ -66,9 +68,9 @@ def test_run_directory_holds_the_model_files(which, request):
 
 
 def test_origin_card(origin_run, origin_result, origin_csv):
-    card = export.read_card(origin_run.run_dir)
+    card = card_mod.read_card(origin_run.run_dir)
     assert card == json.loads(json.dumps(origin_run.card))
-    assert card["schema_version"] == export.SCHEMA_VERSION == 1
+    assert card["schema_version"] == card_mod.SCHEMA_VERSION == 1
     inp = card["input"]
     assert [f["name"] for f in inp["features"]] == ["x"]
     assert inp["dtype"] == "float32" and all(f["dtype"] == "float32" for f in inp["features"])
@@ -140,7 +142,7 @@ def test_mlp_card_metrics_and_quantization(mlp_run, mlp_result):
 @pytest.mark.parametrize("which, result", [("origin_run", "origin_result"), ("mlp_run", "mlp_result")])
 def test_float_program_equals_the_in_memory_folded_model(which, result, request):
     run, res = request.getfixturevalue(which), request.getfixturevalue(result)
-    m = export.load_run(run.run_dir, program="float")
+    m = runs.load_run(run.run_dir, program="float")
     assert m.program_file == "model_float.pt2"
     X = np.random.default_rng(0).normal(size=(64, res.spec.n_features)).astype(np.float32) * 3
     with torch.no_grad():
@@ -149,7 +151,7 @@ def test_float_program_equals_the_in_memory_folded_model(which, result, request)
 
 
 def test_compiled_package_is_bit_identical_with_itself(mlp_run, mlp_compiled, rows):
-    again = export.load_run(mlp_run.run_dir, program="compiled")
+    again = runs.load_run(mlp_run.run_dir, program="compiled")
     a = mlp_compiled.forward(rows)
     assert a.shape == (256, 1) and a.dtype == np.float32
     assert np.array_equal(a, mlp_compiled.forward(rows))
@@ -167,7 +169,7 @@ def test_compiled_package_is_the_quantized_model(mlp_compiled, mlp_result, rows)
 
 
 def test_auto_program_and_predict_through_the_contract(origin_run):
-    m = export.load_run(origin_run.run_dir)
+    m = runs.load_run(origin_run.run_dir)
     isa_ok = contract.host_supports(origin_run.card["files"]["model.pt2"]["isa"])
     assert m.program_file == ("model.pt2" if isa_ok else "model_float.pt2")
     ans = m.predict({"instances": [[6.0], [1.0]]}, name="y2x", version="1")
@@ -176,7 +178,7 @@ def test_auto_program_and_predict_through_the_contract(origin_run):
     with pytest.raises(contract.ContractError, match="expected 1"):
         m.predict([6, 7])
     with pytest.raises(ValueError, match="program"):
-        export.load_run(origin_run.run_dir, program="gpu")
+        runs.load_run(origin_run.run_dir, program="gpu")
 
 
 # --- batch invariance through the compiled package (MLP, int8) ---------------------------------------------
@@ -203,7 +205,7 @@ def test_a_row_alone_agrees_with_the_row_in_a_batch(mlp_run, mlp_compiled, rows)
     batch = mlp_compiled.forward(rows)
     alone = np.vstack([mlp_compiled.forward(rows[i : i + 1]) for i in range(len(rows))])
     _close(alone, batch, 5e-3)  # int8: another batch size may take another kernel
-    flt = export.load_run(mlp_run.run_dir, program="float")
+    flt = runs.load_run(mlp_run.run_dir, program="float")
     fbatch = flt.forward(rows)
     falone = np.vstack([flt.forward(rows[i : i + 1]) for i in range(len(rows))])
     _close(falone, fbatch, 1e-5)
@@ -222,7 +224,7 @@ def test_crash_before_the_card_leaves_no_run_directory(origin_result, tmp_path, 
         export.export_run(origin_result, tmp_path / "run", compile=False)
     assert list(tmp_path.iterdir()) == []  # no run directory, no staging directory
     with pytest.raises(ValueError, match="no model.json"):
-        export.load_run(tmp_path / "run")
+        runs.load_run(tmp_path / "run")
 
 
 def test_crash_while_compiling_leaves_the_previous_run_unchanged(origin_run, mlp_result, tmp_path, monkeypatch):
@@ -233,7 +235,7 @@ def test_crash_while_compiling_leaves_the_previous_run_unchanged(origin_run, mlp
         export.export_run(mlp_result, run, compile=True)
     assert _snapshot(run) == before
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
-    assert abs(export.load_run(run).predict([6])["predictions"][0] - 12) <= 0.05
+    assert abs(runs.load_run(run).predict([6])["predictions"][0] - 12) <= 0.05
 
 
 def test_failed_final_move_puts_the_previous_run_back(origin_result, origin_run, tmp_path, monkeypatch):
@@ -252,7 +254,7 @@ def test_failed_final_move_puts_the_previous_run_back(origin_result, origin_run,
     monkeypatch.undo()
     assert _snapshot(run) == before
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
-    export.load_run(run)
+    runs.load_run(run)
 
 
 def test_export_replaces_a_previous_run(origin_result, origin_run, tmp_path):
@@ -261,10 +263,10 @@ def test_export_replaces_a_previous_run(origin_result, origin_run, tmp_path):
     assert set(res.card["files"]) == {"model_float.pt2", "checkpoint.pt"}
     assert not (run / "model.pt2").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
-    m = export.load_run(run)
+    m = runs.load_run(run)
     assert m.program_file == "model_float.pt2"
     with pytest.raises(ValueError, match="no compiled package"):
-        export.load_run(run, program="compiled")
+        runs.load_run(run, program="compiled")
 
 
 def test_export_refuses_to_replace_a_foreign_directory(origin_result, tmp_path):
@@ -293,14 +295,14 @@ def test_tampered_model_file_is_refused_naming_it(name, origin_run, tmp_path):
     data[len(data) // 2] ^= 0x01
     (run / name).write_bytes(bytes(data))
     with pytest.raises(ValueError, match=rf"{name}: SHA-256 does not match"):
-        export.load_run(run)
+        runs.load_run(run)
 
 
 def test_missing_model_file_is_refused_naming_it(origin_run, tmp_path):
     run = copy_run(origin_run.run_dir, tmp_path / "run")
     (run / "model_float.pt2").unlink()
     with pytest.raises(ValueError, match=r"model_float.pt2: missing"):
-        export.load_run(run, program="float")
+        runs.load_run(run, program="float")
 
 
 def _set(path: str, value):
@@ -336,14 +338,14 @@ def test_card_with_a_wrong_field_is_refused_naming_the_field(edit, match, origin
     edit(card)
     (run / "model.json").write_text(json.dumps(card))
     with pytest.raises(ValueError, match=match):
-        export.load_run(run)
+        runs.load_run(run)
 
 
 def test_card_that_is_not_json_is_refused(origin_run, tmp_path):
     run = copy_run(origin_run.run_dir, tmp_path / "run")
     (run / "model.json").write_text("{")
     with pytest.raises(ValueError, match=r"model.json: not valid JSON"):
-        export.load_run(run)
+        runs.load_run(run)
 
 
 # --- requantize ------------------------------------------------------------------------------------------------
@@ -352,9 +354,9 @@ def test_card_that_is_not_json_is_refused(origin_run, tmp_path):
 @pytest.mark.slow
 def test_requantize_with_pow2_re_exports(origin_run, origin_result, tmp_path):
     run = copy_run(origin_run.run_dir, tmp_path / "run")
-    old = export.read_card(run)
+    old = card_mod.read_card(run)
     res = export.requantize(run, QuantConfig(scheme="pow2"))
-    card = export.read_card(run)
+    card = card_mod.read_card(run)
     assert old["quantization"]["scheme"] == "auto"
     assert card["quantization"]["scheme"] == "pow2" == res.report.scheme
     assert card["quantization"]["layers"][0]["decision"] == "pow2"
@@ -363,7 +365,7 @@ def test_requantize_with_pow2_re_exports(origin_run, origin_result, tmp_path):
     for key in ("settings", "epochs_run", "final_J"):
         assert card["training"][key] == old["training"][key]
     assert card["data"] == old["data"] and card["input"] == old["input"]
-    m = export.load_run(run, program="compiled")
+    m = runs.load_run(run, program="compiled")
     folded = fold_preprocessing(origin_result.model)
     with torch.no_grad():
         want = float(folded(torch.tensor([[6.0]])))

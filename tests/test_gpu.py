@@ -17,7 +17,8 @@ import yaml
 
 from aiaas_torch.archive import ServingConfig, package
 from aiaas_torch.data import from_arrays
-from aiaas_torch.export import export_run, load_run
+from aiaas_torch.export import export_run
+from aiaas_torch.runs import load_run
 from aiaas_torch.handlers import aiaas_contract as contract
 from aiaas_torch.handlers import programs
 from aiaas_torch.train import TrainConfig, train

@@ -15,6 +15,7 @@ import pytest
 
 import aiaas_torch.export as export
 import aiaas_torch.optimize as optimize
+import aiaas_torch.runs as runs
 from aiaas_torch.handlers import aiaas_contract as contract
 from aiaas_torch.handlers import programs
 from aiaas_torch.quantize import QuantConfig
@@ -34,7 +35,7 @@ def test_a_tiny_model_is_not_compiled_and_serves_eager(origin_result, tmp_path, 
     assert opt["host"]["cpu"] and opt["host"]["isa_class"] == programs.isa_class(contract.cpu_flags())
     assert "isa" not in opt["host"]  # inductor's ISA probe (4–10 s) is paid only when something is compiled
     assert res.compile_seconds is None and not (tmp_path / "run" / "model.pt2").exists()
-    m = export.load_run(tmp_path / "run")
+    m = runs.load_run(tmp_path / "run")
     assert m.program_file == "model_float.pt2" and m.programs.pick(1)[0] == "float-eager"
     assert abs(m.predict([6.0])["predictions"][0] - 12.0) < 0.05
 
@@ -126,11 +127,11 @@ def test_local_model_falls_back_to_float_where_the_isa_class_differs_from_the_bu
     card["optimization"]["host"]["isa_class"] = "avx512_vnni" if here != "avx512_vnni" else "avx2"
     card["optimization"]["candidates"]["int8-compiled"]["forced"] = False
     (run / "model.json").write_text(json.dumps(card))
-    assert export.load_run(mlp_run.run_dir).program_file == "model.pt2"  # the forced plan, as built
-    moved = export.load_run(run)
+    assert runs.load_run(mlp_run.run_dir).program_file == "model.pt2"  # the forced plan, as built
+    moved = runs.load_run(run)
     assert moved.program_file == "model_float.pt2" and "int8 was measured fast on" in moved.programs.reason
     x = np.random.default_rng(0).normal(size=(3, 100)).astype(np.float32)
-    assert np.array_equal(moved.forward(x), export.load_run(run, program="float").forward(x))
+    assert np.array_equal(moved.forward(x), runs.load_run(run, program="float").forward(x))
 
 
 AVX2_PLUMBING = textwrap.dedent(
@@ -167,7 +168,7 @@ def test_avx2_plumbing_on_an_avx512_host(tmp_path):
     assert out["isa"] == "avx2" and card["files"]["model.pt2"]["isa"] == "avx2"
     choice = programs.choose(card, {"avx", "avx2", "fma"}, card["versions"]["torch"])
     assert choice.ranges[0][2] == "model.pt2"
-    assert export.load_run(tmp_path / "run", program="compiled").forward(np.zeros((2, 20), np.float32)).shape == (2, 1)
+    assert runs.load_run(tmp_path / "run", program="compiled").forward(np.zeros((2, 20), np.float32)).shape == (2, 1)
 
 
 def test_forcing_int8_that_changes_no_layer_compiles_the_float_program(origin_result, tmp_path, fake_compile):

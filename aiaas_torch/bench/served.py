@@ -195,7 +195,7 @@ def bench_run_dir(
     """
     from .. import serving as server
     from ..archive import package
-    from ..export import read_card
+    from ..card import read_card
 
     card = read_card(run_dir)
     body = kwargs.pop("body", None) or card_body(card)

@@ -28,7 +28,7 @@ def add_parser(sub) -> None:
 def run(a) -> int:
     """Predict locally or over HTTP; returns the exit code."""
     if a.local:
-        from ..export import load_run
+        from ..runs import load_run
 
         from ..handlers.aiaas_contract import ContractError
 

@@ -79,7 +79,8 @@ def run(a) -> int:
 def _train(a) -> int:
     """Train, quantize and export; returns the exit code."""
     from ..data import load_csv
-    from ..export import CHECKPOINT, export_run
+    from ..card import CHECKPOINT
+    from ..export import export_run
     from ..quantize import QuantConfig
     from ..train import TrainConfig, check_learnable, finish_distributed, train
 

@@ -17,7 +17,7 @@ import pytest
 
 from aiaas_torch import serving as server
 from aiaas_torch.client import BadRequest, Client, TokenError
-from aiaas_torch.export import load_run
+from aiaas_torch.runs import load_run
 
 pytestmark = pytest.mark.serving
 

@@ -17,7 +17,7 @@ import pytest
 
 from aiaas_torch import serving as server
 from aiaas_torch.archive import ServingConfig, package
-from aiaas_torch.export import load_run
+from aiaas_torch.runs import load_run
 
 from rel_helpers import (BATCH_PROBE_HANDLER, HANG_HANDLER, HANG_TIMEOUT_S, PROBE_BATCH, PROBE_DELAY_MS, group_pids,
                          kill_leftovers, linear_run)  # fmt: skip
@@ -40,7 +40,7 @@ class Shared:
     store: Path
     archives: dict
     info: server.ServerInfo
-    local: object  # export.LocalModel of runs.lin
+    local: object  # runs.LocalModel of runs.lin
 
     def expect(self, rows: list[list[float]]) -> list[float]:
         """Return the local model's predictions for rows (what the server must answer)."""

@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
+from aiaas_torch import card as card_mod
 from aiaas_torch import data, export
 from aiaas_torch.archive import ServingConfig, package, verify_archive
 from aiaas_torch.cli import main
@@ -239,7 +240,7 @@ PY_CASES = [
      "model_float.pt2: listed in the card but missing from the archive"),
     ("verify-archive-without-handler", _mar_without("tabular_handler.py"), lambda ws, run, mar: verify_archive(mar), ValueError,
      "tabular_handler.py: listed in the card but missing from the archive"),
-    ("load-run-empty-features", None, lambda ws, run, _: export.check_card({**export.read_card(run), "input": {"features": []}}, "card"),
+    ("load-run-empty-features", None, lambda ws, run, _: card_mod.check_card({**card_mod.read_card(run), "input": {"features": []}}, "card"),
      ValueError, "input.features"),
 ]
 

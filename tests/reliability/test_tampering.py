@@ -32,7 +32,8 @@ from aiaas_torch.serving.config import parse_properties
 from aiaas_torch.archive import SIGNING_KEY_ENV, package, verify_archive
 from aiaas_torch.cli import main
 from aiaas_torch.client import Client
-from aiaas_torch.export import load_run, requantize
+from aiaas_torch.export import requantize
+from aiaas_torch.runs import load_run
 from aiaas_torch.quantize import QuantConfig
 from aiaas_torch.train import load_checkpoint
 

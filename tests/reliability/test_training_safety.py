@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from aiaas_torch.archive import package
-from aiaas_torch.export import load_run
+from aiaas_torch.runs import load_run
 from aiaas_torch.train import load_checkpoint
 
 from rel_helpers import tree_listing

@@ -1,0 +1,54 @@
+"""The model card (`model.json`) of a run directory: the file names a run directory holds, reading and checking the card.
+
+Torch-free, so that archive checks and the light CLI commands can read a card without importing torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .errors import InputError
+
+SCHEMA_VERSION = 1
+CARD = "model.json"
+COMPILED = "model.pt2"
+FLOAT_PROGRAM = "model_float.pt2"
+CHECKPOINT = "checkpoint.pt"
+
+
+def read_card(run_dir: str | os.PathLike) -> dict:
+    """Return the model card of a run directory, checking it is a card this version understands."""
+    p = Path(run_dir) / CARD
+    if not p.is_file():
+        raise InputError(f"{run_dir}: no {CARD}; not a complete aiaas run directory")
+    try:
+        card = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{p}: not valid JSON ({e})") from None
+    check_card(card, str(p))
+    return card
+
+
+def check_card(card, where: str) -> None:
+    """Raise ValueError naming the field when a model card lacks a field or has one of the wrong type."""
+    if not isinstance(card, dict):
+        raise InputError(f"{where}: the card must be a JSON object")
+    expect = {"schema_version": int, "input": dict, "output": dict, "files": dict, "quantization": dict, "versions": dict}
+    for key, typ in expect.items():
+        if key not in card:
+            raise InputError(f"{where}: field {key!r} missing")
+        if not isinstance(card[key], typ) or isinstance(card[key], bool):
+            raise InputError(f"{where}: field {key!r} must be {typ.__name__}, got {type(card[key]).__name__}")
+    if card["schema_version"] != SCHEMA_VERSION:
+        raise InputError(f"{where}: schema_version {card['schema_version']} is not {SCHEMA_VERSION}")
+    feats = card["input"].get("features")
+    if not isinstance(feats, list) or not feats or not all(isinstance(f, dict) and isinstance(f.get("name"), str) for f in feats):
+        raise InputError(f"{where}: field 'input.features' must be a non-empty list of {{name, min, max, ...}}")
+    for f in feats:
+        for k in ("min", "max"):
+            if not isinstance(f.get(k), (int, float)) or isinstance(f.get(k), bool):
+                raise InputError(f"{where}: field 'input.features[{f['name']!r}].{k}' must be a number")
+    if card["output"].get("task") not in ("regression", "classification"):
+        raise InputError(f"{where}: field 'output.task' must be 'regression' or 'classification'")

@@ -32,12 +32,13 @@ import yaml
 from . import handlers as _handlers_pkg
 from .errors import InputError, check_int
 from .card import CARD, read_card
-from .handlers import aiaas_contract as contract
+from .handlers import integrity
 
 HANDLER_DIR = Path(_handlers_pkg.__file__).parent
 HANDLER_FILE = HANDLER_DIR / "tabular_handler.py"
 CONTRACT_FILE = HANDLER_DIR / "aiaas_contract.py"
 PROGRAMS_FILE = HANDLER_DIR / "programs.py"
+INTEGRITY_FILE = HANDLER_DIR / "integrity.py"
 METRICS_CONFIG = HANDLER_DIR / "metrics.yaml"
 MODEL_CONFIG = "model-config.yaml"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")
@@ -150,15 +151,15 @@ def package(
     custom_handler = handler_file != HANDLER_FILE.resolve()
     if not handler_file.is_file():
         raise InputError(f"handler: {handler_file} is not a file")
-    if custom_handler and handler_file.name in (HANDLER_FILE.name, CONTRACT_FILE.name, PROGRAMS_FILE.name, CARD, MODEL_CONFIG):
+    if custom_handler and handler_file.name in (HANDLER_FILE.name, CONTRACT_FILE.name, PROGRAMS_FILE.name, INTEGRITY_FILE.name, CARD, MODEL_CONFIG):
         raise InputError(f"handler: {handler_file.name!r} would clash with a file the archive already ships")
     run_dir = Path(run_dir)
     card = read_card(run_dir)
-    problems = contract.verify_files(card, run_dir, roles=SERVING_ROLES)
+    problems = integrity.verify_files(card, run_dir, roles=SERVING_ROLES)
     if problems:
         raise InputError(f"{run_dir}: " + "; ".join(problems))
     model_files = {n: m for n, m in card["files"].items() if m.get("role") in SERVING_ROLES}
-    shipped = {CARD, MODEL_CONFIG, contract.MANIFEST, HANDLER_FILE.name, CONTRACT_FILE.name, PROGRAMS_FILE.name, handler_file.name}
+    shipped = {CARD, MODEL_CONFIG, integrity.MANIFEST, HANDLER_FILE.name, CONTRACT_FILE.name, PROGRAMS_FILE.name, INTEGRITY_FILE.name, handler_file.name}
     for n in model_files:
         if n in shipped:
             raise InputError(f"{run_dir / CARD}: model file {n!r} would clash with a file the archive already ships")
@@ -176,7 +177,8 @@ def package(
         (inputs / MODEL_CONFIG).write_text(yaml.safe_dump(model_config, sort_keys=True))
         shutil.copy2(CONTRACT_FILE, inputs / CONTRACT_FILE.name)
         shutil.copy2(PROGRAMS_FILE, inputs / PROGRAMS_FILE.name)
-        extra = [inputs / CONTRACT_FILE.name, inputs / PROGRAMS_FILE.name] + [run_dir / n for n in sorted(model_files)]
+        shutil.copy2(INTEGRITY_FILE, inputs / INTEGRITY_FILE.name)
+        extra = [inputs / CONTRACT_FILE.name, inputs / PROGRAMS_FILE.name, inputs / INTEGRITY_FILE.name] + [run_dir / n for n in sorted(model_files)]
         if custom_handler:
             extra.append(HANDLER_FILE)
         laid_out = _run_archiver(name, version, inputs / MODEL_CONFIG, extra, work, handler_file)
@@ -190,17 +192,17 @@ def package(
         files = _deterministic_zip(laid_out, tmp, card["created"])
         verify_archive(tmp, sign_key)
         os.replace(tmp, final)
-    return PackageResult(final, name, version, contract.sha256_file(final), files)
+    return PackageResult(final, name, version, integrity.sha256_file(final), files)
 
 
 def _member_entries(laid_out: Path, model_files: dict, handler_name: str) -> dict:
     """Return the card's `files`: the model files' entries, then role, SHA-256 and size of every other laid-out file."""
-    roles = {contract.MANIFEST: "manifest", MODEL_CONFIG: "serving-config", handler_name: "handler"}
+    roles = {integrity.MANIFEST: "manifest", MODEL_CONFIG: "serving-config", handler_name: "handler"}
     entries = dict(model_files)
     for path in sorted(p for p in laid_out.rglob("*") if p.is_file()):
         n = path.relative_to(laid_out).as_posix()
         if n not in entries and n != CARD:
-            entries[n] = {"role": roles.get(n, "handler-code"), "sha256": contract.sha256_file(path), "bytes": path.stat().st_size}
+            entries[n] = {"role": roles.get(n, "handler-code"), "sha256": integrity.sha256_file(path), "bytes": path.stat().st_size}
     return entries
 
 
@@ -299,15 +301,15 @@ def verify_archive(path: str | os.PathLike, key: str | None = None, copy_to: str
         infos = zf.infolist()
         names = [i.filename for i in infos]
         for i, n in enumerate(names):
-            problem = contract.path_problem(n)
+            problem = integrity.path_problem(n)
             if problem:
                 raise ArchiveError(path, repr(n), f"member name {problem}")
             if n in names[:i]:
                 raise ArchiveError(path, n, "appears twice in the archive")
         if CARD not in names:
             raise ForeignArchiveError(path, CARD, "missing: not an archive built by `aiaas package`")
-        if contract.MANIFEST not in names:
-            raise ArchiveError(path, contract.MANIFEST, "missing from the archive")
+        if integrity.MANIFEST not in names:
+            raise ArchiveError(path, integrity.MANIFEST, "missing from the archive")
         card_bytes = _read_member(zf, path, CARD)
         try:
             card = json.loads(card_bytes)
@@ -317,7 +319,7 @@ def verify_archive(path: str | os.PathLike, key: str | None = None, copy_to: str
         if not isinstance(files, dict):
             raise ArchiveError(path, CARD, "has no 'files' object listing the archive's members")
         for n, meta in files.items():
-            problem = contract.file_name_problem(n)
+            problem = integrity.file_name_problem(n)
             if problem:
                 raise ArchiveError(path, repr(n), f"file name in the card {problem}")
             if n == CARD or not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str):

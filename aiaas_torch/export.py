@@ -32,6 +32,7 @@ from .card import CARD, CHECKPOINT, FLOAT_PROGRAM, SCHEMA_VERSION, read_card
 from .data import Schema
 from .errors import InputError
 from .handlers import aiaas_contract as contract
+from .handlers import integrity
 from .models import ModelSpec, build_model, fold_preprocessing, linear_layers
 from .quantize import QuantConfig, QuantReport, quantize
 from .train import TrainConfig, TrainResult, load_checkpoint, save_checkpoint
@@ -190,7 +191,7 @@ def _card(result, float_model, report, directory: Path, optimization: dict, max_
     ):
         p = directory / name
         if p.exists():
-            meta = {"role": role, "sha256": contract.sha256_file(p), "bytes": p.stat().st_size}
+            meta = {"role": role, "sha256": integrity.sha256_file(p), "bytes": p.stat().st_size}
             if serves:
                 meta["serves"] = serves
             if role == "cpu-compiled":
@@ -278,7 +279,7 @@ def requantize(run_dir: str | os.PathLike, quant: QuantConfig, compile: bool | s
     """Re-quantize and re-export an existing run directory from its checkpoint; returns the new ExportResult."""
     run_dir = Path(run_dir)
     card = read_card(run_dir)
-    problems = contract.verify_files(card, run_dir, roles={"checkpoint"})
+    problems = integrity.verify_files(card, run_dir, roles={"checkpoint"})
     if problems:
         raise InputError(f"{run_dir}: " + "; ".join(problems))
     ck = load_checkpoint(run_dir / CHECKPOINT)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
-from .handlers import aiaas_contract as contract
+from .handlers import integrity
 from .handlers import programs
 
 COMPILE_MODES = ("auto", "always", "never")
@@ -129,7 +129,7 @@ def _host() -> dict:
 
     Inductor's own ISA pick ("isa") is added only when something is compiled: the probe costs 4–10 s here.
     """
-    return {"cpu": programs.cpu_model_name(), "isa_class": programs.isa_class(contract.cpu_flags()), "threads": THREADS,
+    return {"cpu": programs.cpu_model_name(), "isa_class": programs.isa_class(integrity.cpu_flags()), "threads": THREADS,
             "torch": torch.__version__}  # fmt: skip
 
 

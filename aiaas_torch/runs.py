@@ -12,6 +12,7 @@ from . import _quiet
 from .card import COMPILED, read_card
 from .errors import InputError
 from .handlers import aiaas_contract as contract
+from .handlers import integrity
 from .handlers import programs
 
 
@@ -22,7 +23,7 @@ class LocalModel:
         _quiet.install()
         self.run_dir = Path(run_dir)
         self.card = read_card(self.run_dir)
-        problems = contract.verify_files(self.card, self.run_dir)
+        problems = integrity.verify_files(self.card, self.run_dir)
         if problems:
             raise InputError(f"{self.run_dir}: " + "; ".join(problems))
         if program not in ("auto", "compiled", "float"):

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import torch
 
 try:  # installed package (tests, aiaas predict --local)
-    from . import aiaas_contract as contract
+    from . import integrity
 except ImportError:  # inside a TorchServe worker: the model directory is on sys.path
-    import aiaas_contract as contract
+    import integrity
 
 KINDS = ("eager", "program", "compiled")
 FLOAT = "float32"
@@ -136,7 +136,7 @@ def _usable(name: str, meta: dict, card: dict, flags: set, torch_version: str) -
         if built != torch_version:
             return f"{name}: {f} was built with torch {built}, this worker has torch {torch_version}"
         isa = files[f].get("isa") or ""
-        if not contract.host_supports(isa, flags):
+        if not integrity.host_supports(isa, flags):
             return f"{name}: {f} needs ISA {isa or 'unrecorded'}, which this CPU lacks"
     if meta.get("precision", FLOAT) != FLOAT and not meta.get("forced"):  # forced (for size): served everywhere it loads
         here, there = isa_class(flags), (opt.get("host") or {}).get("isa_class")
@@ -240,7 +240,7 @@ class ProgramSet:
 def load(card: dict, directory: str, cuda_available: bool = False, gpu_id=None, flags: set | None = None,
          log=None) -> ProgramSet:  # fmt: skip
     """Return the ProgramSet for `card` in `directory` on this host; a program that fails to load is replaced by the next usable one."""
-    flags = contract.cpu_flags() if flags is None else flags
+    flags = integrity.cpu_flags() if flags is None else flags
     choice = choose(card, flags, torch.__version__, cuda_available, gpu_id)
     loaded, cache, reason = [], {}, choice.reason
     for max_rows, name, f, kind in choice.ranges:

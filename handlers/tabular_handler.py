@@ -17,9 +17,11 @@ import torch
 
 try:  # installed package (tests, aiaas predict --local)
     from . import aiaas_contract as contract
+    from . import integrity
     from . import programs
 except ImportError:  # inside a TorchServe worker: the model directory is on sys.path
     import aiaas_contract as contract
+    import integrity
     import programs
 
 logger = logging.getLogger(__name__)
@@ -69,9 +71,9 @@ class TabularHandler:
             self.card = json.load(f)
         # Integrity only (a file damaged since packaging): this code ships inside the archive, so it cannot vouch for
         # the archive; the signature is checked before loading by the installed aiaas_torch (`aiaas serve start`).
-        problems = contract.verify_files(self.card, model_dir, roles={"cpu-compiled", "float-program"})
+        problems = integrity.verify_files(self.card, model_dir, roles={"cpu-compiled", "float-program"})
         if problems:
-            msg = f"{contract.REFUSAL_MARK} {self.model_name}: " + "; ".join(problems)
+            msg = f"{integrity.REFUSAL_MARK} {self.model_name}: " + "; ".join(problems)
             logger.error(msg)
             raise RuntimeError(msg)
         settings = (getattr(context, "model_yaml_config", None) or {}).get("handler", {}) or {}

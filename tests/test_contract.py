@@ -8,6 +8,7 @@ import math
 import pytest
 
 from aiaas_torch.handlers import aiaas_contract as c
+from aiaas_torch.handlers import integrity
 from aiaas_torch.handlers.aiaas_contract import ContractError, parse_request
 
 
@@ -246,13 +247,13 @@ def test_classification_v2_answer():
 def test_verify_files(tmp_path):
     (tmp_path / "a.bin").write_bytes(b"hello")
     card = {"files": {
-        "a.bin": {"role": "cpu-compiled", "sha256": c.sha256_file(tmp_path / "a.bin")},
+        "a.bin": {"role": "cpu-compiled", "sha256": integrity.sha256_file(tmp_path / "a.bin")},
         "b.bin": {"role": "checkpoint", "sha256": "0" * 64},
     }}
-    assert c.verify_files(card, tmp_path) == ["b.bin: missing"]
-    assert c.verify_files(card, tmp_path, roles={"cpu-compiled"}) == []
+    assert integrity.verify_files(card, tmp_path) == ["b.bin: missing"]
+    assert integrity.verify_files(card, tmp_path, roles={"cpu-compiled"}) == []
     (tmp_path / "a.bin").write_bytes(b"hellO")
-    problems = c.verify_files(card, tmp_path, roles={"cpu-compiled"})
+    problems = integrity.verify_files(card, tmp_path, roles={"cpu-compiled"})
     assert len(problems) == 1 and problems[0].startswith("a.bin: SHA-256 does not match")
 
 
@@ -271,13 +272,13 @@ def test_verify_files(tmp_path):
     ],
 )
 def test_host_supports(isa, flags, ok):
-    assert c.host_supports(isa, flags) is ok
+    assert integrity.host_supports(isa, flags) is ok
 
 
 def test_host_supports_this_host_reads_cpuinfo():
-    flags = c.cpu_flags()
-    assert c.host_supports("none")
-    assert c.host_supports("avx2") == ({"avx2", "fma"} <= flags)
+    flags = integrity.cpu_flags()
+    assert integrity.host_supports("none")
+    assert integrity.host_supports("avx2") == ({"avx2", "fma"} <= flags)
 
 
 

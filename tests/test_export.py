@@ -17,6 +17,7 @@ import torch
 
 import aiaas_torch
 from aiaas_torch.handlers import aiaas_contract as contract
+from aiaas_torch.handlers import integrity
 from aiaas_torch.models import fold_preprocessing
 from aiaas_torch.quantize import QuantConfig, QuantGateError, quantize
 
@@ -170,7 +171,7 @@ def test_compiled_package_is_the_quantized_model(mlp_compiled, mlp_result, rows)
 
 def test_auto_program_and_predict_through_the_contract(origin_run):
     m = runs.load_run(origin_run.run_dir)
-    isa_ok = contract.host_supports(origin_run.card["files"]["model.pt2"]["isa"])
+    isa_ok = integrity.host_supports(origin_run.card["files"]["model.pt2"]["isa"])
     assert m.program_file == ("model.pt2" if isa_ok else "model_float.pt2")
     ans = m.predict({"instances": [[6.0], [1.0]]}, name="y2x", version="1")
     assert ans["model"] == "y2x" and abs(ans["predictions"][0] - 12) <= 0.05 and abs(ans["predictions"][1] - 2) <= 0.05

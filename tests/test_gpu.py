@@ -19,7 +19,7 @@ from aiaas_torch.archive import ServingConfig, package
 from aiaas_torch.data import from_arrays
 from aiaas_torch.export import export_run
 from aiaas_torch.runs import load_run
-from aiaas_torch.handlers import aiaas_contract as contract
+from aiaas_torch.handlers import integrity
 from aiaas_torch.handlers import programs
 from aiaas_torch.train import TrainConfig, train
 
@@ -51,7 +51,7 @@ def test_package_device_sets_device_type(cpu_run, tmp_path, device, expected):
 
 def test_device_choice_for_every_branch(cpu_run):
     card = load_run(cpu_run).card
-    flags = contract.cpu_flags()
+    flags = integrity.cpu_flags()
 
     def device(gpu_id, cuda):
         c = programs.choose(card, flags, torch.__version__, cuda, gpu_id)

@@ -16,7 +16,7 @@ import pytest
 import aiaas_torch.export as export
 import aiaas_torch.optimize as optimize
 import aiaas_torch.runs as runs
-from aiaas_torch.handlers import aiaas_contract as contract
+from aiaas_torch.handlers import integrity
 from aiaas_torch.handlers import programs
 from aiaas_torch.quantize import QuantConfig
 
@@ -32,7 +32,7 @@ def test_a_tiny_model_is_not_compiled_and_serves_eager(origin_result, tmp_path, 
     assert "1 weights < 1024" in opt["candidates"]["float-compiled"]["reason"]
     assert [r["candidate"] for r in opt["plan"]] == ["float-eager"]
     assert set(opt["candidates"]["float-eager"]["seconds"]) == {"1", "16", "256"}
-    assert opt["host"]["cpu"] and opt["host"]["isa_class"] == programs.isa_class(contract.cpu_flags())
+    assert opt["host"]["cpu"] and opt["host"]["isa_class"] == programs.isa_class(integrity.cpu_flags())
     assert "isa" not in opt["host"]  # inductor's ISA probe (4–10 s) is paid only when something is compiled
     assert res.compile_seconds is None and not (tmp_path / "run" / "model.pt2").exists()
     m = runs.load_run(tmp_path / "run")
@@ -123,7 +123,7 @@ def test_local_model_falls_back_to_float_where_the_isa_class_differs_from_the_bu
     run = tmp_path / "run"
     shutil.copytree(mlp_run.run_dir, run)
     card = json.loads((run / "model.json").read_text())
-    here = programs.isa_class(contract.cpu_flags())
+    here = programs.isa_class(integrity.cpu_flags())
     card["optimization"]["host"]["isa_class"] = "avx512_vnni" if here != "avx512_vnni" else "avx2"
     card["optimization"]["candidates"]["int8-compiled"]["forced"] = False
     (run / "model.json").write_text(json.dumps(card))
@@ -153,7 +153,7 @@ AVX2_PLUMBING = textwrap.dedent(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif("avx512f" not in contract.cpu_flags(),
+@pytest.mark.skipif("avx512f" not in integrity.cpu_flags(),
                     reason="no AVX-512 on this host: ATEN_CPU_CAPABILITY=avx2 changes nothing here, and every export "
                            "on this host already builds and serves the AVX2 path natively")  # fmt: skip
 def test_avx2_plumbing_on_an_avx512_host(tmp_path):

@@ -17,7 +17,7 @@ import pytest
 from aiaas_torch import serving as server
 from aiaas_torch.serving.config import effective_config, launcher_env
 from aiaas_torch.cli import main
-from aiaas_torch.handlers.aiaas_contract import REFUSAL_MARK
+from aiaas_torch.handlers.integrity import REFUSAL_MARK
 from aiaas_torch.serving import SECURITY_SETTINGS, Ports, SecuritySettingWarning
 
 from test_server import FIXTURES, build_mar, group_pids, kill_leftovers

@@ -16,7 +16,7 @@ from typing import Iterable, Mapping, Sequence
 import httpx
 import psutil
 
-from ..handlers.aiaas_contract import REFUSAL_MARK
+from ..handlers.integrity import REFUSAL_MARK
 from .errors import TorchServeError
 from .home import ServerInfo
 from .management import models_snapshot

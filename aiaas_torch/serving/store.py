@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
-from ..handlers.aiaas_contract import file_name_problem
+from ..handlers.integrity import file_name_problem
 from .errors import ServerArgumentError
 from .home import CHECKED_STORE
 

@@ -262,7 +262,7 @@ def test_a_card_naming_a_file_outside_its_directory_is_refused_at_package_and_at
 @pytest.mark.slow
 def test_a_worker_needs_no_key_and_still_refuses_a_damaged_model_file(archives, tmp_path, monkeypatch):
     # What a plain `torchserve --start` keeps: the handler checks the model programs' SHA-256 (damage), no signature.
-    from aiaas_torch.handlers.aiaas_contract import REFUSAL_MARK
+    from aiaas_torch.handlers.integrity import REFUSAL_MARK
     from aiaas_torch.handlers.tabular_handler import TabularHandler
 
     model_dir = tmp_path / "model"

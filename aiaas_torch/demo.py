@@ -30,11 +30,12 @@ def run_demo(home: str = ".aiaas-demo", workdir: str = "runs", model_store: str 
     say(f"   J(θ) = {result.metrics['train']['J']:.3g}; in raw units w = {w:.5f}, b = {b:.5f}")
     summary["weight"], summary["bias"] = w, b
 
-    say("2. quantize (default int8 policy) and export; the report says why each layer is what it is")
+    say("2. quantize and choose the served program by measurement (the default policy), export; the report says why")
     t0 = time.perf_counter()
     run_dir = Path(workdir) / "origin"
-    exported = export_run(result, run_dir, QuantConfig("int8"))
+    exported = export_run(result, run_dir, QuantConfig())
     say("   " + exported.report.summary().replace("\n", "\n   "))
+    say("   " + exported.optimization_summary().replace("\n", "\n   "))
     _, pow2 = quantize(folded, QuantConfig("pow2"), result.eval_X)
     say("   the same layer under pow2 (x_q = round(x / 2^k)) for comparison:")
     say("   " + pow2.summary().replace("\n", "\n   "))

@@ -14,8 +14,9 @@ data = ai.from_arrays(x.reshape(-1, 1), 2 * x, feature_names=["x"], target="y")
 result = ai.train(data, ai.TrainConfig(model="linear", epochs=1000, lr=0.01, val_fraction=0.0))
 print(f"J(θ) after {result.epochs_run} epochs: {result.metrics['train']['J']:.3g}")
 
-exported = ai.export_run(result, sys.argv[1] if len(sys.argv) > 1 else "runs/origin-example", ai.QuantConfig("int8"))
+exported = ai.export_run(result, sys.argv[1] if len(sys.argv) > 1 else "runs/origin-example", ai.QuantConfig())
 print(exported.report.summary())
+print(exported.optimization_summary())
 coef = exported.card["model"]["coefficients"]
 print(f"weight {coef['weights']['x']:.4f}, bias {coef['bias']:.4f} (raw units)")
 

@@ -105,7 +105,9 @@ def test_serving_does_not_import_torch():
 def test_effective_config_forces_loopback_and_security(tmp_path):
     base = {"inference_address": "http://0.0.0.0:80", "disable_token_authorization": "true",
             "enable_model_api": "true", "metrics_mode": "log", "load_models": "all", "job_queue_size": "7"}  # fmt: skip
-    props = effective_config(base, Ports(1, 2, 3, 4, 5, 600), tmp_path)
+    with pytest.warns(server.SecuritySettingWarning) as said:
+        props = effective_config(base, Ports(1, 2, 3, 4, 5, 600), tmp_path)
+    assert len(said) == 3  # inference_address, disable_token_authorization, enable_model_api
     assert props["inference_address"] == "http://127.0.0.1:1"
     assert props["management_address"] == "http://127.0.0.1:2" and props["metrics_address"] == "http://127.0.0.1:3"
     assert (props["grpc_inference_port"], props["grpc_management_port"], props["initial_worker_port"]) == ("4", "5", "600")

@@ -152,25 +152,25 @@ _SELECT_ONLY = {"cv": 5, "budget": None, "time_limit": None, "metric": None, "ma
 
 def _select(a, ds, quant) -> int:
     """Search the candidates, write the chosen one's run directory and print the leaderboard; returns the exit code."""
-    from .. import select as sel
+    from ..select import SelectConfig, params_text, plot, select, table
 
     if a.distributed or a.resume:
         raise UsageError("--select: cannot be combined with --distributed or --resume")
-    cfg = sel.SelectConfig(cv=a.cv, budget=a.budget, time_limit=a.time_limit, metric=a.metric, max_latency_us=a.max_latency_us,
+    cfg = SelectConfig(cv=a.cv, budget=a.budget, time_limit=a.time_limit, metric=a.metric, max_latency_us=a.max_latency_us,
                            max_bytes=a.max_bytes, seed=a.seed, quant=quant, compile=a.compile,
                            progress=False if a.no_progress else None)  # fmt: skip
     out = Path(a.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a directory")
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = sel.select(ds, cfg, workdir=out.parent)
+    result = select(ds, cfg, workdir=out.parent)
     try:
         result.save(out)
     finally:
         result.cleanup()
     section = result.section
     if a.plot:
-        sel.plot(result.leaderboard, a.plot, section["metric"])
+        plot(result.leaderboard, a.plot, section["metric"])
     if a.json:
         from ..card import read_card
 
@@ -178,11 +178,11 @@ def _select(a, ds, quant) -> int:
         return 0
     print(f"model selection: {section['tried']} of {section['candidates']} candidates in {section['search_seconds']:.1f} s; "
           f"metric {section['metric']} (cross-validation mean ± std, higher is better)")  # fmt: skip
-    print(sel.table(result.leaderboard))
+    print(table(result.leaderboard))
     for r in section["ruled_out"]:
-        print(f"  ruled out by the budget: rank {r['rank']} ({sel.params_text(r['params'])}, CV {r['cv_mean']:.4f}): {r['why']}")
+        print(f"  ruled out by the budget: rank {r['rank']} ({params_text(r['params'])}, CV {r['cv_mean']:.4f}): {r['why']}")
     c = section["chosen"]
-    print(f"chosen: rank {c['rank']} ({sel.params_text(c['params'])}); test {section['metric']} {section['test_score']:.4f} "
+    print(f"chosen: rank {c['rank']} ({params_text(c['params'])}); test {section['metric']} {section['test_score']:.4f} "
           f"on {section['test_rows']} held-out rows (scored once, after the choice)")  # fmt: skip
     print(f"run directory: {out}")
     return 0

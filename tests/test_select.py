@@ -132,8 +132,9 @@ def test_cli_select_json_and_bad_options(tmp_path, capsys):
     csv.write_text("a,b,label\n" + "".join(f"{a:.5f},{b:.5f},{t}\n" for (a, b), t in zip(X, y)))
     out = tmp_path / "run"
     code = main(["train", str(csv), "--target", "label", "--out", str(out), "--select", "--cv", "3", "--budget", "4",
-                 "--no-compile", "--no-progress", "--json"])  # fmt: skip
+                 "--no-compile", "--no-progress", "--json", "--plot", str(tmp_path / "sel.png")])  # fmt: skip
     assert code == 0
+    assert (tmp_path / "sel.png").read_bytes()[:4] == b"\x89PNG"  # score against latency, drawn
     doc = json.loads(capsys.readouterr().out)
     sel = doc["selection"]
     assert sel["metric"] == "accuracy" and sel["tried"] == 4

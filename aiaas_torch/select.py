@@ -295,6 +295,8 @@ def _select(dataset: Dataset, config: SelectConfig | None, workdir, timer) -> Se
     search_seconds = time.perf_counter() - t_start
     ranked = _rank(board)
     if not ranked or ranked[0]["status"] != "ok":
+        if out_of_time:
+            raise InputError(f"select: --time-limit {config.time_limit:g} s ran out before any candidate was scored")
         raise InputError("select: no candidate could be scored (every one failed or none was tried)")
     finalists = [e for e in ranked if e["status"] == "ok"][: config.finalists]
     root = Path(tempfile.mkdtemp(prefix=".aiaas-select-", dir=workdir))

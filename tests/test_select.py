@@ -149,3 +149,19 @@ def test_cli_select_json_and_bad_options(tmp_path, capsys):
         assert code == 2
         assert word in capsys.readouterr().err
         assert not (tmp_path / "bad").exists()
+
+
+def test_the_time_limit_stops_starting_candidates(tmp_path):
+    ds = _quadratic(n=90)
+    with pytest.raises(ValueError, match="--time-limit 1e-09 s ran out before any candidate was scored"):
+        select(ds, _cfg(time_limit=1e-9), workdir=tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing exported
+
+
+def test_the_budget_tries_the_first_candidates_and_reports_the_rest(tmp_path):
+    ds = _quadratic(n=90)
+    r = select(ds, _cfg(budget=2, finalists=1, halving=False, epochs=30), workdir=tmp_path)
+    r.cleanup()
+    tried = {e["id"] for e in r.leaderboard if e["status"] == "ok"}
+    assert tried == {0, 1} and r.section["tried"] == 2
+    assert all(e["reason"] == "beyond --budget 2" for e in r.leaderboard if e["id"] >= 2)

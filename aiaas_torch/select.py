@@ -35,6 +35,7 @@ from .train import TrainConfig, TrainResult, check_learnable, evaluate, train
 METRICS = {"regression": ("r2", "neg_rmse", "neg_mae"), "classification": ("accuracy", "neg_log_loss")}
 LATENCY_BATCHES = (1, 16)
 SEARCH_THREADS = 1
+MIN_RUNG_ROWS = 1000  # an earlier halving rung fits on no fewer rows than this
 HALVING_FACTOR = 3  # each rung keeps the best third (at least the finalists) and trains them 3× longer
 
 
@@ -173,14 +174,21 @@ def _fit(cand: dict, train_ds: Dataset, epochs: int, seed: int) -> TrainResult:
     return result
 
 
-def cross_validate(cand: dict, train_ds: Dataset, fold_idx: list[np.ndarray], metric: str, epochs: int, seed: int) -> dict:
-    """Return {"scores": per-fold scores, "mean", "std", "fit_seconds"} of a candidate; preprocessing is fitted per fold."""
+def cross_validate(cand: dict, train_ds: Dataset, fold_idx: list[np.ndarray], metric: str, epochs: int, seed: int,
+                   max_rows: int | None = None) -> dict:  # fmt: skip
+    """Return {"scores": per-fold scores, "mean", "std", "fit_seconds"} of a candidate; preprocessing is fitted per fold.
+
+    max_rows: fit each fold on at most this many of its training rows (a seeded sample; halving's cheap first rung).
+    """
     n = len(train_ds)
     scores, t0 = [], time.perf_counter()
     for val in fold_idx:
         keep = np.ones(n, dtype=bool)
         keep[val] = False
-        fold_train, fold_val = train_ds.subset(np.flatnonzero(keep)), train_ds.subset(val)
+        rows = np.flatnonzero(keep)
+        if max_rows is not None and len(rows) > max_rows:
+            rows = np.sort(rows[np.random.default_rng(seed).permutation(len(rows))[:max_rows]])
+        fold_train, fold_val = train_ds.subset(rows), train_ds.subset(val)
         if cand["model"] == "baseline":
             m = _baseline_metrics(fold_train, fold_val.X, fold_val.y)
         else:
@@ -268,6 +276,9 @@ def _select(dataset: Dataset, config: SelectConfig | None, workdir, timer) -> Se
         if i not in tried:
             board[i]["reason"] = f"beyond --budget {config.budget}"
     rungs = _rung_epochs(config.epochs, len(tried), config.finalists) if config.halving else [config.epochs]
+    # Each earlier rung also fits on a 3× smaller sample of the fold's rows (not below MIN_RUNG_ROWS): as cheap as
+    # HalvingGridSearchCV's first rungs, and the last rung scores every survivor on all of them.
+    rung_rows = [max(MIN_RUNG_ROWS, len(train_ds) // HALVING_FACTOR ** (len(rungs) - 1 - r)) for r in range(len(rungs) - 1)] + [None]
     show = sys.stderr.isatty() if config.progress is None else bool(config.progress)
     bar = tqdm(total=len(tried), disable=not show, desc="select", unit="candidate", leave=False)
     alive, out_of_time = list(tried), False
@@ -278,7 +289,8 @@ def _select(dataset: Dataset, config: SelectConfig | None, workdir, timer) -> Se
                 break
             e = board[i]
             try:
-                e.update(cross_validate(grid[i], train_ds, fold_idx, metric, epochs, config.seed), status="ok", rung=r, epochs=epochs)
+                e.update(cross_validate(grid[i], train_ds, fold_idx, metric, epochs, config.seed, rung_rows[r]), status="ok", rung=r,
+                         epochs=epochs, rows=rung_rows[r])  # fmt: skip
             except InputError as err:  # e.g. divergence: the candidate is out, the search goes on
                 e.update(status="failed", reason=str(err), rung=r, epochs=epochs)
             if r == 0:
@@ -328,7 +340,7 @@ def _select(dataset: Dataset, config: SelectConfig | None, workdir, timer) -> Se
         "test_rows": len(test_ds),
         "how": (f"{config.cv}-fold {'stratified ' if task == 'classification' else ''}cross-validation on {len(train_ds)} "
                 f"training rows (scaling and rotation fitted inside each fold), successive halving "
-                f"{'on' if config.halving else 'off'} (epochs per rung {rungs}), {len(finalists)} finalist(s) exported and "
+                f"{'on' if config.halving else 'off'} (epochs per rung {rungs}, rows per fold fit {rung_rows}: None = all), {len(finalists)} finalist(s) exported and "
                 f"measured as deployed, the best within the budget refitted on the whole training split; the "
                 f"{len(test_ds)}-row test split scored once, after the choice"),  # fmt: skip
         "candidates": len(grid),

@@ -165,3 +165,18 @@ def test_the_budget_tries_the_first_candidates_and_reports_the_rest(tmp_path):
     tried = {e["id"] for e in r.leaderboard if e["status"] == "ok"}
     assert tried == {0, 1} and r.section["tried"] == 2
     assert all(e["reason"] == "beyond --budget 2" for e in r.leaderboard if e["id"] >= 2)
+
+
+def test_the_first_halving_rung_fits_on_a_sample_and_the_last_on_every_fold_row(tmp_path, monkeypatch):
+    ds = _quadratic(n=2100)
+    sizes = []
+    real = train_mod.standardize_stats
+    monkeypatch.setattr(train_mod, "standardize_stats", lambda Xf: (sizes.append(len(Xf)), real(Xf))[1])
+    grid = [{"model": "linear", "lr": lr} for lr in (0.01, 0.02, 0.05, 0.1)]
+    r = select(ds, _cfg(grid=grid, finalists=1, epochs=30), workdir=tmp_path)
+    r.cleanup()
+    fold_rows = 1680 - 1680 // 3  # 2,100 rows − 20 % test = 1,680; 3 folds of 560
+    assert sizes[: 4 * 3] == [1000] * 12  # rung 0: every candidate, each fold fitted on a 1,000-row sample
+    assert sizes[12:-1] == [fold_rows] * 6  # rung 1: the best 2 of 4 (a third, rounded up), on all rows
+    assert sizes[-1] == 1680  # the finalist's refit: the whole training split
+    assert {e["rows"] for e in r.leaderboard if e["rung"] == 1} == {None}

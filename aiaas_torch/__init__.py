@@ -31,6 +31,7 @@ _EXPORTS = {
     "ServerInfo": ("serving", "ServerInfo"), "TorchServeError": ("serving", "TorchServeError"),
     "wait_until_ready": ("serving", "wait_until_ready"), "start_server": ("serving", "start"),
     "server_status": ("serving", "status"), "stop_server": ("serving", "stop"),
+    "SelectConfig": ("select", "SelectConfig"), "SelectResult": ("select", "SelectResult"), "select": ("select", "select"),
     "TrainConfig": ("train", "TrainConfig"), "TrainResult": ("train", "TrainResult"), "train": ("train", "train"),
 }
 # submodules that `import aiaas_torch` used to load eagerly: still reachable as attributes
@@ -38,9 +39,9 @@ _SUBMODULES = ("archive", "card", "client", "data", "errors", "export", "handler
 
 __all__ = [
     "Client", "ClientError", "Dataset", "ExportResult", "LocalModel", "ModelSpec", "PackageResult", "QuantConfig",
-    "QuantGateError", "QuantReport", "ServerError", "ServerInfo", "TorchServeError", "ServingConfig", "TrainConfig", "TrainResult",
+    "QuantGateError", "QuantReport", "SelectConfig", "SelectResult", "ServerError", "ServerInfo", "TorchServeError", "ServingConfig", "TrainConfig", "TrainResult",
     "build_model", "export_run", "fold_preprocessing", "from_arrays", "load_csv", "load_run", "package", "quantize",
-    "read_card", "requantize", "server_status", "split", "start_server", "stop_server", "train", "verify_archive",
+    "read_card", "requantize", "select", "server_status", "split", "start_server", "stop_server", "train", "verify_archive",
     "wait_until_ready",
 ]
 

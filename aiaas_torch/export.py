@@ -206,7 +206,7 @@ def _card(result, float_model, report, directory: Path, optimization: dict, max_
         "input": {
             "features": [dict(f.__dict__) for f in schema.features],
             "dtype": "float32",
-            "scaling": "standardize (mean/std of the training split), folded into the first Linear",
+            "scaling": "standardize (mean/std of the training split), folded into the first Linear" if config.scale else None,
             "rotation": "pca" if spec.rotate else None,
             "max_rows": max_rows,
         },

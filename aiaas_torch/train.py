@@ -56,6 +56,7 @@ class TrainConfig:
     progress: bool | None = None  # None: on when stderr is a terminal
     checkpoint_every: int = 0  # epochs between checkpoints; 0: only at the end
     device: str = "cpu"  # "cpu", "cuda" or "auto" (cuda when available); under torchrun, cuda:LOCAL_RANK
+    scale: bool = True  # standardize features (mean/std of the training rows); off: raw features (model selection tries both)
 
     def validate(self) -> "TrainConfig":
         """Return self after checking every field, raising InputError naming the bad one."""
@@ -92,6 +93,7 @@ class TrainConfig:
         d = dict(d)
         d["hidden"] = tuple(d.get("hidden", ()))
         d.setdefault("device", "cpu")
+        d.setdefault("scale", True)
         return cls(**d)
 
 
@@ -219,7 +221,10 @@ def train(
     if config.model == "linear" and task != "regression":
         raise InputError("model: 'linear' is for regression; use 'logistic' or 'mlp' for a classification target")
     train_ds, val_ds = split(dataset, config.val_fraction, config.seed)
-    mean, std = standardize_stats(train_ds.X)
+    if config.scale:
+        mean, std = standardize_stats(train_ds.X)
+    else:
+        mean, std = np.zeros(train_ds.X.shape[1], np.float32), np.ones(train_ds.X.shape[1], np.float32)
     basis = pca_rotation((train_ds.X - mean) / std) if config.rotate else None
     n_out = 1 if task == "regression" else len(dataset.schema.classes)
     spec = ModelSpec(config.model, train_ds.X.shape[1], n_out, tuple(config.hidden) if config.model == "mlp" else (), config.rotate)
@@ -236,6 +241,9 @@ def train(
     yv = torch.from_numpy(val_ds.y).to(device) if val_ds is not None else None
     n = Xt.shape[0]
     bs = n if config.batch_size is None else min(config.batch_size, n)
+    full_local = world == 1 and bs == n
+    if full_local:
+        Xt, yt = Xt.to(device), yt.to(device)
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
 
     history: list[dict] = []
@@ -287,8 +295,11 @@ def train(
             # averages the ranks' gradients) each rank's loss is its rows' summed loss × world / batch rows, so the
             # step equals one process's for any row count and batch size, uneven shards included.
             batch = order[i : i + bs]
-            idx = batch[rank::world]
-            xb, yb = Xt[idx].to(device), yt[idx].to(device)
+            if full_local:  # one process, full batch: the rows themselves, not a gathered copy of them every epoch
+                xb, yb = Xt, yt
+            else:
+                idx = batch[rank::world]
+                xb, yb = Xt[idx].to(device), yt[idx].to(device)
             opt.zero_grad(set_to_none=True)
             if world == 1:
                 loss = crit(net(xb), yb)

@@ -42,6 +42,22 @@ def add_parser(sub) -> None:
                         "torchrun yourself (see README)")
     t.add_argument("--nproc-per-node", type=int, default=None, metavar="N",
                    help="processes for --distributed (default: the CUDA device count with --device cuda, else 2)")
+    s = t.add_argument_group("model selection (--select)")
+    s.add_argument("--select", action="store_true",
+                   help="choose the model: a grid (baseline, L2-regularized linear/logistic, scaling and rotation on/off, "
+                        "three MLP sizes, learning rates) scored by k-fold cross-validation on the training split with "
+                        "successive halving; the top 3 are exported and measured as deployed; the best within the budget "
+                        "is refitted and written (--model, --hidden, --lr, --weight-decay, --rotate, --epochs are ignored)")
+    s.add_argument("--cv", type=int, default=5, metavar="K", help="folds (default 5; stratified for classes)")
+    s.add_argument("--budget", type=int, default=None, metavar="N", help="candidates to try, simplest first (default: the whole grid)")
+    s.add_argument("--time-limit", type=_finite, default=None, metavar="S",
+                   help="start no candidate after S seconds of search (the result may then differ between runs)")
+    s.add_argument("--metric", choices=["r2", "neg_rmse", "neg_mae", "accuracy", "neg_log_loss"], default=None,
+                   help="selection score, higher is better (default r2 for regression, accuracy for classes)")
+    s.add_argument("--max-latency-us", type=_finite, default=None, metavar="U",
+                   help="serving budget: µs per row at batch 1 of the program this host would serve")
+    s.add_argument("--max-bytes", type=int, default=None, metavar="B", help="serving budget: weight bytes of the served program")
+    s.add_argument("--plot", default=None, metavar="FILE.png", help="draw the finalists' CV score against latency (needs matplotlib)")
     _quant_args(t, "--quantize")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway when stderr is not a terminal)")
     t.add_argument("--json", action="store_true", help="print the model card as JSON")
@@ -93,6 +109,11 @@ def _train(a) -> int:
     check_learnable(ds)  # before the per-column warnings: a refusal is one line
     for w in caught:
         _warn(str(w.message))
+    if a.select:
+        return _select(a, ds, quant)
+    for flag, default in _SELECT_ONLY.items():
+        if getattr(a, flag) != default:
+            raise UsageError(f"--{flag.replace('_', '-')}: only with --select")
     model = a.model or ("linear" if ds.schema.task == "regression" else "logistic")
     cfg = TrainConfig(
         model=model, hidden=a.hidden, epochs=a.epochs, lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay,
@@ -123,6 +144,47 @@ def _train(a) -> int:
         _print_json(exported.card)
         return 0
     _print_train_summary(exported)
+    return 0
+
+
+_SELECT_ONLY = {"cv": 5, "budget": None, "time_limit": None, "metric": None, "max_latency_us": None, "max_bytes": None, "plot": None}
+
+
+def _select(a, ds, quant) -> int:
+    """Search the candidates, write the chosen one's run directory and print the leaderboard; returns the exit code."""
+    from ..select import SelectConfig, params_text, plot, select, table
+
+    if a.distributed or a.resume:
+        raise UsageError("--select: cannot be combined with --distributed or --resume")
+    cfg = SelectConfig(cv=a.cv, budget=a.budget, time_limit=a.time_limit, metric=a.metric, max_latency_us=a.max_latency_us,
+                           max_bytes=a.max_bytes, seed=a.seed, quant=quant, compile=a.compile,
+                           progress=False if a.no_progress else None)  # fmt: skip
+    out = Path(a.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = select(ds, cfg, workdir=out.parent)
+    try:
+        result.save(out)
+    finally:
+        result.cleanup()
+    section = result.section
+    if a.plot:
+        plot(result.leaderboard, a.plot, section["metric"])
+    if a.json:
+        from ..card import read_card
+
+        _print_json(read_card(out))
+        return 0
+    print(f"model selection: {section['tried']} of {section['candidates']} candidates in {section['search_seconds']:.1f} s; "
+          f"metric {section['metric']} (cross-validation mean ± std, higher is better)")  # fmt: skip
+    print(table(result.leaderboard))
+    for r in section["ruled_out"]:
+        print(f"  ruled out by the budget: rank {r['rank']} ({params_text(r['params'])}, CV {r['cv_mean']:.4f}): {r['why']}")
+    c = section["chosen"]
+    print(f"chosen: rank {c['rank']} ({params_text(c['params'])}); test {section['metric']} {section['test_score']:.4f} "
+          f"on {section['test_rows']} held-out rows (scored once, after the choice)")  # fmt: skip
+    print(f"run directory: {out}")
     return 0
 
 

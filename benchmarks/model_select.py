@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from aiaas_torch.data import from_arrays, load_csv, split
-from aiaas_torch.select import SelectConfig, params_text, select
+from aiaas_torch.leaderboard import params_text
+from aiaas_torch.select import SelectConfig, select
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -152,7 +152,8 @@ _SELECT_ONLY = {"cv": 5, "budget": None, "time_limit": None, "metric": None, "ma
 
 def _select(a, ds, quant) -> int:
     """Search the candidates, write the chosen one's run directory and print the leaderboard; returns the exit code."""
-    from ..select import SelectConfig, params_text, plot, select, table
+    from ..leaderboard import params_text, plot, table
+    from ..select import SelectConfig, select
 
     if a.distributed or a.resume:
         raise UsageError("--select: cannot be combined with --distributed or --resume")

@@ -88,8 +88,8 @@ def test_one_base_config_shipped_with_the_package_and_used_from_any_directory(tm
 
 
 def test_serving_does_not_import_torch():
-    # `serve status` and `serve stop` must not pay for torch: only checking an archive (store.checked_store) needs it.
-    # aiaas_torch/__init__.py imports torch for the library's short names, so this loads the subpackage without it.
+    # `serve status` and `serve stop` must not pay for torch, and neither does checking an archive (archive.py is
+    # torch-free). This loads the subpackage without running aiaas_torch/__init__.py, so only serving's own imports count.
     code = (
         "import sys, types\n"
         "pkg = types.ModuleType('aiaas_torch'); pkg.__path__ = [sys.argv[1]]; pkg.__version__ = '0'\n"

@@ -24,7 +24,7 @@ Each instance lives in its own home directory (default ``.aiaas``)::
     HOME/server.json         ServerInfo of the running instance, read by stop(), status() and the client
 
 Separate homes make instances independent: TorchServe allows one instance per TMPDIR and writes its key file
-into its working directory. Nothing here imports torch at import time (`store` imports `archive` when it checks).
+into its working directory. Nothing here imports torch (`archive`, which `store` uses to check archives, is torch-free).
 """
 
 from __future__ import annotations

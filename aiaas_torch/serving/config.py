@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from ..archive import SIGNING_KEY_ENV
 from .errors import SecuritySettingWarning, ServerArgumentError, TorchServeError
 from .ports import Ports
 
@@ -120,13 +121,6 @@ def _metrics_config() -> Path:
     return path
 
 
-def _signing_key_env() -> str:
-    """Return the name of the signing key's environment variable (imported late: `archive` pulls in torch)."""
-    from ..archive import SIGNING_KEY_ENV
-
-    return SIGNING_KEY_ENV
-
-
 def effective_config(
     base: Mapping[str, str], ports: Ports, model_store: Path, trusted_keys: Iterable[str] = ()
 ) -> dict[str, str]:
@@ -161,7 +155,7 @@ def effective_config(
     )
     # Workers run code from the archives: the signing key must never reach them, even where a caller's environment
     # holds it (TorchServe gives each worker its own environment minus the names this pattern matches whole).
-    hidden, key_env = base.get("blacklist_env_vars", ""), _signing_key_env()
+    hidden, key_env = base.get("blacklist_env_vars", ""), SIGNING_KEY_ENV
     props["blacklist_env_vars"] = f"(?:{hidden})|{key_env}" if hidden else key_env
     # These would be passed to the launcher/JVM: our log config and our own store/model list win.
     for key in ("load_models", "model_snapshot"):
@@ -190,7 +184,7 @@ def launcher_env(logs: Path, tmp: Path) -> dict[str, str]:
     """Return the environment for the torchserve launcher: ours, minus the signing key and what would override the
     forced settings, plus the instance's paths."""
     env = dict(os.environ)
-    env.pop(_signing_key_env(), None)  # archives were checked already; nothing TorchServe runs may see the key
+    env.pop(SIGNING_KEY_ENV, None)  # archives were checked already; nothing TorchServe runs may see the key
     for name in _UNTRUSTED_ENV:
         if env.pop(name, None) is not None and name != "TS_CONFIG_FILE":
             warnings.warn(f"${name} is set; not passed to TorchServe (aiaas serve forces its settings)", SecuritySettingWarning, 3)

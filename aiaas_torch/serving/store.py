@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
+from .. import archive
 from ..handlers.integrity import file_name_problem
 from .errors import ServerArgumentError
 from .home import CHECKED_STORE
@@ -56,8 +57,6 @@ def checked_store(home: Path, store: Path, archives: Sequence[str]) -> Path:
     it checked. A readable archive with no card (not built by aiaas) is copied unchecked, unless a key is set.
     Raises ServerArgumentError naming the archive and the member at fault.
     """
-    from .. import archive  # imported here: it pulls in torch, which `serve status` and `serve stop` never need
-
     key = os.environ.get(archive.SIGNING_KEY_ENV) or None
     checked = home / CHECKED_STORE
     if checked.is_symlink() or checked.is_file():

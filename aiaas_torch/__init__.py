@@ -31,6 +31,8 @@ _EXPORTS = {
     "ServerInfo": ("serving", "ServerInfo"), "TorchServeError": ("serving", "TorchServeError"),
     "wait_until_ready": ("serving", "wait_until_ready"), "start_server": ("serving", "start"),
     "server_status": ("serving", "status"), "stop_server": ("serving", "stop"),
+    "deploy": ("serving", "deploy"), "rollback": ("serving", "rollback"), "retire": ("serving", "retire"),
+    "versions": ("serving", "versions"),
     "SelectConfig": ("select", "SelectConfig"), "SelectResult": ("select", "SelectResult"), "select": ("select", "select"),
     "TrainConfig": ("train", "TrainConfig"), "TrainResult": ("train", "TrainResult"), "train": ("train", "train"),
 }
@@ -40,9 +42,9 @@ _SUBMODULES = ("archive", "card", "client", "data", "errors", "export", "handler
 __all__ = [
     "Client", "ClientError", "Dataset", "ExportResult", "LocalModel", "ModelSpec", "PackageResult", "QuantConfig",
     "QuantGateError", "QuantReport", "SelectConfig", "SelectResult", "ServerError", "ServerInfo", "TorchServeError", "ServingConfig", "TrainConfig", "TrainResult",
-    "build_model", "export_run", "fold_preprocessing", "from_arrays", "load_csv", "load_run", "package", "quantize",
-    "read_card", "requantize", "select", "server_status", "split", "start_server", "stop_server", "train", "verify_archive",
-    "wait_until_ready",
+    "build_model", "deploy", "export_run", "fold_preprocessing", "from_arrays", "load_csv", "load_run", "package", "quantize",
+    "read_card", "requantize", "retire", "rollback", "select", "server_status", "split", "start_server", "stop_server", "train", "verify_archive",
+    "versions", "wait_until_ready",
 ]
 
 

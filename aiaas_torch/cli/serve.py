@@ -29,6 +29,9 @@ def add_parser(sub) -> None:
                     choices=["plugins_path", "vmargs", "system_metrics_cmd"],
                     help="keep this key of --config (plugins_path: jars on the Java frontend's classpath; vmargs: JVM "
                          "flags; system_metrics_cmd: a command the frontend runs); dropped with a warning otherwise")
+    st.add_argument("--allow-deploy", action="store_true",
+                    help="turn TorchServe's model API on, fenced to the archives `aiaas deploy` checked into HOME/store, "
+                         "so that versions can be deployed, rolled back and retired live (off by default)")
     st.add_argument("--timeout", type=_finite, default=180.0, help="seconds to wait for READY (default 180)")
     st.add_argument("--access-log", action="store_true", help="turn TorchServe's access log back on")
     st.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops the server")
@@ -56,7 +59,8 @@ def run(a) -> int:
             warnings.simplefilter("always", server.SecuritySettingWarning)
             try:
                 info = server.start(a.home, a.model_store, models, a.free_ports, a.config, a.timeout,
-                                    access_log=a.access_log, trust_config_keys=a.trust_config_key)
+                                    access_log=a.access_log, trust_config_keys=a.trust_config_key,
+                                    allow_deploy=a.allow_deploy)
             finally:
                 for w in caught:
                     _warn(str(w.message))

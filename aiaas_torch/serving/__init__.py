@@ -6,7 +6,8 @@ Modules, one job each (imports point down this list, never up):
     store        which archives a start loads; each verified (archive.verify_archive) into HOME/store
     readiness    wait_until_ready: workers READY and ports bound, or why not, from the logs
     pids         TorchServe's processes by pid: alive check, stopping the Java server, its workers and launcher
-    management   the management API with the instance's token: models snapshot, scale, set-default
+    live         live updates on a server started with allow_deploy: deploy, rollback, retire, versions
+    management   the management API with the instance's token: models snapshot, scale, set-default, register
     tokens       key_file.json and renewing an expired key (also used by aiaas_torch.client)
     config       base config (config.properties beside it), forced settings, effective config, log4j, environment
     ports        Ports, free loopback ports, clash checks
@@ -22,6 +23,7 @@ Each instance lives in its own home directory (default ``.aiaas``)::
     HOME/tmp/                TMPDIR (TorchServe's pid file) and Java's tmpdir (worker sockets, unpacked models); 0700
     HOME/store/              checked copies of the archives being served (TorchServe's model store); 0700
     HOME/server.json         ServerInfo of the running instance, read by stop(), status() and the client
+    HOME/deploys.json        the order of a model's defaults set by deploy (what rollback returns to)
 
 Separate homes make instances independent: TorchServe allows one instance per TMPDIR and writes its key file
 into its working directory. Nothing here imports torch (`archive`, which `store` uses to check archives, is torch-free).
@@ -33,6 +35,7 @@ from .config import BASE_CONFIG, SECURITY_SETTINGS, TRUSTABLE_KEYS
 from .control import find_java, find_torchserve, start, status, stop
 from .errors import SecuritySettingWarning, ServerArgumentError, TorchServeError
 from .home import ServerInfo, load_info
+from .live import Deployed, ModelVersion, deploy, retire, rollback, versions
 from .management import scale, set_default
 from .ports import DEFAULT_PORTS, Ports, free_ports
 from .readiness import wait_until_ready
@@ -59,4 +62,10 @@ __all__ = [
     "load_info",
     "scale",
     "set_default",
+    "Deployed",
+    "ModelVersion",
+    "deploy",
+    "rollback",
+    "retire",
+    "versions",
 ]

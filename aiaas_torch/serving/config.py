@@ -27,6 +27,10 @@ SECURITY_SETTINGS = {
     "enable_envvars_config": "false",  # TS_* environment variables cannot override this config
     "use_env_allowed_urls": "false",  # nor can TS_ALLOWED_URLS
 }
+# What `start(allow_deploy=True)` changes (model_control_settings): the model API on, so that `deploy` can register
+# archives it checked into HOME/store, and `allowed_urls` narrowed from "any local file" to that store.
+_REGEX_SPECIALS = set(".+*?(){}|$")  # literal inside [...]; the others are refused
+
 # Settings that put code or flags into the Java frontend (plugin jars on its classpath, JVM flags) or make it run a
 # command: dropped from a base config unless the caller trusts them by name (`--trust-config-key`).
 TRUSTABLE_KEYS = ("plugins_path", "vmargs", "system_metrics_cmd")
@@ -121,13 +125,28 @@ def _metrics_config() -> Path:
     return path
 
 
+def model_control_settings(model_store: Path) -> dict[str, str]:
+    """Return the settings that let `deploy` register archives: model API on, URLs allowed only inside the store.
+
+    TorchServe 0.12 matches each `allowed_urls` regex (case-insensitively, the list split at commas) against the
+    whole URL of a registration; a plain file name is looked up in the model store without that check. The store's
+    path goes into the regex with every special character inside a class (no backslashes: Java's properties
+    reader would eat them); a path holding a comma, a backslash or `[`/`]`/`^` cannot be fenced this way.
+    """
+    text = str(model_store)
+    if any(c in text for c in ",\\[]^") or not text.isprintable():
+        raise ServerArgumentError(f"home {model_store.parent}: deploys need a path without ',', '\\', '[', ']', '^'")
+    quoted = "".join(f"[{c}]" if c in _REGEX_SPECIALS else c for c in text)
+    return {"enable_model_api": "true", "allowed_urls": f"file://{quoted}/[^/]+[.]mar"}
+
+
 def effective_config(
-    base: Mapping[str, str], ports: Ports, model_store: Path, trusted_keys: Iterable[str] = ()
+    base: Mapping[str, str], ports: Ports, model_store: Path, trusted_keys: Iterable[str] = (), allow_deploy: bool = False
 ) -> dict[str, str]:
     """Return the base properties with this instance's addresses, paths and the security settings forced.
 
     Warns (SecuritySettingWarning) for every forced setting the base config sets otherwise and for every dropped
-    key that `trusted_keys` does not name.
+    key that `trusted_keys` does not name. allow_deploy: the model API on for this store only (model_control_settings).
     """
     props = dict(base)
     addresses = {
@@ -143,6 +162,8 @@ def effective_config(
             warnings.warn(f"config sets {key}={given}; aiaas serve forces {key}={value}", SecuritySettingWarning, 3)
     props.update(addresses)
     props.update(SECURITY_SETTINGS)
+    if allow_deploy:
+        props.update(model_control_settings(model_store))
     props.update(
         {
             "grpc_inference_port": str(ports.grpc_inference),

@@ -80,6 +80,7 @@ def start(
     access_log: bool = False,
     ports: Ports | None = None,
     trust_config_keys: Iterable[str] = (),
+    allow_deploy: bool = False,
 ) -> ServerInfo:
     """Return the ServerInfo of a TorchServe started in HOME once all its models have READY workers.
 
@@ -89,6 +90,7 @@ def start(
     Security settings are forced whatever `config` says (SECURITY_SETTINGS, loopback addresses); keys in
     TRUSTABLE_KEYS are dropped from it unless named in `trust_config_keys`. Each override is a SecuritySettingWarning.
     Every archive is checked first (see store.checked_store); with $AIAAS_SIGNING_KEY set only signed ones load.
+    allow_deploy: turn the model API on for archives in HOME/store only, so that `deploy` can add versions live.
     Raises ServerArgumentError (bad argument, an archive that fails its check) before anything starts, and
     TorchServeError (Java missing, port taken, process died, not ready in time), then leaving nothing running.
     """
@@ -119,7 +121,7 @@ def start(
     ports = ports if ports is not None else pick_ports(free_ports)
     check_ports_free(ports)
     base, source = base_config(config)
-    props = effective_config(base, ports, checked, trust_config_keys)
+    props = effective_config(base, ports, checked, trust_config_keys, allow_deploy)
     cfg = home / "config.properties"
     write_text_atomic(
         cfg,

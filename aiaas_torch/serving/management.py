@@ -1,4 +1,5 @@
-"""TorchServe's management API, called with the instance's token: the models snapshot, scale, set-default."""
+"""TorchServe's management API, called with the instance's token: the models snapshot, scale, set-default, and
+(on a server started with allow_deploy) register and unregister."""
 
 from __future__ import annotations
 
@@ -14,18 +15,23 @@ from .tokens import RenewalRefused, fresh_key, read_keys
 def mgmt_call(
     client: httpx.Client, info: ServerInfo, method: str, path: str, params: Mapping[str, str] | None = None
 ) -> httpx.Response:
-    """Return the response to METHOD management_url + path with the current management key.
+    """Return the response to METHOD management_url + path with the current management key (see api_call)."""
+    return api_call(client, info, "management", method, info.management_url + path, params=params)
+
+
+def api_call(client: httpx.Client, info: ServerInfo, kind: str, method: str, url: str, **request) -> httpx.Response:
+    """Return the response to METHOD url with the current KIND ("management" or "inference") key.
 
     On InvalidKeyException (an expired key) renew the key (tokens.fresh_key) and try once more.
     """
     def send(key: str) -> httpx.Response:
-        return client.request(method, info.management_url + path, params=params, headers={"Authorization": f"Bearer {key}"})
+        return client.request(method, url, headers={"Authorization": f"Bearer {key}"}, **request)
 
-    key = read_keys(info.home)["management"]
+    key = read_keys(info.home)[kind]
     r = send(key)
     if r.status_code == 400 and "InvalidKeyException" in r.text:
         try:
-            fresh = fresh_key(client, info.home, "management", key, info.management_url, read_keys(info.home)["api"])
+            fresh = fresh_key(client, info.home, kind, key, info.management_url, read_keys(info.home)["api"])
         except RenewalRefused:
             return r
         if fresh != key:
@@ -61,13 +67,13 @@ def models_snapshot(client: httpx.Client, info: ServerInfo) -> dict[str, list[di
     return models
 
 
-def _mgmt_put(info: ServerInfo, path: str, params: Mapping[str, str] | None, timeout: float) -> dict:
-    """Return the JSON answer of PUT management_url + path; raise TorchServeError on an HTTP error."""
+def _mgmt_send(info: ServerInfo, path: str, params: Mapping[str, str] | None, timeout: float, method: str = "PUT") -> dict:
+    """Return the JSON answer of METHOD management_url + path; raise TorchServeError on an HTTP error."""
     with httpx.Client(timeout=httpx.Timeout(timeout), trust_env=False) as client:
         try:
-            r = mgmt_call(client, info, "PUT", path, params)
+            r = mgmt_call(client, info, method, path, params)
         except httpx.HTTPError as e:
-            raise TorchServeError(f"PUT {path} failed: {e}") from None
+            raise TorchServeError(f"{method} {path} failed: {e}") from None
     try:
         body = r.json()
     except ValueError:
@@ -75,7 +81,7 @@ def _mgmt_put(info: ServerInfo, path: str, params: Mapping[str, str] | None, tim
     if not isinstance(body, dict):
         body = {"status": body}
     if r.status_code >= 400:
-        raise TorchServeError(f"PUT {path} answered {r.status_code}: {body.get('message', body)}")
+        raise TorchServeError(f"{method} {path} answered {r.status_code}: {body.get('message', body)}")
     return body
 
 
@@ -93,7 +99,7 @@ def scale(
         "max_worker": str(max(min_workers, max_workers if max_workers is not None else min_workers)),
         "synchronous": "true",
     }
-    return _mgmt_put(info, path, params, timeout)
+    return _mgmt_send(info, path, params, timeout)
 
 
 def set_default(info: ServerInfo, name: str, version: str) -> dict:
@@ -101,4 +107,19 @@ def set_default(info: ServerInfo, name: str, version: str) -> dict:
 
     Works with enable_model_api=false (a PUT, which TorchServe 0.12 does not gate).
     """
-    return _mgmt_put(info, f"/models/{name}/{version}/set-default", None, 30.0)
+    return _mgmt_send(info, f"/models/{name}/{version}/set-default", None, 30.0)
+
+
+def register(info: ServerInfo, name: str, file: str, workers: int, timeout: float = 30.0) -> dict:
+    """Return TorchServe's status answer after registering FILE (a name in its model store) as a version of NAME.
+
+    Asynchronous: the answer comes once the archive is unpacked; its workers start afterwards. Needs a server
+    started with allow_deploy (elsewhere TorchServe answers 405).
+    """
+    params = {"url": file, "model_name": name, "initial_workers": str(workers), "synchronous": "false"}
+    return _mgmt_send(info, "/models", params, timeout, method="POST")
+
+
+def unregister(info: ServerInfo, name: str, version: str, timeout: float = 60.0) -> dict:
+    """Return TorchServe's status answer after unregistering VERSION of NAME (never its default version)."""
+    return _mgmt_send(info, f"/models/{name}/{version}", None, timeout, method="DELETE")

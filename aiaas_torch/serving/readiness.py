@@ -154,18 +154,26 @@ def death_reason(home: Path, since: Mapping[str, int]) -> str:
     return "; ".join(found[:3])
 
 
-def _refusal(home: Path, since: Mapping[str, int]) -> str:
-    """Return the handler's "refusing to load" line (a model file's hash mismatch) written since this start, or ''."""
+def _refusal(home: Path, since: Mapping[str, int], thread: str = "") -> str:
+    """Return the handler's "refusing to load" line (a model file's hash mismatch) written since this start, or ''.
+
+    thread: only lines of worker threads whose name holds this (TorchServe names them W-PORT-NAME_VERSION-stdout).
+    """
     for line in reversed(_tail(home / "logs" / "model_log.log", 400, since.get("model_log.log", 0)).splitlines()):
-        if REFUSAL_MARK in line:  # logged by handlers/tabular_handler.py
+        if REFUSAL_MARK in line and thread in line.split(" MODEL_LOG - ", 1)[0]:  # logged by handlers/tabular_handler.py
             return line[line.index(REFUSAL_MARK):].strip()
     return ""
 
 
-def _load_error(home: Path, since: Mapping[str, int]) -> str:
-    """Return the last exception line a worker wrote to model_log.log since this start (e.g. an import error), or ''."""
+def _load_error(home: Path, since: Mapping[str, int], thread: str = "") -> str:
+    """Return the last exception line a worker (of `thread`, as in _refusal) wrote to model_log.log since, or ''."""
     for line in reversed(_tail(home / "logs" / "model_log.log", 400, since.get("model_log.log", 0)).splitlines()):
-        text = line.split("MODEL_LOG - ", 1)[-1].strip()
+        prefix, sep, text = line.partition("MODEL_LOG - ")
+        if not sep:
+            prefix, text = "", line
+        if thread not in prefix:
+            continue
+        text = text.strip()
         head, _, rest = text.partition(":")
         # Skip TorchServe's own wrapper ("RuntimeError: 500 - Unknown exception") for the handler's cause.
         if head.endswith(("Error", "Exception")) and " " not in head and not re.match(r"\s*\d{3} - ", rest):

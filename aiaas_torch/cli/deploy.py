@@ -1,0 +1,81 @@
+"""`aiaas deploy|rollback|retire|versions`: change the model behind a live TorchServe (no torch import)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from .common import _finite, _home, _print_json
+
+
+def add_parser(sub) -> None:
+    """Add the deploy, rollback, retire and versions sub-parsers to `sub`; returns None."""
+    d = sub.add_parser("deploy", help="add an archive as a new version of a live model and make it the default",
+                       description="Check ARCHIVE (hashes; signature when $AIAAS_SIGNING_KEY is set), copy it into HOME/store, "
+                                   "register it beside the running version, wait until its workers are READY, send it one "
+                                   "smoke request (each feature's mid-range value) and make it the default. On any failure the "
+                                   "new version is unregistered and the old default keeps serving. Needs a server started with "
+                                   "`aiaas serve start --allow-deploy`.")  # fmt: skip
+    d.add_argument("name", metavar="NAME", help="the model name clients call")
+    d.add_argument("archive", metavar="ARCHIVE", help="a .mar built by `aiaas package` (its version is the manifest's)")
+    _home(d)
+    d.add_argument("--workers", type=int, default=None, metavar="N", help="workers for the new version (default: the archive's minWorkers)")
+    d.add_argument("--timeout", type=_finite, default=120.0, help="seconds to wait for READY workers (default 120)")
+    d.add_argument("--json", action="store_true", help="print what was done as JSON")
+    d.set_defaults(run=run, live="deploy")
+    r = sub.add_parser("rollback", help="make the previous default version of a model the default again",
+                       description="Switch NAME back to the version that was its default before the last deploy (still loaded).")
+    r.add_argument("name", metavar="NAME")
+    _home(r)
+    r.add_argument("--json", action="store_true", help="print {name, from, to} as JSON")
+    r.set_defaults(run=run, live="rollback")
+    t = sub.add_parser("retire", help="unregister a version that is not the default",
+                       description="Unregister VERSION of NAME (never the default) and delete its copy in HOME/store.")
+    t.add_argument("name", metavar="NAME")
+    t.add_argument("version", metavar="VERSION")
+    _home(t)
+    t.add_argument("--json", action="store_true", help="print {name, version, archive} as JSON")
+    t.set_defaults(run=run, live="retire")
+    v = sub.add_parser("versions", help="list a model's loaded versions, the default, workers and card summaries",
+                       description="List NAME's loaded versions: which is the default, worker states, archive, card summary.")
+    v.add_argument("name", metavar="NAME")
+    _home(v)
+    v.add_argument("--json", action="store_true", help="print the versions as JSON")
+    v.set_defaults(run=run, live="versions")
+
+
+def run(a) -> int:
+    """Deploy, roll back, retire or list versions on HOME's TorchServe; returns the exit code."""
+    from .. import serving as server
+
+    if a.live == "deploy":
+        done = server.deploy(a.name, a.archive, a.home, a.workers, a.timeout)
+        if a.json:
+            _print_json(asdict(done))
+        else:
+            before = f" (was {done.previous}; `aiaas rollback {done.name}` switches back)" if done.previous else ""
+            print(f"{done.name} {done.version} is the default{before}: READY in {done.seconds['ready']:.1f} s, smoke "
+                  f"row {done.smoke_row} -> {done.smoke_answer.get('predictions')}, {done.seconds['total']:.1f} s in all")
+        return 0
+    if a.live == "rollback":
+        left, now = server.rollback(a.name, a.home)
+        if a.json:
+            _print_json({"name": a.name, "from": left, "to": now})
+        else:
+            print(f"{a.name} {now} is the default again ({left} stays loaded until `aiaas retire {a.name} {left}`)")
+        return 0
+    if a.live == "retire":
+        file = server.retire(a.name, a.version, a.home)
+        if a.json:
+            _print_json({"name": a.name, "version": a.version, "archive": file})
+        else:
+            print(f"{a.name} {a.version} retired" + (f"; {file} removed from the store" if file else ""))
+        return 0
+    found = server.versions(a.name, a.home)
+    if a.json:
+        _print_json([asdict(v) for v in found])
+    else:
+        for v in found:
+            c = v.card
+            summary = f"{c.get('task')} of {c.get('target')!r} on {len(c.get('features', []))} feature(s), created {c.get('created')}" if c else "no card"
+            print(f"{v.name} {v.version}{' (default)' if v.default else ''}: workers {v.workers}; {v.archive or '?'}; {summary}")
+    return 0

@@ -1,0 +1,224 @@
+"""Live updates against one real TorchServe started with allow_deploy: deploy under load, rollback, retire, refusals.
+
+The module's server serves `lin` 1.0 (y = 2x); `lin` 2.0 (y = 3x) is deployed while 16 clients send requests, so
+which version answered is visible in every answer (its value and its "version" field).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from aiaas_torch import serving as server
+from aiaas_torch.archive import ServingConfig, package
+from aiaas_torch.data import from_arrays
+from aiaas_torch.export import export_run
+from aiaas_torch.quantize import QuantConfig
+from aiaas_torch.train import TrainConfig, train
+
+pytestmark = [pytest.mark.serving, pytest.mark.slow]
+
+CLIENTS = 16
+THINK_S = 0.02  # each client's pause between requests: 16 clients without one starve the new workers' start on 2 cores
+X = 10.0  # the row every load client sends: 1.0 answers ≈ 20, 2.0 answers ≈ 30
+FAILING_HANDLER = '''
+from tabular_handler import TabularHandler
+
+
+class FailingHandler(TabularHandler):
+    def initialize(self, context):
+        raise RuntimeError("deliberately broken model")
+
+
+_service = FailingHandler()
+
+
+def handle(data, context):
+    if not _service.initialized:
+        _service.initialize(context)
+    return _service.handle(data, context)
+'''
+
+
+@dataclass
+class Live:
+    """The module's server and the archives it can be given."""
+
+    home: Path
+    store: Path  # where `package` wrote the archives (not the server's HOME/store)
+    archives: dict
+    info: server.ServerInfo
+
+
+def _slope_run(root: Path, slope: float) -> Path:
+    """Return a run directory of y = slope·x on x = 1..5 (float program only: nothing to compile)."""
+    x = np.arange(1, 6, dtype=np.float64)
+    result = train(from_arrays(x.reshape(-1, 1), slope * x, ["x"], target="y"), TrainConfig(val_fraction=0.0, progress=False))
+    return export_run(result, root / f"y{slope:g}x", QuantConfig("none"), compile=False).run_dir
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory) -> Live:
+    """Yield a TorchServe started with allow_deploy serving lin 1.0 (y = 2x); stop it afterwards."""
+    root = tmp_path_factory.mktemp("live")
+    two, three = _slope_run(root, 2.0), _slope_run(root, 3.0)
+    store = root / "store"
+    cfg = ServingConfig(workers=1, batch_size=8, max_batch_delay_ms=2)
+    (root / "failing_handler.py").write_text(FAILING_HANDLER)
+    archives = {
+        "1.0": package(two, "lin", "1.0", store, serving=cfg).path,
+        "2.0": package(three, "lin", "2.0", store, serving=cfg).path,
+        "broken": package(three, "lin", "9.0", root / "broken", serving=cfg, handler=root / "failing_handler.py").path,
+    }
+    home = root / "home"
+    info = server.start(home, store, {"lin": archives["1.0"].name}, free_ports=True, ready_timeout=180, allow_deploy=True)
+    try:
+        yield Live(home, store, archives, info)
+    finally:
+        server.stop(home)
+
+
+def _mgmt(live: Live, method: str, path: str, **kw) -> httpx.Response:
+    key = server.read_keys(live.home)["management"]
+    return httpx.request(method, live.info.management_url + path, headers={"Authorization": f"Bearer {key}"},
+                         timeout=60, trust_env=False, **kw)  # fmt: skip
+
+
+def _loaded(live: Live) -> dict[str, list[str]]:
+    """Return {model: [versions]} as TorchServe lists them now."""
+    return {name: sorted(v["version"] for v in versions) for name, versions in server.status(live.home)["models"].items()}
+
+
+def _default(live: Live) -> str:
+    return _mgmt(live, "GET", "/models/lin").json()[0]["modelVersion"]
+
+
+def _ask(live: Live) -> dict:
+    key = server.read_keys(live.home)["inference"]
+    r = httpx.post(f"{live.info.inference_url}/predictions/lin", json={"instances": [[X]]},
+                   headers={"Authorization": f"Bearer {key}"}, timeout=30, trust_env=False)  # fmt: skip
+    assert r.status_code == 200, (r.status_code, r.text)
+    return r.json()
+
+
+class Load:
+    """CLIENTS threads, each with its own httpx client, asking lin for X until stopped; every answer is kept."""
+
+    def __init__(self, live: Live):
+        self.url = f"{live.info.inference_url}/predictions/lin"
+        self.headers = {"Authorization": f"Bearer {server.read_keys(live.home)['inference']}"}
+        self.stop = threading.Event()
+        self.results: list[tuple[float, float, int, str, float]] = []  # sent, answered, status, version, value
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._client, daemon=True) for _ in range(CLIENTS)]
+
+    def _client(self) -> None:
+        with httpx.Client(timeout=30, trust_env=False) as http:
+            while not self.stop.is_set():
+                sent = time.monotonic()
+                try:
+                    r = http.post(self.url, json={"instances": [[X]]}, headers=self.headers)
+                    status, body = r.status_code, (r.json() if r.status_code == 200 else {})
+                except httpx.HTTPError as e:
+                    status, body = -1, {"error": repr(e)}
+                with self.lock:
+                    self.results.append((sent, time.monotonic(), status, body.get("version", ""), (body.get("predictions") or [math.nan])[0]))
+                self.stop.wait(THINK_S)
+
+    def __enter__(self) -> "Load":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+
+def test_deploy_under_load_switches_with_no_failed_request_then_rollback_and_retire(live):
+    assert _default(live) == "1.0"
+    with Load(live) as load:
+        time.sleep(1.0)
+        done = server.deploy("lin", live.archives["2.0"], live.home)
+        deployed_at = time.monotonic()
+        time.sleep(1.5)
+        left, now = server.rollback("lin", live.home)
+        rolled_at = time.monotonic()
+        time.sleep(1.0)
+    print(f"deploy steps (s): {done.seconds}; {len(load.results)} requests")
+    assert (done.version, done.previous, left, now) == ("2.0", "1.0", "2.0", "1.0")
+    assert done.smoke_row == [3.0] and math.isclose(done.smoke_answer["predictions"][0], 9.0, rel_tol=0.02), done
+    failed = [r for r in load.results if r[2] != 200]
+    assert not failed, failed[:5]
+    assert len(load.results) > 100, len(load.results)
+    for sent, _, _, version, value in load.results:
+        assert math.isclose(value, {"1.0": 2 * X, "2.0": 3 * X}[version], rel_tol=0.02), (version, value)
+    between = [r[3] for r in load.results if deployed_at < r[0] and r[1] < rolled_at - 0.5]
+    after = [r[3] for r in load.results if r[0] > rolled_at]
+    assert between and set(between) == {"2.0"}, set(between)  # every request sent after deploy returned
+    assert after and set(after) == {"1.0"}, set(after)
+    assert _loaded(live)["lin"] == ["1.0", "2.0"]  # the old default stayed loaded, so did 2.0 after the rollback
+
+    with pytest.raises(server.ServerArgumentError, match="is the default"):
+        server.retire("lin", "1.0", live.home)
+    found = {v.version: v for v in server.versions("lin", live.home)}
+    assert found["1.0"].default and not found["2.0"].default and found["2.0"].workers == ["READY"]
+    assert found["2.0"].card["task"] == "regression" and found["2.0"].card["features"] == ["x"]
+    copy = live.home / "store" / found["2.0"].archive
+    assert copy.is_file()
+    assert server.retire("lin", "2.0", live.home) == copy.name
+    assert not copy.exists() and _loaded(live)["lin"] == ["1.0"]
+    assert _ask(live)["version"] == "1.0"
+
+
+def _refused_and_unchanged(live: Live, run) -> str:
+    """Run a deploy that must fail; return its message after checking 1.0 still serves and nothing else is loaded."""
+    before = sorted(p.name for p in (live.home / "store").iterdir())
+    with pytest.raises(server.TorchServeError) as e:
+        run()
+    assert _loaded(live) == {"lin": ["1.0"]} and _default(live) == "1.0"
+    assert _ask(live)["version"] == "1.0"
+    assert sorted(p.name for p in (live.home / "store").iterdir()) == before  # no copy left behind
+    return str(e.value)
+
+
+def test_a_tampered_archive_is_refused_and_the_old_version_keeps_serving(live, tmp_path):
+    bad = tmp_path / "lin-2.0.mar"
+    with zipfile.ZipFile(live.archives["2.0"]) as src, zipfile.ZipFile(bad, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            dst.writestr(item, data + b"\n# changed" if item.filename == "model-config.yaml" else data)
+    message = _refused_and_unchanged(live, lambda: server.deploy("lin", bad, live.home))
+    assert "model-config.yaml" in message and "SHA-256" in message, message
+    r = subprocess.run([sys.executable, "-m", "aiaas_torch.cli", "deploy", "lin", str(bad), "--home", str(live.home)],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 2 and "model-config.yaml" in r.stderr, (r.returncode, r.stderr)
+
+
+def test_an_archive_whose_workers_fail_to_load_is_unregistered_and_the_old_version_keeps_serving(live):
+    message = _refused_and_unchanged(live, lambda: server.deploy("lin", live.archives["broken"], live.home, timeout=60))
+    assert "deliberately broken model" in message and "unregistered" in message, message
+
+
+def test_registering_a_url_outside_the_store_is_refused_by_torchserve(live, tmp_path):
+    outside = tmp_path / "lin-7.0.mar"
+    shutil.copyfile(live.archives["2.0"], outside)
+    for url in [f"file://{outside}", f"file://{live.store}/{live.archives['2.0'].name}", "http://127.0.0.1:9/evil.mar",
+                "https://example.com/lin.mar", "file:///etc/passwd"]:  # fmt: skip
+        r = _mgmt(live, "POST", "/models", params={"url": url, "model_name": "intruder", "initial_workers": "1"})
+        assert r.status_code == 404 and "does not match any allowed URL" in r.json()["message"], (url, r.status_code, r.text)
+    assert _loaded(live) == {"lin": ["1.0"]}
+    config = (live.home / "config.properties").read_text()
+    assert "enable_model_api=true" in config and f"allowed_urls=file://" in config, config

@@ -3,7 +3,8 @@
 Every bad input ends with exit code 2 and one line on stderr naming the problem (no traceback, nothing
 written); `--json` on any command prints one JSON document on stdout for scripts. Each command group is one
 module here that builds its sub-parser next to the code that runs it and imports torch only when it needs it,
-so `--help`, `serve status|stop` and a remote `predict` start fast.
+so `--help`, `serve status|stop|token` and a remote `predict` start fast. `aiaas` alone prints the help; options
+may come anywhere among a command's arguments (common._Parser); the server home is found by common._server_home.
 """
 
 from __future__ import annotations

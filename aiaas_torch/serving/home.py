@@ -1,4 +1,5 @@
-"""An instance's home directory: the names of its files, its server.json (ServerInfo) and atomic writes into it."""
+"""An instance's home directory: the names of its files, its server.json (ServerInfo), atomic writes into it, and
+how the CLI finds it (find_home)."""
 
 from __future__ import annotations
 

@@ -39,6 +39,7 @@ from typing import Any
 
 import httpx
 
+from aiaas_torch.handlers.aiaas_contract import _some
 from aiaas_torch.serving import home as _home, tokens as _tokens
 from aiaas_torch.serving.errors import TorchServeError
 
@@ -223,11 +224,26 @@ class Client:
             content = body.encode("utf-8")
         else:
             content = json.dumps(body).encode("utf-8")
-        response = self._send(
-            "POST", url, "inference", content=content, headers={"Content-Type": "application/json"},
-            retries=self.retries, model=(name, version),
-        )  # fmt: skip
+        try:
+            response = self._send(
+                "POST", url, "inference", content=content, headers={"Content-Type": "application/json"},
+                retries=self.retries, model=(name, version),
+            )  # fmt: skip
+        except NotFound as e:
+            raise self._not_found(e, name, version) from None
         return _decode(response)
+
+    def models(self) -> list[str]:
+        """Return the names of the models the server serves (GET /models of the management API, every page)."""
+        url = f"{self._require(self.management_url, 'management_url')}/models"
+        names: list[str] = []
+        params = {"limit": "100"}
+        while True:
+            page = _decode(self._send("GET", url, "management", params=params, retries=self.retries))
+            names += [m["modelName"] for m in page.get("models", [])]
+            if not page.get("nextPageToken"):
+                return names
+            params["next_page_token"] = page["nextPageToken"]
 
     def describe(self, name: str, version: str | None = None, customized: bool = True) -> Any:
         """Return TorchServe's description of NAME[/VERSION] (a list of versions), customizedMetadata decoded."""
@@ -372,6 +388,22 @@ class Client:
             time.sleep(self.backoff * (2**attempt))
             attempt += 1
 
+
+    def _not_found(self, error: NotFound, name: str, version: str | None) -> NotFound:
+        """Return error with the served models (or NAME's versions) added to its message, when the management API tells.
+
+        A 404 for a misspelled name is answered best with what is served; without management access, error as it is.
+        """
+        try:
+            served = self.models()
+            if name in served and version is not None:
+                versions = [str(v.get("modelVersion")) for v in self.describe(name, "all", customized=False)]
+                known = f"{name}'s versions: {_some(versions, 10)}"
+            else:
+                known = f"served models: {_some(sorted(served), 10)}" if served else "no model is served"
+        except (ClientError, LookupError, TypeError, AttributeError):
+            return error
+        return NotFound(f"{error.message}; {known}", status=error.status, type=error.type, response=error.response)
 
     def _timed_out(self, error: WorkerDied, seconds: float, name: str, version: str | None) -> WorkerDied:
         """Return error as a RequestTimedOut when its attempt lasted at least the model's responseTimeout, else error."""

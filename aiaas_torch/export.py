@@ -227,7 +227,7 @@ def _card(result, float_model, report, directory: Path, optimization: dict, max_
         "training": {
             "optimizer": "torch.optim.SGD",
             "loss": "J(θ) = 1/(2m) Σ (h_θ(x_i) − y_i)²" if schema.task == "regression" else "cross-entropy",
-            "settings": config.to_dict(),
+            "settings": {k: v for k, v in config.to_dict().items() if k != "hidden" or spec.kind == "mlp"},  # sizes only where there are hidden layers
             "epochs_run": result.epochs_run,
             "best_epoch": result.best_epoch,
             "stopped_early": result.stopped_early,

@@ -83,6 +83,13 @@ def _clip(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+def _some(names, k: int, sep: str = ", ") -> str:
+    """Return the first k names joined by sep, then " … and N more" when there are more: messages never cut a list silently."""
+    names = [str(n) for n in names]
+    shown = sep.join(names[:k])
+    return shown if len(names) <= k else f"{shown} … and {len(names) - k} more"
+
+
 def _show(value, limit: int = 40, depth: int = 2) -> str:
     """Return a short JSON-like rendering of a request value for an error message (bounded depth and length)."""
     if isinstance(value, list) and value and depth > 0:
@@ -136,14 +143,14 @@ def _check_row(row, i: int, features: list, label: str) -> list:
     if isinstance(row, dict):
         unknown = [k for k in row if k not in names]
         if unknown:
-            raise ContractError(f"{label}[{i}]: unknown feature(s) {[_clip(k) for k in unknown[:5]]}; expected {names[:20]}")
+            raise ContractError(f"{label}[{i}]: unknown feature(s) [{_some([repr(_clip(k)) for k in unknown], 5)}]; expected [{_some(map(repr, names), 20)}]")
         missing = [n for n in names if n not in row]
         if missing:
-            raise ContractError(f"{label}[{i}]: missing feature(s) {missing[:5]}")
+            raise ContractError(f"{label}[{i}]: missing feature(s) [{_some(map(repr, missing), 5)}]")
         return [_number(row[n], f"{label}[{i}].{n}") for n in names]
     if isinstance(row, list):
         if len(row) != len(names):
-            raise ContractError(f"{label}[{i}]: {len(row)} values, expected {len(names)} ({', '.join(names[:20])})")
+            raise ContractError(f"{label}[{i}]: {len(row)} values, expected {len(names)} ({_some(names, 20)})")
         return [_number(v, f"{label}[{i}] feature {names[j]!r}") for j, v in enumerate(row)]
     raise ContractError(f"{label}[{i}]: expected a list of {len(names)} numbers or an object of features, got {type(row).__name__}")
 
@@ -229,7 +236,7 @@ def parse_request(body, card: dict, max_rows: int | None = None) -> ParsedReques
         elif "inputs" in value:
             parsed = _parse_v2(value, features, limit)
         else:
-            raise ContractError(f"body: object without 'instances' or 'inputs' (keys: {[_clip(k) for k in sorted(value)[:10]]})")
+            raise ContractError(f"body: object without 'instances' or 'inputs' (keys: [{_some([repr(_clip(k)) for k in sorted(value)], 10)}])")
     elif isinstance(value, list):
         if value and all(not isinstance(v, (list, dict)) for v in value):
             value = [value]  # a bare list of numbers is one row

@@ -13,7 +13,8 @@ import pytest
 
 from aiaas_torch.cli import build_parser, main
 
-COMMANDS = [["train"], ["quantize"], ["package"], ["serve"], ["serve", "start"], ["serve", "stop"], ["serve", "status"], ["predict"], ["demo"]]
+COMMANDS = [["train"], ["quantize"], ["package"], ["serve"], ["serve", "start"], ["serve", "stop"], ["serve", "status"], ["serve", "token"],
+            ["predict"], ["demo"]]
 
 
 def _csv(path: Path, text: str) -> Path:
@@ -192,7 +193,144 @@ def test_package_refuses_a_run_directory_with_an_edited_file(run_dir, tmp_path, 
 
 def test_predict_without_server_exits_2(tmp_path, capsys):
     assert main(["predict", "y2x", "6", "--home", str(tmp_path / "none")]) == 2
-    assert "no server" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"no TorchServe running from {tmp_path / 'none'} (--home)" in err
+    assert f"`aiaas serve start --home {tmp_path / 'none'}`" in err and "AIAAS_HOME=DIR" in err
+
+
+# --------------------------------------------------------------------------------------------- the CLI as people type it
+
+
+def test_options_may_come_between_the_rows_and_negative_rows_are_rows(run_dir, capsys):
+    from aiaas_torch.runs import load_run
+
+    want = load_run(run_dir).predict({"instances": [[1, 2, 3], [-1.5, 2, 0], [-1, -2, -3]]})["predictions"]
+    assert main(["predict", "--local", str(run_dir), "1,2,3", "--json", "-1.5,2,0", "--timeout", "5", "-1,-2,-3"]) == 0
+    assert json.loads(capsys.readouterr().out)["predictions"] == want
+    assert main(["predict", "--local", str(run_dir), "--json", "--", "-1,-2,-3"]) == 0  # `--` still ends the options
+    assert json.loads(capsys.readouterr().out)["predictions"] == want[2:]
+    with pytest.raises(SystemExit) as e:  # an unknown option is still refused, not taken for a row
+        main(["predict", "--local", str(run_dir), "1,2,3", "--jsn"])
+    assert e.value.code == 2 and "unrecognized arguments: --jsn" in capsys.readouterr().err
+
+
+def test_an_option_between_the_name_and_the_rows_reaches_the_command(tmp_path, capsys):
+    assert main(["predict", "y2x", "--home", str(tmp_path / "h"), "14.23,1.71", "--json", "-2.5,3"]) == 2
+    err = capsys.readouterr().err
+    assert "unrecognized" not in err and f"no TorchServe running from {tmp_path / 'h'}" in err
+
+
+def _no_aiaas_above(path: Path) -> None:
+    """Skip when a directory above `path` holds a .aiaas, which the discovery would rightly find."""
+    if any((p / ".aiaas").is_dir() for p in path.parents):
+        pytest.skip(f"a .aiaas exists above {path}")
+
+
+def test_the_server_home_is_the_nearest_aiaas_in_this_or_a_parent_directory(tmp_path, monkeypatch, capsys):
+    _no_aiaas_above(tmp_path)
+    monkeypatch.delenv("AIAAS_HOME", raising=False)
+    (tmp_path / "proj" / ".aiaas").mkdir(parents=True)
+    deep = tmp_path / "proj" / "src" / "deeper"
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    assert main(["predict", "y2x", "6"]) == 2
+    err = capsys.readouterr().err
+    assert f"no TorchServe running from {tmp_path / 'proj' / '.aiaas'} (the nearest .aiaas from {deep})" in err
+    assert main(["serve", "status"]) == 1
+    assert f"no TorchServe running from {tmp_path / 'proj' / '.aiaas'}" in capsys.readouterr().out
+    monkeypatch.setenv("AIAAS_HOME", str(tmp_path / "elsewhere"))  # the variable wins over the search
+    assert main(["predict", "y2x", "6"]) == 2
+    assert f"no TorchServe running from {tmp_path / 'elsewhere'} ($AIAAS_HOME)" in capsys.readouterr().err
+    assert main(["predict", "y2x", "6", "--home", str(tmp_path / "given")]) == 2  # and --home over the variable
+    assert f"{tmp_path / 'given'} (--home)" in capsys.readouterr().err
+
+
+def test_no_server_found_says_where_it_looked_and_how_to_start_or_point_at_one(tmp_path, monkeypatch, capsys):
+    _no_aiaas_above(tmp_path)
+    monkeypatch.delenv("AIAAS_HOME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    parents = len(tmp_path.parents)
+    assert main(["predict", "y2x", "6"]) == 2
+    err = capsys.readouterr().err
+    assert f"no TorchServe found: no .aiaas directory in {tmp_path} and its {parents} parent directories up to /" in err
+    assert "--home not given, $AIAAS_HOME not set" in err
+    assert "start one with `aiaas serve start`, or point at a running one with --home DIR or AIAAS_HOME=DIR" in err
+    assert main(["serve", "stop"]) == 0
+    assert f"no TorchServe was running from no .aiaas directory in {tmp_path}" in capsys.readouterr().out
+    assert not (tmp_path / ".aiaas").exists()  # looking creates nothing
+
+
+def test_serve_token_without_a_server_exits_2_and_prints_nothing_on_stdout(tmp_path, capsys):
+    assert main(["serve", "token", "--home", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and f"no TorchServe running from {tmp_path} (--home)" in err
+
+
+def test_aiaas_alone_prints_the_help_and_exits_0():
+    r = subprocess.run([sys.executable, "-m", "aiaas_torch.cli"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stderr == ""
+    assert r.stdout.startswith("usage: aiaas") and "serve" in r.stdout and "predict" in r.stdout
+
+
+def test_human_output_shows_seven_significant_digits_and_json_the_full_value(run_dir, capsys):
+    from aiaas_torch.cli.predict import _human
+
+    assert _human(185.69967651367188) == "185.6997" and _human([0.30000001192092896, 2.0, "setosa"]) == "[0.3, 2, setosa]"
+    assert main(["predict", "--local", str(run_dir), "1.1,2.2,3.3", "--json"]) == 0
+    full = json.loads(capsys.readouterr().out)["predictions"][0]
+    assert len(repr(full).replace("-", "").replace(".", "").lstrip("0")) > 7  # a float32 answer as a double
+    assert main(["predict", "--local", str(run_dir), "1.1,2.2,3.3"]) == 0
+    shown = capsys.readouterr().out.strip()
+    assert len(shown.replace("-", "").replace(".", "").lstrip("0")) <= 7 and float(shown) == pytest.approx(full, rel=1e-6)
+
+
+def test_the_card_records_hidden_sizes_only_for_an_mlp(run_dir, tmp_path, linear_csv):
+    assert "hidden" not in json.loads((run_dir / "model.json").read_text())["training"]["settings"]
+    assert main(["train", str(linear_csv), "--target", "target", "--model", "mlp", "--hidden", "8,4", "--epochs", "2",
+                 "--out", str(tmp_path / "mlp"), "--no-compile", "--quantize", "none", "--no-progress"]) == 0
+    assert json.loads((tmp_path / "mlp" / "model.json").read_text())["training"]["settings"]["hidden"] == [8, 4]
+
+
+def _archive_names(store: Path, names: list[str]) -> None:
+    store.mkdir()
+    for n in names:
+        (store / n).write_bytes(b"never read: the name is refused first")
+
+
+def test_serve_start_with_an_archive_not_in_the_store_lists_the_ones_that_are(tmp_path, capsys):
+    _archive_names(tmp_path / "store", [f"m{i:02d}-1.0.mar" for i in range(12)])
+    argv = ["serve", "start", "--home", str(tmp_path / "home"), "--model-store", str(tmp_path / "store"), "--free-ports"]
+    assert main([*argv, "--models", "m=m-1.0.mar"]) == 2
+    err = capsys.readouterr().err
+    assert "'m-1.0.mar' not found in the model store" in err
+    assert "it holds m00-1.0.mar, m01-1.0.mar" in err and "m09-1.0.mar … and 2 more" in err and "m10" not in err
+    assert main([*argv, "--models", f"m={tmp_path / 'nowhere' / 'm-1.0.mar'}"]) == 2
+    assert f"model archive '{tmp_path / 'nowhere' / 'm-1.0.mar'}': no such file" in capsys.readouterr().err
+    assert not (tmp_path / "home").exists()
+
+
+def test_a_port_clash_names_the_cli_flag_on_the_cli_and_the_argument_in_python(tmp_path, capsys):
+    import socket
+
+    from aiaas_torch import serving as server
+
+    (tmp_path / "store").mkdir()
+    holder = socket.socket()
+    try:
+        try:
+            holder.bind(("127.0.0.1", server.DEFAULT_PORTS.inference))
+            holder.listen()
+        except OSError:
+            pass  # something else holds it: the clash is there all the same
+        assert main(["serve", "start", "--home", str(tmp_path / "h"), "--model-store", str(tmp_path / "store")]) == 1
+        err = capsys.readouterr().err
+        assert "already in use" in err and "start with --free-ports" in err and "free_ports=True" not in err
+        with pytest.raises(server.TorchServeError, match=r"start with free_ports=True$"):
+            server.start(tmp_path / "h2", tmp_path / "store")
+    finally:
+        holder.close()
+        for home in ("h", "h2"):  # nothing should run, but never leave a server behind if the port came free
+            server.stop(tmp_path / home)
 
 
 def test_serve_status_without_server(tmp_path, capsys):

@@ -326,3 +326,25 @@ def test_random_bodies_are_answered_or_refused_with_a_contract_error_only():
             parse_request(body, CARD)
         except ContractError as e:
             assert str(e) and len(str(e)) < 600, str(e)[:200]
+
+
+# --- lists in messages are never cut silently ----------------------------------------------------------------
+
+
+def test_some_says_how_many_it_left_out():
+    assert c._some(["a", "b", "c"], 5) == "a, b, c"
+    assert c._some([f"f{i}" for i in range(12)], 5) == "f0, f1, f2, f3, f4 … and 7 more"
+
+
+def test_row_messages_say_how_many_names_they_left_out():
+    wide = _card(names=[f"f{i:02d}" for i in range(30)], max_rows=5)
+    with pytest.raises(ContractError) as e:
+        parse_request(json.dumps({"instances": [[1.0] * 12]}), wide)
+    assert str(e.value).endswith("12 values, expected 30 (f00, f01, f02, f03, f04, f05, f06, f07, f08, f09, f10, f11, f12, f13, "
+                                 "f14, f15, f16, f17, f18, f19 … and 10 more)")
+    with pytest.raises(ContractError) as e:
+        parse_request(json.dumps({"instances": [{"f00": 1, "f01": 2, "f02": 3}]}), _card(names=[f"f{i:02d}" for i in range(15)]))
+    assert str(e.value).endswith("missing feature(s) ['f03', 'f04', 'f05', 'f06', 'f07' … and 7 more]")
+    with pytest.raises(ContractError) as e:
+        parse_request(json.dumps({f"k{i:02d}": 1 for i in range(13)}), CARD)
+    assert "(keys: ['k00', 'k01', 'k02', 'k03', 'k04', 'k05', 'k06', 'k07', 'k08', 'k09' … and 3 more])" in str(e.value)

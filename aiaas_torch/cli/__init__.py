@@ -3,7 +3,8 @@
 Every bad input ends with exit code 2 and one line on stderr naming the problem (no traceback, nothing
 written); `--json` on any command prints one JSON document on stdout for scripts. Each command group is one
 module here that builds its sub-parser next to the code that runs it and imports torch only when it needs it,
-so `--help`, `serve status|stop` and a remote `predict` start fast.
+so `--help`, `serve status|stop|token` and a remote `predict` start fast. `aiaas` alone prints the help; options
+may come anywhere among a command's arguments (common._Parser); the server home is found by common._server_home.
 """
 
 from __future__ import annotations
@@ -47,18 +48,22 @@ def main(argv: list[str] | None = None) -> int:
     """Run the `aiaas` command line; returns the process exit code (2 for bad input, 1 for a failure or a bug)."""
     parser = build_parser()
     _add_debug(parser)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:  # `aiaas` alone: what a newcomer types first deserves the help, not an error
+        parser.print_help()
+        return 0
     args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.argv = argv
     from .. import client as cl
     from .. import serving as server
 
     try:
         return args.run(args)
     except InputError as e:  # raised on purpose, naming what is wrong
-        print(f"aiaas {args.command}: error: {e}", file=sys.stderr)
+        print(f"aiaas {args.command}: error: {getattr(e, 'cli_message', e)}", file=sys.stderr)
         return EXIT_USAGE
     except (server.TorchServeError, cl.ClientError) as e:
-        print(f"aiaas {args.command}: {e}", file=sys.stderr)
+        print(f"aiaas {args.command}: {getattr(e, 'cli_message', e)}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print(f"aiaas {args.command}: interrupted", file=sys.stderr)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import UsageError, _finite, _home, _int_list, _print_json, _warn
+from .common import UsageError, _finite, _home, _int_list, _print_json, _running_home, _warn
 
 
 def add_parser(sub) -> None:
@@ -58,9 +58,8 @@ def run(a) -> int:
     kw = dict(concurrency=a.concurrency, duration=a.duration, warmup=a.warmup, timeout=a.timeout,
               max_requests=a.max_requests, processes=a.processes, progress=False if a.no_progress else None)  # fmt: skip
     if a.model:
-        if not (Path(a.home) / "server.json").exists():
-            raise UsageError(f"no server found in {a.home} (start one with `aiaas serve start --home {a.home}`)")
-        report = bench.bench_served(a.home, a.model, body, **kw)
+        home = _running_home(a)
+        report = bench.bench_served(home, a.model, body, **kw)
     else:
         configs = bench.configs_from_args(a.profile, a.config)
         handlers = {}

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
+from pathlib import Path
 
 from ..errors import InputError
 
@@ -17,8 +19,32 @@ class UsageError(InputError):
     """A bad argument or input found by the CLI itself: exit code 2 with a one-line message."""
 
 
+# A ROW of numbers is an argument, not an option, even when it starts with a minus: "-1.5,2", "-3e-2".
+_NEGATIVE_ROW = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?(,-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)*$")
+
+
 class _Parser(argparse.ArgumentParser):
-    """ArgumentParser whose errors are one line and exit code 2."""
+    """ArgumentParser whose errors are one line and exit code 2, and whose commands take options among positionals."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = _NEGATIVE_ROW  # argparse's own knows only "-1" and "-1.5"
+        self._intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        """Return (namespace, extras); a command (a parser without sub-commands) accepts options between its positionals.
+
+        Plain argparse stops filling a positional at the first option, so `predict NAME --json 1,2` leaves 1,2
+        unrecognized; parse_intermixed_args parses options first, then the positionals, and `--` still ends options.
+        """
+        leaf = not any(isinstance(a, argparse._SubParsersAction) for a in self._actions)
+        if not leaf or self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
 
     def error(self, message):  # noqa: D401 - argparse API
         """Print one line naming the problem and exit with code 2."""
@@ -47,9 +73,43 @@ def _finite(text: str) -> float:
     return v
 
 
-def _home(p) -> None:
-    """Add the --home option."""
-    p.add_argument("--home", default=".aiaas", metavar="DIR", help="server home: config, logs, key file, pid (default .aiaas)")
+def _home(p, creates: bool = False) -> None:
+    """Add the --home option (`creates`: the command makes the home when none is found)."""
+    p.add_argument("--home", default=None, metavar="DIR",
+                   help="server home: config, logs, key file, pid (default: $AIAAS_HOME, else the nearest .aiaas in this "
+                        "or a parent directory" + (", else ./.aiaas)" if creates else ")"))
+
+
+def _server_home(a, creates: bool = False) -> Path:
+    """Return the server home of a command: --home, $AIAAS_HOME, the nearest .aiaas, else ./.aiaas when it `creates` one.
+
+    Raises UsageError saying where it looked when nothing is found and the command does not create a home.
+    """
+    from ..serving.home import HOME_DIR, find_home
+
+    found = find_home(a.home)
+    if found.path is None and not creates:
+        raise UsageError(no_server_message(found))
+    return found.path if found.path is not None else Path(HOME_DIR).absolute()
+
+
+def no_server_message(found) -> str:
+    """Return the "no server" message for a HomeSearch: where it looked, and how to start one or point at one."""
+    start = "`aiaas serve start`" if found.path is None else f"`aiaas serve start --home {found.path}`"
+    return (f"no TorchServe {'found: ' if found.path is None else 'running from '}{found.where()}; start one with {start}, "
+            "or point at a running one with --home DIR or AIAAS_HOME=DIR")
+
+
+def _running_home(a) -> Path:
+    """Return the home of the server a command talks to; raises UsageError saying where it looked when none runs there."""
+    from ..serving.home import find_home, load_info
+    from ..serving.pids import is_alive
+
+    found = find_home(a.home)
+    info = load_info(found.path) if found.path is not None else None
+    if info is None or not is_alive(info.pid, info.create_time):
+        raise UsageError(no_server_message(found))
+    return found.path
 
 
 def _print_json(obj) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from .common import _finite, _home, _print_json
+from .common import _finite, _home, _print_json, _running_home
 
 
 def add_parser(sub) -> None:
@@ -47,8 +47,9 @@ def run(a) -> int:
     """Deploy, roll back, retire or list versions on HOME's TorchServe; returns the exit code."""
     from .. import serving as server
 
+    home = _running_home(a)
     if a.live == "deploy":
-        done = server.deploy(a.name, a.archive, a.home, a.workers, a.timeout)
+        done = server.deploy(a.name, a.archive, home, a.workers, a.timeout)
         if a.json:
             _print_json(asdict(done))
         else:
@@ -57,20 +58,20 @@ def run(a) -> int:
                   f"row {done.smoke_row} -> {done.smoke_answer.get('predictions')}, {done.seconds['total']:.1f} s in all")
         return 0
     if a.live == "rollback":
-        left, now = server.rollback(a.name, a.home)
+        left, now = server.rollback(a.name, home)
         if a.json:
             _print_json({"name": a.name, "from": left, "to": now})
         else:
             print(f"{a.name} {now} is the default again ({left} stays loaded until `aiaas retire {a.name} {left}`)")
         return 0
     if a.live == "retire":
-        file = server.retire(a.name, a.version, a.home)
+        file = server.retire(a.name, a.version, home)
         if a.json:
             _print_json({"name": a.name, "version": a.version, "archive": file})
         else:
             print(f"{a.name} {a.version} retired" + (f"; {file} removed from the store" if file else ""))
         return 0
-    found = server.versions(a.name, a.home)
+    found = server.versions(a.name, home)
     if a.json:
         _print_json([asdict(v) for v in found])
     else:

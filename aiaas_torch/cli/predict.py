@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from .common import UsageError, _finite, _home, _print_json
+from .common import UsageError, _finite, _home, _print_json, _running_home
 
 
 def add_parser(sub) -> None:
@@ -46,9 +46,8 @@ def run(a) -> int:
         body = _request_body(a, rows)
         if isinstance(body, str):
             body = body.encode("utf-8")
-        if not (Path(a.home) / "server.json").exists():
-            raise UsageError(f"no server found in {a.home} (start one with `aiaas serve start --home {a.home}`)")
-        with cl.Client(home=a.home, timeout=a.timeout) as c:
+        home = _running_home(a)
+        with cl.Client(home=home, timeout=a.timeout) as c:
             try:
                 answer = c.predict(name, body, version=a.model_version)
             except (cl.BadRequest, cl.NotFound) as e:
@@ -89,14 +88,23 @@ def _request_body(a, rows_args: list[str]):
     return {"instances": _rows_from_args(rows_args)}
 
 
+def _human(value) -> str:
+    """Return a value as people read it: floats (float32 answers) with 7 significant digits, lists element by element."""
+    if isinstance(value, float):
+        return f"{value:.7g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_human(v) for v in value) + "]"
+    return str(value)
+
+
 def _print_answer(answer) -> None:
-    """Print predictions one per line (classification: label and probability)."""
+    """Print predictions one per line (classification: label and probability); --json keeps the full values."""
     if isinstance(answer, dict) and "predictions" in answer:
         probs = answer.get("probabilities")
         for i, p in enumerate(answer["predictions"]):
-            print(f"{p}" + (f"\t(p={max(probs[i]):.3f})" if probs else ""))
+            print(_human(p) + (f"\t(p={max(probs[i]):.3f})" if probs else ""))
     elif isinstance(answer, dict) and "outputs" in answer:
         for o in answer["outputs"]:
-            print(f"{o['name']}: {o['data']}")
+            print(f"{o['name']}: {_human(o['data'])}")
     else:
         print(json.dumps(answer))

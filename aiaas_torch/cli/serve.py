@@ -1,15 +1,15 @@
-"""`aiaas serve start|stop|status`: control a local TorchServe (stop and status import no torch)."""
+"""`aiaas serve start|stop|status|token`: control a local TorchServe (stop, status and token import no torch)."""
 
 from __future__ import annotations
 
 import sys
 import warnings
 
-from .common import EXIT_FAILURE, UsageError, _finite, _home, _Parser, _print_json, _warn
+from .common import EXIT_FAILURE, UsageError, _finite, _home, _Parser, _print_json, _running_home, _server_home, _warn, no_server_message
 
 
 def add_parser(sub) -> None:
-    """Add the serve sub-parser (start, stop, status) to `sub`; returns None."""
+    """Add the serve sub-parser (start, stop, status, token) to `sub`; returns None."""
     s = sub.add_parser("serve", help="start, stop or inspect a local TorchServe", description="Control a local TorchServe (127.0.0.1 only, token auth on).")
     ss = s.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
     ss.required = True
@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
                        description="Start TorchServe in HOME with the model store; returns when every model's workers are READY. "
                                    "Every archive is checked against its card first (and its signature when $AIAAS_SIGNING_KEY "
                                    "is set); one that fails stops the start with exit code 2.")
-    _home(st)
+    _home(st, creates=True)
     st.add_argument("--model-store", default="model_store", metavar="DIR", help="model store (default model_store)")
     st.add_argument("--models", nargs="+", metavar="NAME=FILE.mar", help="archives to load (default: every .mar in the store)")
     st.add_argument("--free-ports", action="store_true", help="pick every port free at start (default 8080-8082, 7070-7071, 9000)")
@@ -42,13 +42,27 @@ def add_parser(sub) -> None:
     su = ss.add_parser("status", help="show URLs, key file and worker states", description="Show HOME's TorchServe: URLs, key file, each model's versions and worker states.")
     _home(su)
     su.add_argument("--json", action="store_true", help="print the status as JSON")
+    tk = ss.add_parser("token", help="print a current inference token, for curl and other clients",
+                       description="Print HOME's current inference token and nothing else (renewed through TorchServe's "
+                                   "token API when it expires within a minute), for clients that cannot read the key "
+                                   "file: curl -H \"Authorization: Bearer $(aiaas serve token)\" ...")
+    _home(tk)
     s.set_defaults(run=run)
 
 
 def run(a) -> int:
     """Start, stop or show a local TorchServe; returns the exit code."""
     from .. import serving as server
+    from ..serving.home import find_home
 
+    if a.action == "token":
+        from ..serving.home import load_info
+        from ..serving.tokens import current_key
+
+        print(current_key(load_info(_running_home(a))))
+        return 0
+    found = find_home(a.home)
+    home = _server_home(a, creates=True)  # stop and status of a home that does not exist find nothing running
     if a.action == "start":
         models = a.models
         if models:
@@ -58,13 +72,13 @@ def run(a) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", server.SecuritySettingWarning)
             try:
-                info = server.start(a.home, a.model_store, models, a.free_ports, a.config, a.timeout,
+                info = server.start(home, a.model_store, models, a.free_ports, a.config, a.timeout,
                                     access_log=a.access_log, trust_config_keys=a.trust_config_key,
                                     allow_deploy=a.allow_deploy)
             finally:
                 for w in caught:
                     _warn(str(w.message))
-        st = server.status(a.home)
+        st = server.status(home)
         if a.json:
             _print_json(st)
         else:
@@ -75,20 +89,20 @@ def run(a) -> int:
                     states = [w.get("status") for w in v.get("workers", [])]
                     print(f"  {name} v{v.get('version')}: workers {states}")
         if a.foreground:
-            _stay_attached(a.home, info.pid)
+            _stay_attached(home, info.pid)
         return 0
     if a.action == "stop":
-        stopped = server.stop(a.home)
+        stopped = server.stop(home)
         if a.json:
             _print_json({"stopped": stopped})
         else:
-            print("TorchServe stopped" if stopped else f"no TorchServe was running from {a.home}")
+            print("TorchServe stopped" if stopped else f"no TorchServe was running from {found.where()}")
         return 0
-    st = server.status(a.home)
+    st = server.status(home)
     if a.json:
         _print_json(st)
     elif not st.get("running"):
-        print(f"no TorchServe running from {a.home}")
+        print(no_server_message(found))
     else:
         print(f"TorchServe pid {st['pid']}: inference {st['inference_url']}, management {st['management_url']}, metrics {st['metrics_url']}")
         print(f"  key file {st['key_file']}")

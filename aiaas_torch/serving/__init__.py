@@ -11,10 +11,11 @@ Modules, one job each (imports point down this list, never up):
     tokens       key_file.json and renewing an expired key (also used by aiaas_torch.client)
     config       base config (config.properties beside it), forced settings, effective config, log4j, environment
     ports        Ports, free loopback ports, clash checks
-    home         the home directory's files, server.json (ServerInfo), atomic writes
+    home         the home directory's files, server.json (ServerInfo), atomic writes, the CLI's search (find_home)
     errors       TorchServeError, ServerArgumentError, SecuritySettingWarning
 
-Each instance lives in its own home directory (default ``.aiaas``)::
+Each instance lives in its own home directory (default ``.aiaas``; the CLI also looks at $AIAAS_HOME and the
+nearest ``.aiaas`` in a parent directory)::
 
     HOME/config.properties   effective TorchServe config (base config + per-instance overrides)
     HOME/log4j2.xml          quiet log config (INFO, access log off unless asked)

@@ -85,7 +85,7 @@ def start(
     """Return the ServerInfo of a TorchServe started in HOME once all its models have READY workers.
 
     models: None loads every .mar in the store (names from each archive's manifest); a dict {name: file.mar}
-    or a list of "NAME=FILE.mar" strings loads those under those names.
+    or a list of "NAME=FILE.mar" strings loads those under those names (FILE: a name in the store, or a path).
     Ports: 8080/8081/8082 (gRPC 7070/7071), all free ones picked now with free_ports=True, or explicit `ports`.
     Security settings are forced whatever `config` says (SECURITY_SETTINGS, loopback addresses); keys in
     TRUSTABLE_KEYS are dropped from it unless named in `trust_config_keys`. Each override is a SecuritySettingWarning.
@@ -99,18 +99,17 @@ def start(
         raise ServerArgumentError(f"trust_config_keys: {unknown} cannot be trusted; only {list(TRUSTABLE_KEYS)} can")
     home = Path(home).resolve()
     store = Path(model_store).resolve()
-    if not store.is_dir():
-        raise ServerArgumentError(f"model store not found: {store}")
     find_java()
     torchserve = find_torchserve()
     running = load_info(home)
     if running is not None and is_alive(running.pid, running.create_time):
-        raise TorchServeError(f"TorchServe already runs from {home} (pid {running.pid}); stop it first")
+        runs = f"TorchServe already runs from {home} (pid {running.pid}); stop it first with"
+        raise TorchServeError(f"{runs} aiaas_torch.serving.stop({str(home)!r})", cli_message=f"{runs} `aiaas serve stop --home {home}`")
     model_args, names = _model_args(models)
-    archives = archives_to_load(store, model_args)
+    model_args, archives = archives_to_load(store, model_args)
 
     home.mkdir(parents=True, exist_ok=True)
-    checked = checked_store(home, store, archives)
+    checked = checked_store(home, archives)
     logs, tmp = home / "logs", home / "tmp"
     for d in (logs, tmp):
         d.mkdir(exist_ok=True)

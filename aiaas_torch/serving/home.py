@@ -1,4 +1,5 @@
-"""An instance's home directory: the names of its files, its server.json (ServerInfo) and atomic writes into it."""
+"""An instance's home directory: the names of its files, its server.json (ServerInfo), atomic writes into it, and
+how the CLI finds it (find_home)."""
 
 from __future__ import annotations
 
@@ -64,6 +65,46 @@ def load_info(home: str | os.PathLike = ".aiaas") -> ServerInfo | None:
         return None
     except (ValueError, TypeError, KeyError) as e:
         raise TorchServeError(f"{path} is unreadable ({e}); delete it if no server runs") from None
+
+
+HOME_ENV = "AIAAS_HOME"
+HOME_DIR = ".aiaas"
+
+
+@dataclass(frozen=True)
+class HomeSearch:
+    """Where the CLI looked for a server home and what it found (`path` None: nothing found)."""
+
+    path: Path | None
+    source: str  # "--home", "$AIAAS_HOME", "the nearest .aiaas from CWD" or "" (nothing found)
+    searched: tuple[Path, ...] = ()  # the directories looked in for a .aiaas, nearest first
+
+    def where(self) -> str:
+        """Return how the home was chosen, or where it was looked for, as a phrase for a message."""
+        if self.path is not None:
+            return f"{self.path} ({self.source})"
+        first, parents = self.searched[0], len(self.searched) - 1
+        plural = "directory" if parents == 1 else "directories"
+        chain = f"{first} and its {parents} parent {plural} up to {self.searched[-1]}" if parents else str(first)
+        return f"no {HOME_DIR} directory in {chain}, --home not given, ${HOME_ENV} not set"
+
+
+def find_home(explicit: str | os.PathLike | None = None, cwd: str | os.PathLike | None = None) -> HomeSearch:
+    """Return the HomeSearch for the CLI: `explicit` (--home), else $AIAAS_HOME, else the nearest .aiaas in cwd or a parent.
+
+    Like git finding .git, so that `aiaas predict` in a subdirectory finds the server started one level up.
+    """
+    if explicit is not None:
+        return HomeSearch(Path(explicit).absolute(), "--home")
+    env = os.environ.get(HOME_ENV)
+    if env:
+        return HomeSearch(Path(env).absolute(), f"${HOME_ENV}")
+    here = Path(cwd if cwd is not None else os.getcwd()).absolute()
+    searched = (here, *here.parents)
+    for d in searched:
+        if (d / HOME_DIR).is_dir():
+            return HomeSearch(d / HOME_DIR, f"the nearest {HOME_DIR} from {here}", searched[: searched.index(d) + 1])
+    return HomeSearch(None, "", searched)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

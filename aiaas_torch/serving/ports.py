@@ -64,9 +64,7 @@ def check_ports_free(ports: Ports) -> None:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Netty does: TIME_WAIT is no clash
             s.bind(("127.0.0.1", port))
         except OSError as e:
-            raise TorchServeError(
-                f"port {port} on 127.0.0.1 ({name}) is already in use ({e.strerror}); stop what holds it, "
-                f"or start with free_ports=True"
-            ) from None
+            clash = f"port {port} on 127.0.0.1 ({name}) is already in use ({e.strerror}); stop what holds it, or start with"
+            raise TorchServeError(f"{clash} free_ports=True", cli_message=f"{clash} --free-ports") from None
         finally:
             s.close()

@@ -10,47 +10,75 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from .. import archive
+from ..handlers.aiaas_contract import _some
 from ..handlers.integrity import file_name_problem
 from .errors import ServerArgumentError
 from .home import CHECKED_STORE
 
 
-def archives_to_load(store: Path, model_args: Sequence[str]) -> list[str]:
-    """Return the file names in the store of the archives that --models names ("all": every .mar in it).
+def archives_to_load(store: Path, model_args: Sequence[str]) -> tuple[list[str], dict[str, Path]]:
+    """Return (the --models arguments for TorchServe, {file name in HOME/store: the archive checked into it}).
 
-    Raises ServerArgumentError for a URL or a path (only plain .mar names in the store can be checked), an
-    archive not in the store (else TorchServe waits out ready_timeout for a model that cannot appear), and, with
-    "all", an entry TorchServe would load that is not a .mar file (a folder, .model or .tar.gz).
+    An argument names a .mar in the store ("NAME=x.mar") or a path to one ("NAME=dir/x.mar", anything with a
+    "/"): either way it is checked and copied into HOME/store, and TorchServe is given its file name there.
+    "all" loads every .mar in the store. Raises ServerArgumentError for a URL, an archive not in the store (the
+    message lists the ones that are; else TorchServe waits out ready_timeout for a model that cannot appear), a
+    path that is not a file, two archives with the same file name, and, with "all", an entry TorchServe would
+    load that is not a .mar file (a folder, .model or .tar.gz).
     """
-    files: list[str] = []
     if list(model_args) == ["all"]:
+        _require_store(store)
+        sources: dict[str, Path] = {}
         for entry in sorted(store.iterdir()):
             if entry.name.startswith("."):  # TorchServe skips hidden entries; `package` stages in hidden folders
                 continue
             if entry.name.endswith(".mar") and entry.is_file():
-                files.append(entry.name)
+                sources[entry.name] = entry
             elif entry.is_dir() or entry.name.endswith((".model", ".tar.gz")):
                 raise ServerArgumentError(
                     f"{entry}: TorchServe would load this as a model, but only .mar archives can be checked; "
                     "move it out of the model store"
                 )
-        return files
+        return ["all"], sources
+    args, sources = [], {}
     for arg in model_args:
-        file = arg.split("=", 1)[-1]
-        if "://" in file or file_name_problem(file) or "/" in file:
-            raise ServerArgumentError(f"model archive {file!r}: name a .mar file in the model store (not a path or URL)")
-        if not (store / file).is_file():
-            raise ServerArgumentError(f"model archive {file!r} not found in the model store {store}")
-        if file not in files:
-            files.append(file)
-    return files
+        name, sep, file = arg.partition("=")
+        name, file = (name, file) if sep else ("", name)
+        if "://" in file:
+            raise ServerArgumentError(f"model archive {file!r}: a URL cannot be checked; name a .mar in the model store or a path to one")
+        if "/" in file or os.sep in file:
+            source = Path(file).expanduser().absolute()
+            if not source.is_file():
+                raise ServerArgumentError(f"model archive {file!r}: no such file")
+        else:
+            _require_store(store)
+            source = store / file
+            if file_name_problem(file) or not source.is_file():
+                held = sorted(p.name for p in store.glob("*.mar") if p.is_file() and not p.name.startswith("."))
+                raise ServerArgumentError(
+                    f"model archive {file!r} not found in the model store {store}; "
+                    + (f"it holds {_some(held, 10)}" if held else "it holds no .mar archives")
+                    + " (or give a path to an archive, e.g. ./" + file + ")"
+                )
+        if file_name_problem(source.name):
+            raise ServerArgumentError(f"model archive {file!r}: file name {file_name_problem(source.name)}")
+        if sources.setdefault(source.name, source) != source:
+            raise ServerArgumentError(f"two archives named {source.name!r}: {sources[source.name]} and {source}; rename one")
+        args.append(f"{name}={source.name}" if name else source.name)
+    return args, sources
 
 
-def checked_store(home: Path, store: Path, archives: Sequence[str]) -> Path:
-    """Return HOME/store (mode 0700), rebuilt to hold a checked copy of each named archive of the store.
+def _require_store(store: Path) -> None:
+    """Raise ServerArgumentError when the model store is not a directory."""
+    if not store.is_dir():
+        raise ServerArgumentError(f"model store not found: {store}")
+
+
+def checked_store(home: Path, archives: Mapping[str, Path]) -> Path:
+    """Return HOME/store (mode 0700), rebuilt to hold a checked copy of each archive ({file name: source}).
 
     TorchServe loads these copies, never the store itself: a store others can write to could have a file
     swapped between our check and TorchServe's read. archive.verify_archive writes each copy from the very bytes
@@ -66,15 +94,15 @@ def checked_store(home: Path, store: Path, archives: Sequence[str]) -> Path:
     checked.mkdir(mode=0o700)
     os.chmod(checked, 0o700)  # mkdir's mode is masked by the umask
     try:
-        for file in archives:
+        for file, source in archives.items():
             try:
-                archive.verify_archive(store / file, key, copy_to=checked / file)
+                archive.verify_archive(source, key, copy_to=checked / file)
             except archive.ForeignArchiveError as e:
                 if key:
                     raise ServerArgumentError(
                         f"refusing to start: {e}; with ${archive.SIGNING_KEY_ENV} set only signed aiaas archives load"
                     ) from None
-                shutil.copyfile(store / file, checked / file)
+                shutil.copyfile(source, checked / file)
             except archive.ArchiveError as e:
                 raise ServerArgumentError(f"refusing to start: {e}") from None
     except BaseException:

@@ -7,14 +7,16 @@ key can be renewed only with the key file at hand.
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
+import time
 from pathlib import Path
 
 import httpx
 
 from .errors import TorchServeError
-from .home import KEY_FILE
+from .home import KEY_FILE, ServerInfo
 
 
 class RenewalRefused(TorchServeError):
@@ -25,8 +27,8 @@ class RenewalRefused(TorchServeError):
         super().__init__(f"token renewal answered {response.status_code}: {response.text[:200]}")
 
 
-def read_keys(home: str | os.PathLike = ".aiaas") -> dict[str, str]:
-    """Return {"management", "inference", "api"} keys from HOME/key_file.json (a key file path also works)."""
+def _key_document(home: str | os.PathLike) -> tuple[Path, dict]:
+    """Return (the key file's path, its JSON document) for HOME or a key file path."""
     path = Path(home)
     if path.is_dir():
         path = path / KEY_FILE
@@ -36,6 +38,12 @@ def read_keys(home: str | os.PathLike = ".aiaas") -> dict[str, str]:
         raise TorchServeError(f"no TorchServe key file at {path}; is the server running with token auth?") from None
     except ValueError as e:
         raise TorchServeError(f"TorchServe key file {path} is not JSON ({e})") from None
+    return path, data
+
+
+def read_keys(home: str | os.PathLike = ".aiaas") -> dict[str, str]:
+    """Return {"management", "inference", "api"} keys from HOME/key_file.json (a key file path also works)."""
+    path, data = _key_document(home)
     try:
         return {
             "management": data["management"]["key"],
@@ -63,3 +71,29 @@ def fresh_key(
             raise RenewalRefused(r)
         key = read_keys(key_file)[kind]
     return key
+
+
+def key_expires(home: str | os.PathLike, kind: str) -> float | None:
+    """Return when HOME's KIND key expires, in seconds since the epoch (None when the key file does not say)."""
+    _, data = _key_document(home)
+    try:
+        when = _dt.datetime.fromisoformat(str(data[kind]["expiration time"]).replace("Z", "+00:00"))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return when.timestamp() if when.tzinfo else None
+
+
+def current_key(info: ServerInfo, kind: str = "inference", margin_s: float = 60.0) -> str:
+    """Return the server's KIND key, renewed first through the token API when it expires within margin_s seconds.
+
+    For clients outside this package (curl, scripts), which cannot renew a key themselves.
+    """
+    key = read_keys(info.key_file)[kind]
+    expires = key_expires(info.key_file, kind)
+    if expires is None or expires - time.time() > margin_s:
+        return key
+    with httpx.Client(timeout=httpx.Timeout(10.0), trust_env=False) as http:
+        try:
+            return fresh_key(http, info.key_file, kind, key, info.management_url, read_keys(info.key_file)["api"])
+        except httpx.TransportError as e:
+            raise TorchServeError(f"renewing the {kind} key failed: {e!r}") from None

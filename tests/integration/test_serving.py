@@ -172,6 +172,7 @@ def test_help_serve_status_stop_and_remote_predict_import_no_torch(served, tmp_p
         (["--help"], 0, "usage: aiaas"),
         (["serve", "status", "--home", str(empty)], 1, f"no TorchServe running from {empty}"),
         (["serve", "stop", "--home", str(empty)], 0, f"no TorchServe was running from {empty}"),
+        (["serve", "token", "--home", str(served.home)], 0, server.read_keys(served.home)["inference"]),
         (remote, 0, '"predictions"'),
     ]:
         r, modules = _cli_with_import_log(args)
@@ -234,9 +235,10 @@ def test_serve_start_foreground_stops_the_server_on_sigterm(served, tmp_path):
     store.mkdir()
     shutil.copy(served.archives["y2x-2.0"], store)
     home = tmp_path / "fg"
+    # --models NAME=PATH, relative to the current directory, as people type it: a path to an archive is checked and served
     cmd = [sys.executable, "-m", "aiaas_torch.cli", "serve", "start", "--home", str(home), "--model-store", str(store),
-           "--models", f"y2x={served.archives['y2x-2.0'].name}", "--free-ports", "--foreground"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           "--models", f"y2x=store/{served.archives['y2x-2.0'].name}", "--free-ports", "--foreground"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
         line = proc.stdout.readline()  # printed once the workers are READY
         assert "TorchServe ready" in line, line + proc.stderr.read()

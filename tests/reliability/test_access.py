@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from aiaas_torch import serving as server
+from aiaas_torch.cli import main
 from aiaas_torch.client import Client
 
 from rel_helpers import close, keys, stop_instance, workers
@@ -104,7 +105,7 @@ def _sleep_until_past(when: dt.datetime) -> None:
         time.sleep(0.1)
 
 
-def test_expired_tokens_are_renewed_by_the_client_and_the_server_control(shared, tmp_path):
+def test_expired_tokens_are_renewed_by_the_client_and_the_server_control(shared, tmp_path, capsys):
     config = tmp_path / "short-tokens.properties"
     config.write_text(server.BASE_CONFIG.read_text() + f"token_expiration_min={TOKEN_MINUTES}\n")
     home = tmp_path / "home"
@@ -127,6 +128,14 @@ def test_expired_tokens_are_renewed_by_the_client_and_the_server_control(shared,
             assert c.token != old_inference
             assert c.describe("lin")[0]["modelName"] == "lin"
             assert c.management_token != old_management
+        _sleep_until_past(_expiry(home, "inference"))
+        expired = keys(home)["inference"]
+        assert main(["serve", "token", "--home", str(home)]) == 0  # for curl and scripts: renewed, then printed
+        token = capsys.readouterr().out.strip()
+        assert token != expired and token == keys(home)["inference"]
+        r = httpx.post(info.inference_url + "/predictions/lin", json={"instances": rows},
+                       headers={"Authorization": f"Bearer {token}"}, timeout=10, trust_env=False)  # fmt: skip
+        assert r.status_code == 200 and close(r.json()["predictions"][0], want), (r.status_code, r.text)
         _sleep_until_past(_expiry(home, "management"))
         st = server.status(home)  # server control renews its management key too
         assert st["running"] and "error" not in st and [w["status"] for w in st["models"]["lin"][0]["workers"]] == ["READY", "READY"]

@@ -208,11 +208,25 @@ def test_load_models_all_checks_every_archive_in_the_store(runs, archives, tmp_p
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("file", ["../signed/lin-1.0.mar", "/etc/passwd.mar", "file:///tmp/lin-1.0.mar"])
-def test_models_must_name_a_plain_file_in_the_store(archives, tmp_path, monkeypatch, file):
+@pytest.mark.parametrize("file, needle", [
+    ("file:///tmp/lin-1.0.mar", "a URL cannot be checked"), ("/etc/passwd.mar", "no such file"),
+    ("../nowhere/lin-1.0.mar", "no such file"), ("..", "not found in the model store"),
+])  # fmt: skip
+def test_models_name_an_archive_in_the_store_or_a_path_to_one_never_a_url(archives, tmp_path, monkeypatch, file, needle):
     _forbid_launch(monkeypatch)
-    with pytest.raises(server.ServerArgumentError, match="name a .mar file in the model store"):
+    with pytest.raises(server.ServerArgumentError, match=needle):
         server.start(tmp_path / "home", archives["unsigned"].parent, {"lin": file}, free_ports=True, ready_timeout=30)
+
+
+@pytest.mark.slow
+def test_an_archive_given_by_path_is_checked_like_one_in_the_store(archives, tmp_path, monkeypatch):
+    _forbid_launch(monkeypatch)
+    monkeypatch.setenv(SIGNING_KEY_ENV, KEY)
+    mar, home = archives["handler-replaced"], tmp_path / "home"
+    with pytest.raises(server.ServerArgumentError) as e:  # the store holds nothing: the path alone names the archive
+        server.start(home, tmp_path / "no-store", {"lin": str(mar)}, free_ports=True, ready_timeout=30)
+    assert f"{mar}: tabular_handler.py: SHA-256 does not match the card" in str(e.value), str(e.value)
+    assert not (home / "server.json").exists() and not (home / "store").exists()
 
 
 @pytest.mark.slow

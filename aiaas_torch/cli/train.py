@@ -78,9 +78,11 @@ def _quant_args(p, flag: str) -> None:
                         "the measured cost is printed), or none")
     p.add_argument("--min-weights", type=int, default=16384, metavar="N",
                    help="int8 only for Linear layers with at least N weights (default 16384; 0 forces every layer)")
-    p.add_argument("--gate", type=_finite, default=0.02, metavar="F",
-                   help="refuse the model if relative RMSE against float exceeds F (default 0.02)")
-    p.add_argument("--force", action="store_true", help="export even if the accuracy gate fails")
+    p.add_argument("--gate", type=_finite, default=None, metavar="F",
+                   help="the task's accuracy gate against float on held-out rows: regression refuses a relative RMSE "
+                        "above F (default 0.02); classification refuses a label agreement below F (default 0.99). "
+                        "A forced scheme that fails it is refused; under auto the float program serves")
+    p.add_argument("--force", action="store_true", help="export a forced scheme even if the accuracy gate fails")
     p.add_argument("--compile", dest="compile", choices=["auto", "always", "never"], default="auto",
                    help="AOTInductor packages: auto (only where the cost model says a compile can pay, then measured; "
                         "default), always (serve a compiled program), never")
@@ -100,13 +102,14 @@ def _train(a) -> int:
     from ..quantize import QuantConfig
     from ..train import TrainConfig, check_learnable, finish_distributed, train
 
-    quant = QuantConfig(a.scheme, a.min_weights, a.gate, a.force).validate()
+    quant = QuantConfig(a.scheme, a.min_weights, force=a.force).validate()
     if a.distributed and "WORLD_SIZE" not in os.environ:
         return _relaunch_under_torchrun(a)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         ds = load_csv(a.data, a.target, a.task)
     check_learnable(ds)  # before the per-column warnings: a refusal is one line
+    quant = quant.with_gate(ds.schema.task, a.gate).validate()
     for w in caught:
         _warn(str(w.message))
     if a.select:
@@ -234,10 +237,13 @@ def _print_train_summary(exported) -> None:
 
 def _quantize(a) -> int:
     """Re-quantize an existing run directory; returns the exit code."""
+    from ..card import read_card
     from ..export import requantize
     from ..quantize import QuantConfig
 
-    exported = requantize(a.run_dir, QuantConfig(a.scheme, a.min_weights, a.gate, a.force).validate(), compile=a.compile)
+    task = read_card(a.run_dir)["output"]["task"]
+    quant = QuantConfig(a.scheme, a.min_weights, force=a.force).with_gate(task, a.gate).validate()
+    exported = requantize(a.run_dir, quant, compile=a.compile)
     for n in exported.notes:
         _warn(n)
     if a.json:

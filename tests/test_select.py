@@ -180,3 +180,18 @@ def test_the_first_halving_rung_fits_on_a_sample_and_the_last_on_every_fold_row(
     assert sizes[12:-1] == [fold_rows] * 6  # rung 1: the best 2 of 4 (a third, rounded up), on all rows
     assert sizes[-1] == 1680  # the finalist's refit: the whole training split
     assert {e["rows"] for e in r.leaderboard if e["rung"] == 1} == {None}
+
+
+def test_cli_epochs_under_select_are_the_last_rungs_and_the_refits(tmp_path, capsys):
+    ds = _quadratic(n=90)
+    csv = tmp_path / "q.csv"
+    csv.write_text("a,b,c,y\n" + "".join(",".join(f"{v:.6f}" for v in (*x, t)) + "\n" for x, t in zip(ds.X, ds.y)))
+    code = main(["train", str(csv), "--target", "y", "--out", str(tmp_path / "run"), "--select", "--cv", "2", "--budget", "2",
+                 "--epochs", "37", "--no-compile", "--no-progress", "--json"])  # fmt: skip
+    assert code == 0
+    card = json.loads(capsys.readouterr().out)
+    scored = [e for e in card["selection"]["leaderboard"] if e["status"] == "ok"]
+    assert len(scored) == 2 and {e["epochs"] for e in scored} == {37}
+    assert "epochs per rung [37]" in card["selection"]["how"]
+    assert card["selection"]["chosen"]["params"]["model"] == "linear"  # x1 is linear: it beats the mean
+    assert card["training"]["epochs_run"] == 37  # the refit of the chosen model: 37 epochs too

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from aiaas_torch import card as card_mod
 from aiaas_torch.cli import main
@@ -88,6 +89,56 @@ def test_every_preprocessing_fit_sees_only_its_fold_training_rows(tmp_path, monk
         assert ids == set(train_ids.tolist()) - val  # exactly the fold's training rows: its validation rows never
     assert seen[-1] == set(train_ids.tolist())  # the refit: the whole training split
     assert all(not (ids & test_ids) for ids in seen)  # the test split never reaches any fit
+
+
+def _r2(pred: np.ndarray, y: np.ndarray) -> float:
+    return float(1.0 - np.mean((pred - y) ** 2) / np.mean((y - y.mean()) ** 2))
+
+
+def test_leakage_trap_cv_scores_the_fold_internal_scaling_not_the_leaked_one(tmp_path):
+    """A scoring trap: feature b barely varies (std 0.001) except on the rows that become fold 0's validation rows,
+    where it is ≈ 3. Scaled on its own training rows, fold 0 blows b up 1000× and the linear model answers its
+    validation rows wildly; scaling that had seen the validation rows would tame b and score far better. select's
+    CV scores must be the fold-internal ones, computed here with the test's own split, scaling and R²."""
+    from aiaas_torch.train import TrainConfig, train
+
+    n, k, seed, epochs = 300, 3, 0, 100
+    n_test = int(round(n * 0.2))
+    test_rows = np.random.default_rng(seed).permutation(n)[:n_test]  # the test split: split()'s first rows
+    train_rows = np.random.default_rng(seed).permutation(n)[n_test:]
+    fold_of = np.empty(n - n_test, dtype=int)  # folds of the training split, in its order: the permutation dealt out
+    fold_of[np.random.default_rng(seed).permutation(n - n_test)] = np.arange(n - n_test) % k
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=n), 0.001 * rng.normal(size=n)
+    loud = train_rows[fold_of == 0]
+    b[loud] = 3.0 + rng.normal(size=len(loud))
+    y = 2 * a + 0.1 * rng.normal(size=n)
+    X = np.column_stack([a, b]).astype(np.float32)
+    ds = from_arrays(X, y, ["a", "b"], "y", task="regression")
+    cand = {"model": "linear", "lr": 0.05}
+    r = select(ds, _cfg(grid=[cand], cv=k, epochs=epochs, halving=False, finalists=1, seed=seed), workdir=tmp_path)
+    r.cleanup()
+    assert not set(test_rows) & set(loud)
+
+    def fold_score(j: int, leak: bool) -> float:
+        Xtr, ytr = X[train_rows[fold_of != j]], y[train_rows[fold_of != j]]
+        Xva, yva = X[train_rows[fold_of == j]], y[train_rows[fold_of == j]]
+        fit_on = X[train_rows] if leak else Xtr  # leaked: the validation rows join the scaling fit
+        mean, std = fit_on.mean(0, dtype=np.float64), fit_on.std(0, dtype=np.float64)
+        z = lambda M: ((M - mean) / std).astype(np.float32)
+        fold_ds = from_arrays(z(Xtr), ytr, ["a", "b"], "y", task="regression")
+        cfg = TrainConfig(model="linear", lr=0.05, epochs=epochs, momentum=0.9, seed=seed, val_fraction=0.0, progress=False, scale=False)
+        model = train(fold_ds, cfg).model
+        with torch.no_grad():
+            return _r2(model(torch.from_numpy(z(Xva)))[:, 0].double().numpy(), yva)
+
+    honest = [fold_score(j, leak=False) for j in range(k)]
+    leaked = [fold_score(j, leak=True) for j in range(k)]
+    (entry,) = r.leaderboard
+    assert entry["scores"] == pytest.approx(honest, rel=1e-3, abs=1e-4)
+    assert entry["mean"] == pytest.approx(np.mean(honest), rel=1e-3)
+    assert np.mean(leaked) > np.mean(honest) + 1.0  # the trap: leaking would have scored far better
+    assert leaked[0] > 0.9 > honest[0]
 
 
 def test_latency_budget_rules_out_the_better_but_slower_finalist(tmp_path):

@@ -68,6 +68,19 @@ def test_same_data_twice_gives_the_same_ranking_and_choice(tmp_path):
     a.cleanup(), b.cleanup()
 
 
+def test_folds_fitted_side_by_side_score_exactly_as_one_after_another(monkeypatch):
+    """Folds train in threads; each fit's seed and initial weights must not depend on which thread got there first."""
+    sel = importlib.import_module("aiaas_torch.select")
+    ds = _quadratic(n=300)
+    fs = folds(ds.y, 3, seed=0, stratified=False)
+    runs = {}
+    for workers in (1, 3):
+        monkeypatch.setattr(sel, "fold_workers", lambda k, w=workers: w)
+        runs[workers] = [sel.cross_validate(c, ds, fs, "r2", 40, 0)["scores"] for c in GRID]
+    assert runs[1] == runs[3]
+    assert len({s for scores in runs[1] for s in scores}) == len(GRID) * 3  # every fold of every candidate scored apart
+
+
 def test_every_preprocessing_fit_sees_only_its_fold_training_rows(tmp_path, monkeypatch):
     """The leakage trap: each row carries a unique id in column `rowid`; a spy on the scaling fit records the ids it
     saw. A validation fold (or a test row) leaking into scaling shows up as an id that must not be there."""

@@ -7,7 +7,8 @@ finalists on the whole training split and exports each through `export_run`, so 
 program the per-host optimization chose, weight bytes, latency per row at batch 1 and 16) are measured, not
 guessed. Only finalists are exported, so only finalists are ever compiled. The best finalist within the serving
 budget is chosen; the test split is scored once, after the choice. Without a time limit the same data and
-settings give the same ranking and the same choice (full-batch SGD from a fixed seed is deterministic on CPU).
+settings give the same ranking and the same choice (full-batch SGD from a fixed seed is deterministic on CPU, and
+a candidate's folds, fitted side by side in threads, each get the same seeded start).
 """
 
 from __future__ import annotations

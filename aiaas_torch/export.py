@@ -138,14 +138,14 @@ def export_run(
     """Quantize, choose the served program by measurement, and write the run directory atomically; returns an ExportResult.
 
     compile: "auto" (None; compile where the cost model says it can pay), "always" (True) or "never" (False).
-    timer: replaces the timing of candidate programs (tests inject timings). Raises before writing if the gate fails.
+    timer: replaces the timing of candidate programs (tests inject timings). Raises before writing if a forced scheme fails the gate.
     """
     _quiet.install()
     run_dir = Path(run_dir)
     quant = (quant or QuantConfig()).validate()
     mode = _optimize.compile_mode(compile)
     float_model = fold_preprocessing(result.model)
-    qmodel, report = quantize(float_model, quant, result.eval_X)
+    qmodel, report = quantize(float_model, quant, result.eval_X, result.eval_y, result.schema.task)
     notes: list[str] = []
     compiler = compiler_available()
     if mode != "never" and not compiler:

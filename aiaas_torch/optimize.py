@@ -23,6 +23,7 @@ from torch import nn
 from .errors import InputError
 from .handlers import integrity
 from .handlers import programs
+from .quantize import gate_failure
 
 COMPILE_MODES = ("auto", "always", "never")
 BATCHES = (1, 16, 256)  # batch 1, the default serving batch (ServingConfig.batch_size), a bulk request
@@ -55,11 +56,14 @@ def _float_module(float_model, qmodel, report):
 
 
 def _quantized_module(float_model, qmodel, report):
-    """Return the quantized model, or why it is no candidate (scheme none, or no layer changed)."""
+    """Return the quantized model, or why it is no candidate (scheme none, no layer changed, or it fails the gate)."""
     if report.scheme == "none":
         return "scheme 'none'"
     if all(l.decision == "float" for l in report.layers):
         return f"{report.scheme.replace('auto', 'int8')} leaves every layer float: the same program as float-compiled"
+    failure = gate_failure(report)
+    if failure is not None and not report.forced:  # a forced scheme that fails the gate was refused before this
+        return f"fails the accuracy gate: {failure}"
     return qmodel
 
 

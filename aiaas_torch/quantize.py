@@ -3,14 +3,16 @@
 `QuantConfig` chooses the scheme ("auto", the default, builds the int8 model and lets the export measure whether
 it serves: see optimize.py; "int8" and "pow2" force it); `quantize` returns the quantized model and a `QuantReport` that gives every
 Linear layer a decision and its reason, the weight bytes before/after, the error against the float model on
-held-out rows, and whether the accuracy gate passed. A failed gate refuses the model unless forced.
+held-out rows, and whether the accuracy gate passed: regression on relative RMSE, classification on label agreement with float
+(accuracy before/after and the probability error recorded beside it). A failed gate refuses a forced scheme unless
+`force`; under "auto" the optimization drops the int8 program instead (`gate_failure`, one copy).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -25,31 +27,54 @@ DEFAULT_MIN_WEIGHTS = 16384  # below about 16K weights int8 cannot pay here (per
 
 
 class QuantGateError(InputError):
-    """The quantized model's error against float exceeds the accuracy gate."""
+    """The quantized model's answers drift from float's beyond the task's accuracy gate (see `gate_failure`)."""
 
     def __init__(self, report: "QuantReport"):
         self.report = report
-        super().__init__(
-            f"quantization gate failed: relative RMSE against float {report.rel_rmse:.4%} > "
-            f"{report.gate_max_rel_rmse:.2%}; use scheme 'none', raise the gate, or force"
-        )
+        super().__init__(f"quantization gate failed: {gate_failure(report)}; {_GATE_WAYS[report.task]}")
+
+
+# How to get past a refusal, named for Python callers (QuantConfig fields) and CLI users (options) alike.
+_GATE_WAYS = {
+    "regression": "keep float (scheme 'none', --quantize none), raise the gate (gate_max_rel_rmse=F, --gate F) "
+                  "or export it anyway (force=True, --force)",
+    "classification": "keep float (scheme 'none', --quantize none), lower the gate (gate_min_label_agreement=F, "
+                      "--gate F) or export it anyway (force=True, --force)",
+}
 
 
 @dataclass
 class QuantConfig:
-    """Which scheme, which layers (by weight count), and the accuracy gate (max relative RMSE against float)."""
+    """Which scheme, which layers (by weight count), and the accuracy gate of each task.
+
+    Regression is gated on the relative RMSE of the outputs against float; classification on label agreement with
+    float (logits can move by several percent while every label stays the same: only the labels are served).
+    """
 
     scheme: str = "auto"  # int8 where measurement on this host says it pays; "int8"/"pow2" force, "none" never
     min_weights: int = DEFAULT_MIN_WEIGHTS  # 0 forces int8 on every Linear
-    gate_max_rel_rmse: float = 0.02
+    gate_max_rel_rmse: float = 0.02  # regression
     force: bool = False
+    gate_min_label_agreement: float = 0.99  # classification: share of held-out rows whose argmax matches float's
 
     def validate(self) -> "QuantConfig":
         """Return self after checking every field, raising InputError naming the bad one."""
         check_choice("scheme", self.scheme, SCHEMES)
         check_int("min_weights", self.min_weights, 0)
         check_number("gate_max_rel_rmse", self.gate_max_rel_rmse)
+        a = self.gate_min_label_agreement
+        if not isinstance(a, (int, float)) or isinstance(a, bool) or not 0.0 <= a <= 1.0:
+            raise InputError(f"gate_min_label_agreement: {a!r} must be a fraction in [0, 1]")
         return self
+
+    def with_gate(self, task: str, value: float | None) -> "QuantConfig":
+        """Return a copy whose `task` gate is `value` (the CLI's --gate), or self when value is None."""
+        if value is None:
+            return self
+        return replace(self, **{GATE_FIELDS[task]: value})
+
+
+GATE_FIELDS = {"regression": "gate_max_rel_rmse", "classification": "gate_min_label_agreement"}
 
 
 @dataclass
@@ -65,6 +90,9 @@ class LayerDecision:
     pow2_exponent: int | None = None
 
 
+_CLASS_FIELDS = ("label_agreement", "accuracy_float", "accuracy_quantized", "max_prob_error", "gate_min_label_agreement")
+
+
 @dataclass
 class QuantReport:
     """Per-layer decisions, sizes, error against float on held-out rows, and the gate's verdict."""
@@ -76,10 +104,17 @@ class QuantReport:
     weight_bytes_after: int = 0
     eval_rows: int = 0
     max_abs_error: float = 0.0
-    rel_rmse: float = 0.0  # RMS(q − f) / RMS(f) over the held-out outputs
-    gate_max_rel_rmse: float = 0.02
+    rel_rmse: float = 0.0  # RMS(q − f) / RMS(f) over the held-out outputs (a classifier's logits: not gated)
+    gate_max_rel_rmse: float | None = 0.02  # the regression gate; None for a classifier
     gate_passed: bool = True
     forced: bool = False
+    task: str = "regression"
+    # classifiers only (None for regression): the figures the gate and the card use
+    label_agreement: float | None = None  # share of held-out rows whose argmax matches float's (the gated figure)
+    accuracy_float: float | None = None  # against the held-out rows' labels, when they were given
+    accuracy_quantized: float | None = None
+    max_prob_error: float | None = None  # max over rows and classes of |softmax(q) − softmax(f)|: the worst case
+    gate_min_label_agreement: float | None = None  # the classification gate; None for regression
 
     @property
     def size_ratio(self) -> float:
@@ -90,6 +125,9 @@ class QuantReport:
         """Return the report as plain JSON-ready data."""
         d = asdict(self)
         d["size_ratio"] = self.size_ratio
+        other = ("gate_max_rel_rmse",) if self.task == "classification" else _CLASS_FIELDS
+        for k in other:  # the other task's figures: not measured
+            d.pop(k, None)
         return d
 
     def summary(self) -> str:
@@ -97,13 +135,42 @@ class QuantReport:
         lines = [f"quantization: scheme={self.scheme}, min_weights={self.min_weights}"]
         for l in self.layers:
             lines.append(f"  {l.name or '<model>'} {l.in_features}→{l.out_features} ({l.weights} weights): {l.decision} — {l.reason}")
-        lines.append(
-            f"  weight bytes {self.weight_bytes_before} → {self.weight_bytes_after} ({self.size_ratio:.2f}×); "
-            f"vs float on {self.eval_rows} held-out rows: max |err| {self.max_abs_error:.3g}, "
-            f"rel RMSE {self.rel_rmse:.3%} (gate ≤ {self.gate_max_rel_rmse:.2%}: {'passed' if self.gate_passed else 'FAILED'}"
-            f"{', forced' if self.forced else ''})"
-        )
+        verdict = "passed" if self.gate_passed else "FAILED, forced" if self.forced else "FAILED"
+        if not self.gate_passed and self.scheme == "auto" and not self.forced:
+            verdict += ": the float program serves"
+        if self.task == "classification":
+            figures = (f"labels agree {self.label_agreement:.2%} (gate ≥ {self.gate_min_label_agreement:.2%}: {verdict}){_accuracy(self)}, "
+                       f"max probability error {self.max_prob_error:.3g}, logits rel RMSE {self.rel_rmse:.3%}")  # fmt: skip
+        else:
+            figures = (f"max |err| {self.max_abs_error:.3g}, rel RMSE {self.rel_rmse:.3%} "
+                       f"(gate ≤ {self.gate_max_rel_rmse:.2%}: {verdict})")  # fmt: skip
+        lines.append(f"  weight bytes {self.weight_bytes_before} → {self.weight_bytes_after} ({self.size_ratio:.2f}×); "
+                     f"vs float on {self.eval_rows} held-out rows: {figures}")  # fmt: skip
         return "\n".join(lines)
+
+
+def gate_failure(report: QuantReport) -> str | None:
+    """Return why a report's figures fail its task's gate (naming the measured figures), or None when they pass.
+
+    The one gate: `quantize` refuses a forced scheme with it, and the per-host optimization drops an automatic int8
+    candidate with it.
+    """
+    rows = f"{report.eval_rows} held-out rows"
+    if report.task == "classification":
+        if report.label_agreement >= report.gate_min_label_agreement:
+            return None
+        return (f"labels agree with float on {report.label_agreement:.2%} of {rows} < {report.gate_min_label_agreement:.2%} "
+                f"(max probability error {report.max_prob_error:.3g}{_accuracy(report)})")  # fmt: skip
+    if report.rel_rmse <= report.gate_max_rel_rmse:
+        return None
+    return f"relative RMSE against float {report.rel_rmse:.4%} on {rows} > {report.gate_max_rel_rmse:.2%}"
+
+
+def _accuracy(report: QuantReport) -> str:
+    """Return ", accuracy A → B" of a classifier's report, or "" when the held-out labels were not given."""
+    if report.accuracy_float is None:
+        return ""
+    return f", accuracy {report.accuracy_float:.4f} → {report.accuracy_quantized:.4f}"
 
 
 class Pow2Linear(nn.Module):
@@ -163,13 +230,25 @@ def _int8_decision(lin: nn.Linear, min_weights: int) -> tuple[str, str]:
     return "int8-dynamic", f"{n} weights ≥ {min_weights}: per-row int8 weights and activations"
 
 
-def quantize(model: nn.Module, config: QuantConfig | None, eval_X) -> tuple[nn.Module, QuantReport]:
-    """Return (quantized copy of the folded float `model`, QuantReport measured on held-out rows `eval_X`)."""
+def quantize(model: nn.Module, config: QuantConfig | None, eval_X, eval_y=None, task: str | None = None) -> tuple[nn.Module, QuantReport]:
+    """Return (quantized copy of the folded float `model`, QuantReport measured on held-out rows `eval_X`).
+
+    task: "regression" or "classification" (None: a model with one output is a regressor, a wider one a classifier);
+    eval_y: the held-out rows' labels, for a classifier's accuracy before and after. A failed gate raises
+    QuantGateError when the scheme is forced ("int8", "pow2") and `force` is off; under "auto" the report says so
+    and the optimization keeps the float program.
+    """
     config = (config or QuantConfig()).validate()
     float_model = model.eval()
     qmodel = copy.deepcopy(float_model).eval()
-    report = QuantReport(config.scheme, config.min_weights, gate_max_rel_rmse=float(config.gate_max_rel_rmse), forced=config.force)
     layers = linear_layers(qmodel)
+    if task is None:
+        task = "regression" if layers[-1][1].out_features == 1 else "classification"
+    check_choice("task", task, tuple(GATE_FIELDS))
+    classes = task == "classification"
+    report = QuantReport(config.scheme, config.min_weights, forced=config.force, task=task,
+                         gate_max_rel_rmse=None if classes else float(config.gate_max_rel_rmse),
+                         gate_min_label_agreement=float(config.gate_min_label_agreement) if classes else None)  # fmt: skip
     report.weight_bytes_before = sum(_layer_bytes(m) for _, m in layers)
 
     dynamic, weight_only = set(), set()
@@ -205,10 +284,26 @@ def quantize(model: nn.Module, config: QuantConfig | None, eval_X) -> tuple[nn.M
     denom = float(torch.sqrt(torch.mean(f**2))) if X.shape[0] else 0.0
     num = float(torch.sqrt(torch.mean((q - f) ** 2))) if X.shape[0] else 0.0
     report.rel_rmse = num / denom if denom > 0 else (0.0 if num == 0 else math.inf)
-    report.gate_passed = report.rel_rmse <= config.gate_max_rel_rmse
-    if not report.gate_passed and not config.force:
+    if classes:
+        _class_figures(report, f, q, eval_y)
+    report.gate_passed = gate_failure(report) is None
+    if not report.gate_passed and not config.force and config.scheme in ("int8", "pow2"):
         raise QuantGateError(report)
     return qmodel, report
+
+
+def _class_figures(report: QuantReport, f: torch.Tensor, q: torch.Tensor, eval_y) -> None:
+    """Fill a classifier's label agreement, probability error and (with labels) accuracy before/after; returns None."""
+    if f.shape[0] == 0:
+        report.label_agreement, report.max_prob_error = 1.0, 0.0
+        return
+    lf, lq = f.argmax(1), q.argmax(1)
+    report.label_agreement = float((lf == lq).double().mean())
+    report.max_prob_error = float((torch.softmax(q, 1) - torch.softmax(f, 1)).abs().max())
+    if eval_y is not None:
+        y = torch.as_tensor(np.asarray(eval_y)).long()
+        report.accuracy_float = float((lf == y).double().mean())
+        report.accuracy_quantized = float((lq == y).double().mean())
 
 
 def _quantized_layers(model: nn.Module):

@@ -18,6 +18,7 @@ import math
 import os
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from .models import MODEL_KINDS, ModelSpec, build_model, json_ready
 from .errors import InputError, InputTypeError, check_choice, check_int, check_number
 
 LR_SCHEDULES = ("none", "cosine", "step")
+_INIT_LOCK = threading.Lock()  # model selection trains folds in threads
 DEVICES = ("cpu", "cuda", "auto")
 
 
@@ -230,8 +232,9 @@ def train(
     spec = ModelSpec(config.model, train_ds.X.shape[1], n_out, tuple(config.hidden) if config.model == "mlp" else (), config.rotate)
 
     rank, world, backend, device = _setup_distributed(config)
-    torch.manual_seed(config.seed)
-    model = build_model(spec, mean, std, basis).to(device)
+    with _INIT_LOCK:  # the seed and the initial weights come from torch's global generator: one thread at a time
+        torch.manual_seed(config.seed)
+        model = build_model(spec, mean, std, basis).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     sched = _scheduler(opt, config)
     crit = loss_fn(task)
@@ -245,6 +248,13 @@ def train(
     if full_local:
         Xt, yt = Xt.to(device), yt.to(device)
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
+    if full_local:
+        # Scaling and rotation have no parameters: on the same full batch every epoch they give the same tensor, so
+        # apply them once and step the layers after them (the same values and gradients, one elementwise pass less).
+        fixed = next(i for i, m in enumerate(model) if any(True for _ in m.parameters()))
+        with torch.no_grad():
+            Xt = model[:fixed](Xt)
+        net = model[fixed:]
 
     history: list[dict] = []
     start_epoch, best_loss, best_epoch, bad_epochs = 0, math.inf, 0, 0

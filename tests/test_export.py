@@ -284,7 +284,7 @@ def test_export_refuses_to_replace_a_foreign_directory(origin_result, tmp_path):
 
 def test_export_stops_before_writing_when_the_gate_fails(mlp_result, tmp_path):
     with pytest.raises(QuantGateError):
-        export.export_run(mlp_result, tmp_path / "run", QuantConfig(gate_max_rel_rmse=0.0), compile=False)
+        export.export_run(mlp_result, tmp_path / "run", QuantConfig("int8", gate_max_rel_rmse=0.0), compile=False)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from aiaas_torch.cli import main
+from aiaas_torch.data import from_arrays
 from aiaas_torch.models import fold_preprocessing
 from aiaas_torch.quantize import (
     Pow2Linear,
@@ -156,6 +160,9 @@ def test_failed_gate_raises_and_force_passes_it(mlp_float, mlp_result):
         quantize(mlp_float, cfg, mlp_result.eval_X)
     assert not e.value.report.gate_passed
     assert e.value.report.rel_rmse > 0
+    msg = str(e.value)  # the figure, and the way out for Python callers and CLI users alike
+    assert f"relative RMSE against float {e.value.report.rel_rmse:.4%}" in msg
+    assert "gate_max_rel_rmse=F" in msg and "--gate F" in msg and "force=True" in msg and "--force" in msg
     assert isinstance(e.value, ValueError)
 
     q, rep = quantize(mlp_float, QuantConfig(scheme="int8", gate_max_rel_rmse=0.0, force=True), mlp_result.eval_X)
@@ -172,3 +179,94 @@ def test_failed_gate_raises_and_force_passes_it(mlp_float, mlp_result):
 def test_quant_config_validate_names_the_bad_field(field, value):
     with pytest.raises(ValueError, match=rf"^{field}: "):
         QuantConfig(**{field: value}).validate()
+
+
+# --- the classifier's gate: label agreement with float ---------------------------------------------------------
+
+
+def _offset_classes(offset: float, sep: float, seed: int = 0):
+    """Three classes in 8 informative features, plus one uninformative column centred on `offset` (a raw-unit column
+    such as a year): per-row int8 of the activations spends its range on that column, so the logits move."""
+    rng = np.random.default_rng(seed)
+    n, d = 1500, 8
+    centers = rng.normal(scale=sep, size=(3, d))
+    y = rng.integers(0, 3, n)
+    X = np.column_stack([centers[y] + rng.normal(size=(n, d)), offset + rng.normal(size=n)]).astype(np.float32)
+    return X, np.array(["a", "b", "c"])[y]
+
+
+def _trained_logistic(offset: float, sep: float):
+    from aiaas_torch.train import TrainConfig, train
+
+    X, labels = _offset_classes(offset, sep)
+    ds = from_arrays(X, labels, [f"x{i}" for i in range(9)], "label", task="classification")
+    r = train(ds, TrainConfig(model="logistic", epochs=200, lr=0.05, momentum=0.9, seed=0, progress=False))
+    return fold_preprocessing(r.model), r
+
+
+def test_classifier_gate_passes_when_labels_agree_though_logits_move():
+    """int8 moves the logits by more than the regression gate's 2 % while every served label stays float's: the
+    classifier's gate (label agreement) passes it. The relative-RMSE gate refused this model."""
+    model, r = _trained_logistic(offset=50.0, sep=3.0)
+    q, rep = quantize(model, QuantConfig("int8", min_weights=0), r.eval_X, r.eval_y, "classification")
+    X = torch.from_numpy(r.eval_X)
+    with torch.no_grad():
+        f, qo = model(X), q(X)
+    assert _rel_rmse(f, qo) > 0.02  # the old gate's figure: over its 2 %
+    agree = float((f.argmax(1) == qo.argmax(1)).double().mean())
+    assert agree >= 0.99
+    assert rep.gate_passed and not rep.forced and rep.task == "classification"
+    assert rep.label_agreement == pytest.approx(agree)
+    y = torch.from_numpy(r.eval_y).long()
+    assert rep.accuracy_float == pytest.approx(float((f.argmax(1) == y).double().mean()))
+    assert rep.accuracy_quantized == pytest.approx(float((qo.argmax(1) == y).double().mean()))
+    assert rep.max_prob_error == pytest.approx(float((qo.softmax(1) - f.softmax(1)).abs().max()), rel=1e-5)
+    d = rep.to_dict()
+    assert d["label_agreement"] == rep.label_agreement and d["gate_min_label_agreement"] == 0.99
+    assert "gate_max_rel_rmse" not in d  # the regression gate is not this model's gate
+    assert "labels agree" in rep.summary() and "accuracy" in rep.summary()
+
+
+def test_classifier_gate_refuses_disagreeing_labels_naming_the_figures_and_the_options(tmp_path, capsys):
+    model, r = _trained_logistic(offset=300.0, sep=1.0)
+    X = torch.from_numpy(r.eval_X)
+    with pytest.raises(QuantGateError) as e:
+        quantize(model, QuantConfig("int8", min_weights=0), r.eval_X, r.eval_y, "classification")
+    q, _ = quantize(model, QuantConfig("int8", min_weights=0, force=True), r.eval_X)
+    with torch.no_grad():
+        agree = float((model(X).argmax(1) == q(X).argmax(1)).double().mean())
+    assert agree < 0.95  # int8 really changes many labels here
+    msg = str(e.value)
+    assert f"labels agree with float on {agree:.2%} of {len(X)} held-out rows < 99.00%" in msg
+    assert "accuracy" in msg and "probability error" in msg
+    assert "--gate F" in msg and "--force" in msg and "gate_min_label_agreement=F" in msg and "force=True" in msg
+    # the gate is configurable: a lower label agreement passes the same model
+    _, rep = quantize(model, QuantConfig("int8", min_weights=0, gate_min_label_agreement=agree - 0.01), r.eval_X, r.eval_y)
+    assert rep.gate_passed
+
+    # the CLI: --gate is the classifier's label agreement; the refusal is one line naming --gate and --force
+    Xc, labels = _offset_classes(offset=300.0, sep=1.0)
+    csv = tmp_path / "cls.csv"
+    csv.write_text(",".join(f"x{i}" for i in range(9)) + ",label\n" + "".join(",".join(f"{v:.5f}" for v in row) + f",{t}\n" for row, t in zip(Xc, labels)))
+    base = ["train", str(csv), "--target", "label", "--model", "logistic", "--epochs", "200", "--lr", "0.05", "--momentum", "0.9",
+            "--min-weights", "0", "--no-compile"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "forced"), "--quantize", "int8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "labels agree with float on" in err and "--gate" in err and "--force" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "forced").exists()
+    assert main([*base, "--out", str(tmp_path / "loose"), "--quantize", "int8", "--gate", "0.5", "--json"]) == 0
+    card = json.loads(capsys.readouterr().out)
+    assert card["quantization"]["gate_min_label_agreement"] == 0.5 and card["quantization"]["gate_passed"]
+    # under auto a failing int8 is no candidate: the export succeeds and serves float, saying why
+    assert main([*base, "--out", str(tmp_path / "auto"), "--json"]) == 0
+    card = json.loads(capsys.readouterr().out)
+    assert card["quantization"]["gate_passed"] is False
+    dropped = card["optimization"]["candidates"]["int8-compiled"]
+    assert dropped["status"] == "dropped" and dropped["reason"].startswith("fails the accuracy gate: labels agree with float on")
+    assert all(p["candidate"].startswith("float") for p in card["optimization"]["plan"])
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, math.nan, True])
+def test_label_agreement_gate_is_a_fraction(value):
+    with pytest.raises(ValueError, match=r"^gate_min_label_agreement: "):
+        QuantConfig(gate_min_label_agreement=value).validate()

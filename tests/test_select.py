@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from aiaas_torch import card as card_mod
 from aiaas_torch.cli import main
@@ -67,6 +68,19 @@ def test_same_data_twice_gives_the_same_ranking_and_choice(tmp_path):
     a.cleanup(), b.cleanup()
 
 
+def test_folds_fitted_side_by_side_score_exactly_as_one_after_another(monkeypatch):
+    """Folds train in threads; each fit's seed and initial weights must not depend on which thread got there first."""
+    sel = importlib.import_module("aiaas_torch.select")
+    ds = _quadratic(n=300)
+    fs = folds(ds.y, 3, seed=0, stratified=False)
+    runs = {}
+    for workers in (1, 3):
+        monkeypatch.setattr(sel, "fold_workers", lambda k, w=workers: w)
+        runs[workers] = [sel.cross_validate(c, ds, fs, "r2", 40, 0)["scores"] for c in GRID]
+    assert runs[1] == runs[3]
+    assert len({s for scores in runs[1] for s in scores}) == len(GRID) * 3  # every fold of every candidate scored apart
+
+
 def test_every_preprocessing_fit_sees_only_its_fold_training_rows(tmp_path, monkeypatch):
     """The leakage trap: each row carries a unique id in column `rowid`; a spy on the scaling fit records the ids it
     saw. A validation fold (or a test row) leaking into scaling shows up as an id that must not be there."""
@@ -88,6 +102,56 @@ def test_every_preprocessing_fit_sees_only_its_fold_training_rows(tmp_path, monk
         assert ids == set(train_ids.tolist()) - val  # exactly the fold's training rows: its validation rows never
     assert seen[-1] == set(train_ids.tolist())  # the refit: the whole training split
     assert all(not (ids & test_ids) for ids in seen)  # the test split never reaches any fit
+
+
+def _r2(pred: np.ndarray, y: np.ndarray) -> float:
+    return float(1.0 - np.mean((pred - y) ** 2) / np.mean((y - y.mean()) ** 2))
+
+
+def test_leakage_trap_cv_scores_the_fold_internal_scaling_not_the_leaked_one(tmp_path):
+    """A scoring trap: feature b barely varies (std 0.001) except on the rows that become fold 0's validation rows,
+    where it is ≈ 3. Scaled on its own training rows, fold 0 blows b up 1000× and the linear model answers its
+    validation rows wildly; scaling that had seen the validation rows would tame b and score far better. select's
+    CV scores must be the fold-internal ones, computed here with the test's own split, scaling and R²."""
+    from aiaas_torch.train import TrainConfig, train
+
+    n, k, seed, epochs = 300, 3, 0, 100
+    n_test = int(round(n * 0.2))
+    test_rows = np.random.default_rng(seed).permutation(n)[:n_test]  # the test split: split()'s first rows
+    train_rows = np.random.default_rng(seed).permutation(n)[n_test:]
+    fold_of = np.empty(n - n_test, dtype=int)  # folds of the training split, in its order: the permutation dealt out
+    fold_of[np.random.default_rng(seed).permutation(n - n_test)] = np.arange(n - n_test) % k
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=n), 0.001 * rng.normal(size=n)
+    loud = train_rows[fold_of == 0]
+    b[loud] = 3.0 + rng.normal(size=len(loud))
+    y = 2 * a + 0.1 * rng.normal(size=n)
+    X = np.column_stack([a, b]).astype(np.float32)
+    ds = from_arrays(X, y, ["a", "b"], "y", task="regression")
+    cand = {"model": "linear", "lr": 0.05}
+    r = select(ds, _cfg(grid=[cand], cv=k, epochs=epochs, halving=False, finalists=1, seed=seed), workdir=tmp_path)
+    r.cleanup()
+    assert not set(test_rows) & set(loud)
+
+    def fold_score(j: int, leak: bool) -> float:
+        Xtr, ytr = X[train_rows[fold_of != j]], y[train_rows[fold_of != j]]
+        Xva, yva = X[train_rows[fold_of == j]], y[train_rows[fold_of == j]]
+        fit_on = X[train_rows] if leak else Xtr  # leaked: the validation rows join the scaling fit
+        mean, std = fit_on.mean(0, dtype=np.float64), fit_on.std(0, dtype=np.float64)
+        z = lambda M: ((M - mean) / std).astype(np.float32)
+        fold_ds = from_arrays(z(Xtr), ytr, ["a", "b"], "y", task="regression")
+        cfg = TrainConfig(model="linear", lr=0.05, epochs=epochs, momentum=0.9, seed=seed, val_fraction=0.0, progress=False, scale=False)
+        model = train(fold_ds, cfg).model
+        with torch.no_grad():
+            return _r2(model(torch.from_numpy(z(Xva)))[:, 0].double().numpy(), yva)
+
+    honest = [fold_score(j, leak=False) for j in range(k)]
+    leaked = [fold_score(j, leak=True) for j in range(k)]
+    (entry,) = r.leaderboard
+    assert entry["scores"] == pytest.approx(honest, rel=1e-3, abs=1e-4)
+    assert entry["mean"] == pytest.approx(np.mean(honest), rel=1e-3)
+    assert np.mean(leaked) > np.mean(honest) + 1.0  # the trap: leaking would have scored far better
+    assert leaked[0] > 0.9 > honest[0]
 
 
 def test_latency_budget_rules_out_the_better_but_slower_finalist(tmp_path):
@@ -180,3 +244,18 @@ def test_the_first_halving_rung_fits_on_a_sample_and_the_last_on_every_fold_row(
     assert sizes[12:-1] == [fold_rows] * 6  # rung 1: the best 2 of 4 (a third, rounded up), on all rows
     assert sizes[-1] == 1680  # the finalist's refit: the whole training split
     assert {e["rows"] for e in r.leaderboard if e["rung"] == 1} == {None}
+
+
+def test_cli_epochs_under_select_are_the_last_rungs_and_the_refits(tmp_path, capsys):
+    ds = _quadratic(n=90)
+    csv = tmp_path / "q.csv"
+    csv.write_text("a,b,c,y\n" + "".join(",".join(f"{v:.6f}" for v in (*x, t)) + "\n" for x, t in zip(ds.X, ds.y)))
+    code = main(["train", str(csv), "--target", "y", "--out", str(tmp_path / "run"), "--select", "--cv", "2", "--budget", "2",
+                 "--epochs", "37", "--no-compile", "--no-progress", "--json"])  # fmt: skip
+    assert code == 0
+    card = json.loads(capsys.readouterr().out)
+    scored = [e for e in card["selection"]["leaderboard"] if e["status"] == "ok"]
+    assert len(scored) == 2 and {e["epochs"] for e in scored} == {37}
+    assert "epochs per rung [37]" in card["selection"]["how"]
+    assert card["selection"]["chosen"]["params"]["model"] == "linear"  # x1 is linear: it beats the mean
+    assert card["training"]["epochs_run"] == 37  # the refit of the chosen model: 37 epochs too

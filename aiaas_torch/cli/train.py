@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
     t.add_argument("--model", choices=["linear", "logistic", "mlp"], default=None,
                    help="model kind (default: linear for regression, logistic for classification)")
     t.add_argument("--hidden", type=_int_list, default=(64, 64), metavar="64,64", help="MLP hidden sizes (default 64,64)")
-    t.add_argument("--epochs", type=int, default=1000, help="epochs (default 1000)")
+    t.add_argument("--epochs", type=int, default=None, help="epochs (default 1000; with --select: the last halving rung's, default 300)")
     t.add_argument("--lr", type=_finite, default=0.01, help="SGD learning rate (default 0.01)")
     t.add_argument("--momentum", type=_finite, default=0.0, help="SGD momentum (default 0)")
     t.add_argument("--weight-decay", type=_finite, default=0.0, help="SGD weight decay (default 0)")
@@ -47,7 +47,8 @@ def add_parser(sub) -> None:
                    help="choose the model: a grid (baseline, L2-regularized linear/logistic, scaling and rotation on/off, "
                         "three MLP sizes, learning rates) scored by k-fold cross-validation on the training split with "
                         "successive halving; the top 3 are exported and measured as deployed; the best within the budget "
-                        "is refitted and written (--model, --hidden, --lr, --weight-decay, --rotate, --epochs are ignored)")
+                        "is refitted and written (--model, --hidden, --lr, --weight-decay, --rotate are ignored; --epochs "
+                        "sets the last rung's epochs and the refit's)")
     s.add_argument("--cv", type=int, default=5, metavar="K", help="folds (default 5; stratified for classes)")
     s.add_argument("--budget", type=int, default=None, metavar="N", help="candidates to try, simplest first (default: the whole grid)")
     s.add_argument("--time-limit", type=_finite, default=None, metavar="S",
@@ -78,9 +79,11 @@ def _quant_args(p, flag: str) -> None:
                         "the measured cost is printed), or none")
     p.add_argument("--min-weights", type=int, default=16384, metavar="N",
                    help="int8 only for Linear layers with at least N weights (default 16384; 0 forces every layer)")
-    p.add_argument("--gate", type=_finite, default=0.02, metavar="F",
-                   help="refuse the model if relative RMSE against float exceeds F (default 0.02)")
-    p.add_argument("--force", action="store_true", help="export even if the accuracy gate fails")
+    p.add_argument("--gate", type=_finite, default=None, metavar="F",
+                   help="the task's accuracy gate against float on held-out rows: regression refuses a relative RMSE "
+                        "above F (default 0.02); classification refuses a label agreement below F (default 0.99). "
+                        "A forced scheme that fails it is refused; under auto the float program serves")
+    p.add_argument("--force", action="store_true", help="export a forced scheme even if the accuracy gate fails")
     p.add_argument("--compile", dest="compile", choices=["auto", "always", "never"], default="auto",
                    help="AOTInductor packages: auto (only where the cost model says a compile can pay, then measured; "
                         "default), always (serve a compiled program), never")
@@ -100,13 +103,14 @@ def _train(a) -> int:
     from ..quantize import QuantConfig
     from ..train import TrainConfig, check_learnable, finish_distributed, train
 
-    quant = QuantConfig(a.scheme, a.min_weights, a.gate, a.force).validate()
+    quant = QuantConfig(a.scheme, a.min_weights, force=a.force).validate()
     if a.distributed and "WORLD_SIZE" not in os.environ:
         return _relaunch_under_torchrun(a)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         ds = load_csv(a.data, a.target, a.task)
     check_learnable(ds)  # before the per-column warnings: a refusal is one line
+    quant = quant.with_gate(ds.schema.task, a.gate).validate()
     for w in caught:
         _warn(str(w.message))
     if a.select:
@@ -116,10 +120,10 @@ def _train(a) -> int:
             raise UsageError(f"--{flag.replace('_', '-')}: only with --select")
     model = a.model or ("linear" if ds.schema.task == "regression" else "logistic")
     cfg = TrainConfig(
-        model=model, hidden=a.hidden, epochs=a.epochs, lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay,
+        model=model, hidden=a.hidden, lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay,
         batch_size=a.batch_size, seed=a.seed, val_fraction=a.val_fraction, patience=a.patience,
         lr_schedule=a.lr_schedule, rotate=a.rotate, progress=False if a.no_progress else None,
-        checkpoint_every=a.checkpoint_every, device=a.device,
+        checkpoint_every=a.checkpoint_every, device=a.device, **_given(epochs=a.epochs),
     ).validate()
     out = Path(a.out)
     if out.exists() and not out.is_dir():
@@ -147,6 +151,11 @@ def _train(a) -> int:
     return 0
 
 
+def _given(**options) -> dict:
+    """Return the options that were given (not None): the others keep the settings object's own default."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
 _SELECT_ONLY = {"cv": 5, "budget": None, "time_limit": None, "metric": None, "max_latency_us": None, "max_bytes": None, "plot": None}
 
 
@@ -159,7 +168,7 @@ def _select(a, ds, quant) -> int:
         raise UsageError("--select: cannot be combined with --distributed or --resume")
     cfg = SelectConfig(cv=a.cv, budget=a.budget, time_limit=a.time_limit, metric=a.metric, max_latency_us=a.max_latency_us,
                            max_bytes=a.max_bytes, seed=a.seed, quant=quant, compile=a.compile,
-                           progress=False if a.no_progress else None)  # fmt: skip
+                           progress=False if a.no_progress else None, **_given(epochs=a.epochs))  # fmt: skip
     out = Path(a.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a directory")
@@ -234,10 +243,13 @@ def _print_train_summary(exported) -> None:
 
 def _quantize(a) -> int:
     """Re-quantize an existing run directory; returns the exit code."""
+    from ..card import read_card
     from ..export import requantize
     from ..quantize import QuantConfig
 
-    exported = requantize(a.run_dir, QuantConfig(a.scheme, a.min_weights, a.gate, a.force).validate(), compile=a.compile)
+    task = read_card(a.run_dir)["output"]["task"]
+    quant = QuantConfig(a.scheme, a.min_weights, force=a.force).with_gate(task, a.gate).validate()
+    exported = requantize(a.run_dir, quant, compile=a.compile)
     for n in exported.notes:
         _warn(n)
     if a.json:

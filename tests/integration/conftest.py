@@ -18,6 +18,7 @@ from aiaas_torch.client import Client
 from aiaas_torch.data import from_arrays
 from aiaas_torch.export import export_run
 from aiaas_torch.quantize import QuantConfig
+from aiaas_torch.select import SelectConfig, select
 from aiaas_torch.train import TrainConfig, train
 
 
@@ -29,6 +30,7 @@ class Served:
     origin_v2: Path  # y = 3x, float program only (exercises the fallback path)
     classes: Path  # 3 classes, 4 features, logistic
     mlp: Path  # MLP 100→512→512→1, int8 forced, compiled (the session's mlp_run), served with batchSize 1
+    selected: Path  # chosen by model selection (its card carries the leaderboard), float program only
     store: Path
     archives: dict
     home: Path
@@ -55,27 +57,43 @@ def _classes_run(root: Path) -> Path:
     return export_run(result, root / "classes", QuantConfig("none"), compile=False).run_dir
 
 
+def _selected_run(root: Path) -> Path:
+    """Return the run directory that model selection wrote for a small 2-class data set (tiny grid, no compile)."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(120, 2))
+    ds = from_arrays(X, np.where(X[:, 0] - X[:, 1] > 0, "up", "down"), ["a", "b"], target="trend")
+    grid = [{"model": "baseline"}, {"model": "logistic", "lr": 0.05}, {"model": "logistic", "lr": 0.05, "weight_decay": 0.01}]
+    result = select(ds, SelectConfig(cv=2, epochs=60, grid=grid, finalists=2, halving=False, compile="never", progress=False),
+                    workdir=root)  # fmt: skip
+    try:
+        return result.save(root / "selected")
+    finally:
+        result.cleanup()
+
+
 @pytest.fixture(scope="session")
 def served(tmp_path_factory, mlp_run) -> Served:
-    """Yield a running TorchServe serving y2x v1.0 and v2.0, a classifier and the int8 MLP; stop it afterwards."""
+    """Yield a running TorchServe serving y2x v1.0 and v2.0, a classifier, the int8 MLP and a selected model; stop it afterwards."""
     root = tmp_path_factory.mktemp("served")
     origin = _linear_run(root, "origin", 2.0, compile=True)
     origin_v2 = _linear_run(root, "origin_v2", 3.0, compile=False)
     classes = _classes_run(root)
+    selected = _selected_run(root)
     store = root / "store"
     batching = ServingConfig(workers=1, batch_size=8, max_batch_delay_ms=20)
     archives = {
         "y2x-1.0": package(origin, "y2x", "1.0", store, serving=batching).path,
         "y2x-2.0": package(origin_v2, "y2x", "2.0", store, serving=ServingConfig(workers=1)).path,
         "classes-1.0": package(classes, "classes", "1.0", store, serving=ServingConfig(workers=1)).path,
+        "selected-1.0": package(selected, "selected", "1.0", store, serving=ServingConfig(workers=1)).path,
         "mlp-1.0": package(mlp_run.run_dir, "mlp", "1.0", store, serving=ServingConfig(workers=1, batch_size=1, max_batch_delay_ms=0)).path,
     }
     home = root / "home"
     models = [f"y2x={archives['y2x-1.0'].name}", f"y2x={archives['y2x-2.0'].name}", f"classes={archives['classes-1.0'].name}",
-              f"mlp={archives['mlp-1.0'].name}"]
+              f"mlp={archives['mlp-1.0'].name}", f"selected={archives['selected-1.0'].name}"]
     info = server.start(home, store, models, free_ports=True, ready_timeout=180)
     try:
-        yield Served(origin, origin_v2, classes, mlp_run.run_dir, store, archives, home, info)
+        yield Served(origin, origin_v2, classes, mlp_run.run_dir, selected, store, archives, home, info)
     finally:
         server.stop(home)
 

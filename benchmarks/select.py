@@ -1,20 +1,27 @@
-"""Model-selection benchmark (not benchmarks/select.py: run as a script, that name would shadow the standard library's select module): `select` with the default grid and budget against scikit-learn's RidgeCV /
+"""Model-selection benchmark: `select` with the default grid and budget against scikit-learn's RidgeCV /
 LogisticRegressionCV (with StandardScaler) on the same train/test split.
 
 Data sets: the project's real ones (examples/diabetes.csv, examples/iris.csv) and a generated 10,000 × 30 one per
 task (the size the search-time goal names). Per data set it prints the search's seconds (cross-validation and
 halving) and the finalists' seconds (refit, export, deployed measurements) apart, the chosen candidate, its test
 score and scikit-learn's, and for the real data sets whether a second run gives the same ranking and choice.
-scikit-learn is a benchmark-only requirement (benchmarks/requirements-bench.txt).
+scikit-learn is a benchmark-only requirement (benchmarks/requirements-bench.txt). It prints the host's CPU and
+vector ISA class first.
 
-    .venv/bin/python benchmarks/model_select.py --out docs/bench/select.json
+    .venv/bin/python benchmarks/select.py --out docs/bench/select.json
 """
 
-from __future__ import annotations
+import os
+import sys
+
+# Run as a script, this file's folder comes first on sys.path, and this file (select.py) would then shadow the
+# standard library's `select` module, which subprocess imports. Drop the folder before any other import (os and
+# sys are loaded by the interpreter before this file runs, so they cannot be shadowed).
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from aiaas_torch.data import from_arrays, load_csv, split
+from aiaas_torch.handlers import integrity, programs
 from aiaas_torch.leaderboard import params_text
 from aiaas_torch.select import SelectConfig, select
 
@@ -85,7 +93,7 @@ def run_one(label: str, ds, repeat: bool) -> dict:
 
 def main() -> None:
     """Run the benchmark and print the table (and write JSON with --out)."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     ap.add_argument("--only", default=None, help="comma-separated labels to run (diabetes, iris, gen-regression, gen-classification)")
     a = ap.parse_args()
@@ -97,6 +105,8 @@ def main() -> None:
     }
     only = a.only.split(",") if a.only else list(sets)
     rows = []
+    host = {"cpu": programs.cpu_model_name(), "isa_class": programs.isa_class(integrity.cpu_flags()), "cores": os.cpu_count()}
+    print(f"host: {host['cpu']}, {host['cores']} cores, vector ISA class {host['isa_class']}")
     print(f"{'data':20s} {'rows×feat':>10s} {'cands':>5s} {'search s':>8s} {'final s':>7s}  {'chosen':34s} {'test':>7s} {'peer':>7s} {'Δ':>7s} repeat")
     for label in only:
         load, repeat = sets[label]
@@ -107,7 +117,7 @@ def main() -> None:
               f"{'-' if row['same_on_repeat'] is None else 'same' if row['same_on_repeat'] else 'DIFFERENT'}", flush=True)  # fmt: skip
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps({"cpu_count": os.cpu_count(), "rows": rows}, indent=2) + "\n")
+        Path(a.out).write_text(json.dumps({"host": host, "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -278,6 +278,8 @@ def _json_array(f, reader: RowReader):
     first = True
     while True:
         c = skip_ws()
+        if not c:
+            raise InputError(f"{reader.path}: the JSON array is not closed (no ']' at the end of the file)")
         if c == "]":
             pos += 1
             if skip_ws():

@@ -1,9 +1,11 @@
 """Whole-file prediction benchmark: `aiaas predict --file` on a generated N × 20 CSV, locally and through a server.
 
-Prints the host (CPU, ISA class, cores), then for each run the seconds, rows/s and the peak RSS of the `aiaas`
-process (os.wait4's ru_maxrss of that child alone):
+Prints the host (CPU, ISA class, cores, load), then for each run the seconds of the whole command (Python start and
+imports included) and of predicting (as the command reports it), rows/s of predicting, the command's CPU seconds
+(user + system: on a shared host, its work apart from waiting) and its peak RSS (os.wait4's figures of that child
+alone):
 - local: `aiaas predict --local RUN_DIR --file rows.csv --out predictions.csv`, a linear model (20 → 1);
-- local at --scale × the rows (goal: peak RSS within 10 % of the 1× run: memory does not grow with the file);
+- local at --scale × the rows (the same lines repeated; goal: peak RSS within 10 % of the 1× run);
 - server: `aiaas predict NAME --file rows.csv --concurrency C` against a TorchServe started here (--server-rows
   rows of the same kind; the TorchServe processes' own memory is not counted).
 Goals (issue 15): local 1,000,000 × 20 ≤ 10 s on 2 cores, peak RSS ≤ 400 MB; server ≥ 100,000 rows/s at C = 8.
@@ -53,17 +55,33 @@ def linear_run(root: Path) -> Path:
     return export_run(result, root / "linear", QuantConfig("none"), compile=False).run_dir
 
 
+def repeat_body(src: Path, dst: Path, times: int) -> int:
+    """Write src's header and then its data lines `times` over to dst; returns dst's size in bytes."""
+    with open(src, "rb") as f, open(dst, "wb") as out:
+        out.write(f.readline())
+        start = f.tell()
+        for _ in range(times):
+            f.seek(start)
+            while block := f.read(1 << 24):
+                out.write(block)
+    return dst.stat().st_size
+
+
 def timed(args: list[str]) -> dict:
-    """Return the seconds and peak RSS (MB) of one `aiaas` command run as a child process; raises if it fails."""
+    """Return the seconds (the whole command, and predicting as the command reports it) and the peak RSS (MB) of
+    one `aiaas ... --json` command run as a child process; raises if it fails."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "aiaas_torch.cli", *args], stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.Popen([sys.executable, "-m", "aiaas_torch.cli", *args, "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    out, err = proc.stdout.read(), proc.stderr.read()  # small: the JSON report, at most an error line on stderr
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS, not the largest of all children so far
     seconds = time.perf_counter() - t0
-    err = proc.stderr.read()
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"aiaas {' '.join(args)} failed ({proc.returncode}): {err.strip()[-500:]}")
-    return {"seconds": round(seconds, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+    return {"command_s": round(seconds, 2), "predict_s": round(json.loads(out)["seconds"], 2),
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),  # on a shared host: the work, apart from waiting
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
 
 
 def main() -> None:
@@ -83,15 +101,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="aiaas-predict-file-") as tmp:
         root = Path(tmp)
         run = linear_run(root)
-        sizes = [("local", a.rows)] + ([("local", a.rows * a.scale)] if a.scale else [])
-        for kind, rows in sizes:
-            src = root / f"rows{rows}.csv"
-            size = write_csv(src, rows)
+        base = root / "rows.csv"
+        write_csv(base, a.rows)
+        for times in [1] + ([a.scale] if a.scale else []):
+            src = base if times == 1 else root / f"rows{times}x.csv"
+            size = src.stat().st_size if times == 1 else repeat_body(base, src, times)
+            rows = a.rows * times
             r = timed(["predict", "--local", str(run), "--file", str(src), "--out", str(root / "pred.csv")])
-            r.update(kind=kind, rows=rows, file_mb=round(size / 2**20, 1), rows_per_s=round(rows / r["seconds"]))
+            r.update(kind="local", rows=rows, file_mb=round(size / 2**20, 1), rows_per_s=round(rows / r["predict_s"]))
             figs["runs"].append(r)
             print(json.dumps(r), flush=True)
-            src.unlink()
+            if times != 1:
+                src.unlink()
         if a.server_rows:
             from aiaas_torch import serving
 
@@ -112,7 +133,7 @@ def main() -> None:
             finally:
                 serving.stop(home)
             r.update(kind=f"server c={a.concurrency} workers={a.workers}", rows=a.server_rows,
-                     file_mb=round(size / 2**20, 1), rows_per_s=round(a.server_rows / r["seconds"]))
+                     file_mb=round(size / 2**20, 1), rows_per_s=round(a.server_rows / r["predict_s"]))
             figs["runs"].append(r)
             print(json.dumps(r), flush=True)
     locals_ = [r for r in figs["runs"] if r["kind"] == "local"]

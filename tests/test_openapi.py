@@ -109,6 +109,9 @@ def test_archive_document_takes_the_served_name_version_and_row_limit(line_run, 
 
 
 def test_cli_writes_the_document_atomically_and_refuses_bad_targets(line_run, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["openapi", "--help"])
+    assert e.value.code == 0 and "NAME|ARCHIVE|RUN_DIR" in capsys.readouterr().out
     out = tmp_path / "api.json"
     assert main(["openapi", str(line_run), "--name", "y2x", "--out", str(out)]) == 0
     doc = json.loads(out.read_text())

@@ -34,7 +34,7 @@ def add_parser(sub) -> None:
     pr.add_argument("--version", dest="model_version", default=None, metavar="V", help="model version (default: the default version)")
     _home(pr)
     pr.add_argument("--timeout", type=_finite, default=30.0, help="HTTP timeout in seconds (default 30)")
-    pr.add_argument("--json", action="store_true", help="print the answer exactly as received")
+    pr.add_argument("--json", action="store_true", help="print the answer exactly as received (with --file and --out: the report)")
     pr.set_defaults(run=run)
 
 

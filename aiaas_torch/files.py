@@ -160,7 +160,10 @@ class RowReader:
         """Return one chunk of CSV lines: the fast form when every cell is a plain number, else values cell by cell."""
         import numpy as np
 
-        if all(ln.strip() for ln in lines) and not any('"' in ln for ln in lines):
+        if not all(ln.strip() for ln in lines):  # blank lines hold no row (e.g. at the end of the file)
+            kept = [(n, ln) for n, ln in zip(numbers, lines) if ln.strip()]
+            numbers, lines = [n for n, _ in kept], [ln for _, ln in kept]
+        if lines and not any('"' in ln for ln in lines):
             try:
                 arr = np.loadtxt(lines, delimiter=",", dtype=np.float64, usecols=cols, ndmin=2, comments=None)
                 good = arr.shape == (len(lines), len(cols)) and bool(np.isfinite(arr).all()) and float(np.abs(arr).max(initial=0)) <= FLOAT32_MAX
@@ -174,17 +177,14 @@ class RowReader:
                         good = False
                 if good:
                     return Chunk(numbers, ids, text=lines if raw else None, array=arr)
-        rows, ids, kept = [], [] if id_col is not None else None, []
-        for n, rec in zip(numbers, _records(lines, self.path, numbers[0])):
-            if rec is None:  # a blank line: no row
-                continue
+        rows, ids = [], [] if id_col is not None else None
+        for n, rec in zip(numbers, _records(lines, self.path, numbers)):
             if len(rec) != width:
                 raise InputError(f"{self.path}, line {n}: {len(rec)} fields, expected {width} as in the header")
             rows.append([_cell(rec[j]) for j in cols])
             if ids is not None:
                 ids.append(rec[id_col].strip())
-            kept.append(n)
-        return Chunk(kept, ids, rows=rows)
+        return Chunk(numbers, ids, rows=rows)
 
     # -------------------------------------------------------------------------------------------- JSON
 
@@ -217,18 +217,14 @@ class RowReader:
             yield Chunk(numbers, ids, rows=rows)
 
 
-def _records(lines: list[str], path: Path, first: int) -> list:
-    """Return each CSV line's fields (None for a blank line), refusing a quoted field that spans lines."""
+def _records(lines: list[str], path: Path, numbers: list[int]) -> list:
+    """Return each (non-blank) CSV line's fields, refusing a quoted field that spans lines."""
     out = []
-    for i, ln in enumerate(lines):
-        if not ln.strip():
-            out.append(None)
-            continue
+    for n, ln in zip(numbers, lines):
         try:
-            recs = list(csv.reader([ln], strict=True))
+            out.append(next(csv.reader([ln], strict=True)))
         except csv.Error as e:
-            raise InputError(f"{path}, line {first + i}: malformed CSV ({e}); put one record per line") from None
-        out.append(recs[0])
+            raise InputError(f"{path}, line {n}: malformed CSV ({e}); put one record per line") from None
     return out
 
 

@@ -88,6 +88,10 @@ def test_a_chunk_of_numbers_and_a_chunk_of_other_numerals_give_the_same_answers(
         files.predict_file(src, tmp_path / f"{src.stem}.out", model)
         outs.append(_read(tmp_path / f"{src.stem}.out"))
     assert outs[0] == outs[1] == outs[2] and len(outs[0]) == 3
+    blanks = tmp_path / "blanks.csv"
+    blanks.write_text("a,b,c\n\n1,2,3\n\n-0.5,0.25,4\n\n\n")
+    files.predict_file(blanks, tmp_path / "blanks.out", model)
+    assert _read(tmp_path / "blanks.out") == outs[0]
 
 
 @pytest.mark.parametrize("body, line, expect", [
@@ -97,6 +101,7 @@ def test_a_chunk_of_numbers_and_a_chunk_of_other_numerals_give_the_same_answers(
     ("a,b,c\n1,2,3\n1,nan,3\n", 3, "feature 'b': nan is not a finite float32 number"),
     ("a,b,c\n1,2,3\n1,2,1e39\n", 3, "feature 'c': 1e+39 is not a finite float32 number"),
     ("a,b,c\n1,2,3\n1,\"2,3\n", 3, "malformed CSV"),
+    ("a,b,c\n\n1,2,3\n\n1,\"2,3\n", 5, "malformed CSV"),  # blank lines hold no row but count as lines
 ])
 def test_every_bad_line_is_named_and_nothing_is_written(model, tmp_path, body, line, expect):
     src, out = tmp_path / "bad.csv", tmp_path / "pred.csv"

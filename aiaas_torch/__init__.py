@@ -21,7 +21,7 @@ _EXPORTS = {
     "package": ("archive", "package"), "verify_archive": ("archive", "verify_archive"),
     "Client": ("client", "Client"), "ClientError": ("client", "ClientError"), "ServerError": ("client", "ServerError"),
     "Dataset": ("data", "Dataset"), "from_arrays": ("data", "from_arrays"), "load_csv": ("data", "load_csv"),
-    "split": ("data", "split"),
+    "split": ("data", "split"), "predict_file": ("files", "predict_file"),
     "ExportResult": ("export", "ExportResult"), "LocalModel": ("runs", "LocalModel"), "export_run": ("export", "export_run"),
     "load_run": ("runs", "load_run"), "read_card": ("card", "read_card"), "requantize": ("export", "requantize"),
     "ModelSpec": ("models", "ModelSpec"), "build_model": ("models", "build_model"),
@@ -42,9 +42,9 @@ _SUBMODULES = ("archive", "card", "client", "data", "errors", "export", "handler
 __all__ = [
     "Client", "ClientError", "Dataset", "ExportResult", "LocalModel", "ModelSpec", "PackageResult", "QuantConfig",
     "QuantGateError", "QuantReport", "SelectConfig", "SelectResult", "ServerError", "ServerInfo", "TorchServeError", "ServingConfig", "TrainConfig", "TrainResult",
-    "build_model", "deploy", "export_run", "fold_preprocessing", "from_arrays", "load_csv", "load_run", "package", "quantize",
-    "read_card", "requantize", "retire", "rollback", "select", "server_status", "split", "start_server", "stop_server", "train", "verify_archive",
-    "versions", "wait_until_ready",
+    "build_model", "deploy", "export_run", "fold_preprocessing", "from_arrays", "load_csv", "load_run", "package", "predict_file",
+    "quantize", "read_card", "requantize", "retire", "rollback", "select", "server_status", "split", "start_server", "stop_server",
+    "train", "verify_archive", "versions", "wait_until_ready",
 ]
 
 

@@ -101,6 +101,19 @@ def _parse_float(text: str, where: str) -> float:
     return v
 
 
+def csv_header(row: list[str], where) -> list[str]:
+    """Return a CSV header row's column names, stripped, refusing an empty or a duplicate name (line 1 of `where`)."""
+    header = [h.strip() for h in row]
+    seen: dict[str, int] = {}
+    for j, h in enumerate(header):
+        if h == "":
+            raise InputError(f"{where}, line 1, column {j + 1}: empty column name")
+        if h in seen:
+            raise InputError(f"{where}, line 1: duplicate column name {h!r} (columns {seen[h] + 1} and {j + 1})")
+        seen[h] = j
+    return header
+
+
 def load_csv(path: str | os.PathLike, target: str, task: str = "auto") -> Dataset:
     """Return the Dataset read from a CSV file with a header row, numeric features and the named target column."""
     p = Path(path)
@@ -127,16 +140,8 @@ def load_csv(path: str | os.PathLike, target: str, task: str = "auto") -> Datase
         raise InputError(f"{p}, line {reader.line_num}: malformed CSV ({e})") from None
     if not rows_numbered:
         raise InputError(f"{p}: empty file, expected a header row and data rows")
-    _, header = rows_numbered[0]
-    header = [h.strip() for h in header]
-    for j, h in enumerate(header):
-        if h == "":
-            raise InputError(f"{p}, line 1, column {j + 1}: empty column name")
-    seen: dict[str, int] = {}
-    for j, h in enumerate(header):
-        if h in seen:
-            raise InputError(f"{p}, line 1: duplicate column name {h!r} (columns {seen[h] + 1} and {j + 1})")
-        seen[h] = j
+    header = csv_header(rows_numbered[0][1], p)
+    seen = {h: j for j, h in enumerate(header)}
     if target not in seen:
         raise InputError(f"{p}: target column {target!r} not found; columns are {header}")
     t = seen[target]

@@ -256,6 +256,10 @@ def count_out_of_range(rows: list, features: list) -> int:
 
 def answer(card: dict, parsed: ParsedRequest, outputs: list, model_name: str, model_version: str) -> dict:
     """Return the JSON answer for one request: `outputs` is the model's output rows for its rows, in order."""
+    if not all(map(math.isfinite, itertools.chain.from_iterable(outputs))):  # JSON has no Infinity or NaN
+        i = next(i for i, o in enumerate(outputs) if not all(map(math.isfinite, o)))
+        where = {"instances": f"instances[{i}]", "v2": f"inputs[0].data row {i}"}.get(parsed.fmt, f"rows[{i}]")
+        raise ContractError(f"{where}: the model's output overflows float32 (values far outside the training range)")
     out = card["output"]
     if out["task"] == "classification":
         classes = out["classes"]

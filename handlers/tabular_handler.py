@@ -140,6 +140,8 @@ class TabularHandler:
                 continue
             try:
                 answers[i] = self.encode(p, outputs[i])
+            except contract.ContractError as e:  # outputs JSON cannot carry (overflow): this request's 400
+                answers[i] = _refuse(context, i, e.status, str(e))
             except Exception:
                 answers[i] = _fail(context, i, "answering", len(data))
         try:

@@ -13,12 +13,12 @@ import argparse
 import sys
 
 from ..errors import InputError
-from . import bench, demo, deploy, package, predict, serve, train
+from . import bench, demo, deploy, openapi, package, predict, serve, train
 from .common import EXIT_FAILURE, EXIT_USAGE, UsageError, _Parser
 
 __all__ = ["EXIT_FAILURE", "EXIT_USAGE", "UsageError", "build_parser", "main"]
 
-_GROUPS = (train, package, serve, deploy, predict, bench, demo)
+_GROUPS = (train, package, serve, deploy, predict, openapi, bench, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

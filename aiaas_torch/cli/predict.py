@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 from .common import UsageError, _finite, _home, _print_json, _running_home
@@ -13,20 +14,36 @@ def add_parser(sub) -> None:
     """Add the predict sub-parser to `sub`; returns None."""
     pr = sub.add_parser("predict", help="ask a served model (or a local run directory) for predictions",
                         description="Send rows to a served model: `aiaas predict NAME 6 7` sends rows [6] and [7]; "
-                                    "`aiaas predict NAME 1,2,3` one row of three features. With --local RUN_DIR no server is used.")
+                                    "`aiaas predict NAME 1,2,3` one row of three features. With --local RUN_DIR no server is used. "
+                                    "`--file rows.csv --out predictions.csv` predicts a whole file, streamed in chunks, in input order.")
     pr.add_argument("args", nargs="*", metavar="NAME|ROW", help="model name (not with --local), then rows as comma-separated numbers")
     pr.add_argument("--body", default=None, metavar="JSON", help="request body as JSON text (instead of ROWs)")
-    pr.add_argument("--file", default=None, metavar="F", help="read the request body from a JSON file")
+    pr.add_argument("--file", default=None, metavar="F",
+                    help="predict every row of this file: CSV with a header row naming the features, JSON Lines "
+                         "(one row per line: an array in feature order or an object of features) or a JSON array of "
+                         "rows, told apart by content; errors name the line")
+    pr.add_argument("--out", default=None, metavar="F", help="with --file: write the predictions CSV here "
+                    "(atomically; default stdout): the --id column, the target, and p_CLASS per class for a classifier")
+    pr.add_argument("--id", dest="id_column", default=None, metavar="COLUMN",
+                    help="with --file: carry this input column (or object field) through to the output")
+    pr.add_argument("--concurrency", type=int, default=4, metavar="N",
+                    help="with --file against a server: requests in flight at once (default 4)")
+    pr.add_argument("--chunk-rows", type=int, default=None, metavar="N",
+                    help="with --file: rows per chunk (default 50000 locally, 1000 per request to a server)")
     pr.add_argument("--local", default=None, metavar="RUN_DIR", help="predict in this process from a run directory")
     pr.add_argument("--version", dest="model_version", default=None, metavar="V", help="model version (default: the default version)")
     _home(pr)
     pr.add_argument("--timeout", type=_finite, default=30.0, help="HTTP timeout in seconds (default 30)")
-    pr.add_argument("--json", action="store_true", help="print the answer exactly as received")
+    pr.add_argument("--json", action="store_true", help="print the answer exactly as received (with --file and --out: the report)")
     pr.set_defaults(run=run)
 
 
 def run(a) -> int:
     """Predict locally or over HTTP; returns the exit code."""
+    if a.file is not None:
+        return _run_file(a)
+    if a.out is not None or a.id_column is not None:
+        raise UsageError("--out and --id go with --file")
     if a.local:
         from ..runs import load_run
 
@@ -59,6 +76,38 @@ def run(a) -> int:
     return 0
 
 
+def _run_file(a) -> int:
+    """Predict every row of --file into --out, locally or over HTTP; returns the exit code."""
+    from ..files import predict_file
+
+    if a.body is not None or (a.args[1:] if not a.local else a.args):
+        raise UsageError("--file predicts a whole file: give no ROW arguments and no --body")
+    kwargs = dict(id_column=a.id_column, chunk_rows=a.chunk_rows)
+    if a.local:
+        from ..runs import load_run
+
+        report = predict_file(a.file, a.out, load_run(a.local), **kwargs)
+    else:
+        if not a.args:
+            raise UsageError("give the model NAME (or --local RUN_DIR)")
+        from .. import client as cl
+
+        if not (Path(a.home) / "server.json").exists():
+            raise UsageError(f"no server found in {a.home} (start one with `aiaas serve start --home {a.home}`)")
+        with cl.Client(home=a.home, timeout=a.timeout) as c:
+            try:
+                report = predict_file(a.file, a.out, c, name=a.args[0], version=a.model_version,
+                                      concurrency=a.concurrency, **kwargs)
+            except cl.NotFound as e:
+                raise UsageError(str(e)) from None
+    if a.json and report.out != "-":
+        _print_json(vars(report))
+    else:
+        print(f"aiaas predict: {report.rows:,} rows from {a.file} ({report.format}) -> "
+              f"{'stdout' if report.out == '-' else report.out} in {report.seconds:.1f} s", file=sys.stderr)
+    return 0
+
+
 def _rows_from_args(values: list[str]) -> list[list[float]]:
     """Return ROW arguments ("6", "1,2,3") as rows of numbers."""
     rows = []
@@ -74,17 +123,12 @@ def _rows_from_args(values: list[str]) -> list[list[float]]:
 
 
 def _request_body(a, rows_args: list[str]):
-    """Return the request body from ROWs, --body or --file (exactly one of them)."""
-    given = sum(bool(x) for x in (rows_args, a.body is not None, a.file is not None))
+    """Return the request body from ROWs or --body (exactly one of them)."""
+    given = sum(bool(x) for x in (rows_args, a.body is not None))
     if given != 1:
         raise UsageError("give the rows as ROW arguments, or --body JSON, or --file F (exactly one)")
     if a.body is not None:
         return a.body
-    if a.file is not None:
-        p = Path(a.file)
-        if not p.is_file():
-            raise UsageError(f"--file {p}: file not found")
-        return p.read_bytes()
     return {"instances": _rows_from_args(rows_args)}
 
 

@@ -1,0 +1,206 @@
+"""The OpenAPI 3.1 document of a served model's prediction endpoints, built from its model card.
+
+One function maps a card to the JSON Schemas of its requests and answers (`card_schemas`); `document` puts them
+on the three paths TorchServe routes to the same handler (`POST /predictions/NAME`, `/v1/models/NAME:predict`,
+`/v2/models/NAME/infer`: the handler cannot see the URL, so all three take the same bodies), with the bearer-token
+security scheme and the JSON error body of every refusal (handlers/aiaas_contract.error_body). Training ranges and
+class labels are documentation (descriptions, examples, enums of answers), never limits on requests: a value
+outside the training range is still predicted. Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+
+from .card import read_card
+from .errors import InputError
+from .handlers import aiaas_contract as contract
+
+OPENAPI_VERSION = "3.1.0"
+FLOAT32_LIMIT = 3.4e38  # the contract refuses |x| above this: float32 cannot hold it
+DEFAULT_SERVER = "http://127.0.0.1:8080"
+
+
+def _feature_schema(feature: dict) -> dict:
+    """Return the JSON Schema of one feature's value (a finite float32 number; its training range as documentation)."""
+    lo, hi = feature["min"], feature["max"]
+    return {"type": "number", "minimum": -FLOAT32_LIMIT, "maximum": FLOAT32_LIMIT, "title": feature["name"],
+            "description": f"training range [{lo:g}, {hi:g}] (values outside it are predicted too, and counted)",
+            "examples": [lo]}
+
+
+def card_schemas(card: dict) -> dict:
+    """Return the named JSON Schemas (components.schemas) of a model's requests and answers, from its card."""
+    features = card["input"]["features"]
+    names = [f["name"] for f in features]
+    width = len(features)
+    max_rows = int(card["input"].get("max_rows") or contract.DEFAULT_MAX_ROWS)
+    values = [_feature_schema(f) for f in features]
+    row = {"type": "array", "prefixItems": values, "items": False, "minItems": width, "maxItems": width,
+           "description": f"one row: {width} values in feature order ({', '.join(names[:20])})"}
+    named = {"type": "object", "properties": dict(zip(names, values)), "required": names, "additionalProperties": False,
+             "description": "one row: an object of features by name"}
+    rows = {"anyOf": [{"type": "array", "items": {"$ref": "#/components/schemas/Row"}},
+                      {"type": "array", "items": {"$ref": "#/components/schemas/NamedRow"}}],
+            "minItems": 1, "maxItems": max_rows, "description": f"1 to {max_rows:,} rows, all positional or all named"}
+    datatypes = sorted(contract.V2_NUMERIC_TYPES)
+    tensor = {"type": "object", "required": ["name", "shape", "datatype", "data"],
+              "properties": {"name": {"type": "string"},
+                             "shape": {"type": "array", "prefixItems": [{"type": "integer", "minimum": 1, "maximum": max_rows},
+                                                                       {"const": width}], "items": False, "minItems": 2},
+                             "datatype": {"enum": datatypes},
+                             "data": {"type": "array", "items": {"anyOf": [{"type": "number"}, {"$ref": "#/components/schemas/Row"}]},
+                                      "minItems": 1, "description": "N × features values, flat or nested by row"}},
+              "description": f"one FP32-like tensor of shape [N, {width}]"}
+    out = card["output"]
+    classification = out["task"] == "classification"
+    classes = out.get("classes") or []
+    label = {"enum": classes} if classification else {"type": "number"}
+    answer = {"type": "object", "required": ["predictions", "model", "version"],
+              "properties": {"predictions": {"type": "array", "items": label},
+                             "model": {"type": "string"}, "version": {"type": "string"}}}
+    if classification:
+        answer["required"] += ["probabilities", "classes"]
+        answer["properties"]["probabilities"] = {"type": "array", "items": {"type": "array", "items": {"type": "number"},
+                                                                            "minItems": len(classes), "maxItems": len(classes)}}
+        answer["properties"]["classes"] = {"const": classes}
+        answer["description"] = f"labels of {out.get('target')!r} ({', '.join(map(str, classes))}) and softmax probabilities"
+    else:
+        answer["description"] = f"predicted {out.get('target')!r}, one number per row"
+    v2_out = {"type": "object", "required": ["name", "shape", "datatype", "data"],
+              "properties": {"name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
+                             "datatype": {"type": "string"}, "data": {"type": "array"}}}
+    return {
+        "Row": row,
+        "NamedRow": named,
+        "InstancesRequest": {"type": "object", "required": ["instances"], "properties": {"instances": rows},
+                             "additionalProperties": False},
+        "V2Request": {"type": "object", "required": ["inputs"], "additionalProperties": False,
+                      "properties": {"id": {"type": "string"},
+                                     "inputs": {"type": "array", "items": tensor, "minItems": 1, "maxItems": 1}}},
+        "Rows": {"oneOf": [{"$ref": "#/components/schemas/Row"}, rows],
+                 "description": "a bare list of rows, or one row"},
+        "Prediction": answer,
+        "V2Response": {"type": "object", "required": ["model_name", "model_version", "outputs"],
+                       "properties": {"model_name": {"type": "string"}, "model_version": {"type": "string"},
+                                      "id": {"type": "string"}, "outputs": {"type": "array", "items": v2_out}}},
+        "Error": {"type": "object", "required": ["code", "type", "message"],
+                  "properties": {"code": {"type": "integer"}, "type": {"type": "string"},
+                                 "message": {"type": "string", "description": "what is wrong, naming the row and feature"}},
+                  "examples": [contract.error_body("instances[0]: 1 values, expected 2 (a, b)")]},
+    }
+
+
+def _operation(name: str, summary: str, op_id: str, examples: dict) -> dict:
+    """Return one POST operation taking any request body format and answering the matching format."""
+    ref = "#/components/schemas/"
+    error = {"content": {"application/json": {"schema": {"$ref": ref + "Error"}}}}
+    return {
+        "summary": summary,
+        "operationId": op_id,
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": {"anyOf": [{"$ref": ref + "InstancesRequest"}, {"$ref": ref + "V2Request"}, {"$ref": ref + "Rows"}]},
+            "examples": examples}}},
+        "responses": {
+            "200": {"description": "predictions: {predictions, ...} for `instances` and bare rows, an Open Inference "
+                                   "answer for `inputs`",
+                    "content": {"application/json": {"schema": {"anyOf": [{"$ref": ref + "Prediction"}, {"$ref": ref + "V2Response"}]}}}},
+            "400": dict(error, description="a body that breaks the input contract (the message names the row and "
+                                           "feature), or a bad, missing or expired token (type InvalidKeyException)"),
+            "404": dict(error, description=f"no model {name!r} (or version) on this server"),
+            "413": {"description": "a body over the server's max_request_size (no body)"},
+            "415": dict(error, description="a Content-Type other than JSON in UTF-8"),
+            "503": dict(error, description="no worker can take the request now (queue full, model loading)"),
+        },
+    }
+
+
+def document(card: dict, name: str, server_url: str = DEFAULT_SERVER, version: str | None = None) -> dict:
+    """Return the OpenAPI 3.1 document of a model's prediction endpoints (native, TF Serving v1, Open Inference v2)."""
+    from .archive import NAME_RE
+
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise InputError(f"name: {name!r} is not a model name (letters, digits, _; not starting with _)")
+    features = card["input"]["features"]
+    first = [f["min"] for f in features]
+    examples = {
+        "rows": {"summary": "positional rows", "value": {"instances": [first]}},
+        "named": {"summary": "named rows", "value": {"instances": [{f["name"]: f["min"] for f in features}]}},
+        "v2": {"summary": "Open Inference tensor", "value": {"inputs": [
+            {"name": "input-0", "shape": [1, len(features)], "datatype": "FP32", "data": first}]}},
+    }
+    out = card["output"]
+    what = (f"classifies {out.get('target')!r} into {len(out.get('classes') or [])} classes" if out["task"] == "classification"
+            else f"predicts {out.get('target')!r}")
+    paths = {
+        f"/predictions/{name}": {"post": _operation(name, "Predict (TorchServe's native path)", "predict", examples)},
+        f"/v1/models/{name}:predict": {"post": _operation(name, "Predict (TF Serving REST path)", "predict_v1", examples)},
+        f"/v2/models/{name}/infer": {"post": _operation(name, "Predict (Open Inference Protocol path)", "infer_v2", examples)},
+    }
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {"title": f"{name} (aiaas-torch model)", "version": version or "default",
+                 "description": f"{name} {what} from {len(features)} features "
+                                f"({', '.join(f['name'] for f in features[:20])}). Every path takes the same bodies: "
+                                "`instances` rows, an Open Inference `inputs` tensor, or bare rows."},
+        "servers": [{"url": server_url}],
+        "security": [{"bearerToken": []}],
+        "paths": paths,
+        "components": {
+            "schemas": card_schemas(card),
+            "securitySchemes": {"bearerToken": {"type": "http", "scheme": "bearer",
+                                                "description": "the server's inference token (in HOME's key file)"}},
+        },
+    }
+
+
+def _archive_card(path: Path) -> tuple[dict, str, str | None]:
+    """Return (card, model name, version) of a .mar after verifying its members against the card."""
+    from .archive import verify_archive
+
+    card = verify_archive(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            manifest = json.loads(zf.read("MAR-INF/MANIFEST.json"))
+            config = zf.read("model-config.yaml").decode() if "model-config.yaml" in zf.namelist() else ""
+        model = manifest["model"]
+    except (KeyError, ValueError, zipfile.BadZipFile, OSError) as e:
+        raise InputError(f"{path}: MAR-INF/MANIFEST.json cannot be read ({e})") from None
+    import yaml
+
+    max_rows = ((yaml.safe_load(config) or {}).get("handler") or {}).get("max_rows") if config else None
+    if isinstance(max_rows, int) and max_rows > 0:  # what the served handler enforces (package --max-rows)
+        card = dict(card, input=dict(card["input"], max_rows=max_rows))
+    return card, model.get("modelName"), model.get("modelVersion")
+
+
+def describe_target(target: str, home: str | os.PathLike = ".aiaas", name: str | None = None) -> dict:
+    """Return the OpenAPI document for a run directory, a .mar archive, or the NAME of a model served from HOME."""
+    p = Path(target)
+    server_url, version = DEFAULT_SERVER, None
+    if p.is_dir():
+        card = read_card(p)
+        name = name or p.name
+    elif p.is_file() or target.endswith(".mar"):
+        if not p.is_file():
+            raise InputError(f"{p}: file not found")
+        card, mar_name, version = _archive_card(p)
+        name = name or mar_name
+    else:
+        from . import client as cl
+
+        with cl.Client(home=home) as c:
+            try:
+                entries = c.describe(target, customized=True)
+            except cl.NotFound:
+                raise InputError(f"{target}: no such run directory, archive, or model served from {home}") from None
+            card = entries[0].get("customizedMetadata") if entries and isinstance(entries[0], dict) else None
+            if not isinstance(card, dict):
+                raise InputError(f"{target}: the server does not show its model card; is it an aiaas archive?")
+            version = entries[0].get("modelVersion")
+            server_url = c.inference_url or server_url
+        name = name or target
+    return document(card, name, server_url, version)

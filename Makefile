@@ -11,7 +11,7 @@ install: $(STAMP)
 # Reinstall when the project metadata or the pinned constraints change.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,plots]'
+	$(PY) -m pip install --quiet --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,plots,oip]'
 	touch $(STAMP)
 
 demo: install

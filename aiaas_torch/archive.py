@@ -39,6 +39,8 @@ HANDLER_FILE = HANDLER_DIR / "tabular_handler.py"
 CONTRACT_FILE = HANDLER_DIR / "aiaas_contract.py"
 PROGRAMS_FILE = HANDLER_DIR / "programs.py"
 INTEGRITY_FILE = HANDLER_DIR / "integrity.py"
+PROTOCOLS_FILE = HANDLER_DIR / "protocols.py"
+SHIPPED_CODE = (CONTRACT_FILE, PROGRAMS_FILE, INTEGRITY_FILE, PROTOCOLS_FILE)  # beside the handler in every archive
 METRICS_CONFIG = HANDLER_DIR / "metrics.yaml"
 MODEL_CONFIG = "model-config.yaml"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")
@@ -151,7 +153,7 @@ def package(
     custom_handler = handler_file != HANDLER_FILE.resolve()
     if not handler_file.is_file():
         raise InputError(f"handler: {handler_file} is not a file")
-    if custom_handler and handler_file.name in (HANDLER_FILE.name, CONTRACT_FILE.name, PROGRAMS_FILE.name, INTEGRITY_FILE.name, CARD, MODEL_CONFIG):
+    if custom_handler and handler_file.name in (HANDLER_FILE.name, *(f.name for f in SHIPPED_CODE), CARD, MODEL_CONFIG):
         raise InputError(f"handler: {handler_file.name!r} would clash with a file the archive already ships")
     run_dir = Path(run_dir)
     card = read_card(run_dir)
@@ -159,7 +161,7 @@ def package(
     if problems:
         raise InputError(f"{run_dir}: " + "; ".join(problems))
     model_files = {n: m for n, m in card["files"].items() if m.get("role") in SERVING_ROLES}
-    shipped = {CARD, MODEL_CONFIG, integrity.MANIFEST, HANDLER_FILE.name, CONTRACT_FILE.name, PROGRAMS_FILE.name, INTEGRITY_FILE.name, handler_file.name}
+    shipped = {CARD, MODEL_CONFIG, integrity.MANIFEST, HANDLER_FILE.name, *(f.name for f in SHIPPED_CODE), handler_file.name}
     for n in model_files:
         if n in shipped:
             raise InputError(f"{run_dir / CARD}: model file {n!r} would clash with a file the archive already ships")
@@ -175,10 +177,9 @@ def package(
         inputs = work / "inputs"
         inputs.mkdir()
         (inputs / MODEL_CONFIG).write_text(yaml.safe_dump(model_config, sort_keys=True))
-        shutil.copy2(CONTRACT_FILE, inputs / CONTRACT_FILE.name)
-        shutil.copy2(PROGRAMS_FILE, inputs / PROGRAMS_FILE.name)
-        shutil.copy2(INTEGRITY_FILE, inputs / INTEGRITY_FILE.name)
-        extra = [inputs / CONTRACT_FILE.name, inputs / PROGRAMS_FILE.name, inputs / INTEGRITY_FILE.name] + [run_dir / n for n in sorted(model_files)]
+        for f in SHIPPED_CODE:
+            shutil.copy2(f, inputs / f.name)
+        extra = [inputs / f.name for f in SHIPPED_CODE] + [run_dir / n for n in sorted(model_files)]
         if custom_handler:
             extra.append(HANDLER_FILE)
         laid_out = _run_archiver(name, version, inputs / MODEL_CONFIG, extra, work, handler_file)

@@ -19,10 +19,12 @@ try:  # installed package (tests, aiaas predict --local)
     from . import aiaas_contract as contract
     from . import integrity
     from . import programs
+    from . import protocols
 except ImportError:  # inside a TorchServe worker: the model directory is on sys.path
     import aiaas_contract as contract
     import integrity
     import programs
+    import protocols
 
 logger = logging.getLogger(__name__)
 JSON = "application/json"
@@ -30,10 +32,9 @@ INTERNAL = "internal error (a bug of ours, logged by the server)"
 _REASONS = {400: "Bad Request", 415: "Unsupported Media Type", 500: "Internal Server Error"}
 
 
-def _content_type(context, idx: int):
-    """Return request idx's Content-Type header (names are case-insensitive), or None when it has none."""
-    headers = context.get_all_request_header(idx) or {}
-    return next((v for k, v in headers.items() if isinstance(k, str) and k.lower() == "content-type"), None)
+def _headers(context, idx: int) -> dict:
+    """Return request idx's headers as the client named them (look them up with protocols.header)."""
+    return context.get_all_request_header(idx) or {}
 
 
 def _is_describe(data: list, context) -> bool:
@@ -43,9 +44,9 @@ def _is_describe(data: list, context) -> bool:
 
 
 def _refuse(context, idx: int, status: int, message: str) -> str:
-    """Set request idx's status and return its JSON error body."""
+    """Set request idx's status and return its JSON error body (with Open Inference's "error", which tritonclient reads)."""
     context.set_response_status(status, _REASONS.get(status, "Bad Request"), idx=idx)
-    return json.dumps(contract.error_body(message, status), separators=(",", ":"))
+    return json.dumps({**contract.error_body(message, status), "error": message}, separators=(",", ":"))
 
 
 def _fail(context, idx: int, step: str, batch: int) -> str:
@@ -91,14 +92,18 @@ class TabularHandler:
         return loaded.device, loaded.files, loaded
 
     def decode(self, request: dict, context, idx: int):
-        """Return the checked ParsedRequest for request idx of the batch (raises contract.ContractError)."""
-        contract.check_content_type(_content_type(context, idx))
+        """Return (ParsedRequest, protocols.Decoded) for request idx of the batch (raises contract.ContractError)."""
+        headers = _headers(context, idx)
+        binary = protocols.header(headers, protocols.BINARY_HEADER) is not None
+        if not binary:  # a binary-extension body is JSON followed by raw tensor bytes, whatever its Content-Type
+            contract.check_content_type(protocols.header(headers, "content-type"))
         if "data" not in request and "body" not in request:  # e.g. TorchServe split a form body into fields
             raise contract.ContractError("body: missing; send the JSON body with Content-Type: application/json")
         body = request.get("data") if request.get("data") is not None else request.get("body")
-        if isinstance(body, str):  # TorchServe already decoded the JSON: a string, which must not be parsed again
+        if isinstance(body, str) and not binary:  # TorchServe already decoded the JSON: a string, never parsed again
             raise contract.ContractError("body: expected a JSON object or list, got a JSON string")
-        return contract.parse_request(body, self.card, self.max_rows)
+        wire = protocols.decode(body, headers)
+        return contract.parse_request(wire.body, self.card, self.max_rows), wire
 
     def predict(self, rows: list) -> list:
         """Return the model's output rows for a list of checked input rows, in one forward (the program of its batch size)."""
@@ -109,9 +114,9 @@ class TabularHandler:
             raise RuntimeError(f"the model returned {len(outputs)} output rows for {len(rows)} input rows")
         return outputs
 
-    def encode(self, parsed, outputs: list) -> str:
-        """Return the JSON answer for one request."""
-        return json.dumps(contract.answer(self.card, parsed, outputs, self.model_name, self.model_version), separators=(",", ":"))
+    def encode(self, parsed, wire, outputs: list) -> tuple:
+        """Return (body, response headers) of one request's answer in the wire format it came in."""
+        return protocols.encode(wire, contract.answer(self.card, parsed, outputs, self.model_name, self.model_version))
 
     def handle(self, data: list, context) -> list:
         """Return exactly one answer per request of the batch; a request's failure (4xx, or 500 for a bug of ours) is its own.
@@ -123,10 +128,11 @@ class TabularHandler:
             return [self.describe_handle()]
         answers: list = [None] * len(data)
         parsed: list = [None] * len(data)
+        wires: list = [None] * len(data)
         for i, request in enumerate(data):
             context.set_response_content_type(i, JSON)
             try:
-                parsed[i] = self.decode(request, context, i)
+                parsed[i], wires[i] = self.decode(request, context, i)
             except contract.ContractError as e:
                 answers[i] = _refuse(context, i, e.status, str(e))
             except Exception:  # a bug of ours: this request's 500, not the batch's 503
@@ -139,8 +145,10 @@ class TabularHandler:
                 answers[i] = _refuse(context, i, 500, f"{INTERNAL}: the model failed on this request")
                 continue
             try:
-                answers[i] = self.encode(p, outputs[i])
-            except contract.ContractError as e:  # outputs JSON cannot carry (overflow): this request's 400
+                answers[i], headers = self.encode(p, wires[i], outputs[i])
+                for name, value in headers.items():
+                    context.set_response_header(i, name, value)
+            except contract.ContractError as e:  # an output JSON cannot carry (overflow), or a v2 output the model lacks
                 answers[i] = _refuse(context, i, e.status, str(e))
             except Exception:
                 answers[i] = _fail(context, i, "answering", len(data))

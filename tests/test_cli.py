@@ -362,3 +362,10 @@ def test_input_errors_raised_on_purpose_are_exit_2(tmp_path, capsys):
     assert main(["train", str(data), "--target", "y", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "error:" in err and "line 3" in err and "internal error" not in err
+
+
+@pytest.mark.parametrize("args", [["--oip-port", "8090"], ["--oip", "--oip-port", "70000"], ["--oip", "--oip-port", "0"]])
+def test_serve_start_refuses_a_bad_gateway_port_before_starting_anything(tmp_path, capsys, args):
+    assert main(["serve", "start", "--home", str(tmp_path / "home"), "--model-store", str(tmp_path), *args]) == 2
+    assert "--oip-port" in (err := capsys.readouterr().err) and "expected a port 1-65535, with --oip" in err, err
+    assert not (tmp_path / "home").exists()

@@ -105,8 +105,8 @@ def _read_response(frame: bytes, n: int) -> tuple[int, list[tuple[int, dict, byt
     return code, answers
 
 
-def run_batch(handler: TabularHandler, requests: list[tuple[bytes | None, dict]]) -> list[tuple[int, object]]:
-    """Return [(HTTP status, decoded JSON body)] for a batch, as TorchServe's worker would answer it."""
+def run_batch_raw(handler: TabularHandler, requests: list[tuple[bytes | None, dict]]) -> list[tuple[int, dict, bytes]]:
+    """Return [(HTTP status, response headers, body bytes)] for a batch, as TorchServe's worker would answer it."""
     service = Service("m", ".", {"model": {"modelVersion": "1.0"}}, handler.handle, None, len(requests),
                       metrics_cache=_metrics_cache())  # fmt: skip
     service.set_cl_socket(None)
@@ -114,7 +114,12 @@ def run_batch(handler: TabularHandler, requests: list[tuple[bytes | None, dict]]
     assert cmd == b"I" and len(msg) == len(requests)
     code, answers = _read_response(bytes(service.predict(msg)), len(requests))
     # the batch code is what a request without a status of its own gets; a batch failure sets it for every request
-    return [(status if code == 200 else code, json.loads(body) if body != b"error" else body) for status, _, body in answers]
+    return [(status if code == 200 else code, headers, body) for status, headers, body in answers]
+
+
+def run_batch(handler: TabularHandler, requests: list[tuple[bytes | None, dict]]) -> list[tuple[int, object]]:
+    """Return [(HTTP status, decoded JSON body)] for a batch, as TorchServe's worker would answer it."""
+    return [(status, json.loads(body) if body != b"error" else body) for status, _, body in run_batch_raw(handler, requests)]
 
 
 def _metrics_cache() -> MetricsCacheYamlImpl:
@@ -240,10 +245,10 @@ def test_an_encoding_bug_for_one_request_is_its_own_500(monkeypatch):
     h = _handler()
     real = h.encode
 
-    def encode(parsed, outputs):
+    def encode(parsed, wire, outputs):
         if parsed.rows[0][0] == 7.0:
             raise TypeError("a bug of ours")
-        return real(parsed, outputs)
+        return real(parsed, wire, outputs)
 
     h.encode = encode
     results = run_batch(h, [_good(0), _good(7), _good(2)])
@@ -255,3 +260,109 @@ def test_a_metrics_failure_does_not_fail_the_answers():
     h = _handler()
     h._metrics = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("metrics backend broken"))
     _assert_goods(run_batch(h, [_good(0), _good(1)]), bad_index=-1)
+
+
+# --- wire formats (handlers/protocols.py): Open Inference binary tensor data and TF Serving REST bodies.
+# Requests are built and answers read by tritonclient's own encoder and decoder, not by code of ours.
+
+
+def _triton_request(rows: list, datatype: str = "FP32", binary: bool = True, outputs=None, header_name: str | None = None):
+    """Return (body, headers) of tritonclient's infer request for rows of the a, b, c model."""
+    import numpy as np
+    import tritonclient.http as th
+    from tritonclient.utils import triton_to_np_dtype
+
+    t = th.InferInput("x", [len(rows), 3], datatype)
+    t.set_data_from_numpy(np.array(rows, dtype=triton_to_np_dtype(datatype)), binary_data=binary)
+    body, json_size = th.InferenceServerClient.generate_request_body([t], outputs=outputs)
+    headers = {} if json_size is None else {header_name or "Inference-Header-Content-Length": str(json_size)}
+    return body, headers
+
+
+def _triton_result(status: int, headers: dict, body: bytes):
+    """Return tritonclient's InferResult of a 200 answer (header names as the worker sent them)."""
+    import tritonclient.http as th
+
+    assert status == 200, (status, body[:300])
+    length = next((v for k, v in headers.items() if k.lower() == "inference-header-content-length"), None)
+    return th.InferenceServerClient.parse_response_body(body, header_length=None if length is None else int(length))
+
+
+@pytest.mark.parametrize("header_name", ["Inference-Header-Content-Length", "inference-header-content-length", "INFERENCE-HEADER-CONTENT-LENGTH"])
+def test_binary_tensor_data_in_and_out_whatever_the_header_case(header_name):
+    rows = [[1.0, 2.0, 3.0], [-4.0, 0.5, 8.0]]
+    results = run_batch_raw(_handler(), [_triton_request(rows, header_name=header_name), _good(1)])
+    status, headers, body = results[0]
+    assert any(k.lower() == "inference-header-content-length" for k in headers), headers  # tritonclient's default: binary outputs
+    result = _triton_result(status, headers, body)
+    assert result.as_numpy("y").tolist() == pytest.approx([_want(r) for r in rows], rel=1e-6)
+    assert result.get_output("y")["parameters"]["binary_data_size"] == 4 * len(rows)
+    assert results[1][0] == 200 and json.loads(results[1][2])["predictions"] == pytest.approx([_want([1, 1.0, -2.0])])
+
+
+@pytest.mark.parametrize("datatype", ["FP64", "FP16", "INT64", "INT32", "UINT8"])
+def test_binary_inputs_of_other_numeric_datatypes(datatype):
+    rows = [[1, 2, 3], [4, 0, 8]]
+    ((status, headers, body),) = run_batch_raw(_handler(), [_triton_request(rows, datatype)])
+    assert _triton_result(status, headers, body).as_numpy("y").tolist() == pytest.approx([_want(r) for r in rows], rel=1e-6)
+
+
+def test_json_inputs_with_binary_outputs_asked_by_name_and_json_outputs():
+    import tritonclient.http as th
+
+    rows = [[1.0, 2.0, 3.0]]
+    as_binary = run_batch_raw(_handler(), [_triton_request(rows, binary=False, outputs=[th.InferRequestedOutput("y", binary_data=True)])])
+    as_json = run_batch_raw(_handler(), [_triton_request(rows, binary=False, outputs=[th.InferRequestedOutput("y", binary_data=False)])])
+    assert _triton_result(*as_binary[0]).get_output("y")["parameters"]["binary_data_size"] == 4
+    status, headers, body = as_json[0]
+    assert not any(k.lower() == "inference-header-content-length" for k in headers)
+    assert json.loads(body)["outputs"][0]["data"] == pytest.approx([_want(rows[0])])
+
+
+def test_an_output_the_model_lacks_is_a_400_naming_it():
+    import tritonclient.http as th
+
+    results = run_batch(_handler(), [_triton_request([[1.0, 2.0, 3.0]], outputs=[th.InferRequestedOutput("nope")]), _good(1)])
+    assert results[0][0] == 400 and "'nope'" in results[0][1]["message"] and "['y']" in results[0][1]["message"], results[0]
+    _assert_goods(results, bad_index=0)
+
+
+BAD_BINARY = {
+    "length-past-the-body": (lambda body, n: (body, str(len(body) + 1)), "outside the body"),
+    "length-not-a-number": (lambda body, n: (body, "twelve"), "not an integer"),
+    "binary-part-cut-short": (lambda body, n: (body[:-2], str(n)), "runs past the body's end"),
+    "bytes-left-over": (lambda body, n: (body + b"\0\0\0\0", str(n)), "4 bytes after the binary inputs"),
+    "header-not-json": (lambda body, n: (b"x" + body[1:], str(n)), "not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_BINARY))
+def test_a_malformed_binary_body_is_its_own_400(name):
+    make, needle = BAD_BINARY[name]
+    body, headers = _triton_request([[1.0, 2.0, 3.0]])
+    body, length = make(body, int(headers["Inference-Header-Content-Length"]))
+    results = run_batch(_handler(), [_good(0), (body, {"Inference-Header-Content-Length": length}), _good(2)])
+    assert results[1][0] == 400 and needle in results[1][1]["message"], results[1]
+    _assert_goods(results, bad_index=1)
+
+
+def test_tf_serving_columnar_bodies_answer_outputs():
+    named = {"inputs": {"a": [1.0, -4.0], "b": [2.0, 0.5], "c": [3.0, 8.0]}, "signature_name": "serving_default"}
+    bare = {"inputs": [[1.0, 2.0, 3.0], [-4.0, 0.5, 8.0]]}
+    results = run_batch(_handler(), [(json.dumps(named).encode(), dict(JSON_CT)), (json.dumps(bare).encode(), dict(JSON_CT))])
+    want = [_want([1.0, 2.0, 3.0]), _want([-4.0, 0.5, 8.0])]
+    for status, answer in results:
+        assert status == 200 and list(answer) == ["outputs"] and answer["outputs"] == pytest.approx(want, rel=1e-6), answer
+
+
+@pytest.mark.parametrize("body, needle", [
+    ({"inputs": {"a": [1.0, 2.0], "b": [2.0], "c": [3.0, 4.0]}}, "columns of different lengths"),
+    ({"inputs": {"a": [1.0], "b": [2.0], "z": [3.0]}}, "unknown feature"),
+    ({"inputs": {"a": 1.0, "b": [2.0], "c": [3.0]}}, "inputs.a: expected a list"),
+    ({"inputs": {"a": [1.0], "b": [2.0], "c": [3.0]}, "instances_": 1}, "unexpected key"),
+    ({"inputs": {}}, "expected a list of tensor objects"),
+])  # fmt: skip
+def test_bad_tf_serving_columnar_bodies_are_400s(body, needle):
+    results = run_batch(_handler(), [_good(0), (json.dumps(body).encode(), dict(JSON_CT))])
+    assert results[1][0] == 400 and needle in results[1][1]["message"], results[1]
+    _assert_goods(results, bad_index=1)

@@ -34,6 +34,10 @@ def add_parser(sub) -> None:
                          "so that versions can be deployed, rolled back and retired live (off by default)")
     st.add_argument("--timeout", type=_finite, default=180.0, help="seconds to wait for READY (default 180)")
     st.add_argument("--access-log", action="store_true", help="turn TorchServe's access log back on")
+    st.add_argument("--oip", action="store_true",
+                    help="also start the Open Inference gateway (full v2 protocol, truthful readiness; needs aiaas-torch[oip])")
+    st.add_argument("--oip-port", type=int, default=None, metavar="PORT",
+                    help="the gateway's port on 127.0.0.1 (default 8090; a free one with --free-ports)")
     st.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops the server")
     st.add_argument("--json", action="store_true", help="print the URLs and key file as JSON")
     sp = ss.add_parser("stop", help="stop the TorchServe of HOME and wait until it is gone", description="Stop HOME's TorchServe by pid and wait until the Java process is gone.")
@@ -65,6 +69,8 @@ def run(a) -> int:
     home = _server_home(a, creates=True)  # stop and status of a home that does not exist find nothing running
     if a.action == "start":
         models = a.models
+        if a.oip_port is not None and (not a.oip or not 0 < a.oip_port < 65536):
+            raise UsageError(f"--oip-port {a.oip_port}: expected a port 1-65535, with --oip")
         if models:
             for m in models:
                 if "=" not in m or not m.split("=", 1)[0] or not m.endswith(".mar"):
@@ -74,7 +80,7 @@ def run(a) -> int:
             try:
                 info = server.start(home, a.model_store, models, a.free_ports, a.config, a.timeout,
                                     access_log=a.access_log, trust_config_keys=a.trust_config_key,
-                                    allow_deploy=a.allow_deploy)
+                                    allow_deploy=a.allow_deploy, oip=a.oip, gateway_port=a.oip_port)
             finally:
                 for w in caught:
                     _warn(str(w.message))
@@ -84,6 +90,8 @@ def run(a) -> int:
         else:
             print(f"TorchServe ready (pid {info.pid}): inference {info.inference_url}, management {info.management_url}, "
                   f"metrics {info.metrics_url}; tokens in {info.key_file}")
+            if info.gateway_url:
+                print(f"Open Inference gateway (pid {info.gateway_pid}): {info.gateway_url}")
             for name, versions in st.get("models", {}).items():
                 for v in versions:
                     states = [w.get("status") for w in v.get("workers", [])]

@@ -2,7 +2,8 @@
 
 Modules, one job each (imports point down this list, never up):
 
-    control      start, stop, status (find_java, find_torchserve)
+    control      start, stop, status (find_java, find_torchserve); start_gateway (the Open Inference gateway)
+    gateway      the Open Inference gateway process: kserve's ModelServer in front of TorchServe (extra `oip`)
     store        which archives a start loads; each verified (archive.verify_archive) into HOME/store
     readiness    wait_until_ready: workers READY and ports bound, or why not, from the logs
     pids         TorchServe's processes by pid: alive check, stopping the Java server, its workers and launcher
@@ -33,7 +34,7 @@ into its working directory. Nothing here imports torch (`archive`, which `store`
 from __future__ import annotations
 
 from .config import BASE_CONFIG, SECURITY_SETTINGS, TRUSTABLE_KEYS
-from .control import find_java, find_torchserve, start, status, stop
+from .control import DEFAULT_GATEWAY_PORT, find_java, find_torchserve, start, start_gateway, status, stop
 from .errors import SecuritySettingWarning, ServerArgumentError, TorchServeError
 from .home import ServerInfo, load_info
 from .live import Deployed, ModelVersion, deploy, retire, rollback, versions
@@ -56,6 +57,8 @@ __all__ = [
     "find_java",
     "find_torchserve",
     "start",
+    "start_gateway",
+    "DEFAULT_GATEWAY_PORT",
     "wait_until_ready",
     "stop",
     "status",

@@ -21,11 +21,13 @@ from .config import TRUSTABLE_KEYS, base_config, effective_config, launcher_env,
 from .errors import ServerArgumentError, TorchServeError
 from .home import KEY_FILE, ServerInfo, info_path, load_info, write_text_atomic
 from .management import models_snapshot
-from .pids import MODEL_SERVER_CLASS, is_alive, kill_group, launchers, terminate
-from .ports import Ports, check_ports_free, pick_ports
+from .pids import GATEWAY_MODULE, MODEL_SERVER_CLASS, gateway_alive, is_alive, kill_group, launchers, stop_gateway, terminate
+from .ports import Ports, check_ports_free, free_ports as _free_ports, pick_ports
 from .readiness import death_reason, log_report, log_sizes, wait_ready
 from .store import archives_to_load, checked_store
+from .tokens import read_keys
 
+DEFAULT_GATEWAY_PORT = 8090
 JAVA_INSTALL_HINT = "install it with `apt-get install openjdk-17-jre-headless` (or set JAVA_HOME to a JDK/JRE 11+)"
 
 
@@ -81,6 +83,8 @@ def start(
     ports: Ports | None = None,
     trust_config_keys: Iterable[str] = (),
     allow_deploy: bool = False,
+    oip: bool = False,
+    gateway_port: int | None = None,
 ) -> ServerInfo:
     """Return the ServerInfo of a TorchServe started in HOME once all its models have READY workers.
 
@@ -93,6 +97,8 @@ def start(
     allow_deploy: turn the model API on for archives in HOME/store only, so that `deploy` can add versions live.
     Raises ServerArgumentError (bad argument, an archive that fails its check) before anything starts, and
     TorchServeError (Java missing, port taken, process died, not ready in time), then leaving nothing running.
+    oip=True also starts the Open Inference gateway (serving.gateway; needs the `oip` extra) on 127.0.0.1:gateway_port
+    (8090, or a free port with free_ports=True) once TorchServe is ready; ServerInfo.gateway_url is then its URL.
     """
     unknown = sorted(set(trust_config_keys) - set(TRUSTABLE_KEYS))
     if unknown:
@@ -164,10 +170,15 @@ def start(
         launchers[info.pid] = launcher
         write_text_atomic(info_path(home), info.to_json())
         wait_ready(info, names, started + ready_timeout, ready_timeout)
+        if oip:
+            port = gateway_port if gateway_port is not None else (_free_ports(1)[0] if free_ports else DEFAULT_GATEWAY_PORT)
+            _start_gateway(info, port, max(started + ready_timeout, time.monotonic() + 30.0))
+            write_text_atomic(info_path(home), info.to_json())
         return info
     except BaseException:
         # Never leave a half-started server behind: the caller gets the error, not a process to hunt down.
         if info is not None:
+            stop_gateway(info, timeout=5.0)
             terminate(info, timeout=10.0)
         else:
             kill_group(launcher.pid)
@@ -176,6 +187,58 @@ def start(
         launcher.wait()
         info_path(home).unlink(missing_ok=True)
         raise
+
+
+def start_gateway(home: str | os.PathLike = ".aiaas", port: int | None = None, timeout: float = 60.0) -> ServerInfo:
+    """Return HOME's ServerInfo after starting an Open Inference gateway in front of its running TorchServe.
+
+    port: 127.0.0.1:port, DEFAULT_GATEWAY_PORT when None, a free one when 0. Raises TorchServeError when no
+    TorchServe runs from HOME, a gateway already does, or the gateway dies or is not ready within timeout
+    (then nothing of it is left running; TorchServe keeps running).
+    """
+    home = Path(home).resolve()
+    info = load_info(home)
+    if info is None or not is_alive(info.pid, info.create_time):
+        raise TorchServeError(f"no TorchServe runs from {home}; start it first")
+    if gateway_alive(info):
+        raise TorchServeError(f"an Open Inference gateway already runs from {home} ({info.gateway_url})")
+    port = DEFAULT_GATEWAY_PORT if port is None else (port or _free_ports(1)[0])
+    try:
+        _start_gateway(info, port, time.monotonic() + timeout)
+    except BaseException:
+        stop_gateway(info, timeout=5.0)
+        raise
+    write_text_atomic(info_path(home), info.to_json())
+    return info
+
+
+def _start_gateway(info: ServerInfo, port: int, deadline: float) -> None:
+    """Start the Open Inference gateway for info's TorchServe and wait until it answers ready; fills info.gateway_*."""
+    log = info.home / "logs" / "gateway.log"
+    offset = log.stat().st_size if log.exists() else 0
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", GATEWAY_MODULE, str(info.home), str(port)], cwd=info.home, stdin=subprocess.DEVNULL,
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+    info.gateway_url, info.gateway_pid = f"http://127.0.0.1:{port}", proc.pid
+    info.gateway_create_time = psutil.Process(proc.pid).create_time()
+    problem = "not answering yet"
+    with httpx.Client(timeout=httpx.Timeout(5.0), trust_env=False) as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                tail = log.read_bytes()[offset:].decode("utf-8", "replace").strip().splitlines()[-15:]
+                raise TorchServeError(f"the Open Inference gateway exited (code {proc.returncode}):\n" + "\n".join(tail))
+            try:
+                key = read_keys(info.home)["inference"]
+                r = client.get(f"{info.gateway_url}/v2/health/ready", headers={"Authorization": f"Bearer {key}"})
+                if r.status_code == 200:
+                    return
+                problem = f"/v2/health/ready answered {r.status_code}"
+            except httpx.HTTPError as e:
+                problem = str(e) or type(e).__name__
+            time.sleep(0.1)
+    raise TorchServeError(f"the Open Inference gateway on port {port} was not ready in time ({problem}); see {log}")
 
 
 def _find_java_child(launcher: subprocess.Popen, home: Path, since: Mapping[str, int], timeout: float = 30.0) -> psutil.Process:
@@ -210,6 +273,7 @@ def stop(home: str | os.PathLike = ".aiaas", timeout: float = 30.0) -> bool:
     if info is None:
         return False
     was_running = is_alive(info.pid, info.create_time)
+    stop_gateway(info, timeout)
     terminate(info, timeout)
     info_path(home).unlink(missing_ok=True)
     return was_running
@@ -233,6 +297,8 @@ def status(home: str | os.PathLike = ".aiaas") -> dict:
         "key_file": str(info.key_file),
         "models": {},
     }
+    if info.gateway_url:
+        result["gateway_url"] = info.gateway_url if gateway_alive(info) else None
     if running:
         try:
             with httpx.Client(timeout=httpx.Timeout(5.0), trust_env=False) as client:

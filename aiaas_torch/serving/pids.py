@@ -12,6 +12,7 @@ import psutil
 from .home import ServerInfo
 
 MODEL_SERVER_CLASS = "org.pytorch.serve.ModelServer"
+GATEWAY_MODULE = "aiaas_torch.serving.gateway"  # in the gateway's command line: how stop() knows the pid is ours
 
 # Launchers started by this process, kept so terminate() can reap them (no zombie left behind).
 launchers: dict[int, subprocess.Popen] = {}
@@ -28,6 +29,39 @@ def is_alive(pid: int, create_time: float = 0.0) -> bool:
         return MODEL_SERVER_CLASS in proc.cmdline()
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
+
+
+def gateway_alive(info: ServerInfo) -> bool:
+    """Return True when the instance's Open Inference gateway process (the same one: create time) is alive."""
+    if info.gateway_pid <= 0:
+        return False
+    try:
+        proc = psutil.Process(info.gateway_pid)
+        return (proc.status() != psutil.STATUS_ZOMBIE and abs(proc.create_time() - info.gateway_create_time) <= 1.0
+                and GATEWAY_MODULE in " ".join(proc.cmdline()))  # fmt: skip
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, ValueError):
+        return False
+
+
+def stop_gateway(info: ServerInfo, timeout: float) -> None:
+    """Stop the instance's gateway (SIGTERM, SIGKILL after timeout) if it runs; returns None."""
+    if not gateway_alive(info):
+        return
+    proc = psutil.Process(info.gateway_pid)
+    try:
+        proc.terminate()
+        proc.wait(timeout)
+    except psutil.TimeoutExpired:
+        proc.kill()
+        proc.wait(5.0)
+    except psutil.NoSuchProcess:
+        pass
+
+
+def inet_connections(proc: psutil.Process) -> list:
+    """Return proc's TCP/UDP sockets: psutil >= 6 calls it net_connections, 5.x (kserve's pin, extra `oip`) connections."""
+    method = getattr(proc, "net_connections", None) or proc.connections
+    return method("inet")
 
 
 def _group_members(pgid: int) -> list[psutil.Process]:

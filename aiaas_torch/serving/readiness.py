@@ -21,7 +21,7 @@ from ..handlers.integrity import REFUSAL_MARK
 from .errors import TorchServeError
 from .home import ServerInfo
 from .management import models_snapshot
-from .pids import is_alive
+from .pids import inet_connections, is_alive
 
 _POLL_S = 0.25
 _SCANNED_LOGS = ("console.log", "ts_log.log", "model_log.log")  # appended across runs of the same home
@@ -81,12 +81,12 @@ def _all_ready(models: Mapping[str, list[dict]], expected: Iterable[str] | None)
     """Return True when every expected model is registered and each version has minWorkers READY workers."""
     if expected is not None and any(name not in models for name in expected):
         return False
-    for versions in models.values():
-        for v in versions:
-            ready = sum(1 for w in v["workers"] if w["status"] == "READY")
-            if ready < max(1, v["minWorkers"]):
-                return False
-    return True
+    return all(versions_ready(versions) for versions in models.values())
+
+
+def versions_ready(versions: list[dict]) -> bool:
+    """Return True when the snapshot's versions are not none and each has at least max(1, minWorkers) READY workers."""
+    return bool(versions) and all(sum(w["status"] == "READY" for w in v["workers"]) >= max(1, v["minWorkers"]) for v in versions)
 
 
 def unbound_ports(info: ServerInfo) -> list[int]:
@@ -98,7 +98,7 @@ def unbound_ports(info: ServerInfo) -> list[int]:
     if not info.listen_ports:
         return []
     try:
-        conns = psutil.Process(info.pid).net_connections("inet")
+        conns = inet_connections(psutil.Process(info.pid))
     except psutil.AccessDenied:
         return []
     except psutil.Error:

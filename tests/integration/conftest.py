@@ -103,3 +103,16 @@ def client(served) -> Client:
     """Yield a Client for the session's server (URLs and tokens from its home)."""
     with Client(home=served.home, timeout=30) as c:
         yield c
+
+
+@pytest.fixture()
+def fp32_input():
+    """Return a builder of tritonclient's FP32 InferInput [rows, width] (binary or JSON data) for the OIP tests."""
+    import tritonclient.http as th
+
+    def build(rows, binary: bool, name: str = "input"):
+        t = th.InferInput(name, [len(rows), len(rows[0])], "FP32")
+        t.set_data_from_numpy(np.array(rows, dtype=np.float32), binary_data=binary)
+        return t
+
+    return build

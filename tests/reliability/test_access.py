@@ -15,6 +15,7 @@ import pytest
 from aiaas_torch import serving as server
 from aiaas_torch.cli import main
 from aiaas_torch.client import Client
+from aiaas_torch.serving.pids import inet_connections
 
 from rel_helpers import close, keys, stop_instance, workers
 
@@ -31,14 +32,14 @@ def _refused_for_token(r: httpx.Response) -> bool:
 
 def test_every_listening_socket_is_on_loopback_and_workers_listen_on_none(shared):
     java = psutil.Process(shared.info.pid)
-    listening = [c for c in java.net_connections("inet") if c.status == psutil.CONN_LISTEN]
+    listening = [c for c in inet_connections(java) if c.status == psutil.CONN_LISTEN]
     assert listening, "the Java process listens on nothing?"
     assert all(c.laddr.ip in LOOPBACK for c in listening), [c.laddr for c in listening]
     assert {c.laddr.port for c in listening} <= set(shared.info.listen_ports)  # no stray (JMX, debug) port
     children = java.children(recursive=True)
     assert len(children) >= 3  # lin ×2, hang ×1
     for child in children:  # Python workers talk to Java over Unix sockets under HOME/tmp, not TCP
-        assert not [c for c in child.net_connections("inet") if c.status == psutil.CONN_LISTEN], child.cmdline()
+        assert not [c for c in inet_connections(child) if c.status == psutil.CONN_LISTEN], child.cmdline()
         assert str(shared.home / "tmp") in " ".join(child.cmdline()), child.cmdline()
 
 

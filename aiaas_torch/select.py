@@ -177,10 +177,10 @@ def _fit(cand: dict, train_ds: Dataset, epochs: int, seed: int) -> TrainResult:
     kind = "linear" if train_ds.schema.task == "regression" else "logistic"
     result = _train_quietly(train_ds, _config({"model": kind}, 1, seed))
     result.warnings = []  # they judged the one-epoch fit, which the baseline's weights replace
-    last, base = result.model[-1], _baseline_model(train_ds)[-1]  # the trained model may hold a Preprocess layer the baseline has not
+    last = result.model[-1]  # the baseline's weights are zero and its bias the answer, whatever layers are in front
     with torch.no_grad():
-        last.weight.copy_(base.weight)
-        last.bias.copy_(base.bias)
+        last.weight.zero_()
+        last.bias.copy_(_baseline_model(train_ds)[-1].bias)
     result.model.eval()
     result.checkpoint["model"] = {k: v.detach().clone() for k, v in result.model.state_dict().items()}
     result.metrics = {"train": evaluate(result.model, train_ds.X, train_ds.y, train_ds.schema.task)}

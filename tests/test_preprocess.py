@@ -282,3 +282,51 @@ def test_int8_model_keeps_imputation_and_one_hot_exact():
         want = result.model(torch.from_numpy(rows)).numpy()
     _check_probe(got)
     assert np.allclose(got, want, atol=0.05 * float(np.abs(want).max()))
+
+
+def test_handler_adds_the_new_metric_lines_only_when_non_zero():
+    from types import SimpleNamespace
+
+    from aiaas_torch.handlers.tabular_handler import TabularHandler
+
+    class Recorder:
+        def __init__(self):
+            self.counters = []
+
+        def add_counter(self, name, value):
+            self.counters.append((name, value))
+
+        def add_time(self, name, value):
+            pass
+
+    h, rec = TabularHandler(), Recorder()
+    ctx = SimpleNamespace(metrics=rec)
+    h._metrics(ctx, 4, 0, 0, 0.0)
+    assert [n for n, _ in rec.counters] == ["RowsPredicted", "RequestsRejected", "OutOfRangeValues"]
+    rec.counters.clear()
+    h._metrics(ctx, 4, 0, 0, 0.0, imputed=3, unseen=0)
+    assert rec.counters[-1] == ("ImputedValues", 3) and len(rec.counters) == 4
+    rec.counters.clear()
+    h._metrics(ctx, 4, 0, 0, 0.0, imputed=0, unseen=2)
+    assert rec.counters[-1] == ("UnseenCategories", 2) and len(rec.counters) == 4
+
+
+def test_selection_fits_preprocessing_per_fold_and_its_baseline_takes_blanks(table_csv, tmp_path):
+    from aiaas_torch.select import SelectConfig, select
+
+    ds = data.load_csv(table_csv, "y", impute="mean")
+    grid = [{"model": "baseline"}, {"model": "linear", "lr": 0.1}]
+    r = select(ds, SelectConfig(cv=2, grid=grid, epochs=20, compile="never", progress=False, halving=False), workdir=tmp_path)
+    try:
+        scores = {e["params"]["model"]: e["mean"] for e in r.leaderboard}
+        assert math.isfinite(scores["baseline"]) and scores["linear"] > scores["baseline"]
+        assert r.best.spec.kind == "linear" and isinstance(r.best.model[0], Preprocess)
+    finally:
+        r.cleanup()
+    # the baseline refitted on rows with blanks answers its constant, not NaN
+    from aiaas_torch.select import _fit
+
+    fitted = _fit({"model": "baseline"}, ds, 5, 0)
+    with torch.no_grad():
+        out = fitted.model(torch.from_numpy(ds.X))
+    assert torch.isfinite(out).all() and float(out.std()) == 0.0

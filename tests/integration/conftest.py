@@ -15,7 +15,7 @@ import pytest
 from aiaas_torch import serving as server
 from aiaas_torch.archive import ServingConfig, package
 from aiaas_torch.client import Client
-from aiaas_torch.data import from_arrays
+from aiaas_torch.data import from_arrays, load_csv
 from aiaas_torch.export import export_run
 from aiaas_torch.quantize import QuantConfig
 from aiaas_torch.train import TrainConfig, train
@@ -29,6 +29,7 @@ class Served:
     origin_v2: Path  # y = 3x, float program only (exercises the fallback path)
     classes: Path  # 3 classes, 4 features, logistic
     mlp: Path  # MLP 100→512→512→1, int8 forced, compiled (the session's mlp_run), served with batchSize 1
+    penguins: Path  # examples/penguins_like.csv: blanks imputed, two text columns one-hot encoded, float program
     store: Path
     archives: dict
     home: Path
@@ -55,6 +56,13 @@ def _classes_run(root: Path) -> Path:
     return export_run(result, root / "classes", QuantConfig("none"), compile=False).run_dir
 
 
+def _penguins_run(root: Path) -> Path:
+    """Return a run directory of a logistic model on examples/penguins_like.csv (blanks, text columns)."""
+    ds = load_csv(Path(__file__).parents[2] / "examples" / "penguins_like.csv", "species", impute="median")
+    result = train(ds, TrainConfig(model="logistic", epochs=200, lr=0.1, progress=False))
+    return export_run(result, root / "penguins", QuantConfig("none"), compile=False).run_dir
+
+
 @pytest.fixture(scope="session")
 def served(tmp_path_factory, mlp_run) -> Served:
     """Yield a running TorchServe serving y2x v1.0 and v2.0, a classifier and the int8 MLP; stop it afterwards."""
@@ -62,6 +70,7 @@ def served(tmp_path_factory, mlp_run) -> Served:
     origin = _linear_run(root, "origin", 2.0, compile=True)
     origin_v2 = _linear_run(root, "origin_v2", 3.0, compile=False)
     classes = _classes_run(root)
+    penguins = _penguins_run(root)
     store = root / "store"
     batching = ServingConfig(workers=1, batch_size=8, max_batch_delay_ms=20)
     archives = {
@@ -69,13 +78,14 @@ def served(tmp_path_factory, mlp_run) -> Served:
         "y2x-2.0": package(origin_v2, "y2x", "2.0", store, serving=ServingConfig(workers=1)).path,
         "classes-1.0": package(classes, "classes", "1.0", store, serving=ServingConfig(workers=1)).path,
         "mlp-1.0": package(mlp_run.run_dir, "mlp", "1.0", store, serving=ServingConfig(workers=1, batch_size=1, max_batch_delay_ms=0)).path,
+        "penguins-1.0": package(penguins, "penguins", "1.0", store, serving=ServingConfig(workers=1)).path,
     }
     home = root / "home"
     models = [f"y2x={archives['y2x-1.0'].name}", f"y2x={archives['y2x-2.0'].name}", f"classes={archives['classes-1.0'].name}",
-              f"mlp={archives['mlp-1.0'].name}"]
+              f"mlp={archives['mlp-1.0'].name}", f"penguins={archives['penguins-1.0'].name}"]
     info = server.start(home, store, models, free_ports=True, ready_timeout=180)
     try:
-        yield Served(origin, origin_v2, classes, mlp_run.run_dir, store, archives, home, info)
+        yield Served(origin, origin_v2, classes, mlp_run.run_dir, penguins, store, archives, home, info)
     finally:
         server.stop(home)
 

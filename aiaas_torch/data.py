@@ -235,7 +235,7 @@ def _column(out: np.ndarray, cells: list, p: str, name: str, imputed: bool, forc
     """Fill `out` with one feature column's values (NaN where missing and imputed); returns its sorted vocabulary
     when the column is categorical (the values are then codes into it), else None."""
     texts = [(line, cell.strip()) for line, cell in cells]
-    present = [(line, s) for line, s in texts if s.lower() not in MISSING or (s.lower() == "nan" and not imputed)]
+    present = [(line, s) for line, s in texts if s.lower() not in MISSING]
     bad = []
     if not forced:
         for line, s in present:
@@ -252,13 +252,16 @@ def _column(out: np.ndarray, cells: list, p: str, name: str, imputed: bool, forc
         code = {c: float(i) for i, c in enumerate(cats)}
     for r, (line, s) in enumerate(texts):
         where = f"{p}, line {line}, column {name!r}"
-        if s.lower() in MISSING and (imputed or s.lower() != "nan"):
+        if s.lower() in MISSING:
             if imputed:
                 out[r] = np.nan
-                continue
-            if s == "":
+            elif s == "":
                 raise InputError(f"{where}: empty cell, expected a {'category' if categorical else 'number'}")
-            raise InputError(f"{where}: missing value {s!r} (impute, --impute on the command line, fills missing values)")
+            elif s.lower() == "nan" and not categorical:
+                _parse_float(s, where)  # raises the "not a finite number" error a NaN cell always got
+            else:
+                raise InputError(f"{where}: missing value {s!r} (impute, --impute on the command line, fills missing values)")
+            continue
         out[r] = code[s] if categorical else _parse_float(s, where)
     return cats if categorical else None
 

@@ -330,3 +330,11 @@ def test_selection_fits_preprocessing_per_fold_and_its_baseline_takes_blanks(tab
     with torch.no_grad():
         out = fitted.model(torch.from_numpy(ds.X))
     assert torch.isfinite(out).all() and float(out.std()) == 0.0
+
+
+def test_nan_text_in_a_text_column_is_missing_not_a_category(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("c,y\nx,2\nnan,3\nz,4\n")
+    with pytest.raises(ValueError, match=r"line 3, column 'c': missing value 'nan'"):
+        data.load_csv(p, "y")
+    assert data.load_csv(p, "y", impute="constant").schema.features[0].categories == ["x", "z"]

@@ -223,12 +223,17 @@ def load_csv(
     y_values, y_numeric = _target_values(y_text, p, [line for line, _ in data], target, task)
     names = [header[j] for j in feature_idx]
     ds = _build(X, y_values, y_numeric, names, target, task, str(p), hashlib.sha256(raw).hexdigest(), vocab)
-    for f in ds.schema.features:
+    _mark_imputed(ds.schema, strategies)
+    ds.schema.unseen_category = "error" if strict else "zero"
+    return ds
+
+
+def _mark_imputed(schema: Schema, strategies: dict) -> None:
+    """Record on each feature the impute strategy asked for it (its value is fitted later, by training); returns None."""
+    for f in schema.features:
         strategy = strategies.get(f.name, strategies.get("*"))
         if strategy is not None:
             f.impute = {"strategy": strategy}
-    ds.schema.unseen_category = "error" if strict else "zero"
-    return ds
 
 
 def _column(out: np.ndarray, cells: list, p: str, name: str, imputed: bool, forced: bool, max_categories: int):
@@ -293,9 +298,11 @@ def _target_values(cells: list[str], p: Path, lines: list[int], target: str, tas
 
 
 def from_arrays(
-    X, y, feature_names: Sequence[str] | None = None, target: str = "y", task: str = "auto"
+    X, y, feature_names: Sequence[str] | None = None, target: str = "y", task: str = "auto", impute=()
 ) -> Dataset:
-    """Return a Dataset built from a 2-D feature array and a 1-D target (numbers, or labels for classes)."""
+    """Return a Dataset built from a 2-D feature array and a 1-D target (numbers, or labels for classes); NaN marks a
+    missing value in a column that `impute` names (see `parse_impute`), and is an error in any other."""
+    strategies = parse_impute(impute)
     if isinstance(X, (str, bytes)) or X is None:
         raise InputTypeError(f"X: expected a 2-D array of numbers, got {type(X).__name__}")
     try:
@@ -322,7 +329,11 @@ def from_arrays(
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
         raise InputError(f"feature_names: duplicate names {dup}")
-    bad = np.argwhere(~np.isfinite(Xa))
+    for c in strategies:
+        if c != "*" and c not in names:
+            raise InputError(f"impute: {c!r} is not a feature name; features are {names[:20]}")
+    imputed = np.array([strategies.get(n, strategies.get("*")) is not None for n in names], dtype=bool)
+    bad = np.argwhere(~np.isfinite(Xa) & ~(np.isnan(Xa) & imputed))
     if bad.size:
         r, c = bad[0]
         raise InputError(f"X, row {r}, column {names[c]!r}: {Xa[r, c]} is not a finite number (NaN, inf, or beyond float32)")
@@ -337,7 +348,9 @@ def from_arrays(
     h = hashlib.sha256(memoryview(np.ascontiguousarray(Xa)).cast("B"))
     h.update(np.ascontiguousarray(ya).tobytes() if ya.dtype.kind in "fiub" else "\x1f".join(y_values).encode())
     h = h.hexdigest()
-    return _build(Xa, y_values, numeric, names, target, task, "arrays", h)
+    ds = _build(Xa, y_values, numeric, names, target, task, "arrays", h)
+    _mark_imputed(ds.schema, strategies)
+    return ds
 
 
 def _build(Xa, y_values, numeric, names, target, task, source, sha, vocab: dict | None = None) -> Dataset:

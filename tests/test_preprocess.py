@@ -233,10 +233,8 @@ def _coded_result(model: str, hidden=(64, 64)):
     X = np.stack([rng.normal(0, 1, n), city, rng.normal(0, 1, n)], 1).astype(np.float32)
     y = X[:, 0] - X[:, 2] + np.array([0.0, 2.0, -2.0])[city.astype(int)]
     X[rng.random(n) < 0.1, 0] = np.nan
-    ds = data.from_arrays(np.nan_to_num(X), y, ["a", "city", "b"], target="y")  # from_arrays refuses NaN: put it back
-    ds.X[:] = X
-    ds.schema.features[0].impute = {"strategy": "mean"}
-    f = ds.schema.features[1]
+    ds = data.from_arrays(X, y, ["a", "city", "b"], target="y", impute="a=mean")
+    f = ds.schema.features[1]  # from_arrays takes numbers: declare the codes of column 1 a categorical feature
     f.kind, f.categories = "categorical", CITIES
     return train(ds, TrainConfig(model=model, hidden=hidden, epochs=50, lr=0.05, progress=False))
 
@@ -338,3 +336,15 @@ def test_nan_text_in_a_text_column_is_missing_not_a_category(tmp_path):
     with pytest.raises(ValueError, match=r"line 3, column 'c': missing value 'nan'"):
         data.load_csv(p, "y")
     assert data.load_csv(p, "y", impute="constant").schema.features[0].categories == ["x", "z"]
+
+
+def test_from_arrays_takes_nan_only_in_imputed_columns():
+    X = np.array([[1.0, 2.0], [np.nan, 3.0], [4.0, 5.0]])
+    with pytest.raises(ValueError, match=r"X, row 1, column 'a': nan is not a finite number"):
+        data.from_arrays(X, [1.0, 2.0, 3.0], ["a", "b"])
+    with pytest.raises(ValueError, match=r"X, row 1, column 'a'"):
+        data.from_arrays(X, [1.0, 2.0, 3.0], ["a", "b"], impute="b=mean")
+    ds = data.from_arrays(X, [1.0, 2.0, 3.0], ["a", "b"], impute="a=median")
+    assert ds.schema.features[0].impute == {"strategy": "median"} and ds.schema.features[0].mean == 2.5
+    r = train(ds, TrainConfig(epochs=5, val_fraction=0.0, progress=False))
+    assert r.schema.features[0].impute == {"strategy": "median", "value": 2.5}

@@ -50,5 +50,35 @@ def check_card(card, where: str) -> None:
         for k in ("min", "max"):
             if not isinstance(f.get(k), (int, float)) or isinstance(f.get(k), bool):
                 raise InputError(f"{where}: field 'input.features[{f['name']!r}].{k}' must be a number")
+        _check_encoding(f, f"{where}: field 'input.features[{f['name']!r}]")
+    if card["input"].get("unseen_category", "zero") not in ("zero", "error"):
+        raise InputError(f"{where}: field 'input.unseen_category' must be 'zero' or 'error'")
+    if not isinstance(card.get("warnings", []), list) or not all(isinstance(w, str) for w in card.get("warnings", [])):
+        raise InputError(f"{where}: field 'warnings' must be a list of strings")
     if card["output"].get("task") not in ("regression", "classification"):
         raise InputError(f"{where}: field 'output.task' must be 'regression' or 'classification'")
+
+
+IMPUTE_STRATEGIES = ("mean", "median", "most_frequent", "constant")
+
+
+def _check_encoding(f: dict, where: str) -> None:
+    """Raise ValueError naming the field when a feature's kind, categories or impute entry is malformed."""
+    kind = f.get("kind", "numeric")
+    if kind not in ("numeric", "categorical"):
+        raise InputError(f"{where}.kind' must be 'numeric' or 'categorical', got {kind!r}")
+    cats = f.get("categories")
+    if kind == "categorical":
+        if not isinstance(cats, list) or not cats or not all(isinstance(c, str) for c in cats) or len(set(cats)) != len(cats):
+            raise InputError(f"{where}.categories' must be a non-empty list of distinct strings")
+    elif cats is not None:
+        raise InputError(f"{where}.categories' is only for a categorical feature")
+    imp = f.get("impute")
+    if imp is None:
+        return
+    if not isinstance(imp, dict) or imp.get("strategy") not in IMPUTE_STRATEGIES or "value" not in imp:
+        raise InputError(f"{where}.impute' must be {{strategy: one of {IMPUTE_STRATEGIES}, value}}")
+    v = imp["value"]
+    ok = (v is None or isinstance(v, str)) if kind == "categorical" else (isinstance(v, (int, float)) and not isinstance(v, bool))
+    if not ok:
+        raise InputError(f"{where}.impute.value' must be {'a category or null' if kind == 'categorical' else 'a number'}")

@@ -12,7 +12,7 @@ import io
 import math
 import os
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -22,11 +22,17 @@ from .errors import InputError, InputTypeError
 TASKS = ("auto", "regression", "classification")
 MAX_CLASSES = 20  # more distinct integer targets than this is a regression
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Cells read as missing (compared after strip, case-insensitively). "nan" counts only where imputation is asked for;
+# elsewhere it stays the "not a finite number" error it always was.
+MISSING = ("", "na", "n/a", "nan", "null", "none", "?")
+MAX_CATEGORIES = 50
+IMPUTE_STRATEGIES = ("mean", "median", "constant")
 
 
 @dataclass
 class FeatureStats:
-    """One input column: its name and what training saw of it."""
+    """One input column: its name and what training saw of it (a categorical column's values are codes into
+    `categories`; `impute` is the strategy asked for, with the value training fitted once it has)."""
 
     name: str
     dtype: str
@@ -34,6 +40,13 @@ class FeatureStats:
     max: float
     mean: float
     std: float
+    kind: str = "numeric"  # "numeric" | "categorical"
+    categories: list | None = None  # sorted vocabulary of a categorical column: code i stands for categories[i]
+    impute: dict | None = None  # {"strategy": "mean"|"median"|"mode"|"constant", "value": ...}
+
+    def to_card(self) -> dict:
+        """Return the card's entry for this feature: the fields that apply to its kind."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass
@@ -44,6 +57,7 @@ class Schema:
     target: str
     task: str  # "regression" | "classification"
     classes: list | None = None  # class labels, in the order of the model's outputs
+    unseen_category: str = "zero"  # served answer to an unknown category: "zero" (all-zero encoding) or "error" (400)
 
     @property
     def feature_names(self) -> list[str]:
@@ -62,6 +76,7 @@ class Schema:
             target=d["target"],
             task=d["task"],
             classes=d.get("classes"),
+            unseen_category=d.get("unseen_category", "zero"),
         )
 
 
@@ -114,11 +129,49 @@ def csv_header(row: list[str], where) -> list[str]:
     return header
 
 
-def load_csv(path: str | os.PathLike, target: str, task: str = "auto") -> Dataset:
-    """Return the Dataset read from a CSV file with a header row, numeric features and the named target column."""
+def parse_impute(specs) -> dict[str, str]:
+    """Return {column or "*": strategy} from specs such as "mean", "age=median", "city=constant:unknown"."""
+    if isinstance(specs, str):
+        specs = [specs]
+    out: dict[str, str] = {}
+    for spec in specs or ():
+        if not isinstance(spec, str) or not spec.strip():
+            raise InputError(f"impute: {spec!r} is not a strategy; use mean, median, constant[:VALUE], or COL=STRATEGY")
+        col, strategy = spec.split("=", 1) if "=" in spec.split(":", 1)[0] else ("*", spec)
+        col, strategy = col.strip(), strategy.strip()
+        ok = strategy in IMPUTE_STRATEGIES or (strategy.startswith("constant:") and strategy[len("constant:"):] != "")
+        if not col or not ok:
+            raise InputError(f"impute: {spec!r}: expected mean, median, constant, constant:VALUE, or COL=one of those")
+        if col in out:
+            raise InputError(f"impute: column {col!r} given twice")
+        out[col] = strategy
+    return out
+
+
+def load_csv(
+    path: str | os.PathLike,
+    target: str,
+    task: str = "auto",
+    impute=(),
+    categorical: Sequence[str] = (),
+    max_categories: int = MAX_CATEGORIES,
+    strict: bool = False,
+) -> Dataset:
+    """Return the Dataset read from a CSV file with a header row, feature columns and the named target column.
+
+    impute: strategies for missing cells (see `parse_impute`); without one, a missing cell is an error naming line and
+    column. A column with mostly non-numeric cells (or named in `categorical`) is categorical: its values become codes
+    into its sorted vocabulary, at most `max_categories` of them. strict: the served model answers an unseen category
+    with 400 instead of the all-zero encoding.
+    """
     p = Path(path)
     if not isinstance(target, str) or not target:
         raise InputError("target: give the name of the target column")
+    strategies = parse_impute(impute)
+    if isinstance(categorical, str):
+        categorical = [categorical]
+    if isinstance(max_categories, bool) or not isinstance(max_categories, int) or max_categories < 1:
+        raise InputError(f"max_categories: {max_categories!r} must be a positive integer")
     if not p.exists():
         raise InputError(f"{p}: file not found")
     if not p.is_file():
@@ -144,6 +197,10 @@ def load_csv(path: str | os.PathLike, target: str, task: str = "auto") -> Datase
     seen = {h: j for j, h in enumerate(header)}
     if target not in seen:
         raise InputError(f"{p}: target column {target!r} not found; columns are {header}")
+    for what, names in (("impute", [c for c in strategies if c != "*"]), ("categorical", list(categorical))):
+        for c in names:
+            if c not in seen or c == target:
+                raise InputError(f"{what}: {c!r} is not a feature column of {p}; feature columns are {[h for h in header if h != target]}")
     t = seen[target]
     feature_idx = [j for j in range(len(header)) if j != t]
     if not feature_idx:
@@ -151,20 +208,72 @@ def load_csv(path: str | os.PathLike, target: str, task: str = "auto") -> Datase
     data = rows_numbered[1:]
     if len(data) < 2:
         raise InputError(f"{p}: {len(data)} data row(s); at least 2 are needed")
-    X = np.empty((len(data), len(feature_idx)), dtype=np.float32)
     y_text: list[str] = []
-    for r, (line, row) in enumerate(data):
+    for line, row in data:
         if len(row) != len(header):
             raise InputError(f"{p}, line {line}: {len(row)} fields, expected {len(header)} as in the header")
-        for c, j in enumerate(feature_idx):
-            X[r, c] = _parse_float(row[j], f"{p}, line {line}, column {header[j]!r}")
         cell = row[t].strip()
         if cell == "":
             raise InputError(f"{p}, line {line}, column {target!r}: empty target cell")
         y_text.append(cell)
+    X = np.empty((len(data), len(feature_idx)), dtype=np.float32)
+    vocab: dict[int, list] = {}
+    for c, j in enumerate(feature_idx):
+        name = header[j]
+        strategy = strategies.get(name, strategies.get("*"))
+        cats = _column(X[:, c], [(line, row[j]) for line, row in data], f"{p}", name, strategy is not None,
+                       name in categorical, max_categories)  # fmt: skip
+        if cats is not None:
+            vocab[c] = cats
     y_values, y_numeric = _target_values(y_text, p, [line for line, _ in data], target, task)
     names = [header[j] for j in feature_idx]
-    return _build(X, y_values, y_numeric, names, target, task, str(p), hashlib.sha256(raw).hexdigest())
+    ds = _build(X, y_values, y_numeric, names, target, task, str(p), hashlib.sha256(raw).hexdigest(), vocab)
+    _mark_imputed(ds.schema, strategies)
+    ds.schema.unseen_category = "error" if strict else "zero"
+    return ds
+
+
+def _mark_imputed(schema: Schema, strategies: dict) -> None:
+    """Record on each feature the impute strategy asked for it (its value is fitted later, by training); returns None."""
+    for f in schema.features:
+        strategy = strategies.get(f.name, strategies.get("*"))
+        if strategy is not None:
+            f.impute = {"strategy": strategy}
+
+
+def _column(out: np.ndarray, cells: list, p: str, name: str, imputed: bool, forced: bool, max_categories: int):
+    """Fill `out` with one feature column's values (NaN where missing and imputed); returns its sorted vocabulary
+    when the column is categorical (the values are then codes into it), else None."""
+    texts = [(line, cell.strip()) for line, cell in cells]
+    present = [(line, s) for line, s in texts if s.lower() not in MISSING]
+    bad = []
+    if not forced:
+        for line, s in present:
+            try:
+                float(s)
+            except ValueError:
+                bad.append((line, s))
+    categorical = forced or (bool(bad) and len(bad) > len(present) // 2)
+    if categorical:
+        cats = sorted({s for _, s in present})
+        if len(cats) > max_categories:
+            raise InputError(f"{p}, column {name!r}: {len(cats)} distinct categories, more than the limit of {max_categories} "
+                             f"(raise it with max_categories / --max-categories, or drop the column)")  # fmt: skip
+        code = {c: float(i) for i, c in enumerate(cats)}
+    for r, (line, s) in enumerate(texts):
+        where = f"{p}, line {line}, column {name!r}"
+        if s.lower() in MISSING:
+            if imputed:
+                out[r] = np.nan
+            elif s == "":
+                raise InputError(f"{where}: empty cell, expected a {'category' if categorical else 'number'}")
+            elif s.lower() == "nan" and not categorical:
+                _parse_float(s, where)  # raises the "not a finite number" error a NaN cell always got
+            else:
+                raise InputError(f"{where}: missing value {s!r} (impute, --impute on the command line, fills missing values)")
+            continue
+        out[r] = code[s] if categorical else _parse_float(s, where)
+    return cats if categorical else None
 
 
 def _target_values(cells: list[str], p: Path, lines: list[int], target: str, task: str) -> tuple[list, bool]:
@@ -194,9 +303,11 @@ def _target_values(cells: list[str], p: Path, lines: list[int], target: str, tas
 
 
 def from_arrays(
-    X, y, feature_names: Sequence[str] | None = None, target: str = "y", task: str = "auto"
+    X, y, feature_names: Sequence[str] | None = None, target: str = "y", task: str = "auto", impute=()
 ) -> Dataset:
-    """Return a Dataset built from a 2-D feature array and a 1-D target (numbers, or labels for classes)."""
+    """Return a Dataset built from a 2-D feature array and a 1-D target (numbers, or labels for classes); NaN marks a
+    missing value in a column that `impute` names (see `parse_impute`), and is an error in any other."""
+    strategies = parse_impute(impute)
     if isinstance(X, (str, bytes)) or X is None:
         raise InputTypeError(f"X: expected a 2-D array of numbers, got {type(X).__name__}")
     try:
@@ -223,7 +334,11 @@ def from_arrays(
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
         raise InputError(f"feature_names: duplicate names {dup}")
-    bad = np.argwhere(~np.isfinite(Xa))
+    for c in strategies:
+        if c != "*" and c not in names:
+            raise InputError(f"impute: {c!r} is not a feature name; features are {names[:20]}")
+    imputed = np.array([strategies.get(n, strategies.get("*")) is not None for n in names], dtype=bool)
+    bad = np.argwhere(~np.isfinite(Xa) & ~(np.isnan(Xa) & imputed))
     if bad.size:
         r, c = bad[0]
         raise InputError(f"X, row {r}, column {names[c]!r}: {Xa[r, c]} is not a finite number (NaN, inf, or beyond float32)")
@@ -238,11 +353,14 @@ def from_arrays(
     h = hashlib.sha256(memoryview(np.ascontiguousarray(Xa)).cast("B"))
     h.update(np.ascontiguousarray(ya).tobytes() if ya.dtype.kind in "fiub" else "\x1f".join(y_values).encode())
     h = h.hexdigest()
-    return _build(Xa, y_values, numeric, names, target, task, "arrays", h)
+    ds = _build(Xa, y_values, numeric, names, target, task, "arrays", h)
+    _mark_imputed(ds.schema, strategies)
+    return ds
 
 
-def _build(Xa, y_values, numeric, names, target, task, source, sha) -> Dataset:
-    """Return the Dataset for checked values, inferring the task and class labels."""
+def _build(Xa, y_values, numeric, names, target, task, source, sha, vocab: dict | None = None) -> Dataset:
+    """Return the Dataset for checked values (NaN: missing, to impute), inferring the task and class labels; `vocab`
+    maps a categorical column's index to its categories."""
     if task not in TASKS:
         raise InputError(f"task: {task!r} is not one of {TASKS}")
     n = Xa.shape[0]
@@ -265,14 +383,22 @@ def _build(Xa, y_values, numeric, names, target, task, source, sha) -> Dataset:
         y = np.asarray([index[v] for v in y_values], dtype=np.int64)
     notes: list[str] = []
     feats = []
+    vocab = vocab or {}
     for j, name in enumerate(names):
         col = Xa[:, j]
+        col = col[~np.isnan(col)]
+        if col.size == 0:
+            raise InputError(f"{source}, column {name!r}: every value is missing")
         std = float(col.std(dtype=np.float64))
         if std == 0.0:
-            msg = f"{source}, column {name!r}: constant feature (every value is {col[0]:g}); it carries no information"
+            shown = repr(vocab[j][0]) if j in vocab else f"{col[0]:g}"
+            msg = f"{source}, column {name!r}: constant feature (every value is {shown}); it carries no information"
             warnings.warn(msg, UserWarning, stacklevel=3)
             notes.append(msg)
-        feats.append(FeatureStats(name, "float32", float(col.min()), float(col.max()), float(col.mean(dtype=np.float64)), std))
+        f = FeatureStats(name, "float32", float(col.min()), float(col.max()), float(col.mean(dtype=np.float64)), std)
+        if j in vocab:
+            f.kind, f.categories = "categorical", vocab[j]
+        feats.append(f)
     schema = Schema(feats, target, task, classes)
     return Dataset(np.ascontiguousarray(Xa, dtype=np.float32), y, schema, source, sha, notes)
 
@@ -303,6 +429,45 @@ def split(ds: Dataset, val_fraction: float = 0.2, seed: int = 0) -> tuple[Datase
     perm = np.random.default_rng(seed).permutation(n)
     shuffled = ds.subset(perm)
     return shuffled.subset(slice(n_val, None)), shuffled.subset(slice(0, n_val))
+
+
+def fit_preprocessing(schema: Schema, X: np.ndarray) -> tuple[Schema, np.ndarray, dict]:
+    """Return (schema with each imputed feature's fitted value, per-column fill values, {column: codes training saw})
+    from the training rows X; the fill of a column without imputation is 0 (its rows have no NaN to fill)."""
+    fill = np.zeros(X.shape[1], np.float32)
+    codes: dict[int, np.ndarray] = {}
+    feats = []
+    for j, f in enumerate(schema.features):
+        col = X[:, j]
+        known = col[~np.isnan(col)]
+        f = replace(f, impute=dict(f.impute) if f.impute else None)
+        if f.impute is None and known.size < col.size:
+            raise InputError(f"column {f.name!r}: {col.size - known.size} missing value(s) and no impute strategy for it")
+        if f.impute is not None:
+            strategy = f.impute["strategy"]
+            if known.size == 0 and not strategy.startswith("constant"):
+                raise InputError(f"column {f.name!r}: every training value is missing; cannot fit its {strategy}")
+            if f.kind == "categorical":
+                if strategy.startswith("constant"):
+                    value = strategy.partition(":")[2] or None
+                    fill[j] = f.categories.index(value) if value in f.categories else -1.0
+                else:  # mean and median of a category: the most frequent one (the first in sorted order on a tie)
+                    fill[j] = float(np.bincount(known.astype(np.int64)).argmax())
+                    value = f.categories[int(fill[j])]
+            else:
+                if strategy.startswith("constant"):
+                    text = strategy.partition(":")[2] or "0"
+                    fill[j] = _parse_float(text, f"impute, column {f.name!r}")
+                else:
+                    fill[j] = float(np.mean(known, dtype=np.float64) if strategy == "mean" else np.median(known))
+                value = float(fill[j])
+            named = "most_frequent" if f.kind == "categorical" and not strategy.startswith("constant") else strategy.partition(":")[0]
+            f.impute = {"strategy": named, "value": value}
+        if f.kind == "categorical":
+            filled = np.where(np.isnan(col), fill[j], col)
+            codes[j] = np.unique(filled[filled >= 0]).astype(np.float32)
+        feats.append(f)
+    return replace(schema, features=feats), fill, codes
 
 
 def standardize_stats(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

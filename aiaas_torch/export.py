@@ -33,7 +33,7 @@ from .data import Schema
 from .errors import InputError
 from .handlers import aiaas_contract as contract
 from .handlers import integrity
-from .models import ModelSpec, build_model, fold_preprocessing, linear_layers
+from .models import ModelSpec, Preprocess, build_model, fold_preprocessing, linear_layers
 from .quantize import QuantConfig, QuantReport, quantize
 from .train import TrainConfig, TrainResult, load_checkpoint, save_checkpoint
 
@@ -104,12 +104,24 @@ def _coefficients(float_model, schema: Schema, spec: ModelSpec):
     """Return a linear/logistic model's weights and bias in raw feature units, else None."""
     if spec.kind == "mlp":
         return None
-    lin = float_model[0]
+    lin = linear_layers(float_model)[0][1]
     W = lin.weight.detach().tolist()
-    names = schema.feature_names
+    names = _encoded_names(float_model, schema)
     if spec.kind == "linear":
         return {"weights": dict(zip(names, W[0])), "bias": float(lin.bias.detach()[0])}
     return {"weights": {str(c): dict(zip(names, row)) for c, row in zip(schema.classes, W)}, "bias": {str(c): float(b) for c, b in zip(schema.classes, lin.bias.tolist())}}
+
+
+def _encoded_names(float_model, schema: Schema) -> list[str]:
+    """Return the names of the first Linear's inputs: a feature's name, or "name=category" for a one-hot column."""
+    pre = next((m for m in float_model if isinstance(m, Preprocess)), None)
+    names = []
+    for j, f in enumerate(schema.features):
+        if pre is not None and j in pre.onehot:
+            names += [f"{f.name}={f.categories[int(c)]}" for c in getattr(pre, f"codes_{j}")[0].tolist()]
+        else:
+            names.append(f.name)
+    return names
 
 
 def _history_summary(history: list[dict], points: int = 200) -> dict:
@@ -204,8 +216,9 @@ def _card(result, float_model, report, directory: Path, optimization: dict, max_
         "schema_version": SCHEMA_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         "input": {
-            "features": [dict(f.__dict__) for f in schema.features],
+            "features": [f.to_card() for f in schema.features],
             "dtype": "float32",
+            **_encoding(schema),
             "scaling": "standardize (mean/std of the training split), folded into the first Linear" if config.scale else None,
             "rotation": "pca" if spec.rotate else None,
             "max_rows": max_rows,
@@ -243,7 +256,20 @@ def _card(result, float_model, report, directory: Path, optimization: dict, max_
         "data": result.data,
         "versions": _versions(),
         "notes": notes,
+        "warnings": list(result.warnings),
     }
+
+
+def _encoding(schema: Schema) -> dict:
+    """Return the card's input fields that say how missing values and categories travel, when the model has any."""
+    out = {}
+    if any(f.impute for f in schema.features):
+        out["missing"] = "null (NaN in the program's input) is imputed inside the program for features with 'impute'"
+    if any(f.kind == "categorical" for f in schema.features):
+        out["categorical"] = ("a category travels as its float code, the index into the feature's 'categories' (-1: unseen), "
+                              "one-hot encoded inside the program")  # fmt: skip
+        out["unseen_category"] = schema.unseen_category
+    return out
 
 
 def _write_json_atomic(path: Path, obj) -> None:
@@ -302,5 +328,6 @@ def requantize(run_dir: str | os.PathLike, quant: QuantConfig, compile: bool | s
         eval_X=ck["eval_X"].numpy(),
         eval_y=ck["eval_y"].numpy(),
         checkpoint={k: v for k, v in ck.items() if k not in ("eval_X", "eval_y", "metrics", "data", "seconds")},
+        warnings=list(card.get("warnings", [])),
     )
     return export_run(result, run_dir, quant, compile, card["input"].get("max_rows", contract.DEFAULT_MAX_ROWS))

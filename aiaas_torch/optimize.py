@@ -152,7 +152,8 @@ def optimize(float_model, qmodel, report, staging: Path, *, scheme: str, compile
     # forcing int8/pow2 forces the quantized program, unless quantization left every layer float (then it is the float one)
     forced = scheme in ("int8", "pow2") and any(l.decision != "float" for l in report.layers)
     n_weights = sum(m.weight.numel() for m in float_model.modules() if isinstance(m, nn.Linear))
-    n_features = next(m for m in float_model.modules() if isinstance(m, nn.Linear)).in_features
+    first = next(m for m in float_model.modules() if isinstance(m, nn.Linear) or hasattr(m, "n_features"))
+    n_features = first.in_features if isinstance(first, nn.Linear) else first.n_features  # raw width, before Preprocess
     qname = f"{scheme if scheme == 'pow2' else 'int8'}-compiled"
     layers = sequential_layers(float_model)
     section = {"host": host, "mode": {"quantize": scheme, "compile": mode}, "batches": list(batches),

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from .card import CARD
 from .data import Dataset, split
 from .errors import InputError, InputTypeError, check_int, check_number
 from .quantize import QuantConfig
-from .train import TrainConfig, TrainResult, check_learnable, evaluate, train
+from .train import TrainConfig, TrainResult, TrainingWarning, check_learnable, evaluate, train
 
 METRICS = {"regression": ("r2", "neg_rmse", "neg_mae"), "classification": ("accuracy", "neg_log_loss")}
 LATENCY_BATCHES = (1, 16)
@@ -142,7 +143,7 @@ def _config(cand: dict, epochs: int, seed: int) -> TrainConfig:
 def _baseline_metrics(train_ds: Dataset, X: np.ndarray, y: np.ndarray) -> dict:
     """Return the metrics of the mean (regression) or majority-class predictor fitted on `train_ds`, on (X, y)."""
     model = _baseline_model(train_ds)
-    return evaluate(model, X, y, train_ds.schema.task)
+    return evaluate(model, np.nan_to_num(X), y, train_ds.schema.task)  # its weights are zero: a missing value must not make NaN
 
 
 def _baseline_model(train_ds: Dataset) -> torch.nn.Module:
@@ -163,13 +164,25 @@ def _baseline_model(train_ds: Dataset) -> torch.nn.Module:
     return model.eval()
 
 
+def _train_quietly(ds: Dataset, config: TrainConfig) -> TrainResult:
+    """Return `train`'s result without emitting its TrainingWarnings (the search trains hundreds of candidates; the
+    chosen one's warnings reach its card through TrainResult.warnings)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TrainingWarning)
+        return train(ds, config)
+
+
 def _fit(cand: dict, train_ds: Dataset, epochs: int, seed: int) -> TrainResult:
     """Return a candidate trained on all of `train_ds` (the baseline: a one-epoch fit whose weights are replaced)."""
     if cand["model"] != "baseline":
-        return train(train_ds, _config(cand, epochs, seed))
+        return _train_quietly(train_ds, _config(cand, epochs, seed))
     kind = "linear" if train_ds.schema.task == "regression" else "logistic"
-    result = train(train_ds, _config({"model": kind}, 1, seed))
-    result.model.load_state_dict(_baseline_model(train_ds).state_dict())
+    result = _train_quietly(train_ds, _config({"model": kind}, 1, seed))
+    result.warnings = []  # they judged the one-epoch fit, which the baseline's weights replace
+    last = result.model[-1]  # the baseline's weights are zero and its bias the answer, whatever layers are in front
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(_baseline_model(train_ds)[-1].bias)
     result.model.eval()
     result.checkpoint["model"] = {k: v.detach().clone() for k, v in result.model.state_dict().items()}
     result.metrics = {"train": evaluate(result.model, train_ds.X, train_ds.y, train_ds.schema.task)}
@@ -195,7 +208,7 @@ def cross_validate(cand: dict, train_ds: Dataset, fold_idx: list[np.ndarray], me
         if cand["model"] == "baseline":
             m = _baseline_metrics(fold_train, fold_val.X, fold_val.y)
         else:
-            m = evaluate(train(fold_train, _config(cand, epochs, seed)).model, fold_val.X, fold_val.y, train_ds.schema.task)
+            m = evaluate(_train_quietly(fold_train, _config(cand, epochs, seed)).model, fold_val.X, fold_val.y, train_ds.schema.task)
         s = score(m, metric)
         if not math.isfinite(s):  # e.g. R² of a fold whose target is constant: no ranking can use it
             raise InputError(f"{metric} is not finite on a validation fold of {len(val)} rows")

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,12 +31,21 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .data import Dataset, Schema, pca_rotation, split, standardize_stats
-from .models import MODEL_KINDS, ModelSpec, build_model, json_ready
+from .data import Dataset, Schema, fit_preprocessing, pca_rotation, split, standardize_stats
+from .models import MODEL_KINDS, ModelSpec, Preprocess, build_model, json_ready
 from .errors import InputError, InputTypeError, check_choice, check_int, check_number
 
 LR_SCHEDULES = ("none", "cosine", "step")
 _INIT_LOCK = threading.Lock()  # model selection trains folds in threads
+
+MIN_VALIDATION_ROWS = 30  # fewer: a validation score is too noisy to compare models by
+STEEP_TAIL = 0.10  # the last 10 % of the epochs run ...
+STEEP_SHARE = 0.05  # ... still made more than 5 % of the run's whole decrease of the training loss: not converged
+
+
+class TrainingWarning(UserWarning):
+    """A trained model that a careful colleague would question: no better than a trivial baseline, too few validation
+    rows to tell, or a loss still falling at the last epoch. Also listed in TrainResult.warnings and the card."""
 DEVICES = ("cpu", "cuda", "auto")
 
 
@@ -120,6 +130,7 @@ class TrainResult:
     rank: int = 0  # under torchrun only rank 0 writes
     world_size: int = 1
     backend: str | None = None  # "gloo" | "nccl" when distributed
+    warnings: list[str] = field(default_factory=list)  # TrainingWarning messages, also in the card
 
 
 def loss_fn(task: str, reduction: str = "mean"):
@@ -223,18 +234,26 @@ def train(
     if config.model == "linear" and task != "regression":
         raise InputError("model: 'linear' is for regression; use 'logistic' or 'mlp' for a classification target")
     train_ds, val_ds = split(dataset, config.val_fraction, config.seed)
+    # Imputation values and the categories one-hot encodes are fitted on the training rows only, like the scaling.
+    schema, fill, codes = fit_preprocessing(dataset.schema, train_ds.X)
+    imputes = any(f.impute is not None for f in schema.features)
+    encoded = train_ds.X
+    if imputes or codes:
+        with torch.no_grad():
+            encoded = Preprocess(train_ds.X.shape[1], fill, codes)(torch.from_numpy(train_ds.X)).numpy()
     if config.scale:
-        mean, std = standardize_stats(train_ds.X)
+        mean, std = standardize_stats(encoded)
     else:
-        mean, std = np.zeros(train_ds.X.shape[1], np.float32), np.ones(train_ds.X.shape[1], np.float32)
-    basis = pca_rotation((train_ds.X - mean) / std) if config.rotate else None
+        mean, std = np.zeros(encoded.shape[1], np.float32), np.ones(encoded.shape[1], np.float32)
+    basis = pca_rotation((encoded - mean) / std) if config.rotate else None
     n_out = 1 if task == "regression" else len(dataset.schema.classes)
-    spec = ModelSpec(config.model, train_ds.X.shape[1], n_out, tuple(config.hidden) if config.model == "mlp" else (), config.rotate)
+    spec = ModelSpec(config.model, train_ds.X.shape[1], n_out, tuple(config.hidden) if config.model == "mlp" else (), config.rotate,
+                     imputes, tuple((j, len(c)) for j, c in sorted(codes.items())))  # fmt: skip
 
     rank, world, backend, device = _setup_distributed(config)
     with _INIT_LOCK:  # the seed and the initial weights come from torch's global generator: one thread at a time
         torch.manual_seed(config.seed)
-        model = build_model(spec, mean, std, basis).to(device)
+        model = build_model(spec, mean, std, basis, fill, codes).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     sched = _scheduler(opt, config)
     crit = loss_fn(task)
@@ -278,7 +297,7 @@ def train(
             "format": "aiaas-checkpoint/1",
             "config": config.to_dict(),
             "spec": spec.to_dict(),
-            "schema": dataset.schema.to_dict(),
+            "schema": schema.to_dict(),
             "data_sha256": dataset.sha256,
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "optimizer": opt.state_dict(),
@@ -359,11 +378,15 @@ def train(
     if val_ds is not None:
         metrics["validation"] = evaluate(model, val_ds.X, val_ds.y, task)
     eval_ds = val_ds if val_ds is not None else train_ds
+    notes = training_warnings(history, train_ds, val_ds, metrics["validation" if val_ds is not None else "train"], stopped_early)
+    if rank == 0:
+        for msg in notes:
+            warnings.warn(msg, TrainingWarning, stacklevel=2)
     return TrainResult(
         model=model,
         spec=spec,
         config=config,
-        schema=dataset.schema,
+        schema=schema,
         history=history,
         metrics=metrics,
         epochs_run=epochs_run,
@@ -384,7 +407,40 @@ def train(
         rank=rank,
         world_size=world,
         backend=backend,
+        warnings=notes,
     )
+
+
+def training_warnings(history: list[dict], train_ds: Dataset, val_ds: Dataset | None, scored: dict, stopped_early: bool) -> list[str]:
+    """Return the TrainingWarning messages for a run: `scored` holds the model's metrics on the validation rows (the
+    training rows when there is no validation split), which the trivial baseline is scored on too."""
+    out = []
+    rows = val_ds if val_ds is not None else train_ds
+    where = f"the {len(rows)} validation rows" if val_ds is not None else f"the {len(rows)} training rows (no validation split)"
+    if train_ds.schema.task == "regression":
+        base = float(np.mean((rows.y.astype(np.float64) - np.mean(train_ds.y, dtype=np.float64)) ** 2))
+        if scored["mse"] >= base:
+            out.append(f"the model is no better than predicting the training mean: MSE {scored['mse']:.4g} against "
+                       f"{base:.4g} on {where}; it learned nothing usable (more epochs, a higher --lr, other features?)")  # fmt: skip
+    else:
+        majority = int(np.bincount(train_ds.y).argmax())
+        base = float(np.mean(rows.y == majority))
+        if scored["accuracy"] <= base:
+            label = train_ds.schema.classes[majority]
+            out.append(f"the model is no better than always answering the majority class {label!r}: accuracy "
+                       f"{scored['accuracy']:.4g} against {base:.4g} on {where} (more epochs, a higher --lr, other features?)")  # fmt: skip
+    if val_ds is not None and len(val_ds) < MIN_VALIDATION_ROWS:
+        out.append(f"only {len(val_ds)} validation rows (fewer than {MIN_VALIDATION_ROWS}): the validation score says little; "
+                   "cross-validation uses every row (aiaas train --select --cv 5)")  # fmt: skip
+    losses = [h["train_loss"] for h in history]
+    tail = max(1, math.ceil(STEEP_TAIL * len(losses)))
+    if not stopped_early and len(losses) >= 10:
+        total, late = losses[0] - losses[-1], losses[-1 - tail] - losses[-1]
+        if total > 0 and late > STEEP_SHARE * total:
+            out.append(f"the training loss was still falling at the last epoch: the last {tail} of {len(losses)} epochs "
+                       f"lowered it by {late / total:.1%} of the whole run's decrease (more than {STEEP_SHARE:.0%}); "
+                       "train longer (--epochs) or with a higher --lr")  # fmt: skip
+    return out
 
 
 def _setup_distributed(config: TrainConfig) -> tuple[int, int, str | None, torch.device]:

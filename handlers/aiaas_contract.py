@@ -42,6 +42,8 @@ class ParsedRequest:
     fmt: str  # "instances" | "v2" | "rows"
     out_of_range: int = 0
     v2_id: str | None = None
+    imputed: int = 0  # nulls sent for features the card imputes (NaN in rows)
+    unseen: int = 0  # categories the card's vocabulary does not hold (code -1 in rows)
 
 
 class _NonFiniteLiteral(str):
@@ -137,9 +139,39 @@ def _number(v, where: str) -> float:
     return f
 
 
-def _check_row(row, i: int, features: list, label: str) -> list:
+class _Encoding:
+    """How one request's values become the program's floats: each feature's vocabulary (None: numeric), which
+    features take null, and the unseen-category policy; built once per request from the card."""
+
+    def __init__(self, features: list, strict: bool):
+        self.names = [f["name"] for f in features]
+        self.vocabs = [{c: float(k) for k, c in enumerate(f["categories"])} if f.get("kind") == "categorical" else None
+                       for f in features]  # fmt: skip
+        self.nullable = [f.get("impute") is not None for f in features]
+        self.categories = [f.get("categories") for f in features]
+        self.strict = strict
+        self.plain = not any(self.nullable) and not any(v is not None for v in self.vocabs)
+
+    def value(self, v, j: int, where: str) -> float:
+        """Return feature j's value as a float: the number, a category's code (-1: unseen), or NaN for an imputed null."""
+        vocab = self.vocabs[j]
+        if v is None and self.nullable[j]:
+            return math.nan
+        if vocab is None:
+            return _number(v, where)
+        if isinstance(v, bool) or isinstance(v, _NonFiniteLiteral) or not isinstance(v, (str, int, float)):
+            raise ContractError(f"{where}: {_show(v)} is not a category; expected a string, one of {_some(map(_show, self.categories[j]), 5)}")
+        code = vocab.get(v if isinstance(v, str) else str(v))
+        if code is not None:
+            return code
+        if self.strict:
+            raise ContractError(f"{where}: unknown category {_show(v)}; known categories: {_some(map(_show, self.categories[j]), 5)}")
+        return -1.0
+
+
+def _check_row(row, i: int, enc: _Encoding, label: str) -> list:
     """Return one row as floats in feature order, from a list or a {name: value} object."""
-    names = [f["name"] for f in features]
+    names = enc.names
     if isinstance(row, dict):
         unknown = [k for k in row if k not in names]
         if unknown:
@@ -147,15 +179,19 @@ def _check_row(row, i: int, features: list, label: str) -> list:
         missing = [n for n in names if n not in row]
         if missing:
             raise ContractError(f"{label}[{i}]: missing feature(s) [{_some(map(repr, missing), 5)}]")
-        return [_number(row[n], f"{label}[{i}].{n}") for n in names]
+        if enc.plain:
+            return [_number(row[n], f"{label}[{i}].{n}") for n in names]
+        return [enc.value(row[n], j, f"{label}[{i}].{n}") for j, n in enumerate(names)]
     if isinstance(row, list):
         if len(row) != len(names):
             raise ContractError(f"{label}[{i}]: {len(row)} values, expected {len(names)} ({_some(names, 20)})")
-        return [_number(v, f"{label}[{i}] feature {names[j]!r}") for j, v in enumerate(row)]
+        if enc.plain:
+            return [_number(v, f"{label}[{i}] feature {names[j]!r}") for j, v in enumerate(row)]
+        return [enc.value(v, j, f"{label}[{i}] feature {names[j]!r}") for j, v in enumerate(row)]
     raise ContractError(f"{label}[{i}]: expected a list of {len(names)} numbers or an object of features, got {type(row).__name__}")
 
 
-def _check_rows(rows, features: list, label: str, max_rows: int) -> list:
+def _check_rows(rows, enc: _Encoding, label: str, max_rows: int) -> list:
     """Return the checked rows of a list of rows, refusing empty, over-long and mixed named/positional batches."""
     if not isinstance(rows, list):
         raise ContractError(f"{label}: expected a list of rows, got {type(rows).__name__}")
@@ -166,7 +202,7 @@ def _check_rows(rows, features: list, label: str, max_rows: int) -> list:
     kinds = {type(r) for r in rows if isinstance(r, (list, dict))}
     if len(kinds) > 1:
         raise ContractError(f"{label}: mixes named (object) and positional (list) rows; use one form")
-    return [_check_row(r, i, features, label) for i, r in enumerate(rows)]
+    return [_check_row(r, i, enc, label) for i, r in enumerate(rows)]
 
 
 def _flatten(data, where: str) -> list:
@@ -188,8 +224,12 @@ def _flatten(data, where: str) -> list:
     return out
 
 
-def _parse_v2(body: dict, features: list, max_rows: int) -> ParsedRequest:
+def _parse_v2(body: dict, features: list, max_rows: int, enc: _Encoding) -> ParsedRequest:
     """Return the rows of an Open Inference (v2) body with one [N, features] input tensor."""
+    cats = [n for n, v in zip(enc.names, enc.vocabs) if v is not None]
+    if cats:
+        raise ContractError(f"inputs: this model has categorical feature(s) {_some(map(_show, cats), 5)}, which a numeric v2 tensor cannot "
+                            "carry; send {\"instances\": [{\"feature\": value, ...}]} with the category strings")  # fmt: skip
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise ContractError("inputs: expected a list holding one tensor object {name, shape, datatype, data}")
@@ -218,7 +258,7 @@ def _parse_v2(body: dict, features: list, max_rows: int) -> ParsedRequest:
     if len(flat) != n * d:
         raise ContractError(f"inputs[0].data: {len(flat)} values for shape [{n}, {d}]")
     names = [f["name"] for f in features]
-    rows = [[_number(flat[i * d + j], f"inputs[0].data row {i} feature {names[j]!r}") for j in range(d)] for i in range(n)]
+    rows = [[enc.value(flat[i * d + j], j, f"inputs[0].data row {i} feature {names[j]!r}") for j in range(d)] for i in range(n)]
     rid = body.get("id")
     return ParsedRequest(rows, "v2", v2_id=rid if isinstance(rid, str) and not isinstance(rid, _NonFiniteLiteral) else None)
 
@@ -228,29 +268,35 @@ def parse_request(body, card: dict, max_rows: int | None = None) -> ParsedReques
     features = card["input"]["features"]
     limit = max_rows or card["input"].get("max_rows") or DEFAULT_MAX_ROWS
     value = decode_body(body)
+    enc = _Encoding(features, card["input"].get("unseen_category") == "error")
     if isinstance(value, dict):
         if "instances" in value and "inputs" in value:
             raise ContractError("body: has both 'instances' and 'inputs'; send one")
         if "instances" in value:
-            parsed = ParsedRequest(_check_rows(value["instances"], features, "instances", limit), "instances")
+            parsed = ParsedRequest(_check_rows(value["instances"], enc, "instances", limit), "instances")
         elif "inputs" in value:
-            parsed = _parse_v2(value, features, limit)
+            parsed = _parse_v2(value, features, limit, enc)
         else:
             raise ContractError(f"body: object without 'instances' or 'inputs' (keys: [{_some([repr(_clip(k)) for k in sorted(value)], 10)}])")
     elif isinstance(value, list):
         if value and all(not isinstance(v, (list, dict)) for v in value):
             value = [value]  # a bare list of numbers is one row
-        parsed = ParsedRequest(_check_rows(value, features, "rows", limit), "rows")
+        parsed = ParsedRequest(_check_rows(value, enc, "rows", limit), "rows")
     else:
         raise ContractError(f"body: expected a JSON object or list, got {type(value).__name__}")
     parsed.out_of_range = count_out_of_range(parsed.rows, features)
+    if not enc.plain:
+        parsed.imputed = sum(1 for r in parsed.rows for v in r if v != v)
+        cat = [j for j, v in enumerate(enc.vocabs) if v is not None]
+        parsed.unseen = sum(1 for r in parsed.rows for j in cat if r[j] == -1.0)
     return parsed
 
 
 def count_out_of_range(rows: list, features: list) -> int:
-    """Return how many values fall outside the [min, max] that training saw for their feature."""
-    lo = [f["min"] for f in features]
-    hi = [f["max"] for f in features]
+    """Return how many numeric values fall outside the [min, max] that training saw for their feature (a NaN, an
+    imputed null, compares false and is not counted; neither are category codes)."""
+    lo = [f["min"] if f.get("kind", "numeric") == "numeric" else -math.inf for f in features]
+    hi = [f["max"] if f.get("kind", "numeric") == "numeric" else math.inf for f in features]
     return sum(1 for r in rows for j, v in enumerate(r) if v < lo[j] or v > hi[j])
 
 

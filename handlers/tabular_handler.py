@@ -153,8 +153,9 @@ class TabularHandler:
             except Exception:
                 answers[i] = _fail(context, i, "answering", len(data))
         try:
-            self._metrics(context, sum(len(o) for o in outputs if o is not None), sum(p is None for p in parsed),
-                          sum(p.out_of_range for p in parsed if p is not None), t0)  # fmt: skip
+            ok = [p for p in parsed if p is not None]
+            self._metrics(context, sum(len(o) for o in outputs if o is not None), len(parsed) - len(ok),
+                          sum(p.out_of_range for p in ok), t0, sum(p.imputed for p in ok), sum(p.unseen for p in ok))  # fmt: skip
         except Exception:  # answers are ready: metrics must not turn them into a 503
             logger.exception("aiaas: recording metrics failed")
         return answers
@@ -188,7 +189,7 @@ class TabularHandler:
             logger.exception("aiaas: the forward of request %d (%d rows) failed", idx, len(parsed.rows))
             return None
 
-    def _metrics(self, context, rows: int, rejected: int, out_of_range: int, t0: float) -> None:
+    def _metrics(self, context, rows: int, rejected: int, out_of_range: int, t0: float, imputed: int = 0, unseen: int = 0) -> None:
         """Record the custom metrics declared in handlers/metrics.yaml; returns None."""
         m = getattr(context, "metrics", None)
         if m is None:
@@ -196,6 +197,11 @@ class TabularHandler:
         m.add_counter("RowsPredicted", rows)
         m.add_counter("RequestsRejected", rejected)
         m.add_counter("OutOfRangeValues", out_of_range)
+        # Only when non-zero: most batches of most models have neither, and each line is a log write on the hot path.
+        if imputed:
+            m.add_counter("ImputedValues", imputed)
+        if unseen:
+            m.add_counter("UnseenCategories", unseen)
         m.add_time("AiaasHandlerTime", (time.perf_counter() - t0) * 1000.0)
 
     def describe_handle(self) -> str:

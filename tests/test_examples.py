@@ -38,3 +38,19 @@ def test_origin_example_script(tmp_path):
     values = [float(v) for v in last.split("[", 1)[1].rstrip("]").split(",")]
     assert abs(values[0] - 12) < 0.05 and abs(values[1] - 14) < 0.05
     assert "in_features == 1" in out.stdout and out.stderr.strip() == ""  # no third-party noise on the terminal
+
+
+def test_penguins_like_with_blanks_and_text_columns(tmp_path, capsys):
+    """The README's walk-through: blanks imputed, text columns one-hot encoded, strings and nulls in the request."""
+    run = tmp_path / "r"
+    assert main(["train", str(EXAMPLES / "penguins_like.csv"), "--target", "species", "--impute", "median", "--out", str(run),
+                 "--epochs", "300", "--lr", "0.1", "--no-compile", "--json"]) == 0  # fmt: skip
+    card = json.loads(capsys.readouterr().out)
+    kinds = {f["name"]: f["kind"] for f in card["input"]["features"]}
+    assert kinds["island"] == kinds["sex"] == "categorical" and kinds["bill_length_mm"] == "numeric"
+    assert card["metrics"]["validation"]["accuracy"] >= 0.9
+    body = json.dumps({"instances": [
+        {"island": "Dream", "bill_length_mm": 49.0, "bill_depth_mm": 18.5, "flipper_length_mm": 196, "body_mass_g": 3700, "sex": None},
+        {"island": "Biscoe", "bill_length_mm": None, "bill_depth_mm": 15.0, "flipper_length_mm": 217, "body_mass_g": 5100, "sex": "male"}]})  # fmt: skip
+    assert main(["predict", "--local", str(run), "--body", body, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["predictions"] == ["Chinstrap", "Gentoo"]

@@ -15,8 +15,22 @@ def add_parser(sub) -> None:
     t = sub.add_parser("train", help="train on a CSV, quantize, export a run directory",
                        description="Train a model with torch.optim.SGD on a CSV, then (by default) quantize and export "
                                    "the run directory: model card model.json, model.pt2, model_float.pt2, checkpoint.pt.")
-    t.add_argument("data", metavar="DATA.csv", help="CSV file with a header row and numeric feature columns")
-    t.add_argument("--target", required=True, metavar="COL", help="name of the target column")
+    t.add_argument("data", metavar="DATA.csv", help="CSV file with a header row, numeric and text (categorical) feature columns")
+    t.add_argument("--target", required=True, metavar="COL", help="name of the target column (a row without one is an error)")
+    p = t.add_argument_group("missing values and categories")
+    p.add_argument("--impute", action="append", default=[], metavar="[COL=]STRATEGY",
+                   help="fill missing cells (empty, NA, N/A, NaN, null, None, ?) with a value fitted on the training split: "
+                        "mean, median, constant (0; for a text column: no category) or constant:VALUE; a category column's "
+                        "mean/median is its most frequent category. Alone it applies to every column; COL=STRATEGY to one "
+                        "(repeat it: --impute age=median --impute city=constant:unknown). Served models then accept null "
+                        "for these features. Without it a missing cell is an error naming line and column")
+    p.add_argument("--categorical", action="append", default=[], metavar="COL",
+                   help="one-hot encode COL even though its values look numeric (a column of mostly text is categorical anyway)")
+    p.add_argument("--max-categories", type=int, default=50, metavar="N",
+                   help="refuse a categorical column with more than N distinct values (default 50)")
+    p.add_argument("--strict", action="store_true",
+                   help="the served model answers a category it never saw with 400 (default: the all-zero encoding, "
+                        "counted in the UnseenCategories metric); recorded in the card")
     t.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write (replaced atomically)")
     t.add_argument("--task", choices=["auto", "regression", "classification"], default="auto",
                    help="target kind (default: auto — strings or few distinct integers are classes)")
@@ -101,14 +115,15 @@ def _train(a) -> int:
     from ..card import CHECKPOINT
     from ..export import export_run
     from ..quantize import QuantConfig
-    from ..train import TrainConfig, check_learnable, finish_distributed, train
+    from ..train import TrainConfig, TrainingWarning, check_learnable, finish_distributed, train
 
     quant = QuantConfig(a.scheme, a.min_weights, force=a.force).validate()
     if a.distributed and "WORLD_SIZE" not in os.environ:
         return _relaunch_under_torchrun(a)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        ds = load_csv(a.data, a.target, a.task)
+        ds = load_csv(a.data, a.target, a.task, impute=a.impute, categorical=a.categorical,
+                      max_categories=a.max_categories, strict=a.strict)  # fmt: skip
     check_learnable(ds)  # before the per-column warnings: a refusal is one line
     quant = quant.with_gate(ds.schema.task, a.gate).validate()
     for w in caught:
@@ -132,7 +147,9 @@ def _train(a) -> int:
     ckpt = out.with_name(f".{out.name}.{CHECKPOINT}")
     if a.resume and not ckpt.exists() and (out / CHECKPOINT).exists():
         ckpt = out / CHECKPOINT
-    result = train(ds, cfg, checkpoint_path=ckpt if (cfg.checkpoint_every or a.resume) else None, resume=a.resume)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TrainingWarning)  # printed below from result.warnings, once, on rank 0
+        result = train(ds, cfg, checkpoint_path=ckpt if (cfg.checkpoint_every or a.resume) else None, resume=a.resume)
     if result.rank != 0:  # under torchrun only rank 0 writes the run directory
         finish_distributed()
         return 0
@@ -142,7 +159,7 @@ def _train(a) -> int:
         finish_distributed()
     if ckpt.exists() and ckpt.parent != out:
         ckpt.unlink()
-    for n in exported.notes:
+    for n in exported.notes + exported.card["warnings"]:
         _warn(n)
     if a.json:
         _print_json(exported.card)
@@ -179,6 +196,8 @@ def _select(a, ds, quant) -> int:
     finally:
         result.cleanup()
     section = result.section
+    for n in result.best.warnings:
+        _warn(n)
     if a.plot:
         plot(result.leaderboard, a.plot, section["metric"])
     if a.json:

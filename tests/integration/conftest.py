@@ -15,7 +15,7 @@ import pytest
 from aiaas_torch import serving as server
 from aiaas_torch.archive import ServingConfig, package
 from aiaas_torch.client import Client
-from aiaas_torch.data import from_arrays
+from aiaas_torch.data import from_arrays, load_csv
 from aiaas_torch.export import export_run
 from aiaas_torch.quantize import QuantConfig
 from aiaas_torch.select import SelectConfig, select
@@ -31,6 +31,7 @@ class Served:
     classes: Path  # 3 classes, 4 features, logistic
     mlp: Path  # MLP 100→512→512→1, int8 forced, compiled (the session's mlp_run), served with batchSize 1
     selected: Path  # chosen by model selection (its card carries the leaderboard), float program only
+    penguins: Path  # examples/penguins_like.csv: blanks imputed, two text columns one-hot encoded, float program
     store: Path
     archives: dict
     home: Path
@@ -71,6 +72,13 @@ def _selected_run(root: Path) -> Path:
         result.cleanup()
 
 
+def _penguins_run(root: Path) -> Path:
+    """Return a run directory of a logistic model on examples/penguins_like.csv (blanks, text columns)."""
+    ds = load_csv(Path(__file__).parents[2] / "examples" / "penguins_like.csv", "species", impute="median")
+    result = train(ds, TrainConfig(model="logistic", epochs=200, lr=0.1, progress=False))
+    return export_run(result, root / "penguins", QuantConfig("none"), compile=False).run_dir
+
+
 @pytest.fixture(scope="session")
 def served(tmp_path_factory, mlp_run) -> Served:
     """Yield a running TorchServe serving y2x v1.0 and v2.0, a classifier, the int8 MLP and a selected model; stop it afterwards."""
@@ -79,6 +87,7 @@ def served(tmp_path_factory, mlp_run) -> Served:
     origin_v2 = _linear_run(root, "origin_v2", 3.0, compile=False)
     classes = _classes_run(root)
     selected = _selected_run(root)
+    penguins = _penguins_run(root)
     store = root / "store"
     batching = ServingConfig(workers=1, batch_size=8, max_batch_delay_ms=20)
     archives = {
@@ -87,13 +96,15 @@ def served(tmp_path_factory, mlp_run) -> Served:
         "classes-1.0": package(classes, "classes", "1.0", store, serving=ServingConfig(workers=1)).path,
         "selected-1.0": package(selected, "selected", "1.0", store, serving=ServingConfig(workers=1)).path,
         "mlp-1.0": package(mlp_run.run_dir, "mlp", "1.0", store, serving=ServingConfig(workers=1, batch_size=1, max_batch_delay_ms=0)).path,
+        "penguins-1.0": package(penguins, "penguins", "1.0", store, serving=ServingConfig(workers=1)).path,
     }
     home = root / "home"
     models = [f"y2x={archives['y2x-1.0'].name}", f"y2x={archives['y2x-2.0'].name}", f"classes={archives['classes-1.0'].name}",
-              f"mlp={archives['mlp-1.0'].name}", f"selected={archives['selected-1.0'].name}"]
+              f"mlp={archives['mlp-1.0'].name}", f"selected={archives['selected-1.0'].name}",
+              f"penguins={archives['penguins-1.0'].name}"]
     info = server.start(home, store, models, free_ports=True, ready_timeout=180)
     try:
-        yield Served(origin, origin_v2, classes, mlp_run.run_dir, selected, store, archives, home, info)
+        yield Served(origin, origin_v2, classes, mlp_run.run_dir, selected, penguins, store, archives, home, info)
     finally:
         server.stop(home)
 

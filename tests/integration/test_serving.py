@@ -267,3 +267,25 @@ def test_the_client_docstring_example_works_against_a_served_model(client):
     (name, body) = re.search(r'client\.predict\("(\w+)", (\{.*?\})\)', client_module.__doc__).groups()
     answer = client.predict(name, ast.literal_eval(body), version="1.0")
     assert answer["predictions"] == pytest.approx([12.0, 14.0], rel=1e-3)
+
+
+def test_blanks_and_text_columns_served_as_locally_with_metrics(served, client):
+    """Strings, nulls and an unseen category: the server answers as the run directory does locally, and counts them."""
+    rows = [
+        {"island": "Dream", "bill_length_mm": 49.0, "bill_depth_mm": 18.5, "flipper_length_mm": 196, "body_mass_g": 3700, "sex": "male"},
+        {"island": "Biscoe", "bill_length_mm": None, "bill_depth_mm": 15.0, "flipper_length_mm": 217, "body_mass_g": 5100, "sex": None},
+        {"island": "Atlantis", "bill_length_mm": 39.0, "bill_depth_mm": 18.3, "flipper_length_mm": 190, "body_mass_g": 3650, "sex": "female"},
+    ]
+    answer = client.predict("penguins", {"instances": rows})
+    local = load_run(served.penguins).predict({"instances": rows})
+    assert answer["predictions"] == local["predictions"]
+    assert answer["predictions"][:2] == ["Chinstrap", "Gentoo"]
+    assert all(_close(a, b) for pa, pb in zip(answer["probabilities"], local["probabilities"]) for a, b in zip(pa, pb))
+    with pytest.raises(BadRequest, match=r"instances\[0\]\.sex: \[.*\] is not a category"):
+        client.predict("penguins", {"instances": [dict(rows[0], sex=["male"])]})
+    text = client.metrics()
+
+    def total(name: str) -> float:
+        return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith(name) and 'ModelName="penguins"' in l)
+
+    assert total("ImputedValues") == 2 and total("UnseenCategories") == 1  # one request carried them: counted once each

@@ -15,6 +15,7 @@ import pytest
 
 from aiaas_torch import serving as server
 from aiaas_torch.serving import control
+from aiaas_torch.serving.pids import inet_connections
 from aiaas_torch.serving.config import base_config, effective_config, parse_properties
 from aiaas_torch.serving.readiness import unbound_ports
 from aiaas_torch.client import Client, HTTPStatusError, TokenError
@@ -186,7 +187,7 @@ def test_instance_home_layout_and_config(echo, store):
 
 @pytest.mark.serving
 def test_listens_on_loopback_only(echo):
-    listening = [c.laddr for c in psutil.Process(echo.pid).net_connections("inet") if c.status == psutil.CONN_LISTEN]
+    listening = [c.laddr for c in inet_connections(psutil.Process(echo.pid)) if c.status == psutil.CONN_LISTEN]
     ports = {int(u.rsplit(":", 1)[1]) for u in (echo.inference_url, echo.management_url, echo.metrics_url)}
     assert ports <= {a.port for a in listening}
     assert len(listening) == 5  # three HTTP APIs and two gRPC ones

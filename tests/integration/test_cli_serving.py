@@ -65,7 +65,8 @@ def test_the_cli_finds_the_server_from_a_subdirectory_and_through_aiaas_home(ser
 def test_a_misspelled_model_or_version_lists_what_is_served(served, client, capsys):
     with pytest.raises(NotFound) as e:
         client.predict("y2z", {"instances": [[6]]})
-    assert e.value.status == 404 and e.value.message.endswith("; served models: classes, mlp, y2x")
+    served_names = sorted({key.rsplit("-", 1)[0] for key in served.archives})  # the session's archives, "NAME-VERSION"
+    assert e.value.status == 404 and e.value.message.endswith("; served models: " + ", ".join(served_names))
     with pytest.raises(NotFound) as e:
         client.predict("y2x", {"instances": [[6]]}, version="9.9")
     assert e.value.message.endswith("; y2x's versions: 1.0, 2.0")

@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 import torch
 
 try:  # installed package (tests, aiaas predict --local)
+    from . import aiaas_contract as contract
     from . import integrity
 except ImportError:  # inside a TorchServe worker: the model directory is on sys.path
+    import aiaas_contract as contract
     import integrity
 
 KINDS = ("eager", "program", "compiled")
@@ -232,9 +234,32 @@ class ProgramSet:
                 return name, f, fn
         return self.ranges[-1][1:]
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Return the outputs of the program serving a batch of x's size."""
-        return self.pick(int(x.shape[0]))[2](x)
+    def __call__(self, x: torch.Tensor, *more: torch.Tensor):
+        """Return the outputs of the program serving a batch of x's size (more: the model's further inputs)."""
+        return self.pick(int(x.shape[0]))[2](x, *more)
+
+
+def run_samples(model, card: dict, inputs: dict, device: str = "cpu") -> dict:
+    """Return {output name: per-sample outputs} of one forward of `model` on {input name: checked flat samples}.
+
+    Each input's samples are stacked along the batch dimension in the card's dtype and shape (tabular: one float32
+    [N, F] input); each output is split back into one (nested) list per sample.
+    """
+    xs = [torch.tensor(inputs[s["name"]], dtype=getattr(torch, s["dtype"]), device=device).reshape(-1, *s["shape"][1:])
+          for s in contract.input_tensors(card)]  # fmt: skip
+    n = int(xs[0].shape[0])
+    with torch.inference_mode():
+        result = model(*xs)
+    result = result if isinstance(result, (tuple, list)) else (result,)
+    names = [s["name"] for s in contract.output_tensors(card)]
+    if len(result) != len(names):
+        raise RuntimeError(f"the model returned {len(result)} outputs, the card names {len(names)}")
+    outputs = {}
+    for name, t in zip(names, result):
+        if int(t.shape[0]) != n:
+            raise RuntimeError(f"the model returned {int(t.shape[0])} output rows for {n} input rows")
+        outputs[name] = (t.float() if t.is_floating_point() else t).cpu().tolist()
+    return outputs
 
 
 def load(card: dict, directory: str, cuda_available: bool = False, gpu_id=None, flags: set | None = None,

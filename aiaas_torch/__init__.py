@@ -22,7 +22,7 @@ _EXPORTS = {
     "Client": ("client", "Client"), "ClientError": ("client", "ClientError"), "ServerError": ("client", "ServerError"),
     "Dataset": ("data", "Dataset"), "from_arrays": ("data", "from_arrays"), "load_csv": ("data", "load_csv"),
     "split": ("data", "split"),
-    "ExportResult": ("export", "ExportResult"), "LocalModel": ("runs", "LocalModel"), "export_run": ("export", "export_run"),
+    "ExportResult": ("export", "ExportResult"), "import_model": ("importer", "import_model"), "LocalModel": ("runs", "LocalModel"), "export_run": ("export", "export_run"),
     "load_run": ("runs", "load_run"), "read_card": ("card", "read_card"), "requantize": ("export", "requantize"),
     "ModelSpec": ("models", "ModelSpec"), "build_model": ("models", "build_model"),
     "fold_preprocessing": ("models", "fold_preprocessing"),

@@ -182,23 +182,7 @@ def export_run(
 def _card(result, float_model, report, directory: Path, optimization: dict, max_rows, notes) -> dict:
     """Return the model card for the files in `directory`."""
     schema, spec, config = result.schema, result.spec, result.config
-    compiled = {m["file"]: (n, m) for n, m in optimization["candidates"].items() if m["kind"] == "compiled" and m.get("file")}
-    files = {}
-    for name, role, serves in (
-        *((f, "cpu-compiled", "cpu") for f in sorted(compiled)),
-        (FLOAT_PROGRAM, "float-program", "cuda, the eager rebuild's weights, and cpu where no compiled package serves"),
-        (CHECKPOINT, "checkpoint", None),
-    ):
-        p = directory / name
-        if p.exists():
-            meta = {"role": role, "sha256": integrity.sha256_file(p), "bytes": p.stat().st_size}
-            if serves:
-                meta["serves"] = serves
-            if role == "cpu-compiled":
-                meta["candidate"] = compiled[name][0]
-                meta["isa"] = optimization["host"]["isa"]
-                meta["compile_seconds"] = compiled[name][1]["compile_seconds"]
-            files[name] = meta
+    files = files_section(directory, optimization)
     metrics = result.metrics
     return {
         "schema_version": SCHEMA_VERSION,
@@ -244,6 +228,28 @@ def _card(result, float_model, report, directory: Path, optimization: dict, max_
         "versions": _versions(),
         "notes": notes,
     }
+
+
+def files_section(directory: Path, optimization: dict) -> dict:
+    """Return the card's "files" section for the model files in `directory`: role, SHA-256, size, and for compiled ones the candidate and ISA."""
+    compiled = {m["file"]: (n, m) for n, m in optimization["candidates"].items() if m["kind"] == "compiled" and m.get("file")}
+    files = {}
+    for name, role, serves in (
+        *((f, "cpu-compiled", "cpu") for f in sorted(compiled)),
+        (FLOAT_PROGRAM, "float-program", "cuda, the eager rebuild's weights, and cpu where no compiled package serves"),
+        (CHECKPOINT, "checkpoint", None),
+    ):
+        p = directory / name
+        if p.exists():
+            meta = {"role": role, "sha256": integrity.sha256_file(p), "bytes": p.stat().st_size}
+            if serves:
+                meta["serves"] = serves
+            if role == "cpu-compiled":
+                meta["candidate"] = compiled[name][0]
+                meta["isa"] = optimization["host"]["isa"]
+                meta["compile_seconds"] = compiled[name][1]["compile_seconds"]
+            files[name] = meta
+    return files
 
 
 def _write_json_atomic(path: Path, obj) -> None:

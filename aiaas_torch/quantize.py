@@ -164,7 +164,10 @@ def _int8_decision(lin: nn.Linear, min_weights: int) -> tuple[str, str]:
 
 
 def quantize(model: nn.Module, config: QuantConfig | None, eval_X) -> tuple[nn.Module, QuantReport]:
-    """Return (quantized copy of the folded float `model`, QuantReport measured on held-out rows `eval_X`)."""
+    """Return (quantized copy of the folded float `model`, QuantReport measured on held-out rows `eval_X`).
+
+    eval_X: an array of rows, or a tuple of tensors (one per input, same batch size) for a model of several inputs.
+    """
     config = (config or QuantConfig()).validate()
     float_model = model.eval()
     qmodel = copy.deepcopy(float_model).eval()
@@ -197,9 +200,11 @@ def quantize(model: nn.Module, config: QuantConfig | None, eval_X) -> tuple[nn.M
             tq.quantize_(qmodel, tq.Int8WeightOnlyConfig(), filter_fn=lambda m, fqn: fqn in weight_only)
 
     report.weight_bytes_after = sum(_layer_bytes(m) for m in _quantized_layers(qmodel))
-    X = torch.as_tensor(np.asarray(eval_X, dtype=np.float32))
+    # a tuple holds one tensor per input of a model with several (an imported one), each in its own dtype
+    X = tuple(eval_X) if isinstance(eval_X, tuple) else (torch.as_tensor(np.asarray(eval_X, dtype=np.float32)),)
     with torch.no_grad():
-        f, q = float_model(X).double(), qmodel(X).double()
+        f, q = float_model(*X).double(), qmodel(*X).double()
+    X = X[0]
     report.eval_rows = int(X.shape[0])
     report.max_abs_error = float((q - f).abs().max()) if X.shape[0] else 0.0
     denom = float(torch.sqrt(torch.mean(f**2))) if X.shape[0] else 0.0

@@ -198,3 +198,10 @@ def test_a_mixed_batch_answers_each_request_and_refuses_only_the_bad_one():
     for k, i in ((0, 0), (2, 1), (3, 2)):
         status, body = results[k]
         assert status == 200 and body["predictions"] == [{"sums": [i + 3.0, i + 5.0], "first": 2 * i}], (k, body)
+
+
+def test_the_bench_body_of_a_tensor_card_passes_its_contract():
+    from aiaas_torch.bench import card_body
+
+    p = parse_request(card_body(CARD), CARD)
+    assert p.fmt == "v2" and p.inputs == {"image": [[0.0] * 4], "ids": [[0, 0, 0]]}

@@ -285,6 +285,8 @@ def requantize(run_dir: str | os.PathLike, quant: QuantConfig, compile: bool | s
     """Re-quantize and re-export an existing run directory from its checkpoint; returns the new ExportResult."""
     run_dir = Path(run_dir)
     card = read_card(run_dir)
+    if CHECKPOINT not in card["files"]:
+        raise InputError(f"{run_dir}: no {CHECKPOINT} (an imported model): import it again with the new quantization settings")
     problems = integrity.verify_files(card, run_dir, roles={"checkpoint"})
     if problems:
         raise InputError(f"{run_dir}: " + "; ".join(problems))

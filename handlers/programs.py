@@ -197,7 +197,7 @@ def rebuild_sequential(layers: list, state_dict: dict) -> torch.nn.Sequential:
 def pickle_problems(path: str) -> list:
     """Return why loading a torch.export .pt2 file could unpickle something (empty when it cannot).
 
-    torch.export.load unpickles (torch.load with weights_only=False, pickle.loads) tensor-subclass weights and
+    torch.export.load unpickles (a full torch.load, or pickle itself) tensor-subclass weights and
     constants, custom and opaque objects, and weights of the legacy format, and falls back to a full unpickle when
     the sample inputs fail a weights_only load. A program holding none of those loads with plain tensor bytes and
     JSON only; this check reads the archive's own JSON index before torch does.

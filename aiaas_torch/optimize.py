@@ -203,8 +203,8 @@ def optimize(float_model, qmodel, report, staging: Path, *, scheme: str, compile
                     why = f"{n_weights} weights < {MIN_COMPILE_WEIGHTS}: a compiled call costs more here than the whole eager forward"
                 elif why is None and mode == "auto" and not forced and c.precision == programs.FLOAT and "float-eager" in modules:
                     why = _saving_bound(cands["float-eager"]["seconds"], len(layers), margin)
-                elif why is None and c.precision != programs.FLOAT and not forced and "float-eager" in modules:
-                    why = _prefilter(name, run(module), cands["float-eager"]["seconds"], timer, at, batches, margin, host["isa_class"])
+                elif why is None and c.precision != programs.FLOAT and not forced and (base := _baseline(modules)):
+                    why = _prefilter(name, run(module), cands[base]["seconds"], timer, at, batches, margin, host["isa_class"], base)
                 if why:
                     drop(name, c, why)
                     continue
@@ -267,7 +267,14 @@ def optimize(float_model, qmodel, report, staging: Path, *, scheme: str, compile
     return opt
 
 
-def _prefilter(name, qmodule, float_seconds: dict, timer: Timer, at, batches, margin: float, isa: str):
+def _baseline(modules: dict) -> str | None:
+    """Return the measured float candidate a reduced-precision module's eager form must beat before it is worth a
+    compile: the float eager model, else (an imported model: no eager rebuild serves it) the float program, which
+    runs the same kernels; None when neither was measured."""
+    return next((n for n in ("float-eager", "float-program") if n in modules), None)
+
+
+def _prefilter(name, qmodule, float_seconds: dict, timer: Timer, at, batches, margin: float, isa: str, base: str = "float-eager"):
     """Return why a reduced-precision module cannot win (its eager form is not faster than float eager at any batch), or None."""
     ratios = {}
     for b in batches:
@@ -277,7 +284,7 @@ def _prefilter(name, qmodule, float_seconds: dict, timer: Timer, at, batches, ma
         if q < f * (1 - margin):
             return None
     worst = max(ratios, key=ratios.get)
-    return (f"{name.split('-')[0]} eager {ratios[worst]:.1f}× slower than float eager at batch {worst} on {isa} "
+    return (f"{name.split('-')[0]} eager {ratios[worst]:.1f}× slower than {base.replace('-', ' ')} at batch {worst} on {isa} "
             f"(best {min(ratios.values()):.2f}×): compiling it cannot win")  # fmt: skip
 
 

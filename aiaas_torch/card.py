@@ -43,6 +43,9 @@ def check_card(card, where: str) -> None:
             raise InputError(f"{where}: field {key!r} must be {typ.__name__}, got {type(card[key]).__name__}")
     if card["schema_version"] != SCHEMA_VERSION:
         raise InputError(f"{where}: schema_version {card['schema_version']} is not {SCHEMA_VERSION}")
+    if "features" not in card["input"]:
+        _check_tensor_card(card, where)
+        return
     feats = card["input"].get("features")
     if not isinstance(feats, list) or not feats or not all(isinstance(f, dict) and isinstance(f.get("name"), str) for f in feats):
         raise InputError(f"{where}: field 'input.features' must be a non-empty list of {{name, min, max, ...}}")
@@ -82,3 +85,24 @@ def _check_encoding(f: dict, where: str) -> None:
     ok = (v is None or isinstance(v, str)) if kind == "categorical" else (isinstance(v, (int, float)) and not isinstance(v, bool))
     if not ok:
         raise InputError(f"{where}.impute.value' must be {'a category or null' if kind == 'categorical' else 'a number'}")
+
+
+def _check_tensor_card(card: dict, where: str) -> None:
+    """Raise InputError naming the field when a tensor card's contract (imported models) is malformed."""
+    from .handlers.aiaas_contract import check_tensor_specs
+
+    try:
+        check_tensor_specs(card["input"].get("tensors"), "input.tensors", ranged=True)
+        check_tensor_specs(card["output"].get("tensors"), "output.tensors", ranged=False)
+    except ValueError as e:
+        raise InputError(f"{where}: field {e}") from None
+    out = card["output"]
+    if out.get("task") not in ("tensor", "classification"):
+        raise InputError(f"{where}: field 'output.task' must be 'tensor' or 'classification' for a tensor card")
+    labels = out.get("classes")
+    if out["task"] == "classification":
+        first = out["tensors"][0]
+        if not isinstance(labels, list) or not labels or len(out["tensors"]) != 1 or first["shape"] != [-1, len(labels)]:
+            raise InputError(f"{where}: field 'output.classes' must list one label per column of the one output [-1, K] "
+                             f"(got {len(labels) if isinstance(labels, list) else labels!r} labels for {len(out['tensors'])} "
+                             f"output(s), the first of shape {first['shape']})")  # fmt: skip

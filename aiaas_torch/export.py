@@ -194,23 +194,7 @@ def export_run(
 def _card(result, float_model, report, directory: Path, optimization: dict, max_rows, notes) -> dict:
     """Return the model card for the files in `directory`."""
     schema, spec, config = result.schema, result.spec, result.config
-    compiled = {m["file"]: (n, m) for n, m in optimization["candidates"].items() if m["kind"] == "compiled" and m.get("file")}
-    files = {}
-    for name, role, serves in (
-        *((f, "cpu-compiled", "cpu") for f in sorted(compiled)),
-        (FLOAT_PROGRAM, "float-program", "cuda, the eager rebuild's weights, and cpu where no compiled package serves"),
-        (CHECKPOINT, "checkpoint", None),
-    ):
-        p = directory / name
-        if p.exists():
-            meta = {"role": role, "sha256": integrity.sha256_file(p), "bytes": p.stat().st_size}
-            if serves:
-                meta["serves"] = serves
-            if role == "cpu-compiled":
-                meta["candidate"] = compiled[name][0]
-                meta["isa"] = optimization["host"]["isa"]
-                meta["compile_seconds"] = compiled[name][1]["compile_seconds"]
-            files[name] = meta
+    files = files_section(directory, optimization)
     metrics = result.metrics
     return {
         "schema_version": SCHEMA_VERSION,
@@ -272,6 +256,28 @@ def _encoding(schema: Schema) -> dict:
     return out
 
 
+def files_section(directory: Path, optimization: dict) -> dict:
+    """Return the card's "files" section for the model files in `directory`: role, SHA-256, size, and for compiled ones the candidate and ISA."""
+    compiled = {m["file"]: (n, m) for n, m in optimization["candidates"].items() if m["kind"] == "compiled" and m.get("file")}
+    files = {}
+    for name, role, serves in (
+        *((f, "cpu-compiled", "cpu") for f in sorted(compiled)),
+        (FLOAT_PROGRAM, "float-program", "cuda, the eager rebuild's weights, and cpu where no compiled package serves"),
+        (CHECKPOINT, "checkpoint", None),
+    ):
+        p = directory / name
+        if p.exists():
+            meta = {"role": role, "sha256": integrity.sha256_file(p), "bytes": p.stat().st_size}
+            if serves:
+                meta["serves"] = serves
+            if role == "cpu-compiled":
+                meta["candidate"] = compiled[name][0]
+                meta["isa"] = optimization["host"]["isa"]
+                meta["compile_seconds"] = compiled[name][1]["compile_seconds"]
+            files[name] = meta
+    return files
+
+
 def _write_json_atomic(path: Path, obj) -> None:
     """Write JSON to `path` through a temp file and rename."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -305,6 +311,8 @@ def requantize(run_dir: str | os.PathLike, quant: QuantConfig, compile: bool | s
     """Re-quantize and re-export an existing run directory from its checkpoint; returns the new ExportResult."""
     run_dir = Path(run_dir)
     card = read_card(run_dir)
+    if CHECKPOINT not in card["files"]:
+        raise InputError(f"{run_dir}: no {CHECKPOINT} (an imported model): import it again with the new quantization settings")
     problems = integrity.verify_files(card, run_dir, roles={"checkpoint"})
     if problems:
         raise InputError(f"{run_dir}: " + "; ".join(problems))

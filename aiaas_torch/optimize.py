@@ -139,10 +139,12 @@ def _host() -> dict:
 
 def optimize(float_model, qmodel, report, staging: Path, *, scheme: str, compile="auto", compiler: bool = True,
              timer: Timer | None = None, batches=BATCHES, margin: float = programs.MARGIN, host: dict | None = None,
-             float_ep=None) -> Optimization:  # fmt: skip
+             float_ep=None, inputs: tuple | None = None) -> Optimization:  # fmt: skip
     """Return the Optimization of one export: candidates dropped or compiled into `staging`, timed, and the plan.
 
     float_ep: the float model's torch.export program when the caller has it (saves exporting it again).
+    inputs: for a model of named tensor inputs (imported), one tensor per input holding max(batches) samples to time
+    on; None for a tabular model (one [N, F] input of random rows).
     """
     from .card import FLOAT_PROGRAM
 
@@ -152,14 +154,19 @@ def optimize(float_model, qmodel, report, staging: Path, *, scheme: str, compile
     # forcing int8/pow2 forces the quantized program, unless quantization left every layer float (then it is the float one)
     forced = scheme in ("int8", "pow2") and any(l.decision != "float" for l in report.layers)
     n_weights = sum(m.weight.numel() for m in float_model.modules() if isinstance(m, nn.Linear))
-    first = next(m for m in float_model.modules() if isinstance(m, nn.Linear) or hasattr(m, "n_features"))
-    n_features = first.in_features if isinstance(first, nn.Linear) else first.n_features  # raw width, before Preprocess
+    if inputs is None:
+        first = next(m for m in float_model.modules() if isinstance(m, nn.Linear) or hasattr(m, "n_features"))
+        n_features = first.in_features if isinstance(first, nn.Linear) else first.n_features  # raw width, before Preprocess
+        rows = torch.randn(max(batches), n_features, generator=torch.Generator().manual_seed(0))
+        at, run = (lambda b: rows[:b]), (lambda fn: fn)
+    else:  # an imported program may hold no nn.Linear (a loaded ExportedProgram): count every weight
+        n_features, n_weights = inputs, n_weights or sum(p.numel() for p in float_model.parameters())
+        at, run = (lambda b: tuple(t[:b] for t in inputs)), (lambda fn: lambda xs: fn(*xs))
     qname = f"{scheme if scheme == 'pow2' else 'int8'}-compiled"
     layers = sequential_layers(float_model)
     section = {"host": host, "mode": {"quantize": scheme, "compile": mode}, "batches": list(batches),
                "margin": margin, "candidates": {}, "plan": [], "reason": ""}  # fmt: skip
     cands, opt, modules = section["candidates"], Optimization(section), {}
-    rows = torch.randn(max(batches), n_features, generator=torch.Generator().manual_seed(0))
 
     def drop(name: str, c: Candidate, why: str, **extra) -> None:
         cands[name] = {"kind": c.kind, "precision": c.precision if c.precision != "quantized" else scheme.replace("auto", "int8"),
@@ -172,7 +179,7 @@ def optimize(float_model, qmodel, report, staging: Path, *, scheme: str, compile
             out = {}
             for b in batches:
                 best = min((cands[n]["seconds"][str(b)] for n in cands if cands[n].get("seconds", {}).get(str(b))), default=math.inf)
-                out[str(b)] = timer(name, b, fn, rows[:b], 3 * best)
+                out[str(b)] = timer(name, b, run(fn), at(b), 3 * best)
             return out
 
         for c in CANDIDATES:
@@ -199,10 +206,10 @@ def optimize(float_model, qmodel, report, staging: Path, *, scheme: str, compile
                     why = f"--quantize {scheme} forces the {qname} program"
                 elif why is None and mode == "auto" and not forced and n_weights < MIN_COMPILE_WEIGHTS:
                     why = f"{n_weights} weights < {MIN_COMPILE_WEIGHTS}: a compiled call costs more here than the whole eager forward"
-                elif why is None and mode == "auto" and not forced and c.precision == programs.FLOAT and "float-eager" in cands:
+                elif why is None and mode == "auto" and not forced and c.precision == programs.FLOAT and "float-eager" in modules:
                     why = _saving_bound(cands["float-eager"]["seconds"], len(layers), margin)
-                elif why is None and c.precision != programs.FLOAT and not forced and "float-eager" in cands:
-                    why = _prefilter(name, module, cands["float-eager"]["seconds"], timer, rows, batches, margin, host["isa_class"])
+                elif why is None and c.precision != programs.FLOAT and not forced and (base := _baseline(modules)):
+                    why = _prefilter(name, run(module), cands[base]["seconds"], timer, at, batches, margin, host["isa_class"], base)
                 if why:
                     drop(name, c, why)
                     continue
@@ -229,7 +236,7 @@ def optimize(float_model, qmodel, report, staging: Path, *, scheme: str, compile
                 for n in names:
                     best = min(min(v) for v in samples.values())
                     if samples[n][0] <= 3 * best:  # one already out of the running gets no more seconds
-                        samples[n].append(timer(n, int(b), modules[n], rows[: int(b)], 3 * best))
+                        samples[n].append(timer(n, int(b), run(modules[n]), at(int(b)), 3 * best))
             for n in names:
                 cands[n]["seconds"][b] = statistics.median(samples[n])
     finally:
@@ -265,17 +272,24 @@ def optimize(float_model, qmodel, report, staging: Path, *, scheme: str, compile
     return opt
 
 
-def _prefilter(name, qmodule, float_seconds: dict, timer: Timer, rows, batches, margin: float, isa: str):
+def _baseline(modules: dict) -> str | None:
+    """Return the measured float candidate a reduced-precision module's eager form must beat before it is worth a
+    compile: the float eager model, else (an imported model: no eager rebuild serves it) the float program, which
+    runs the same kernels; None when neither was measured."""
+    return next((n for n in ("float-eager", "float-program") if n in modules), None)
+
+
+def _prefilter(name, qmodule, float_seconds: dict, timer: Timer, at, batches, margin: float, isa: str, base: str = "float-eager"):
     """Return why a reduced-precision module cannot win (its eager form is not faster than float eager at any batch), or None."""
     ratios = {}
     for b in batches:
         f = float_seconds[str(b)]
-        q = timer(f"{name} (eager prefilter)", b, qmodule, rows[:b], 3 * f)
+        q = timer(f"{name} (eager prefilter)", b, qmodule, at(b), 3 * f)
         ratios[b] = q / f
         if q < f * (1 - margin):
             return None
     worst = max(ratios, key=ratios.get)
-    return (f"{name.split('-')[0]} eager {ratios[worst]:.1f}× slower than float eager at batch {worst} on {isa} "
+    return (f"{name.split('-')[0]} eager {ratios[worst]:.1f}× slower than {base.replace('-', ' ')} at batch {worst} on {isa} "
             f"(best {min(ratios.values()):.2f}×): compiling it cannot win")  # fmt: skip
 
 
@@ -300,10 +314,15 @@ def cost_line(name: str, cands: dict, batches, isa: str) -> str:
     return f"{name} forced on {isa}: " + "; ".join(parts)
 
 
-def _export(module, n_features: int):
-    """Return the torch.export program of `module` with a dynamic batch dimension."""
+def _export(module, n_features):
+    """Return the torch.export program of `module` with a dynamic batch dimension (n_features: an int for a tabular
+    model, else the timing inputs, one tensor per input)."""
     from .export import _export_program
 
+    if isinstance(n_features, tuple):
+        from .importer import export_module
+
+        return export_module(module, n_features)
     return _export_program(module, n_features)
 
 

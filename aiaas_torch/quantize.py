@@ -237,6 +237,8 @@ def quantize(model: nn.Module, config: QuantConfig | None, eval_X, eval_y=None, 
     eval_y: the held-out rows' labels, for a classifier's accuracy before and after. A failed gate raises
     QuantGateError when the scheme is forced ("int8", "pow2") and `force` is off; under "auto" the report says so
     and the optimization keeps the float program.
+
+    eval_X: an array of rows, or a tuple of tensors (one per input, same batch size) for a model of several inputs.
     """
     config = (config or QuantConfig()).validate()
     float_model = model.eval()
@@ -276,9 +278,11 @@ def quantize(model: nn.Module, config: QuantConfig | None, eval_X, eval_y=None, 
             tq.quantize_(qmodel, tq.Int8WeightOnlyConfig(), filter_fn=lambda m, fqn: fqn in weight_only)
 
     report.weight_bytes_after = sum(_layer_bytes(m) for m in _quantized_layers(qmodel))
-    X = torch.as_tensor(np.asarray(eval_X, dtype=np.float32))
+    # a tuple holds one tensor per input of a model with several (an imported one), each in its own dtype
+    X = tuple(eval_X) if isinstance(eval_X, tuple) else (torch.as_tensor(np.asarray(eval_X, dtype=np.float32)),)
     with torch.no_grad():
-        f, q = float_model(X).double(), qmodel(X).double()
+        f, q = float_model(*X).double(), qmodel(*X).double()
+    X = X[0]
     report.eval_rows = int(X.shape[0])
     report.max_abs_error = float((q - f).abs().max()) if X.shape[0] else 0.0
     denom = float(torch.sqrt(torch.mean(f**2))) if X.shape[0] else 0.0

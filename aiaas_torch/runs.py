@@ -51,8 +51,8 @@ class LocalModel:
     def predict(self, body, name: str = "local", version: str = "local") -> dict:
         """Return the answer the server would give for a request body (raises ValueError for a bad body)."""
         parsed = contract.parse_request(body, self.card)
-        out = self.forward(np.asarray(parsed.rows, dtype=np.float32))
-        return contract.answer(self.card, parsed, out.tolist(), name, version)
+        out = programs.run_samples(self._fn, self.card, parsed.inputs)
+        return contract.answer(self.card, parsed, out, name, version)
 
 
 def load_run(run_dir: str | os.PathLike, program: str = "auto") -> LocalModel:

@@ -1,4 +1,4 @@
-"""TorchServe handler for aiaas-torch tabular models; runs inside TorchServe workers and ships in every .mar.
+"""TorchServe handler for aiaas-torch models (tabular, or imported with a tensor contract); runs inside TorchServe workers and ships in every .mar.
 
 It imports nothing from aiaas_torch (the package may be absent in a worker): the contract check lives in
 aiaas_contract.py, shipped beside this file. Four small steps, as in LitServe's LitAPI:
@@ -81,7 +81,7 @@ class TabularHandler:
         self.max_rows = int(settings.get("max_rows", self.card["input"].get("max_rows", contract.DEFAULT_MAX_ROWS)))
         torch.set_num_threads(int(settings.get("threads", 1)))
         self.device, self.program_files, self.model = self._load(model_dir, props.get("gpu_id"))
-        self.predict([[f["mean"] for f in self.card["input"]["features"]]])  # warm-up
+        self.predict(contract.warmup_inputs(self.card))  # warm-up
         logger.info("aiaas: %s v%s serving %s on %s", self.model_name, self.model_version, ", ".join(self.program_files), self.device)
         self.initialized = True
 
@@ -105,14 +105,9 @@ class TabularHandler:
         wire = protocols.decode(body, headers)
         return contract.parse_request(wire.body, self.card, self.max_rows), wire
 
-    def predict(self, rows: list) -> list:
-        """Return the model's output rows for a list of checked input rows, in one forward (the program of its batch size)."""
-        x = torch.tensor(rows, dtype=torch.float32, device=self.device)
-        with torch.inference_mode():
-            outputs = self.model(x).float().cpu().tolist()
-        if len(outputs) != len(rows):
-            raise RuntimeError(f"the model returned {len(outputs)} output rows for {len(rows)} input rows")
-        return outputs
+    def predict(self, inputs: dict) -> dict:
+        """Return {output name: per-sample outputs} for {input name: checked samples}, in one forward (the program of its batch size)."""
+        return programs.run_samples(self.model, self.card, inputs, self.device)
 
     def encode(self, parsed, wire, outputs: list) -> tuple:
         """Return (body, response headers) of one request's answer in the wire format it came in."""
@@ -154,7 +149,7 @@ class TabularHandler:
                 answers[i] = _fail(context, i, "answering", len(data))
         try:
             ok = [p for p in parsed if p is not None]
-            self._metrics(context, sum(len(o) for o in outputs if o is not None), len(parsed) - len(ok),
+            self._metrics(context, sum(len(p.rows) for p, o in zip(parsed, outputs) if o is not None), len(parsed) - len(ok),
                           sum(p.out_of_range for p in ok), t0, sum(p.imputed for p in ok), sum(p.unseen for p in ok))  # fmt: skip
         except Exception:  # answers are ready: metrics must not turn them into a 503
             logger.exception("aiaas: recording metrics failed")
@@ -167,15 +162,16 @@ class TabularHandler:
         so only a bug of ours or the batch as a whole (e.g. out of memory) can make it fail; then each request gets
         its own forward, so that a request that fails alone fails alone.
         """
-        rows = [r for p in parsed if p is not None for r in p.rows]
+        valid = [p for p in parsed if p is not None]
+        rows = sum(len(p.rows) for p in valid)
         try:
-            flat = self.predict(rows) if rows else []
+            flat = self.predict({name: [s for p in valid for s in p.inputs[name]] for name in valid[0].inputs}) if valid else {}
         except Exception:
-            logger.exception("aiaas: the forward of a batch of %d rows failed; retrying request by request", len(rows))
+            logger.exception("aiaas: the forward of a batch of %d rows failed; retrying request by request", rows)
             return [self._forward_one(i, p) for i, p in enumerate(parsed)]
         out, start = [], 0
         for p in parsed:
-            out.append(None if p is None else flat[start : start + len(p.rows)])
+            out.append(None if p is None else {name: v[start : start + len(p.rows)] for name, v in flat.items()})
             start += len(p.rows) if p is not None else 0
         return out
 
@@ -184,7 +180,7 @@ class TabularHandler:
         if parsed is None:
             return None
         try:
-            return self.predict(parsed.rows)
+            return self.predict(parsed.inputs)
         except Exception:
             logger.exception("aiaas: the forward of request %d (%d rows) failed", idx, len(parsed.rows))
             return None

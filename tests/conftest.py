@@ -68,3 +68,22 @@ def mlp_result(mlp_dataset) -> train.TrainResult:
 def mlp_run(mlp_result, tmp_path_factory) -> export.ExportResult:
     """The MLP exported with int8 forced (its two large layers quantized, whatever this host measures), compiled once."""
     return export.export_run(mlp_result, tmp_path_factory.mktemp("runs") / "mlp", QuantConfig("int8"), compile=True)
+
+
+@pytest.fixture(scope="session")
+def byom():
+    """The examples/byom.py module (bring-your-own-model examples), imported from its file."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "byom.py"
+    spec = importlib.util.spec_from_file_location("byom_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def digits(byom):
+    """(model, test images, test labels): the digits CNN of examples/byom.py trained once with SGD (seconds)."""
+    Xtr, ytr, Xte, yte = byom.load_digits()
+    return byom.train_digits(Xtr, ytr), Xte, yte

@@ -71,7 +71,16 @@ def generator_ceiling(concurrency: Sequence[int] = DEFAULT_CONCURRENCY, duration
 
 
 def card_body(card: dict) -> bytes:
-    """Return a one-row request body made of each feature's training mean."""
+    """Return a one-row request body made of each feature's training mean (a tensor card: a v2 body of one sample per
+    input, each value its calibration minimum)."""
+    if "features" not in card["input"]:
+        from ..handlers import aiaas_contract as contract
+
+        sample = contract.warmup_inputs(card)
+        inputs = [{"name": s["name"], "shape": [1, *s["shape"][1:]], "datatype": contract.DTYPES[s["dtype"]][0],
+                   "data": [int(v) if contract.DTYPES[s["dtype"]][1] else v for v in sample[s["name"]][0]]}
+                  for s in contract.input_tensors(card)]  # fmt: skip
+        return json.dumps({"inputs": inputs}).encode()
     row = [round(float(f.get("mean", 0.0)), 6) for f in card["input"]["features"]]
     return json.dumps({"instances": [row]}).encode()
 

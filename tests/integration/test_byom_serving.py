@@ -1,0 +1,104 @@
+"""Bring your own model, served: the imported digits CNN and the token-encoder twin packaged into signed-format
+archives and served by one real TorchServe (module scope: the session server's store is fixed when it starts)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from aiaas_torch import serving as server
+from aiaas_torch.archive import ServingConfig, package
+from aiaas_torch.client import Client
+from aiaas_torch.importer import import_model
+
+pytestmark = pytest.mark.serving
+
+
+@dataclass
+class Byom:
+    digits: tuple  # (model, test images, test labels)
+    encoder: torch.nn.Module
+    home: Path
+    info: server.ServerInfo
+
+
+@pytest.fixture(scope="module")
+def byom_served(tmp_path_factory, digits, byom) -> Byom:
+    """Yield a TorchServe serving the imported digits CNN (batching on) and the token-encoder twin; stop it afterwards."""
+    root = tmp_path_factory.mktemp("byom")
+    model, Xte, yte = digits
+    run = import_model(model, torch.from_numpy(Xte[:2]), root / "digits", calibration={"image": Xte},
+                       labels=[str(d) for d in range(10)], compile="never").run_dir  # fmt: skip
+    torch.manual_seed(0)
+    enc = byom.TokenEncoder(vocab=50, d=32, heads=2, layers=1, ff=64, seq=8, classes=3).eval()
+    toks = torch.randint(0, 50, (32, 8), generator=torch.Generator().manual_seed(0))
+    enc_run = import_model(enc, toks[:2], root / "enc", calibration={"tokens": toks.numpy()}, compile="never").run_dir
+    store = root / "store"
+    a = package(run, "digits", "1.0", store, serving=ServingConfig(workers=1, batch_size=8, max_batch_delay_ms=50)).path
+    b = package(enc_run, "enc", "1.0", store, serving=ServingConfig(workers=1)).path
+    home = root / "home"
+    info = server.start(home, store, [f"digits={a.name}", f"enc={b.name}"], free_ports=True, ready_timeout=180)
+    try:
+        yield Byom(digits, enc, home, info)
+    finally:
+        server.stop(home)
+
+
+def test_served_digits_answer_a_v2_body_with_probabilities_equal_to_eager(byom_served):
+    model, Xte, yte = byom_served.digits
+    body = {"inputs": [{"name": "image", "shape": [len(yte), 1, 8, 8], "datatype": "FP32", "data": Xte.ravel().tolist()}]}
+    with Client(home=byom_served.home, timeout=60) as c:
+        ans = c.predict("digits", body)
+    out = {o["name"]: o for o in ans["outputs"]}
+    probs = torch.tensor(out["probabilities"]["data"]).reshape(len(yte), 10)
+    with torch.no_grad():
+        eager = torch.softmax(model(torch.from_numpy(Xte)), 1)
+    assert torch.allclose(probs, eager, rtol=1e-5, atol=1e-6)
+    acc = sum(p == str(int(y)) for p, y in zip(out["predictions"]["data"], yte)) / len(yte)
+    assert acc >= 0.95
+    assert out["output"]["shape"] == [len(yte), 10]
+
+
+def test_a_mixed_batch_refuses_only_the_request_of_the_wrong_shape(byom_served):
+    _, Xte, _ = byom_served.digits
+    info = byom_served.info
+    with Client(home=byom_served.home) as c:
+        token = c.token
+    url = f"{info.inference_url}/v2/models/digits/infer"
+
+    def send(i: int):
+        if i % 3 == 1:  # 7×7 images
+            body = {"inputs": [{"name": "image", "shape": [1, 1, 7, 7], "datatype": "FP32", "data": [0.0] * 49}]}
+        else:
+            body = {"inputs": [{"name": "image", "shape": [1, 1, 8, 8], "datatype": "UINT8", "data": Xte[i].astype(int).ravel().tolist()}]}
+        r = httpx.post(url, content=json.dumps(body), headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+                       timeout=30, trust_env=False)  # fmt: skip
+        return i, r
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(send, range(12)))
+    for i, r in results:
+        if i % 3 == 1:
+            assert r.status_code == 400, (i, r.text)
+            msg = r.json()["message"]
+            assert "'image'" in msg and "[1, 1, 7, 7]" in msg and "[N, 1, 8, 8]" in msg, msg
+        else:
+            assert r.status_code == 200, (i, r.text)
+            assert r.json()["outputs"][1]["shape"] == [1, 10]
+
+
+def test_served_token_encoder_takes_int64_ids(byom_served):
+    ids = torch.randint(0, 50, (4, 8), generator=torch.Generator().manual_seed(3))
+    with Client(home=byom_served.home) as c:
+        ans = c.predict("enc", {"inputs": [{"name": "tokens", "shape": [4, 8], "datatype": "INT64", "data": ids.ravel().tolist()}]})
+        inst = c.predict("enc", {"instances": ids.tolist()})
+    with torch.no_grad():
+        want = byom_served.encoder(ids)
+    assert torch.allclose(torch.tensor(ans["outputs"][0]["data"]).reshape(4, 3), want, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(torch.tensor(inst["predictions"]), want, rtol=1e-5, atol=1e-6)

@@ -40,6 +40,12 @@ NOT_QUANTIZED = ("an ExportedProgram's module() holds no nn.Linear, so torchao c
 TIMING_SAMPLES = max(_optimize.BATCHES)
 
 
+def gate_task(labels) -> str:
+    """Return the quantization gate's task for an imported model: labelled outputs are gated like our classifiers
+    (label agreement with float), any other output by relative RMSE ("regression")."""
+    return "classification" if labels else "regression"
+
+
 class _Joined(nn.Module):
     """A model whose outputs are flattened and joined into one float tensor, so that the gate compares every output."""
 
@@ -226,13 +232,12 @@ def import_model(module_or_program, example_inputs, run_dir: str | os.PathLike, 
         if len(out_specs) != 1 or out_specs[0]["shape"] != [contract.BATCH, len(labels)] or not all(isinstance(l, (str, int)) for l in labels):
             raise InputError(f"labels: {len(labels)} labels need one output of shape [N, {len(labels)}] (the model's outputs: "
                              f"{[o['shape'] for o in out_specs]})")  # fmt: skip
-    # labelled outputs are gated like our classifiers (label agreement); any other output by relative RMSE
-    gate_task = "classification" if labels is not None else "regression"
+    task = gate_task(labels)
     if source == "ExportedProgram":
-        qjoined, report = quantize(_Joined(float_model), QuantConfig("none"), calib, task=gate_task)
+        qjoined, report = quantize(_Joined(float_model), QuantConfig("none"), calib, task=task)
         qmodel = float_model
     else:
-        qjoined, report = quantize(_Joined(float_model), quant, calib, task=gate_task)
+        qjoined, report = quantize(_Joined(float_model), quant, calib, task=task)
         qmodel = qjoined.model
     compiler = compiler_available()
     if mode != "never" and not compiler:

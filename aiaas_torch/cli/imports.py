@@ -36,10 +36,10 @@ def run(a) -> int:
     """Import the program, write the run directory and print its summary; returns the exit code."""
     import numpy as np
 
-    from ..importer import import_model, load_program_file
+    from ..importer import gate_task, import_model, load_program_file
     from ..quantize import QuantConfig
 
-    quant = QuantConfig(a.scheme, a.min_weights, a.gate, a.force).validate()
+    quant = QuantConfig(a.scheme, a.min_weights, force=a.force).with_gate(gate_task(a.labels), a.gate).validate()
     ep = load_program_file(a.program)
     try:
         with np.load(a.calibration, allow_pickle=False) as npz:

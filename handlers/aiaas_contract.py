@@ -323,10 +323,13 @@ _PLAIN_TYPES = {int, float}  # exact types: bool and the NaN/Infinity marker are
 
 class _Plan:
     """What a plain card (numeric features only, none imputed) implies for checking a batch in one pass: the
-    names, their set, a getter of a named row's values in feature order, and each feature's training range."""
+    names, their set, a getter of a named row's values in feature order, each feature's training range, and the
+    name of the input tensor the rows fill."""
 
-    def __init__(self, features: list):
-        self.key = _plan_key(features)
+    def __init__(self, card: dict):
+        features = card["input"]["features"]
+        self.key = _plan_key(card)
+        self.tensor = input_tensors(card)[0]["name"]
         self.width = len(features)
         self.names = [f["name"] for f in features]
         self.nameset = set(self.names)
@@ -335,24 +338,26 @@ class _Plan:
         self.hi = np.array([f["max"] for f in features], dtype=np.float64)
 
 
-def _plan_key(features: list) -> tuple:
-    """Return what a _Plan depends on in the card's features, so that a card changed in place is planned again."""
-    return tuple((f.get("name"), f.get("kind", "numeric"), f.get("impute"), f.get("min"), f.get("max")) for f in features)
+def _plan_key(card: dict) -> tuple:
+    """Return what a _Plan depends on in the card, so that a card changed in place is planned again."""
+    features = card["input"]["features"]
+    return card["input"].get("tensor_name"), tuple((f.get("name"), f.get("kind", "numeric"), f.get("impute"), f.get("min"), f.get("max")) for f in features)
 
 
 _PLANS: dict = {}  # id(features) → (features, _Plan or None); the features list is held so its id is not reused
 
 
-def _plan(features: list):
-    """Return the cached _Plan of a card's features, or None when the card is not plain (or numpy is absent)."""
+def _plan(card: dict):
+    """Return the cached _Plan of a tabular card, or None when the card is not plain (or numpy is absent)."""
+    features = card["input"]["features"]
     hit = _PLANS.get(id(features))
-    if hit is not None and hit[0] is features and (hit[1] is None or hit[1].key == _plan_key(features)):
+    if hit is not None and hit[0] is features and (hit[1] is None or hit[1].key == _plan_key(card)):
         return hit[1]
     plan = None
     try:
         if np is not None and features and all(f.get("kind", "numeric") == "numeric" and f.get("impute") is None
                                                and {type(f["min"]), type(f["max"])} <= _PLAIN_TYPES for f in features):  # fmt: skip
-            plan = _Plan(features)
+            plan = _Plan(card)
     except (TypeError, ValueError, KeyError):  # a card the per-value path will judge
         plan = None
     if len(_PLANS) >= 64:
@@ -365,7 +370,7 @@ def _fast_parse(value, card: dict, limit: int):
     """Return the ParsedRequest of an instances body or bare rows whose every value is a plain in-range-of-float32
     int or float, checked and counted in one vectorised pass; None sends the body to the per-value checks, which
     compose the message of whatever is wrong."""
-    plan = _plan(card["input"]["features"])
+    plan = _plan(card)
     if plan is None:
         return None
     if isinstance(value, dict):
@@ -390,7 +395,7 @@ def _fast_parse(value, card: dict, limit: int):
         if not all(r.keys() == nameset for r in rows):
             return None
         values = list(map(plan.get, rows))
-    else:  # a bare list of numbers (one row), mixed or other rows
+    else:  # mixed forms, or rows that are neither lists nor objects
         return None
     if not set(map(type, itertools.chain.from_iterable(values))) <= _PLAIN_TYPES:
         return None
@@ -398,10 +403,10 @@ def _fast_parse(value, card: dict, limit: int):
         a = np.array(values, dtype=np.float64)
     except (OverflowError, ValueError, TypeError):  # an integer beyond float range
         return None
-    if not (np.abs(a) <= 3.4e38).all():  # NaN compares false: non-finite values fail here too
+    if not (a.max() <= 3.4e38 and a.min() >= -3.4e38):  # a NaN makes both NaN, which compares false
         return None
     parsed = ParsedRequest(a.tolist(), fmt, int(np.count_nonzero((a < plan.lo) | (a > plan.hi))))
-    parsed.inputs = {input_tensors(card)[0]["name"]: parsed.rows}
+    parsed.inputs = {plan.tensor: parsed.rows}
     return parsed
 
 

@@ -116,6 +116,8 @@ def test_a_card_changed_in_place_is_checked_against_its_new_ranges():
     assert c.parse_request(body, card).out_of_range == 2
     card["input"]["features"][0]["max"] = 1000.0
     assert c.parse_request(body, card).out_of_range == 1
+    card["input"]["tensor_name"] = "table"
+    assert list(c.parse_request(body, card).inputs) == ["table"] == [t["name"] for t in c.input_tensors(card)]
     card["input"]["features"][1]["kind"] = "categorical"
     card["input"]["features"][1]["categories"] = ["a"]
     assert c._fast_parse(body, card, 500) is None

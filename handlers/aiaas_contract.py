@@ -1,7 +1,8 @@
 """The input contract of a served model, shared by the TorchServe handler and the aiaas library.
 
-Torch-and-stdlib only: this file is shipped inside every .mar beside the handler, where aiaas_torch may be
-absent. It turns a request body into checked rows (or a `ContractError` naming the row, the feature and what
+Torch-and-stdlib only (plus numpy, which ships beside torch, for the one-pass check of plain batches; without it
+every value takes the per-value checks): this file is shipped inside every .mar beside the handler, where aiaas_torch
+may be absent. It turns a request body into checked rows (or a `ContractError` naming the row, the feature and what
 was expected), turns model outputs back into the answer for that body's format, and builds
 the error body of a refused request. Checking files (integrity.py) and picking the program (programs.py) live beside it.
 

@@ -136,3 +136,11 @@ def _imputed(rng):
     card = _card(3, rng)
     card["input"]["features"][1]["impute"] = "mean"
     return card
+
+
+def test_without_numpy_every_batch_takes_the_per_value_checks(monkeypatch):
+    monkeypatch.setattr(c, "np", None)
+    card = _card(3, random.Random(5))
+    body = {"instances": [[1, -0.0, 2.5]]}
+    assert c._fast_parse(body, card, 500) is None
+    assert [list(map(repr, r)) for r in c.parse_request(body, card).rows] == [["1.0", "-0.0", "2.5"]]

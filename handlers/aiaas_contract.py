@@ -1,7 +1,8 @@
 """The input contract of a served model, shared by the TorchServe handler and the aiaas library.
 
-Torch-and-stdlib only: this file is shipped inside every .mar beside the handler, where aiaas_torch may be
-absent. It turns a request body into checked rows (or a `ContractError` naming the row, the feature and what
+Torch-and-stdlib only (plus numpy, which ships beside torch, for the one-pass check of plain batches; without it
+every value takes the per-value checks): this file is shipped inside every .mar beside the handler, where aiaas_torch
+may be absent. It turns a request body into checked rows (or a `ContractError` naming the row, the feature and what
 was expected), turns model outputs back into the answer for that body's format, and builds
 the error body of a refused request. Checking files (integrity.py) and picking the program (programs.py) live beside it.
 
@@ -22,7 +23,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import operator
 from dataclasses import dataclass
+
+try:  # numpy ships beside torch in every worker we build; without it every batch takes the per-value checks
+    import numpy as np
+except ImportError:  # pragma: no cover
+    np = None
 
 DEFAULT_MAX_ROWS = 10_000
 V2_NUMERIC_TYPES = {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
@@ -281,6 +288,11 @@ def parse_request(body, card: dict, max_rows: int | None = None) -> ParsedReques
     value = decode_body(body)
     if "features" not in card["input"]:
         return _parse_tensor_request(value, card, limit)
+    return _fast_parse(value, card, limit) or _parse_rows(value, card, limit)
+
+
+def _parse_rows(value, card: dict, limit: int) -> ParsedRequest:
+    """Return the checked rows of a decoded tabular body, one value at a time, or raise ContractError naming what is wrong."""
     features = card["input"]["features"]
     enc = _Encoding(features, card["input"].get("unseen_category") == "error")
     if isinstance(value, dict):
@@ -304,6 +316,98 @@ def parse_request(body, card: dict, max_rows: int | None = None) -> ParsedReques
         cat = [j for j, v in enumerate(enc.vocabs) if v is not None]
         parsed.unseen = sum(1 for r in parsed.rows for j in cat if r[j] == -1.0)
     parsed.inputs = {input_tensors(card)[0]["name"]: parsed.rows}
+    return parsed
+
+
+_PLAIN_TYPES = {int, float}  # exact types: bool and the NaN/Infinity marker are subclasses the per-value checks refuse
+
+
+class _Plan:
+    """What a plain card (numeric features only, none imputed) implies for checking a batch in one pass: the
+    names, their set, a getter of a named row's values in feature order, each feature's training range, and the
+    name of the input tensor the rows fill."""
+
+    def __init__(self, card: dict):
+        features = card["input"]["features"]
+        self.key = _plan_key(card)
+        self.tensor = input_tensors(card)[0]["name"]
+        self.width = len(features)
+        self.names = [f["name"] for f in features]
+        self.nameset = set(self.names)
+        self.get = operator.itemgetter(*self.names) if self.width > 1 else (lambda r, n=self.names[0]: (r[n],))
+        self.lo = np.array([f["min"] for f in features], dtype=np.float64)
+        self.hi = np.array([f["max"] for f in features], dtype=np.float64)
+
+
+def _plan_key(card: dict) -> tuple:
+    """Return what a _Plan depends on in the card, so that a card changed in place is planned again."""
+    features = card["input"]["features"]
+    return card["input"].get("tensor_name"), tuple((f.get("name"), f.get("kind", "numeric"), f.get("impute"), f.get("min"), f.get("max")) for f in features)
+
+
+_PLANS: dict = {}  # id(features) → (features, _Plan or None); the features list is held so its id is not reused
+
+
+def _plan(card: dict):
+    """Return the cached _Plan of a tabular card, or None when the card is not plain (or numpy is absent)."""
+    features = card["input"]["features"]
+    hit = _PLANS.get(id(features))
+    if hit is not None and hit[0] is features and (hit[1] is None or hit[1].key == _plan_key(card)):
+        return hit[1]
+    plan = None
+    try:
+        if np is not None and features and all(f.get("kind", "numeric") == "numeric" and f.get("impute") is None
+                                               and {type(f["min"]), type(f["max"])} <= _PLAIN_TYPES for f in features):  # fmt: skip
+            plan = _Plan(card)
+    except (TypeError, ValueError, KeyError):  # a card the per-value path will judge
+        plan = None
+    if len(_PLANS) >= 64:
+        _PLANS.clear()
+    _PLANS[id(features)] = (features, plan)
+    return plan
+
+
+def _fast_parse(value, card: dict, limit: int):
+    """Return the ParsedRequest of an instances body or bare rows whose every value is a plain in-range-of-float32
+    int or float, checked and counted in one vectorised pass; None sends the body to the per-value checks, which
+    compose the message of whatever is wrong."""
+    plan = _plan(card)
+    if plan is None:
+        return None
+    if isinstance(value, dict):
+        if "instances" not in value or "inputs" in value:
+            return None
+        rows, fmt = value["instances"], "instances"
+    elif isinstance(value, list):
+        rows, fmt = value, "rows"
+        if value and set(map(type, value)) <= _PLAIN_TYPES:
+            rows = [value]  # a bare list of numbers is one row
+    else:
+        return None
+    if not isinstance(rows, list) or not rows or len(rows) > limit:
+        return None
+    kinds = set(map(type, rows))
+    if kinds == {list}:
+        if set(map(len, rows)) != {plan.width}:
+            return None
+        values = rows
+    elif kinds == {dict}:
+        nameset = plan.nameset
+        if not all(r.keys() == nameset for r in rows):
+            return None
+        values = list(map(plan.get, rows))
+    else:  # mixed forms, or rows that are neither lists nor objects
+        return None
+    if not set(map(type, itertools.chain.from_iterable(values))) <= _PLAIN_TYPES:
+        return None
+    try:
+        a = np.array(values, dtype=np.float64)
+    except (OverflowError, ValueError, TypeError):  # an integer beyond float range
+        return None
+    if not (a.max() <= 3.4e38 and a.min() >= -3.4e38):  # a NaN makes both NaN, which compares false
+        return None
+    parsed = ParsedRequest(a.tolist(), fmt, int(np.count_nonzero((a < plan.lo) | (a > plan.hi))))
+    parsed.inputs = {plan.tensor: parsed.rows}
     return parsed
 
 

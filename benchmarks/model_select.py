@@ -8,20 +8,15 @@ score and scikit-learn's, and for the real data sets whether a second run gives 
 scikit-learn is a benchmark-only requirement (benchmarks/requirements-bench.txt). It prints the host's CPU and
 vector ISA class first.
 
-    .venv/bin/python benchmarks/select.py --out docs/bench/select.json
+    .venv/bin/python benchmarks/model_select.py --out docs/bench/select.json
+
+Not named select.py: run as a script, its folder comes first on sys.path, and a select.py there would shadow the
+standard library's `select` module for every benchmark script in the folder (subprocess imports it).
 """
-
-import os
-import sys
-
-# Run as a script, this file's folder comes first on sys.path, and this file (select.py) would then shadow the
-# standard library's `select` module, which subprocess imports. Drop the folder before any other import (os and
-# sys are loaded by the interpreter before this file runs, so they cannot be shadowed).
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path

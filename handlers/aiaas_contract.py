@@ -427,10 +427,8 @@ def answer(card: dict, parsed: ParsedRequest, outputs: list, model_name: str, mo
         return _answer_tensors(card, parsed, outputs, model_name, model_version)
     if isinstance(outputs, dict):
         outputs = outputs[output_tensors(card)[0]["name"]]
-    if not all(map(math.isfinite, itertools.chain.from_iterable(outputs))):  # JSON has no Infinity or NaN
-        i = next(i for i, o in enumerate(outputs) if not all(map(math.isfinite, o)))
-        where = {"instances": f"instances[{i}]", "v2": f"inputs[0].data row {i}"}.get(parsed.fmt, f"rows[{i}]")
-        raise ContractError(f"{where}: the model's output overflows float32 (values far outside the training range)")
+    if not all(map(math.isfinite, itertools.chain.from_iterable(outputs))):  # one pass in the normal case
+        _refuse_non_finite(outputs, parsed, "inputs[0].data row")
     if out["task"] == "classification":
         classes = out["classes"]
         probs = [_softmax(o) for o in outputs]
@@ -447,6 +445,14 @@ def answer(card: dict, parsed: ParsedRequest, outputs: list, model_name: str, mo
     if parsed.fmt == "v2":
         return _v2(parsed, [{"name": out["target"], "shape": [len(values)], "datatype": "FP32", "data": values}], model_name, model_version)
     return {"predictions": values, "model": model_name, "version": model_version}
+
+
+def _refuse_non_finite(samples: list, parsed: ParsedRequest, v2_label: str) -> None:
+    """Raise ContractError naming the first sample whose model output holds NaN or ±Infinity (JSON can carry neither)."""
+    for i, sample in enumerate(samples):
+        if not all(map(math.isfinite, _flatten(sample, "output") if isinstance(sample, list) else (sample,))):
+            where = {"instances": f"instances[{i}]", "v2": f"{v2_label} {i}"}.get(parsed.fmt, f"rows[{i}]")
+            raise ContractError(f"{where}: the model's output overflows float32 (values far outside the training range)")
 
 
 def _v2(parsed: ParsedRequest, outputs: list, model_name: str, model_version: str) -> dict:
@@ -695,6 +701,9 @@ def _answer_tensors(card: dict, parsed: ParsedRequest, outputs: dict, model_name
     """Return the answer of a tensor card: every named output (v2: one tensor each; instances: `predictions`, one
     object per sample keyed by output name when there are several), with labels and probabilities where the card has labels."""
     specs = output_tensors(card)
+    for s in specs:
+        if not DTYPES[s["dtype"]][1]:  # float outputs (integers are always finite)
+            _refuse_non_finite(outputs[s["name"]], parsed, "sample")
     classes = card["output"].get("classes")
     n = len(parsed.rows)
     extra_v2, extra = [], {}

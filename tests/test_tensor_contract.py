@@ -131,6 +131,17 @@ def test_answers_carry_every_named_output():
     ]
 
 
+def test_a_non_finite_float_output_is_refused_naming_the_sample_never_answered_as_invalid_json():
+    p = parse_request({"instances": [{"image": IMG, "ids": [1, 2, 3]}] * 2}, CARD)
+    bad = {"sums": [[1.0, 2.0], [3.0, float("inf")]], "first": [7, 8]}
+    with pytest.raises(ContractError, match=r"^instances\[1\]: the model's output overflows float32"):
+        c.answer(CARD, p, bad, "m", "1")
+    v = parse_request(_v2(("image", [2, 1, 2, 2], "FP32", [0] * 8), ("ids", [2, 3], "INT64", [0] * 6)), CARD)
+    with pytest.raises(ContractError, match=r"^sample 0: the model's output overflows float32"):
+        c.answer(CARD, v, {"sums": [[float("nan"), 2.0], [3.0, 4.0]], "first": [7, 8]}, "m", "1")
+    json.dumps(c.answer(CARD, p, {"sums": [[1.0, 2.0], [3.0, 4.0]], "first": [7, 8]}, "m", "1"), allow_nan=False)
+
+
 def test_labels_give_predictions_and_probabilities_beside_the_raw_output():
     p = parse_request({"instances": [IMG]}, ONE)
     ans = c.answer(ONE, p, {"logits": [[0.0, 2.0]]}, "m", "1")

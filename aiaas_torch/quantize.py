@@ -71,6 +71,13 @@ class QuantConfig:
         """Return a copy whose `task` gate is `value` (the CLI's --gate), or self when value is None."""
         if value is None:
             return self
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+        if task == "classification" and ok and value > 1:
+            ok = False
+        if not ok:  # named as the user wrote it, not as the field it sets
+            meaning = ("a fraction in [0, 1]: the share of held-out labels int8 must keep (e.g. 0.99)" if task == "classification"
+                       else "a relative RMSE against float ≥ 0 (e.g. 0.02 for 2 %)")
+            raise InputError(f"gate (--gate): {value!r} must be {meaning} for a {task} model")
         return replace(self, **{GATE_FIELDS[task]: value})
 
 

@@ -181,6 +181,23 @@ def test_quant_config_validate_names_the_bad_field(field, value):
         QuantConfig(**{field: value}).validate()
 
 
+@pytest.mark.parametrize("task, value", [("regression", -1.0), ("regression", math.inf), ("classification", 5.0),
+                                         ("classification", -0.5), ("classification", math.nan)])
+def test_gate_out_of_its_range_is_refused_naming_the_cli_option(task, value):
+    """The CLI's --gate sets the task's gate field; a bad value is named as the user wrote it (it named the field)."""
+    with pytest.raises(ValueError, match=r"^gate \(--gate\): .* must be .* for a " + task):
+        QuantConfig().with_gate(task, value)
+
+
+def test_cli_gate_of_5_for_a_classifier_exits_2_naming_gate(tmp_path, capsys):
+    csv = tmp_path / "c.csv"
+    csv.write_text("x,label\n" + "".join(f"{i},{'ab'[i % 2]}\n" for i in range(20)))
+    assert main(["train", str(csv), "--target", "label", "--out", str(tmp_path / "r"), "--gate", "5", "--no-compile"]) == 2
+    err = capsys.readouterr().err
+    assert "--gate" in err and "5.0" in err and "[0, 1]" in err and "gate_min_label_agreement" not in err
+    assert not (tmp_path / "r").exists()
+
+
 # --- the classifier's gate: label agreement with float ---------------------------------------------------------
 
 

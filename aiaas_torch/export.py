@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
-import json
 import os
 import platform
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ import numpy as np
 import torch
 
 from . import _quiet, __version__, optimize as _optimize
+from .atomic import staging_dir, swap_into_place, write_json_atomic
 from .card import CARD, CHECKPOINT, FLOAT_PROGRAM, SCHEMA_VERSION, read_card
 from .data import Schema
 from .errors import InputError
@@ -163,9 +162,7 @@ def export_run(
     if mode != "never" and not compiler:
         notes.append("no C++ compiler found: no compiled CPU package; serving uses the float program")
 
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.staging-", dir=run_dir.parent))
-    try:
+    with staging_dir(run_dir) as staging:
         d = result.spec.n_features
         float_ep = _export_program(float_model, d)
         torch.export.save(float_ep, str(staging / FLOAT_PROGRAM))
@@ -183,11 +180,8 @@ def export_run(
         ck["seconds"] = result.seconds
         save_checkpoint(ck, staging / CHECKPOINT)
         card = _card(result, float_model, report, staging, opt.section, max_rows, notes)
-        _write_json_atomic(staging / CARD, card)
+        write_json_atomic(staging / CARD, card)
         _swap_into_place(staging, run_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return ExportResult(run_dir, card, report, compile_seconds, notes)
 
 
@@ -278,33 +272,9 @@ def files_section(directory: Path, optimization: dict) -> dict:
     return files
 
 
-def _write_json_atomic(path: Path, obj) -> None:
-    """Write JSON to `path` through a temp file and rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, allow_nan=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _swap_into_place(staging: Path, run_dir: Path) -> None:
-    """Move a complete staging directory to `run_dir`, replacing an older run directory there."""
-    old = None
-    if run_dir.exists():
-        if not (run_dir / CARD).exists() and any(run_dir.iterdir()):
-            raise InputError(f"{run_dir}: exists and is not an aiaas run directory; refusing to replace it")
-        old = run_dir.with_name(f".{run_dir.name}.old-{os.getpid()}-{time.time_ns()}")
-        os.replace(run_dir, old)
-    try:
-        os.replace(staging, run_dir)
-    except BaseException:
-        if old is not None:
-            os.replace(old, run_dir)  # the new files did not land: put the previous run directory back
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """Move a complete staging directory to `run_dir`, replacing an older run directory (never another folder) there."""
+    swap_into_place(staging, run_dir, lambda d: (d / CARD).exists())
 
 
 def requantize(run_dir: str | os.PathLike, quant: QuantConfig, compile: bool | str | None = None) -> ExportResult:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +23,8 @@ from torch import nn
 from . import _quiet, optimize as _optimize
 from .card import CARD, FLOAT_PROGRAM, SCHEMA_VERSION
 from .errors import InputError, InputTypeError
-from .export import (MAX_BATCH, ExportResult, _swap_into_place, _versions, _write_json_atomic, compiler_available,
-                     files_section)  # fmt: skip
+from .atomic import staging_dir, write_json_atomic
+from .export import MAX_BATCH, ExportResult, _swap_into_place, _versions, compiler_available, files_section
 from .handlers import aiaas_contract as contract
 from .handlers import programs
 from .models import linear_layers
@@ -243,9 +241,7 @@ def import_model(module_or_program, example_inputs, run_dir: str | os.PathLike, 
     if mode != "never" and not compiler:
         notes.append("no C++ compiler found: no compiled CPU package; serving uses the float program")
     run_dir = Path(run_dir)
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.staging-", dir=run_dir.parent))
-    try:
+    with staging_dir(run_dir) as staging:
         torch.export.save(ep, str(staging / FLOAT_PROGRAM))
         opt = _optimize.optimize(float_model, qmodel, report, staging, scheme=quant.scheme if source == "nn.Module" else "none",
                                  compile=mode, compiler=compiler, timer=timer, float_ep=ep, inputs=_timing_inputs(calib))  # fmt: skip
@@ -281,11 +277,8 @@ def import_model(module_or_program, example_inputs, run_dir: str | os.PathLike, 
             "versions": _versions(),
             "notes": notes,
         }
-        _write_json_atomic(staging / CARD, card)
+        write_json_atomic(staging / CARD, card)
         _swap_into_place(staging, run_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return ExportResult(run_dir, card, report, opt.compile_seconds, notes)
 
 

@@ -14,13 +14,13 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from .archive import verify_archive
+from .atomic import staging_dir, swap_into_place
 from .errors import InputError
 
 MOUNT = "/mnt/models"
@@ -120,9 +120,7 @@ def export_kserve(mar: str | os.PathLike, out: str | os.PathLike, storage_uri: s
     if out.exists() and any(out.iterdir()):
         raise InputError(f"--out {out}: exists and is not empty")
     storage_uri = storage_uri or f"pvc://aiaas-models/{service}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
-    try:
+    with staging_dir(out) as staging:
         (staging / "config").mkdir()
         (staging / "model-store").mkdir()
         shutil.copy2(mar, staging / "model-store" / mar.name)
@@ -134,10 +132,5 @@ def export_kserve(mar: str | os.PathLike, out: str | os.PathLike, storage_uri: s
             + "".join(f"{k}={v}\n" for k, v in props.items())
         )
         (staging / "inferenceservice.yaml").write_text(yaml.safe_dump(inference_service(service, storage_uri, image), sort_keys=False))
-        if out.exists():
-            out.rmdir()
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        swap_into_place(staging, out, lambda d: False)  # an empty --out folder is replaced; a full one was refused above
     return KServeTree(out, out / "config" / "config.properties", out / "inferenceservice.yaml", name, version)

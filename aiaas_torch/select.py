@@ -241,22 +241,18 @@ class SelectResult:
 
     def save(self, run_dir: str | os.PathLike) -> Path:
         """Write the chosen finalist's run directory (its card with the selection section) atomically; returns its path."""
-        from .export import _swap_into_place, _write_json_atomic
+        from .atomic import staging_dir, write_json_atomic
+        from .export import _swap_into_place
         from .card import read_card
 
         run_dir = Path(run_dir)
-        run_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.staging-", dir=run_dir.parent))
-        try:
+        with staging_dir(run_dir) as staging:
             shutil.copytree(self.staged, staging, dirs_exist_ok=True)
             card = read_card(staging)
             card["selection"] = self.section
             card["metrics"]["test"] = self.test_metrics
-            _write_json_atomic(staging / CARD, card)
+            write_json_atomic(staging / CARD, card)
             _swap_into_place(staging, run_dir)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         return run_dir
 
     def cleanup(self) -> None:

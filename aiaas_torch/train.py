@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -31,6 +30,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from .atomic import write_atomic
 from .data import Dataset, Schema, fit_preprocessing, pca_rotation, split, standardize_stats
 from .models import MODEL_KINDS, ModelSpec, Preprocess, build_model, json_ready
 from .errors import InputError, InputTypeError, check_choice, check_int, check_number
@@ -186,17 +186,7 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     """Write a training checkpoint atomically (temp file + rename); returns its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".ckpt-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda f: torch.save(state, f), binary=True)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

@@ -222,7 +222,7 @@ def _boom(*args, **kwargs):
 
 
 def test_crash_before_the_card_leaves_no_run_directory(origin_result, tmp_path, monkeypatch):
-    monkeypatch.setattr(export, "_write_json_atomic", _boom)
+    monkeypatch.setattr(export, "write_json_atomic", _boom)
     with pytest.raises(RuntimeError, match="simulated crash"):
         export.export_run(origin_result, tmp_path / "run", compile=False)
     assert list(tmp_path.iterdir()) == []  # no run directory, no staging directory

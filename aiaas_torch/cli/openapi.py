@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
 def run(a) -> int:
     """Write the document; returns the exit code."""
     from ..openapi import describe_target
-    from ..serving.home import write_text_atomic
+    from ..atomic import write_text_atomic
 
     doc = describe_target(a.target, a.home, a.name)
     text = json.dumps(doc, indent=2) + "\n"

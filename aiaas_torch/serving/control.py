@@ -19,7 +19,8 @@ import psutil
 
 from .config import TRUSTABLE_KEYS, base_config, effective_config, launcher_env, log4j_config
 from .errors import ServerArgumentError, TorchServeError
-from .home import KEY_FILE, ServerInfo, info_path, load_info, write_text_atomic
+from ..atomic import write_text_atomic
+from .home import KEY_FILE, ServerInfo, info_path, load_info
 from .management import models_snapshot
 from .pids import GATEWAY_MODULE, MODEL_SERVER_CLASS, gateway_alive, is_alive, kill_group, launchers, stop_gateway, terminate
 from .ports import Ports, check_ports_free, free_ports as _free_ports, pick_ports

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -108,15 +107,3 @@ def find_home(explicit: str | os.PathLike | None = None, cwd: str | os.PathLike 
         if (d / HOME_DIR).is_dir():
             return HomeSearch(d / HOME_DIR, f"the nearest {HOME_DIR} from {here}", searched[: searched.index(d) + 1])
     return HomeSearch(None, "", searched)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write text to path via a temp file in the same directory and os.replace."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -26,7 +26,8 @@ from ..card import CARD, check_card
 from ..errors import InputError, check_int, check_number
 from .config import parse_properties
 from .errors import ServerArgumentError, TorchServeError
-from .home import CHECKED_STORE, ServerInfo, load_info, write_text_atomic
+from ..atomic import write_text_atomic
+from .home import CHECKED_STORE, ServerInfo, load_info
 from .management import api_call, mgmt_call, register, set_default, unregister
 from .pids import is_alive
 from .readiness import _load_error, _refusal, log_sizes

@@ -6,7 +6,7 @@ environment (torch, aiaas_torch) through a .pth file placed after its own site-p
 run directory with aiaas_torch.runs.load_run exactly as our handler does, and the peer packages win any clash.
 
 Same machine, same load generator (aiaas_torch.bench), same body, same concurrency levels, one after another:
-    .venv/bin/python benchmarks/peers.py --out-dir docs/bench        # ≈ 4 min on 2 cores (+ venv on first use)
+    .venv/bin/python benchmarks/peers.py --out-dir docs/bench        # ≈ 6.5 min on 2 cores (+ venv on first use)
 """
 
 from __future__ import annotations

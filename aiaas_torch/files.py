@@ -147,9 +147,8 @@ def predict_file(path, out=None, model=None, *, name: str | None = None, version
     one `p_CLASS` column per class. concurrency: requests in flight at once (server only). progress: a bar on
     stderr (default: when stderr is a terminal).
     """
-    from .client import Client
-
-    if isinstance(model, Client):
+    client = sys.modules.get(f"{__package__}.client")  # a Client exists only once its module is imported (httpx)
+    if client is not None and isinstance(model, client.Client):
         if not isinstance(name, str) or not name:
             raise InputError("name: give the served model's name with a Client")
         predictor = _Remote(model, name, version)

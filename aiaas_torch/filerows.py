@@ -9,13 +9,15 @@ Input formats, told apart by the first characters of the file (never by its exte
 Cells are handed over as the model's input contract expects them: numbers as numbers, a blank cell as null, other
 text as a string; each row keeps its LINE number for error messages. Memory is bounded: one chunk at a time.
 
-Fast path: a chunk of CSV lines that numpy parses as finite numbers within float32 comes as one array (and as
-the lines' own text when they are exactly the features in card order); any other chunk comes cell by cell.
+Fast paths: a chunk of CSV lines that numpy parses as finite numbers within float32 comes as one array; with
+arrays=False (a server parses the rows), a chunk of plain numerals that are exactly the features in card order comes
+as the lines' own text, unparsed. Any other chunk comes cell by cell.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import itertools
 import json
 from dataclasses import dataclass
@@ -37,8 +39,9 @@ class Chunk:
     lines: list[int]
     ids: list | None
     rows: list | None = None  # general path: one list (values in feature order) or object per row
-    text: list[str] | None = None  # fast path: the CSV lines as read, when every column is a feature in card order
+    text: list[str] | None = None  # server fast path: the CSV lines as read, plain numerals, the features in card order
     array: object = None  # fast path: float64 numpy array, rows × features, finite and within float32
+    cells: object = None  # text without array: a function returning `rows`, read cell by cell (the general path)
 
 
 def _sniff(path: Path) -> str:
@@ -71,7 +74,8 @@ def _cell(text: str):
 class RowReader:
     """The rows of a CSV or JSON file in chunks (iterate it), checked against a model card's feature names."""
 
-    def __init__(self, path, card: dict, id_column: str | None = None, chunk_rows: int = LOCAL_CHUNK_ROWS):
+    def __init__(self, path, card: dict, id_column: str | None = None, chunk_rows: int = LOCAL_CHUNK_ROWS,
+                 arrays: bool = True):
         self.path = Path(path)
         if not self.path.is_file():
             raise InputError(f"{self.path}: file not found" if not self.path.exists() else f"{self.path}: not a regular file")
@@ -81,6 +85,9 @@ class RowReader:
         self.target = card["output"].get("target")
         self.id_column = id_column
         self.chunk_rows = chunk_rows
+        # False: a chunk of plain numerals in card order comes as its text alone, for a reader that hands the text on
+        # (a server parses it anyway); numpy would parse every number here a second time
+        self.arrays = arrays
         self.format = _sniff(self.path)
         self.size = self.path.stat().st_size
         self.done = 0  # characters read so far (progress)
@@ -140,20 +147,23 @@ class RowReader:
         if not all(map(str.strip, lines)):  # blank lines hold no row (e.g. at the end of the file)
             kept = [(n, ln) for n, ln in zip(numbers, lines) if ln.strip()]
             numbers, lines = [n for n, _ in kept], [ln for _, ln in kept]
+        if raw and not self.arrays and lines and _numerals(lines, width):
+            ids = None if id_col is None else [ln.rstrip("\r\n").split(",")[id_col].strip() for ln in lines]
+            return Chunk(numbers, ids, text=lines, cells=functools.partial(self._cells, lines, numbers, cols, id_col, width))
         if lines and '"' not in "".join(lines):
             try:
                 arr = np.loadtxt(lines, delimiter=",", dtype=np.float64, usecols=cols, ndmin=2, comments=None)
                 good = arr.shape == (len(lines), len(cols)) and bool(np.isfinite(arr).all()) and float(np.abs(arr).max(initial=0)) <= FLOAT32_MAX
             except ValueError:  # text, blanks, a wrong field count: the general path names the line
                 good = False
-            if good:
-                ids = None
-                if id_col is not None:
-                    ids = [ln.rstrip("\r\n").split(",")[id_col].strip() for ln in lines]
-                    if any(ln.count(",") != width - 1 for ln in lines):
-                        good = False
-                if good:
-                    return Chunk(numbers, ids, text=lines if raw else None, array=arr)
+            # numpy reads only the feature columns: a line with more fields than the header would pass unseen
+            if good and all(ln.count(",") == width - 1 for ln in lines):
+                ids = None if id_col is None else [ln.rstrip("\r\n").split(",")[id_col].strip() for ln in lines]
+                return Chunk(numbers, ids, array=arr)
+        return self._cells(lines, numbers, cols, id_col, width)
+
+    def _cells(self, lines: list[str], numbers: list[int], cols: list[int], id_col, width: int) -> Chunk:
+        """Return one chunk of non-blank CSV lines read cell by cell (the general path: errors name the line)."""
         rows, ids = [], [] if id_col is not None else None
         for n, rec in zip(numbers, _records(lines, self.path, numbers)):
             if len(rec) != width:
@@ -192,6 +202,22 @@ class RowReader:
                 rows.append(v)
                 numbers.append(n)
             yield Chunk(numbers, ids, rows=rows)
+
+
+_NUMERAL_CHARS = b"0123456789+-.eE, \t\r\n"
+
+
+def _numerals(lines: list[str], width: int) -> bool:
+    """Return whether every line holds `width` comma-separated cells made only of numeral characters.
+
+    Such a line, put between brackets, is a JSON array whose numbers read exactly as the cells would (JSON's numbers
+    are a subset of Python's), or else no JSON at all; no quote, bracket, brace or letter (true, null, NaN) can
+    change a body's structure or meaning. Two C passes over the text, instead of numpy parsing every number.
+    """
+    text = "".join(lines)
+    if not text.isascii() or text.encode("ascii").translate(None, _NUMERAL_CHARS):
+        return False
+    return all(ln.count(",") == width - 1 for ln in lines)
 
 
 def _records(lines: list[str], path: Path, numbers: list[int]) -> list:

@@ -5,8 +5,8 @@ Every row goes through the model's input contract (handlers/aiaas_contract.py), 
 server's handler, so a file is checked exactly as a request is; its errors name the file and the LINE of the row.
 Memory is bounded: at most a few chunks are held at once, whatever the file's size.
 
-Fast path: a chunk that came as one array of plain numbers goes to the model as that array (local), or as the
-lines' own text inside the JSON body (server); any other chunk takes the general path, cell by cell.
+Fast path: a chunk that came as one array of plain numbers goes to the model as that array (local); one that came as
+plain numerals goes to a server as the lines' own text inside the JSON body; any other chunk takes the general path.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from .handlers import aiaas_contract as contract
 
 SERVER_CHUNK_ROWS = 1_000
 _INDEX = re.compile(r"^(?:instances|rows)\[(\d+)\]")
-_UNSAFE_IN_JSON = re.compile(r'[\[\]{}"]')  # would change the structure of a body built from raw lines
 
 
 @dataclass
@@ -103,7 +102,7 @@ class _Remote:
         """Return the answer for one chunk (the raw lines as the body when they are plain numbers)."""
         from . import client as cl
 
-        if chunk.text is not None and not any(_UNSAFE_IN_JSON.search(t) for t in chunk.text):
+        if chunk.text is not None:  # plain numerals (filerows): the lines themselves are the rows of a JSON body
             body = '{"instances":[[' + "],[".join(t.rstrip("\r\n") for t in chunk.text) + "]]}"
             try:
                 return self.client.predict(self.name, body.encode(), version=self.version)
@@ -111,7 +110,7 @@ class _Remote:
                 if not e.message.startswith("body:"):  # a row broke the contract: the message names it
                     raise _line_error(e.message, chunk, path) from None
                 # numbers CSV accepts but JSON does not ("1.", "+2"): send the parsed values instead
-        rows = chunk.rows if chunk.rows is not None else chunk.array.tolist()
+        rows = chunk.rows if chunk.rows is not None else chunk.array.tolist() if chunk.array is not None else chunk.cells().rows
         try:
             return self.client.predict(self.name, json.dumps({"instances": rows}).encode(), version=self.version)
         except cl.BadRequest as e:
@@ -165,7 +164,8 @@ def predict_file(path, out=None, model=None, *, name: str | None = None, version
     if id_column is not None and (not isinstance(id_column, str) or not id_column.strip()):
         raise InputError(f"id_column: {id_column!r} must be a column name")
     card = predictor.card
-    reader = RowReader(path, card, id_column, predictor.chunk_rows if chunk_rows is None else chunk_rows)
+    reader = RowReader(path, card, id_column, predictor.chunk_rows if chunk_rows is None else chunk_rows,
+                       arrays=isinstance(predictor, _Local))
     out_name = "-" if out in (None, "-") else str(out)
     head = ([id_column] if id_column else []) + [card["output"].get("target") or "prediction"]
     head += [f"p_{c}" for c in card["output"].get("classes") or []] if card["output"]["task"] == "classification" else []

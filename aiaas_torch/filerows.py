@@ -150,7 +150,7 @@ class RowReader:
         if raw and not self.arrays and lines and _numerals(lines, width):
             ids = None if id_col is None else [ln.rstrip("\r\n").split(",")[id_col].strip() for ln in lines]
             return Chunk(numbers, ids, text=lines, cells=functools.partial(self._cells, lines, numbers, cols, id_col, width))
-        if lines and '"' not in "".join(lines):
+        if lines and (raw or '"' not in "".join(lines)):  # numpy refuses a quoted number; a skipped column may hide one
             try:
                 arr = np.loadtxt(lines, delimiter=",", dtype=np.float64, usecols=cols, ndmin=2, comments=None)
                 good = arr.shape == (len(lines), len(cols)) and bool(np.isfinite(arr).all()) and float(np.abs(arr).max(initial=0)) <= FLOAT32_MAX

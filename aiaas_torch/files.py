@@ -27,7 +27,9 @@ from .errors import InputError
 from .filerows import LOCAL_CHUNK_ROWS, Chunk, RowReader
 from .handlers import aiaas_contract as contract
 
-SERVER_CHUNK_ROWS = 1_000
+# values per request to a server: fewer, larger requests cost the client (and the server) less per row; 50,000
+# numbers are 0.5-1 MB of JSON, far below TorchServe's 6.5 MB body limit, whatever the model's width
+SERVER_CHUNK_CELLS = 50_000
 _INDEX = re.compile(r"^(?:instances|rows)\[(\d+)\]")
 
 
@@ -96,7 +98,8 @@ class _Remote:
         if not isinstance(card, dict) or "input" not in card:
             raise InputError(f"{name}: the server does not show its model card; is it an aiaas archive?")
         self.card = card
-        self.chunk_rows = min(SERVER_CHUNK_ROWS, int(card["input"].get("max_rows") or SERVER_CHUNK_ROWS))
+        rows = max(1, SERVER_CHUNK_CELLS // max(1, len(card["input"].get("features") or ())))
+        self.chunk_rows = min(rows, int(card["input"].get("max_rows") or rows))
 
     def __call__(self, chunk: Chunk, path: Path) -> dict:
         """Return the answer for one chunk (the raw lines as the body when they are plain numbers)."""

@@ -45,3 +45,22 @@ def test_a_line_with_more_fields_than_the_header_is_named_not_read_in_part(tmp_p
         _chunks(tmp_path, "a,b\n1,2\n1,2,3\n")
     with pytest.raises(InputError, match=r"rows.csv, line 3: 3 fields, expected 2 as in the header"):
         _chunks(tmp_path, "a,b\n1,2\n1,2,3\n", arrays=False)
+
+
+class _Describes:
+    """A stand-in for client.Client that only describes one model with this card."""
+
+    def __init__(self, card: dict):
+        self.card = card
+
+    def describe(self, name, version=None, customized=True):
+        return [{"customizedMetadata": self.card}]
+
+
+@pytest.mark.parametrize("features, max_rows, rows", [(20, 10_000, 2_500), (1, 10_000, 10_000), (500, 10_000, 100),
+                                                      (20, 50, 50), (100_000, 10_000, 1)])
+def test_a_request_to_a_server_carries_about_50000_values_within_the_models_max_rows(features, max_rows, rows):
+    from aiaas_torch.files import _Remote
+
+    card = {"input": {"features": [{"name": f"f{i}"} for i in range(features)], "max_rows": max_rows}, "output": {"target": "y"}}
+    assert _Remote(_Describes(card), "m", None).chunk_rows == rows

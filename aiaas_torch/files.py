@@ -76,6 +76,8 @@ class _Local:
             gc.disable()
             try:
                 return contract.answer(self.card, contract.ParsedRequest([], "instances"), out.tolist(), "local", "local")
+            except contract.ContractError as e:  # an output the answer refuses (overflow) names its row
+                raise _line_error(str(e), chunk, path) from None
             finally:
                 if enabled:
                     gc.enable()

@@ -386,6 +386,15 @@ def test_predicting_a_file_locally_imports_neither_the_http_client_nor_the_servi
     assert len((tmp_path / "p.csv").read_text().splitlines()) == 2  # the header and one prediction
 
 
+def test_a_file_row_whose_output_overflows_is_exit_2_naming_its_line(run_dir, tmp_path, capsys):
+    """Inputs within float32 whose prediction is not (y = 1.5a - 2b + 0.5c + 3): the answer refuses it, naming the row."""
+    src = _csv(tmp_path / "rows.csv", "a,b,c\n1,2,3\n3e38,-3e38,3e38\n")
+    assert main(["predict", "--local", str(run_dir), "--file", str(src), "--out", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err
+    assert f"{src}, line 3: the model's output overflows float32" in err and "internal error" not in err, err
+    assert not (tmp_path / "p.csv").exists()
+
+
 def test_input_errors_raised_on_purpose_are_exit_2(tmp_path, capsys):
     data = tmp_path / "d.csv"
     data.write_text("x,y\n1,2\n2,oops\n")

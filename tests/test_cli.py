@@ -356,6 +356,45 @@ def test_a_bug_is_an_internal_error_not_a_usage_error(monkeypatch, tmp_path, cap
     assert "Traceback (most recent call last)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("module, name", [("aiaas_torch.client", "ClientError"), ("aiaas_torch.serving", "TorchServeError")])
+def test_an_http_or_torchserve_failure_is_exit_1_with_its_message_not_an_internal_error(monkeypatch, tmp_path, capsys,
+                                                                                       module, name):
+    import importlib
+
+    import aiaas_torch.data
+
+    error = getattr(importlib.import_module(module), name)
+
+    def failing(*args, **kwargs):
+        raise error("the server went away")
+
+    monkeypatch.setattr(aiaas_torch.data, "load_csv", failing)
+    data = _csv(tmp_path / "d.csv", "x,y\n1,2\n2,4\n")
+    assert main(["train", str(data), "--target", "y", "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "aiaas train: the server went away" in err and "internal error" not in err
+
+
+def test_predicting_a_file_locally_imports_neither_the_http_client_nor_the_serving_package(run_dir, tmp_path):
+    """httpx and aiaas_torch.serving cost the local command a third of a second of imports it never uses."""
+    src = _csv(tmp_path / "rows.csv", "a,b,c\n1,2,3\n")
+    code = ("import sys\nfrom aiaas_torch.cli import main\n"
+            f"rc = main(['predict', '--local', {str(run_dir)!r}, '--file', {str(src)!r}, '--out', {str(tmp_path / 'p.csv')!r}])\n"
+            "print(rc, sorted(m for m in sys.modules if m.split('.')[0] == 'httpx' or m.startswith(('aiaas_torch.serving', 'aiaas_torch.client'))))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.split(None, 1) == ["0", "[]\n"], r.stdout + r.stderr
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 2  # the header and one prediction
+
+
+def test_a_file_row_whose_output_overflows_is_exit_2_naming_its_line(run_dir, tmp_path, capsys):
+    """Inputs within float32 whose prediction is not (y = 1.5a - 2b + 0.5c + 3): the answer refuses it, naming the row."""
+    src = _csv(tmp_path / "rows.csv", "a,b,c\n1,2,3\n3e38,-3e38,3e38\n")
+    assert main(["predict", "--local", str(run_dir), "--file", str(src), "--out", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err
+    assert f"{src}, line 3: the model's output overflows float32" in err and "internal error" not in err, err
+    assert not (tmp_path / "p.csv").exists()
+
+
 def test_input_errors_raised_on_purpose_are_exit_2(tmp_path, capsys):
     data = tmp_path / "d.csv"
     data.write_text("x,y\n1,2\n2,oops\n")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import aiaas_torch
-from aiaas_torch import files
+from aiaas_torch import filerows, files
 from aiaas_torch.cli import main
 from aiaas_torch.data import from_arrays
 from aiaas_torch.export import export_run
@@ -156,7 +156,7 @@ def test_json_lines_and_json_arrays_are_told_apart_by_content(model, tmp_path, c
 
 
 def test_a_json_array_is_read_block_by_block_with_line_numbers(model, tmp_path, monkeypatch):
-    monkeypatch.setattr(files, "_JSON_BLOCK", 7)  # rows and numbers cut across block boundaries
+    monkeypatch.setattr(filerows, "_JSON_BLOCK", 7)  # rows and numbers cut across block boundaries
     X = _rows(20)
     src = tmp_path / "rows.json"
     src.write_text("[\n" + ",\n".join(json.dumps(r) for r in X.tolist()) + "\n]\n")

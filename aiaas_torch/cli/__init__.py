@@ -44,6 +44,19 @@ def _add_debug(parser: argparse.ArgumentParser) -> None:
                 _add_debug(sub)
 
 
+def _failure_types() -> tuple:
+    """Return the TorchServe and HTTP client error classes of the modules this process imported.
+
+    Importing them only to catch their errors would cost a command that never talks to a server (e.g. `predict
+    --local`) the httpx and serving imports; a module never imported raised nothing.
+    """
+    found = []
+    for module, name in (("aiaas_torch.serving.errors", "TorchServeError"), ("aiaas_torch.client", "ClientError")):
+        if module in sys.modules:
+            found.append(getattr(sys.modules[module], name))
+    return tuple(found)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the `aiaas` command line; returns the process exit code (2 for bad input, 1 for a failure or a bug)."""
     parser = build_parser()
@@ -54,21 +67,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args = parser.parse_args(argv)
     args.argv = argv
-    from .. import client as cl
-    from .. import serving as server
-
     try:
         return args.run(args)
     except InputError as e:  # raised on purpose, naming what is wrong
         print(f"aiaas {args.command}: error: {getattr(e, 'cli_message', e)}", file=sys.stderr)
         return EXIT_USAGE
-    except (server.TorchServeError, cl.ClientError) as e:
-        print(f"aiaas {args.command}: {getattr(e, 'cli_message', e)}", file=sys.stderr)
-        return EXIT_FAILURE
     except KeyboardInterrupt:
         print(f"aiaas {args.command}: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # a bug of ours, not the user's input: say so, traceback on request
+    except Exception as e:
+        if isinstance(e, _failure_types()):  # TorchServe or HTTP failed: not a bug of ours
+            print(f"aiaas {args.command}: {getattr(e, 'cli_message', e)}", file=sys.stderr)
+            return EXIT_FAILURE
+        # a bug of ours, not the user's input: say so, traceback on request
         if getattr(args, "debug", False):
             import traceback
 

@@ -29,7 +29,8 @@ def add_parser(sub) -> None:
     pr.add_argument("--concurrency", type=int, default=4, metavar="N",
                     help="with --file against a server: requests in flight at once (default 4)")
     pr.add_argument("--chunk-rows", type=int, default=None, metavar="N",
-                    help="with --file: rows per chunk (default 50000 locally, 1000 per request to a server)")
+                    help="with --file: rows per chunk (default 50000 locally; to a server, 50000 values per request "
+                         "within the model's max_rows)")
     pr.add_argument("--local", default=None, metavar="RUN_DIR", help="predict in this process from a run directory")
     pr.add_argument("--version", dest="model_version", default=None, metavar="V", help="model version (default: the default version)")
     _home(pr)

@@ -29,6 +29,7 @@ except ImportError:  # inside a TorchServe worker: the model directory is on sys
 logger = logging.getLogger(__name__)
 JSON = "application/json"
 INTERNAL = "internal error (a bug of ours, logged by the server)"
+_JSON_STRING = "body: expected a JSON object or list, got a JSON string"
 _REASONS = {400: "Bad Request", 415: "Unsupported Media Type", 500: "Internal Server Error"}
 
 
@@ -100,9 +101,13 @@ class TabularHandler:
         if "data" not in request and "body" not in request:  # e.g. TorchServe split a form body into fields
             raise contract.ContractError("body: missing; send the JSON body with Content-Type: application/json")
         body = request.get("data") if request.get("data") is not None else request.get("body")
-        if isinstance(body, str) and not binary:  # TorchServe already decoded the JSON: a string, never parsed again
-            raise contract.ContractError("body: expected a JSON object or list, got a JSON string")
+        # Our config hands the body over as bytes (decode_input_request=false: parsed once, here); a plain TorchServe
+        # decodes it first, and then a str is a JSON string already, never to be parsed again.
+        if isinstance(body, str) and not binary:
+            raise contract.ContractError(_JSON_STRING)
         wire = protocols.decode(body, headers)
+        if type(wire.body) is str:  # type, not isinstance: a NaN/Infinity marker (a str subclass) keeps its own message
+            raise contract.ContractError(_JSON_STRING)
         return contract.parse_request(wire.body, self.card, self.max_rows), wire
 
     def predict(self, inputs: dict) -> dict:

@@ -1,7 +1,8 @@
 """The handler inside TorchServe's own worker code: one request's bytes never change another request's answer.
 
 Each batch goes through the worker's real path without a socket: the frames the Java frontend sends are decoded by
-`ts.protocol.otf_message_handler.retrieve_msg` (which JSON-decodes bodies itself), handed to `ts.service.Service.predict`
+`ts.protocol.otf_message_handler.retrieve_msg` (every test runs twice: with the worker handing JSON bodies over as
+bytes, as our config sets it, and JSON-decoding them itself, as a plain TorchServe does), handed to `ts.service.Service.predict`
 (which calls our `handle` and answers 503 to the whole batch if anything escapes it) and the response frame it
 builds is read back per request. The model is a known linear function, so every good answer is checked by arithmetic.
 """
@@ -29,6 +30,13 @@ CARD = {
     "output": {"target": "y", "task": "regression", "classes": None},
     "files": {},
 }
+
+
+@pytest.fixture(autouse=True, params=["false", "true"], ids=["bytes", "decoded"])
+def worker_decoding(request, monkeypatch) -> str:
+    """Set the worker's TS_DECODE_INPUT_REQUEST (the frontend sets it from decode_input_request); return it."""
+    monkeypatch.setenv("TS_DECODE_INPUT_REQUEST", request.param)
+    return request.param
 
 
 def _want(row) -> float:
@@ -168,6 +176,8 @@ BAD_BODIES = {
     "lone-surrogate-utf8-bytes": (b'[["\xed\xa0\x80", 1, 2]]', "not UTF-8"),
     "utf16-body": ("[[1, 2, 3]]".encode("utf-16"), "not UTF-8"),
     "utf8-bom": (b"\xef\xbb\xbf[[1, 2, 3]]", "BOM"),
+    # a JSON string is never parsed a second time, whoever parsed it first
+    "json-string-holding-json": (json.dumps(json.dumps({"instances": [[1, 2, 3]]})).encode(), "got a JSON string"),
 }
 
 

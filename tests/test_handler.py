@@ -266,6 +266,29 @@ def test_an_encoding_bug_for_one_request_is_its_own_500(monkeypatch):
     _assert_goods(results, bad_index=1)
 
 
+def _handler_metric_lines(caplog) -> list[str]:
+    """Return the [METRICS] lines logged since caplog started, less TorchServe's own (PredictionTime, HandlerTime)."""
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[METRICS]")]
+    return [line for line in lines if not line.startswith(("[METRICS]PredictionTime.", "[METRICS]HandlerTime."))]
+
+
+def test_a_clean_batch_writes_one_metric_line_under_one_request_id(caplog):
+    caplog.set_level(logging.INFO, logger="ts.metrics")
+    _assert_goods(run_batch(_handler(), [_good(i) for i in range(4)]), bad_index=-1)
+    lines = _handler_metric_lines(caplog)
+    assert len(lines) == 1 and lines[0].startswith("[METRICS]RowsPredicted.Count:4|"), lines
+    assert lines[0].endswith(",req-0") and "req-1" not in lines[0], lines  # one request's id, not the batch's list
+
+
+def test_a_batch_with_a_rejected_request_adds_only_that_count(caplog):
+    caplog.set_level(logging.INFO, logger="ts.metrics")
+    requests = [_good(i) for i in range(3)]
+    requests[1] = (b'{"instances": [["x", 1, 2]]}', dict(JSON_CT))
+    run_batch(_handler(), requests)
+    lines = _handler_metric_lines(caplog)
+    assert sorted(line.split("|", 1)[0] for line in lines) == ["[METRICS]RequestsRejected.Count:1", "[METRICS]RowsPredicted.Count:2"]
+
+
 def test_a_metrics_failure_does_not_fail_the_answers():
     h = _handler()
     h._metrics = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("metrics backend broken"))

@@ -85,10 +85,15 @@ _DIGIT_CLASSES = bytes(0x31 if 0x30 <= b <= 0x39 else 0x2E if b == 0x2E else 0x3
 _LONG_INTEGER = b"0" + b"1" * 19
 
 
+def has_long_integer(body: bytes) -> bool:
+    """Return True when a bytes body may hold an integer literal of 19 digits or more (orjson would read a float)."""
+    classes = body.translate(_DIGIT_CLASSES)
+    return classes.find(_LONG_INTEGER) >= 0 or classes.startswith(_LONG_INTEGER[1:])
+
+
 def _orjson_value(body: bytes):
     """Return orjson's value of a bytes body where it is json's own, else None (None is then json's to decide)."""
-    classes = body.translate(_DIGIT_CLASSES)
-    if classes.find(_LONG_INTEGER) >= 0 or classes.startswith(_LONG_INTEGER[1:]):
+    if has_long_integer(body):
         return None
     try:
         return orjson.loads(body)

@@ -195,6 +195,15 @@ def test_one_bad_body_is_its_own_400_and_the_rest_of_the_batch_is_answered(name)
     _assert_goods(results, bad_index=2)
 
 
+def test_a_worker_without_orjson_answers_every_request_the_same(monkeypatch):
+    requests = [_good(0), (BAD_BODIES["huge-exponent"][0], dict(JSON_CT)), _good(2), (b'[[NaN, 1, 2]]', dict(JSON_CT)),
+                (b"[[%d, 1, 2]]" % 2**70, dict(JSON_CT))]  # fmt: skip
+    with_orjson = run_batch(_handler(), requests)
+    monkeypatch.setattr(tabular_handler.contract, "orjson", None)
+    assert run_batch(_handler(), requests) == with_orjson
+    assert [status for status, _ in with_orjson] == [200, 400, 200, 400, 200]
+
+
 def test_a_huge_string_is_refused_without_being_echoed_back():
     requests = [_good(0), (json.dumps({"instances": [{"a": 1, "b": 2, "c": 3, "x" * 1_000_000: 4}]}).encode(), dict(JSON_CT)), _good(2)]
     results = run_batch(_handler(), requests)

@@ -22,6 +22,7 @@ import yaml
 from .archive import verify_archive
 from .atomic import staging_dir, swap_into_place
 from .errors import InputError
+from .serving.config import WIRE_SETTINGS
 
 MOUNT = "/mnt/models"
 INFERENCE_PORT = 8085
@@ -74,6 +75,7 @@ def kserve_config(name: str, version: str, mar_name: str, serving: dict) -> dict
         "enable_envvars_config": "false",
         "metrics_mode": "prometheus",
         "disable_system_metrics": "true",
+        **WIRE_SETTINGS,  # the handler parses each body once, itself
         "metrics_config": IMAGE_METRICS_CONFIG,
         "model_store": f"{MOUNT}/model-store",
         "load_models": "all",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 
 import torch
 
@@ -29,6 +28,7 @@ except ImportError:  # inside a TorchServe worker: the model directory is on sys
 logger = logging.getLogger(__name__)
 JSON = "application/json"
 INTERNAL = "internal error (a bug of ours, logged by the server)"
+_JSON_STRING = "body: expected a JSON object or list, got a JSON string"
 _REASONS = {400: "Bad Request", 415: "Unsupported Media Type", 500: "Internal Server Error"}
 
 
@@ -100,9 +100,13 @@ class TabularHandler:
         if "data" not in request and "body" not in request:  # e.g. TorchServe split a form body into fields
             raise contract.ContractError("body: missing; send the JSON body with Content-Type: application/json")
         body = request.get("data") if request.get("data") is not None else request.get("body")
-        if isinstance(body, str) and not binary:  # TorchServe already decoded the JSON: a string, never parsed again
-            raise contract.ContractError("body: expected a JSON object or list, got a JSON string")
+        # Our config hands the body over as bytes (decode_input_request=false: parsed once, here); a plain TorchServe
+        # decodes it first, and then a str is a JSON string already, never to be parsed again.
+        if isinstance(body, str) and not binary:
+            raise contract.ContractError(_JSON_STRING)
         wire = protocols.decode(body, headers)
+        if type(wire.body) is str:  # type, not isinstance: a NaN/Infinity marker (a str subclass) keeps its own message
+            raise contract.ContractError(_JSON_STRING)
         return contract.parse_request(wire.body, self.card, self.max_rows), wire
 
     def predict(self, inputs: dict) -> dict:
@@ -118,7 +122,6 @@ class TabularHandler:
 
         Nothing one request holds can fail another or raise out of here: TorchServe would answer 503 to the whole batch.
         """
-        t0 = time.perf_counter()
         if _is_describe(data, context):
             return [self.describe_handle()]
         answers: list = [None] * len(data)
@@ -150,7 +153,7 @@ class TabularHandler:
         try:
             ok = [p for p in parsed if p is not None]
             self._metrics(context, sum(len(p.rows) for p, o in zip(parsed, outputs) if o is not None), len(parsed) - len(ok),
-                          sum(p.out_of_range for p in ok), t0, sum(p.imputed for p in ok), sum(p.unseen for p in ok))  # fmt: skip
+                          sum(p.out_of_range for p in ok), sum(p.imputed for p in ok), sum(p.unseen for p in ok))  # fmt: skip
         except Exception:  # answers are ready: metrics must not turn them into a 503
             logger.exception("aiaas: recording metrics failed")
         return answers
@@ -185,20 +188,19 @@ class TabularHandler:
             logger.exception("aiaas: the forward of request %d (%d rows) failed", idx, len(parsed.rows))
             return None
 
-    def _metrics(self, context, rows: int, rejected: int, out_of_range: int, t0: float, imputed: int = 0, unseen: int = 0) -> None:
-        """Record the custom metrics declared in handlers/metrics.yaml; returns None."""
+    def _metrics(self, context, rows: int, rejected: int, out_of_range: int, imputed: int = 0, unseen: int = 0) -> None:
+        """Record the non-zero custom metrics declared in handlers/metrics.yaml; returns None.
+
+        Each call is a log line the frontend parses, on the hot path: a clean batch writes one (RowsPredicted), under
+        request 0's id (idx) rather than the whole batch's; /metrics sums the counters by model whatever the id.
+        """
         m = getattr(context, "metrics", None)
         if m is None:
             return
-        m.add_counter("RowsPredicted", rows)
-        m.add_counter("RequestsRejected", rejected)
-        m.add_counter("OutOfRangeValues", out_of_range)
-        # Only when non-zero: most batches of most models have neither, and each line is a log write on the hot path.
-        if imputed:
-            m.add_counter("ImputedValues", imputed)
-        if unseen:
-            m.add_counter("UnseenCategories", unseen)
-        m.add_time("AiaasHandlerTime", (time.perf_counter() - t0) * 1000.0)
+        for name, value in (("RowsPredicted", rows), ("RequestsRejected", rejected), ("OutOfRangeValues", out_of_range),
+                            ("ImputedValues", imputed), ("UnseenCategories", unseen)):  # fmt: skip
+            if value:
+                m.add_counter(name, value, idx=0)
 
     def describe_handle(self) -> str:
         """Return the model card as JSON (GET /models/NAME?customized=true shows it)."""

@@ -1,7 +1,8 @@
 """The handler inside TorchServe's own worker code: one request's bytes never change another request's answer.
 
 Each batch goes through the worker's real path without a socket: the frames the Java frontend sends are decoded by
-`ts.protocol.otf_message_handler.retrieve_msg` (which JSON-decodes bodies itself), handed to `ts.service.Service.predict`
+`ts.protocol.otf_message_handler.retrieve_msg` (every test runs twice: with the worker handing JSON bodies over as
+bytes, as our config sets it, and JSON-decoding them itself, as a plain TorchServe does), handed to `ts.service.Service.predict`
 (which calls our `handle` and answers 503 to the whole batch if anything escapes it) and the response frame it
 builds is read back per request. The model is a known linear function, so every good answer is checked by arithmetic.
 """
@@ -29,6 +30,13 @@ CARD = {
     "output": {"target": "y", "task": "regression", "classes": None},
     "files": {},
 }
+
+
+@pytest.fixture(autouse=True, params=["false", "true"], ids=["bytes", "decoded"])
+def worker_decoding(request, monkeypatch) -> str:
+    """Set the worker's TS_DECODE_INPUT_REQUEST (the frontend sets it from decode_input_request); return it."""
+    monkeypatch.setenv("TS_DECODE_INPUT_REQUEST", request.param)
+    return request.param
 
 
 def _want(row) -> float:
@@ -168,6 +176,8 @@ BAD_BODIES = {
     "lone-surrogate-utf8-bytes": (b'[["\xed\xa0\x80", 1, 2]]', "not UTF-8"),
     "utf16-body": ("[[1, 2, 3]]".encode("utf-16"), "not UTF-8"),
     "utf8-bom": (b"\xef\xbb\xbf[[1, 2, 3]]", "BOM"),
+    # a JSON string is never parsed a second time, whoever parsed it first
+    "json-string-holding-json": (json.dumps(json.dumps({"instances": [[1, 2, 3]]})).encode(), "got a JSON string"),
 }
 
 
@@ -183,6 +193,15 @@ def test_one_bad_body_is_its_own_400_and_the_rest_of_the_batch_is_answered(name)
     assert answer["code"] == 400 and answer["type"] == "InvalidInput" and any(n in answer["message"] for n in needles), answer
     assert len(answer["message"]) < 400, answer["message"]  # names the problem, does not echo the body
     _assert_goods(results, bad_index=2)
+
+
+def test_a_worker_without_orjson_answers_every_request_the_same(monkeypatch):
+    requests = [_good(0), (BAD_BODIES["huge-exponent"][0], dict(JSON_CT)), _good(2), (b'[[NaN, 1, 2]]', dict(JSON_CT)),
+                (b"[[%d, 1, 2]]" % 2**70, dict(JSON_CT))]  # fmt: skip
+    with_orjson = run_batch(_handler(), requests)
+    monkeypatch.setattr(tabular_handler.contract, "orjson", None)
+    assert run_batch(_handler(), requests) == with_orjson
+    assert [status for status, _ in with_orjson] == [200, 400, 200, 400, 200]
 
 
 def test_a_huge_string_is_refused_without_being_echoed_back():
@@ -254,6 +273,29 @@ def test_an_encoding_bug_for_one_request_is_its_own_500(monkeypatch):
     results = run_batch(h, [_good(0), _good(7), _good(2)])
     assert results[1][0] == 500 and results[1][1]["code"] == 500
     _assert_goods(results, bad_index=1)
+
+
+def _handler_metric_lines(caplog) -> list[str]:
+    """Return the [METRICS] lines logged since caplog started, less TorchServe's own (PredictionTime, HandlerTime)."""
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[METRICS]")]
+    return [line for line in lines if not line.startswith(("[METRICS]PredictionTime.", "[METRICS]HandlerTime."))]
+
+
+def test_a_clean_batch_writes_one_metric_line_under_one_request_id(caplog):
+    caplog.set_level(logging.INFO, logger="ts.metrics")
+    _assert_goods(run_batch(_handler(), [_good(i) for i in range(4)]), bad_index=-1)
+    lines = _handler_metric_lines(caplog)
+    assert len(lines) == 1 and lines[0].startswith("[METRICS]RowsPredicted.Count:4|"), lines
+    assert lines[0].endswith(",req-0") and "req-1" not in lines[0], lines  # one request's id, not the batch's list
+
+
+def test_a_batch_with_a_rejected_request_adds_only_that_count(caplog):
+    caplog.set_level(logging.INFO, logger="ts.metrics")
+    requests = [_good(i) for i in range(3)]
+    requests[1] = (b'{"instances": [["x", 1, 2]]}', dict(JSON_CT))
+    run_batch(_handler(), requests)
+    lines = _handler_metric_lines(caplog)
+    assert sorted(line.split("|", 1)[0] for line in lines) == ["[METRICS]RequestsRejected.Count:1", "[METRICS]RowsPredicted.Count:2"]
 
 
 def test_a_metrics_failure_does_not_fail_the_answers():

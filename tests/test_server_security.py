@@ -60,6 +60,19 @@ def test_settings_that_already_agree_raise_no_warning():
     assert _effective(base)[1] == []
 
 
+def test_the_worker_hands_bodies_over_undecoded_whatever_the_config_says():
+    """decode_input_request=false: one JSON parse per body (the handler's); forced and warned about like the rest."""
+    props, said = _effective({"decode_input_request": "true"})
+    assert props["decode_input_request"] == "false"
+    assert len(said) == 1 and "decode_input_request=true" in said[0] and "forces decode_input_request=false" in said[0]
+    assert _effective({})[0]["decode_input_request"] == "false"
+
+
+def test_the_shipped_base_config_already_agrees_with_every_forced_setting():
+    base = server.config.parse_properties(server.BASE_CONFIG.read_text())
+    assert base["decode_input_request"] == "false" and _effective(base)[1] == []
+
+
 @pytest.mark.parametrize("key", server.TRUSTABLE_KEYS)
 def test_code_and_flag_settings_are_dropped_unless_trusted_by_name(key):
     props, said = _effective({key: "/somewhere"})

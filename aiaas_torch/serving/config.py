@@ -27,6 +27,10 @@ SECURITY_SETTINGS = {
     "enable_envvars_config": "false",  # TS_* environment variables cannot override this config
     "use_env_allowed_urls": "false",  # nor can TS_ALLOWED_URLS
 }
+# Wire settings every instance runs with, forced and warned about the same way. decode_input_request=false: the
+# frontend sets each worker's TS_DECODE_INPUT_REQUEST from this key (default true, when the worker runs json.loads
+# on every JSON body before the handler parses it again, with its own NaN semantics): one JSON parse per body.
+WIRE_SETTINGS = {"decode_input_request": "false"}
 # What `start(allow_deploy=True)` changes (model_control_settings): the model API on, so that `deploy` can register
 # archives it checked into HOME/store, and `allowed_urls` narrowed from "any local file" to that store.
 _REGEX_SPECIALS = set(".+*?(){}|$")  # literal inside [...]; the others are refused
@@ -143,7 +147,7 @@ def model_control_settings(model_store: Path) -> dict[str, str]:
 def effective_config(
     base: Mapping[str, str], ports: Ports, model_store: Path, trusted_keys: Iterable[str] = (), allow_deploy: bool = False
 ) -> dict[str, str]:
-    """Return the base properties with this instance's addresses, paths and the security settings forced.
+    """Return the base properties with this instance's addresses, paths, the security and the wire settings forced.
 
     Warns (SecuritySettingWarning) for every forced setting the base config sets otherwise and for every dropped
     key that `trusted_keys` does not name. allow_deploy: the model API on for this store only (model_control_settings).
@@ -156,12 +160,13 @@ def effective_config(
         "grpc_inference_address": "127.0.0.1",
         "grpc_management_address": "127.0.0.1",
     }
-    for key, value in {**addresses, **SECURITY_SETTINGS}.items():
+    for key, value in {**addresses, **SECURITY_SETTINGS, **WIRE_SETTINGS}.items():
         given = props.get(key)
         if given is not None and not _same_setting(key, given, value):
             warnings.warn(f"config sets {key}={given}; aiaas serve forces {key}={value}", SecuritySettingWarning, 3)
     props.update(addresses)
     props.update(SECURITY_SETTINGS)
+    props.update(WIRE_SETTINGS)
     if allow_deploy:
         props.update(model_control_settings(model_store))
     props.update(

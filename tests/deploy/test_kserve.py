@@ -54,6 +54,7 @@ def test_tree_layout_and_config_values(mar, tmp_path):
     assert props["model_store"] == "/mnt/models/model-store" and props["install_py_dep_per_model"] == "false"
     assert props["metrics_config"] == "/home/model-server/metrics.yaml"
     assert "service_envelope" not in props and props["enable_envvars_config"] == "false"
+    assert props["decode_input_request"] == "false"  # the handler parses each body once, itself
     snap = json.loads(props["model_snapshot"])
     entry = snap["models"]["y2x"]["3.0"]
     assert snap["modelCount"] == 1 and entry["marName"] == mar.name and entry["defaultVersion"] is True
@@ -138,6 +139,7 @@ def test_committed_example_tree_is_consistent():
     root = Path(__file__).resolve().parents[2] / "deploy" / "kserve"
     props = _props(root / "config" / "config.properties")
     assert props["inference_address"] == f"http://127.0.0.1:{INFERENCE_PORT}" and props["disable_token_authorization"] == "true"
+    assert props["decode_input_request"] == "false"
     snap = json.loads(props["model_snapshot"])
     assert snap["models"]["y2x"]["1.0"]["marName"] == "y2x-1.0.mar"
     assert (root / "model-store").is_dir()
@@ -163,3 +165,4 @@ def test_docker_image_opens_only_the_inference_address(tmp_path):
     assert props["management_address"].startswith("http://127.0.0.1:")
     assert props["metrics_address"].startswith("http://127.0.0.1:")
     assert props["disable_token_authorization"] == "false" and props["enable_model_api"] == "false"
+    assert props["decode_input_request"] == "false"

@@ -241,6 +241,29 @@ def test_a_forward_that_fails_for_the_batch_fails_only_the_request_that_fails_al
     assert len(messages) == 2 and "batch of 4 rows" in messages[0] and "request 1 (1 rows)" in messages[1], messages
 
 
+def _v2_body(data, n: int) -> tuple[bytes, dict]:
+    return json.dumps({"inputs": [{"name": "x", "shape": [n, 3], "datatype": "FP32", "data": data}]}).encode(), dict(JSON_CT)
+
+
+def test_checked_arrays_reach_the_forward_as_one_array_and_a_per_value_request_sends_lists(monkeypatch):
+    h, seen = _handler(), []
+    real = tabular_handler.programs.run_samples
+
+    def spy(model, card, inputs, device="cpu", arrays=False):
+        seen.append([type(v).__name__ for v in inputs.values()])
+        return real(model, card, inputs, device, arrays)
+
+    monkeypatch.setattr(tabular_handler.programs, "run_samples", spy)
+    plain = run_batch(h, [_good(0), _v2_body([5, 1.0, -2.0, 6, 1.0, -2.0], 2), _good(7)])
+    ragged = run_batch(h, [_good(0), _v2_body([[5, 1.0], [-2.0, 6, 1.0, -2.0]], 2)])  # valid; the per-value checks read it
+    assert seen == [["ndarray"], ["list"]]
+    for results in (plain, ragged):
+        assert [s for s, _ in results] == [200] * len(results), results
+        assert results[0][1]["predictions"] == pytest.approx([_want([0, 1.0, -2.0])], rel=1e-6)
+        assert results[1][1]["outputs"][0]["data"] == pytest.approx([_want([5, 1.0, -2.0]), _want([6, 1.0, -2.0])], rel=1e-6)
+    assert plain[2][1]["predictions"] == pytest.approx([_want([7, 1.0, -2.0])], rel=1e-6)
+
+
 def test_an_encoding_bug_for_one_request_is_its_own_500(monkeypatch):
     h = _handler()
     real = h.encode

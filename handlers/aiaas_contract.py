@@ -343,14 +343,14 @@ class _Plan:
         self.names = [f["name"] for f in features]
         self.nameset = set(self.names)
         self.get = operator.itemgetter(*self.names) if self.width > 1 else (lambda r, n=self.names[0]: (r[n],))
-        self.lo = np.array([f["min"] for f in features], dtype=np.float64)
-        self.hi = np.array([f["max"] for f in features], dtype=np.float64)
+        lo, hi = np.array([f["min"] for f in features], dtype=np.float64), np.array([f["max"] for f in features], dtype=np.float64)
+        self.lo, self.hi = (lo, lo.tolist()), (hi, hi.tolist())  # for numpy, and for batch_checks' small batches
 
 
 def _plan_key(card: dict) -> tuple:
-    """Return what a _Plan depends on in the card, so that a card changed in place is planned again."""
-    features = card["input"]["features"]
-    return card["input"].get("tensor_name"), tuple((f.get("name"), f.get("kind", "numeric"), f.get("impute"), f.get("min"), f.get("max")) for f in features)
+    """Return what a _Plan depends on in the card (the tensor name, a copy of each feature's fields), so that a card
+    changed in place is planned again; it compares equal to (tensor name, the live features list) while unchanged."""
+    return card["input"].get("tensor_name"), [dict(f) for f in card["input"]["features"]]
 
 
 _PLANS: dict = {}  # id(features) → (features, _Plan or None); the features list is held so its id is not reused
@@ -360,7 +360,8 @@ def _plan(card: dict):
     """Return the cached _Plan of a tabular card, or None when the card is not plain (or numpy is absent)."""
     features = card["input"]["features"]
     hit = _PLANS.get(id(features))
-    if hit is not None and hit[0] is features and (hit[1] is None or hit[1].key == _plan_key(card)):
+    # Compared against the live list (dict equality, in C): no key is built per request.
+    if hit is not None and hit[0] is features and (hit[1] is None or hit[1].key == (card["input"].get("tensor_name"), features)):
         return hit[1]
     plan = None
     try:
@@ -414,10 +415,14 @@ def _fast_parse(value, card: dict, limit: int):
     return None if a is None else _fast_parsed(a, fmt, plan)
 
 
-def _fast_parsed(a, fmt: str, plan: _Plan, v2_id: str | None = None) -> ParsedRequest:
-    """Return the ParsedRequest of rows the one-pass check accepted (a: float64 [N, F]), their out-of-range values counted."""
-    parsed = ParsedRequest(a.tolist(), fmt, int(np.count_nonzero((a < plan.lo) | (a > plan.hi))), v2_id=v2_id, array=a)
-    parsed.inputs = {plan.tensor: parsed.rows}
+def _fast_parsed(a, fmt: str, plan: _Plan, v2_id: str | None = None):
+    """Return the ParsedRequest of rows (a: float64 [N, F]) within float32's range, their out-of-range values
+    counted, or None (a value beyond float32, NaN or infinite) for the per-value checks."""
+    rows = batch_checks.float32_rows(a)
+    if rows is None:
+        return None
+    parsed = ParsedRequest(rows, fmt, batch_checks.count_outside(a, rows, plan.lo, plan.hi), v2_id=v2_id, array=a)
+    parsed.inputs = {plan.tensor: rows}
     return parsed
 
 

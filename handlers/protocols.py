@@ -206,6 +206,9 @@ def _columns_answer(answer: dict) -> dict:
     return {"outputs": named["predictions"] if len(named) == 1 else named}
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # one encoder: json.dumps with options builds one per call
+
+
 def _json(value) -> str:
     """Return value as compact JSON."""
-    return json.dumps(value, separators=(",", ":"))
+    return _COMPACT.encode(value)

@@ -74,13 +74,14 @@ BAD = [True, False, c._mark_constant("NaN"), c._mark_constant("-Infinity"), "1.5
        float("inf"), [1.0], {"v": 1}]  # fmt: skip
 
 
+@pytest.mark.parametrize("size", [2, 20], ids=["small batch", "large batch"])  # batch_checks.SMALL: plain Python below, numpy above
 @pytest.mark.parametrize("bad", BAD, ids=repr)
 @pytest.mark.parametrize("form", ["instances", "rows", "named"])
-def test_one_bad_value_gives_exactly_the_per_value_message(bad, form):
-    rng = random.Random(zlib.crc32(f"{bad!r} {form}".encode()))
+def test_one_bad_value_gives_exactly_the_per_value_message(bad, form, size):
+    rng = random.Random(zlib.crc32(f"{bad!r} {form} {size}".encode()))
     card = _card(6, rng)
-    rows = _batch(card, rng, 20)
-    rows[rng.randrange(20)][rng.randrange(6)] = bad
+    rows = _batch(card, rng, size)
+    rows[rng.randrange(size)][rng.randrange(6)] = bad
     names = [f["name"] for f in card["input"]["features"]]
     body = {"instances": [dict(zip(names, r)) for r in rows]} if form == "named" else {"instances": rows} if form == "instances" else rows
     _same_refusal(body, card, 500)
@@ -227,13 +228,14 @@ def _same_v2_refusal(body, card: dict, limit: int = 500) -> None:
     assert str(got.value) == str(slow.value)
 
 
+@pytest.mark.parametrize("size", [2, 20], ids=["small batch", "large batch"])
 @pytest.mark.parametrize("bad", BAD, ids=repr)
 @pytest.mark.parametrize("form", ["flat", "rows"])
-def test_one_bad_v2_value_gives_exactly_the_per_value_message(bad, form):
-    rng = random.Random(zlib.crc32(f"v2 {bad!r} {form}".encode()))
+def test_one_bad_v2_value_gives_exactly_the_per_value_message(bad, form, size):
+    rng = random.Random(zlib.crc32(f"v2 {bad!r} {form} {size}".encode()))
     card = _card(6, rng)
-    rows = _batch(card, rng, 20)
-    rows[rng.randrange(20)][rng.randrange(6)] = bad
+    rows = _batch(card, rng, size)
+    rows[rng.randrange(size)][rng.randrange(6)] = bad
     body = _v2(rows, form, 6)
     if bad == [1.0]:  # v2 data may nest: flattened, it is a good value, read by the per-value path
         assert c._fast_parse(body, card, 500) is None
@@ -248,7 +250,7 @@ def test_a_bad_binary_value_gives_exactly_the_per_value_message(bad, datatype, m
     if datatype != "FP64" and abs(bad) > 1e38 and math.isfinite(bad):
         bad = np.inf  # what the narrower type makes of it
     card = _card(4, random.Random(4))
-    rows = [[0.5] * 4 for _ in range(6)]
+    rows = [[0.5] * 4 for _ in range(20)]  # 80 values: numpy's range check (the small one is in the tests above)
     rows[4][1] = bad
     body = _binary(rows, 4, datatype, True, monkeypatch)
     _same_v2_refusal(body, card)
@@ -375,3 +377,7 @@ def test_a_non_finite_output_refuses_its_own_request_naming_its_first_bad_sample
         with pytest.raises(ContractError) as from_lists:
             c.answer(card, c.ParsedRequest([[0.0]] * (hi - lo), fmt), out.tolist()[lo:hi], "m", "1")
         assert str(from_lists.value) == str(e.value)
+
+
+def test_the_bad_value_batches_straddle_the_small_batch_bound():
+    assert 2 * 6 <= batch_checks.SMALL < 20 * 4  # the small and large batches above take the two ways of checking

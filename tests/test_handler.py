@@ -8,6 +8,7 @@ builds is read back per request. The model is a known linear function, so every 
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
@@ -262,6 +263,24 @@ def test_checked_arrays_reach_the_forward_as_one_array_and_a_per_value_request_s
         assert results[0][1]["predictions"] == pytest.approx([_want([0, 1.0, -2.0])], rel=1e-6)
         assert results[1][1]["outputs"][0]["data"] == pytest.approx([_want([5, 1.0, -2.0]), _want([6, 1.0, -2.0])], rel=1e-6)
     assert plain[2][1]["predictions"] == pytest.approx([_want([7, 1.0, -2.0])], rel=1e-6)
+
+
+def test_without_numpy_a_worker_answers_every_format_with_the_same_bytes(monkeypatch):
+    from aiaas_torch.handlers import aiaas_contract, batch_checks, protocols
+
+    h = _handler()
+    lin = h.model
+    h.card = dict(CARD, output={"target": "y", "task": "classification", "classes": ["lo", "hi"]})
+    h.model = lambda x: torch.cat([-lin(x), lin(x)], dim=1)  # two logits per row
+    requests = [_good(0), _v2_body([5, 1.0, -2.0, 6, 1.0, -2.0], 2), _triton_request([[1.0, 2.0, 3.0]], "FP32"),
+                (json.dumps([[9, 9, 9]]).encode(), dict(JSON_CT))]  # fmt: skip
+    with_numpy = run_batch_raw(h, requests)
+    for module in (aiaas_contract, batch_checks, protocols):
+        monkeypatch.setattr(module, "np", None)
+    h.card = copy.deepcopy(h.card)  # a worker without numpy never planned this card
+    without = run_batch_raw(h, requests)
+    assert [s for s, _, _ in with_numpy] == [200] * 4 and with_numpy == without
+    assert json.loads(with_numpy[0][2])["predictions"] == ["hi" if _want([0, 1.0, -2.0]) > 0 else "lo"]
 
 
 def test_an_encoding_bug_for_one_request_is_its_own_500(monkeypatch):

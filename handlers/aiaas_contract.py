@@ -129,9 +129,12 @@ def _show(value, limit: int = 40, depth: int = 2) -> str:
     return _clip(json.dumps(value) if isinstance(value, (int, float, bool)) or value is None else repr(value), limit)
 
 
+_USUAL_JSON_TYPES = {"application/json", "application/json; charset=utf-8", "application/json;charset=utf-8"}
+
+
 def check_content_type(value) -> None:
     """Raise UnsupportedMediaType unless a request's Content-Type is JSON (application/json, */*+json) in UTF-8, or absent."""
-    if value is None:
+    if value is None or (type(value) is str and value in _USUAL_JSON_TYPES):  # what nearly every request sends: no parsing
         return
     media, *params = [part.strip().lower() for part in str(value).split(";")]
     charsets = [p.split("=", 1)[1].strip().strip('"') for p in params if p.startswith("charset=")]

@@ -36,6 +36,11 @@ try:  # a C JSON parser, several times faster than json on request bodies; a wor
 except ImportError:  # pragma: no cover
     orjson = None
 
+try:  # installed package (tests, aiaas predict --local)
+    from . import batch_checks
+except ImportError:  # inside a TorchServe worker: the model directory is on sys.path
+    import batch_checks
+
 DEFAULT_MAX_ROWS = 10_000
 V2_NUMERIC_TYPES = {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 
@@ -63,6 +68,7 @@ class ParsedRequest:
     imputed: int = 0  # nulls sent for features the card imputes (NaN in rows)
     unseen: int = 0  # categories the card's vocabulary does not hold (code -1 in rows)
     inputs: dict | None = None  # input name → its samples, each a flat list of values in the card's dtype
+    array: object = None  # the one-pass check's rows as a float64 numpy array [N, F], handed to the forward as they are
 
 
 class _NonFiniteLiteral(str):
@@ -160,9 +166,12 @@ def _show(value, limit: int = 40, depth: int = 2) -> str:
     return _clip(json.dumps(value) if isinstance(value, (int, float, bool)) or value is None else repr(value), limit)
 
 
+_USUAL_JSON_TYPES = {"application/json", "application/json; charset=utf-8", "application/json;charset=utf-8"}
+
+
 def check_content_type(value) -> None:
     """Raise UnsupportedMediaType unless a request's Content-Type is JSON (application/json, */*+json) in UTF-8, or absent."""
-    if value is None:
+    if value is None or (type(value) is str and value in _USUAL_JSON_TYPES):  # what nearly every request sends: no parsing
         return
     media, *params = [part.strip().lower() for part in str(value).split(";")]
     charsets = [p.split("=", 1)[1].strip().strip('"') for p in params if p.startswith("charset=")]
@@ -263,6 +272,8 @@ def _check_rows(rows, enc: _Encoding, label: str, max_rows: int) -> list:
 
 def _flatten(data, where: str) -> list:
     """Return nested lists flattened to one list (v2 allows nested data)."""
+    if np is not None and isinstance(data, np.ndarray):  # a binary-extension tensor (protocols.py)
+        return data.ravel().tolist()
     if not isinstance(data, list):
         raise ContractError(f"{where}: expected a list, got {type(data).__name__}")
     out: list = []
@@ -356,7 +367,7 @@ def _parse_rows(value, card: dict, limit: int) -> ParsedRequest:
     return parsed
 
 
-_PLAIN_TYPES = {int, float}  # exact types: bool and the NaN/Infinity marker are subclasses the per-value checks refuse
+_PLAIN_TYPES = batch_checks.PLAIN_TYPES
 
 
 class _Plan:
@@ -372,14 +383,14 @@ class _Plan:
         self.names = [f["name"] for f in features]
         self.nameset = set(self.names)
         self.get = operator.itemgetter(*self.names) if self.width > 1 else (lambda r, n=self.names[0]: (r[n],))
-        self.lo = np.array([f["min"] for f in features], dtype=np.float64)
-        self.hi = np.array([f["max"] for f in features], dtype=np.float64)
+        lo, hi = np.array([f["min"] for f in features], dtype=np.float64), np.array([f["max"] for f in features], dtype=np.float64)
+        self.lo, self.hi = (lo, lo.tolist()), (hi, hi.tolist())  # for numpy, and for batch_checks' small batches
 
 
 def _plan_key(card: dict) -> tuple:
-    """Return what a _Plan depends on in the card, so that a card changed in place is planned again."""
-    features = card["input"]["features"]
-    return card["input"].get("tensor_name"), tuple((f.get("name"), f.get("kind", "numeric"), f.get("impute"), f.get("min"), f.get("max")) for f in features)
+    """Return what a _Plan depends on in the card (the tensor name, a copy of each feature's fields), so that a card
+    changed in place is planned again; it compares equal to (tensor name, the live features list) while unchanged."""
+    return card["input"].get("tensor_name"), [dict(f) for f in card["input"]["features"]]
 
 
 _PLANS: dict = {}  # id(features) → (features, _Plan or None); the features list is held so its id is not reused
@@ -389,7 +400,8 @@ def _plan(card: dict):
     """Return the cached _Plan of a tabular card, or None when the card is not plain (or numpy is absent)."""
     features = card["input"]["features"]
     hit = _PLANS.get(id(features))
-    if hit is not None and hit[0] is features and (hit[1] is None or hit[1].key == _plan_key(card)):
+    # Compared against the live list (dict equality, in C): no key is built per request.
+    if hit is not None and hit[0] is features and (hit[1] is None or hit[1].key == (card["input"].get("tensor_name"), features)):
         return hit[1]
     plan = None
     try:
@@ -405,14 +417,18 @@ def _plan(card: dict):
 
 
 def _fast_parse(value, card: dict, limit: int):
-    """Return the ParsedRequest of an instances body or bare rows whose every value is a plain in-range-of-float32
-    int or float, checked and counted in one vectorised pass; None sends the body to the per-value checks, which
-    compose the message of whatever is wrong."""
+    """Return the ParsedRequest of an instances body, bare rows or a v2 body whose every value is a plain
+    in-range-of-float32 int or float, checked and counted in one vectorised pass; None sends the body to the
+    per-value checks, which compose the message of whatever is wrong."""
     plan = _plan(card)
     if plan is None:
         return None
+    if isinstance(value, dict) and "inputs" in value:
+        a = batch_checks.v2_array(value, plan.width, limit, V2_NUMERIC_TYPES)
+        rid = value.get("id")
+        return None if a is None else _fast_parsed(a, "v2", plan, rid if type(rid) is str else None)
     if isinstance(value, dict):
-        if "instances" not in value or "inputs" in value:
+        if "instances" not in value:
             return None
         rows, fmt = value["instances"], "instances"
     elif isinstance(value, list):
@@ -435,16 +451,18 @@ def _fast_parse(value, card: dict, limit: int):
         values = list(map(plan.get, rows))
     else:  # mixed forms, or rows that are neither lists nor objects
         return None
-    if not set(map(type, itertools.chain.from_iterable(values))) <= _PLAIN_TYPES:
+    a = batch_checks.plain_array(values)
+    return None if a is None else _fast_parsed(a, fmt, plan)
+
+
+def _fast_parsed(a, fmt: str, plan: _Plan, v2_id: str | None = None):
+    """Return the ParsedRequest of rows (a: float64 [N, F]) within float32's range, their out-of-range values
+    counted, or None (a value beyond float32, NaN or infinite) for the per-value checks."""
+    rows = batch_checks.float32_rows(a)
+    if rows is None:
         return None
-    try:
-        a = np.array(values, dtype=np.float64)
-    except (OverflowError, ValueError, TypeError):  # an integer beyond float range
-        return None
-    if not (a.max() <= 3.4e38 and a.min() >= -3.4e38):  # a NaN makes both NaN, which compares false
-        return None
-    parsed = ParsedRequest(a.tolist(), fmt, int(np.count_nonzero((a < plan.lo) | (a > plan.hi))))
-    parsed.inputs = {plan.tensor: parsed.rows}
+    parsed = ParsedRequest(rows, fmt, batch_checks.count_outside(a, rows, plan.lo, plan.hi), v2_id=v2_id, array=a)
+    parsed.inputs = {plan.tensor: rows}
     return parsed
 
 
@@ -464,12 +482,15 @@ def answer(card: dict, parsed: ParsedRequest, outputs: list, model_name: str, mo
         return _answer_tensors(card, parsed, outputs, model_name, model_version)
     if isinstance(outputs, dict):
         outputs = outputs[output_tensors(card)[0]["name"]]
-    if not all(map(math.isfinite, itertools.chain.from_iterable(outputs))):  # one pass in the normal case
-        _refuse_non_finite(outputs, parsed, "inputs[0].data row")
+    if not isinstance(outputs, batch_checks.Outputs):  # rows from a caller other than the handler's batch forward
+        outputs = batch_checks.Outputs(outputs, out["task"] == "classification")
+    bad = outputs.first_non_finite()
+    if bad is not None:
+        _refuse_non_finite(None, parsed, "inputs[0].data row", bad)
     if out["task"] == "classification":
         classes = out["classes"]
-        probs = [_softmax(o) for o in outputs]
-        labels = [classes[max(range(len(p)), key=p.__getitem__)] for p in probs]
+        probs = outputs.probabilities()
+        labels = [classes[k] for k in outputs.best()]
         if parsed.fmt == "v2":
             label_type = "BYTES" if any(isinstance(c, str) for c in classes) else "INT64"
             outs = [
@@ -478,18 +499,22 @@ def answer(card: dict, parsed: ParsedRequest, outputs: list, model_name: str, mo
             ]
             return _v2(parsed, outs, model_name, model_version)
         return {"predictions": labels, "probabilities": probs, "classes": classes, "model": model_name, "version": model_version}
-    values = [float(o[0]) for o in outputs]
+    values = outputs.first_column()
     if parsed.fmt == "v2":
         return _v2(parsed, [{"name": out["target"], "shape": [len(values)], "datatype": "FP32", "data": values}], model_name, model_version)
     return {"predictions": values, "model": model_name, "version": model_version}
 
 
-def _refuse_non_finite(samples: list, parsed: ParsedRequest, v2_label: str) -> None:
-    """Raise ContractError naming the first sample whose model output holds NaN or ±Infinity (JSON can carry neither)."""
-    for i, sample in enumerate(samples):
+def _refuse_non_finite(samples: list | None, parsed: ParsedRequest, v2_label: str, first: int | None = None) -> None:
+    """Raise ContractError naming the first sample whose model output holds NaN or ±Infinity (JSON can carry neither);
+    `first`: that sample's index when the caller found it (then `samples` is not read)."""
+    for i, sample in enumerate(samples or ()):
         if not all(map(math.isfinite, _flatten(sample, "output") if isinstance(sample, list) else (sample,))):
-            where = {"instances": f"instances[{i}]", "v2": f"{v2_label} {i}"}.get(parsed.fmt, f"rows[{i}]")
-            raise ContractError(f"{where}: the model's output overflows float32 (values far outside the training range)")
+            first = i
+            break
+    if first is not None:
+        where = {"instances": f"instances[{first}]", "v2": f"{v2_label} {first}"}.get(parsed.fmt, f"rows[{first}]")
+        raise ContractError(f"{where}: the model's output overflows float32 (values far outside the training range)")
 
 
 def _v2(parsed: ParsedRequest, outputs: list, model_name: str, model_version: str) -> dict:
@@ -498,14 +523,6 @@ def _v2(parsed: ParsedRequest, outputs: list, model_name: str, model_version: st
     if parsed.v2_id is not None:
         body["id"] = parsed.v2_id
     return body
-
-
-def _softmax(logits) -> list:
-    """Return the softmax probabilities of one row of logits."""
-    m = max(logits)
-    e = [math.exp(float(v) - m) for v in logits]
-    s = sum(e)
-    return [v / s for v in e]
 
 
 def error_body(message: str, code: int = 400) -> dict:
@@ -745,8 +762,8 @@ def _answer_tensors(card: dict, parsed: ParsedRequest, outputs: dict, model_name
     n = len(parsed.rows)
     extra_v2, extra = [], {}
     if classes:  # one output of width len(classes): its logits give labels and softmax probabilities
-        probs = [_softmax(row) for row in outputs[specs[0]["name"]]]
-        labels = [classes[max(range(len(p)), key=p.__getitem__)] for p in probs]
+        probs, best = batch_checks.softmax_rows(outputs[specs[0]["name"]])
+        labels = [classes[k] for k in best]
         label_type = "BYTES" if any(isinstance(c, str) for c in classes) else "INT64"
         extra_v2 = [{"name": "predictions", "shape": [n], "datatype": label_type, "data": labels},
                     {"name": "probabilities", "shape": [n, len(classes)], "datatype": "FP32", "data": [p for r in probs for p in r]}]  # fmt: skip

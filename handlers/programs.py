@@ -290,13 +290,14 @@ class ProgramSet:
         return self.pick(int(x.shape[0]))[2](x, *more)
 
 
-def run_samples(model, card: dict, inputs: dict, device: str = "cpu") -> dict:
+def run_samples(model, card: dict, inputs: dict, device: str = "cpu", arrays: bool = False) -> dict:
     """Return {output name: per-sample outputs} of one forward of `model` on {input name: checked flat samples}.
 
-    Each input's samples are stacked along the batch dimension in the card's dtype and shape (tabular: one float32
-    [N, F] input); each output is split back into one (nested) list per sample.
+    Each input's samples (lists, or a numpy array of the stacked samples) are stacked along the batch dimension in
+    the card's dtype and shape (tabular: one float32 [N, F] input); each output is split back into one (nested) list
+    per sample, or (arrays) returned as one numpy array.
     """
-    xs = [torch.tensor(inputs[s["name"]], dtype=getattr(torch, s["dtype"]), device=device).reshape(-1, *s["shape"][1:])
+    xs = [torch.as_tensor(inputs[s["name"]], dtype=getattr(torch, s["dtype"]), device=device).reshape(-1, *s["shape"][1:])
           for s in contract.input_tensors(card)]  # fmt: skip
     n = int(xs[0].shape[0])
     with torch.inference_mode():
@@ -309,7 +310,8 @@ def run_samples(model, card: dict, inputs: dict, device: str = "cpu") -> dict:
     for name, t in zip(names, result):
         if int(t.shape[0]) != n:
             raise RuntimeError(f"the model returned {int(t.shape[0])} output rows for {n} input rows")
-        outputs[name] = (t.float() if t.is_floating_point() else t).cpu().tolist()
+        t = (t.float() if t.is_floating_point() else t).cpu()
+        outputs[name] = t.numpy() if arrays else t.tolist()
     return outputs
 
 

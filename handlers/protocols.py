@@ -21,6 +21,11 @@ import json
 import struct
 from dataclasses import dataclass, field
 
+try:  # numpy ships beside torch in every worker we build; without it binary tensors are read with struct
+    import numpy as np
+except ImportError:  # pragma: no cover
+    np = None
+
 try:  # installed package (tests, aiaas predict --local)
     from .aiaas_contract import ContractError, decode_body
 except ImportError:  # inside a TorchServe worker: the model directory is on sys.path
@@ -106,11 +111,13 @@ def _split_binary(body, length) -> dict:
     return head
 
 
-def _unpack(raw: bytes, datatype, where: str) -> list:
-    """Return the elements of one binary tensor as a flat list."""
+def _unpack(raw: bytes, datatype, where: str):
+    """Return the elements of one binary tensor as a flat numpy array (a flat list without numpy)."""
     if datatype == "BF16":
         if len(raw) % 2:
             raise ContractError(f"{where}: {len(raw)} bytes is not a whole number of BF16 elements")
+        if np is not None:  # a BF16 is the high half of an FP32
+            return (np.frombuffer(raw, dtype="<u2").astype("<u4") << 16).view("<f4")
         return [struct.unpack("<f", b"\0\0" + raw[i : i + 2])[0] for i in range(0, len(raw), 2)]
     fmt = _FORMATS.get(datatype) if isinstance(datatype, str) else None
     if fmt is None:
@@ -118,6 +125,8 @@ def _unpack(raw: bytes, datatype, where: str) -> list:
     size = struct.calcsize(fmt)
     if len(raw) % size:
         raise ContractError(f"{where}: {len(raw)} bytes is not a whole number of {datatype} elements ({size} bytes each)")
+    if np is not None:
+        return np.frombuffer(raw, dtype="<" + fmt)
     return list(struct.unpack(f"<{len(raw) // size}{fmt}", raw))
 
 
@@ -197,6 +206,9 @@ def _columns_answer(answer: dict) -> dict:
     return {"outputs": named["predictions"] if len(named) == 1 else named}
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # one encoder: json.dumps with options builds one per call
+
+
 def _json(value) -> str:
     """Return value as compact JSON."""
-    return json.dumps(value, separators=(",", ":"))
+    return _COMPACT.encode(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -73,13 +74,14 @@ BAD = [True, False, c._mark_constant("NaN"), c._mark_constant("-Infinity"), "1.5
        float("inf"), [1.0], {"v": 1}]  # fmt: skip
 
 
+@pytest.mark.parametrize("size", [2, 20], ids=["small batch", "large batch"])  # batch_checks.SMALL: plain Python below, numpy above
 @pytest.mark.parametrize("bad", BAD, ids=repr)
 @pytest.mark.parametrize("form", ["instances", "rows", "named"])
-def test_one_bad_value_gives_exactly_the_per_value_message(bad, form):
-    rng = random.Random(zlib.crc32(f"{bad!r} {form}".encode()))
+def test_one_bad_value_gives_exactly_the_per_value_message(bad, form, size):
+    rng = random.Random(zlib.crc32(f"{bad!r} {form} {size}".encode()))
     card = _card(6, rng)
-    rows = _batch(card, rng, 20)
-    rows[rng.randrange(20)][rng.randrange(6)] = bad
+    rows = _batch(card, rng, size)
+    rows[rng.randrange(size)][rng.randrange(6)] = bad
     names = [f["name"] for f in card["input"]["features"]]
     body = {"instances": [dict(zip(names, r)) for r in rows]} if form == "named" else {"instances": rows} if form == "instances" else rows
     _same_refusal(body, card, 500)
@@ -144,3 +146,238 @@ def test_without_numpy_every_batch_takes_the_per_value_checks(monkeypatch):
     body = {"instances": [[1, -0.0, 2.5]]}
     assert c._fast_parse(body, card, 500) is None
     assert [list(map(repr, r)) for r in c.parse_request(body, card).rows] == [["1.0", "-0.0", "2.5"]]
+
+
+# --- Open Inference (v2) bodies: JSON data and the binary extension take the same one-pass check.
+
+from aiaas_torch.handlers import batch_checks, protocols  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+
+def _v2(rows: list, form: str, width: int, datatype: str = "FP64", **extra) -> dict:
+    """Return a v2 body of rows: data flat, as rows, or (one row) with shape [width]."""
+    data = [v for r in rows for v in r] if form != "rows" else rows
+    shape = [width] if form == "shape [d]" else [len(rows), width]
+    return {"inputs": [{"name": "x", "shape": shape, "datatype": datatype, "data": data}], **extra}
+
+
+def _binary(rows: list, width: int, datatype: str, with_numpy: bool, monkeypatch) -> dict:
+    """Return the contract body protocols.decode makes of a binary-extension request (with numpy, or struct alone)."""
+    np_dtype = {"FP16": "<f2", "FP32": "<f4", "FP64": "<f8", "INT8": "<i1", "INT32": "<i4", "INT64": "<i8", "UINT8": "<u1", "UINT64": "<u8"}
+    raw = np.array(rows, dtype=np_dtype[datatype]).tobytes() if datatype != "BF16" else (
+        np.array(rows, dtype="<f4").view("<u4") >> 16).astype("<u2").tobytes()
+    head = json.dumps({"id": "r1", "inputs": [{"name": "x", "shape": [len(rows), width], "datatype": datatype,
+                                               "parameters": {"binary_data_size": len(raw)}}]}).encode()  # fmt: skip
+    with monkeypatch.context() as m:
+        if not with_numpy:
+            m.setattr(protocols, "np", None)
+        return protocols.decode(head + raw, {"Inference-Header-Content-Length": str(len(head))}).body
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_v2_json_bodies_give_the_per_value_rows_and_counts(seed):
+    rng = random.Random(100 + seed)
+    card = _card(rng.randint(1, 12), rng)
+    width = len(card["input"]["features"])
+    rows = _batch(card, rng, rng.randint(1, 40))
+    for form, datatype in (("flat", "FP32"), ("rows", "FP64"), ("shape [d]", "INT64"), ("flat", "UINT8")):
+        body = _v2(rows[:1] if form == "shape [d]" else rows, form, width, datatype, id="req-7")
+        slow = c._parse_rows(json.loads(json.dumps(body)), card, 500)
+        assert slow.fmt == "v2" and slow.v2_id == "req-7"
+        _same(c._fast_parse(json.loads(json.dumps(body)), card, 500), slow)
+        _same(c.parse_request(json.dumps(body).encode(), card), slow)
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "FP64", "FP16", "INT8", "INT32", "INT64", "UINT8", "UINT64"])
+def test_binary_v2_tensors_give_the_rows_struct_gave_and_the_per_value_counts(datatype, monkeypatch):
+    rng = random.Random(datatype)
+    card = _card(5, rng)
+    ints = datatype.startswith(("INT", "UINT"))
+    lo = 0 if datatype.startswith("UINT") else -100
+    rows = [[rng.randint(lo, 100) if ints else rng.uniform(-15, 15) for _ in range(5)] for _ in range(17)]
+    if datatype in ("INT64", "UINT64"):
+        rows[3][2] = 2**62 + 1  # not exact in float64: both paths round the same way
+    fast_body, struct_body = _binary(rows, 5, datatype, True, monkeypatch), _binary(rows, 5, datatype, False, monkeypatch)
+    assert isinstance(struct_body["inputs"][0]["data"], list)
+    slow = c._parse_rows(struct_body, card, 500)  # what the body gave before numpy read it
+    assert slow.v2_id == "r1" and len(slow.rows) == 17
+    _same(c._fast_parse(fast_body, card, 500), slow)
+    _same(c.parse_request(fast_body, card), slow)
+
+
+@pytest.mark.parametrize("datatype", sorted(protocols._FORMATS) + ["BF16"])
+def test_binary_elements_read_with_numpy_are_the_ones_struct_read(datatype, monkeypatch):
+    raw = random.Random(datatype).randbytes(8 * 24)  # every bit pattern may come: NaNs, infinities, subnormals
+    if datatype == "BOOL":
+        raw = bytes(b & 1 for b in raw)
+    got = protocols._unpack(raw, datatype, "inputs[0]")
+    monkeypatch.setattr(protocols, "np", None)
+    want = protocols._unpack(raw, datatype, "inputs[0]")
+    assert isinstance(got, np.ndarray) and isinstance(want, list)
+    assert list(map(repr, got.tolist())) == list(map(repr, want)) and list(map(type, got.tolist())) == list(map(type, want))
+
+
+def _same_v2_refusal(body, card: dict, limit: int = 500) -> None:
+    """Assert the one-pass check declines a v2 body and parse_request refuses it with the per-value message."""
+    with pytest.raises(ContractError) as slow:
+        c._parse_rows(body, card, limit)
+    assert c._fast_parse(body, card, limit) is None
+    with pytest.raises(ContractError) as got:
+        c.parse_request(body, card, limit)
+    assert str(got.value) == str(slow.value)
+
+
+@pytest.mark.parametrize("size", [2, 20], ids=["small batch", "large batch"])
+@pytest.mark.parametrize("bad", BAD, ids=repr)
+@pytest.mark.parametrize("form", ["flat", "rows"])
+def test_one_bad_v2_value_gives_exactly_the_per_value_message(bad, form, size):
+    rng = random.Random(zlib.crc32(f"v2 {bad!r} {form} {size}".encode()))
+    card = _card(6, rng)
+    rows = _batch(card, rng, size)
+    rows[rng.randrange(size)][rng.randrange(6)] = bad
+    body = _v2(rows, form, 6)
+    if bad == [1.0]:  # v2 data may nest: flattened, it is a good value, read by the per-value path
+        assert c._fast_parse(body, card, 500) is None
+        assert c.parse_request(body, card).rows == c._parse_rows(body, card, 500).rows
+        return
+    _same_v2_refusal(body, card)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 3.5e38, -1e300])
+@pytest.mark.parametrize("datatype", ["FP32", "FP64", "FP16"])
+def test_a_bad_binary_value_gives_exactly_the_per_value_message(bad, datatype, monkeypatch):
+    if datatype != "FP64" and abs(bad) > 1e38 and math.isfinite(bad):
+        bad = np.inf  # what the narrower type makes of it
+    card = _card(4, random.Random(4))
+    rows = [[0.5] * 4 for _ in range(20)]  # 80 values: numpy's range check (the small one is in the tests above)
+    rows[4][1] = bad
+    body = _binary(rows, 4, datatype, True, monkeypatch)
+    _same_v2_refusal(body, card)
+    with pytest.raises(ContractError) as before:  # the message of the struct-read body, before numpy
+        c.parse_request(_binary(rows, 4, datatype, False, monkeypatch), card)
+    with pytest.raises(ContractError) as now:
+        c.parse_request(body, card)
+    assert str(now.value) == str(before.value) and "row 4 feature 'f1'" in str(now.value)
+
+
+V2_CHANGES = {
+    "no inputs list": lambda b: {"inputs": b["inputs"][0]},
+    "two tensors": lambda b: {"inputs": b["inputs"] * 2},
+    "missing data": lambda b: {"inputs": [{k: v for k, v in b["inputs"][0].items() if k != "data"}]},
+    "text datatype": lambda b: {"inputs": [dict(b["inputs"][0], datatype="BYTES")]},
+    "marker datatype": lambda b: {"inputs": [dict(b["inputs"][0], datatype=c._mark_constant("NaN"))]},
+    "bool in shape": lambda b: {"inputs": [dict(b["inputs"][0], shape=[True, 3])]},
+    "wrong width": lambda b: {"inputs": [dict(b["inputs"][0], shape=[2, 6])]},
+    "zero rows": lambda b: {"inputs": [dict(b["inputs"][0], shape=[0, 3], data=[])]},
+    "negative rows": lambda b: {"inputs": [dict(b["inputs"][0], shape=[-4, 3])]},
+    "too many rows": lambda b: {"inputs": [dict(b["inputs"][0], shape=[40, 3], data=b["inputs"][0]["data"] * 20)]},
+    "short data": lambda b: {"inputs": [dict(b["inputs"][0], data=b["inputs"][0]["data"][:-1])]},
+    "data not a list": lambda b: {"inputs": [dict(b["inputs"][0], data="1,2,3")]},
+    "nested too deeply": lambda b: {"inputs": [dict(b["inputs"][0], data=functools.reduce(lambda d, _: [d], range(40), 1.0))]},
+    "instances too": lambda b: dict(b, instances=[[1, 2, 3]]),
+    "3-d shape": lambda b: {"inputs": [dict(b["inputs"][0], shape=[2, 3, 1])]},
+}
+
+
+@pytest.mark.parametrize("change", list(V2_CHANGES))
+def test_a_malformed_v2_body_gives_exactly_the_per_value_message(change):
+    card = _card(3, random.Random(11), max_rows=30)
+    body = V2_CHANGES[change](_v2([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], "flat", 3))
+    _same_v2_refusal(body, card, 30)
+
+
+def test_v2_data_the_one_pass_check_does_not_read_still_goes_through_the_per_value_checks():
+    card = _card(3, random.Random(12))
+    ragged = {"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32", "data": [[1.0, 2.0], [3.0, 4.0, 5.0, 6.0]]}]}
+    assert c._fast_parse(ragged, card, 500) is None
+    assert c.parse_request(ragged, card).rows == [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
+    named_id = _v2([[1.0, 2.0, 3.0]], "flat", 3, id=c._mark_constant("NaN"))  # an id that is not a string is dropped
+    assert c.parse_request(named_id, card).v2_id is None and c._fast_parse(named_id, card, 500).v2_id is None
+
+
+# --- answers per batch: softmax, labels and the finiteness rule once per batch give the bytes the per-row code gave.
+
+
+def _per_row_softmax(logits: list) -> list:
+    """The per-row softmax answers used before (the oracle): exp(v - max) over Python's left-to-right sum."""
+    m = max(logits)
+    e = [math.exp(float(v) - m) for v in logits]
+    s = sum(e)
+    return [v / s for v in e]
+
+
+def _per_row_body(card: dict, fmt: str, rows: list) -> dict:
+    """The answer body the per-row code gave for a request's output rows (lists of the float32 values)."""
+    out = card["output"]
+    if out["task"] == "classification":
+        probs = [_per_row_softmax(r) for r in rows]
+        labels = [out["classes"][max(range(len(p)), key=p.__getitem__)] for p in probs]
+        if fmt == "v2":
+            label_type = "BYTES" if any(isinstance(k, str) for k in out["classes"]) else "INT64"
+            return {"model_name": "m", "model_version": "1", "outputs": [
+                {"name": "predictions", "shape": [len(labels)], "datatype": label_type, "data": labels},
+                {"name": "probabilities", "shape": [len(probs), len(out["classes"])], "datatype": "FP32", "data": [p for r in probs for p in r]}]}  # fmt: skip
+        return {"predictions": labels, "probabilities": probs, "classes": out["classes"], "model": "m", "version": "1"}
+    values = [float(r[0]) for r in rows]
+    if fmt == "v2":
+        return {"model_name": "m", "model_version": "1", "outputs": [{"name": "y", "shape": [len(values)], "datatype": "FP32", "data": values}]}
+    return {"predictions": values, "model": "m", "version": "1"}
+
+
+def _logits(rng: np.random.Generator, n: int, width: int) -> np.ndarray:
+    """Return float32 logits of mixed magnitudes: ordinary, huge, tiny, exact ties and near-ties."""
+    scale = rng.choice([1.0, 30.0, 1e3, 1e30, 1e-30, 1e-44, 3e37], size=(n, 1))
+    a = (rng.standard_normal((n, width)) * scale).astype(np.float32)
+    a[rng.random(n) < 0.2, :] = 0.0  # every class equally likely: the first wins
+    near = rng.random(n) < 0.2
+    a[near, -1] = np.nextafter(a[near, 0], np.float32(np.inf))
+    return a
+
+
+def _dumps(body: dict) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+@pytest.mark.parametrize("numpy_present", [True, False])
+@pytest.mark.parametrize("classes", [["no", "yes"], [0, 1, 2], [f"c{k}" for k in range(12)], list(range(9)), None], ids=str)
+def test_batch_answers_are_byte_identical_to_the_per_row_answers(classes, numpy_present, monkeypatch):
+    if not numpy_present:
+        monkeypatch.setattr(batch_checks, "np", None)
+    rng = np.random.default_rng(len(classes or ()) + 7 * numpy_present)
+    card = {"input": {"features": [{"name": "a", "min": 0.0, "max": 1.0}]},
+            "output": {"target": "y", "task": "classification" if classes else "regression", "classes": classes}}  # fmt: skip
+    for _ in range(30):
+        sizes = rng.integers(1, 9, size=rng.integers(1, 7)).tolist()
+        logits = _logits(rng, sum(sizes), len(classes) if classes else 1)
+        batch = batch_checks.Outputs(logits if numpy_present else logits.tolist(), bool(classes))
+        start = 0
+        for k, size in enumerate(sizes):
+            fmt = ["instances", "v2", "rows"][k % 3]
+            rows = logits.tolist()[start : start + size]  # what the forward's tolist() gave each request
+            want = _dumps(_per_row_body(card, fmt, rows))
+            assert _dumps(c.answer(card, c.ParsedRequest([[0.0]] * size, fmt), {"y": batch[start : start + size]}, "m", "1")) == want
+            assert _dumps(c.answer(card, c.ParsedRequest([[0.0]] * size, fmt), rows, "m", "1")) == want  # lists, as LocalModel passes
+            start += size
+
+
+@pytest.mark.parametrize("classes", [["a", "b", "c"], None], ids=["classifier", "regression"])
+def test_a_non_finite_output_refuses_its_own_request_naming_its_first_bad_sample(classes):
+    card = {"input": {"features": [{"name": "a", "min": 0.0, "max": 1.0}]},
+            "output": {"target": "y", "task": "classification" if classes else "regression", "classes": classes}}  # fmt: skip
+    out = np.ones((10, len(classes) if classes else 1), dtype=np.float32)
+    out[3, 0], out[5, -1], out[8, 0] = np.inf, np.nan, -np.inf  # requests: rows 0-2, 3-6, 7-9
+    batch = batch_checks.Outputs(out, bool(classes))
+    first = c.answer(card, c.ParsedRequest([[0.0]] * 3, "instances"), batch[0:3], "m", "1")
+    assert first["predictions"] == (["a"] * 3 if classes else [1.0] * 3)
+    for (lo, hi), fmt, where in (((3, 7), "instances", "instances[0]"), ((7, 10), "v2", "inputs[0].data row 1"), ((4, 7), "rows", "rows[1]")):
+        with pytest.raises(ContractError) as e:
+            c.answer(card, c.ParsedRequest([[0.0]] * (hi - lo), fmt), batch[lo:hi], "m", "1")
+        assert str(e.value) == f"{where}: the model's output overflows float32 (values far outside the training range)"
+        with pytest.raises(ContractError) as from_lists:
+            c.answer(card, c.ParsedRequest([[0.0]] * (hi - lo), fmt), out.tolist()[lo:hi], "m", "1")
+        assert str(from_lists.value) == str(e.value)
+
+
+def test_the_bad_value_batches_straddle_the_small_batch_bound():
+    assert 2 * 6 <= batch_checks.SMALL < 20 * 4  # the small and large batches above take the two ways of checking

@@ -9,6 +9,7 @@ builds is read back per request. The model is a known linear function, so every 
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
@@ -258,6 +259,47 @@ def test_a_forward_that_fails_for_the_batch_fails_only_the_request_that_fails_al
     _assert_goods(results, bad_index=1)
     messages = [r.getMessage() for r in caplog.records if r.name == tabular_handler.__name__]
     assert len(messages) == 2 and "batch of 4 rows" in messages[0] and "request 1 (1 rows)" in messages[1], messages
+
+
+def _v2_body(data, n: int) -> tuple[bytes, dict]:
+    return json.dumps({"inputs": [{"name": "x", "shape": [n, 3], "datatype": "FP32", "data": data}]}).encode(), dict(JSON_CT)
+
+
+def test_checked_arrays_reach_the_forward_as_one_array_and_a_per_value_request_sends_lists(monkeypatch):
+    h, seen = _handler(), []
+    real = tabular_handler.programs.run_samples
+
+    def spy(model, card, inputs, device="cpu", arrays=False):
+        seen.append([type(v).__name__ for v in inputs.values()])
+        return real(model, card, inputs, device, arrays)
+
+    monkeypatch.setattr(tabular_handler.programs, "run_samples", spy)
+    plain = run_batch(h, [_good(0), _v2_body([5, 1.0, -2.0, 6, 1.0, -2.0], 2), _good(7)])
+    ragged = run_batch(h, [_good(0), _v2_body([[5, 1.0], [-2.0, 6, 1.0, -2.0]], 2)])  # valid; the per-value checks read it
+    assert seen == [["ndarray"], ["list"]]
+    for results in (plain, ragged):
+        assert [s for s, _ in results] == [200] * len(results), results
+        assert results[0][1]["predictions"] == pytest.approx([_want([0, 1.0, -2.0])], rel=1e-6)
+        assert results[1][1]["outputs"][0]["data"] == pytest.approx([_want([5, 1.0, -2.0]), _want([6, 1.0, -2.0])], rel=1e-6)
+    assert plain[2][1]["predictions"] == pytest.approx([_want([7, 1.0, -2.0])], rel=1e-6)
+
+
+def test_without_numpy_a_worker_answers_every_format_with_the_same_bytes(monkeypatch):
+    from aiaas_torch.handlers import aiaas_contract, batch_checks, protocols
+
+    h = _handler()
+    lin = h.model
+    h.card = dict(CARD, output={"target": "y", "task": "classification", "classes": ["lo", "hi"]})
+    h.model = lambda x: torch.cat([-lin(x), lin(x)], dim=1)  # two logits per row
+    requests = [_good(0), _v2_body([5, 1.0, -2.0, 6, 1.0, -2.0], 2), _triton_request([[1.0, 2.0, 3.0]], "FP32"),
+                (json.dumps([[9, 9, 9]]).encode(), dict(JSON_CT))]  # fmt: skip
+    with_numpy = run_batch_raw(h, requests)
+    for module in (aiaas_contract, batch_checks, protocols):
+        monkeypatch.setattr(module, "np", None)
+    h.card = copy.deepcopy(h.card)  # a worker without numpy never planned this card
+    without = run_batch_raw(h, requests)
+    assert [s for s, _, _ in with_numpy] == [200] * 4 and with_numpy == without
+    assert json.loads(with_numpy[0][2])["predictions"] == ["hi" if _want([0, 1.0, -2.0]) > 0 else "lo"]
 
 
 def test_an_encoding_bug_for_one_request_is_its_own_500(monkeypatch):

@@ -1,0 +1,170 @@
+"""The handler's own cost per row, in process: decode (bytes → JSON) + check + forward + encode, without TorchServe.
+
+A batch of 16 requests of one row of 10 features each (what a worker gets under load with batchSize 16), and one
+request of 16 rows, goes
+through `TabularHandler.handle` with a minimal stand-in for TorchServe's context, for a regression and a classifier
+card on a small eager MLP (10-16-k). Each step is then timed alone on the same batch: decode (`protocols.decode`,
+i.e. the JSON parse), check (`parse_request` on the decoded body), forward (`_forward`: stack, one forward, split),
+encode (`encode`: the answer and its JSON). Repeats alternate between the cards; medians are printed.
+
+    .venv/bin/python benchmarks/handler_cost.py            # ≈ 20 s: 16 requests × 1 row, then 1 request × 16 rows
+    .venv/bin/python benchmarks/handler_cost.py --requests 4 --rows 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import time
+
+import torch
+
+from aiaas_torch.handlers import aiaas_contract as contract
+from aiaas_torch.handlers import integrity, programs, protocols
+from aiaas_torch.handlers.tabular_handler import TabularHandler
+
+GOAL_US = 5.0  # issue 17: handler cost per row at batch 16 × 10 features
+
+
+class _Metrics:
+    """TorchServe's metrics object, doing nothing (its cost is TorchServe's)."""
+
+    def add_counter(self, *a, **k):
+        """Return None."""
+
+    def add_time(self, *a, **k):
+        """Return None."""
+
+
+class _Context:
+    """The part of TorchServe's Context the handler calls, as plain dict writes."""
+
+    def __init__(self, headers: list):
+        self.headers, self.metrics = headers, _Metrics()
+        self.status, self.out_headers, self.types = {}, {}, {}
+
+    def get_all_request_header(self, idx):
+        """Return request idx's headers."""
+        return self.headers[idx]
+
+    def get_request_header(self, idx, name):
+        """Return one header of request idx."""
+        return self.headers[idx].get(name)
+
+    def set_response_content_type(self, idx, value):
+        """Record the content type of request idx."""
+        self.types[idx] = value
+
+    def set_response_status(self, code, phrase, idx=0):
+        """Record the status of request idx."""
+        self.status[idx] = code
+
+    def set_response_header(self, idx, name, value):
+        """Record a response header of request idx."""
+        self.out_headers[(idx, name)] = value
+
+
+def _handler(width: int, classes: list | None) -> TabularHandler:
+    """Return a handler set up as initialize() would, on an in-memory 10-16-k MLP."""
+    feats = [{"name": f"f{j}", "kind": "numeric", "min": -3.0, "max": 3.0, "mean": 0.0} for j in range(width)]
+    output = {"target": "y", "task": "classification" if classes else "regression", "classes": classes}
+    h = TabularHandler()
+    h.card = {"input": {"features": feats, "max_rows": 1000}, "output": output, "files": {}}
+    h.max_rows, h.device, h.model_name, h.model_version = 1000, "cpu", "m", "1.0"
+    torch.manual_seed(0)
+    h.model = torch.nn.Sequential(torch.nn.Linear(width, 16), torch.nn.ReLU(), torch.nn.Linear(16, len(classes) if classes else 1)).eval()
+    h.initialized = True
+    return h
+
+
+def _batch(width: int, requests: int, rows: int, rng: random.Random) -> tuple[list, list]:
+    """Return (TorchServe's data list with raw JSON bodies, each request's headers)."""
+    data = [{"body": json.dumps({"instances": [[round(rng.gauss(0, 1), 6) for _ in range(width)] for _ in range(rows)]}).encode()}
+            for _ in range(requests)]  # fmt: skip
+    return data, [{"content-type": "application/json"} for _ in range(requests)]
+
+
+def _time(fn, repeats: int) -> float:
+    """Return the median seconds of fn() over `repeats` runs of 20 calls each."""
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(20):
+            fn()
+        out.append((time.perf_counter() - t0) / 20)
+    return statistics.median(out)
+
+
+def _infer(model, x: torch.Tensor) -> torch.Tensor:
+    """Return the model's output on x (the bare forward, for the share of `forward` that is the model's)."""
+    with torch.inference_mode():
+        return model(x)
+
+
+def _steps(h: TabularHandler, data: list, headers: list) -> dict:
+    """Return {step: callable} timing each step of handle alone on the same batch."""
+    wires = [protocols.decode(r["body"], hd) for r, hd in zip(data, headers)]
+    parsed = [contract.parse_request(w.body, h.card, h.max_rows) for w in wires]
+    outputs = h._forward(parsed)
+    x = torch.tensor([r for p in parsed for r in p.rows], dtype=torch.float32)
+    return {
+        "handle": lambda: h.handle(data, _Context(headers)),
+        "decode": lambda: [protocols.decode(r["body"], hd) for r, hd in zip(data, headers)],
+        "check": lambda: [contract.parse_request(w.body, h.card, h.max_rows) for w in wires],
+        "forward": lambda: h._forward(parsed),
+        "model": lambda: _infer(h.model, x),
+        "encode": lambda: [h.encode(p, w, o) for p, w, o in zip(parsed, wires, outputs)],
+    }
+
+
+def measure(requests: int, rows: int, features: int, repeats: int) -> dict:
+    """Return {card: {step: median µs per row}} for batches of `requests` requests × `rows` rows, cards alternating."""
+    rng = random.Random(0)
+    cards = {"regression": _handler(features, None), "classifier (3 classes)": _handler(features, ["a", "b", "c"])}
+    steps = {name: _steps(h, *_batch(features, requests, rows, rng)) for name, h in cards.items()}
+    results = {card: {s: [] for s in STEPS} for card in cards}
+    for _ in range(repeats):  # alternate cards and steps, so that drift in the host's load hits all alike
+        for card, fns in steps.items():
+            for s in STEPS:
+                results[card][s].append(_time(fns[s], 1))
+    n = requests * rows
+    return {card: {s: statistics.median(v) * 1e6 / n for s, v in res.items()} for card, res in results.items()}
+
+
+STEPS = ["handle", "decode", "check", "forward", "model", "encode"]
+
+
+def main(argv=None) -> int:
+    """Print the host, then each card's per-row cost of handle and of each step; returns 0 when the goal is met, else 1."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, help="requests per batch (default: 16 × 1 row, then 1 × 16 rows)")
+    ap.add_argument("--rows", type=int, default=1, help="rows per request (with --requests)")
+    ap.add_argument("--features", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=31)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)  # what a worker runs with (handler setting `threads`, default 1)
+    flags = integrity.cpu_flags()
+    print(f"host: {programs.cpu_model_name()}, {os.cpu_count()} cores, vector ISA class {programs.isa_class(flags)}, "
+          f"load {os.getloadavg()[0]:.2f}; torch {torch.__version__}, 1 thread; JSON parser: the stdlib json")  # fmt: skip
+    shapes = [(args.requests, args.rows)] if args.requests else [(16, 1), (1, 16)]
+    ok = True
+    for requests, rows in shapes:
+        print(f"\nbatch of {requests} request(s) × {rows} row(s) × {args.features} features; µs per row, median of {args.repeats} alternating repeats")
+        print(f"{'card':>24} | {'handle':>7} | {'decode':>7} {'check':>7} {'forward':>7} {'encode':>7} {'other':>7} | {'model':>7} | parse share")
+        for card, med in measure(requests, rows, args.features, args.repeats).items():
+            total = med["handle"]
+            other = total - sum(med[s] for s in ("decode", "check", "forward", "encode"))
+            ok &= total <= GOAL_US if (requests, rows) == (16, 1) else True
+            print(f"{card:>24} | {total:7.2f} | {med['decode']:7.2f} {med['check']:7.2f} {med['forward']:7.2f} {med['encode']:7.2f} "
+                  f"{other:7.2f} | {med['model']:7.2f} | {med['decode'] / total:.0%}")  # fmt: skip
+    print(f"\ngoal (16 requests × 1 row): handle ≤ {GOAL_US:g} µs per row: {'met' if ok else 'NOT met'}. decode: the JSON parse "
+          "(protocols.decode); check: parse_request; forward: stack, one forward, outputs per batch (model: the bare "
+          "model call); encode: answer and its JSON; other: handle's own steps (headers, Content-Type, context calls, metrics)")  # fmt: skip
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -95,7 +95,8 @@ def softmax_rows(logits) -> tuple:
     """Return (probabilities, index of the most probable class) per row of a batch of finite logits, as lists.
 
     Each probability is exp(v - max) / the left-to-right sum of the row's exps, in float64, as Python's per-row code
-    computes it (byte-identical JSON); the most probable class is the first of equal probabilities.
+    computes it (byte-identical JSON where numpy's exp is libm's, as on AVX2 hosts; numpy's SIMD exp on other ISAs may
+    differ in the last bits); the most probable class is the first of equal probabilities.
     """
     if np is None:
         probs = []

@@ -7,6 +7,8 @@ Tests that change a run directory work on a copy.
 from __future__ import annotations
 
 import importlib
+import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +89,25 @@ def digits(byom):
     """(model, test images, test labels): the digits CNN of examples/byom.py trained once with SGD (seconds)."""
     Xtr, ytr, Xte, yte = byom.load_digits()
     return byom.train_digits(Xtr, ytr), Xte, yte
+
+
+def _json_close(a, b, ulps: int) -> bool:
+    """Return True when two JSON values are equal, floats within `ulps` units in the last place."""
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or abs(a - b) <= ulps * math.ulp(max(abs(a), abs(b)))
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_json_close(x, y, ulps) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_json_close(a[k], b[k], ulps) for k in a)
+    return type(a) is type(b) and a == b
+
+
+@pytest.fixture
+def same_json():
+    """Return a check that two JSON bodies (bytes) are byte-identical, or, where numpy's exp is not libm's on this CPU
+    (its SIMD exp on some ISAs), equal but for probabilities a few ulps apart; labels and every other value exact."""
+
+    def check(a: bytes, b: bytes, ulps: int = 4) -> bool:
+        return a == b or _json_close(json.loads(a), json.loads(b), ulps)
+
+    return check

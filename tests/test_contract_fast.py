@@ -341,7 +341,7 @@ def _dumps(body: dict) -> bytes:
 
 @pytest.mark.parametrize("numpy_present", [True, False])
 @pytest.mark.parametrize("classes", [["no", "yes"], [0, 1, 2], [f"c{k}" for k in range(12)], list(range(9)), None], ids=str)
-def test_batch_answers_are_byte_identical_to_the_per_row_answers(classes, numpy_present, monkeypatch):
+def test_batch_answers_are_byte_identical_to_the_per_row_answers(classes, numpy_present, monkeypatch, same_json):
     if not numpy_present:
         monkeypatch.setattr(batch_checks, "np", None)
     rng = np.random.default_rng(len(classes or ()) + 7 * numpy_present)
@@ -356,8 +356,8 @@ def test_batch_answers_are_byte_identical_to_the_per_row_answers(classes, numpy_
             fmt = ["instances", "v2", "rows"][k % 3]
             rows = logits.tolist()[start : start + size]  # what the forward's tolist() gave each request
             want = _dumps(_per_row_body(card, fmt, rows))
-            assert _dumps(c.answer(card, c.ParsedRequest([[0.0]] * size, fmt), {"y": batch[start : start + size]}, "m", "1")) == want
-            assert _dumps(c.answer(card, c.ParsedRequest([[0.0]] * size, fmt), rows, "m", "1")) == want  # lists, as LocalModel passes
+            assert same_json(_dumps(c.answer(card, c.ParsedRequest([[0.0]] * size, fmt), {"y": batch[start : start + size]}, "m", "1")), want)
+            assert same_json(_dumps(c.answer(card, c.ParsedRequest([[0.0]] * size, fmt), rows, "m", "1")), want)  # lists, as LocalModel passes
             start += size
 
 

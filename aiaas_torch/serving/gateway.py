@@ -5,7 +5,8 @@ TorchServe 0.12 answers only part of the Open Inference Protocol (live, server m
 data plane KServe's TorchServe runtime uses; optional extra `oip`) with one `kserve.Model` per served model and
 version, and adds what KServe leaves out: a server- and model-ready that mean "minWorkers workers READY" (asked of
 TorchServe's management API, cached for READY_CACHE_S), model metadata from the card, the `/versions/V` paths,
-the bearer token (the instance's inference key, as TorchServe asks for it) and a loopback-only listener.
+TF Serving's model status at `GET /v1/models/NAME[/versions/V]` (states: see tf_serving_state), the bearer token
+(the instance's inference key, as TorchServe asks for it) and a loopback-only listener.
 Inference is forwarded to TorchServe on loopback with the caller's own Authorization header, so TorchServe's
 token check stays the one that guards the models. Run as `python -m aiaas_torch.serving.gateway HOME PORT`;
 `serving.start(..., oip=True)` starts it after TorchServe is ready and `serving.stop` stops it first.
@@ -26,7 +27,7 @@ import httpx
 
 from .home import load_info
 from .management import mgmt_call, models_snapshot
-from .readiness import versions_ready
+from .readiness import version_ready, versions_ready
 from .tokens import read_keys
 
 READY_CACHE_S = 0.5  # a probe storm asks the management API at most twice a second
@@ -70,6 +71,11 @@ class Upstream:
         at, snap = self._snapshot
         return snap if time.monotonic() - at < READY_CACHE_S else None
 
+    async def current_snapshot(self) -> dict:
+        """Return the snapshot: the cached one while fresh, else asked for in a thread (never blocking the event loop)."""
+        snap = self.fresh_snapshot()
+        return snap if snap is not None else await asyncio.to_thread(self.snapshot)
+
     def snapshot(self) -> dict:
         """Return TorchServe's models snapshot (management API), at most READY_CACHE_S old; {} when it cannot answer."""
         with self._lock:
@@ -105,6 +111,34 @@ def _card_tensors(card: dict) -> tuple[list, list]:
     return inputs, outputs
 
 
+def tf_serving_state(version: dict) -> str:
+    """Return TF Serving's state of one snapshot version: AVAILABLE, LOADING or UNAVAILABLE.
+
+    AVAILABLE: max(1, minWorkers) workers READY (what model ready means). LOADING: workers are asked for
+    (minWorkers > 0) and listed, but fewer are READY (starting, or restarting after a crash). UNAVAILABLE: no
+    worker asked for (scaled to zero) or none listed yet. Never END: an unregistered version is gone from
+    TorchServe's list, so its status is a 404.
+    """
+    if version_ready(version):
+        return "AVAILABLE"
+    return "LOADING" if version["minWorkers"] > 0 and version["workers"] else "UNAVAILABLE"
+
+
+def tf_serving_status(snapshot: dict, name: str, version: str | None) -> tuple[int, dict]:
+    """Return (HTTP status, body) of TF Serving's GET /v1/models/NAME[/versions/VERSION] from a models snapshot."""
+    if not snapshot:
+        return 503, {"error": "no model status: TorchServe's management API did not answer (or lists no models)"}
+    versions = snapshot.get(name)
+    if not versions:
+        return 404, {"error": f"Could not find any versions of model {name}"}
+    if version is not None:
+        versions = [v for v in versions if v["version"] == version]
+        if not versions:
+            return 404, {"error": f"Could not find version {version} of model {name}"}
+    ok = {"error_code": "OK", "error_message": ""}
+    return 200, {"model_version_status": [{"version": v["version"], "state": tf_serving_state(v), "status": ok} for v in versions]}
+
+
 def build_model_class(kserve):
     """Return the kserve.Model subclass that forwards one TorchServe model version (kserve imported by the caller)."""
     from kserve.errors import InvalidInput
@@ -121,9 +155,7 @@ def build_model_class(kserve):
 
         async def healthy(self) -> bool:
             """Return True when this version has minWorkers READY workers in TorchServe now."""
-            snap = self.upstream.fresh_snapshot()
-            if snap is None:
-                snap = await asyncio.to_thread(self.upstream.snapshot)
+            snap = await self.upstream.current_snapshot()
             return versions_ready([v for v in snap.get(self.ts_name, []) if v["version"] == self.version])
 
         def get_input_types(self) -> list:
@@ -280,6 +312,15 @@ def build_server(home: Path, port: int):
             return await self.app(scope, receive, send)
 
     model_server.app.add_middleware(BearerToken)
+
+    async def model_status(model_name: str, model_version: str | None = None):
+        """Answer TF Serving's model status (KServe's own GET /v1/models/NAME answers {"name", "ready"})."""
+        code, body = tf_serving_status(await upstream.current_snapshot(), model_name, model_version)
+        return JSONResponse(body, status_code=code)
+
+    # Routes match in the order they were added and KServe adds its own when the server starts: these answer first.
+    model_server.app.add_api_route("/v1/models/{model_name}", model_status, methods=["GET"])
+    model_server.app.add_api_route("/v1/models/{model_name}/versions/{model_version}", model_status, methods=["GET"])
 
     @model_server.app.exception_handler(UpstreamError)
     async def upstream_error(_, exc: UpstreamError):

@@ -86,7 +86,12 @@ def _all_ready(models: Mapping[str, list[dict]], expected: Iterable[str] | None)
 
 def versions_ready(versions: list[dict]) -> bool:
     """Return True when the snapshot's versions are not none and each has at least max(1, minWorkers) READY workers."""
-    return bool(versions) and all(sum(w["status"] == "READY" for w in v["workers"]) >= max(1, v["minWorkers"]) for v in versions)
+    return bool(versions) and all(version_ready(v) for v in versions)
+
+
+def version_ready(version: dict) -> bool:
+    """Return True when one snapshot version has at least max(1, minWorkers) READY workers."""
+    return sum(w["status"] == "READY" for w in version["workers"]) >= max(1, version["minWorkers"])
 
 
 def unbound_ports(info: ServerInfo) -> list[int]:

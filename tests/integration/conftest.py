@@ -1,19 +1,25 @@
 """Session fixtures for the integration tests: real run directories, real .mar archives, one real TorchServe.
 
 The server is started once per test session on 127.0.0.1 with ports picked free at start (so the suite can run
-beside a TorchServe that is already up) and stopped at the end.
+beside a TorchServe that is already up) and stopped at the end. Where the `oip` extra is installed it is started
+as `aiaas serve start --oip` starts it, with its Open Inference gateway, and stopped as `aiaas serve stop` stops it;
+the stop is checked to leave neither process nor the gateway's port behind.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from aiaas_torch import serving as server
 from aiaas_torch.archive import ServingConfig, package
+from aiaas_torch.cli import main
 from aiaas_torch.client import Client
 from aiaas_torch.data import from_arrays, load_csv
 from aiaas_torch.export import export_run
@@ -102,11 +108,19 @@ def served(tmp_path_factory, mlp_run) -> Served:
     models = [f"y2x={archives['y2x-1.0'].name}", f"y2x={archives['y2x-2.0'].name}", f"classes={archives['classes-1.0'].name}",
               f"mlp={archives['mlp-1.0'].name}", f"selected={archives['selected-1.0'].name}",
               f"penguins={archives['penguins-1.0'].name}"]
-    info = server.start(home, store, models, free_ports=True, ready_timeout=180)
+    # kserve parses sys.argv when imported, so it is looked for, never imported, in the test process
+    oip = importlib.util.find_spec("kserve") is not None
+    info = server.start(home, store, models, free_ports=True, ready_timeout=180, oip=oip)
     try:
         yield Served(origin, origin_v2, classes, mlp_run.run_dir, selected, penguins, store, archives, home, info)
     finally:
-        server.stop(home)
+        stopped = main(["serve", "stop", "--home", str(home)])
+    assert stopped == 0
+    for pid in (info.pid, info.gateway_pid):
+        assert pid <= 0 or not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, pid
+    if oip:
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", int(info.gateway_url.rsplit(":", 1)[1])), timeout=5).close()
 
 
 @pytest.fixture()

@@ -1,5 +1,6 @@
-"""The Open Inference gateway (`aiaas serve start --oip`: kserve's ModelServer in front of TorchServe), started once
-in front of the session's TorchServe and called with tritonclient and httpx, as third-party clients would."""
+"""The Open Inference gateway (`aiaas serve start --oip`: kserve's ModelServer in front of TorchServe), the one the
+session's `start(..., oip=True)` started (tests/integration/conftest.py, which also checks that the stop leaves
+nothing behind), called with tritonclient and httpx, as third-party clients would."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import tritonclient.http as th
 from tritonclient.utils import InferenceServerException
 
 from aiaas_torch import serving as server
-from aiaas_torch.serving.pids import gateway_alive, inet_connections, stop_gateway
+from aiaas_torch.serving.pids import inet_connections
 
 pytestmark = pytest.mark.serving
 # kserve parses sys.argv when imported, so it is looked for, never imported, in the test process
@@ -23,13 +24,8 @@ pytestmark = [pytestmark, pytest.mark.skipif(importlib.util.find_spec("kserve") 
 
 @pytest.fixture(scope="module")
 def gateway(served):
-    """Yield the ServerInfo of the session's TorchServe with a gateway on a free port; stop the gateway afterwards."""
-    info = server.start_gateway(served.home, port=0, timeout=90)
-    try:
-        yield info
-    finally:
-        stop_gateway(info, timeout=10)
-    assert not gateway_alive(info)
+    """Return the ServerInfo of the session's TorchServe, whose gateway start(oip=True) started on a free port."""
+    return served.info
 
 
 def _client(gateway):
@@ -82,6 +78,11 @@ def test_gateway_ready_means_workers_ready_where_native_ready_does_not(gateway, 
         assert _within(10.0, lambda: c.is_model_ready("y2x", "2.0", headers=dict(h)) is False)
         assert c.is_server_ready(headers=dict(h)) is False
         assert c.is_model_ready("y2x", "1.0", headers=dict(h)) is True
+        listed = _tf_status(gateway, "/v1/models/y2x")
+        assert sorted(listed.json()["model_version_status"], key=lambda e: e["version"]) == [
+            _entry("1.0", "AVAILABLE"), _entry("2.0", "UNAVAILABLE")], listed.text  # fmt: skip
+        one = _tf_status(gateway, "/v1/models/y2x/versions/2.0")
+        assert one.json() == {"model_version_status": [_entry("2.0", "UNAVAILABLE")]}, one.text
         still = httpx.get(f"{gateway.inference_url}/v2/health/ready", headers=h, trust_env=False)
         assert native.json() == still.json() == {"ready": True}  # TorchServe's own answer, whatever the workers
     finally:
@@ -99,15 +100,57 @@ def _within(seconds: float, check) -> bool:
     return True
 
 
-def test_gateway_tf_serving_rest_and_model_status(gateway):
+def test_gateway_tf_serving_rest_predict(gateway):
     h = {"Authorization": f"Bearer {server.read_keys(gateway.home)['inference']}"}
     with httpx.Client(base_url=gateway.gateway_url, headers=h, timeout=30, trust_env=False) as http:
         rows = http.post("/v1/models/y2x:predict", json={"instances": [[6.0], [7.0]]})
         cols = http.post("/v1/models/y2x:predict", json={"inputs": {"x": [6.0, 7.0]}})
-        status = http.get("/v1/models/y2x")
     assert rows.status_code == 200 and rows.json()["predictions"] == pytest.approx([12.0, 14.0], rel=1e-3), rows.text
     assert cols.status_code == 200 and cols.json() == {"outputs": pytest.approx([12.0, 14.0], rel=1e-3)}, cols.text
-    assert status.status_code == 200 and status.json() == {"name": "y2x", "ready": True}, status.text
+
+
+def _tf_status(gateway, path: str, token: bool = True) -> httpx.Response:
+    """Return the gateway's answer to GET PATH, with the inference token or without any."""
+    h = {"Authorization": f"Bearer {server.read_keys(gateway.home)['inference']}"} if token else {}
+    return httpx.get(gateway.gateway_url + path, headers=h, timeout=30, trust_env=False)
+
+
+def _entry(version: str, state: str) -> dict:
+    """Return one TF Serving model_version_status entry with an OK status."""
+    return {"version": version, "state": state, "status": {"error_code": "OK", "error_message": ""}}
+
+
+def test_gateway_answers_tf_serving_model_status_per_version(gateway):
+    """Every version AVAILABLE while its workers are READY (UNAVAILABLE when scaled to zero: the readiness test)."""
+    everything = _tf_status(gateway, "/v1/models/y2x")
+    assert everything.status_code == 200, everything.text
+    listed = sorted(everything.json()["model_version_status"], key=lambda e: e["version"])
+    assert listed == [_entry("1.0", "AVAILABLE"), _entry("2.0", "AVAILABLE")]
+    one = _tf_status(gateway, "/v1/models/y2x/versions/2.0")
+    assert one.status_code == 200 and one.json() == {"model_version_status": [_entry("2.0", "AVAILABLE")]}, one.text
+
+
+def test_gateway_tf_serving_status_of_unknown_models_and_versions_and_without_token(gateway):
+    for path, message in [("/v1/models/nope", "Could not find any versions of model nope"),
+                          ("/v1/models/y2x/versions/9.9", "Could not find version 9.9 of model y2x")]:  # fmt: skip
+        r = _tf_status(gateway, path)
+        assert r.status_code == 404 and r.json() == {"error": message}, r.text
+    for path in ("/v1/models/y2x", "/v1/models/y2x/versions/1.0", "/v1/models/nope"):
+        r = _tf_status(gateway, path, token=False)
+        assert r.status_code == 401 and "token" in r.json()["error"], r.text
+
+
+def test_start_oip_runs_the_gateway_after_torchserve_records_it_and_refuses_a_second(gateway, served):
+    recorded = server.load_info(served.home)
+    assert recorded.gateway_url == gateway.gateway_url and recorded.gateway_pid == gateway.gateway_pid > 0
+    proc = psutil.Process(gateway.gateway_pid)
+    assert "aiaas_torch.serving.gateway" in proc.cmdline() and str(served.home) in proc.cmdline()
+    assert proc.create_time() >= psutil.Process(served.info.pid).create_time()  # started once TorchServe was
+    port = int(gateway.gateway_url.rsplit(":", 1)[1])
+    assert port not in served.info.listen_ports and port != 8090  # free_ports=True picked a free port for it too
+    assert server.status(served.home)["gateway_url"] == gateway.gateway_url
+    with pytest.raises(server.TorchServeError, match="gateway already runs"):
+        server.start_gateway(served.home, port=0)
 
 
 def test_gateway_listens_on_loopback_only(gateway):

@@ -111,7 +111,7 @@ _CHILD = textwrap.dedent("""
         X = np.arange(1, 6, dtype=float).reshape(-1, 1)
         result = train(from_arrays(X, 2 * X[:, 0], ["x"]), TrainConfig(epochs=50, val_fraction=0.0, progress=False))
         if where == "before-card":
-            export._write_json_atomic = die_here(where, export._write_json_atomic)
+            export.write_json_atomic = die_here(where, export.write_json_atomic)
         else:
             export._swap_into_place = die_here(where, export._swap_into_place)
         export.export_run(result, target, QuantConfig("none"), compile=False)

@@ -298,7 +298,7 @@ class ProgramSet:
 def _input(samples, spec: dict, device: str) -> torch.Tensor:
     """Return one input's samples as a tensor of its spec's dtype and [N, ...] shape; a CPU numpy array already of
     that dtype and shape (the handler's stacked rows) is taken as it is: each conversion step costs microseconds."""
-    if (device == "cpu" and np is not None and type(samples) is np.ndarray and samples.dtype.name == spec["dtype"]
+    if (device == "cpu" and np is not None and type(samples) is np.ndarray and samples.dtype == spec["dtype"]
             and list(samples.shape[1:]) == spec["shape"][1:] and len(samples.shape) == len(spec["shape"])):  # fmt: skip
         return torch.from_numpy(samples)
     return torch.as_tensor(samples, dtype=getattr(torch, spec["dtype"]), device=device).reshape(-1, *spec["shape"][1:])

@@ -51,7 +51,7 @@ def float32_rows(a):
 def small_rows(values: list):
     """Return a small batch's equal-length rows (lists or tuples) of plain ints and floats as lists of floats within
     float32's range, or None: the one-pass check without numpy's per-call cost (what float32_rows(plain_array) gives)."""
-    kinds = set(map(type, itertools.chain.from_iterable(values)))
+    kinds = set(map(type, values[0] if len(values) == 1 else itertools.chain.from_iterable(values)))
     if not kinds <= PLAIN_TYPES:
         return None
     if kinds == _FLOATS and type(values[0]) is list:  # JSON's usual rows: already lists of floats
@@ -61,7 +61,7 @@ def small_rows(values: list):
             rows = [list(map(float, r)) for r in values]
         except OverflowError:  # an integer beyond float range
             return None
-    return rows if all(map(FLOAT32_MAX.__ge__, map(abs, itertools.chain.from_iterable(rows)))) else None
+    return rows if all(map(FLOAT32_MAX.__ge__, map(abs, rows[0] if len(rows) == 1 else itertools.chain.from_iterable(rows)))) else None
 
 
 def count_outside(a, rows: list, lo, hi) -> int:
@@ -175,7 +175,9 @@ class Outputs:
 
     def __getitem__(self, part: slice) -> Outputs:
         """Return the rows `part` (a slice) of these rows, sharing what was computed for the batch."""
-        start, stop, _ = part.indices(self.stop - self.start)
+        start, stop, n = part.start, part.stop, self.stop - self.start
+        if part.step is not None or type(start) is not int or type(stop) is not int or not 0 <= start <= stop <= n:
+            start, stop, _ = part.indices(n)  # the general slice; the handler's own are plain [start:stop]
         view = _new(Outputs)
         view._bad, view._probs, view._best, view._first = self._bad, self._probs, self._best, self._first
         view.start, view.stop = self.start + start, self.start + max(start, stop)

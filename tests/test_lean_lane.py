@@ -161,3 +161,13 @@ def test_handle_answers_the_common_batch_with_the_general_paths_bytes(classes):
     for i, p in enumerate(parsed):
         want = protocols.encode(protocols.Decoded(None), c.answer(h.card, p, outputs[i], "m", "1.0"))[0]
         assert got[i] == want
+
+
+def test_outputs_slices_as_a_list_does():
+    values = [float(v) for v in range(6)]
+    batch = batch_checks.Outputs([[v] for v in values], False)
+    for start in (None, -9, -2, 0, 1, 5, 6, 9):
+        for stop in (None, -9, -1, 0, 2, 6, 9):
+            part = batch[start:stop]
+            assert part.first_column() == values[start:stop] and len(part) == len(values[start:stop])
+            assert part[1:3].first_column() == values[start:stop][1:3]

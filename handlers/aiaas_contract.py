@@ -68,7 +68,7 @@ class ParsedRequest:
     imputed: int = 0  # nulls sent for features the card imputes (NaN in rows)
     unseen: int = 0  # categories the card's vocabulary does not hold (code -1 in rows)
     inputs: dict | None = None  # input name → its samples, each a flat list of values in the card's dtype
-    array: object = None  # the one-pass check's rows as a float64 numpy array [N, F], handed to the forward as they are
+    array: object = None  # the one-pass check's rows (float64 array [N, F], or a small batch's float lists) for the forward
 
 
 class _NonFiniteLiteral(str):
@@ -451,6 +451,9 @@ def _fast_parse(value, card: dict, limit: int):
         values = list(map(plan.get, rows))
     else:  # mixed forms, or rows that are neither lists nor objects
         return None
+    if len(values) * plan.width <= batch_checks.SMALL:  # the common small request: no numpy call of its own
+        rows = batch_checks.small_rows(values)
+        return None if rows is None else _checked(rows, None, fmt, plan)
     a = batch_checks.plain_array(values)
     return None if a is None else _fast_parsed(a, fmt, plan)
 
@@ -459,9 +462,13 @@ def _fast_parsed(a, fmt: str, plan: _Plan, v2_id: str | None = None):
     """Return the ParsedRequest of rows (a: float64 [N, F]) within float32's range, their out-of-range values
     counted, or None (a value beyond float32, NaN or infinite) for the per-value checks."""
     rows = batch_checks.float32_rows(a)
-    if rows is None:
-        return None
-    parsed = ParsedRequest(rows, fmt, batch_checks.count_outside(a, rows, plan.lo, plan.hi), v2_id=v2_id, array=a)
+    return None if rows is None else _checked(rows, a, fmt, plan, v2_id)
+
+
+def _checked(rows: list, a, fmt: str, plan: _Plan, v2_id: str | None = None) -> ParsedRequest:
+    """Return the ParsedRequest of rows the one-pass check passed (a: their float64 array, None for a small batch)."""
+    parsed = ParsedRequest(rows, fmt, batch_checks.count_outside(a, rows, plan.lo, plan.hi), v2_id=v2_id,
+                           array=rows if a is None else a)  # fmt: skip
     parsed.inputs = {plan.tensor: rows}
     return parsed
 

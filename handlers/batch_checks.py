@@ -20,6 +20,7 @@ except ImportError:  # pragma: no cover
 
 _new = object.__new__
 PLAIN_TYPES = {int, float}  # exact types: bool and the NaN/Infinity marker are subclasses the per-value checks refuse
+_FLOATS = {float}
 FLOAT32_MAX = 3.4e38  # the bound of the per-value check (`_number`)
 # Up to this many values, C-level Python maps beat numpy, whose every call costs about a microsecond: a request of
 # one 10-value row is checked and counted in ~2 µs instead of ~8.
@@ -47,12 +48,30 @@ def float32_rows(a):
     return rows if ok else None
 
 
+def small_rows(values: list):
+    """Return a small batch's equal-length rows (lists or tuples) of plain ints and floats as lists of floats within
+    float32's range, or None: the one-pass check without numpy's per-call cost (what float32_rows(plain_array) gives)."""
+    kinds = set(map(type, values[0] if len(values) == 1 else itertools.chain.from_iterable(values)))
+    if not kinds <= PLAIN_TYPES:
+        return None
+    if kinds == _FLOATS and type(values[0]) is list:  # JSON's usual rows: already lists of floats
+        rows = values
+    else:
+        try:
+            rows = [list(map(float, r)) for r in values]
+        except OverflowError:  # an integer beyond float range
+            return None
+    return rows if all(map(FLOAT32_MAX.__ge__, map(abs, rows[0] if len(rows) == 1 else itertools.chain.from_iterable(rows)))) else None
+
+
 def count_outside(a, rows: list, lo, hi) -> int:
-    """Return how many values of a checked batch (array a, the same as lists `rows`) fall outside [lo, hi] per
-    column; lo and hi are (numpy array, list) pairs of the columns' bounds."""
-    if a.size <= SMALL:
-        lt, gt = operator.lt, operator.gt
-        return sum(sum(map(operator.or_, map(lt, r, lo[1]), map(gt, r, hi[1]))) for r in rows)
+    """Return how many values of a checked batch (array a, the same as lists `rows`; a None: a small batch) fall
+    outside [lo, hi] per column; lo and hi are (numpy array, list) pairs of the columns' bounds."""
+    if a is None or a.size <= SMALL:
+        lt, gt, either = operator.lt, operator.gt, operator.or_
+        if len(rows) == 1:  # the common request: no generator
+            return sum(map(either, map(lt, rows[0], lo[1]), map(gt, rows[0], hi[1])))
+        return sum(sum(map(either, map(lt, r, lo[1]), map(gt, r, hi[1]))) for r in rows)
     return int(np.count_nonzero((a < lo[0]) | (a > hi[0])))
 
 
@@ -86,9 +105,15 @@ def v2_array(body: dict, width: int, limit: int, numeric_types: set):
 
 
 def stack(arrays: list):
-    """Return the rows of several [n_i, F] float64 arrays as one [sum n_i, F] float32 array (a tabular input's dtype:
-    torch then takes it without a copy, which costs a third of converting while copying)."""
-    return arrays[0].astype(np.float32) if len(arrays) == 1 else np.concatenate(arrays, dtype=np.float32)
+    """Return the rows of several checked batches, each a [n_i, F] float64 array or (a small batch) lists of floats,
+    as one [sum n_i, F] float32 array (a tabular input's dtype: torch then takes it without a copy, which costs a
+    third of converting while copying)."""
+    if len(arrays) == 1:
+        a = arrays[0]
+        return a.astype(np.float32) if isinstance(a, np.ndarray) else np.array(a, dtype=np.float32)
+    if not any(isinstance(a, np.ndarray) for a in arrays):  # the common batch of small requests: one conversion
+        return np.array(list(itertools.chain.from_iterable(arrays)), dtype=np.float32)
+    return np.concatenate([a if isinstance(a, np.ndarray) else np.array(a, dtype=np.float64) for a in arrays], dtype=np.float32)
 
 
 def softmax_rows(logits) -> tuple:
@@ -150,7 +175,9 @@ class Outputs:
 
     def __getitem__(self, part: slice) -> Outputs:
         """Return the rows `part` (a slice) of these rows, sharing what was computed for the batch."""
-        start, stop, _ = part.indices(self.stop - self.start)
+        start, stop, n = part.start, part.stop, self.stop - self.start
+        if part.step is not None or type(start) is not int or type(stop) is not int or not 0 <= start <= stop <= n:
+            start, stop, _ = part.indices(n)  # the general slice; the handler's own are plain [start:stop]
         view = _new(Outputs)
         view._bad, view._probs, view._best, view._first = self._bad, self._probs, self._best, self._first
         view.start, view.stop = self.start + start, self.start + max(start, stop)

@@ -55,9 +55,31 @@ def header(headers: dict | None, name: str):
     return next((v for k, v in (headers or {}).items() if isinstance(k, str) and k.lower() == wanted), None)
 
 
+_BINARY_LOWER, _CONTENT_TYPE, _ABSENT = BINARY_HEADER.lower(), "content-type", object()
+
+
+def scan(headers: dict | None) -> tuple:
+    """Return (binary header value, Content-Type value) of a request's headers in one pass, each as `header` finds it
+    (the first name of any case), or None where absent."""
+    length = ctype = _ABSENT
+    for k, v in (headers or {}).items():
+        if isinstance(k, str):
+            k = k.lower()
+            if k == _CONTENT_TYPE:
+                if ctype is _ABSENT:
+                    ctype = v
+            elif k == _BINARY_LOWER and length is _ABSENT:
+                length = v
+    return None if length is _ABSENT else length, None if ctype is _ABSENT else ctype
+
+
 def decode(body, headers: dict | None) -> Decoded:
     """Return the Decoded form of one request body (bytes, str or decoded JSON) given its headers; raises ContractError."""
-    length = header(headers, BINARY_HEADER)
+    return decode_with(body, header(headers, BINARY_HEADER))
+
+
+def decode_with(body, length) -> Decoded:
+    """Return the Decoded form of one request body given its binary header's value (None: a JSON body); raises ContractError."""
     if length is not None:
         return _v2_request(_split_binary(body, length))
     value = decode_body(body)
@@ -204,6 +226,26 @@ def _columns_answer(answer: dict) -> dict:
     """Return TF Serving's columnar answer: `outputs` holds the one output, or an object of named outputs."""
     named = {k: answer[k] for k in ("predictions", "probabilities") if k in answer}
     return {"outputs": named["predictions"] if len(named) == 1 else named}
+
+
+class AnswerText:
+    """A tabular card's JSON answer (instances or bare rows) written from parts computed once per card and model:
+    the text `encode` gives for the contract's answer dict, without building the dict."""
+
+    def __init__(self, card: dict, model_name: str, model_version: str):
+        out = card["output"]
+        tail = f',"model":{_json(model_name)},"version":{_json(model_version)}}}'
+        self.labels = [_json(c) for c in out["classes"]] if out["task"] == "classification" else None
+        self.tail = f',"classes":{_json(out["classes"])}{tail}' if self.labels is not None else tail
+
+    def text(self, outputs) -> str:
+        """Return the JSON answer of one request's finite output rows (a batch_checks.Outputs slice)."""
+        r = float.__repr__  # what json writes for a finite float
+        if self.labels is None:
+            return '{"predictions":[' + ",".join(map(r, outputs.first_column())) + "]" + self.tail
+        labels = self.labels
+        return ('{"predictions":[' + ",".join([labels[k] for k in outputs.best()]) + '],"probabilities":['
+                + ",".join(["[" + ",".join(map(r, p)) + "]" for p in outputs.probabilities()]) + "]" + self.tail)  # fmt: skip
 
 
 _COMPACT = json.JSONEncoder(separators=(",", ":"))  # one encoder: json.dumps with options builds one per call

@@ -35,7 +35,7 @@ _REASONS = {400: "Bad Request", 415: "Unsupported Media Type", 500: "Internal Se
 
 
 def _headers(context, idx: int) -> dict:
-    """Return request idx's headers as the client named them (look them up with protocols.header)."""
+    """Return request idx's headers as the client named them (read them with protocols.scan or protocols.header)."""
     return context.get_all_request_header(idx) or {}
 
 
@@ -63,6 +63,7 @@ class TabularHandler:
     def __init__(self):
         self.card: dict = {}
         self.initialized = False
+        self._text = None  # (card, name, version, protocols.AnswerText): the common answer's constant parts
 
     def initialize(self, context) -> None:
         """Set up the worker: check model files against the card, choose device and program, load and warm up; returns None."""
@@ -95,10 +96,10 @@ class TabularHandler:
 
     def decode(self, request: dict, context, idx: int):
         """Return (ParsedRequest, protocols.Decoded) for request idx of the batch (raises contract.ContractError)."""
-        headers = _headers(context, idx)
-        binary = protocols.header(headers, protocols.BINARY_HEADER) is not None
+        length, content_type = protocols.scan(_headers(context, idx))
+        binary = length is not None
         if not binary:  # a binary-extension body is JSON followed by raw tensor bytes, whatever its Content-Type
-            contract.check_content_type(protocols.header(headers, "content-type"))
+            contract.check_content_type(content_type)
         if "data" not in request and "body" not in request:  # e.g. TorchServe split a form body into fields
             raise contract.ContractError("body: missing; send the JSON body with Content-Type: application/json")
         body = request.get("data") if request.get("data") is not None else request.get("body")
@@ -106,7 +107,7 @@ class TabularHandler:
         # decodes it first, and then a str is a JSON string already, never to be parsed again.
         if isinstance(body, str) and not binary:
             raise contract.ContractError(_JSON_STRING)
-        wire = protocols.decode(body, headers)
+        wire = protocols.decode_with(body, length)
         if type(wire.body) is str:  # type, not isinstance: a NaN/Infinity marker (a str subclass) keeps its own message
             raise contract.ContractError(_JSON_STRING)
         return contract.parse_request(wire.body, self.card, self.max_rows), wire
@@ -122,7 +123,19 @@ class TabularHandler:
 
     def encode(self, parsed, wire, outputs: list) -> tuple:
         """Return (body, response headers) of one request's answer in the wire format it came in."""
+        if wire.wire == "json" and "features" in self.card["input"]:  # the common answer: written from precomputed parts
+            rows = next(iter(outputs.values())) if isinstance(outputs, dict) and len(outputs) == 1 else None
+            if isinstance(rows, batch_checks.Outputs) and rows.first_non_finite() is None:
+                return self._answer_text().text(rows), {}
         return protocols.encode(wire, contract.answer(self.card, parsed, outputs, self.model_name, self.model_version))
+
+    def _answer_text(self):
+        """Return the protocols.AnswerText of this card and model, built on first use (and again for a new card)."""
+        t = self._text
+        if t is None or t[0] is not self.card or t[1] != self.model_name or t[2] != self.model_version:
+            t = self._text = (self.card, self.model_name, self.model_version,
+                              protocols.AnswerText(self.card, self.model_name, self.model_version))  # fmt: skip
+        return t[3]
 
     def handle(self, data: list, context) -> list:
         """Return exactly one answer per request of the batch; a request's failure (4xx, or 500 for a bug of ours) is its own.
@@ -183,10 +196,14 @@ class TabularHandler:
         except Exception:
             logger.exception("aiaas: the forward of a batch of %d rows failed; retrying request by request", rows)
             return [self._forward_one(i, p) for i, p in enumerate(parsed)]
-        out, start = [], 0
+        out, start, items = [], 0, list(flat.items())
         for p in parsed:
-            out.append(None if p is None else {name: v[start : start + len(p.rows)] for name, v in flat.items()})
-            start += len(p.rows) if p is not None else 0
+            if p is None:
+                out.append(None)
+                continue
+            stop = start + len(p.rows)
+            out.append({name: v[start:stop] for name, v in items})
+            start = stop
         return out
 
     def _forward_one(self, idx: int, parsed):

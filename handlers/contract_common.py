@@ -1,0 +1,139 @@
+"""What the tabular and the tensor request contracts share: the error, the checked request, the bounded renderings
+that error messages echo, and the answer rules both follow (the v2 body, outputs JSON cannot carry).
+
+Stdlib only (numpy when present, to flatten a binary tensor); shipped in every .mar beside the handler.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import dataclass
+
+try:  # numpy ships beside torch in every worker we build
+    import numpy as np
+except ImportError:  # pragma: no cover
+    np = None
+
+DEFAULT_MAX_ROWS = 10_000
+V2_NUMERIC_TYPES = {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
+
+
+class ContractError(ValueError):
+    """A request that breaks the model's input contract; its message is the 400 answer."""
+
+    status = 400
+
+
+class UnsupportedMediaType(ContractError):
+    """A request body sent with a Content-Type other than JSON; its message is the 415 answer."""
+
+    status = 415
+
+
+@dataclass
+class ParsedRequest:
+    """Checked rows of one request, the body format to answer in, and how many values fell outside training range."""
+
+    rows: list  # the samples of the first input, each a flat list (tabular: the rows)
+    fmt: str  # "instances" | "v2" | "rows"
+    out_of_range: int = 0
+    v2_id: str | None = None
+    imputed: int = 0  # nulls sent for features the card imputes (NaN in rows)
+    unseen: int = 0  # categories the card's vocabulary does not hold (code -1 in rows)
+    inputs: dict | None = None  # input name → its samples, each a flat list of values in the card's dtype
+    array: object = None  # the one-pass check's rows (float64 array [N, F], or a small batch's float lists) for the forward
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    """Return text cut to `limit` characters, with an ellipsis when it was longer (error messages echo bodies)."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _some(names, k: int, sep: str = ", ") -> str:
+    """Return the first k names joined by sep, then " … and N more" when there are more: messages never cut a list silently."""
+    names = [str(n) for n in names]
+    shown = sep.join(names[:k])
+    return shown if len(names) <= k else f"{shown} … and {len(names) - k} more"
+
+
+def _show(value, limit: int = 40, depth: int = 2) -> str:
+    """Return a short JSON-like rendering of a request value for an error message (bounded depth and length)."""
+    if isinstance(value, list) and value and depth > 0:
+        inner = [_show(v, limit, depth - 1) for v in value[:5]]
+        return _clip("[" + ", ".join(inner + ["…"] * (len(value) > 5)) + "]", limit)
+    if isinstance(value, dict) and value and depth > 0:
+        inner = [f"{_show(k)}: {_show(v, limit, depth - 1)}" for k, v in itertools.islice(value.items(), 5)]
+        return _clip("{" + ", ".join(inner + ["…"] * (len(value) > 5)) + "}", limit)
+    if isinstance(value, (list, dict)):
+        return ("[…]" if value else "[]") if isinstance(value, list) else ("{…}" if value else "{}")
+    if isinstance(value, str):
+        return _clip(json.dumps(value[: limit + 1]), limit)
+    if isinstance(value, (bytes, bytearray)):
+        return _clip(repr(bytes(value[: limit + 1])), limit)
+    return _clip(json.dumps(value) if isinstance(value, (int, float, bool)) or value is None else repr(value), limit)
+
+
+def _flatten(data, where: str) -> list:
+    """Return nested lists flattened to one list (v2 allows nested data)."""
+    if np is not None and isinstance(data, np.ndarray):  # a binary-extension tensor (protocols.py)
+        return data.ravel().tolist()
+    if not isinstance(data, list):
+        raise ContractError(f"{where}: expected a list, got {type(data).__name__}")
+    out: list = []
+    stack = [iter(data)]
+    while stack:
+        for v in stack[-1]:
+            if isinstance(v, list):
+                if len(stack) > 32:
+                    raise ContractError(f"{where}: nested too deeply")
+                stack.append(iter(v))
+                break
+            out.append(v)
+        else:
+            stack.pop()
+    return out
+
+
+def _refuse_non_finite(samples: list | None, parsed: ParsedRequest, v2_label: str, first: int | None = None) -> None:
+    """Raise ContractError naming the first sample whose model output holds NaN or ±Infinity (JSON can carry neither);
+    `first`: that sample's index when the caller found it (then `samples` is not read)."""
+    for i, sample in enumerate(samples or ()):
+        if not all(map(math.isfinite, _flatten(sample, "output") if isinstance(sample, list) else (sample,))):
+            first = i
+            break
+    if first is not None:
+        where = {"instances": f"instances[{first}]", "v2": f"{v2_label} {first}"}.get(parsed.fmt, f"rows[{first}]")
+        raise ContractError(f"{where}: the model's output overflows float32 (values far outside the training range)")
+
+
+def _v2(parsed: ParsedRequest, outputs: list, model_name: str, model_version: str) -> dict:
+    """Return an Open Inference (v2) response body."""
+    body = {"model_name": model_name, "model_version": model_version, "outputs": outputs}
+    if parsed.v2_id is not None:
+        body["id"] = parsed.v2_id
+    return body
+
+
+def error_body(message: str, code: int = 400) -> dict:
+    """Return the JSON body of a refused (4xx) or failed (5xx) request."""
+    return {"code": code, "type": "InvalidInput" if code < 500 else "InternalServerError", "message": message}
+
+
+class _NonFiniteLiteral(str):
+    """A NaN/Infinity literal (not JSON, but Python's json accepts it): kept as a marker so that the check of
+    the value it stands in for refuses it with the row and feature named."""
+
+
+_NonFiniteLiteral.__name__ = "NaN/Infinity literal"  # what "expected ..., got <type>" messages show
+
+
+def _check_names(obj: dict, names: list, where: str, what: str) -> None:
+    """Raise ContractError when an object of named values has a name not in `names` or lacks one of them."""
+    unknown = [k for k in obj if k not in names]
+    if unknown:
+        raise ContractError(f"{where}: unknown {what}(s) [{_some([repr(_clip(k)) for k in unknown], 5)}]; expected [{_some(map(repr, names), 20)}]")
+    missing = [n for n in names if n not in obj]
+    if missing:
+        raise ContractError(f"{where}: missing {what}(s) [{_some(map(repr, missing), 5)}]")

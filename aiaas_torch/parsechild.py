@@ -7,7 +7,7 @@ and writes one record per chunk to its stdout, no pickle:
     HEAD (little-endian: kind u8, rows u32, cols u32, first line u64, characters read so far u64,
           then the byte lengths of three sections u64 × 3: line numbers, data, ids)
     NUMBERS: data = rows × cols float32 (checked: finite, within float32, each line's field count), line numbers
-             (int64) only when blank lines were left out, ids ("\\n"-joined UTF-8) with an id column;
+             (int64) only when blank lines were left out, ids (UTF-8, each ending with "\\n") with an id column;
     LINES:   a chunk that is not plain numbers: data = its non-blank lines as UTF-8 text, line numbers (int64);
              the parent reads them cell by cell (filerows: the same code, so the same messages and line numbers);
     REREAD:  the child cannot go on (text that is not UTF-8): the parent reads the file itself from line `first`;
@@ -100,7 +100,7 @@ class Parser:
                 yield kind, line, done, None, None, None
                 return
             numbers = np.frombuffer(parts[0], dtype=np.int64).tolist() if nlen else list(range(line, line + rows))
-            ids = parts[2].decode("utf-8").split("\n") if ilen else None
+            ids = parts[2].decode("utf-8").split("\n")[:-1] if ilen else None  # each id ends with "\n"
             if kind == NUMBERS:
                 data = np.frombuffer(parts[1], dtype=np.float32).reshape(rows, cols)
             else:
@@ -181,7 +181,7 @@ def _chunk_record(lines: list[str], first: int, done: int, spec: dict):
         return _record(LINES, len(kept), 0, first, done, sent, "".join(kept).encode("utf-8"))
     arr, ids = parsed
     return _record(NUMBERS, arr.shape[0], arr.shape[1], first, done, b"" if len(kept) == len(lines) else sent,
-                   arr.astype(np.float32), b"" if ids is None else "\n".join(ids).encode("utf-8"))
+                   arr.astype(np.float32), b"" if ids is None else "".join(i + "\n" for i in ids).encode("utf-8"))
 
 
 def _parse(spec: dict, put) -> None:

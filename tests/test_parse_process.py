@@ -179,3 +179,13 @@ def test_the_parser_process_ends_with_its_parent_on_ctrl_c_or_a_kill(tmp_path, s
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_an_empty_id_alone_in_its_chunk_is_still_an_id(tmp_path):
+    src = tmp_path / "rows.csv"
+    src.write_text("key,a,b,c\n,1,2,3\nk2,4,5,6\n")
+    here, _ = _chunks(src, False, id_column="key")
+    there, _ = _chunks(src, True, id_column="key")
+    assert [c.ids for c in there] == [c.ids for c in here] == [["", "k2"]]
+    there = list(RowReader(src, CARD, chunk_rows=1, parse_process_bytes=0, id_column="key"))
+    assert [c.ids for c in there] == [[""], ["k2"]]

@@ -110,9 +110,12 @@ class Parser:
 
     def _reap(self) -> None:
         """Wait for the ended child and keep its peak RSS."""
+        if not hasattr(os, "wait4"):  # not a POSIX system: no peak to read
+            self.proc.wait()
+            return
         try:
             _, status, usage = os.wait4(self.proc.pid, 0)
-        except ChildProcessError:
+        except ChildProcessError:  # already waited for (Popen.kill polls first)
             return
         self.proc.returncode = os.waitstatus_to_exitcode(status)
         self.peak_rss_mb = round(usage.ru_maxrss / 1024, 1)

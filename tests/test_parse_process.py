@@ -189,3 +189,21 @@ def test_an_empty_id_alone_in_its_chunk_is_still_an_id(tmp_path):
     assert [c.ids for c in there] == [c.ids for c in here] == [["", "k2"]]
     there = list(RowReader(src, CARD, chunk_rows=1, parse_process_bytes=0, id_column="key"))
     assert [c.ids for c in there] == [[""], ["k2"]]
+
+
+def test_the_parser_process_ends_when_the_model_fails_to_load(abc_run, tmp_path, monkeypatch):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(abc_run, run)
+    program = next(p for p in run.iterdir() if p.suffix == ".pt2")
+    program.write_bytes(program.read_bytes() + b"tampered")
+    src = tmp_path / "rows.csv"
+    _write(src, 2000)
+    started = []
+    monkeypatch.setattr(parsechild, "start", lambda *a, _start=parsechild.start: started.append(_start(*a)) or started[-1])
+    monkeypatch.setattr(filerows, "PARSE_PROCESS_BYTES", 0)
+    with pytest.raises(InputError, match="SHA-256|sha256|checksum|changed"):
+        files.predict_file(src, tmp_path / "o.csv", str(run))
+    (parser,) = started  # started before the model load, which then failed
+    assert parser.proc.returncode is not None and _gone(parser.proc.pid)

@@ -13,8 +13,11 @@ and writes one record per chunk to its stdout, no pickle:
     REREAD:  the child cannot go on (text that is not UTF-8): the parent reads the file itself from line `first`;
     END:     the end of the file.
 
-Memory: the child parses ahead into a queue of at most BUFFER_BYTES of records (at least 2), so that it keeps
-parsing while the parent imports torch; then the pipe's back-pressure stops it. It ends when the parent ends: the
+Memory: the child parses ahead into a queue of at most max(2, BUFFER_BYTES // a chunk's float32 bytes) records (16
+chunks of 50,000 × 20), so that it keeps parsing while the parent imports torch; then the pipe's back-pressure stops
+it. In flight at most: the queue, one record being written (up to 1 MiB of it in the pipe), one chunk being parsed,
+and the one the parent holds. The child's peak RSS (os.wait4) also counts the parent's image it was forked from
+before exec (about 35 MB, before torch), below its own. It ends when the parent ends: the
 parent kills it on any exit (RowReader.close), and a parent killed outright takes it along (PR_SET_PDEATHSIG, and a
 write to a closed pipe ends it in any case).
 """

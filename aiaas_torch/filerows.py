@@ -18,17 +18,22 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .data import FLOAT32_MAX, csv_header
+from . import parsechild
+from .data import csv_header
 from .errors import InputError
 
 FORMATS = ("csv", "jsonl", "json-array")
 LOCAL_CHUNK_ROWS = 50_000
+# a CSV file this large is parsed in a second process (parsechild) while this one loads the model; a smaller one here
+# (starting the process costs ~0.1-0.2 s)
+PARSE_PROCESS_BYTES = 16 << 20
 _JSON_BLOCK = 1 << 20  # characters read at a time from a JSON array
 
 
@@ -40,7 +45,7 @@ class Chunk:
     ids: list | None
     rows: list | None = None  # general path: one list (values in feature order) or object per row
     text: list[str] | None = None  # server fast path: the CSV lines as read, plain numerals, the features in card order
-    array: object = None  # fast path: float64 numpy array, rows × features, finite and within float32
+    array: object = None  # fast path: float64 (float32 from the parser process) numpy array, rows × features, finite and within float32
     cells: object = None  # text without array: a function returning `rows`, read cell by cell (the general path)
 
 
@@ -75,7 +80,7 @@ class RowReader:
     """The rows of a CSV or JSON file in chunks (iterate it), checked against a model card's feature names."""
 
     def __init__(self, path, card: dict, id_column: str | None = None, chunk_rows: int = LOCAL_CHUNK_ROWS,
-                 arrays: bool = True):
+                 arrays: bool = True, parse_process_bytes: int | None = None):
         self.path = Path(path)
         if not self.path.is_file():
             raise InputError(f"{self.path}: file not found" if not self.path.exists() else f"{self.path}: not a regular file")
@@ -91,22 +96,72 @@ class RowReader:
         self.format = _sniff(self.path)
         self.size = self.path.stat().st_size
         self.done = 0  # characters read so far (progress)
+        # arrays only: a server parses the rows itself; None: PARSE_PROCESS_BYTES (tests set a small value)
+        self.parse_process_bytes = PARSE_PROCESS_BYTES if parse_process_bytes is None else parse_process_bytes
+        self.parser: parsechild.Parser | None = None
+        self.parser_peak_rss_mb: float | None = None  # the parser process's own peak RSS, once it ended
+        self._f = None
+        self._layout = None
+
+    def start(self) -> "RowReader":
+        """Return self after opening the file, checking a CSV header and starting the parser process for a large CSV.
+
+        Iterating starts it too; call it first to have the file parsed while something slow (a model load) runs.
+        """
+        if self._f is not None:
+            return self
+        self._f = open(self.path, encoding="utf-8-sig", newline="")
+        self.done = 0
+        try:
+            if self.format == "csv":
+                self._layout = self._header(self._f)
+                self._header_done = self.done
+                line, cols, id_col, width, raw = self._layout
+                if self.arrays and self.size >= self.parse_process_bytes:
+                    self.parser = parsechild.start(self.path, line, line + 1, self.chunk_rows, cols, id_col, width, raw)
+        except UnicodeDecodeError as e:
+            self.close()
+            raise self._not_utf8(e) from None
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        """End the parser process (if any) and close the file; iterating again starts over."""
+        self.close_parser()
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def close_parser(self) -> None:
+        """End the parser process, if any, keeping its peak RSS."""
+        if self.parser is not None:
+            self.parser.close()
+            self.parser_peak_rss_mb = self.parser.peak_rss_mb
+            self.parser = None
+
+    def _not_utf8(self, e: UnicodeDecodeError) -> InputError:
+        """Return the error for text that is not UTF-8."""
+        return InputError(f"{self.path}: not UTF-8 text (byte {e.start} of a block read after about {self.done:,} characters)")
 
     def __iter__(self) -> Iterator[Chunk]:
         """Yield the file's rows chunk by chunk."""
-        with open(self.path, encoding="utf-8-sig", newline="") as f:
-            try:
-                if self.format == "csv":
-                    yield from self._csv(f)
-                else:
-                    yield from self._json(f)
-            except UnicodeDecodeError as e:
-                raise InputError(f"{self.path}: not UTF-8 text (byte {e.start} of a block read after about {self.done:,} characters)") from None
+        self.start()
+        try:
+            if self.format == "csv":
+                yield from self._csv(self._f)
+            else:
+                yield from self._json(self._f)
+        except UnicodeDecodeError as e:
+            raise self._not_utf8(e) from None
+        finally:
+            self.close()
 
     # -------------------------------------------------------------------------------------------- CSV
 
-    def _csv(self, f) -> Iterator[Chunk]:
-        """Yield the chunks of a CSV file with a header row."""
+    def _header(self, f) -> tuple:
+        """Return (header line, feature columns, id column, field count, raw) after reading and checking the header."""
         line = 1
         first = f.readline()
         while first and not first.strip():
@@ -131,6 +186,19 @@ class RowReader:
         id_col = header.index(self.id_column) if self.id_column is not None else None
         width = len(header)
         raw = cols == list(range(width))  # the lines are exactly the feature values, in card order
+        return line, cols, id_col, width, raw
+
+    def _csv(self, f) -> Iterator[Chunk]:
+        """Yield the chunks of a CSV file with a header row (read by start)."""
+        line, cols, id_col, width, raw = self._layout
+        if self.parser is not None:
+            resume = yield from self._parsed(cols, id_col, width)
+            if resume is None:
+                return
+            self.done = self._header_done
+            for _ in range(resume - 1 - line):  # the parser stopped before the end: read on from its line here
+                self.done += len(f.readline())
+            line = resume - 1
         while True:
             lines = list(itertools.islice(f, self.chunk_rows))
             if not lines:
@@ -142,25 +210,29 @@ class RowReader:
 
     def _csv_chunk(self, lines: list[str], numbers: list[int], cols: list[int], id_col, width: int, raw: bool) -> Chunk:
         """Return one chunk of CSV lines: the fast form when every cell is a plain number, else values cell by cell."""
-        import numpy as np
-
-        if not all(map(str.strip, lines)):  # blank lines hold no row (e.g. at the end of the file)
-            kept = [(n, ln) for n, ln in zip(numbers, lines) if ln.strip()]
-            numbers, lines = [n for n, _ in kept], [ln for _, ln in kept]
+        lines, numbers = parsechild.nonblank(lines, numbers)  # blank lines hold no row (e.g. at the end of the file)
         if raw and not self.arrays and lines and _numerals(lines, width):
-            ids = None if id_col is None else [ln.rstrip("\r\n").split(",")[id_col].strip() for ln in lines]
-            return Chunk(numbers, ids, text=lines, cells=functools.partial(self._cells, lines, numbers, cols, id_col, width))
-        if lines and (raw or '"' not in "".join(lines)):  # numpy refuses a quoted number; a skipped column may hide one
-            try:
-                arr = np.loadtxt(lines, delimiter=",", dtype=np.float64, usecols=cols, ndmin=2, comments=None)
-                good = arr.shape == (len(lines), len(cols)) and bool(np.isfinite(arr).all()) and float(np.abs(arr).max(initial=0)) <= FLOAT32_MAX
-            except ValueError:  # text, blanks, a wrong field count: the general path names the line
-                good = False
-            # numpy reads only the feature columns: a line with more fields than the header would pass unseen
-            if good and all(ln.count(",") == width - 1 for ln in lines):
-                ids = None if id_col is None else [ln.rstrip("\r\n").split(",")[id_col].strip() for ln in lines]
-                return Chunk(numbers, ids, array=arr)
+            return Chunk(numbers, parsechild.ids_of(lines, id_col), text=lines, cells=functools.partial(self._cells, lines, numbers, cols, id_col, width))
+        parsed = parsechild.plain_numbers(lines, cols, id_col, width, raw)
+        if parsed is not None:
+            return Chunk(numbers, parsed[1], array=parsed[0])
         return self._cells(lines, numbers, cols, id_col, width)
+
+    def _parsed(self, cols: list[int], id_col, width: int):
+        """Yield the chunks the parser process sends; returns None at the end of the file, or the line to read on from."""
+        for kind, line, done, numbers, data, ids in self.parser:
+            if kind == parsechild.END:
+                self.done = done
+                return None
+            if kind == parsechild.REREAD:
+                self.close_parser()
+                return line
+            self.done = done
+            if kind == parsechild.NUMBERS:
+                yield Chunk(numbers, ids, array=data)
+            else:  # not plain numbers: read here cell by cell, so each message is the general path's
+                yield self._cells(list(io.StringIO(data, newline="")), numbers, cols, id_col, width)
+        return None
 
     def _cells(self, lines: list[str], numbers: list[int], cols: list[int], id_col, width: int) -> Chunk:
         """Return one chunk of non-blank CSV lines read cell by cell (the general path: errors name the line)."""

@@ -41,6 +41,7 @@ class FileReport:
     format: str
     out: str
     seconds: float
+    parser_peak_rss_mb: float | None = None  # the parser process's own peak RSS (None: parsed in this process)
 
 
 # ------------------------------------------------------------------------------------------------ predictors
@@ -145,42 +146,57 @@ def predict_file(path, out=None, model=None, *, name: str | None = None, version
                  progress: bool | None = None) -> FileReport:
     """Return a FileReport after writing the predictions for every row of a CSV or JSON file, in input order.
 
+    With a run directory, a large CSV file is parsed in a second process while this one loads the model
+    (filerows.PARSE_PROCESS_BYTES).
+
     model: a LocalModel or a run directory (predicted in this process), or a client.Client with `name` (and
     `version`) of a served model. out: the CSV to write (atomically: nothing is left on error), or None/"-" for
     stdout. Its columns: the id column (with id_column), the model's target (the prediction), and for a classifier
     one `p_CLASS` column per class. concurrency: requests in flight at once (server only). progress: a bar on
     stderr (default: when stderr is a terminal).
     """
-    client = sys.modules.get(f"{__package__}.client")  # a Client exists only once its module is imported (httpx)
-    if client is not None and isinstance(model, client.Client):
-        if not isinstance(name, str) or not name:
-            raise InputError("name: give the served model's name with a Client")
-        predictor = _Remote(model, name, version)
-    else:
-        if model is None:
-            raise InputError("model: give a run directory, a LocalModel, or a Client and name")
-        if isinstance(model, (str, os.PathLike)):
-            from .runs import load_run
-
-            model = load_run(model)
-        predictor = _Local(model)
     if not isinstance(concurrency, int) or isinstance(concurrency, bool) or not 1 <= concurrency <= 64:
         raise InputError(f"concurrency: {concurrency!r} must be an integer from 1 to 64")
     if id_column is not None and (not isinstance(id_column, str) or not id_column.strip()):
         raise InputError(f"id_column: {id_column!r} must be a column name")
-    card = predictor.card
-    reader = RowReader(path, card, id_column, predictor.chunk_rows if chunk_rows is None else chunk_rows,
-                       arrays=isinstance(predictor, _Local))
-    out_name = "-" if out in (None, "-") else str(out)
-    head = ([id_column] if id_column else []) + [card["output"].get("target") or "prediction"]
-    head += [f"p_{c}" for c in card["output"].get("classes") or []] if card["output"]["task"] == "classification" else []
-    t0 = time.perf_counter()
-    with _output(out_name) as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(head)
-        rows = _run(reader, predictor, f, writer, concurrency, progress)
-    return FileReport(rows, reader.format, out_name, time.perf_counter() - t0)
+    client = sys.modules.get(f"{__package__}.client")  # a Client exists only once its module is imported (httpx)
+    reader = None
+    try:
+        if client is not None and isinstance(model, client.Client):
+            if not isinstance(name, str) or not name:
+                raise InputError("name: give the served model's name with a Client")
+            predictor = _Remote(model, name, version)
+        else:
+            if model is None:
+                raise InputError("model: give a run directory, a LocalModel, or a Client and name")
+            if isinstance(model, (str, os.PathLike)):
+                from .card import read_card
 
+                # the header checked and a large file parsed (in a second process) while torch loads the model: the
+                # process starts before runs (torch) is imported
+                reader = RowReader(path, read_card(model), id_column, _Local.chunk_rows if chunk_rows is None else chunk_rows)
+                reader.start()
+                from .runs import load_run
+
+                model = load_run(model)
+            predictor = _Local(model)
+        card = predictor.card
+        if reader is None:
+            reader = RowReader(path, card, id_column, predictor.chunk_rows if chunk_rows is None else chunk_rows,
+                               arrays=isinstance(predictor, _Local))
+        out_name = "-" if out in (None, "-") else str(out)
+        head = ([id_column] if id_column else []) + [card["output"].get("target") or "prediction"]
+        head += [f"p_{c}" for c in card["output"].get("classes") or []] if card["output"]["task"] == "classification" else []
+        t0 = time.perf_counter()
+        with _output(out_name) as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(head)
+            rows = _run(reader, predictor, f, writer, concurrency, progress)
+        seconds = time.perf_counter() - t0
+    finally:
+        if reader is not None:
+            reader.close()  # the parser process ends with this call, whatever happened
+    return FileReport(rows, reader.format, out_name, seconds, reader.parser_peak_rss_mb)
 
 def _run(reader: RowReader, predictor, f, writer, concurrency: int, progress: bool | None) -> int:
     """Return the number of rows predicted, writing each chunk's answers in input order as they complete."""

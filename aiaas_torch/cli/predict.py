@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import gc
 import json
 import math
 import sys
@@ -84,10 +86,12 @@ def _run_file(a) -> int:
     if a.body is not None or (a.args[1:] if not a.local else a.args):
         raise UsageError("--file predicts a whole file: give no ROW arguments and no --body")
     kwargs = dict(id_column=a.id_column, chunk_rows=a.chunk_rows)
-    if a.local:
-        from ..runs import load_run
-
-        report = predict_file(a.file, a.out, load_run(a.local), **kwargs)
+    if a.local:  # the run directory itself: the file is parsed while the model loads
+        report = predict_file(a.file, a.out, a.local, **kwargs)
+        # the interpreter's last garbage collections over torch's objects cost about 1 s at exit (measured); nothing
+        # of this command is left for them to finalize (the output is closed), so they skip what exists by then
+        atexit.unregister(gc.freeze)
+        atexit.register(gc.freeze)
     else:
         if not a.args:
             raise UsageError("give the model NAME (or --local RUN_DIR)")

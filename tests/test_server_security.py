@@ -93,13 +93,6 @@ def test_untrusted_environment_variables_do_not_reach_torchserve(monkeypatch, tm
     assert "TS_OPEN_INFERENCE_PROTOCOL" in said and "JAVA_TOOL_OPTIONS" in said
 
 
-def test_workers_wait_passively_on_one_openmp_thread_unless_the_user_says_otherwise(monkeypatch, tmp_path):
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    monkeypatch.setenv("OMP_NUM_THREADS", "4")
-    env = launcher_env(tmp_path / "logs", tmp_path / "tmp")
-    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["OMP_NUM_THREADS"] == "4"
-
-
 def test_trusting_a_security_setting_is_refused(tmp_path):
     with pytest.raises(server.ServerArgumentError, match="disable_token_authorization"):
         server.start(tmp_path / "home", tmp_path, None, trust_config_keys=["disable_token_authorization"])

@@ -206,9 +206,6 @@ def _same_setting(key: str, given: str, forced: str) -> bool:
     return given.strip() == forced
 
 
-WORKER_THREAD_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
-
-
 def launcher_env(logs: Path, tmp: Path) -> dict[str, str]:
     """Return the environment for the torchserve launcher: ours, minus the signing key and what would override the
     forced settings, plus the instance's paths."""
@@ -217,12 +214,6 @@ def launcher_env(logs: Path, tmp: Path) -> dict[str, str]:
     for name in _UNTRUSTED_ENV:
         if env.pop(name, None) is not None and name != "TS_CONFIG_FILE":
             warnings.warn(f"${name} is set; not passed to TorchServe (aiaas serve forces its settings)", SecuritySettingWarning, 3)
-    # Workers inherit this environment. OpenMP's default wait policy keeps a thread spinning after each parallel
-    # region: measured +1.1 ms of worker CPU per lone request (c = 1, default package, 2 cores) that the frontend then
-    # lacks. Waiting passively, one thread per worker (the handler's `threads` setting raises it), removes it; a value
-    # the user set is kept.
-    for name, value in WORKER_THREAD_ENV.items():
-        env.setdefault(name, value)
     env.update(
         {
             "LOG_LOCATION": str(logs),

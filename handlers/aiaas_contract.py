@@ -21,6 +21,7 @@ whose items are one sample (nested lists of the sample shape) or objects of name
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import operator
@@ -334,6 +335,71 @@ def _plan(card: dict):
     return plan
 
 
+def plain_plan(card: dict):
+    """Return what a plain card (numeric features only, none imputed) implies for the one-pass check, computed once
+    per card and cached, or None when the card is not plain or numpy is absent (every body then takes the per-value
+    checks)."""
+    return _plan(card)
+
+
+def plain_shape(value, plan: _Plan, limit: int):
+    """Return (rows, fmt) of a decoded instances body or bare rows whose rows are lists of the plan's width, or
+    objects of exactly its names (given as value tuples in feature order), 1 to `limit` of them: the shape the
+    one-pass checks take. None sends the body to the per-value checks; the values themselves are not looked at."""
+    if type(value) is dict:
+        if "instances" not in value or "inputs" in value:
+            return None
+        rows, fmt = value["instances"], "instances"
+    elif type(value) is list:
+        rows, fmt = value, "rows"
+        if value and set(map(type, value)) <= _PLAIN_TYPES:
+            rows = [value]  # a bare list of numbers is one row
+    else:
+        return None
+    if type(rows) is not list or not rows or len(rows) > limit:
+        return None
+    kinds = set(map(type, rows))
+    if kinds == _LIST:
+        return (rows, fmt) if set(map(len, rows)) == {plan.width} else None
+    if kinds == _DICT:
+        nameset = plan.nameset
+        return (list(map(plan.get, rows)), fmt) if all(r.keys() == nameset for r in rows) else None
+    return None  # mixed forms, or rows that are neither lists nor objects
+
+
+_LIST, _DICT = {list}, {dict}
+
+
+def check_plain_batch(shapes: list, plan: _Plan, alone: bool = True):
+    """Return (ParsedRequest per request, their rows as one float32 [N, F] array, how many values fall outside the
+    training range) for several requests' rows as plain_shape gives them, every value checked (a plain int or float
+    within float32's range) and counted in one pass over the whole batch; None when any value fails, so that each
+    request's own checks find which and name it. Each ParsedRequest's out_of_range stays 0 (the batch's count is the
+    total, what the metrics record); alone=False (other requests share the forward): each also carries its rows'
+    float64 view for stacking."""
+    rows = list(itertools.chain.from_iterable(values for values, _ in shapes))
+    if len(rows) * plan.width <= batch_checks.SMALL:  # a small batch: C-level maps, one numpy call (as _fast_parse)
+        a = batch_checks.small_rows(rows)
+        if a is None:
+            return None
+        outside, batch = batch_checks.count_outside(None, a, plan.lo, plan.hi), np.array(a, dtype=np.float32)
+    else:
+        a = batch_checks.plain_array(rows)
+        if a is None or not batch_checks.within_float32(a):
+            return None
+        outside, batch = batch_checks.count_outside(a, rows, plan.lo, plan.hi), a.astype(np.float32)
+    parsed, start, tensor = [], 0, plan.tensor
+    for values, fmt in shapes:
+        p = ParsedRequest(values, fmt)
+        p.inputs = {tensor: values}
+        if not alone:
+            stop = start + len(values)
+            p.array = a[start:stop]  # float64 rows (an array, or a small batch's lists of floats) for stacking
+            start = stop
+        parsed.append(p)
+    return parsed, batch, outside
+
+
 def _fast_parse(value, card: dict, limit: int):
     """Return the ParsedRequest of an instances body, bare rows or a v2 body whose every value is a plain
     in-range-of-float32 int or float, checked and counted in one vectorised pass; None sends the body to the
@@ -345,30 +411,10 @@ def _fast_parse(value, card: dict, limit: int):
         a = batch_checks.v2_array(value, plan.width, limit, V2_NUMERIC_TYPES)
         rid = value.get("id")
         return None if a is None else _fast_parsed(a, "v2", plan, rid if type(rid) is str else None)
-    if isinstance(value, dict):
-        if "instances" not in value:
-            return None
-        rows, fmt = value["instances"], "instances"
-    elif isinstance(value, list):
-        rows, fmt = value, "rows"
-        if value and set(map(type, value)) <= _PLAIN_TYPES:
-            rows = [value]  # a bare list of numbers is one row
-    else:
+    shape = plain_shape(value, plan, limit)
+    if shape is None:
         return None
-    if not isinstance(rows, list) or not rows or len(rows) > limit:
-        return None
-    kinds = set(map(type, rows))
-    if kinds == {list}:
-        if set(map(len, rows)) != {plan.width}:
-            return None
-        values = rows
-    elif kinds == {dict}:
-        nameset = plan.nameset
-        if not all(r.keys() == nameset for r in rows):
-            return None
-        values = list(map(plan.get, rows))
-    else:  # mixed forms, or rows that are neither lists nor objects
-        return None
+    values, fmt = shape
     if len(values) * plan.width <= batch_checks.SMALL:  # the common small request: no numpy call of its own
         rows = batch_checks.small_rows(values)
         return None if rows is None else _checked(rows, None, fmt, plan)

@@ -44,8 +44,13 @@ def float32_rows(a):
     if a.size <= SMALL:
         ok = all(map(FLOAT32_MAX.__ge__, map(abs, itertools.chain.from_iterable(rows))))
     else:
-        ok = a.max() <= FLOAT32_MAX and a.min() >= -FLOAT32_MAX  # a NaN makes both NaN: false
+        ok = within_float32(a)
     return rows if ok else None
+
+
+def within_float32(a) -> bool:
+    """Return True when every value of a non-empty float64 array is within float32's range (a NaN is not)."""
+    return bool(a.max() <= FLOAT32_MAX and a.min() >= -FLOAT32_MAX)  # a NaN makes both NaN: false
 
 
 def small_rows(values: list):
@@ -149,7 +154,14 @@ class Outputs:
 
     def __init__(self, rows, classify: bool):
         self._probs = self._best = self._first = None
-        if np is not None:
+        if not classify and (np is None or not isinstance(rows, np.ndarray) or rows.size <= SMALL):
+            # a small regression output: one conversion to lists, then C-level maps (numpy's calls cost more here)
+            lists = rows.tolist() if np is not None and isinstance(rows, np.ndarray) else rows
+            finite = math.isfinite
+            self._bad = [] if all(map(finite, itertools.chain.from_iterable(lists))) else [
+                i for i, r in enumerate(lists) if not all(map(finite, r))]  # fmt: skip
+            self._first = [float(r[0]) for r in lists]
+        elif np is not None:
             # a float array as the forward gives it (its values as tolist() gives them), else the rows in float64
             a = rows if isinstance(rows, np.ndarray) and rows.dtype.kind == "f" else np.asarray(rows, dtype=np.float64)
             self._bad = [] if np.isfinite(a).all() else np.flatnonzero(~np.isfinite(a).all(axis=1)).tolist()
@@ -160,13 +172,10 @@ class Outputs:
                     self._probs, self._best = softmax_rows(a)
             else:
                 self._probs, self._best = softmax_rows(a)
-        else:
+        else:  # a classifier without numpy; a non-finite row's probabilities are never sent: its request is refused
             self._bad = [i for i, r in enumerate(rows) if not all(map(math.isfinite, r))]
-            if not classify:
-                self._first = [float(r[0]) for r in rows]
-            else:  # a non-finite row's probabilities are never sent: its request is refused
-                bad = set(self._bad)
-                self._probs, self._best = softmax_rows([[0.0] if i in bad else r for i, r in enumerate(rows)])
+            bad = set(self._bad)
+            self._probs, self._best = softmax_rows([[0.0] if i in bad else r for i, r in enumerate(rows)])
         self.start, self.stop = 0, len(rows)
 
     def __len__(self) -> int:
@@ -187,6 +196,10 @@ class Outputs:
         """Return the index (within these rows) of the first row holding NaN or ±Infinity, or None."""
         k = bisect.bisect_left(self._bad, self.start)
         return self._bad[k] - self.start if k < len(self._bad) and self._bad[k] < self.stop else None
+
+    def non_finite_rows(self) -> list:
+        """Return the indexes (within these rows, ascending) of the rows holding NaN or ±Infinity."""
+        return [b - self.start for b in self._bad if self.start <= b < self.stop]
 
     def probabilities(self) -> list:
         """Return each row's softmax probabilities (a classifier's rows)."""

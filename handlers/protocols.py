@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 try:  # numpy ships beside torch in every worker we build; without it binary tensors are read with struct
     import numpy as np
@@ -45,7 +45,7 @@ class Decoded:
     body: object
     wire: str = "json"  # "json" (the contract's own answer) | "v2" | "tfs-columns"
     outputs: list | None = None  # v2: the names asked for, in order (None: all)
-    binary: set = field(default_factory=set)  # v2: names to send as binary data
+    binary: set | frozenset = frozenset()  # v2: names to send as binary data (a set of its own when asked for)
     binary_all: bool = False  # v2: parameters.binary_data_output
 
 
@@ -240,12 +240,30 @@ class AnswerText:
 
     def text(self, outputs) -> str:
         """Return the JSON answer of one request's finite output rows (a batch_checks.Outputs slice)."""
+        return self.texts(outputs, [(0, len(outputs))])[0]
+
+    def texts(self, outputs, spans: list) -> list:
+        """Return the JSON answer of each request's rows of a batch's outputs (a batch_checks.Outputs): spans holds
+        (start, stop) per request, or None (then None); a request holding a row that is not finite gets None too."""
         r = float.__repr__  # what json writes for a finite float
+        bad, tail, out = outputs.non_finite_rows(), self.tail, []
         if self.labels is None:
-            return '{"predictions":[' + ",".join(map(r, outputs.first_column())) + "]" + self.tail
-        labels = self.labels
-        return ('{"predictions":[' + ",".join([labels[k] for k in outputs.best()]) + '],"probabilities":['
-                + ",".join(["[" + ",".join(map(r, p)) + "]" for p in outputs.probabilities()]) + "]" + self.tail)  # fmt: skip
+            column = outputs.first_column()
+            for span in spans:
+                if span is None or (bad and any(span[0] <= b < span[1] for b in bad)):
+                    out.append(None)
+                else:
+                    out.append('{"predictions":[' + ",".join(map(r, column[span[0] : span[1]])) + "]" + tail)
+            return out
+        labels, best, probs = self.labels, outputs.best(), outputs.probabilities()
+        for span in spans:
+            if span is None or (bad and any(span[0] <= b < span[1] for b in bad)):
+                out.append(None)
+                continue
+            start, stop = span
+            out.append('{"predictions":[' + ",".join([labels[k] for k in best[start:stop]]) + '],"probabilities":['
+                       + ",".join(["[" + ",".join(map(r, p)) + "]" for p in probs[start:stop]]) + "]" + tail)  # fmt: skip
+        return out
 
 
 _COMPACT = json.JSONEncoder(separators=(",", ":"))  # one encoder: json.dumps with options builds one per call

@@ -57,6 +57,12 @@ def _fail(context, idx: int, step: str, batch: int) -> str:
     return _refuse(context, idx, 500, f"{INTERNAL} while {step} this request")
 
 
+def _rows(span: tuple) -> dict:
+    """Return {output name: one request's rows} of a (forward outputs, first row, end row) span."""
+    flat, start, stop = span
+    return {name: v[start:stop] for name, v in flat.items()}
+
+
 class TabularHandler:
     """Serves one aiaas model: checks requests against its model card and runs one forward per batch."""
 
@@ -64,6 +70,7 @@ class TabularHandler:
         self.card: dict = {}
         self.initialized = False
         self._text = None  # (card, name, version, protocols.AnswerText): the common answer's constant parts
+        self._specs = None  # (card, programs.io_specs(card)): what every forward reads of the card
 
     def initialize(self, context) -> None:
         """Set up the worker: check model files against the card, choose device and program, load and warm up; returns None."""
@@ -96,13 +103,21 @@ class TabularHandler:
 
     def decode(self, request: dict, context, idx: int):
         """Return (ParsedRequest, protocols.Decoded) for request idx of the batch (raises contract.ContractError)."""
+        wire = self._wire(request, context, idx)
+        return contract.parse_request(wire.body, self.card, self.max_rows), wire
+
+    def _wire(self, request: dict, context, idx: int):
+        """Return the protocols.Decoded of request idx: its headers and body read, the body parsed once (raises
+        contract.ContractError)."""
         length, content_type = protocols.scan(_headers(context, idx))
         binary = length is not None
         if not binary:  # a binary-extension body is JSON followed by raw tensor bytes, whatever its Content-Type
             contract.check_content_type(content_type)
         if "data" not in request and "body" not in request:  # e.g. TorchServe split a form body into fields
             raise contract.ContractError("body: missing; send the JSON body with Content-Type: application/json")
-        body = request.get("data") if request.get("data") is not None else request.get("body")
+        body = request.get("data")
+        if body is None:
+            body = request.get("body")
         # Our config hands the body over as bytes (decode_input_request=false: parsed once, here); a plain TorchServe
         # decodes it first, and then a str is a JSON string already, never to be parsed again.
         if isinstance(body, str) and not binary:
@@ -110,14 +125,27 @@ class TabularHandler:
         wire = protocols.decode_with(body, length)
         if type(wire.body) is str:  # type, not isinstance: a NaN/Infinity marker (a str subclass) keeps its own message
             raise contract.ContractError(_JSON_STRING)
-        return contract.parse_request(wire.body, self.card, self.max_rows), wire
+        return wire
+
+    def _read(self, request: dict, context, idx: int, plan) -> tuple:
+        """Return (Decoded, ParsedRequest, None) of request idx, or (Decoded, None, plain shape) for a plain JSON body
+        of a plain card (`plan`), whose values the batch then checks in one pass (raises contract.ContractError)."""
+        wire = self._wire(request, context, idx)
+        if plan is not None and wire.wire == "json":
+            shape = contract.plain_shape(wire.body, plan, self.max_rows)
+            if shape is not None:
+                return wire, None, shape
+        return wire, contract.parse_request(wire.body, self.card, self.max_rows), None
 
     def predict(self, inputs: dict) -> dict:
         """Return {output name: per-sample outputs} for {input name: checked samples}, in one forward (the program of its
         batch size); a tabular card's output is a batch_checks.Outputs, what the answers need computed once."""
+        specs = self._specs
+        if specs is None or specs[0] is not self.card:
+            specs = self._specs = (self.card, programs.io_specs(self.card))
         if "features" not in self.card["input"] or batch_checks.np is None:
-            return programs.run_samples(self.model, self.card, inputs, self.device)
-        outputs = programs.run_samples(self.model, self.card, inputs, self.device, arrays=True)
+            return programs.run_samples(self.model, self.card, inputs, self.device, specs=specs[1])
+        outputs = programs.run_samples(self.model, self.card, inputs, self.device, arrays=True, specs=specs[1])
         classify = self.card["output"]["task"] == "classification"
         return {name: batch_checks.Outputs(a, classify) for name, a in outputs.items()}
 
@@ -128,6 +156,17 @@ class TabularHandler:
             if isinstance(rows, batch_checks.Outputs) and rows.first_non_finite() is None:
                 return self._answer_text().text(rows), {}
         return protocols.encode(wire, contract.answer(self.card, parsed, outputs, self.model_name, self.model_version))
+
+    def _plain_texts(self, spans: list):
+        """Return each request's JSON answer written from precomputed parts (None where it needs encode's general
+        path), for a batch whose valid requests all came in plain JSON to a plain card and shared one forward."""
+        flat = next((s[0] for s in spans if s is not None), None)
+        if flat is None or len(flat) != 1 or any(s is not None and s[0] is not flat for s in spans):  # per-request forwards
+            return None
+        outputs = next(iter(flat.values()))
+        if not isinstance(outputs, batch_checks.Outputs):
+            return None
+        return self._answer_text().texts(outputs, [None if s is None else s[1:] for s in spans])
 
     def _answer_text(self):
         """Return the protocols.AnswerText of this card and model, built on first use (and again for a new card)."""
@@ -144,26 +183,41 @@ class TabularHandler:
         """
         if _is_describe(data, context):
             return [self.describe_handle()]
-        answers: list = [None] * len(data)
-        parsed: list = [None] * len(data)
-        wires: list = [None] * len(data)
+        n = len(data)
+        answers: list = [None] * n
+        parsed: list = [None] * n
+        wires: list = [None] * n
+        plan = contract.plain_plan(self.card) if "features" in self.card["input"] else None
+        plain = []  # (index, shape) of plain JSON bodies, whose values are checked below in one pass over the batch
         for i, request in enumerate(data):
             context.set_response_content_type(i, JSON)
             try:
-                parsed[i], wires[i] = self.decode(request, context, i)
+                wires[i], parsed[i], shape = self._read(request, context, i, plan)
+                if shape is not None:
+                    plain.append((i, shape))
             except contract.ContractError as e:
                 answers[i] = _refuse(context, i, e.status, str(e))
             except Exception:  # a bug of ours: this request's 500, not the batch's 503
-                answers[i] = _fail(context, i, "reading", len(data))
-        outputs = self._forward(parsed)
+                answers[i] = _fail(context, i, "reading", n)
+        batch, outside = self._check_plain(plain, plan, parsed, wires, answers, context) if plain else (None, 0)
+        spans = self._forward_spans(parsed, batch)
+        texts = None
+        if batch is not None:
+            try:
+                texts = self._plain_texts(spans)
+            except Exception:  # a bug of ours: each request is then answered on its own, below
+                logger.exception("aiaas: writing the answers of a batch of %d failed; answering them one by one", n)
         for i, p in enumerate(parsed):
             if p is None:
                 continue
-            if outputs[i] is None:  # its forward failed, and _forward logged why
+            if spans[i] is None:  # its forward failed, and _forward_spans logged why
                 answers[i] = _refuse(context, i, 500, f"{INTERNAL}: the model failed on this request")
                 continue
+            if texts is not None and texts[i] is not None:
+                answers[i] = texts[i]
+                continue
             try:
-                answers[i], headers = self.encode(p, wires[i], outputs[i])
+                answers[i], headers = self.encode(p, wires[i], _rows(spans[i]))
                 for name, value in headers.items():
                     context.set_response_header(i, name, value)
             except contract.ContractError as e:  # an output JSON cannot carry (overflow), or a v2 output the model lacks
@@ -172,46 +226,78 @@ class TabularHandler:
                 answers[i] = _fail(context, i, "answering", len(data))
         try:
             ok = [p for p in parsed if p is not None]
-            self._metrics(context, sum(len(p.rows) for p, o in zip(parsed, outputs) if o is not None), len(parsed) - len(ok),
-                          sum(p.out_of_range for p in ok), sum(p.imputed for p in ok), sum(p.unseen for p in ok))  # fmt: skip
+            self._metrics(context, sum(len(p.rows) for p, o in zip(parsed, spans) if o is not None), len(parsed) - len(ok),
+                          outside + sum(p.out_of_range for p in ok), sum(p.imputed for p in ok), sum(p.unseen for p in ok))  # fmt: skip
         except Exception:  # answers are ready: metrics must not turn them into a 503
             logger.exception("aiaas: recording metrics failed")
         return answers
 
-    def _forward(self, parsed: list) -> list:
-        """Return each request's output rows (None for a request without valid rows or whose forward failed).
+    def _check_plain(self, plain: list, plan, parsed: list, wires: list, answers: list, context) -> tuple:
+        """Check the values of the plain requests ((index, (rows, format)) pairs) in one pass over the batch and fill
+        in their parsed rows; returns (those rows as one float32 array when they are all the batch's valid requests,
+        the forward's input as it is, else None; how many of their values fall outside the training range). When a
+        value fails, each of them takes its own checks, which name it."""
+        alone = len(plain) == len(parsed) - sum(a is not None for a in answers)  # no other request shares the forward
+        try:
+            checked = contract.check_plain_batch([shape for _, shape in plain], plan, alone)
+        except Exception:  # a bug of ours: the per-request checks still judge every request
+            logger.exception("aiaas: the one-pass check of %d requests failed; checking them one by one", len(plain))
+            checked = None
+        if checked is not None:
+            for (i, _), p in zip(plain, checked[0]):
+                parsed[i] = p
+            return (checked[1] if alone else None), checked[2]
+        for i, _ in plain:
+            try:
+                parsed[i] = contract.parse_request(wires[i].body, self.card, self.max_rows)
+            except contract.ContractError as e:
+                answers[i] = _refuse(context, i, e.status, str(e))
+            except Exception:
+                answers[i] = _fail(context, i, "reading", len(parsed))
+        return None, 0
 
-        One forward for all valid rows of the batch. The rows are checked finite float32 numbers of the right width,
-        so only a bug of ours or the batch as a whole (e.g. out of memory) can make it fail; then each request gets
-        its own forward, so that a request that fails alone fails alone.
+    def _forward(self, parsed: list, batch=None) -> list:
+        """Return each request's output rows ({output name: its rows}; None for a request without valid rows or whose
+        forward failed)."""
+        return [None if s is None else _rows(s) for s in self._forward_spans(parsed, batch)]
+
+    def _forward_spans(self, parsed: list, batch=None) -> list:
+        """Return each request's outputs as (the forward's {output name: outputs}, first row, end row), None for a
+        request without valid rows or whose forward failed.
+
+        One forward for all valid rows of the batch (`batch`: those rows already stacked, as the one-pass check gives
+        them). The rows are checked finite float32 numbers of the right width, so only a bug of ours or the batch as
+        a whole (e.g. out of memory) can make it fail; then each request gets its own forward, so that a request that
+        fails alone fails alone.
         """
         valid = [p for p in parsed if p is not None]
-        rows = sum(len(p.rows) for p in valid)
         try:
-            if valid and all(p.array is not None for p in valid):  # the one-pass check's arrays: no lists on the way
+            if batch is not None:
+                inputs = {next(iter(valid[0].inputs)): batch}
+            elif valid and all(p.array is not None for p in valid):  # the one-pass check's arrays: no lists on the way
                 inputs = {next(iter(valid[0].inputs)): batch_checks.stack([p.array for p in valid])}
             else:
                 inputs = {name: [s for p in valid for s in p.inputs[name]] for name in valid[0].inputs} if valid else {}
             flat = self.predict(inputs) if valid else {}
         except Exception:
-            logger.exception("aiaas: the forward of a batch of %d rows failed; retrying request by request", rows)
+            logger.exception("aiaas: the forward of a batch of %d rows failed; retrying request by request", sum(len(p.rows) for p in valid))
             return [self._forward_one(i, p) for i, p in enumerate(parsed)]
-        out, start, items = [], 0, list(flat.items())
+        spans, start = [], 0
         for p in parsed:
             if p is None:
-                out.append(None)
+                spans.append(None)
                 continue
             stop = start + len(p.rows)
-            out.append({name: v[start:stop] for name, v in items})
+            spans.append((flat, start, stop))
             start = stop
-        return out
+        return spans
 
     def _forward_one(self, idx: int, parsed):
-        """Return one request's output rows from a forward of its own, or None (logged) when there is none."""
+        """Return one request's outputs from a forward of its own as (outputs, 0, rows), or None (logged) when there is none."""
         if parsed is None:
             return None
         try:
-            return self.predict(parsed.inputs)
+            return self.predict(parsed.inputs), 0, len(parsed.rows)
         except Exception:
             logger.exception("aiaas: the forward of request %d (%d rows) failed", idx, len(parsed.rows))
             return None

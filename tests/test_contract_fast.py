@@ -8,7 +8,9 @@ import math
 import random
 import zlib
 
+import numpy as np
 import pytest
+import torch
 
 from aiaas_torch.handlers import aiaas_contract as c
 from aiaas_torch.handlers.aiaas_contract import ContractError
@@ -151,8 +153,6 @@ def test_without_numpy_every_batch_takes_the_per_value_checks(monkeypatch):
 # --- Open Inference (v2) bodies: JSON data and the binary extension take the same one-pass check.
 
 from aiaas_torch.handlers import batch_checks, protocols  # noqa: E402
-
-import numpy as np  # noqa: E402
 
 
 def _v2(rows: list, form: str, width: int, datatype: str = "FP64", **extra) -> dict:
@@ -381,3 +381,49 @@ def test_a_non_finite_output_refuses_its_own_request_naming_its_first_bad_sample
 
 def test_the_bad_value_batches_straddle_the_small_batch_bound():
     assert 2 * 6 <= batch_checks.SMALL < 20 * 4  # the small and large batches above take the two ways of checking
+
+
+# --- the whole batch's one pass (the handler's plain lane) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_batch_of_plain_requests_checked_at_once_gives_each_requests_rows_and_the_counts_summed(seed):
+    rng = random.Random(1000 + seed)
+    card = _card(rng.randint(1, 12), rng)
+    names = [f["name"] for f in card["input"]["features"]]
+    bodies = []
+    for _ in range(rng.randint(1, 16)):
+        rows = _batch(card, rng, rng.randint(1, 5))
+        bodies.append(rng.choice([{"instances": rows}, rows, {"instances": [dict(zip(names, r)) for r in rows]}]))
+    plan = c.plain_plan(card)
+    shapes = [c.plain_shape(json.loads(json.dumps(b)), plan, 500) for b in bodies]
+    slow = [c._parse_rows(json.loads(json.dumps(b)), card, 500) for b in bodies]
+    for alone in (True, False):
+        parsed, batch, outside = c.check_plain_batch(shapes, plan, alone)
+        assert outside == sum(s.out_of_range for s in slow)
+        assert batch.dtype == np.float32 and batch.tolist() == np.array([r for s in slow for r in s.rows], dtype=np.float32).tolist()
+        for p, s in zip(parsed, slow):
+            assert p.fmt == s.fmt and len(p.rows) == len(s.rows)
+            assert torch.equal(torch.as_tensor(p.inputs[next(iter(p.inputs))], dtype=torch.float32), torch.as_tensor(s.rows, dtype=torch.float32))
+            assert (p.array is None) == alone and (alone or np.asarray(p.array).tolist() == s.rows)
+
+
+@pytest.mark.parametrize("rows", [1, 4], ids=["small batch", "large batch"])  # 30 values or 120: batch_checks.SMALL is 64
+@pytest.mark.parametrize("bad", BAD[:-2] + [2**200], ids=repr)  # a nested list or object is not a plain shape at all
+def test_one_bad_value_anywhere_in_the_batch_declines_the_whole_pass(bad, rows):
+    rng = random.Random(zlib.crc32(repr(bad).encode()))
+    card = _card(5, rng)
+    plan = c.plain_plan(card)
+    shapes = [c.plain_shape({"instances": _batch(card, rng, rows)}, plan, 500) for _ in range(6)]
+    assert c.check_plain_batch(shapes, plan) is not None
+    values = shapes[rng.randrange(6)][0]
+    values[rng.randrange(len(values))][rng.randrange(5)] = bad
+    assert c.check_plain_batch(shapes, plan) is None
+
+
+@pytest.mark.parametrize("body", [{"instances": [[1, 2]], "inputs": []}, {"rows": [[1, 2]]}, {"instances": []}, [], 3, "x",
+                                  {"instances": [[1, 2]] * 501}, {"instances": [[1, 2], [3]]}, {"instances": [[1, 2], {"f0": 1, "f1": 2}]},
+                                  {"instances": [{"f0": 1}]}, {"instances": [[[1, 2]]]}, {"instances": [(1, 2)]}], ids=repr)  # fmt: skip
+def test_bodies_that_are_not_plain_rows_are_left_to_the_per_request_checks(body):
+    card = _card(2, random.Random(3))
+    assert c.plain_shape(body, c.plain_plan(card), 500) is None

@@ -224,22 +224,44 @@ def test_torchserves_describe_call_still_gets_the_card():
     assert status == 200 and card == CARD
 
 
-def test_a_bug_while_reading_one_request_is_its_own_500_logged_once(monkeypatch, caplog):
-    real = tabular_handler.contract.parse_request
+@pytest.mark.parametrize("step", ["parse_request", "plain_shape"])  # the per-request checks, and the plain lane's reading
+def test_a_bug_while_reading_one_request_is_its_own_500_logged_once(monkeypatch, caplog, step):
+    real = getattr(tabular_handler.contract, step)
 
-    def parse(body, card, max_rows=None):
+    def parse(body, *args):
         if b"666" in (body if isinstance(body, bytes) else json.dumps(body).encode()):
             raise KeyError("a bug of ours")
-        return real(body, card, max_rows)
+        return real(body, *args)
 
-    monkeypatch.setattr(tabular_handler.contract, "parse_request", parse)
-    requests = [_good(0), (b"[[666, 1, 2]]", dict(JSON_CT)), _good(2)]
+    monkeypatch.setattr(tabular_handler.contract, step, parse)
+    # plain rows take the lane (plain_shape, then the batch's one-pass check); an Open Inference body, parse_request
+    bad = b'{"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [666, 1, 2]}]}' if step == "parse_request" else b"[[666, 1, 2]]"
+    requests = [_good(0), (bad, dict(JSON_CT)), _good(2)]
     with caplog.at_level(logging.ERROR, logger=tabular_handler.__name__):
         results = run_batch(_handler(), requests)
     assert results[1][0] == 500 and results[1][1]["code"] == 500 and "internal error" in results[1][1]["message"]
     _assert_goods(results, bad_index=1)
     logged = [r for r in caplog.records if r.name == tabular_handler.__name__]
     assert len(logged) == 1 and logged[0].exc_info and "a bug of ours" in str(logged[0].exc_info[1])
+
+
+@pytest.mark.parametrize("bad", [True, "1.5", None, 1e39, -(10**39), 10**400, float("nan"), [1.0]], ids=repr)
+def test_one_bad_value_in_a_batch_of_plain_requests_gets_the_answer_it_gets_alone(bad):
+    # the batch's one-pass check declines the batch; each request is then checked on its own and named as if alone
+    requests = [_good(i) for i in range(5)]
+    requests[2] = (json.dumps({"instances": [[1.0, 2.0, 0.0], [1.0, bad, 0.0]]}).encode(), dict(JSON_CT))
+    batch = run_batch(_handler(), requests)
+    assert batch[2][0] == 400 and "instances[1]" in batch[2][1]["message"], batch[2]
+    assert batch == [run_batch(_handler(), [r])[0] for r in requests]
+
+
+def test_a_clean_batch_counts_out_of_range_values_of_every_request(caplog):
+    caplog.set_level(logging.INFO, logger="ts.metrics")
+    bodies = [[[11.0, 1.0, -2.0]], [[0.0, 1.0, -2.0]], [[-11.0, 99.0, -2.0], [1.0, 1.0, 1.0]], {"instances": [{"a": 1, "b": 2, "c": 30}]}]
+    results = run_batch(_handler(), [(json.dumps(b).encode(), dict(JSON_CT)) for b in bodies])
+    assert [len(body["predictions"]) for status, body in results if status == 200] == [1, 1, 2, 1]
+    lines = _handler_metric_lines(caplog)
+    assert sorted(line.split("|")[0] for line in lines) == ["[METRICS]OutOfRangeValues.Count:4", "[METRICS]RowsPredicted.Count:5"], lines
 
 
 def test_a_forward_that_fails_for_the_batch_fails_only_the_request_that_fails_alone(caplog):
@@ -269,9 +291,9 @@ def test_checked_arrays_reach_the_forward_as_one_array_and_a_per_value_request_s
     h, seen = _handler(), []
     real = tabular_handler.programs.run_samples
 
-    def spy(model, card, inputs, device="cpu", arrays=False):
+    def spy(model, card, inputs, device="cpu", arrays=False, specs=None):
         seen.append([type(v).__name__ for v in inputs.values()])
-        return real(model, card, inputs, device, arrays)
+        return real(model, card, inputs, device, arrays, specs)
 
     monkeypatch.setattr(tabular_handler.programs, "run_samples", spy)
     plain = run_batch(h, [_good(0), _v2_body([5, 1.0, -2.0, 6, 1.0, -2.0], 2), _good(7)])
@@ -303,7 +325,8 @@ def test_without_numpy_a_worker_answers_every_format_with_the_same_bytes(monkeyp
     assert json.loads(with_numpy[0][2])["predictions"] == ["hi" if _want([0, 1.0, -2.0]) > 0 else "lo"]
 
 
-def test_an_encoding_bug_for_one_request_is_its_own_500(monkeypatch):
+@pytest.mark.parametrize("batch_writer", ["unused", "broken"])
+def test_an_encoding_bug_for_one_request_is_its_own_500(monkeypatch, caplog, batch_writer):
     h = _handler()
     real = h.encode
 
@@ -313,9 +336,17 @@ def test_an_encoding_bug_for_one_request_is_its_own_500(monkeypatch):
         return real(parsed, wire, outputs)
 
     h.encode = encode
-    results = run_batch(h, [_good(0), _good(7), _good(2)])
+    if batch_writer == "unused":  # an Open Inference request in the batch: every answer is encoded on its own
+        requests = [_good(0), _v2_body([7.0, 1.0, -2.0], 1), _good(2)]
+    else:  # plain requests only: their answers are written for the batch at once, here by a broken writer
+        requests = [_good(0), _good(7), _good(2)]
+        h._plain_texts = lambda spans: 1 / 0
+    with caplog.at_level(logging.ERROR, logger=tabular_handler.__name__):
+        results = run_batch(h, requests)
     assert results[1][0] == 500 and results[1][1]["code"] == 500
     _assert_goods(results, bad_index=1)
+    logged = [r for r in caplog.records if r.name == tabular_handler.__name__ and r.exc_info]
+    assert [type(r.exc_info[1]) for r in logged] == ([ZeroDivisionError] if batch_writer == "broken" else []) + [TypeError]
 
 
 def _handler_metric_lines(caplog) -> list[str]:

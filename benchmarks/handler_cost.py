@@ -8,7 +8,7 @@ JSON parse), check (`plain_shape` per request and the batch's one-pass `check_pl
 (`_forward_spans`: one forward, outputs per batch), encode (`_plain_texts`: every answer's JSON). Repeats alternate
 between the cards; medians (or, with --stat min, minimums) are printed.
 
-    .venv/bin/python benchmarks/handler_cost.py            # ≈ 20 s: 16 requests × 1 row, then 1 request × 16 rows
+    .venv/bin/python benchmarks/handler_cost.py            # ≈ 30 s: 16 requests × 1 row, 1 request × 16 rows, 1 × 1 after idle
     .venv/bin/python benchmarks/handler_cost.py --requests 4 --rows 4
     .venv/bin/python benchmarks/handler_cost.py --baseline /tmp/old/handlers   # also another copy's handler files, alternating
 """
@@ -181,6 +181,31 @@ def measure(requests: int, rows: int, features: int, repeats: int, baseline: str
 STEPS = ["handle", "decode", "check", "forward", "model", "encode"]
 
 
+def idle_cost(features: int, idle_ms: float, calls: int, baseline: str | None = None) -> dict:
+    """Return {card: (µs of thread CPU per handle call back to back, µs per call after `idle_ms` of sleep)} for one
+    request of one row: a worker at c = 1 waits between requests, and its caches go cold meanwhile."""
+    codes = {"": _code(None)} | ({" (baseline)": _code(baseline)} if baseline else {})
+    out = {}
+    for card, classes in (("regression", None), ("classifier (3 classes)", ["a", "b", "c"])):
+        data, headers = _batch(features, 1, 1, random.Random(len(card)))
+        for tag, code in codes.items():
+            h = _handler(features, classes, code)
+            for _ in range(200):
+                h.handle(data, _Context(headers))
+            res = []
+            for sleep in (0.0, idle_ms / 1000):
+                times = []
+                for _ in range(calls):
+                    t0 = time.thread_time_ns()
+                    h.handle(data, _Context(headers))
+                    times.append(time.thread_time_ns() - t0)
+                    if sleep:
+                        time.sleep(sleep)
+                res.append(statistics.median(times) / 1000)
+            out[card + tag] = tuple(res)
+    return out
+
+
 def main(argv=None) -> int:
     """Print the host, then each card's per-row cost of handle and of each step; returns 0 when the goal is met, else 1."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -190,6 +215,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=31)
     ap.add_argument("--stat", choices=["median", "min"], default="median", help="of the repeats (min: on a shared, loaded host)")
     ap.add_argument("--baseline", metavar="DIR", help="also time the handler files in DIR (a copy of another version's handlers/)")
+    ap.add_argument("--idle-ms", type=float, default=1.0, help="also time one 1-row request after this much idle time (0: skip)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)  # what a worker runs with (handler setting `threads`, default 1)
     flags = integrity.cpu_flags()
@@ -213,6 +239,11 @@ def main(argv=None) -> int:
           "parse_request per request); forward: one forward, outputs per batch (model: the bare model call, hot); encode: "
           "the answers' JSON; other: handle's own steps (Content-Type, context calls, metrics). Steps are timed alone, hot; "
           "inside handle each runs after the others and costs more (caches), so 'other' is that difference too")  # fmt: skip
+    if args.idle_ms > 0:
+        print(f"\n1 request × 1 row, µs of thread CPU per handle call (median of 400): back to back, and after {args.idle_ms:g} ms "
+              "idle (what a worker at c = 1 sees between requests)")  # fmt: skip
+        for card, (hot, cold) in idle_cost(args.features, args.idle_ms, 400, args.baseline).items():
+            print(f"{card:>34} | back to back {hot:7.1f} | after idle {cold:7.1f}")
     return 0 if ok else 1
 
 

@@ -1,11 +1,14 @@
 """Serving benchmark: the default package, the latency profile and a no-op handler side by side, in one run.
 
-Each configuration packages the same run directory (the origin model y = 2x unless --run-dir), starts TorchServe on
-free loopback ports, warms it up, measures c = 1, 8, 32 with `aiaas_torch.bench`, and stops it. The generator's own
-ceiling (the same load against a trivial asyncio responder) is measured in the same run. Prints the table, the
-ratios and each serving goal as met or not; writes JSON and a PNG.
+Each configuration packages the same run directory (the origin model y = 2x unless --run-dir) and starts TorchServe
+on free loopback ports; all of them run at once, are warmed up, and take turns: each level (c = 1, 8, 32) is measured
+--rounds times per server with `aiaas_torch.bench`, so that the ratios compare servers measured minutes apart at
+most, not a whole run apart (a shared host's speed drifts by a third within half an hour); the round of median
+throughput is reported, and every round's req/s printed. The generator's own ceiling (the same load against a
+trivial asyncio responder) is measured in the same run. Prints the table, the ratios and each serving goal as met or
+not; writes JSON and a PNG.
 
-    .venv/bin/python benchmarks/serve.py --out-dir docs/bench           # ≈ 5 min on 2 cores
+    .venv/bin/python benchmarks/serve.py --out-dir docs/bench           # ≈ 6 min on 2 cores
     .venv/bin/python benchmarks/serve.py --cold-start --out-dir docs/bench   # also READY and demo timings
 """
 
@@ -116,8 +119,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run-dir", default=None, help="run directory to serve (default: build the origin model y = 2x)")
     p.add_argument("--concurrency", default="1,8,32", help="connections per level (default 1,8,32)")
-    p.add_argument("--duration", type=float, default=10.0, help="timed window per level in s (default 10)")
-    p.add_argument("--warmup", type=float, default=3.0, help="warm-up per level in s (default 3)")
+    p.add_argument("--duration", type=float, default=6.0, help="timed window per level and round in s (default 6)")
+    p.add_argument("--warmup", type=float, default=2.0, help="warm-up per level and round in s (default 2)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="all servers run at once and take turns, each level measured this many times; the median round "
+                        "is reported (default 3; 1: one server after another, as before)")
     p.add_argument("--server-warmup", type=float, default=10.0, help="load before the first level of each server (default 10)")
     p.add_argument("--sweep", action="store_true", help="also measure the candidate configurations in SWEEP")
     p.add_argument("--no-noop", action="store_true", help="skip the no-op handler")
@@ -143,7 +149,7 @@ def main(argv=None) -> int:
             configs["no-op latency"] = ServingConfig.profile("latency")
             handlers["no-op"] = handlers["no-op latency"] = NOOP_HANDLER
         report = bench.bench_run_dir(run_dir, configs, handlers=handlers, concurrency=conc, duration=a.duration,
-                                     warmup=a.warmup, server_warmup=a.server_warmup, workdir=tmp)  # fmt: skip
+                                     warmup=a.warmup, server_warmup=a.server_warmup, workdir=tmp, rounds=a.rounds)  # fmt: skip
         report.results.append(bench.generator_ceiling(conc, min(a.duration, 5.0), 1.0))
         cold = cold_start(run_dir, root) if a.cold_start else None
     report.machine["loadavg_1min_at_start"] = round(load, 2)
@@ -165,6 +171,12 @@ def main(argv=None) -> int:
     doc = {**report.to_dict(), "goals": met, "build": build, "cold_start": cold,
            "command": "benchmarks/serve.py " + " ".join(argv if argv is not None else sys.argv[1:])}  # fmt: skip
     print(report.table())
+    by_round = report.settings.get("req_per_s_by_round", {})
+    for label, levels in by_round.items():
+        print(f"- {label}: req/s by round " + "; ".join(f"c={c}: {', '.join(f'{r:,}' for r in rps)}" for c, rps in levels.items()))
+    if "default" in by_round and "no-op" in by_round:  # each round's pair was measured minutes apart at most
+        pairs = zip(by_round["default"][str(top)], by_round["no-op"][str(top)])
+        print(f"- default / no-op req/s at c={top} by round: " + ", ".join(f"{d / o:.2f}" for d, o in pairs if o))
     print()
     for g in met:
         print(f"- {'MET ' if g['met'] else 'NOT MET'}  {g['goal']}: {g['measured']} (goal {g['target']})")

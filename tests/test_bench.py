@@ -199,6 +199,24 @@ def test_cli_bench_run_dir_against_real_torchserve(origin_run, tmp_path, capsys)
         assert lv["requests"] > 0 and lv["errors"] == 0 and lv["server_cpu_percent"] >= 0
 
 
+def test_bench_run_dir_refuses_rounds_below_one(origin_run):
+    for rounds in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="rounds"):
+            bench.bench_run_dir(origin_run.run_dir, {"x": ServingConfig()}, rounds=rounds)
+
+
+@pytest.mark.serving
+def test_bench_run_dir_in_rounds_reports_the_median_round_of_each_level(origin_run):
+    report = bench.bench_run_dir(origin_run.run_dir, {"tiny": ServingConfig(workers=1, batch_size=2, max_batch_delay_ms=1)},
+                                 rounds=3, concurrency=(1, 2), duration=0.4, warmup=0.1, server_warmup=0, progress=False)  # fmt: skip
+    (result,) = report.results
+    by_round = report.settings["req_per_s_by_round"]["tiny"]
+    assert report.settings["rounds"] == 3 and report.settings["concurrency"] == [1, 2] and set(by_round) == {"1", "2"}
+    for lv, c in zip(result.levels, (1, 2)):
+        check_level(asdict(lv), c)
+        assert lv.errors == 0 and len(by_round[str(c)]) == 3 and round(lv.rps) == sorted(by_round[str(c)])[1]
+
+
 @pytest.mark.serving
 def test_bench_served_counts_rejected_requests(origin_run, tmp_path):
     from aiaas_torch import serving as server

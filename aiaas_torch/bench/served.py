@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -178,10 +179,15 @@ def measure_warmed(target: Target, server_warmup: float, **kwargs) -> list:
 
     A fresh server is slow at first (TorchServe's JIT needs 10–15 s); measure's keyword arguments apply.
     """
-    if server_warmup > 0:
-        top = max(kwargs.get("concurrency", DEFAULT_CONCURRENCY))
-        measure(target, (top,), duration=server_warmup, warmup=0.0, progress=False, timeout=kwargs.get("timeout", 10.0))
+    _warm(target, server_warmup, kwargs)
     return measure(target, **kwargs)
+
+
+def _warm(target: Target, seconds: float, kwargs: Mapping) -> None:
+    """Load target for `seconds` at the highest concurrency of measure's keyword arguments, unmeasured; returns None."""
+    if seconds > 0:
+        top = max(kwargs.get("concurrency", DEFAULT_CONCURRENCY))
+        measure(target, (top,), duration=seconds, warmup=0.0, progress=False, timeout=kwargs.get("timeout", 10.0))
 
 
 def bench_run_dir(
@@ -193,27 +199,33 @@ def bench_run_dir(
     workdir: str | os.PathLike | None = None,
     server_config: str | os.PathLike | None = None,
     server_warmup: float = 10.0,
+    rounds: int = 1,
     **kwargs,
 ) -> BenchReport:
-    """Return the report of one run directory served under each {label: ServingConfig}, one server after another.
+    """Return the report of one run directory served under each {label: ServingConfig}.
 
     For each configuration: package the run directory (with handlers[label] instead of our handler when given),
     start TorchServe on free loopback ports in a private home, wait for READY, measure, stop. measure's keyword
     arguments apply (concurrency, duration, warmup, processes, ...). Before the first level, each new server gets
     `server_warmup` seconds of load at the highest concurrency (not measured): TorchServe's JIT needs 10–15 s.
+    rounds = 1: one server after another. rounds > 1: every server is started first, then each level is measured
+    `rounds` times with the servers taking turns, so that a slow spell of a shared host falls on all of them alike;
+    each level's result is its round of median throughput, and the report's settings keep every round's req/s.
     """
     from .. import serving as server
     from ..archive import package
     from ..card import read_card
 
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise InputError(f"rounds: {rounds!r} must be an integer ≥ 1")
     card = read_card(run_dir)
     body = kwargs.pop("body", None) or card_body(card)
     handlers = dict(handlers or {})
-    results = []
-    with tempfile.TemporaryDirectory(prefix="aiaas-bench-", dir=workdir) as root:
-        for label, serving in configs.items():
-            root_i = Path(root) / f"c{len(results)}"
-            store, home = root_i / "store", root_i / "home"
+    results, by_round = [], {}
+    with tempfile.TemporaryDirectory(prefix="aiaas-bench-", dir=workdir) as root, contextlib.ExitStack() as running:
+        started = {}  # label → (Target, TorchServe pid, seconds to READY)
+        for i, (label, serving) in enumerate(configs.items()):
+            store, home = Path(root) / f"c{i}" / "store", Path(root) / f"c{i}" / "home"
             if label in handlers:
                 mar = package_with_handler(run_dir, name, store, serving, handlers[label])
             else:
@@ -221,12 +233,33 @@ def bench_run_dir(
             t0 = time.perf_counter()
             info = server.start(home, store, {name: mar.path.name}, free_ports=True, config=server_config,
                                 ready_timeout=180, access_log=access_log)  # fmt: skip
-            ready = time.perf_counter() - t0
-            try:
-                levels = measure_warmed(served_target(home, name, body), server_warmup, server_pids=[info.pid], label=label, **kwargs)
-            finally:
-                server.stop(home)
-            results.append(ConfigResult(label, levels, asdict(serving), round(ready, 2),
-                                        note=f"handler {Path(handlers[label]).name}" if label in handlers else ""))  # fmt: skip
-    return BenchReport(machine_info(), {**_settings(kwargs), "run_dir": str(run_dir), "server_warmup_s": server_warmup}, results)
+            stop = running.enter_context(contextlib.ExitStack())
+            stop.callback(server.stop, home)
+            started[label] = (served_target(home, name, body), info.pid, round(time.perf_counter() - t0, 2))
+            if rounds == 1:  # measure it now, stop it, then start the next
+                levels = measure_warmed(started[label][0], server_warmup, server_pids=[info.pid], label=label, **kwargs)
+                stop.close()
+                results.append(_config_result(label, levels, serving, started[label][2], handlers))
+        if rounds > 1:
+            for target, _, _ in started.values():
+                _warm(target, server_warmup, kwargs)
+            levels = [int(c) for c in kwargs.pop("concurrency", DEFAULT_CONCURRENCY)]
+            got = {label: {c: [] for c in levels} for label in configs}
+            for _ in range(rounds):
+                for c in levels:
+                    for label, (target, pid, _) in started.items():
+                        got[label][c] += measure(target, (c,), server_pids=[pid], label=label, **kwargs)
+            for label, serving in configs.items():
+                median = [sorted(got[label][c], key=lambda lv: lv.rps)[(rounds - 1) // 2] for c in levels]
+                results.append(_config_result(label, median, serving, started[label][2], handlers))
+                by_round[label] = {str(c): [round(lv.rps) for lv in got[label][c]] for c in levels}
+            kwargs["concurrency"] = levels
+    settings = {**_settings(kwargs), "run_dir": str(run_dir), "server_warmup_s": server_warmup, "rounds": rounds}
+    if by_round:
+        settings["req_per_s_by_round"] = by_round
+    return BenchReport(machine_info(), settings, results)
 
+
+def _config_result(label: str, levels: list, serving, ready: float, handlers: Mapping) -> ConfigResult:
+    """Return the ConfigResult of one served configuration (noting the handler file when it is not ours)."""
+    return ConfigResult(label, levels, asdict(serving), ready, note=f"handler {Path(handlers[label]).name}" if label in handlers else "")

@@ -182,28 +182,37 @@ STEPS = ["handle", "decode", "check", "forward", "model", "encode"]
 
 
 def idle_cost(features: int, idle_ms: float, calls: int, baseline: str | None = None) -> dict:
-    """Return {card: (µs of thread CPU per handle call back to back, µs per call after `idle_ms` of sleep)} for one
-    request of one row: a worker at c = 1 waits between requests, and its caches go cold meanwhile."""
+    """Return {card: (µs of thread CPU per handle call back to back, after `idle_ms` of sleep)} for one request of one
+    row, and {"model call (<card>)": the same for the bare model call}: a worker at c = 1 waits between requests, and
+    its caches go cold meanwhile."""
     codes = {"": _code(None)} | ({" (baseline)": _code(baseline)} if baseline else {})
     out = {}
     for card, classes in (("regression", None), ("classifier (3 classes)", ["a", "b", "c"])):
         data, headers = _batch(features, 1, 1, random.Random(len(card)))
         for tag, code in codes.items():
             h = _handler(features, classes, code)
-            for _ in range(200):
-                h.handle(data, _Context(headers))
-            res = []
-            for sleep in (0.0, idle_ms / 1000):
-                times = []
-                for _ in range(calls):
-                    t0 = time.thread_time_ns()
-                    h.handle(data, _Context(headers))
-                    times.append(time.thread_time_ns() - t0)
-                    if sleep:
-                        time.sleep(sleep)
-                res.append(statistics.median(times) / 1000)
-            out[card + tag] = tuple(res)
+            out[card + tag] = _hot_and_idle(lambda: h.handle(data, _Context(headers)), idle_ms, calls)
+            if not tag:
+                x = torch.zeros(1, features)
+                out[f"model call ({card})"] = _hot_and_idle(lambda: _infer(h.model, x), idle_ms, calls)
     return out
+
+
+def _hot_and_idle(fn, idle_ms: float, calls: int) -> tuple:
+    """Return (median µs of thread CPU per fn() call back to back, the same with `idle_ms` of sleep between calls)."""
+    for _ in range(200):
+        fn()
+    res = []
+    for sleep in (0.0, idle_ms / 1000):
+        times = []
+        for _ in range(calls):
+            t0 = time.thread_time_ns()
+            fn()
+            times.append(time.thread_time_ns() - t0)
+            if sleep:
+                time.sleep(sleep)
+        res.append(statistics.median(times) / 1000)
+    return tuple(res)
 
 
 def main(argv=None) -> int:

@@ -4,6 +4,9 @@ It imports nothing from aiaas_torch (the package may be absent in a worker): the
 aiaas_contract.py, shipped beside this file. Four small steps, as in LitServe's LitAPI:
 setup (verify files, pick device, load) → decode (check each request against the card) →
 predict (ONE forward for all valid rows of the batch) → encode (split answers back, per-request errors).
+The common batch (plain JSON rows for a card of numeric features) takes a lane through the same steps: each
+request's shape is read alone, its values are checked with the whole batch's in one pass, and the answers are
+written at once; anything unusual in it sends its requests through the per-request steps, whose messages stand.
 """
 
 from __future__ import annotations

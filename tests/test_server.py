@@ -302,6 +302,17 @@ def test_two_instances_side_by_side_and_stop_leaves_nothing(echo, store, tmp_pat
         kill_leftovers(pids)
 
 
+def test_a_home_too_long_for_the_worker_sockets_is_refused_before_anything_starts(store, tmp_path):
+    # before: TorchServe started, every worker died on bind ("AF_UNIX path too long"), and start waited out its timeout
+    home = tmp_path / ("h" * (120 - len(str(tmp_path))))
+    with pytest.raises(server.ServerArgumentError, match=r"too long for TorchServe's worker sockets.*at most \d+ bytes long"):
+        server.start(home=home, model_store=store, models={"echo": "echo.mar"}, free_ports=True, ready_timeout=20)
+    assert not home.exists()
+    from aiaas_torch.serving.control import check_home_length
+
+    check_home_length(tmp_path / "h" / "ok")  # a usual home passes
+
+
 @pytest.mark.serving
 def test_port_in_use_is_named_before_starting(store, tmp_path):
     taken = socket.socket()

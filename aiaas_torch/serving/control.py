@@ -106,6 +106,7 @@ def start(
         raise ServerArgumentError(f"trust_config_keys: {unknown} cannot be trusted; only {list(TRUSTABLE_KEYS)} can")
     home = Path(home).resolve()
     store = Path(model_store).resolve()
+    check_home_length(home)
     find_java()
     torchserve = find_torchserve()
     running = load_info(home)
@@ -265,6 +266,22 @@ def _find_java_child(launcher: subprocess.Popen, home: Path, since: Mapping[str,
             )
         time.sleep(0.05)
     raise TorchServeError(f"torchserve started no Java process within {timeout:.0f} s\n" + log_report(home, ["console.log"], since))
+
+
+# A worker listens on HOME/tmp/.ts.sock.<its port, up to 5 digits>; a Unix socket path holds at most 107 bytes.
+_SOCKET_PATH_MAX, _SOCKET_SUFFIX = 107, len(".ts.sock.65535")
+
+
+def check_home_length(home: Path) -> None:
+    """Raise ServerArgumentError when HOME is too long for TorchServe's worker sockets (every worker would die on
+    bind with "AF_UNIX path too long", seen only when the ready timeout ends); returns None."""
+    longest = len(os.fsencode(home / "tmp")) + 1 + _SOCKET_SUFFIX
+    if longest > _SOCKET_PATH_MAX:
+        raise ServerArgumentError(
+            f"home: {home} is too long for TorchServe's worker sockets, which live in HOME/tmp "
+            f"({longest} bytes with the socket's name, at most {_SOCKET_PATH_MAX}); choose a home at most "
+            f"{len(os.fsencode(home)) - (longest - _SOCKET_PATH_MAX)} bytes long"
+        )
 
 
 def stop(home: str | os.PathLike = ".aiaas", timeout: float = 30.0) -> bool:

@@ -327,7 +327,7 @@ def _plan(card: dict):
         if np is not None and features and all(f.get("kind", "numeric") == "numeric" and f.get("impute") is None
                                                and {type(f["min"]), type(f["max"])} <= _PLAIN_TYPES for f in features):  # fmt: skip
             plan = _Plan(card)
-    except (TypeError, ValueError, KeyError):  # a card the per-value path will judge
+    except (TypeError, ValueError, KeyError, OverflowError, AttributeError):  # a card the per-value path will judge
         plan = None
     if len(_PLANS) >= 64:
         _PLANS.clear()

@@ -340,6 +340,29 @@ def test_an_encoding_bug_for_one_request_is_its_own_500(monkeypatch):
     _assert_goods(results, bad_index=1)
 
 
+def test_a_card_the_plain_lane_cannot_plan_is_served_request_by_request():
+    # a training range beyond float64: numpy cannot hold it, so the one-pass plan fails (OverflowError escaped handle)
+    h = _handler()
+    h.card = copy.deepcopy(CARD)
+    h.card["input"]["features"][0]["min"] = -(10**400)
+    results = run_batch(h, [_good(0), _good(1)])
+    assert [s for s, _ in results] == [200, 200]
+    assert [b["predictions"] for _, b in results] == [b["predictions"] for _, b in run_batch(_handler(), [_good(0), _good(1)])]
+
+
+def test_a_replaced_decode_reads_every_request_plain_ones_too():
+    h, seen = _handler(), []
+    real = h.decode
+
+    def decode(request, context, idx):
+        seen.append(idx)
+        return real(request, context, idx)
+
+    h.decode = decode
+    _assert_goods(run_batch(h, [_good(0), _good(1), _good(2)]), bad_index=-1)
+    assert seen == [0, 1, 2]
+
+
 def test_a_bug_while_writing_a_batchs_answers_at_once_falls_back_to_each_requests_own(caplog):
     requests = [_good(0), _good(7), (json.dumps([[2, 1, -2]]).encode(), dict(JSON_CT))]
     want = run_batch_raw(_handler(), requests)

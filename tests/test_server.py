@@ -311,6 +311,11 @@ def test_a_home_too_long_for_the_worker_sockets_is_refused_before_anything_start
     from aiaas_torch.serving.control import check_home_length
 
     check_home_length(tmp_path / "h" / "ok")  # a usual home passes
+    edge = Path("/" + "e" * (107 - len("/tmp/.ts.sock.9999") - 1))  # sockets .ts.sock.9000 … 9999: exactly 107 bytes
+    check_home_length(edge, 9000)
+    with pytest.raises(server.ServerArgumentError, match=f"at most {len(str(edge)) - 1} bytes long"):
+        check_home_length(edge, 39000)  # free ports: five digits
+    check_home_length(home, 39000, native_io=False)  # use_native_io=false: workers talk TCP, any home will do
 
 
 @pytest.mark.serving

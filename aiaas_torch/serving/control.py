@@ -106,7 +106,6 @@ def start(
         raise ServerArgumentError(f"trust_config_keys: {unknown} cannot be trusted; only {list(TRUSTABLE_KEYS)} can")
     home = Path(home).resolve()
     store = Path(model_store).resolve()
-    check_home_length(home)
     find_java()
     torchserve = find_torchserve()
     running = load_info(home)
@@ -115,6 +114,9 @@ def start(
         raise TorchServeError(f"{runs} aiaas_torch.serving.stop({str(home)!r})", cli_message=f"{runs} `aiaas serve stop --home {home}`")
     model_args, names = _model_args(models)
     model_args, archives = archives_to_load(store, model_args)
+    ports = ports if ports is not None else pick_ports(free_ports)
+    base, source = base_config(config)
+    check_home_length(home, ports.initial_worker, base.get("use_native_io", "true").strip().lower() != "false")
 
     home.mkdir(parents=True, exist_ok=True)
     checked = checked_store(home, archives)
@@ -125,9 +127,7 @@ def start(
     info_path(home).unlink(missing_ok=True)
     (home / KEY_FILE).unlink(missing_ok=True)  # TorchServe rewrites it; a stale one would confuse polling
 
-    ports = ports if ports is not None else pick_ports(free_ports)
     check_ports_free(ports)
-    base, source = base_config(config)
     props = effective_config(base, ports, checked, trust_config_keys, allow_deploy)
     cfg = home / "config.properties"
     write_text_atomic(
@@ -268,15 +268,17 @@ def _find_java_child(launcher: subprocess.Popen, home: Path, since: Mapping[str,
     raise TorchServeError(f"torchserve started no Java process within {timeout:.0f} s\n" + log_report(home, ["console.log"], since))
 
 
-# A worker listens on HOME/tmp/.ts.sock.<its port, up to 5 digits>; a Unix socket path holds at most 107 bytes.
-_SOCKET_PATH_MAX, _SOCKET_SUFFIX = 107, len(".ts.sock.65535")
+# With native IO (TorchServe's default) a worker listens on HOME/tmp/.ts.sock.<port>, the port counting up from
+# initial_worker_port with every worker started; a Unix socket path holds at most 107 bytes.
+_SOCKET_PATH_MAX = 107
 
 
-def check_home_length(home: Path) -> None:
+def check_home_length(home: Path, initial_worker_port: int = 9000, native_io: bool = True) -> None:
     """Raise ServerArgumentError when HOME is too long for TorchServe's worker sockets (every worker would die on
-    bind with "AF_UNIX path too long", seen only when the ready timeout ends); returns None."""
-    longest = len(os.fsencode(home / "tmp")) + 1 + _SOCKET_SUFFIX
-    if longest > _SOCKET_PATH_MAX:
+    bind with "AF_UNIX path too long", seen only when the ready timeout ends), allowing for 999 worker starts;
+    returns None. Without native IO (use_native_io=false) workers use TCP and any home will do."""
+    longest = len(os.fsencode(home / "tmp" / ".ts.sock.")) + len(str(initial_worker_port + 999))
+    if native_io and longest > _SOCKET_PATH_MAX:
         raise ServerArgumentError(
             f"home: {home} is too long for TorchServe's worker sockets, which live in HOME/tmp "
             f"({longest} bytes with the socket's name, at most {_SOCKET_PATH_MAX}); choose a home at most "

@@ -315,8 +315,9 @@ def _plan_key(card: dict) -> tuple:
 _PLANS: dict = {}  # id(features) → (features, _Plan or None); the features list is held so its id is not reused
 
 
-def _plan(card: dict):
-    """Return the cached _Plan of a tabular card, or None when the card is not plain (or numpy is absent)."""
+def plain_plan(card: dict):
+    """Return the cached _Plan of a tabular card (what it implies for the one-pass checks), or None when the card is
+    not plain — numeric features only, none imputed — or numpy is absent: every body then takes the per-value checks."""
     features = card["input"]["features"]
     hit = _PLANS.get(id(features))
     # Compared against the live list (dict equality, in C): no key is built per request.
@@ -333,13 +334,6 @@ def _plan(card: dict):
         _PLANS.clear()
     _PLANS[id(features)] = (features, plan)
     return plan
-
-
-def plain_plan(card: dict):
-    """Return what a plain card (numeric features only, none imputed) implies for the one-pass check, computed once
-    per card and cached, or None when the card is not plain or numpy is absent (every body then takes the per-value
-    checks)."""
-    return _plan(card)
 
 
 def plain_shape(value, plan: _Plan, limit: int):
@@ -404,7 +398,7 @@ def _fast_parse(value, card: dict, limit: int):
     """Return the ParsedRequest of an instances body, bare rows or a v2 body whose every value is a plain
     in-range-of-float32 int or float, checked and counted in one vectorised pass; None sends the body to the
     per-value checks, which compose the message of whatever is wrong."""
-    plan = _plan(card)
+    plan = plain_plan(card)
     if plan is None:
         return None
     if isinstance(value, dict) and "inputs" in value:

@@ -14,20 +14,32 @@ from typing import Callable, Iterator
 from .errors import InputError
 
 
-def write_atomic(path: str | os.PathLike, write: Callable, binary: bool = False) -> Path:
-    """Call write(file) on a temp file beside `path`, flush it to disk and rename it to `path`; returns the path."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, binary: bool = False, newline: str | None = None) -> Iterator:
+    """Yield a new file to write that replaces `path` complete when the block ends, or is removed if it raises.
+
+    The file is created beside `path` under an unpredictable name, exclusively and without following a symlink
+    (mkstemp: O_CREAT | O_EXCL | O_NOFOLLOW), so nothing planted in the folder is written through; flushed to disk,
+    then renamed over `path`.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
-            write(f)
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": newline})) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_atomic(path: str | os.PathLike, write: Callable, binary: bool = False) -> Path:
+    """Call write(file) on a temp file beside `path`, flush it to disk and rename it to `path`; returns the path."""
+    with atomic_file(path, binary) as f:
+        write(f)
+    return Path(path)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -12,6 +12,7 @@ plain numerals goes to a server as the lines' own text inside the JSON body; any
 from __future__ import annotations
 
 import collections
+import contextlib
 import concurrent.futures as cf
 import csv
 import gc
@@ -23,6 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import atomic_file
 from .errors import InputError
 from .filerows import LOCAL_CHUNK_ROWS, Chunk, RowReader
 from .handlers import aiaas_contract as contract
@@ -160,6 +162,7 @@ def predict_file(path, out=None, model=None, *, name: str | None = None, version
     if id_column is not None and (not isinstance(id_column, str) or not id_column.strip()):
         raise InputError(f"id_column: {id_column!r} must be a column name")
     client = sys.modules.get(f"{__package__}.client")  # a Client exists only once its module is imported (httpx)
+    out_name = check_output(path, out)
     reader = None
     try:
         if client is not None and isinstance(model, client.Client):
@@ -184,7 +187,6 @@ def predict_file(path, out=None, model=None, *, name: str | None = None, version
         if reader is None:
             reader = RowReader(path, card, id_column, predictor.chunk_rows if chunk_rows is None else chunk_rows,
                                arrays=isinstance(predictor, _Local))
-        out_name = "-" if out in (None, "-") else str(out)
         head = ([id_column] if id_column else []) + [card["output"].get("target") or "prediction"]
         head += [f"p_{c}" for c in card["output"].get("classes") or []] if card["output"]["task"] == "classification" else []
         t0 = time.perf_counter()
@@ -239,30 +241,29 @@ def _run(reader: RowReader, predictor, f, writer, concurrency: int, progress: bo
         bar.close()
 
 
-class _output:
-    """A text file to write CSV into: stdout for "-", else a temporary file moved over `name` on success only."""
+def check_output(path, out) -> str:
+    """Return the output's name ("-" for stdout), refusing a folder, a missing folder, or the input file itself by any
+    spelling (a symlink, ./X, a hard link): writing it would destroy the rows being read."""
+    name = "-" if out in (None, "-") else str(out)
+    if name == "-":
+        return name
+    target = Path(name)
+    if target.is_dir():
+        raise InputError(f"--out {target}: is a directory")
+    if not target.parent.is_dir():
+        raise InputError(f"--out {target}: folder {target.parent} does not exist")
+    if target.exists() and Path(path).exists() and os.path.samefile(path, target):
+        raise InputError(f"--out {target}: is the input file {path}; write the predictions to another file")
+    return name
 
-    def __init__(self, name: str):
-        self.name = name
 
-    def __enter__(self):
-        if self.name == "-":
-            return sys.stdout
-        target = Path(self.name)
-        if target.is_dir():
-            raise InputError(f"--out {target}: is a directory")
-        if not target.parent.is_dir():
-            raise InputError(f"--out {target}: folder {target.parent} does not exist")
-        self.tmp = target.with_name(f".{target.name}.{os.getpid()}.partial")
-        self.f = open(self.tmp, "w", encoding="utf-8", newline="")
-        return self.f
-
-    def __exit__(self, kind, *exc) -> None:
-        if self.name == "-":
-            sys.stdout.flush()
-            return
-        self.f.close()
-        if kind is None:
-            os.replace(self.tmp, self.name)
-        else:
-            self.tmp.unlink(missing_ok=True)
+@contextlib.contextmanager
+def _output(name: str):
+    """Yield a text file to write CSV into: stdout for "-", else an atomic file (aiaas_torch.atomic) moved over `name`
+    on success only."""
+    if name == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    with atomic_file(name, newline="") as f:
+        yield f

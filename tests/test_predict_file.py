@@ -231,3 +231,32 @@ def test_cli_predicts_a_file_and_exits_2_naming_a_bad_line(abc_run, tmp_path, ca
     assert "--out and --id go with --file" in capsys.readouterr().err
     assert main(["predict", "--local", str(abc_run), "--file", str(src), "--chunk-rows", "0"]) == 2
     assert "chunk_rows: 0 must be an integer ≥ 1" in capsys.readouterr().err
+
+
+def test_out_naming_the_input_file_by_any_spelling_is_refused_and_the_input_kept(abc_run, tmp_path, capsys, monkeypatch):
+    src = tmp_path / "rows.csv"
+    text = "a,b,c\n1,2,3\n0,0,0\n"
+    src.write_text(text)
+    (tmp_path / "link.csv").symlink_to(src)
+    monkeypatch.chdir(tmp_path)
+    for out in (str(src), "./rows.csv", "link.csv", f"{tmp_path}/../{tmp_path.name}/rows.csv"):
+        assert main(["predict", "--local", str(abc_run), "--file", "rows.csv", "--out", out]) == 2, out
+        err = capsys.readouterr().err
+        assert "is the input file" in err and err.count("\n") == 1, err
+        assert src.read_text() == text and (tmp_path / "link.csv").is_symlink()
+
+
+def test_the_temporary_output_never_follows_a_planted_symlink(model, tmp_path):
+    """The temporary file beside --out is created exclusively under an unpredictable name: a symlink planted where an
+    attacker could guess it (the name the output used to take, `.NAME.PID.partial`) leads nowhere."""
+    import os
+
+    src, out, victim = tmp_path / "rows.csv", tmp_path / "pred.csv", tmp_path / "victim.txt"
+    src.write_text("a,b,c\n1,2,3\n")
+    victim.write_text("keep me\n")
+    planted = tmp_path / f".pred.csv.{os.getpid()}.partial"
+    planted.symlink_to(victim)
+    files.predict_file(src, out, model)
+    assert victim.read_text() == "keep me\n" and planted.is_symlink()
+    assert _read(out)[0] == ["y"] and len(_read(out)) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([planted.name, "pred.csv", "rows.csv", "victim.txt"])

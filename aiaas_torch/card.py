@@ -31,6 +31,12 @@ def read_card(run_dir: str | os.PathLike) -> dict:
     return card
 
 
+def is_tabular(card: dict) -> bool:
+    """Return True when the card's input is named features (a trained tabular model), False when it is named tensors
+    (an imported model's tensor card)."""
+    return "features" in card["input"]
+
+
 def check_card(card, where: str) -> None:
     """Raise ValueError naming the field when a model card lacks a field or has one of the wrong type."""
     if not isinstance(card, dict):
@@ -43,7 +49,7 @@ def check_card(card, where: str) -> None:
             raise InputError(f"{where}: field {key!r} must be {typ.__name__}, got {type(card[key]).__name__}")
     if card["schema_version"] != SCHEMA_VERSION:
         raise InputError(f"{where}: schema_version {card['schema_version']} is not {SCHEMA_VERSION}")
-    if "features" not in card["input"]:
+    if not is_tabular(card):
         _check_tensor_card(card, where)
         return
     feats = card["input"].get("features")

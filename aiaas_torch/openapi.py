@@ -15,7 +15,7 @@ import os
 import zipfile
 from pathlib import Path
 
-from .card import read_card
+from .card import is_tabular, read_card
 from .errors import InputError
 from .handlers import aiaas_contract as contract
 
@@ -34,10 +34,28 @@ def _feature_schema(feature: dict) -> dict:
 
 def card_schemas(card: dict) -> dict:
     """Return the named JSON Schemas (components.schemas) of a model's requests and answers, from its card."""
+    max_rows = int(card["input"].get("max_rows") or contract.DEFAULT_MAX_ROWS)
+    schemas = _tabular_schemas(card, max_rows) if is_tabular(card) else _tensor_schemas(card, max_rows)
+    v2_out = {"type": "object", "required": ["name", "shape", "datatype", "data"],
+              "properties": {"name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
+                             "datatype": {"type": "string"}, "data": {"type": "array"}}}
+    return {
+        **schemas,
+        "V2Response": {"type": "object", "required": ["model_name", "model_version", "outputs"],
+                       "properties": {"model_name": {"type": "string"}, "model_version": {"type": "string"},
+                                      "id": {"type": "string"}, "outputs": {"type": "array", "items": v2_out}}},
+        "Error": {"type": "object", "required": ["code", "type", "message"],
+                  "properties": {"code": {"type": "integer"}, "type": {"type": "string"},
+                                 "message": {"type": "string", "description": "what is wrong, naming the row and feature"}},
+                  "examples": [contract.error_body("instances[0]: 1 values, expected 2 (a, b)")]},
+    }
+
+
+def _tabular_schemas(card: dict, max_rows: int) -> dict:
+    """Return the request and Prediction schemas of a tabular card: rows of named features."""
     features = card["input"]["features"]
     names = [f["name"] for f in features]
     width = len(features)
-    max_rows = int(card["input"].get("max_rows") or contract.DEFAULT_MAX_ROWS)
     values = [_feature_schema(f) for f in features]
     row = {"type": "array", "prefixItems": values, "items": False, "minItems": width, "maxItems": width,
            "description": f"one row: {width} values in feature order ({', '.join(names[:20])})"}
@@ -70,9 +88,6 @@ def card_schemas(card: dict) -> dict:
         answer["description"] = f"labels of {out.get('target')!r} ({', '.join(map(str, classes))}) and softmax probabilities"
     else:
         answer["description"] = f"predicted {out.get('target')!r}, one number per row"
-    v2_out = {"type": "object", "required": ["name", "shape", "datatype", "data"],
-              "properties": {"name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
-                             "datatype": {"type": "string"}, "data": {"type": "array"}}}
     return {
         "Row": row,
         "NamedRow": named,
@@ -84,25 +99,93 @@ def card_schemas(card: dict) -> dict:
         "Rows": {"oneOf": [{"$ref": "#/components/schemas/Row"}, rows],
                  "description": "a bare list of rows, or one row"},
         "Prediction": answer,
-        "V2Response": {"type": "object", "required": ["model_name", "model_version", "outputs"],
-                       "properties": {"model_name": {"type": "string"}, "model_version": {"type": "string"},
-                                      "id": {"type": "string"}, "outputs": {"type": "array", "items": v2_out}}},
-        "Error": {"type": "object", "required": ["code", "type", "message"],
-                  "properties": {"code": {"type": "integer"}, "type": {"type": "string"},
-                                 "message": {"type": "string", "description": "what is wrong, naming the row and feature"}},
-                  "examples": [contract.error_body("instances[0]: 1 values, expected 2 (a, b)")]},
     }
 
 
-def _operation(name: str, summary: str, op_id: str, examples: dict) -> dict:
-    """Return one POST operation taking any request body format and answering the matching format."""
+def _value_schema(dtype: str, bounded: bool = True) -> dict:
+    """Return the JSON Schema of one value of a tensor of `dtype` (inputs: within the dtype's range)."""
+    _, integral, lo, hi = contract.DTYPES[dtype]
+    if not bounded:
+        return {"type": "integer" if integral else "number"}
+    return {"type": "integer", "minimum": lo, "maximum": hi} if integral else {"type": "number", "minimum": -lo, "maximum": lo}
+
+
+def _sample_schema(spec: dict, bounded: bool = True) -> dict:
+    """Return the JSON Schema of one sample of a tensor: nested lists of its shape without the batch dimension."""
+    schema = _value_schema(spec["dtype"], bounded)
+    for d in reversed(spec["shape"][1:]):
+        schema = {"type": "array", "items": schema, "minItems": d, "maxItems": d}
+    return schema
+
+
+def shape_text(spec: dict) -> str:
+    """Return a tensor as people read it: `x [N, 2, 3] float32` (N: the batch dimension)."""
+    return f"{spec['name']} [{', '.join('N' if d == contract.BATCH else str(d) for d in spec['shape'])}] {spec['dtype']}"
+
+
+def _tensor_schemas(card: dict, max_rows: int) -> dict:
+    """Return the request and Prediction schemas of a tensor card (an imported model): named input tensors."""
+    specs, outs = contract.input_tensors(card), contract.output_tensors(card)
+    names = [s["name"] for s in specs]
+    samples = {}
+    for s in specs:
+        samples[s["name"]] = dict(_sample_schema(s), description=f"one sample of {shape_text(s)}; calibration range "
+                                                                 f"[{s['min']:g}, {s['max']:g}] (documentation, not a limit)")  # fmt: skip
+    named = {"type": "object", "properties": samples, "required": names, "additionalProperties": False,
+             "description": "one sample: an object of every input by name"}
+    items = {"anyOf": [{"$ref": "#/components/schemas/Sample"}, {"$ref": "#/components/schemas/NamedSample"}]} if len(specs) == 1 else {"$ref": "#/components/schemas/NamedSample"}
+    instances = {"type": "array", "items": items, "minItems": 1, "maxItems": max_rows, "description": f"1 to {max_rows:,} samples"}
+    integer_types = sorted(t for t in contract.V2_NUMERIC_TYPES if t.startswith(("INT", "UINT")))
+    tensors = [{"type": "object", "required": ["name", "shape", "datatype", "data"],
+                "properties": {"name": {"const": s["name"]},
+                               "shape": {"type": "array", "prefixItems": [{"type": "integer", "minimum": 1, "maximum": max_rows},
+                                                                         *({"const": d} for d in s["shape"][1:])],
+                                         "items": False, "minItems": len(s["shape"])},
+                               "datatype": {"enum": integer_types if contract.DTYPES[s["dtype"]][1] else sorted(contract.V2_NUMERIC_TYPES)},
+                               "data": {"type": "array", "minItems": 1, "description": "N samples' values, flat or nested"}},
+                "description": f"input {shape_text(s)}"} for s in specs]  # fmt: skip
+    out = card["output"]
+    classes = out.get("classes") or []
+    if classes:
+        first = outs[0]["name"]
+        answer = {"type": "object", "required": ["predictions", "probabilities", "classes", first, "model", "version"],
+                  "properties": {"predictions": {"type": "array", "items": {"enum": classes}},
+                                 "probabilities": {"type": "array", "items": {"type": "array", "items": {"type": "number"},
+                                                                              "minItems": len(classes), "maxItems": len(classes)}},
+                                 "classes": {"const": classes}, first: {"type": "array", "items": _sample_schema(outs[0], False)}},
+                  "description": f"labels ({', '.join(map(str, classes))}), softmax probabilities and the raw {first!r} output"}  # fmt: skip
+    else:
+        one = _sample_schema(outs[0], False) if len(outs) == 1 else {
+            "type": "object", "required": [o["name"] for o in outs],
+            "properties": {o["name"]: _sample_schema(o, False) for o in outs}}  # fmt: skip
+        answer = {"type": "object", "required": ["predictions", "model", "version"],
+                  "properties": {"predictions": {"type": "array", "items": one}},
+                  "description": "one answer per sample: " + ("the output " if len(outs) == 1 else "an object of the outputs ")
+                                 + ", ".join(shape_text(o) for o in outs)}  # fmt: skip
+    answer["properties"].update({"model": {"type": "string"}, "version": {"type": "string"}})
+    schemas = {"Sample": samples[names[0]]} if len(specs) == 1 else {}
+    return {
+        **schemas,
+        "NamedSample": named,
+        "InstancesRequest": {"type": "object", "required": ["instances"], "properties": {"instances": instances},
+                             "additionalProperties": False},
+        "V2Request": {"type": "object", "required": ["inputs"], "additionalProperties": False,
+                      "properties": {"id": {"type": "string"},
+                                     "inputs": {"type": "array", "items": {"oneOf": tensors}, "minItems": len(specs),
+                                                "maxItems": len(specs), "description": "every input once"}}},
+        "Prediction": answer,
+    }
+
+
+def _operation(name: str, summary: str, op_id: str, examples: dict, requests: list) -> dict:
+    """Return one POST operation taking any of the `requests` body schemas and answering the matching format."""
     ref = "#/components/schemas/"
     error = {"content": {"application/json": {"schema": {"$ref": ref + "Error"}}}}
     return {
         "summary": summary,
         "operationId": op_id,
         "requestBody": {"required": True, "content": {"application/json": {
-            "schema": {"anyOf": [{"$ref": ref + "InstancesRequest"}, {"$ref": ref + "V2Request"}, {"$ref": ref + "Rows"}]},
+            "schema": {"anyOf": [{"$ref": ref + r} for r in requests]},
             "examples": examples}}},
         "responses": {
             "200": {"description": "predictions: {predictions, ...} for `instances` and bare rows, an Open Inference "
@@ -124,6 +207,37 @@ def document(card: dict, name: str, server_url: str = DEFAULT_SERVER, version: s
 
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise InputError(f"name: {name!r} is not a model name (letters, digits, _; not starting with _)")
+    schemas = card_schemas(card)
+    requests = [r for r in ("InstancesRequest", "V2Request", "Rows") if r in schemas]
+    examples, what, source = _examples(card) if is_tabular(card) else _tensor_examples(card)
+    out = card["output"]
+    if out["task"] == "classification":
+        target = f"{out['target']!r} " if out.get("target") else ""
+        what = f"classifies {target}into {len(out.get('classes') or [])} classes"
+    bodies = ("`instances` rows, an Open Inference `inputs` tensor, or bare rows" if is_tabular(card)
+              else "`instances` samples (nested lists, or objects of named inputs), or an Open Inference `inputs` body")
+    paths = {
+        f"/predictions/{name}": {"post": _operation(name, "Predict (TorchServe's native path)", "predict", examples, requests)},
+        f"/v1/models/{name}:predict": {"post": _operation(name, "Predict (TF Serving REST path)", "predict_v1", examples, requests)},
+        f"/v2/models/{name}/infer": {"post": _operation(name, "Predict (Open Inference Protocol path)", "infer_v2", examples, requests)},
+    }
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {"title": f"{name} (aiaas-torch model)", "version": version or "default",
+                 "description": f"{name} {what} from {source}. Every path takes the same bodies: {bodies}."},
+        "servers": [{"url": server_url}],
+        "security": [{"bearerToken": []}],
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearerToken": {"type": "http", "scheme": "bearer",
+                                                "description": "the server's inference token (in HOME's key file)"}},
+        },
+    }
+
+
+def _examples(card: dict) -> tuple[dict, str, str]:
+    """Return (request examples, what the model does, what it takes) of a tabular card."""
     features = card["input"]["features"]
     first = [f["min"] for f in features]
     examples = {
@@ -132,29 +246,28 @@ def document(card: dict, name: str, server_url: str = DEFAULT_SERVER, version: s
         "v2": {"summary": "Open Inference tensor", "value": {"inputs": [
             {"name": "input-0", "shape": [1, len(features)], "datatype": "FP32", "data": first}]}},
     }
-    out = card["output"]
-    what = (f"classifies {out.get('target')!r} into {len(out.get('classes') or [])} classes" if out["task"] == "classification"
-            else f"predicts {out.get('target')!r}")
-    paths = {
-        f"/predictions/{name}": {"post": _operation(name, "Predict (TorchServe's native path)", "predict", examples)},
-        f"/v1/models/{name}:predict": {"post": _operation(name, "Predict (TF Serving REST path)", "predict_v1", examples)},
-        f"/v2/models/{name}/infer": {"post": _operation(name, "Predict (Open Inference Protocol path)", "infer_v2", examples)},
-    }
-    return {
-        "openapi": OPENAPI_VERSION,
-        "info": {"title": f"{name} (aiaas-torch model)", "version": version or "default",
-                 "description": f"{name} {what} from {len(features)} features "
-                                f"({', '.join(f['name'] for f in features[:20])}). Every path takes the same bodies: "
-                                "`instances` rows, an Open Inference `inputs` tensor, or bare rows."},
-        "servers": [{"url": server_url}],
-        "security": [{"bearerToken": []}],
-        "paths": paths,
-        "components": {
-            "schemas": card_schemas(card),
-            "securitySchemes": {"bearerToken": {"type": "http", "scheme": "bearer",
-                                                "description": "the server's inference token (in HOME's key file)"}},
-        },
-    }
+    source = f"{len(features)} features ({', '.join(f['name'] for f in features[:20])})"
+    return examples, f"predicts {card['output'].get('target')!r}", source
+
+
+def _tensor_examples(card: dict) -> tuple[dict, str, str]:
+    """Return (request examples, what the model does, what it takes) of a tensor card: one sample, each input at its
+    calibration minimum."""
+    specs = contract.input_tensors(card)
+    sample = {}
+    for s in specs:
+        value = int(s["min"]) if contract.DTYPES[s["dtype"]][1] else s["min"]
+        for d in reversed(s["shape"][1:]):
+            value = [value] * d
+        sample[s["name"]] = value
+    v2 = [{"name": n, "shape": [1, *s["shape"][1:]], "datatype": contract.DTYPES[s["dtype"]][0], "data": [v]}
+          for (n, v), s in zip(sample.items(), specs)]  # fmt: skip
+    examples = {"named": {"summary": "one sample, inputs by name", "value": {"instances": [sample]}},
+                "v2": {"summary": "Open Inference tensors", "value": {"inputs": v2}}}
+    if len(specs) == 1:
+        examples["sample"] = {"summary": "one sample", "value": {"instances": [sample[specs[0]["name"]]]}}
+    outs = ", ".join(shape_text(o) for o in contract.output_tensors(card))
+    return examples, f"answers {outs}", "inputs " + ", ".join(shape_text(s) for s in specs)
 
 
 def _archive_card(path: Path) -> tuple[dict, str, str | None]:
@@ -179,10 +292,15 @@ def _archive_card(path: Path) -> tuple[dict, str, str | None]:
 
 def describe_target(target: str, home: str | os.PathLike = ".aiaas", name: str | None = None) -> dict:
     """Return the OpenAPI document for a run directory, a .mar archive, or the NAME of a model served from HOME."""
+    from .archive import NAME_RE
+
     p = Path(target)
     server_url, version = DEFAULT_SERVER, None
     if p.is_dir():
         card = read_card(p)
+        if name is None and not NAME_RE.match(p.name):
+            raise InputError(f"{p}: its folder name {p.name!r} cannot be a model name (letters, digits, _); "
+                             "pass the name for the paths with --name NAME")  # fmt: skip
         name = name or p.name
     elif p.is_file() or target.endswith(".mar"):
         if not p.is_file():

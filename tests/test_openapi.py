@@ -10,6 +10,7 @@ import zipfile
 import jsonschema
 import numpy as np
 import pytest
+import torch
 from openapi_spec_validator import validate
 
 from aiaas_torch.archive import ServingConfig, package
@@ -17,6 +18,7 @@ from aiaas_torch.cli import main
 from aiaas_torch.data import from_arrays
 from aiaas_torch.export import export_run
 from aiaas_torch.handlers import aiaas_contract as contract
+from aiaas_torch.importer import import_model
 from aiaas_torch.openapi import card_schemas, describe_target, document
 from aiaas_torch.quantize import QuantConfig
 from aiaas_torch.runs import load_run
@@ -148,3 +150,68 @@ def test_outputs_that_overflow_float32_are_refused_naming_the_row(line_run):
     # a valid input (finite, within float32) whose prediction 2x + 1 is beyond float32
     with pytest.raises(ValueError, match=r"instances\[0\]: the model's output overflows float32"):
         load_run(line_run).predict({"instances": [[3e38]]})
+
+
+class _TwoIn(torch.nn.Module):
+    """A tiny imported model: a float input x [N, 2, 3] and integer ids [N, 4] → y [N, 2] and the ids' sum [N]."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(6, 2)
+
+    def forward(self, x, ids):
+        return self.lin(x.reshape(x.shape[0], -1)) + ids.sum(1, keepdim=True).float(), ids.sum(1)
+
+
+@pytest.fixture(scope="module")
+def tensor_runs(tmp_path_factory):
+    """Two imported models (tensor cards): `net-1.0` (two inputs, two outputs) and `cls` (labels "no", "yes")."""
+    root = tmp_path_factory.mktemp("oa_tensor")
+    torch.manual_seed(0)
+    x, ids = torch.randn(20, 2, 3), torch.randint(0, 5, (20, 4))
+    net = import_model(_TwoIn().eval(), (x[:2], ids[:2]), root / "net-1.0", output_names=["y", "total"],
+                       calibration=(x.numpy(), ids.numpy()), compile="never").run_dir  # fmt: skip
+    lin = torch.nn.Linear(3, 2).eval()
+    z = torch.randn(20, 3)
+    cls = import_model(lin, z[:2], root / "cls", calibration=z.numpy(), labels=["no", "yes"], compile="never").run_dir
+    return net, cls
+
+
+def test_a_tensor_card_document_is_valid_and_documents_what_the_contract_takes(tensor_runs):
+    net, cls = tensor_runs
+    for run in (net, cls):
+        doc = describe_target(str(run), name="m")
+        validate(doc)
+        model = load_run(run)
+        request = {"anyOf": [{"$ref": "#/components/schemas/" + n} for n in ("InstancesRequest", "V2Request")],
+                   "components": doc["components"]}
+        examples = doc["paths"]["/predictions/m"]["post"]["requestBody"]["content"]["application/json"]["examples"]
+        assert {"inputs", "instances"} <= {next(iter(e["value"])) for e in examples.values()}, examples
+        for example in examples.values():
+            jsonschema.Draft202012Validator(request).validate(example["value"])
+            got = model.predict(example["value"])
+            _validator(doc, "V2Response" if "inputs" in example["value"] else "Prediction").validate(got)
+    doc = describe_target(str(net), name="m")
+    request = jsonschema.Draft202012Validator({"$ref": "#/components/schemas/InstancesRequest", "components": doc["components"]})
+    good = {"x": [[0.5, 1, 2], [3, 4, 5]], "ids": [1, 2, 3, 4]}
+    request.validate({"instances": [good]})
+    for bad in ({**good, "x": [[0.5, 1, 2]]}, {**good, "ids": [1, 2, 3, 4.5]}, {"x": good["x"]}, {**good, "z": 1}):
+        with pytest.raises(jsonschema.ValidationError):  # a wrong shape, a fraction for int64, a missing or extra input
+            request.validate({"instances": [bad]})
+        with pytest.raises(contract.ContractError):  # and the contract refuses each of them too
+            load_run(net).predict({"instances": [bad]})
+    assert "x [N, 2, 3] float32" in doc["info"]["description"] and "ids [N, 4] int64" in doc["info"]["description"]
+    answer = _validator(doc, "Prediction")
+    with pytest.raises(jsonschema.ValidationError):
+        answer.validate({"predictions": [{"y": [1.0, 2.0]}], "model": "m", "version": "1"})  # output 'total' missing
+    labels = describe_target(str(cls), name="m")["components"]["schemas"]["Prediction"]["properties"]["predictions"]
+    assert labels["items"] == {"enum": ["no", "yes"]}
+
+
+def test_a_folder_whose_name_is_no_model_name_asks_for_name(tensor_runs, capsys):
+    net, _ = tensor_runs
+    assert main(["openapi", str(net)]) == 2
+    err = capsys.readouterr().err
+    assert "'net-1.0'" in err and "--name" in err and "is not a model name" not in err and err.count("\n") == 1, err
+    assert main(["openapi", str(net), "--name", "net"]) == 0
+    validate(json.loads(capsys.readouterr().out))

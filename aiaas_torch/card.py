@@ -37,6 +37,20 @@ def is_tabular(card: dict) -> bool:
     return "features" in card["input"]
 
 
+def tensor_text(spec: dict) -> str:
+    """Return a card's tensor as people read it: `x [N, 2, 3] float32` (N: the batch dimension)."""
+    from .handlers.aiaas_contract import BATCH
+
+    return f"{spec['name']} [{', '.join('N' if d == BATCH else str(d) for d in spec['shape'])}] {spec['dtype']}"
+
+
+def filled_sample(spec: dict, value):
+    """Return one sample of a card's tensor: nested lists of its shape without the batch dimension, every entry `value`."""
+    for d in reversed(spec["shape"][1:]):
+        value = [value] * d
+    return value
+
+
 def check_card(card, where: str) -> None:
     """Raise ValueError naming the field when a model card lacks a field or has one of the wrong type."""
     if not isinstance(card, dict):

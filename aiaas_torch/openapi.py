@@ -15,7 +15,7 @@ import os
 import zipfile
 from pathlib import Path
 
-from .card import is_tabular, read_card
+from .card import filled_sample, is_tabular, read_card, tensor_text
 from .errors import InputError
 from .handlers import aiaas_contract as contract
 
@@ -118,18 +118,13 @@ def _sample_schema(spec: dict, bounded: bool = True) -> dict:
     return schema
 
 
-def shape_text(spec: dict) -> str:
-    """Return a tensor as people read it: `x [N, 2, 3] float32` (N: the batch dimension)."""
-    return f"{spec['name']} [{', '.join('N' if d == contract.BATCH else str(d) for d in spec['shape'])}] {spec['dtype']}"
-
-
 def _tensor_schemas(card: dict, max_rows: int) -> dict:
     """Return the request and Prediction schemas of a tensor card (an imported model): named input tensors."""
     specs, outs = contract.input_tensors(card), contract.output_tensors(card)
     names = [s["name"] for s in specs]
     samples = {}
     for s in specs:
-        samples[s["name"]] = dict(_sample_schema(s), description=f"one sample of {shape_text(s)}; calibration range "
+        samples[s["name"]] = dict(_sample_schema(s), description=f"one sample of {tensor_text(s)}; calibration range "
                                                                  f"[{s['min']:g}, {s['max']:g}] (documentation, not a limit)")  # fmt: skip
     named = {"type": "object", "properties": samples, "required": names, "additionalProperties": False,
              "description": "one sample: an object of every input by name"}
@@ -143,7 +138,7 @@ def _tensor_schemas(card: dict, max_rows: int) -> dict:
                                          "items": False, "minItems": len(s["shape"])},
                                "datatype": {"enum": integer_types if contract.DTYPES[s["dtype"]][1] else sorted(contract.V2_NUMERIC_TYPES)},
                                "data": {"type": "array", "minItems": 1, "description": "N samples' values, flat or nested"}},
-                "description": f"input {shape_text(s)}"} for s in specs]  # fmt: skip
+                "description": f"input {tensor_text(s)}"} for s in specs]  # fmt: skip
     out = card["output"]
     classes = out.get("classes") or []
     if classes:
@@ -161,7 +156,7 @@ def _tensor_schemas(card: dict, max_rows: int) -> dict:
         answer = {"type": "object", "required": ["predictions", "model", "version"],
                   "properties": {"predictions": {"type": "array", "items": one}},
                   "description": "one answer per sample: " + ("the output " if len(outs) == 1 else "an object of the outputs ")
-                                 + ", ".join(shape_text(o) for o in outs)}  # fmt: skip
+                                 + ", ".join(tensor_text(o) for o in outs)}  # fmt: skip
     answer["properties"].update({"model": {"type": "string"}, "version": {"type": "string"}})
     schemas = {"Sample": samples[names[0]]} if len(specs) == 1 else {}
     return {
@@ -256,18 +251,15 @@ def _tensor_examples(card: dict) -> tuple[dict, str, str]:
     specs = contract.input_tensors(card)
     sample = {}
     for s in specs:
-        value = int(s["min"]) if contract.DTYPES[s["dtype"]][1] else s["min"]
-        for d in reversed(s["shape"][1:]):
-            value = [value] * d
-        sample[s["name"]] = value
+        sample[s["name"]] = filled_sample(s, int(s["min"]) if contract.DTYPES[s["dtype"]][1] else s["min"])
     v2 = [{"name": n, "shape": [1, *s["shape"][1:]], "datatype": contract.DTYPES[s["dtype"]][0], "data": [v]}
           for (n, v), s in zip(sample.items(), specs)]  # fmt: skip
     examples = {"named": {"summary": "one sample, inputs by name", "value": {"instances": [sample]}},
                 "v2": {"summary": "Open Inference tensors", "value": {"inputs": v2}}}
     if len(specs) == 1:
         examples["sample"] = {"summary": "one sample", "value": {"instances": [sample[specs[0]["name"]]]}}
-    outs = ", ".join(shape_text(o) for o in contract.output_tensors(card))
-    return examples, f"answers {outs}", "inputs " + ", ".join(shape_text(s) for s in specs)
+    outs = ", ".join(tensor_text(o) for o in contract.output_tensors(card))
+    return examples, f"answers {outs}", "inputs " + ", ".join(tensor_text(s) for s in specs)
 
 
 def _archive_card(path: Path) -> tuple[dict, str, str | None]:

@@ -12,7 +12,7 @@ def add_parser(sub) -> None:
     d = sub.add_parser("deploy", help="add an archive as a new version of a live model and make it the default",
                        description="Check ARCHIVE (hashes; signature when $AIAAS_SIGNING_KEY is set), copy it into HOME/store, "
                                    "register it beside the running version, wait until its workers are READY, send it one "
-                                   "smoke request (each feature's mid-range value) and make it the default. On any failure the "
+                                   "smoke request (each feature's mid-range value; an imported model: each input's calibration mid-range) and make it the default. On any failure the "
                                    "new version is unregistered and the old default keeps serving. Needs a server started with "
                                    "`aiaas serve start --allow-deploy`.")  # fmt: skip
     d.add_argument("name", metavar="NAME", help="the model name clients call")
@@ -55,7 +55,7 @@ def run(a) -> int:
         else:
             before = f" (was {done.previous}; `aiaas rollback {done.name}` switches back)" if done.previous else ""
             print(f"{done.name} {done.version} is the default{before}: READY in {done.seconds['ready']:.1f} s, smoke "
-                  f"row {done.smoke_row} -> {done.smoke_answer.get('predictions')}, {done.seconds['total']:.1f} s in all")
+                  f"{'row' if isinstance(done.smoke_row, list) else 'sample'} {done.smoke_row} -> {done.smoke_answer.get('predictions')}, {done.seconds['total']:.1f} s in all")
         return 0
     if a.live == "rollback":
         left, now = server.rollback(a.name, home)
@@ -77,6 +77,8 @@ def run(a) -> int:
     else:
         for v in found:
             c = v.card
-            summary = f"{c.get('task')} of {c.get('target')!r} on {len(c.get('features', []))} feature(s), created {c.get('created')}" if c else "no card"
+            on = f"inputs {', '.join(c['inputs'])}" if "inputs" in c else f"{len(c.get('features', []))} feature(s)"
+            of = f" of {c['target']!r}" if c.get("target") else ""
+            summary = f"{c.get('task')}{of} on {on}, created {c.get('created')}" if c else "no card"
             print(f"{v.name} {v.version}{' (default)' if v.default else ''}: workers {v.workers}; {v.archive or '?'}; {summary}")
     return 0

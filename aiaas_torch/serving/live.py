@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from .. import archive
-from ..card import CARD, check_card
+from ..card import CARD, check_card, filled_sample, is_tabular, tensor_text
 from ..errors import InputError, check_int, check_number
 from .config import parse_properties
 from .errors import ServerArgumentError, TorchServeError
@@ -56,7 +56,7 @@ class Deployed:
     version: str
     previous: str | None
     archive: Path  # the checked copy TorchServe loaded
-    smoke_row: list[float]  # each feature's (min + max) / 2 from the card
+    smoke_row: list[float] | dict  # each feature's (min + max) / 2 from the card; a tensor card: {input: sample}
     smoke_answer: dict
     seconds: dict[str, float]  # verify, ready, smoke, switch, total
 
@@ -269,12 +269,35 @@ def _wait_version_ready(http: httpx.Client, info: ServerInfo, name: str, version
         time.sleep(_POLL_S)
 
 
-def _smoke(http: httpx.Client, info: ServerInfo, name: str, version: str, card: dict) -> tuple[list[float], dict]:
-    """Return the row sent to NAME/VERSION and its answer; raise TorchServeError unless it is one well-formed answer.
+def _smoke_input(card: dict) -> list[float] | dict:
+    """Return what the smoke request sends: each feature's midpoint of its training range (a tabular card), or one
+    sample per input filled with its calibration range's midpoint, rounded down for an integer input (a tensor card)."""
+    from ..handlers.aiaas_contract import DTYPES, input_tensors
 
-    The archive records no example row, so the row is each feature's midpoint of the training range in the card.
+    if is_tabular(card):
+        return [(float(f["min"]) + float(f["max"])) / 2 for f in card["input"]["features"]]
+    sample = {}
+    for s in input_tensors(card):
+        mid = (float(s["min"]) + float(s["max"])) / 2
+        sample[s["name"]] = filled_sample(s, math.floor(mid) if DTYPES[s["dtype"]][1] else mid)
+    return sample
+
+
+def _finite(value) -> bool:
+    """Return True when every number in a (nested) answer is a finite number."""
+    if isinstance(value, (list, tuple)):
+        return all(_finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _smoke(http: httpx.Client, info: ServerInfo, name: str, version: str, card: dict) -> tuple[list[float] | dict, dict]:
+    """Return the input sent to NAME/VERSION and its answer; raise TorchServeError unless it is one well-formed answer.
+
+    The archive records no example, so the input comes from the card's ranges (_smoke_input).
     """
-    row = [(float(f["min"]) + float(f["max"])) / 2 for f in card["input"]["features"]]
+    row = _smoke_input(card)
     r = api_call(http, info, "inference", "POST", f"{info.inference_url}/predictions/{name}/{version}",
                  json={"instances": [row]})  # fmt: skip
     if r.status_code != 200:
@@ -283,14 +306,14 @@ def _smoke(http: httpx.Client, info: ServerInfo, name: str, version: str, card: 
         answer = r.json()
         preds = answer["predictions"]
         ok = isinstance(preds, list) and len(preds) == 1 and answer.get("version") == version
-        if ok and card["output"]["task"] == "regression":
-            ok = isinstance(preds[0], (int, float)) and math.isfinite(preds[0])
-        elif ok:
+        if ok and card["output"]["task"] == "classification":
             ok = preds[0] in (card["output"].get("classes") or [])
+        elif ok:
+            ok = _finite(preds[0])
     except (ValueError, KeyError, TypeError):
         ok = False
     if not ok:
-        raise TorchServeError(f"the smoke prediction for {row} answered {r.text[:200]!r}, not one answer of version {version}")
+        raise TorchServeError(f"the smoke prediction for {str(row)[:200]} answered {r.text[:200]!r}, not one answer of version {version}")
     return row, answer
 
 
@@ -314,13 +337,16 @@ def _store_file(description: dict) -> str:
 
 
 def _card_summary(path: Path) -> dict:
-    """Return {task, target, features, created, signed} from the card inside a checked archive ({} if unreadable)."""
+    """Return {task, target, features (tabular) or inputs (a tensor card), created, signed} from the card inside a
+    checked archive ({} if unreadable)."""
     try:
         with zipfile.ZipFile(path) as zf:
             card = json.loads(zf.read(CARD))
         return {
             "task": card["output"]["task"], "target": card["output"].get("target"),
-            "features": [f["name"] for f in card["input"]["features"]], "created": card.get("created"),
+            **({"features": [f["name"] for f in card["input"]["features"]]} if is_tabular(card)
+               else {"inputs": [tensor_text(t) for t in card["input"]["tensors"]]}),
+            "created": card.get("created"),
             "signed": isinstance(card.get("signature"), dict),
         }  # fmt: skip
     except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile):

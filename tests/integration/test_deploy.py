@@ -6,6 +6,7 @@ which version answered is visible in every answer (its value and its "version" f
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 
 from aiaas_torch import serving as server
 from aiaas_torch.archive import ServingConfig, package
@@ -222,3 +224,41 @@ def test_registering_a_url_outside_the_store_is_refused_by_torchserve(live, tmp_
     assert _loaded(live) == {"lin": ["1.0"]}
     config = (live.home / "config.properties").read_text()
     assert "enable_model_api=true" in config and f"allowed_urls=file://" in config, config
+
+
+class _TwoInputs(torch.nn.Module):
+    """A tiny model to import: float x [N, 3] and integer counts k [N, 2] → [N, 2]."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 2)
+
+    def forward(self, x, k):
+        return self.lin(x) + k.float()
+
+
+def test_an_imported_model_deploys_with_a_smoke_sample_from_its_calibration_ranges(live, tmp_path, capsys):
+    from aiaas_torch.cli import main
+    from aiaas_torch.importer import import_model
+
+    torch.manual_seed(0)
+    x, k = torch.rand(20, 3) * 4 + 1, torch.randint(3, 10, (20, 2))
+    model = _TwoInputs().eval()
+    run = import_model(model, (x[:2], k[:2]), tmp_path / "net", calibration=(x.numpy(), k.numpy()), compile="never").run_dir
+    mar = package(run, "net", "1.0", tmp_path / "store", serving=ServingConfig(workers=1)).path
+    try:
+        r = subprocess.run([sys.executable, "-m", "aiaas_torch.cli", "deploy", "net", str(mar), "--home", str(live.home), "--json"],
+                           capture_output=True, text=True, timeout=180)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        done = json.loads(r.stdout)
+        mid_x = (float(x.min()) + float(x.max())) / 2  # the calibration samples' midpoint, per input
+        mid_k = (int(k.min()) + int(k.max())) // 2
+        assert done["smoke_row"] == {"x": [mid_x] * 3, "k": [mid_k] * 2}, done["smoke_row"]
+        with torch.no_grad():
+            want = model(torch.full((1, 3), mid_x), torch.full((1, 2), mid_k))[0].tolist()
+        np.testing.assert_allclose(done["smoke_answer"]["predictions"][0], want, rtol=1e-5)
+        assert _loaded(live)["net"] == ["1.0"] and _loaded(live)["lin"] == ["1.0"]
+        assert main(["versions", "net", "--home", str(live.home)]) == 0
+        assert "inputs x [N, 3] float32, k [N, 2] int64" in capsys.readouterr().out
+    finally:
+        _mgmt(live, "DELETE", "/models/net/1.0")

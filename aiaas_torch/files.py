@@ -7,6 +7,7 @@ Memory is bounded: at most a few chunks are held at once, whatever the file's si
 
 Fast path: a chunk that came as one array of plain numbers goes to the model as that array (local); one that came as
 plain numerals goes to a server as the lines' own text inside the JSON body; any other chunk takes the general path.
+An imported model (a tensor card) predicts .npy/.npz files instead: arrayfiles.py.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .atomic import atomic_file
+from .card import is_tabular, read_card
 from .errors import InputError
 from .filerows import LOCAL_CHUNK_ROWS, Chunk, RowReader
 from .handlers import aiaas_contract as contract
@@ -106,6 +109,15 @@ class _Remote:
         rows = max(1, SERVER_CHUNK_CELLS // max(1, len(card["input"].get("features") or ())))
         self.chunk_rows = min(rows, int(card["input"].get("max_rows") or rows))
 
+    def ask(self, body: dict) -> dict:
+        """Return the answer to one request body, InputError with the server's message when it refuses it."""
+        from . import client as cl
+
+        try:
+            return self.client.predict(self.name, json.dumps(body).encode(), version=self.version)
+        except cl.BadRequest as e:
+            raise InputError(e.message) from None
+
     def __call__(self, chunk: Chunk, path: Path) -> dict:
         """Return the answer for one chunk (the raw lines as the body when they are plain numbers)."""
         from . import client as cl
@@ -123,6 +135,38 @@ class _Remote:
             return self.client.predict(self.name, json.dumps({"instances": rows}).encode(), version=self.version)
         except cl.BadRequest as e:
             raise _line_error(e.message, chunk, path) from None
+
+
+def _local_ask(model) -> Callable[[], Callable[[dict], dict]]:
+    """Return a loader of ask(body): the answer of a LocalModel or a run directory (loaded by the loader), InputError
+    for a body the contract refuses."""
+
+    def load() -> Callable[[dict], dict]:
+        from .runs import load_run
+
+        local = load_run(model) if isinstance(model, (str, os.PathLike)) else model
+
+        def ask(body: dict) -> dict:
+            try:
+                return local.predict(body)
+            except contract.ContractError as e:
+                raise InputError(str(e)) from None
+
+        return ask
+
+    return load
+
+
+def _arrays(path, out: str, card: dict, load, id_column, chunk_rows, concurrency: int) -> FileReport:
+    """Return the FileReport of predicting an .npy/.npz file for a tensor card (arrayfiles.predict_arrays)."""
+    if id_column is not None:
+        raise InputError(f"--id {id_column}: an array file has no id column; answers keep the order of the samples")
+    if chunk_rows is not None and (not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows < 1):
+        raise InputError(f"chunk_rows: {chunk_rows!r} must be an integer ≥ 1")
+    from .arrayfiles import predict_arrays  # numpy: imported only for array files
+
+    rows, fmt, seconds = predict_arrays(path, out, card, load, chunk_rows, concurrency)
+    return FileReport(rows, fmt, out, seconds)
 
 
 def _write_answer(f, writer, answer: dict, chunk: Chunk, path: Path) -> int:
@@ -146,7 +190,8 @@ def _write_answer(f, writer, answer: dict, chunk: Chunk, path: Path) -> int:
 def predict_file(path, out=None, model=None, *, name: str | None = None, version: str | None = None,
                  id_column: str | None = None, concurrency: int = 1, chunk_rows: int | None = None,
                  progress: bool | None = None) -> FileReport:
-    """Return a FileReport after writing the predictions for every row of a CSV or JSON file, in input order.
+    """Return a FileReport after writing the predictions for every row of a CSV or JSON file, in input order (for an
+    imported model: every sample of an .npy/.npz file, written as .npy/.npz; arrayfiles.predict_arrays).
 
     With a run directory, a large CSV file is parsed in a second process while this one loads the model
     (filerows.PARSE_PROCESS_BYTES).
@@ -169,15 +214,18 @@ def predict_file(path, out=None, model=None, *, name: str | None = None, version
             if not isinstance(name, str) or not name:
                 raise InputError("name: give the served model's name with a Client")
             predictor = _Remote(model, name, version)
+            if not is_tabular(predictor.card):
+                return _arrays(path, out_name, predictor.card, lambda: predictor.ask, id_column, chunk_rows, concurrency)
         else:
             if model is None:
                 raise InputError("model: give a run directory, a LocalModel, or a Client and name")
+            card = read_card(model) if isinstance(model, (str, os.PathLike)) else model.card
+            if not is_tabular(card):
+                return _arrays(path, out_name, card, _local_ask(model), id_column, chunk_rows, 1)
             if isinstance(model, (str, os.PathLike)):
-                from .card import read_card
-
                 # the header checked and a large file parsed (in a second process) while torch loads the model: the
                 # process starts before runs (torch) is imported
-                reader = RowReader(path, read_card(model), id_column, _Local.chunk_rows if chunk_rows is None else chunk_rows)
+                reader = RowReader(path, card, id_column, _Local.chunk_rows if chunk_rows is None else chunk_rows)
                 reader.start()
                 from .runs import load_run
 

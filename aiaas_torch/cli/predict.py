@@ -23,9 +23,11 @@ def add_parser(sub) -> None:
     pr.add_argument("--file", default=None, metavar="F",
                     help="predict every row of this file: CSV with a header row naming the features, JSON Lines "
                          "(one row per line: an array in feature order or an object of features) or a JSON array of "
-                         "rows, told apart by content; errors name the line")
+                         "rows, told apart by content; errors name the line. An imported model (named tensors): an .npy "
+                         "of its one input or an .npz of one array per input name (read without unpickling)")
     pr.add_argument("--out", default=None, metavar="F", help="with --file: write the predictions CSV here "
-                    "(atomically; default stdout): the --id column, the target, and p_CLASS per class for a classifier")
+                    "(atomically; default stdout): the --id column, the target, and p_CLASS per class for a classifier; "
+                    "for an .npy/.npz input an .npz of one array per output (.npy when there is one)")
     pr.add_argument("--id", dest="id_column", default=None, metavar="COLUMN",
                     help="with --file: carry this input column (or object field) through to the output")
     pr.add_argument("--concurrency", type=int, default=4, metavar="N",

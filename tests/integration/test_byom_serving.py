@@ -102,3 +102,40 @@ def test_served_token_encoder_takes_int64_ids(byom_served):
         want = byom_served.encoder(ids)
     assert torch.allclose(torch.tensor(ans["outputs"][0]["data"]).reshape(4, 3), want, rtol=1e-5, atol=1e-6)
     assert torch.allclose(torch.tensor(inst["predictions"]), want, rtol=1e-5, atol=1e-6)
+
+
+def test_cli_predicts_npy_files_through_the_server(byom_served, tmp_path):
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    model, Xte, yte = byom_served.digits
+    src, out = tmp_path / "images.npy", tmp_path / "answers.npz"
+    np.save(src, Xte[:50])
+    cmd = [sys.executable, "-m", "aiaas_torch.cli", "predict", "digits", "--home", str(byom_served.home),
+           "--file", str(src), "--out", str(out), "--chunk-rows", "16", "--concurrency", "2"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    with np.load(out, allow_pickle=False) as z:
+        got = {k: z[k] for k in z.files}
+    with torch.no_grad():
+        eager = torch.softmax(model(torch.from_numpy(Xte[:50])), 1).numpy()
+    np.testing.assert_allclose(got["probabilities"], eager, rtol=1e-5, atol=1e-6)
+    assert got["predictions"].tolist() == [str(d) for d in eager.argmax(1)]
+    ids = torch.randint(0, 50, (9, 8), generator=torch.Generator().manual_seed(4))
+    np.save(tmp_path / "ids.npy", ids.numpy())
+    r = subprocess.run(cmd[:4] + ["enc"] + cmd[5:8] + [str(tmp_path / "ids.npy"), "--out", str(tmp_path / "enc.npy")],
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    with torch.no_grad():
+        want = byom_served.encoder(ids).numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "enc.npy", allow_pickle=False), want, rtol=1e-5, atol=1e-6)
+    bad = Xte[:40].copy()
+    bad[20, 0, 3, 3] = np.nan  # refused by the server's contract: the message names the chunk's samples
+    np.save(src, bad)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "samples 16-31" in r.stderr and "NaN" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    np.save(src, Xte[:3, :, :7, :7])  # 7×7 images: refused before anything is sent
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "[N, 1, 8, 8]" in r.stderr and r.stderr.count("\n") == 1, r.stderr

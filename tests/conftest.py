@@ -9,10 +9,12 @@ from __future__ import annotations
 import importlib
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 # the package re-exports functions named like some modules (`train`, `quantize`): import the modules by name
 data = importlib.import_module("aiaas_torch.data")
@@ -111,3 +113,39 @@ def same_json():
         return a == b or _json_close(json.loads(a), json.loads(b), ulps)
 
     return check
+
+
+class TwoInputs(torch.nn.Module):
+    """A tiny model to import: float x [N, 2, 3] and integer ids [N, 4] → y [N, 2] and the ids' sum `total` [N] (int64)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(6, 2)
+
+    def forward(self, x, ids):
+        return self.lin(x.reshape(x.shape[0], -1)) + ids.sum(1, keepdim=True).float(), ids.sum(1)
+
+
+@dataclass
+class Imported:
+    two: torch.nn.Module  # TwoInputs
+    two_run: Path  # its run directory, in a folder named `net-1.0` (not a model name)
+    cls: torch.nn.Module  # Linear(3, 2) with labels "no", "yes"
+    cls_run: Path
+
+
+@pytest.fixture(scope="session")
+def imported(tmp_path_factory) -> Imported:
+    """Two tiny imported models (tensor cards, not compiled): two inputs and two outputs; a labelled classifier."""
+    from aiaas_torch.importer import import_model
+
+    root = tmp_path_factory.mktemp("imported")
+    torch.manual_seed(0)
+    two = TwoInputs().eval()
+    x, ids = torch.randn(20, 2, 3), torch.randint(0, 5, (20, 4))
+    two_run = import_model(two, (x[:2], ids[:2]), root / "net-1.0", output_names=["y", "total"],
+                           calibration=(x.numpy(), ids.numpy()), compile="never").run_dir  # fmt: skip
+    cls = torch.nn.Linear(3, 2).eval()
+    z = torch.randn(20, 3)
+    cls_run = import_model(cls, z[:2], root / "cls", calibration=z.numpy(), labels=["no", "yes"], compile="never").run_dir
+    return Imported(two, two_run, cls, cls_run)

@@ -10,7 +10,6 @@ import zipfile
 import jsonschema
 import numpy as np
 import pytest
-import torch
 from openapi_spec_validator import validate
 
 from aiaas_torch.archive import ServingConfig, package
@@ -18,7 +17,6 @@ from aiaas_torch.cli import main
 from aiaas_torch.data import from_arrays
 from aiaas_torch.export import export_run
 from aiaas_torch.handlers import aiaas_contract as contract
-from aiaas_torch.importer import import_model
 from aiaas_torch.openapi import card_schemas, describe_target, document
 from aiaas_torch.quantize import QuantConfig
 from aiaas_torch.runs import load_run
@@ -152,33 +150,8 @@ def test_outputs_that_overflow_float32_are_refused_naming_the_row(line_run):
         load_run(line_run).predict({"instances": [[3e38]]})
 
 
-class _TwoIn(torch.nn.Module):
-    """A tiny imported model: a float input x [N, 2, 3] and integer ids [N, 4] → y [N, 2] and the ids' sum [N]."""
-
-    def __init__(self):
-        super().__init__()
-        self.lin = torch.nn.Linear(6, 2)
-
-    def forward(self, x, ids):
-        return self.lin(x.reshape(x.shape[0], -1)) + ids.sum(1, keepdim=True).float(), ids.sum(1)
-
-
-@pytest.fixture(scope="module")
-def tensor_runs(tmp_path_factory):
-    """Two imported models (tensor cards): `net-1.0` (two inputs, two outputs) and `cls` (labels "no", "yes")."""
-    root = tmp_path_factory.mktemp("oa_tensor")
-    torch.manual_seed(0)
-    x, ids = torch.randn(20, 2, 3), torch.randint(0, 5, (20, 4))
-    net = import_model(_TwoIn().eval(), (x[:2], ids[:2]), root / "net-1.0", output_names=["y", "total"],
-                       calibration=(x.numpy(), ids.numpy()), compile="never").run_dir  # fmt: skip
-    lin = torch.nn.Linear(3, 2).eval()
-    z = torch.randn(20, 3)
-    cls = import_model(lin, z[:2], root / "cls", calibration=z.numpy(), labels=["no", "yes"], compile="never").run_dir
-    return net, cls
-
-
-def test_a_tensor_card_document_is_valid_and_documents_what_the_contract_takes(tensor_runs):
-    net, cls = tensor_runs
+def test_a_tensor_card_document_is_valid_and_documents_what_the_contract_takes(imported):
+    net, cls = imported.two_run, imported.cls_run
     for run in (net, cls):
         doc = describe_target(str(run), name="m")
         validate(doc)
@@ -208,8 +181,8 @@ def test_a_tensor_card_document_is_valid_and_documents_what_the_contract_takes(t
     assert labels["items"] == {"enum": ["no", "yes"]}
 
 
-def test_a_folder_whose_name_is_no_model_name_asks_for_name(tensor_runs, capsys):
-    net, _ = tensor_runs
+def test_a_folder_whose_name_is_no_model_name_asks_for_name(imported, capsys):
+    net = imported.two_run
     assert main(["openapi", str(net)]) == 2
     err = capsys.readouterr().err
     assert "'net-1.0'" in err and "--name" in err and "is not a model name" not in err and err.count("\n") == 1, err

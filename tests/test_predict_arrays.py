@@ -11,18 +11,6 @@ import torch
 
 from aiaas_torch import files
 from aiaas_torch.cli import main
-from aiaas_torch.importer import import_model
-
-
-class _TwoIn(torch.nn.Module):
-    """x [N, 2, 3] float and ids [N, 4] int64 → y [N, 2] and total [N] (int64)."""
-
-    def __init__(self):
-        super().__init__()
-        self.lin = torch.nn.Linear(6, 2)
-
-    def forward(self, x, ids):
-        return self.lin(x.reshape(x.shape[0], -1)) + ids.sum(1, keepdim=True).float(), ids.sum(1)
 
 
 class _Marker:
@@ -33,21 +21,6 @@ class _Marker:
 
     def __reduce__(self):
         return (open, (self.path, "w"))
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """(two-input model, its run dir, labelled one-input model, its run dir), imported without compiling."""
-    root = tmp_path_factory.mktemp("arrays")
-    torch.manual_seed(0)
-    two = _TwoIn().eval()
-    x, ids = torch.randn(20, 2, 3), torch.randint(0, 5, (20, 4))
-    two_run = import_model(two, (x[:2], ids[:2]), root / "two", output_names=["y", "total"],
-                           calibration=(x.numpy(), ids.numpy()), compile="never").run_dir  # fmt: skip
-    lin = torch.nn.Linear(3, 2).eval()
-    z = torch.randn(20, 3)
-    cls_run = import_model(lin, z[:2], root / "cls", calibration=z.numpy(), labels=["no", "yes"], compile="never").run_dir
-    return two, two_run, lin, cls_run
 
 
 def _npy(path, array) -> None:
@@ -61,8 +34,8 @@ def _load(path) -> dict:
         return {k: z[k] for k in z.files}
 
 
-def test_an_npz_with_one_array_per_input_gives_every_output_in_input_order(runs, tmp_path, capsys):
-    two, two_run, _, _ = runs
+def test_an_npz_with_one_array_per_input_gives_every_output_in_input_order(imported, tmp_path, capsys):
+    two, two_run = imported.two, imported.two_run
     rng = np.random.default_rng(1)
     x, ids = rng.normal(size=(23, 2, 3)).astype(np.float32), rng.integers(0, 5, (23, 4))
     src, out = tmp_path / "in.npz", tmp_path / "out.npz"
@@ -80,8 +53,8 @@ def test_an_npz_with_one_array_per_input_gives_every_output_in_input_order(runs,
     assert "2 arrays" in err and ".npz" in err and err.count("\n") == 1, err
 
 
-def test_an_npy_of_the_one_input_gives_labels_probabilities_and_logits(runs, tmp_path):
-    _, _, lin, cls_run = runs
+def test_an_npy_of_the_one_input_gives_labels_probabilities_and_logits(imported, tmp_path):
+    lin, cls_run = imported.cls, imported.cls_run
     z = np.random.default_rng(2).normal(size=(7, 3))  # float64 samples for a float32 input: the contract takes them
     src, out = tmp_path / "z.npy", tmp_path / "p.npz"
     np.save(src, z)
@@ -95,8 +68,8 @@ def test_an_npy_of_the_one_input_gives_labels_probabilities_and_logits(runs, tmp
     assert got["predictions"].tolist() == [["no", "yes"][i] for i in logits.argmax(1).tolist()]
 
 
-def test_pickled_arrays_are_refused_without_unpickling(runs, tmp_path, capsys):
-    _, two_run, _, cls_run = runs
+def test_pickled_arrays_are_refused_without_unpickling(imported, tmp_path, capsys):
+    two_run, cls_run = imported.two_run, imported.cls_run
     marker = tmp_path / "unpickled"
     objects = np.array([_Marker(marker)] * 3, dtype=object)
     npy, npz = tmp_path / "o.npy", tmp_path / "o.npz"
@@ -120,8 +93,8 @@ def test_pickled_arrays_are_refused_without_unpickling(runs, tmp_path, capsys):
     (lambda p: _npy(p, np.zeros((2, 2, 3), np.float32)), "2 inputs"),
     (lambda p: p.write_text("x,ids\n1,2\n"), ".npy or .npz"),
 ])  # fmt: skip
-def test_arrays_that_do_not_fit_the_inputs_exit_2_naming_the_problem(runs, tmp_path, capsys, write, expect):
-    _, two_run, _, _ = runs
+def test_arrays_that_do_not_fit_the_inputs_exit_2_naming_the_problem(imported, tmp_path, capsys, write, expect):
+    two_run = imported.two_run
     src = tmp_path / "in.npz"
     write(src)
     assert main(["predict", "--local", str(two_run), "--file", str(src), "--out", str(tmp_path / "p.npz")]) == 2
@@ -130,8 +103,8 @@ def test_arrays_that_do_not_fit_the_inputs_exit_2_naming_the_problem(runs, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npz"]
 
 
-def test_array_files_need_an_out_file_and_take_no_id(runs, tmp_path, capsys):
-    _, _, _, cls_run = runs
+def test_array_files_need_an_out_file_and_take_no_id(imported, tmp_path, capsys):
+    cls_run = imported.cls_run
     src = tmp_path / "z.npy"
     np.save(src, np.zeros((2, 3), np.float32))
     assert main(["predict", "--local", str(cls_run), "--file", str(src)]) == 2

@@ -19,7 +19,7 @@ from torch import nn
 
 from aiaas_torch.card import CARD
 from aiaas_torch.cli import main
-from aiaas_torch.handlers import programs
+from aiaas_torch.handlers import programs, pt2_check
 
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # sha256 of b"" (our sample inputs)
 
@@ -322,3 +322,36 @@ def test_importing_a_file_twice_writes_byte_identical_float_programs_with_our_sa
         program = json.loads(z.read("model_float/models/model.json"))
     assert hashlib.sha256(sample).hexdigest() == EMPTY_SHA256 == card["files"]["model_float.pt2"]["sample_inputs_sha256"]
     assert program["guards_code"] == []
+
+
+@pytest.mark.parametrize("text", [
+    "Symbol('s77', positive=True, integer=True)",
+    "Mul(Integer(2), Symbol('s77', positive=True, integer=True))",
+    "FloorDiv(Add(Symbol('s0', integer=True, positive=True), Integer(-1)), Integer(2))",
+    "Float('1.5', precision=53)",
+])  # fmt: skip
+def test_symbolic_expressions_torch_writes_pass_the_grammar(text):
+    assert pt2_check.check_sympy(text, "m", "expr_str") is None
+
+
+@pytest.mark.parametrize("text", [
+    "__import__('os')", "Symbol('s0').__class__", "Symbol('s0')[0]", "lambda: 0", "Integer(1) + exec('x')",
+    "Symbol('s0', positive=True, integer=True, evaluate=exec)", "Symbol(\"s0\")", "(Integer(1))", "s0",
+    "Symbol('s0' 'x')", "Integer(1" + ")" * 2,
+])  # fmt: skip
+def test_anything_else_is_refused_by_the_symbolic_grammar(text):
+    with pytest.raises(pt2_check.Refused, match=r"member 'm', expr_str: "):
+        pt2_check.check_sympy(text, "m", "expr_str")
+
+
+@pytest.mark.parametrize("text, ok", [
+    ("L['x'].size()[0] == L['y'].size()[0]", True), ("L['x'].size()[0] <= 4096", True),
+    ("2*L['x'].size()[0] == L['y'].size()[1]", True), ("L['x'].size()[0] == 1 or __import__('os')", False),
+    ("L['x'].shape[0] == 2", False), ("L['x'].size()[0] == L['x'].__class__", False), ("L['x\\''].size()[0] == 1", False),
+])  # fmt: skip
+def test_guard_code_is_accepted_only_as_size_comparisons(text, ok):
+    if ok:
+        assert pt2_check.check_guard(text, "m", "guards_code[0]") is None
+    else:
+        with pytest.raises(pt2_check.Refused, match=r"guards_code\[0\]"):
+            pt2_check.check_guard(text, "m", "guards_code[0]")

@@ -271,6 +271,8 @@ def _json(data: bytes, member: str) -> dict:
         if isinstance(e, Refused):
             raise
         _refuse(member, "", f"not JSON ({type(e).__name__}: {str(e)[:100]})")
+    except RecursionError:
+        _refuse(member, "", "JSON nested too deeply")
     if not isinstance(doc, dict):
         _refuse(member, "", f"JSON {type(doc).__name__}, expected an object")
     return doc
@@ -352,7 +354,10 @@ def write_canonical(root: str, members: dict) -> bytes:
 def canonical_bytes(path_or_bytes, root: str = "archive") -> bytes:
     """Return the canonical copy of a checked .pt2 file (a path or its bytes) as zip bytes; raise Refused naming member and field."""
     source_root, members = read_members(path_or_bytes)
-    return write_canonical(root, check_members(source_root, members))
+    try:
+        return write_canonical(root, check_members(source_root, members))
+    except RecursionError:  # JSON nested deeper than the parser or the schema walk can follow
+        raise Refused("a JSON member is nested too deeply") from None
 
 
 def load(path_or_bytes) -> torch.export.ExportedProgram:

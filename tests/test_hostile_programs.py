@@ -135,6 +135,8 @@ def _craft(kind: str, items: list, string_items: list, marker) -> list:
         return [(n, _pickled(marker) if n == weight else d) for n, d in _edit_json(items, "_weights_config.json", pickled)]
     if kind == "weights_config_not_an_object":
         return [(n, b"[1, 2]" if n.endswith("_weights_config.json") else d) for n, d in items]
+    if kind == "deeply_nested_json":
+        return [(n, b"[" * 200_000 + b"]" * 200_000 if n.endswith("_weights_config.json") else d) for n, d in items]
     if kind == "constant_string_input":
         payload = f"abc' or {_code(marker)} or '"
         return [(n, d.replace(b'"as_string": "abc"', json.dumps({"as_string": payload})[1:-1].encode()) if n.endswith("model.json") else d)
@@ -162,6 +164,7 @@ CASES = {
     "use_pickle": ("prog/data/weights/model_weights_config.json", "use_pickle"),
     "weights_config_not_an_object": ("prog/data/weights/model_weights_config.json", "JSON list, expected an object"),
     "constant_string_input": ("prog/models/model.json", "constant_input inputs are not allowed"),
+    "deeply_nested_json": ("prog/data/weights/model_weights_config.json", "JSON nested too deeply"),
     "duplicate_member_name": ("prog/data/weights/weight_0", "duplicate member name"),
     "extra_member": ("prog/extra/notes.txt", "not a member torch.export.save writes"),
     "non_json_model_file": ("prog/models/model.py", "not a member torch.export.save writes"),

@@ -18,6 +18,7 @@ import enum
 import hashlib
 import io
 import json
+import os
 import re
 import types
 import typing
@@ -297,7 +298,7 @@ def read_members(path_or_bytes) -> tuple:
             seen[name.casefold()] = name
             root, sep, rest = name.partition("/")
             if not sep or not rest:
-                _refuse(name, "", "top-level member: torch.export.save writes every member under one root folder")
+                _refuse(name, "", "directory entry" if sep else "top-level member: torch.export.save writes every member under one root folder")
             roots.add(root)
         if len(roots) != 1 or not ROOT_RE.fullmatch(next(iter(roots))):
             raise Refused(f"root folders {sorted(roots)[:5]}: torch.export.save writes one root folder")
@@ -373,7 +374,7 @@ def save(ep: torch.export.ExportedProgram, path: str) -> None:
         torch.export.save(ep, buf)
     finally:
         ep._guards_code = saved
-    root = re.sub(r"[^A-Za-z0-9_.\-]", "_", path.rsplit("/", 1)[-1].rsplit(".", 1)[0])[:200] or "archive"
+    root = re.sub(r"[^A-Za-z0-9_.\-]", "_", os.path.splitext(os.path.basename(path))[0])[:200] or "archive"  # as torch names it
     data = canonical_bytes(buf.getvalue(), root)
     with open(path, "wb") as f:
         f.write(data)

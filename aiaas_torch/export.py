@@ -250,8 +250,9 @@ def _encoding(schema: Schema) -> dict:
     return out
 
 
-def files_section(directory: Path, optimization: dict) -> dict:
-    """Return the card's "files" section for the model files in `directory`: role, SHA-256, size, and for compiled ones the candidate and ISA."""
+def files_section(directory: Path, optimization: dict, extra: dict | None = None) -> dict:
+    """Return the card's "files" section for the model files in `directory`: role, SHA-256, size, for compiled ones the
+    candidate and ISA, and the fields of `extra` ({file name: {field: value}}) for the files it names."""
     compiled = {m["file"]: (n, m) for n, m in optimization["candidates"].items() if m["kind"] == "compiled" and m.get("file")}
     files = {}
     for name, role, serves in (
@@ -268,7 +269,7 @@ def files_section(directory: Path, optimization: dict) -> dict:
                 meta["candidate"] = compiled[name][0]
                 meta["isa"] = optimization["host"]["isa"]
                 meta["compile_seconds"] = compiled[name][1]["compile_seconds"]
-            files[name] = meta
+            files[name] = {**meta, **(extra or {}).get(name, {})}
     return files
 
 

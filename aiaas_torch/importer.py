@@ -13,6 +13,7 @@ AOTInductor packages (native code compiled here: sign the archive).
 from __future__ import annotations
 
 import inspect
+import io
 import os
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from .errors import InputError, InputTypeError
 from .atomic import staging_dir, write_json_atomic
 from .export import MAX_BATCH, ExportResult, _swap_into_place, _versions, compiler_available, files_section
 from .handlers import aiaas_contract as contract
-from .handlers import programs
+from .handlers import programs, pt2_check
 from .models import linear_layers
 from .quantize import QuantConfig, QuantReport, quantize
 
@@ -75,15 +76,16 @@ def export_module(module: nn.Module, inputs: tuple):
 
 
 def load_program_file(path: str | os.PathLike) -> torch.export.ExportedProgram:
-    """Return the ExportedProgram saved by torch.export.save at `path`, refusing one whose loading could unpickle anything."""
+    """Return the ExportedProgram saved by torch.export.save at `path`, read by torch only from its checked canonical copy."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{path}: no such file")
-    problems = programs.pickle_problems(str(p))
-    if problems:
-        raise InputError(f"{path}: refused, loading it would unpickle: " + "; ".join(problems))
     try:
-        return torch.export.load(str(p))
+        data = pt2_check.canonical_bytes(str(p))
+    except pt2_check.Refused as e:
+        raise InputError(f"{path}: refused, not a program torch.export.save writes or one that would run code: {e}") from None
+    try:
+        return torch.export.load(io.BytesIO(data))
     except Exception as e:
         raise InputError(f"{path}: not a program torch.export.load can read ({type(e).__name__}: {str(e)[:200]})") from None
 
@@ -209,7 +211,7 @@ def import_model(module_or_program, example_inputs, run_dir: str | os.PathLike, 
         source = "ExportedProgram"
         if quant.scheme in ("int8", "pow2"):
             raise InputError(f"quantize {quant.scheme}: {NOT_QUANTIZED}; quantize the model before exporting it, or import the nn.Module")
-        float_model = ep.module()
+        float_model = ep.module(check_guards=False)  # the default execs guard code built from the program's JSON
     elif isinstance(module_or_program, nn.Module):
         float_model = module_or_program.eval()
         specs = _module_inputs(float_model, example, input_names)
@@ -242,7 +244,10 @@ def import_model(module_or_program, example_inputs, run_dir: str | os.PathLike, 
         notes.append("no C++ compiler found: no compiled CPU package; serving uses the float program")
     run_dir = Path(run_dir)
     with staging_dir(run_dir) as staging:
-        torch.export.save(ep, str(staging / FLOAT_PROGRAM))
+        try:  # re-serialized from the checked graph: no guard code, our own sample inputs, byte-reproducible
+            pt2_check.save(ep, str(staging / FLOAT_PROGRAM))
+        except pt2_check.Refused as e:
+            raise InputError(f"the program cannot be served: {e}") from None
         opt = _optimize.optimize(float_model, qmodel, report, staging, scheme=quant.scheme if source == "nn.Module" else "none",
                                  compile=mode, compiler=compiler, timer=timer, float_ep=ep, inputs=_timing_inputs(calib))  # fmt: skip
         for staged, final in opt.compiled.items():
@@ -273,7 +278,7 @@ def import_model(module_or_program, example_inputs, run_dir: str | os.PathLike, 
             "metrics": {},
             "quantization": quantization,
             "optimization": opt.section,
-            "files": files_section(staging, opt.section),
+            "files": files_section(staging, opt.section, {FLOAT_PROGRAM: {"sample_inputs_sha256": pt2_check.SAMPLE_INPUTS_SHA256}}),
             "versions": _versions(),
             "notes": notes,
         }

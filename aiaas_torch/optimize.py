@@ -194,7 +194,7 @@ def optimize(float_model, qmodel, report, staging: Path, *, scheme: str, compile
                     drop(name, c, "runs float-eager's kernels plus ≈ 100 µs of graph interpretation a call: "
                                   "kept as the fallback, never faster")  # fmt: skip
                     continue
-                modules[name] = (float_ep or _export(float_model, n_features)).module()
+                modules[name] = (float_ep or _export(float_model, n_features)).module(check_guards=False)
             else:
                 module = c.build(float_model, qmodel, report)
                 why = module if isinstance(module, str) else None

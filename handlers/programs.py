@@ -14,11 +14,8 @@ change in this file when it is an AOTInductor package (kind "compiled"):
 
 from __future__ import annotations
 
-import io
-import json
 import math
 import os
-import zipfile
 from dataclasses import dataclass, field
 
 import torch
@@ -30,10 +27,11 @@ except ImportError:  # pragma: no cover
 
 try:  # installed package (tests, aiaas predict --local)
     from . import aiaas_contract as contract
-    from . import integrity
+    from . import integrity, pt2_check
 except ImportError:  # inside a TorchServe worker: the model directory is on sys.path
     import aiaas_contract as contract
     import integrity
+    import pt2_check
 
 KINDS = ("eager", "program", "compiled")
 FLOAT = "float32"
@@ -211,52 +209,10 @@ def rebuild_sequential(layers: list, state_dict: dict) -> torch.nn.Sequential:
     return model.eval()
 
 
-def pickle_problems(path: str) -> list:
-    """Return why loading a torch.export .pt2 file could unpickle something (empty when it cannot).
-
-    torch.export.load unpickles (a full torch.load, or pickle itself) tensor-subclass weights and
-    constants, custom and opaque objects, and weights of the legacy format, and falls back to a full unpickle when
-    the sample inputs fail a weights_only load. A program holding none of those loads with plain tensor bytes and
-    JSON only; this check reads the archive's own JSON index before torch does.
-    """
-    try:
-        with zipfile.ZipFile(path) as z:
-            names = z.namelist()
-            roots = {n.split("/", 1)[0] for n in names if "/" in n}
-            if len(roots) != 1:
-                return [f"{os.path.basename(path)}: not a torch.export.save archive (one top folder expected)"]
-            root = roots.pop() + "/"
-            models = [n[len(root) + 7 : -5] for n in names if n.startswith(root + "models/") and n.endswith(".json")]
-            if not models:
-                return [f"{os.path.basename(path)}: no models/*.json: not a torch.export.save program (an AOTInductor package?)"]
-            problems = []
-            for m in models:
-                if f"{root}data/weights/{m}.pt" in names or f"{root}data/constants/{m}.pt" in names:
-                    problems.append(f"program {m!r}: weights in the legacy pickled format; save it again with this torch")
-                for kind in ("weights", "constants"):
-                    entry = f"{root}data/{kind}/{m}_{kind}_config.json"
-                    config = json.loads(z.read(entry)).get("config", {}) if entry in names else {}
-                    for fqn, meta in config.items():
-                        if meta.get("use_pickle") or (kind == "constants" and not str(meta.get("path_name", "")).startswith("tensor_")):
-                            problems.append(f"program {m!r}: {kind[:-1]} {fqn!r} is stored pickled (a tensor subclass or "
-                                            f"custom object, e.g. torchao quantized weights); export plain tensors")  # fmt: skip
-                sample = f"{root}data/sample_inputs/{m}.pt"
-                if sample in names:
-                    try:
-                        torch.load(io.BytesIO(z.read(sample)), weights_only=True)
-                    except Exception as e:
-                        problems.append(f"program {m!r}: its sample inputs do not load as plain tensors ({type(e).__name__})")
-            return problems
-    except (OSError, zipfile.BadZipFile, ValueError, KeyError) as e:
-        return [f"{os.path.basename(path)}: not a readable torch.export archive ({type(e).__name__}: {e})"]
-
-
 def load_exported(path: str):
-    """Return the ExportedProgram at `path`, refusing (ValueError) one whose loading could unpickle anything."""
-    problems = pickle_problems(path)
-    if problems:
-        raise ValueError("; ".join(problems))
-    return torch.export.load(path)
+    """Return the ExportedProgram at `path`, read by torch only from its checked canonical copy (pt2_check.Refused, a
+    ValueError naming member and field, for anything torch.export.save does not write or torch would evaluate)."""
+    return pt2_check.load(path)
 
 
 def load_program(kind: str, path: str, card: dict, device: str = "cpu"):
@@ -266,7 +222,7 @@ def load_program(kind: str, path: str, card: dict, device: str = "cpu"):
     ep = load_exported(path)
     if kind == "eager":
         return rebuild_sequential(card["model"]["sequential"], ep.state_dict).to(device)
-    return ep.module().to(device)
+    return ep.module(check_guards=False).to(device)  # the default builds guard code from the program's JSON and execs it
 
 
 def load_compiled(path: str):

@@ -167,7 +167,7 @@ def test_package_is_reproducible_and_verified(run_dir, tmp_path, capsys):
     assert (store1 / "lin-2.mar").read_bytes() == (store2 / "lin-2.mar").read_bytes()
     with zipfile.ZipFile(store1 / "lin-2.mar") as zf:
         names = set(zf.namelist())
-    assert {"tabular_handler.py", "aiaas_contract.py", "programs.py", "batch_checks.py", "contract_common.py", "tensor_contract.py", "model.json", "model-config.yaml", "MAR-INF/MANIFEST.json", "model_float.pt2"} <= names
+    assert {"tabular_handler.py", "aiaas_contract.py", "programs.py", "pt2_check.py", "batch_checks.py", "contract_common.py", "tensor_contract.py", "model.json", "model-config.yaml", "MAR-INF/MANIFEST.json", "model_float.pt2"} <= names
     assert [p.name for p in store1.iterdir()] == ["lin-2.mar"]  # no staging left behind
 
 

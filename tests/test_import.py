@@ -199,15 +199,14 @@ def test_a_program_whose_loading_would_unpickle_is_refused_before_torch_reads_it
         return data
 
     _rewrite(path, pickled, use_pickle)
-    with pytest.raises(InputError, match="is stored pickled"):
+    with pytest.raises(InputError, match="use_pickle: pickled weights and constants are not allowed"):
         load_program_file(pickled)
     marker = tmp_path / "ran"
     hostile = tmp_path / "hostile.pt2"
     buf = io.BytesIO()
     torch.save(_Opens(marker), buf)
     _rewrite(path, hostile, lambda name, data: buf.getvalue() if "/sample_inputs/" in name else data)
-    with pytest.raises(InputError, match="sample inputs do not load as plain tensors"):
-        load_program_file(hostile)
+    assert load_program_file(hostile) is not None  # torch reads our own (empty) sample inputs in its place
     assert not marker.exists()
     with pytest.raises(Exception):  # what the check prevents: torch.export.load falls back to a full unpickle
         torch.export.load(str(hostile))

@@ -7,7 +7,6 @@ import gc
 import json
 import math
 import sys
-from pathlib import Path
 
 from .common import UsageError, _finite, _home, _print_json, _running_home
 
@@ -99,9 +98,7 @@ def _run_file(a) -> int:
             raise UsageError("give the model NAME (or --local RUN_DIR)")
         from .. import client as cl
 
-        if not (Path(a.home) / "server.json").exists():
-            raise UsageError(f"no server found in {a.home} (start one with `aiaas serve start --home {a.home}`)")
-        with cl.Client(home=a.home, timeout=a.timeout) as c:
+        with cl.Client(home=_running_home(a), timeout=a.timeout) as c:
             try:
                 report = predict_file(a.file, a.out, c, name=a.args[0], version=a.model_version,
                                       concurrency=a.concurrency, **kwargs)

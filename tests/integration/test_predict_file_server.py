@@ -63,3 +63,18 @@ def test_cli_predicts_a_file_through_the_server(served, tmp_path):
     np.testing.assert_allclose([float(r[1]) for r in rows[1:]], [2 * v for v in range(1, 8)], rtol=1e-3)
     r = subprocess.run(cmd[:4] + ["nomodel"] + cmd[5:], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "nomodel" in r.stderr, r.stderr
+
+
+def test_cli_predicts_a_file_without_home_finding_the_server_as_other_commands_do(served, tmp_path):
+    """`aiaas predict NAME --file F --out O` exactly as the README writes it: no --home, the home found from
+    $AIAAS_HOME as every other command finds it (it was an internal error: TypeError on a None home)."""
+    src, out = tmp_path / "x.csv", tmp_path / "pred.csv"
+    src.write_text("x\n1\n2\n")
+    env = {**__import__("os").environ, "AIAAS_HOME": str(served.home)}
+    cmd = [sys.executable, "-m", "aiaas_torch.cli", "predict", "y2x", "--version", "1.0", "--file", str(src), "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose([float(r[0]) for r in _read(out)[1:]], [2, 4], rtol=1e-3)
+    env["AIAAS_HOME"] = str(tmp_path / "nothing-here")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert r.returncode == 2 and "no TorchServe" in r.stderr and "internal error" not in r.stderr, r.stderr

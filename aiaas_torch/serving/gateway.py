@@ -25,6 +25,8 @@ from pathlib import Path
 
 import httpx
 
+from ..card import is_tabular
+from ..handlers.aiaas_contract import DTYPES, input_tensors, output_tensors
 from .home import load_info
 from .management import mgmt_call, models_snapshot
 from .readiness import version_ready, versions_ready
@@ -98,17 +100,20 @@ class Upstream:
         return isinstance(header, str) and hmac.compare_digest(header.encode(), self._keys[1])
 
 
-def _card_tensors(card: dict) -> tuple[list, list]:
-    """Return the v2 (inputs, outputs) metadata of a model card: one FP32 [-1, F] input and the answer's outputs."""
-    inputs = [{"name": "input", "datatype": "FP32", "shape": [-1, len(card["input"]["features"])]}]
+def v2_tensors(card: dict) -> tuple[list, list]:
+    """Return the v2 (inputs, outputs) metadata of a model card: its input tensors (a tabular card's one FP32 [-1, F]
+    input) and the tensors its answers carry (labels and probabilities first where the card has classes)."""
+    inputs = [{"name": t["name"], "datatype": DTYPES[t["dtype"]][0], "shape": list(t["shape"])} for t in input_tensors(card)]
     out = card["output"]
-    if out["task"] == "classification":
+    labels = []
+    if out.get("classes"):
         label = "BYTES" if any(isinstance(c, str) for c in out["classes"]) else "INT64"
-        outputs = [{"name": "predictions", "datatype": label, "shape": [-1]},
-                   {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(out["classes"])]}]  # fmt: skip
-    else:
-        outputs = [{"name": out["target"], "datatype": "FP32", "shape": [-1]}]
-    return inputs, outputs
+        labels = [{"name": "predictions", "datatype": label, "shape": [-1]},
+                  {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(out["classes"])]}]  # fmt: skip
+    if is_tabular(card):
+        return inputs, labels or [{"name": out["target"], "datatype": "FP32", "shape": [-1]}]
+    return inputs, labels + [{"name": t["name"], "datatype": DTYPES[t["dtype"]][0], "shape": list(t["shape"])}
+                             for t in output_tensors(card)]  # fmt: skip
 
 
 def tf_serving_state(version: dict) -> str:
@@ -150,7 +155,7 @@ def build_model_class(kserve):
         def __init__(self, upstream: Upstream, name: str, version: str, card: dict, registered_as: str):
             super().__init__(registered_as)
             self.upstream, self.ts_name, self.version, self.card = upstream, name, version, card
-            self.inputs, self.outputs = _card_tensors(card)
+            self.inputs, self.outputs = v2_tensors(card)
             self.ready = True  # registered; whether it can answer is healthy()'s question
 
         async def healthy(self) -> bool:

@@ -17,7 +17,7 @@ from typing import Iterable, Mapping, Sequence
 import httpx
 import psutil
 
-from .config import TRUSTABLE_KEYS, base_config, effective_config, launcher_env, log4j_config
+from .config import TRUSTABLE_KEYS, base_config, effective_config, gateway_env, launcher_env, log4j_config
 from .errors import ServerArgumentError, TorchServeError
 from ..atomic import write_text_atomic
 from .home import KEY_FILE, ServerInfo, info_path, load_info
@@ -221,7 +221,7 @@ def _start_gateway(info: ServerInfo, port: int, deadline: float) -> None:
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", GATEWAY_MODULE, str(info.home), str(port)], cwd=info.home, stdin=subprocess.DEVNULL,
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=gateway_env(),
         )  # fmt: skip
     info.gateway_url, info.gateway_pid = f"http://127.0.0.1:{port}", proc.pid
     info.gateway_create_time = psutil.Process(proc.pid).create_time()

@@ -7,17 +7,9 @@ with $AIAAS_SIGNING_KEY set (its archive signed with that key)."""
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-import socket
-import subprocess
-import sys
-import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 import torch
@@ -25,11 +17,7 @@ import tritonclient.http as th
 
 from aiaas_torch import serving as server
 from aiaas_torch.archive import ServingConfig, package
-from aiaas_torch.cli import main
 from aiaas_torch.importer import import_model
-from aiaas_torch.serving import control
-from aiaas_torch.serving.pids import stop_gateway
-from aiaas_torch.serving.ports import free_ports
 
 pytestmark = [pytest.mark.serving, pytest.mark.skipif(importlib.util.find_spec("kserve") is None,
                                                       reason="the gateway needs the `oip` extra (make install brings it)")]  # fmt: skip
@@ -64,6 +52,7 @@ def guarded(tmp_path_factory) -> Guarded:
     home = root / "home"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AIAAS_SIGNING_KEY", SIGNING_KEY)
+        mp.setenv("SOME_SERVICE_API_TOKEN", "unrelated-secret-the-gateway-needs-not")
         server.start(home, store, [f"twice={mar}"], free_ports=True, ready_timeout=180, oip=True)
     try:
         yield Guarded(home, store, mar)
@@ -94,3 +83,12 @@ def test_gateway_metadata_and_infer_of_an_imported_model(guarded):
     assert meta["outputs"] == [{"name": "y", "datatype": "FP32", "shape": [-1, 3]}], meta
     assert c.is_model_ready("twice", headers=dict(h))
     assert _infer_twice(info, h) == [[12.0, 24.0, 36.0]]
+
+
+def test_gateway_environment_has_no_signing_key(guarded):
+    info, _ = _gateway(guarded)
+    environ = Path(f"/proc/{info.gateway_pid}/environ").read_bytes().split(b"\0")
+    names = {e.split(b"=", 1)[0].decode() for e in environ if e}
+    assert "PYTHONUNBUFFERED" in names  # it is the gateway's environment we read
+    assert "AIAAS_SIGNING_KEY" not in names and SIGNING_KEY.encode() not in b"\0".join(environ)
+    assert "SOME_SERVICE_API_TOKEN" not in names  # only what its Python needs goes in (config.gateway_env)

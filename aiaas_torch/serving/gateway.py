@@ -9,7 +9,8 @@ TF Serving's model status at `GET /v1/models/NAME[/versions/V]` (states: see tf_
 (the instance's inference key, as TorchServe asks for it) and a loopback-only listener.
 Inference is forwarded to TorchServe on loopback with the caller's own Authorization header, so TorchServe's
 token check stays the one that guards the models. Run as `python -m aiaas_torch.serving.gateway HOME PORT`;
-`serving.start(..., oip=True)` starts it after TorchServe is ready and `serving.stop` stops it first.
+`serving.start(..., oip=True)` starts it after TorchServe is ready and `serving.stop` stops it first. Only
+gateway_guard.ROUTES answer.
 """
 
 import asyncio
@@ -27,6 +28,7 @@ import httpx
 
 from ..card import is_tabular
 from ..handlers.aiaas_contract import DTYPES, input_tensors, output_tensors
+from .gateway_guard import allowed
 from .home import load_info
 from .management import mgmt_call, models_snapshot
 from .readiness import version_ready, versions_ready
@@ -302,21 +304,28 @@ def build_server(home: Path, port: int):
     for quiet in ("uvicorn.access", "kserve.trace"):  # lines per request: the bulk of the gateway's CPU time
         logging.getLogger(quiet).setLevel(logging.WARNING)
 
-    class BearerToken:
-        """ASGI middleware: 401 unless the request carries the instance's inference key, as TorchServe asks for it."""
+    class Guard:
+        """ASGI middleware: 401 unless the request carries the instance's inference key, as TorchServe asks for it,
+        then 404 unless it is one of gateway_guard.ROUTES (KServe mounts more: its model repository's load and
+        unload would take models away for any holder of the inference token)."""
 
         def __init__(self, app):
             self.app = app
 
         async def __call__(self, scope, receive, send):
+            if scope["type"] == "websocket":
+                return await send({"type": "websocket.close", "code": 1008})
             if scope["type"] == "http":
                 header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
                 if not upstream.authorized(header):
                     refusal = {"error": "missing, wrong or expired token: send Authorization: Bearer $(aiaas serve token)"}
                     return await JSONResponse(refusal, status_code=401)(scope, receive, send)
+                if not allowed(scope["method"], scope["path"]):
+                    refusal = {"error": f"{scope['method']} {scope['path'][:200]}: not a route of this gateway"}
+                    return await JSONResponse(refusal, status_code=404)(scope, receive, send)
             return await self.app(scope, receive, send)
 
-    model_server.app.add_middleware(BearerToken)
+    model_server.app.add_middleware(Guard)
 
     async def model_status(model_name: str, model_version: str | None = None):
         """Answer TF Serving's model status (KServe's own GET /v1/models/NAME answers {"name", "ready"})."""

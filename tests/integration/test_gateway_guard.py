@@ -7,9 +7,13 @@ with $AIAAS_SIGNING_KEY set (its archive signed with that key)."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -18,6 +22,7 @@ import tritonclient.http as th
 from aiaas_torch import serving as server
 from aiaas_torch.archive import ServingConfig, package
 from aiaas_torch.importer import import_model
+from aiaas_torch.serving import gateway_guard
 
 pytestmark = [pytest.mark.serving, pytest.mark.skipif(importlib.util.find_spec("kserve") is None,
                                                       reason="the gateway needs the `oip` extra (make install brings it)")]  # fmt: skip
@@ -92,3 +97,81 @@ def test_gateway_environment_has_no_signing_key(guarded):
     assert "PYTHONUNBUFFERED" in names  # it is the gateway's environment we read
     assert "AIAAS_SIGNING_KEY" not in names and SIGNING_KEY.encode() not in b"\0".join(environ)
     assert "SOME_SERVICE_API_TOKEN" not in names  # only what its Python needs goes in (config.gateway_env)
+
+
+# What the gateway answers (README: Open Inference health, server metadata, model metadata and ready, infer, the
+# /versions/V paths; TF Serving's status and predict): an explicit list.
+ALLOWED = {
+    "GET /v2", "GET /v2/health/live", "GET /v2/health/ready",
+    "GET /v2/models/{model_name}", "GET /v2/models/{model_name}/versions/{model_version}",
+    "GET /v2/models/{model_name}/ready", "GET /v2/models/{model_name}/versions/{model_version}/ready",
+    "POST /v2/models/{model_name}/infer", "POST /v2/models/{model_name}/versions/{model_version}/infer",
+    "GET /v1/models/{model_name}", "GET /v1/models/{model_name}/versions/{model_version}",
+    "POST /v1/models/{model_name}:predict",
+}  # fmt: skip
+# What kserve 0.21 and FastAPI mount beside them, refused by the gateway: model repository, listings, explain, its
+# own metrics, the OpenAPI schema. A kserve release that mounts more fails the test until someone looks.
+REFUSED = {
+    "POST /v2/repository/models/{model_name}/load", "POST /v2/repository/models/{model_name}/unload",
+    "GET /v2/models", "GET /v1/models", "POST /v1/models/{model_name}:explain",
+    "GET /", "GET /metrics", "GET /openapi.json", "HEAD /openapi.json",
+}  # fmt: skip
+
+# Builds the gateway's app as ModelServer.start does (without serving it) and prints every route registered on it,
+# those of included routers too (FastAPI keeps those inside the router it includes).
+_ROUTES_SCRIPT = """
+import json, sys
+from pathlib import Path
+import fastapi
+home, seen = sys.argv.pop(1), set()
+def record(routes, prefix=""):
+    for r in routes:
+        if hasattr(r, "path"):
+            seen.update(f"{m} {prefix}{r.path}" for m in (getattr(r, "methods", None) or ["*"]))
+include = fastapi.FastAPI.include_router
+def recording(self, router, *args, prefix="", **kwargs):
+    record(router.routes, prefix)
+    return include(self, router, *args, prefix=prefix, **kwargs)
+fastapi.FastAPI.include_router = recording
+from aiaas_torch.serving import gateway
+import kserve.model_server as ms
+server, _ = gateway.build_server(Path(home), 0)
+ms.RESTServer(ms.FASTAPI_APP_IMPORT_STRING, server.dataplane, server.model_repository_extension, 0).create_application()
+record(ms.app.router.routes)
+print(json.dumps(sorted(seen)))
+"""
+
+
+def _concrete(route: str) -> tuple[str, str]:
+    """Return (method, path) of a "METHOD /path/{param}" route with the served model's name and version filled in."""
+    method, path = route.split(" ", 1)
+    return method, path.replace("{model_name}", "twice").replace("{model_version}", "1.0")
+
+
+def test_gateway_answers_only_allow_listed_routes(guarded):
+    out = subprocess.run([sys.executable, "-c", _ROUTES_SCRIPT, str(guarded.home)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    registered = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert registered == ALLOWED | REFUSED, (sorted(registered - ALLOWED - REFUSED), sorted(ALLOWED | REFUSED - registered))
+    assert gateway_guard.ROUTES == ALLOWED
+    info, h = _gateway(guarded)
+    with httpx.Client(base_url=info.gateway_url, headers=h, timeout=30, trust_env=False) as http:
+        for route in sorted(REFUSED):
+            r = http.request(*_concrete(route))
+            assert r.status_code == 404, (route, r.status_code, r.text[:200])
+            assert route.startswith("HEAD") or "not a route" in r.json()["error"], (route, r.text[:200])
+        for route in sorted(ALLOWED):
+            method, path = _concrete(route)
+            if method == "GET":
+                assert http.get(path).status_code == 200, route
+
+
+def test_repository_routes_are_gone_for_the_inference_token(guarded):
+    """KServe's model repository answered the inference token: unload took the model away until a restart."""
+    info, h = _gateway(guarded)
+    with httpx.Client(base_url=info.gateway_url, headers=h, timeout=30, trust_env=False) as http:
+        for path in ("/v2/repository/models/twice/unload", "/v2/repository/models/twice/load", "/v2/repository/index"):
+            r = http.post(path)
+            assert r.status_code in (401, 403, 404) and isinstance(r.json(), dict), (path, r.status_code, r.text)
+        assert http.get("/v2/models/twice/ready").status_code == 200
+    assert _infer_twice(info, h) == [[12.0, 24.0, 36.0]]

@@ -8,9 +8,9 @@ TorchServe's management API, cached for READY_CACHE_S), model metadata from the 
 TF Serving's model status at `GET /v1/models/NAME[/versions/V]` (states: see tf_serving_state), the bearer token
 (the instance's inference key, as TorchServe asks for it) and a loopback-only listener.
 Inference is forwarded to TorchServe on loopback with the caller's own Authorization header, so TorchServe's
-token check stays the one that guards the models. Run as `python -m aiaas_torch.serving.gateway HOME PORT`;
-`serving.start(..., oip=True)` starts it after TorchServe is ready and `serving.stop` stops it first. Only
-gateway_guard.ROUTES answer.
+token check stays the one that guards the models. Run as `python -m aiaas_torch.serving.gateway HOME PORT`
+(identity key on stdin: gateway_guard); `serving.start(..., oip=True)` starts it after TorchServe is ready and
+`serving.stop` stops it first. Only gateway_guard.ROUTES answer.
 """
 
 import asyncio
@@ -28,7 +28,7 @@ import httpx
 
 from ..card import is_tabular
 from ..handlers.aiaas_contract import DTYPES, input_tensors, output_tensors
-from .gateway_guard import allowed
+from .gateway_guard import IDENTITY_PATH, allowed, identity_proof
 from .home import load_info
 from .management import mgmt_call, models_snapshot
 from .readiness import version_ready, versions_ready
@@ -225,8 +225,10 @@ class Answer:
         raise UpstreamError(self.status, message)
 
 
-def build_server(home: Path, port: int):
-    """Return (kserve ModelServer, models) for HOME's TorchServe: NAME@VERSION for every version, NAME for the default."""
+def build_server(home: Path, port: int, identity_key: bytes = b""):
+    """Return (kserve ModelServer, models) for HOME's TorchServe: NAME@VERSION for every version, NAME for the default.
+
+    Only gateway_guard.ROUTES answer; identity_key (the starter's, b"" for none) answers IDENTITY_PATH."""
     kserve = _import_kserve()
     import kserve.model_server as model_server
     import kserve.protocol.rest.v2_endpoints as v2
@@ -305,9 +307,9 @@ def build_server(home: Path, port: int):
         logging.getLogger(quiet).setLevel(logging.WARNING)
 
     class Guard:
-        """ASGI middleware: 401 unless the request carries the instance's inference key, as TorchServe asks for it,
-        then 404 unless it is one of gateway_guard.ROUTES (KServe mounts more: its model repository's load and
-        unload would take models away for any holder of the inference token)."""
+        """ASGI middleware: 401 unless the request carries the instance's inference key, as TorchServe asks for it
+        (the identity probe excepted), then 404 unless it is one of gateway_guard.ROUTES (KServe mounts more: its
+        model repository's load and unload would take models away for any holder of the inference token)."""
 
         def __init__(self, app):
             self.app = app
@@ -317,7 +319,7 @@ def build_server(home: Path, port: int):
                 return await send({"type": "websocket.close", "code": 1008})
             if scope["type"] == "http":
                 header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
-                if not upstream.authorized(header):
+                if scope["path"] != IDENTITY_PATH and not upstream.authorized(header):
                     refusal = {"error": "missing, wrong or expired token: send Authorization: Bearer $(aiaas serve token)"}
                     return await JSONResponse(refusal, status_code=401)(scope, receive, send)
                 if not allowed(scope["method"], scope["path"]):
@@ -332,7 +334,16 @@ def build_server(home: Path, port: int):
         code, body = tf_serving_status(await upstream.current_snapshot(), model_name, model_version)
         return JSONResponse(body, status_code=code)
 
+    async def identity(challenge: str = ""):
+        """Answer the starter's challenge with HMAC(identity key, challenge): proof this is the gateway it started."""
+        if not identity_key:
+            return JSONResponse({"error": "this gateway was started without an identity key"}, status_code=404)
+        if not 16 <= len(challenge) <= 128:
+            return JSONResponse({"error": "challenge: expected 16 to 128 characters"}, status_code=400)
+        return JSONResponse({"proof": identity_proof(identity_key, challenge)})
+
     # Routes match in the order they were added and KServe adds its own when the server starts: these answer first.
+    model_server.app.add_api_route(IDENTITY_PATH, identity, methods=["GET"])
     model_server.app.add_api_route("/v1/models/{model_name}", model_status, methods=["GET"])
     model_server.app.add_api_route("/v1/models/{model_name}/versions/{model_version}", model_status, methods=["GET"])
 
@@ -345,12 +356,17 @@ def build_server(home: Path, port: int):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the gateway for HOME on 127.0.0.1:PORT until SIGTERM."""
+    """Run the gateway for HOME on 127.0.0.1:PORT until SIGTERM (its identity key, hex, as the first line of stdin)."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2 or not args[1].isdigit():
-        sys.exit("usage: python -m aiaas_torch.serving.gateway HOME PORT")
+        sys.exit("usage: python -m aiaas_torch.serving.gateway HOME PORT  (identity key in hex on stdin, optional)")
     del sys.argv[1:]  # kserve parses sys.argv with its own flags when imported
-    server, models = build_server(Path(args[0]).resolve(), int(args[1]))
+    line = "" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.readline().strip()
+    try:
+        key = bytes.fromhex(line)
+    except ValueError:
+        sys.exit("stdin: expected the identity key in hex")
+    server, models = build_server(Path(args[0]).resolve(), int(args[1]), key)
     server.start(models)
 
 

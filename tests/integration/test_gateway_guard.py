@@ -10,7 +10,9 @@ import importlib.util
 import json
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -21,8 +23,11 @@ import tritonclient.http as th
 
 from aiaas_torch import serving as server
 from aiaas_torch.archive import ServingConfig, package
+from aiaas_torch.cli import main
 from aiaas_torch.importer import import_model
-from aiaas_torch.serving import gateway_guard
+from aiaas_torch.serving import control, gateway_guard
+from aiaas_torch.serving.pids import stop_gateway
+from aiaas_torch.serving.ports import free_ports
 
 pytestmark = [pytest.mark.serving, pytest.mark.skipif(importlib.util.find_spec("kserve") is None,
                                                       reason="the gateway needs the `oip` extra (make install brings it)")]  # fmt: skip
@@ -100,8 +105,9 @@ def test_gateway_environment_has_no_signing_key(guarded):
 
 
 # What the gateway answers (README: Open Inference health, server metadata, model metadata and ready, infer, the
-# /versions/V paths; TF Serving's status and predict): an explicit list.
+# /versions/V paths; TF Serving's status and predict) and its own identity probe: an explicit list.
 ALLOWED = {
+    "GET /aiaas/identity",
     "GET /v2", "GET /v2/health/live", "GET /v2/health/ready",
     "GET /v2/models/{model_name}", "GET /v2/models/{model_name}/versions/{model_version}",
     "GET /v2/models/{model_name}/ready", "GET /v2/models/{model_name}/versions/{model_version}/ready",
@@ -162,7 +168,7 @@ def test_gateway_answers_only_allow_listed_routes(guarded):
             assert route.startswith("HEAD") or "not a route" in r.json()["error"], (route, r.text[:200])
         for route in sorted(ALLOWED):
             method, path = _concrete(route)
-            if method == "GET":
+            if method == "GET" and path != "/aiaas/identity":
                 assert http.get(path).status_code == 200, route
 
 
@@ -174,4 +180,85 @@ def test_repository_routes_are_gone_for_the_inference_token(guarded):
             r = http.post(path)
             assert r.status_code in (401, 403, 404) and isinstance(r.json(), dict), (path, r.status_code, r.text)
         assert http.get("/v2/models/twice/ready").status_code == 200
+    assert _infer_twice(info, h) == [[12.0, 24.0, 36.0]]
+
+
+class Impostor:
+    """A local HTTP server on a port that answers 200 {"ready": true} to everything and records every request's headers."""
+
+    def __init__(self, port: int | None = None):
+        self.requests: list[tuple[str, str, dict]] = []
+        impostor = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self):
+                impostor.requests.append((self.command, self.path, dict(self.headers)))
+                body = json.dumps({"ready": True, "live": True, "proof": "0" * 64}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port or 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def authorizations(self) -> list:
+        """Return every Authorization header it received."""
+        return [h[k] for _, _, h in self.requests for k in h if k.lower() == "authorization"]
+
+    def close(self) -> None:
+        """Stop serving and free the port."""
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_start_refuses_a_gateway_port_held_by_another_process(guarded, tmp_path, capsys):
+    impostor = Impostor()
+    try:
+        code = main(["serve", "start", "--home", str(tmp_path / "h"), "--model-store", str(guarded.store),
+                     "--models", f"twice={guarded.mar}", "--free-ports", "--oip", "--oip-port", str(impostor.port),
+                     "--timeout", "120"])  # fmt: skip
+        err = capsys.readouterr().err
+    finally:
+        impostor.close()
+        server.stop(tmp_path / "h")
+    assert code == 1 and f"port {impostor.port}" in err and "already in use" in err and "--oip-port" in err, err
+    assert impostor.authorizations() == [] and impostor.requests == []
+    assert server.load_info(tmp_path / "h") is None  # refused before anything started
+
+
+def test_an_impostor_that_binds_after_the_check_gets_no_token(guarded, monkeypatch):
+    """The port was free when checked; an impostor takes it before the gateway binds (injected): the start fails
+    naming the port and the impostor never sees a token; a gateway started afterwards answers as before."""
+    info, h = _gateway(guarded)
+    stop_gateway(info, timeout=10.0)
+    port = free_ports(1)[0]
+    impostors = []
+    checked = getattr(control, "check_port_free", None)
+
+    def check_then_lose_the_race(*args, **kwargs):
+        if checked is not None:
+            checked(*args, **kwargs)
+        impostors.append(Impostor(port))
+
+    monkeypatch.setattr(control, "check_port_free", check_then_lose_the_race, raising=False)
+    if checked is None:  # before the fix there was no check to race: the impostor simply holds the port
+        impostors.append(Impostor(port))
+    try:
+        with pytest.raises(server.TorchServeError) as e:
+            server.start_gateway(guarded.home, port=port, timeout=60)
+        assert f"port {port}" in str(e.value) and "no token was sent" in str(e.value), e.value
+    finally:
+        for i in impostors:
+            i.close()
+    assert impostors and all(i.authorizations() == [] for i in impostors), [i.requests for i in impostors]
+    monkeypatch.undo()
+    info = server.start_gateway(guarded.home, port=0)
     assert _infer_twice(info, h) == [[12.0, 24.0, 36.0]]

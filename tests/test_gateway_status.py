@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from aiaas_torch.serving.gateway import tf_serving_state, tf_serving_status, v2_tensors
+from aiaas_torch.serving.gateway_guard import allowed
 
 
 def _version(version: str, min_workers: int, *statuses: str) -> dict:
@@ -57,3 +58,22 @@ def test_v2_tensors_of_a_tabular_and_of_a_tensor_card():
                                   [{"name": "predictions", "datatype": "INT64", "shape": [-1]},
                                    {"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]},
                                    {"name": "logits", "datatype": "FP32", "shape": [-1, 2]}])  # fmt: skip
+
+
+@pytest.mark.parametrize("method, path, ok", [
+    ("GET", "/v2/health/ready", True),
+    ("GET", "/v2/models/y2x/versions/2.0/ready", True),
+    ("POST", "/v2/models/y2x/infer", True),
+    ("POST", "/v1/models/y2x:predict", True),
+    ("GET", "/v2/models/y2x/infer", False),  # right path, wrong method
+    ("POST", "/v2/repository/models/y2x/unload", False),
+    ("POST", "/v2/repository/models/y2x/load", False),
+    ("POST", "/v2/repository/index", False),
+    ("POST", "/v1/models/y2x:explain", False),
+    ("GET", "/v2/models", False),
+    ("GET", "/v2/health/ready/", False),
+    ("GET", "/v2/models/a/b/ready", False),  # a parameter is one path segment
+    ("GET", "/openapi.json", False),
+])  # fmt: skip
+def test_gateway_route_allow_list(method, path, ok):
+    assert allowed(method, path) is ok

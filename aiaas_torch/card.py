@@ -82,6 +82,11 @@ def check_card(card, where: str) -> None:
         raise InputError(f"{where}: field 'output.task' must be 'regression' or 'classification'")
 
 
+def is_tabular(card: dict) -> bool:
+    """Return True when the card's input is named features (a trained tabular model), False for a tensor card."""
+    return "features" in card["input"]
+
+
 IMPUTE_STRATEGIES = ("mean", "median", "most_frequent", "constant")
 
 

@@ -4,6 +4,7 @@ Modules, one job each (imports point down this list, never up):
 
     control      start, stop, status (find_java, find_torchserve); start_gateway (the Open Inference gateway)
     gateway      the Open Inference gateway process: kserve's ModelServer in front of TorchServe (extra `oip`)
+    gateway_guard  what the gateway answers (its route allow-list) and its identity proof to the starter
     store        which archives a start loads; each verified (archive.verify_archive) into HOME/store
     readiness    wait_until_ready: workers READY and ports bound, or why not, from the logs
     pids         TorchServe's processes by pid: alive check, stopping the Java server, its workers and launcher

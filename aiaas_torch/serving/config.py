@@ -225,6 +225,21 @@ def launcher_env(logs: Path, tmp: Path) -> dict[str, str]:
     return env
 
 
+# What the gateway's Python needs of the caller's environment; everything else (the signing key, cloud and API
+# credentials, TorchServe's overrides) stays behind.
+_GATEWAY_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH", "VIRTUAL_ENV")
+_GATEWAY_ENV_PREFIXES = ("LC_", "PYTHON")
+
+
+def gateway_env() -> dict[str, str]:
+    """Return the environment for the Open Inference gateway: the allow-listed names of ours (never the signing
+    key or another secret), unbuffered output."""
+    env = {k: v for k, v in os.environ.items() if k in _GATEWAY_ENV or k.startswith(_GATEWAY_ENV_PREFIXES)}
+    env.pop(SIGNING_KEY_ENV, None)  # not allow-listed; said twice so that a wider list cannot let it through
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
 def log4j_config(access_log: bool) -> str:
     """Return the quiet log4j2 XML (access log at INFO only when asked)."""
     plain, full = "%d{ISO8601} - %m%n", "%d{ISO8601} [%-5p] %t %c - %m%n"

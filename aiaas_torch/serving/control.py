@@ -17,18 +17,20 @@ from typing import Iterable, Mapping, Sequence
 import httpx
 import psutil
 
-from .config import TRUSTABLE_KEYS, base_config, effective_config, launcher_env, log4j_config
+from .config import TRUSTABLE_KEYS, base_config, effective_config, gateway_env, launcher_env, log4j_config
 from .errors import ServerArgumentError, TorchServeError
 from ..atomic import write_text_atomic
+from .gateway_guard import IDENTITY_PATH, new_challenge, new_identity_key, proves_identity
 from .home import KEY_FILE, ServerInfo, info_path, load_info
 from .management import models_snapshot
 from .pids import GATEWAY_MODULE, MODEL_SERVER_CLASS, gateway_alive, is_alive, kill_group, launchers, stop_gateway, terminate
-from .ports import Ports, check_ports_free, free_ports as _free_ports, pick_ports
+from .ports import Ports, check_port_free, check_ports_free, free_ports as _free_ports, pick_ports
 from .readiness import death_reason, log_report, log_sizes, wait_ready
 from .store import archives_to_load, checked_store
 from .tokens import read_keys
 
 DEFAULT_GATEWAY_PORT = 8090
+_GATEWAY_REMEDY = ("another gateway_port (or free_ports=True)", "--oip-port PORT or --free-ports")  # Python's, the CLI's
 JAVA_INSTALL_HINT = "install it with `apt-get install openjdk-17-jre-headless` (or set JAVA_HOME to a JDK/JRE 11+)"
 
 
@@ -99,7 +101,9 @@ def start(
     Raises ServerArgumentError (bad argument, an archive that fails its check) before anything starts, and
     TorchServeError (Java missing, port taken, process died, not ready in time), then leaving nothing running.
     oip=True also starts the Open Inference gateway (serving.gateway; needs the `oip` extra) on 127.0.0.1:gateway_port
-    (8090, or a free port with free_ports=True) once TorchServe is ready; ServerInfo.gateway_url is then its URL.
+    (8090, or a free port with free_ports=True) once TorchServe is ready; ServerInfo.gateway_url is then its URL. A
+    gateway port another process holds is refused before anything starts, and no token goes to the port before the
+    process there proves it is the gateway just started (TorchServeError naming the port otherwise).
     """
     unknown = sorted(set(trust_config_keys) - set(TRUSTABLE_KEYS))
     if unknown:
@@ -128,6 +132,8 @@ def start(
     (home / KEY_FILE).unlink(missing_ok=True)  # TorchServe rewrites it; a stale one would confuse polling
 
     check_ports_free(ports)
+    if oip and (gateway_port is not None or not free_ports):  # a free one is picked once TorchServe holds its own
+        _check_gateway_port(gateway_port if gateway_port is not None else DEFAULT_GATEWAY_PORT)
     props = effective_config(base, ports, checked, trust_config_keys, allow_deploy)
     cfg = home / "config.properties"
     write_text_atomic(
@@ -195,7 +201,8 @@ def start_gateway(home: str | os.PathLike = ".aiaas", port: int | None = None, t
     """Return HOME's ServerInfo after starting an Open Inference gateway in front of its running TorchServe.
 
     port: 127.0.0.1:port, DEFAULT_GATEWAY_PORT when None, a free one when 0. Raises TorchServeError when no
-    TorchServe runs from HOME, a gateway already does, or the gateway dies or is not ready within timeout
+    TorchServe runs from HOME, a gateway already does, another process holds the port (or answers on it instead of
+    the gateway), or the gateway dies or is not ready within timeout
     (then nothing of it is left running; TorchServe keeps running).
     """
     home = Path(home).resolve()
@@ -214,24 +221,42 @@ def start_gateway(home: str | os.PathLike = ".aiaas", port: int | None = None, t
     return info
 
 
+def _check_gateway_port(port: int) -> None:
+    """Raise TorchServeError naming the gateway's port when another process holds it; returns None."""
+    check_port_free(port, "Open Inference gateway", *_GATEWAY_REMEDY)
+
+
 def _start_gateway(info: ServerInfo, port: int, deadline: float) -> None:
-    """Start the Open Inference gateway for info's TorchServe and wait until it answers ready; fills info.gateway_*."""
+    """Start the Open Inference gateway for info's TorchServe and wait until it answers ready; fills info.gateway_*.
+
+    No token goes to the port before the process there proves it is the gateway started now: it answers a fresh
+    challenge with the HMAC of the one-time key handed to it on stdin (gateway_guard)."""
+    _check_gateway_port(port)
     log = info.home / "logs" / "gateway.log"
     offset = log.stat().st_size if log.exists() else 0
+    identity_key = new_identity_key()
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", GATEWAY_MODULE, str(info.home), str(port)], cwd=info.home, stdin=subprocess.DEVNULL,
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            [sys.executable, "-m", GATEWAY_MODULE, str(info.home), str(port)], cwd=info.home, stdin=subprocess.PIPE,
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=gateway_env(),
         )  # fmt: skip
+    try:
+        proc.stdin.write(identity_key.hex().encode() + b"\n")
+        proc.stdin.close()
+    except OSError:
+        pass  # it died at once: the loop below reports how
     info.gateway_url, info.gateway_pid = f"http://127.0.0.1:{port}", proc.pid
     info.gateway_create_time = psutil.Process(proc.pid).create_time()
-    problem = "not answering yet"
+    problem, proven = "not answering yet", False
     with httpx.Client(timeout=httpx.Timeout(5.0), trust_env=False) as client:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 tail = log.read_bytes()[offset:].decode("utf-8", "replace").strip().splitlines()[-15:]
-                raise TorchServeError(f"the Open Inference gateway exited (code {proc.returncode}):\n" + "\n".join(tail))
+                raise TorchServeError(f"the Open Inference gateway on port {port} exited (code {proc.returncode}):\n" + "\n".join(tail))
             try:
+                if not proven:
+                    proven = _proven(client, info.gateway_url, identity_key, port)
+                    continue
                 key = read_keys(info.home)["inference"]
                 r = client.get(f"{info.gateway_url}/v2/health/ready", headers={"Authorization": f"Bearer {key}"})
                 if r.status_code == 200:
@@ -241,6 +266,22 @@ def _start_gateway(info: ServerInfo, port: int, deadline: float) -> None:
                 problem = str(e) or type(e).__name__
             time.sleep(0.1)
     raise TorchServeError(f"the Open Inference gateway on port {port} was not ready in time ({problem}); see {log}")
+
+
+def _proven(client: httpx.Client, url: str, key: bytes, port: int) -> bool:
+    """Return True when the process on the gateway's port answers a fresh challenge as the gateway holding key;
+    raise TorchServeError when another process answers there (httpx.HTTPError while nothing answers yet)."""
+    challenge = new_challenge()
+    r = client.get(url + IDENTITY_PATH, params={"challenge": challenge})  # no token: nothing secret leaves yet
+    try:
+        answer = r.json()
+    except ValueError:
+        answer = None
+    if proves_identity(r.status_code, answer, key, challenge):
+        return True
+    clash = (f"port {port} on 127.0.0.1 (Open Inference gateway) is held by another process: it answered, but not as the "
+             f"gateway just started (no proof of identity); no token was sent to it. Stop what holds it, or start with")
+    raise TorchServeError(f"{clash} {_GATEWAY_REMEDY[0]}", cli_message=f"{clash} {_GATEWAY_REMEDY[1]}")
 
 
 def _find_java_child(launcher: subprocess.Popen, home: Path, since: Mapping[str, int], timeout: float = 30.0) -> psutil.Process:

@@ -8,8 +8,9 @@ TorchServe's management API, cached for READY_CACHE_S), model metadata from the 
 TF Serving's model status at `GET /v1/models/NAME[/versions/V]` (states: see tf_serving_state), the bearer token
 (the instance's inference key, as TorchServe asks for it) and a loopback-only listener.
 Inference is forwarded to TorchServe on loopback with the caller's own Authorization header, so TorchServe's
-token check stays the one that guards the models. Run as `python -m aiaas_torch.serving.gateway HOME PORT`;
-`serving.start(..., oip=True)` starts it after TorchServe is ready and `serving.stop` stops it first.
+token check stays the one that guards the models. Run as `python -m aiaas_torch.serving.gateway HOME PORT`
+(identity key on stdin: gateway_guard); `serving.start(..., oip=True)` starts it after TorchServe is ready and
+`serving.stop` stops it first. Only gateway_guard.ROUTES answer.
 """
 
 import asyncio
@@ -25,6 +26,9 @@ from pathlib import Path
 
 import httpx
 
+from ..card import is_tabular
+from ..handlers.aiaas_contract import DTYPES, input_tensors, output_tensors
+from .gateway_guard import IDENTITY_PATH, allowed, identity_proof
 from .home import load_info
 from .management import mgmt_call, models_snapshot
 from .readiness import version_ready, versions_ready
@@ -98,17 +102,20 @@ class Upstream:
         return isinstance(header, str) and hmac.compare_digest(header.encode(), self._keys[1])
 
 
-def _card_tensors(card: dict) -> tuple[list, list]:
-    """Return the v2 (inputs, outputs) metadata of a model card: one FP32 [-1, F] input and the answer's outputs."""
-    inputs = [{"name": "input", "datatype": "FP32", "shape": [-1, len(card["input"]["features"])]}]
+def v2_tensors(card: dict) -> tuple[list, list]:
+    """Return the v2 (inputs, outputs) metadata of a model card: its input tensors (a tabular card's one FP32 [-1, F]
+    input) and the tensors its answers carry (labels and probabilities first where the card has classes)."""
+    inputs = [{"name": t["name"], "datatype": DTYPES[t["dtype"]][0], "shape": list(t["shape"])} for t in input_tensors(card)]
     out = card["output"]
-    if out["task"] == "classification":
+    labels = []
+    if out.get("classes"):
         label = "BYTES" if any(isinstance(c, str) for c in out["classes"]) else "INT64"
-        outputs = [{"name": "predictions", "datatype": label, "shape": [-1]},
-                   {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(out["classes"])]}]  # fmt: skip
-    else:
-        outputs = [{"name": out["target"], "datatype": "FP32", "shape": [-1]}]
-    return inputs, outputs
+        labels = [{"name": "predictions", "datatype": label, "shape": [-1]},
+                  {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(out["classes"])]}]  # fmt: skip
+    if is_tabular(card):
+        return inputs, labels or [{"name": out["target"], "datatype": "FP32", "shape": [-1]}]
+    return inputs, labels + [{"name": t["name"], "datatype": DTYPES[t["dtype"]][0], "shape": list(t["shape"])}
+                             for t in output_tensors(card)]  # fmt: skip
 
 
 def tf_serving_state(version: dict) -> str:
@@ -150,7 +157,7 @@ def build_model_class(kserve):
         def __init__(self, upstream: Upstream, name: str, version: str, card: dict, registered_as: str):
             super().__init__(registered_as)
             self.upstream, self.ts_name, self.version, self.card = upstream, name, version, card
-            self.inputs, self.outputs = _card_tensors(card)
+            self.inputs, self.outputs = v2_tensors(card)
             self.ready = True  # registered; whether it can answer is healthy()'s question
 
         async def healthy(self) -> bool:
@@ -218,8 +225,10 @@ class Answer:
         raise UpstreamError(self.status, message)
 
 
-def build_server(home: Path, port: int):
-    """Return (kserve ModelServer, models) for HOME's TorchServe: NAME@VERSION for every version, NAME for the default."""
+def build_server(home: Path, port: int, identity_key: bytes = b""):
+    """Return (kserve ModelServer, models) for HOME's TorchServe: NAME@VERSION for every version, NAME for the default.
+
+    Only gateway_guard.ROUTES answer; identity_key (the starter's, b"" for none) answers IDENTITY_PATH."""
     kserve = _import_kserve()
     import kserve.model_server as model_server
     import kserve.protocol.rest.v2_endpoints as v2
@@ -297,28 +306,44 @@ def build_server(home: Path, port: int):
     for quiet in ("uvicorn.access", "kserve.trace"):  # lines per request: the bulk of the gateway's CPU time
         logging.getLogger(quiet).setLevel(logging.WARNING)
 
-    class BearerToken:
-        """ASGI middleware: 401 unless the request carries the instance's inference key, as TorchServe asks for it."""
+    class Guard:
+        """ASGI middleware: 401 unless the request carries the instance's inference key, as TorchServe asks for it
+        (the identity probe excepted), then 404 unless it is one of gateway_guard.ROUTES (KServe mounts more: its
+        model repository's load and unload would take models away for any holder of the inference token)."""
 
         def __init__(self, app):
             self.app = app
 
         async def __call__(self, scope, receive, send):
+            if scope["type"] == "websocket":
+                return await send({"type": "websocket.close", "code": 1008})
             if scope["type"] == "http":
                 header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
-                if not upstream.authorized(header):
+                if scope["path"] != IDENTITY_PATH and not upstream.authorized(header):
                     refusal = {"error": "missing, wrong or expired token: send Authorization: Bearer $(aiaas serve token)"}
                     return await JSONResponse(refusal, status_code=401)(scope, receive, send)
+                if not allowed(scope["method"], scope["path"]):
+                    refusal = {"error": f"{scope['method']} {scope['path'][:200]}: not a route of this gateway"}
+                    return await JSONResponse(refusal, status_code=404)(scope, receive, send)
             return await self.app(scope, receive, send)
 
-    model_server.app.add_middleware(BearerToken)
+    model_server.app.add_middleware(Guard)
 
     async def model_status(model_name: str, model_version: str | None = None):
         """Answer TF Serving's model status (KServe's own GET /v1/models/NAME answers {"name", "ready"})."""
         code, body = tf_serving_status(await upstream.current_snapshot(), model_name, model_version)
         return JSONResponse(body, status_code=code)
 
+    async def identity(challenge: str = ""):
+        """Answer the starter's challenge with HMAC(identity key, challenge): proof this is the gateway it started."""
+        if not identity_key:
+            return JSONResponse({"error": "this gateway was started without an identity key"}, status_code=404)
+        if not 16 <= len(challenge) <= 128:
+            return JSONResponse({"error": "challenge: expected 16 to 128 characters"}, status_code=400)
+        return JSONResponse({"proof": identity_proof(identity_key, challenge)})
+
     # Routes match in the order they were added and KServe adds its own when the server starts: these answer first.
+    model_server.app.add_api_route(IDENTITY_PATH, identity, methods=["GET"])
     model_server.app.add_api_route("/v1/models/{model_name}", model_status, methods=["GET"])
     model_server.app.add_api_route("/v1/models/{model_name}/versions/{model_version}", model_status, methods=["GET"])
 
@@ -331,12 +356,17 @@ def build_server(home: Path, port: int):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the gateway for HOME on 127.0.0.1:PORT until SIGTERM."""
+    """Run the gateway for HOME on 127.0.0.1:PORT until SIGTERM (its identity key, hex, as the first line of stdin)."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2 or not args[1].isdigit():
-        sys.exit("usage: python -m aiaas_torch.serving.gateway HOME PORT")
+        sys.exit("usage: python -m aiaas_torch.serving.gateway HOME PORT  (identity key in hex on stdin, optional)")
     del sys.argv[1:]  # kserve parses sys.argv with its own flags when imported
-    server, models = build_server(Path(args[0]).resolve(), int(args[1]))
+    line = "" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.readline().strip()
+    try:
+        key = bytes.fromhex(line)
+    except ValueError:
+        sys.exit("stdin: expected the identity key in hex")
+    server, models = build_server(Path(args[0]).resolve(), int(args[1]), key)
     server.start(models)
 
 

@@ -56,15 +56,21 @@ def pick_ports(free: bool) -> Ports:
     return Ports(inference, management, metrics, grpc_inference, grpc_management, worker)
 
 
+def check_port_free(port: int, name: str, remedy: str = "free_ports=True", cli_remedy: str = "--free-ports") -> None:
+    """Raise TorchServeError naming the port when something on 127.0.0.1 already holds it (remedy: what to start
+    with instead, for Python and for the CLI); returns None."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Netty and uvicorn do: TIME_WAIT is no clash
+        s.bind(("127.0.0.1", port))
+    except OSError as e:
+        clash = f"port {port} on 127.0.0.1 ({name}) is already in use ({e.strerror}); stop what holds it, or start with"
+        raise TorchServeError(f"{clash} {remedy}", cli_message=f"{clash} {cli_remedy}") from None
+    finally:
+        s.close()
+
+
 def check_ports_free(ports: Ports) -> None:
     """Raise TorchServeError naming the first port on 127.0.0.1 that something else already holds."""
     for name, port in ports.tcp().items():
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Netty does: TIME_WAIT is no clash
-            s.bind(("127.0.0.1", port))
-        except OSError as e:
-            clash = f"port {port} on 127.0.0.1 ({name}) is already in use ({e.strerror}); stop what holds it, or start with"
-            raise TorchServeError(f"{clash} free_ports=True", cli_message=f"{clash} --free-ports") from None
-        finally:
-            s.close()
+        check_port_free(port, name)

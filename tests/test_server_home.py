@@ -144,3 +144,20 @@ def test_the_signature_policy_is_recorded_by_start_and_decides_deploys_whatever_
     assert deploy_key(plain, "shell-key") is None  # the server loads unsigned archives: the shell's key is not asked
     with pytest.raises(server.ServerArgumentError, match="restart the server"):
         deploy_key(tmp_path, "server-key")  # no recorded policy
+
+
+def test_an_archive_with_no_card_is_refused_with_or_without_a_key(tmp_path, launch, capsys, monkeypatch):
+    """Issue 23, 8e: a .mar not built by `aiaas package` lists no member hashes, so nothing in it can be checked."""
+    import zipfile
+
+    store = tmp_path / "store"
+    store.mkdir()
+    with zipfile.ZipFile(store / "foreign.mar", "w") as mar:
+        mar.writestr("MAR-INF/MANIFEST.json", json.dumps({"model": {"modelName": "foreign", "handler": "h.py"}}))
+        mar.writestr("h.py", "import os\n\n\ndef handle(data, context):\n    return data\n")
+    for key in (None, "a key"):
+        monkeypatch.delenv("AIAAS_SIGNING_KEY", raising=False) if key is None else monkeypatch.setenv("AIAAS_SIGNING_KEY", key)
+        code = main(["serve", "start", "--home", str(tmp_path / "home"), "--model-store", str(store), "--models", "f=foreign.mar"])
+        err = capsys.readouterr().err
+        assert code == 2 and str(store / "foreign.mar") in err and "model.json" in err and not launch, (key, code, err)
+        assert not (tmp_path / "home" / "store").exists()  # no copy left behind

@@ -91,7 +91,7 @@ def checked_store(home: Path, archives: Mapping[str, Path], key: str | None = No
     TorchServe loads these copies, never the store itself: a store others can write to could have a file
     swapped between our check and TorchServe's read. archive.verify_archive writes each copy from the very bytes
     it checked, with signatures checked under `key` ($AIAAS_SIGNING_KEY at start). A readable archive with no card (not
-built by aiaas) is copied unchecked, unless a key is set.
+built by aiaas) is refused, key or not: nothing in it could be checked.
     Raises ServerArgumentError naming the archive and the member at fault.
     """
     checked = home / CHECKED_STORE
@@ -105,12 +105,8 @@ built by aiaas) is copied unchecked, unless a key is set.
         for file, source in archives.items():
             try:
                 archive.verify_archive(source, key, copy_to=checked / file)
-            except archive.ForeignArchiveError as e:
-                if key:
-                    raise ServerArgumentError(
-                        f"refusing to start: {e}; with ${archive.SIGNING_KEY_ENV} set only signed aiaas archives load"
-                    ) from None
-                shutil.copyfile(source, checked / file)
+            except archive.ForeignArchiveError as e:  # nothing in it can be checked: no list of members and hashes
+                raise ServerArgumentError(f"refusing to start: {e}; only archives built by `aiaas package` load") from None
             except archive.ArchiveError as e:
                 raise ServerArgumentError(f"refusing to start: {e}") from None
     except BaseException:

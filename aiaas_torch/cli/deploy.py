@@ -10,7 +10,8 @@ from .common import _finite, _home, _print_json, _running_home
 def add_parser(sub) -> None:
     """Add the deploy, rollback, retire and versions sub-parsers to `sub`; returns None."""
     d = sub.add_parser("deploy", help="add an archive as a new version of a live model and make it the default",
-                       description="Check ARCHIVE (hashes; signature when $AIAAS_SIGNING_KEY is set), copy it into HOME/store, "
+                       description="Check ARCHIVE (hashes; the signature when the server was started with $AIAAS_SIGNING_KEY: "
+                                   "then it must be set here to that same key), copy it into HOME/store, "
                                    "register it beside the running version, wait until its workers are READY, send it one "
                                    "smoke request (each feature's mid-range value; an imported model: each input's calibration mid-range) and make it the default. On any failure the "
                                    "new version is unregistered and the old default keeps serving. Needs a server started with "

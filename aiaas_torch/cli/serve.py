@@ -16,14 +16,16 @@ def add_parser(sub) -> None:
     st = ss.add_parser("start", help="start TorchServe and wait until every model's workers are READY",
                        description="Start TorchServe in HOME with the model store; returns when every model's workers are READY. "
                                    "Every archive is checked against its card first (and its signature when $AIAAS_SIGNING_KEY "
-                                   "is set); one that fails stops the start with exit code 2.")
+                                   "is set; deploys to this server then need it too); one that fails, or has no card, stops "
+                                   "the start with exit code 2. HOME is made 0700; another user's or a group/other-writable "
+                                   "one is refused.")
     _home(st, creates=True)
     st.add_argument("--model-store", default="model_store", metavar="DIR", help="model store (default model_store)")
     st.add_argument("--models", nargs="+", metavar="NAME=FILE.mar", help="archives to load (default: every .mar in the store)")
     st.add_argument("--free-ports", action="store_true", help="pick every port free at start (default 8080-8082, 7070-7071, 9000)")
     st.add_argument("--config", default=None, metavar="FILE",
                     help="base config.properties (default ./config.properties); the security settings (loopback, token "
-                         "auth, model API off, local archives only, no per-model pip installs, no TS_* overrides) are "
+                         "auth, model API off, no registration by URL, an empty workflow store, no per-model pip installs, no TS_* overrides) are "
                          "forced whatever it says, with a warning naming each key it tried to change")
     st.add_argument("--trust-config-key", action="append", default=[], metavar="KEY",
                     choices=["plugins_path", "vmargs", "system_metrics_cmd"],

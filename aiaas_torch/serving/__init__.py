@@ -17,7 +17,7 @@ Modules, one job each (imports point down this list, never up):
     errors       TorchServeError, ServerArgumentError, SecuritySettingWarning
 
 Each instance lives in its own home directory (default ``.aiaas``; the CLI also looks at $AIAAS_HOME and the
-nearest ``.aiaas`` in a parent directory)::
+nearest ``.aiaas`` in a parent directory), mode 0700 and the caller's own (home.prepare_home, find_home)::
 
     HOME/config.properties   effective TorchServe config (base config + per-instance overrides)
     HOME/log4j2.xml          quiet log config (INFO, access log off unless asked)
@@ -25,6 +25,8 @@ nearest ``.aiaas`` in a parent directory)::
     HOME/logs/               console.log, ts_log.log, model_log.log, ...
     HOME/tmp/                TMPDIR (TorchServe's pid file) and Java's tmpdir (worker sockets, unpacked models); 0700
     HOME/store/              checked copies of the archives being served (TorchServe's model store); 0700
+    HOME/workflows/          TorchServe's workflow store, kept empty; 0700 (its workflow API ignores the model API switch)
+    HOME/signing.json        the signature policy of this start (key fingerprint, never the key), read by deploy; 0600
     HOME/server.json         ServerInfo of the running instance, read by stop(), status() and the client
     HOME/deploys.json        the order of a model's defaults set by deploy (what rollback returns to)
 

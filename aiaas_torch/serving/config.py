@@ -13,16 +13,20 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from ..archive import SIGNING_KEY_ENV
+from .home import WORKFLOW_STORE
 from .errors import SecuritySettingWarning, ServerArgumentError, TorchServeError
 from .ports import Ports
 
 BASE_CONFIG = Path(__file__).resolve().with_name("config.properties")
 
+# TorchServe matches each allowed_urls regex against a registration's whole URL; an empty negative lookahead matches
+# no URL. Its workflow API (POST /workflows) ignores enable_model_api and checks URLs against allowed_urls only.
+NO_URL = "(?!)"
 # The security settings every instance runs with, whatever the base config says (a change gets a warning).
 SECURITY_SETTINGS = {
     "disable_token_authorization": "false",  # token auth on
     "enable_model_api": "false",  # no registering or unregistering models over HTTP
-    "allowed_urls": "file://.*",  # were the model API on: local archives only
+    "allowed_urls": NO_URL,  # no registration by URL at all (models: model API off; workflows: see workflow_store)
     "install_py_dep_per_model": "false",  # no pip installs of a model's requirements at load time
     "enable_envvars_config": "false",  # TS_* environment variables cannot override this config
     "use_env_allowed_urls": "false",  # nor can TS_ALLOWED_URLS
@@ -132,16 +136,19 @@ def _metrics_config() -> Path:
 def model_control_settings(model_store: Path) -> dict[str, str]:
     """Return the settings that let `deploy` register archives: model API on, URLs allowed only inside the store.
 
-    TorchServe 0.12 matches each `allowed_urls` regex (case-insensitively, the list split at commas) against the
-    whole URL of a registration; a plain file name is looked up in the model store without that check. The store's
-    path goes into the regex with every special character inside a class (no backslashes: Java's properties
-    reader would eat them); a path holding a comma, a backslash or `[`/`]`/`^` cannot be fenced this way.
+    TorchServe 0.12 (ArchiveUtils.validateURL) matches each `allowed_urls` regex, case-insensitively, with the list
+    split at commas, against the whole URL of a registration, then copies the URL's target (percent-decoded) into
+    the store and loads the copy; a plain file name is looked up in the store without that check. So the fence is
+    case-sensitive (`(?-i)`) and admits plain archive names directly inside the store only: no `%` (an encoded
+    `../` would leave it), no separator, nothing after `.mar`. The store's path goes into the regex with every
+    special character inside a class (no backslashes: Java's properties reader would eat them); a path holding a
+    comma, a backslash or `[`/`]`/`^` cannot be fenced this way.
     """
     text = str(model_store)
     if any(c in text for c in ",\\[]^") or not text.isprintable():
         raise ServerArgumentError(f"home {model_store.parent}: deploys need a path without ',', '\\', '[', ']', '^'")
     quoted = "".join(f"[{c}]" if c in _REGEX_SPECIALS else c for c in text)
-    return {"enable_model_api": "true", "allowed_urls": f"file://{quoted}/[^/]+[.]mar"}
+    return {"enable_model_api": "true", "allowed_urls": f"(?-i)file://{quoted}/[A-Za-z0-9_][A-Za-z0-9_.-]*[.]mar"}
 
 
 def effective_config(
@@ -176,6 +183,9 @@ def effective_config(
             "initial_worker_port": str(ports.initial_worker),
             "metrics_config": str(_metrics_config()),
             "model_store": str(model_store),
+            # Workflows are registered from here (TorchServe's default: the model store) with no model API check: an
+            # empty folder of the home's, and NO_URL or the store's fence for URLs, leave nothing to register.
+            "workflow_store": str(model_store.with_name(WORKFLOW_STORE)),
             "metrics_mode": "prometheus",
         }
     )

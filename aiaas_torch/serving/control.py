@@ -20,8 +20,9 @@ import psutil
 from .config import TRUSTABLE_KEYS, base_config, effective_config, gateway_env, launcher_env, log4j_config
 from .errors import ServerArgumentError, TorchServeError
 from ..atomic import write_text_atomic
+from ..archive import SIGNING_KEY_ENV
 from .gateway_guard import IDENTITY_PATH, new_challenge, new_identity_key, proves_identity
-from .home import KEY_FILE, ServerInfo, info_path, load_info
+from .home import KEY_FILE, WORKFLOW_STORE, ServerInfo, info_path, load_info, prepare_home, write_policy
 from .management import models_snapshot
 from .pids import GATEWAY_MODULE, MODEL_SERVER_CLASS, gateway_alive, is_alive, kill_group, launchers, stop_gateway, terminate
 from .ports import Ports, check_port_free, check_ports_free, free_ports as _free_ports, pick_ports
@@ -96,7 +97,9 @@ def start(
     Ports: 8080/8081/8082 (gRPC 7070/7071), all free ones picked now with free_ports=True, or explicit `ports`.
     Security settings are forced whatever `config` says (SECURITY_SETTINGS, loopback addresses); keys in
     TRUSTABLE_KEYS are dropped from it unless named in `trust_config_keys`. Each override is a SecuritySettingWarning.
-    Every archive is checked first (see store.checked_store); with $AIAAS_SIGNING_KEY set only signed ones load.
+    Every archive is checked first (see store.checked_store); with $AIAAS_SIGNING_KEY set only signed ones load,
+    and deploys to this server must be signed with that key too (HOME/signing.json records its fingerprint).
+    HOME and every folder start creates above it are made 0700 (home.prepare_home).
     allow_deploy: turn the model API on for archives in HOME/store only, so that `deploy` can add versions live.
     Raises ServerArgumentError (bad argument, an archive that fails its check) before anything starts, and
     TorchServeError (Java missing, port taken, process died, not ready in time), then leaving nothing running.
@@ -122,12 +125,15 @@ def start(
     base, source = base_config(config)
     check_home_length(home, ports.initial_worker, base.get("use_native_io", "true").strip().lower() != "false")
 
-    home.mkdir(parents=True, exist_ok=True)
-    checked = checked_store(home, archives)
-    logs, tmp = home / "logs", home / "tmp"
-    for d in (logs, tmp):
-        d.mkdir(exist_ok=True)
-    os.chmod(tmp, 0o700)  # TorchServe unpacks the checked archives here: nobody else may change them
+    prepare_home(home)  # 0700 before TorchServe writes key_file.json into it (0644 until it chmods it)
+    key = os.environ.get(SIGNING_KEY_ENV) or None
+    checked = checked_store(home, archives, key)
+    logs, tmp, workflows = home / "logs", home / "tmp", home / WORKFLOW_STORE
+    shutil.rmtree(workflows, ignore_errors=True)  # TorchServe's workflow store: empty, nothing to register
+    for d in (logs, tmp, workflows):
+        d.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(d, 0o700)  # tmp: TorchServe unpacks the checked archives here: nobody else may change them
+    write_policy(home, key)  # deploy checks signatures by the policy of this start, not the deploying shell's
     info_path(home).unlink(missing_ok=True)
     (home / KEY_FILE).unlink(missing_ok=True)  # TorchServe rewrites it; a stale one would confuse polling
 

@@ -27,7 +27,7 @@ from ..errors import InputError, check_int, check_number
 from .config import parse_properties
 from .errors import ServerArgumentError, TorchServeError
 from ..atomic import write_text_atomic
-from .home import CHECKED_STORE, ServerInfo, load_info
+from .home import CHECKED_STORE, ServerInfo, deploy_key, load_info
 from .management import api_call, mgmt_call, register, set_default, unregister
 from .pids import is_alive
 from .readiness import _load_error, _refusal, log_sizes
@@ -66,7 +66,8 @@ def deploy(name: str, archive_path: str | os.PathLike, home: str | os.PathLike =
     """Return a Deployed once ARCHIVE is a READY version of NAME that answered a smoke request and is NAME's default.
 
     Refused before anything changes (ServerArgumentError, exit 2): a bad name or argument, a server started without
-    allow_deploy, an archive that fails verification (hashes; signature when $AIAAS_SIGNING_KEY is set), one not
+    allow_deploy, an archive that fails verification (hashes; the signature when the server was started with a key:
+    then $AIAAS_SIGNING_KEY here must be that key, see home.deploy_key), one not
     built by aiaas, a version already loaded. Failed after registering (TorchServeError): workers not READY within
     `timeout` or refusing to load, a smoke prediction that is not a 200 with one well-formed answer; the version is
     then unregistered and its copy removed, and the previous default never stopped serving.
@@ -84,7 +85,7 @@ def deploy(name: str, archive_path: str | os.PathLike, home: str | os.PathLike =
         raise ServerArgumentError(f"archive {source}: not a file")
     staging = store / f".incoming-{uuid.uuid4().hex}.mar"
     try:
-        card = _verify(source, staging)
+        card = _verify(source, staging, deploy_key(info.home, os.environ.get(archive.SIGNING_KEY_ENV) or None))
         version = card["serving"]["version"]
         seconds = {"verify": time.monotonic() - started}
         with httpx.Client(timeout=httpx.Timeout(30.0), trust_env=False) as http:
@@ -201,9 +202,9 @@ def _running(home: str | os.PathLike, need_deploy: bool = True) -> ServerInfo:
     return info
 
 
-def _verify(source: Path, copy_to: Path) -> dict:
-    """Return the card of SOURCE after archive.verify_archive wrote its checked bytes to copy_to, else raise."""
-    key = os.environ.get(archive.SIGNING_KEY_ENV) or None
+def _verify(source: Path, copy_to: Path, key: str | None) -> dict:
+    """Return the card of SOURCE after archive.verify_archive (signature under `key`) wrote its checked bytes to
+    copy_to, else raise."""
     try:
         card = archive.verify_archive(source, key, copy_to=copy_to)
     except archive.ForeignArchiveError as e:

@@ -26,8 +26,9 @@ def archives_to_load(store: Path, model_args: Sequence[str]) -> tuple[list[str],
     "/"): either way it is checked and copied into HOME/store, and TorchServe is given its file name there.
     "all" loads every .mar in the store. Raises ServerArgumentError for a URL, an archive not in the store (the
     message lists the ones that are; else TorchServe waits out ready_timeout for a model that cannot appear), a
-    path that is not a file, two archives with the same file name, and, with "all", an entry TorchServe would
-    load that is not a .mar file (a folder, .model or .tar.gz).
+    path that is not a file, two archives with the same file name, a NAME that is not a model name (archive.NAME_RE),
+    a ',' in an archive or an '=' in its file name (TorchServe splits its model list at both), and, with "all", an
+    entry TorchServe would load that is not a .mar file (a folder, .model or .tar.gz).
     """
     if list(model_args) == ["all"]:
         _require_store(store)
@@ -47,6 +48,11 @@ def archives_to_load(store: Path, model_args: Sequence[str]) -> tuple[list[str],
     for arg in model_args:
         name, sep, file = arg.partition("=")
         name, file = (name, file) if sep else ("", name)
+        if sep and not archive.NAME_RE.match(name):
+            raise ServerArgumentError(f"model name {name!r} (in {arg!r}): must start with a letter or digit and hold only "
+                                      "letters, digits and '_' (TorchServe splits its model list at ',' and '=')")  # fmt: skip
+        if "," in file:
+            raise ServerArgumentError(f"model archive {file!r}: a ',' would split TorchServe's model list; rename the file")
         if "://" in file:
             raise ServerArgumentError(f"model archive {file!r}: a URL cannot be checked; name a .mar in the model store or a path to one")
         if "/" in file or os.sep in file:
@@ -65,6 +71,8 @@ def archives_to_load(store: Path, model_args: Sequence[str]) -> tuple[list[str],
                 )
         if file_name_problem(source.name):
             raise ServerArgumentError(f"model archive {file!r}: file name {file_name_problem(source.name)}")
+        if "=" in source.name:
+            raise ServerArgumentError(f"model archive {file!r}: an '=' in the file name would be read as NAME=FILE; rename the file")
         if sources.setdefault(source.name, source) != source:
             raise ServerArgumentError(f"two archives named {source.name!r}: {sources[source.name]} and {source}; rename one")
         args.append(f"{name}={source.name}" if name else source.name)
@@ -77,15 +85,15 @@ def _require_store(store: Path) -> None:
         raise ServerArgumentError(f"model store not found: {store}")
 
 
-def checked_store(home: Path, archives: Mapping[str, Path]) -> Path:
+def checked_store(home: Path, archives: Mapping[str, Path], key: str | None = None) -> Path:
     """Return HOME/store (mode 0700), rebuilt to hold a checked copy of each archive ({file name: source}).
 
     TorchServe loads these copies, never the store itself: a store others can write to could have a file
     swapped between our check and TorchServe's read. archive.verify_archive writes each copy from the very bytes
-    it checked. A readable archive with no card (not built by aiaas) is copied unchecked, unless a key is set.
+    it checked, with signatures checked under `key` ($AIAAS_SIGNING_KEY at start). A readable archive with no card (not
+built by aiaas) is refused, key or not: nothing in it could be checked.
     Raises ServerArgumentError naming the archive and the member at fault.
     """
-    key = os.environ.get(archive.SIGNING_KEY_ENV) or None
     checked = home / CHECKED_STORE
     if checked.is_symlink() or checked.is_file():
         checked.unlink()
@@ -97,12 +105,8 @@ def checked_store(home: Path, archives: Mapping[str, Path]) -> Path:
         for file, source in archives.items():
             try:
                 archive.verify_archive(source, key, copy_to=checked / file)
-            except archive.ForeignArchiveError as e:
-                if key:
-                    raise ServerArgumentError(
-                        f"refusing to start: {e}; with ${archive.SIGNING_KEY_ENV} set only signed aiaas archives load"
-                    ) from None
-                shutil.copyfile(source, checked / file)
+            except archive.ForeignArchiveError as e:  # nothing in it can be checked: no list of members and hashes
+                raise ServerArgumentError(f"refusing to start: {e}; only archives built by `aiaas package` load") from None
             except archive.ArchiveError as e:
                 raise ServerArgumentError(f"refusing to start: {e}") from None
     except BaseException:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import pytest
 import torch
 
 from aiaas_torch import serving as server
-from aiaas_torch.archive import ServingConfig, package
+from aiaas_torch.archive import SIGNING_KEY_ENV, ServingConfig, package
 from aiaas_torch.data import from_arrays
 from aiaas_torch.export import export_run
 from aiaas_torch.quantize import QuantConfig
@@ -149,8 +150,11 @@ class Load:
             t.join(30)
 
 
-def test_deploy_under_load_switches_with_no_failed_request_then_rollback_and_retire(live):
+def test_deploy_under_load_switches_with_no_failed_request_then_rollback_and_retire(live, monkeypatch):
     assert _default(live) == "1.0"
+    # The server was started without a key, so it loads unsigned archives: a key in the deploying shell changes
+    # nothing (issue 23, 8a: the server's policy decides, not the deploying shell's environment).
+    monkeypatch.setenv(SIGNING_KEY_ENV, "a key this server was never started with")
     with Load(live) as load:
         time.sleep(1.0)
         done = server.deploy("lin", live.archives["2.0"], live.home)
@@ -223,7 +227,7 @@ def test_registering_a_url_outside_the_store_is_refused_by_torchserve(live, tmp_
         assert r.status_code == 404 and "does not match any allowed URL" in r.json()["message"], (url, r.status_code, r.text)
     assert _loaded(live) == {"lin": ["1.0"]}
     config = (live.home / "config.properties").read_text()
-    assert "enable_model_api=true" in config and f"allowed_urls=file://" in config, config
+    assert "enable_model_api=true" in config and "allowed_urls=(?-i)file://" in config, config
 
 
 class _TwoInputs(torch.nn.Module):
@@ -262,3 +266,84 @@ def test_an_imported_model_deploys_with_a_smoke_sample_from_its_calibration_rang
         assert "inputs x [N, 3] float32, k [N, 2] int64" in capsys.readouterr().out
     finally:
         _mgmt(live, "DELETE", "/models/net/1.0")
+
+
+
+def test_encoded_traversal_and_case_tricks_in_a_registration_url_are_refused(live, tmp_path):
+    """Issue 23, 6: TorchServe matches allowed_urls on the raw URL, then percent-decodes it when it copies the file
+    into the store and loads the copy; the fence admits no '%' and matches case-sensitively."""
+    store = live.home / "store"
+    outside = tmp_path / "lin-7.0.mar"
+    shutil.copyfile(live.archives["2.0"], outside)
+    up = os.path.relpath(outside.parent, store)  # ../../.. up to tmp_path
+    before = sorted(p.name for p in store.iterdir())
+    for url in [
+        f"file://{store}/" + up.replace(".", "%2e").replace("/", "%2f") + "%2flin-7.0.mar",  # ../ fully encoded
+        f"file://{store}/" + up.replace("/", "%2F") + "%2Flin-7.0.mar",  # only the separators encoded (TorchServe: "..")
+        f"file://{store}/" + up.replace(".", "%252e").replace("/", "%252f") + "%252flin-7.0.mar",  # double-encoded
+        f"file://{str(store).swapcase()}/lin-7.0.mar",  # another folder on a case-sensitive file system
+        f"file://{store}/lin-7.0.mar?x=.mar",
+    ]:  # fmt: skip
+        r = _mgmt(live, "POST", "/models", params={"url": url, "model_name": "intruder", "initial_workers": "1"})
+        assert r.status_code == 404, (url, r.status_code, r.text)
+        refused = "Relative path is not allowed" if ".." in url else "does not match any allowed URL"
+        assert refused in r.json()["message"], (url, r.text)
+    assert _loaded(live) == {"lin": ["1.0"]}
+    assert sorted(p.name for p in store.iterdir()) == before  # nothing was copied into the store
+
+
+@dataclass
+class Signed:
+    """A server started with a signing key, and archives signed with it, with another key, and not at all."""
+
+    home: Path
+    archives: dict
+
+
+KEY, OTHER_KEY = "the server's signing key", "another signing key"
+
+
+@pytest.fixture(scope="module")
+def signed(tmp_path_factory) -> Signed:
+    """Yield a TorchServe started with allow_deploy and $AIAAS_SIGNING_KEY set, serving lin 1.0 (signed); stop it after."""
+    root = tmp_path_factory.mktemp("signed")
+    two, three = _slope_run(root, 2.0), _slope_run(root, 3.0)
+    cfg = ServingConfig(workers=1)
+    archives = {
+        "1.0": package(two, "lin", "1.0", root / "store", serving=cfg, sign_key=KEY).path,
+        "2.0": package(three, "lin", "2.0", root / "good", serving=cfg, sign_key=KEY).path,
+        "2.0-other-key": package(three, "lin", "2.0", root / "other", serving=cfg, sign_key=OTHER_KEY).path,
+        "2.0-unsigned": package(three, "lin", "2.0", root / "unsigned", serving=cfg).path,
+    }
+    home = root / "home"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(SIGNING_KEY_ENV, KEY)
+        server.start(home, root / "store", {"lin": archives["1.0"].name}, free_ports=True, ready_timeout=180, allow_deploy=True)
+    try:
+        yield Signed(home, archives)
+    finally:
+        server.stop(home)
+
+
+def test_a_server_started_with_a_key_deploys_only_archives_signed_with_it_whatever_the_shell_has(signed, monkeypatch):
+    """Issue 23, 8a: a shell without the key, or with another one, cannot deploy to a server started with a key."""
+    versions = lambda: sorted(v.version for v in server.versions("lin", signed.home))  # noqa: E731
+    monkeypatch.delenv(SIGNING_KEY_ENV, raising=False)
+    with pytest.raises(server.ServerArgumentError, match="started with a signing key"):
+        server.deploy("lin", signed.archives["2.0-unsigned"], signed.home)
+    r = subprocess.run([sys.executable, "-m", "aiaas_torch.cli", "deploy", "lin", str(signed.archives["2.0-unsigned"]),
+                        "--home", str(signed.home)], capture_output=True, text=True, timeout=60,
+                       env={k: v for k, v in os.environ.items() if k != SIGNING_KEY_ENV})  # fmt: skip
+    assert r.returncode == 2 and "started with a signing key" in r.stderr, (r.returncode, r.stderr)
+    monkeypatch.setenv(SIGNING_KEY_ENV, OTHER_KEY)
+    with pytest.raises(server.ServerArgumentError, match="another key"):
+        server.deploy("lin", signed.archives["2.0-other-key"], signed.home)
+    monkeypatch.setenv(SIGNING_KEY_ENV, KEY)
+    for wrong in ("2.0-unsigned", "2.0-other-key"):
+        with pytest.raises(server.ServerArgumentError, match="signature|not signed"):
+            server.deploy("lin", signed.archives[wrong], signed.home)
+    assert versions() == ["1.0"]
+    assert server.deploy("lin", signed.archives["2.0"], signed.home, timeout=120).version == "2.0"
+    assert versions() == ["1.0", "2.0"]
+    policy = signed.home / "signing.json"
+    assert oct(policy.stat().st_mode & 0o777) == "0o600" and KEY not in policy.read_text()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+import zipfile
 
 import httpx
 import psutil
@@ -93,6 +94,42 @@ def test_unregistering_a_model_is_refused_even_with_the_management_token(shared)
     r = httpx.delete(shared.info.management_url + "/models/lin/1.0", headers=headers, timeout=10, trust_env=False)
     assert r.status_code == 405, (r.status_code, r.text)
     assert workers(shared.info, "lin") == before
+
+
+def _war(path, marker) -> str:
+    """Write a workflow archive: a function node whose handler writes `marker` when loaded, and a node serving the
+    store's lin-1.0.mar; return its path."""
+    manifest = {"createdOn": "01/01/2026 00:00:00", "archiverVersion": "0.2.15",
+                "workflow": {"workflowName": "wf", "specFile": "spec.yaml", "handler": "wf_handler.py"}}  # fmt: skip
+    with zipfile.ZipFile(path, "w") as war:
+        war.writestr("WAR-INF/MANIFEST.json", json.dumps(manifest))
+        war.writestr("spec.yaml", "models:\n  min-workers: 1\n  max-workers: 1\n  m:\n    url: lin-1.0.mar\ndag:\n  pre: [m]\n")
+        war.writestr("wf_handler.py", f"open({str(marker)!r}, 'w').write('ran')\n\n\ndef pre(data, context):\n    return data\n")
+    return str(path)
+
+
+def test_registering_a_workflow_is_refused_even_with_the_management_token(shared, tmp_path):
+    """Issue 23, 8c: TorchServe's workflow API does not look at enable_model_api; with the model API off its URLs
+    match nothing (allowed_urls) and its store is an empty folder of the home's."""
+    marker = tmp_path / "workflow-code-ran"
+    war = _war(tmp_path / "wf.war", marker)
+    headers = {"Authorization": f"Bearer {keys(shared.home)['management']}"}
+    url = shared.info.management_url
+    try:
+        for where in (f"file://{war}", "wf.war"):
+            r = httpx.post(f"{url}/workflows", params={"url": where}, headers=headers, timeout=120, trust_env=False)
+            assert r.status_code == 404, (where, r.status_code, r.text)
+            said = r.json()["message"]
+            assert ("does not match any allowed URL" if "://" in where else "not found in workflow store") in said, said
+        listed = httpx.get(f"{url}/workflows", headers=headers, timeout=10, trust_env=False)
+        assert listed.status_code == 200 and listed.json()["workflows"] == [], listed.text
+        assert not marker.exists()
+        models = httpx.get(f"{url}/models", headers=headers, timeout=10, trust_env=False).json()["models"]
+        assert sorted(m["modelName"] for m in models) == ["batch8", "hang", "lin"]
+        assert not any((shared.home / "workflows").iterdir())
+        assert oct((shared.home / "workflows").stat().st_mode & 0o777) == "0o700"
+    finally:  # had it registered: take it out again, so that the shared server serves what the other tests expect
+        httpx.delete(f"{url}/workflows/wf", headers=headers, timeout=60, trust_env=False)
 
 
 def _expiry(home, kind: str) -> dt.datetime:

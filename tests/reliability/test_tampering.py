@@ -149,6 +149,7 @@ def _forbid_launch(monkeypatch) -> None:
     (None, "handler-replaced", "tabular_handler.py", "SHA-256 does not match the card"),
     (None, "extra-member", "sitecustomize.py", "not listed in the card"),
     (None, "dotdot-member", "'../evil.py'", "'..'"),
+    (None, "no-card", "model.json", "only archives built by `aiaas package` load"),  # nothing to check it against
     # with a key (authenticity)
     (KEY, "handler-replaced", "tabular_handler.py", "SHA-256 does not match the card"),
     (KEY, "contract-replaced", "aiaas_contract.py", "SHA-256 does not match the card"),
@@ -160,7 +161,7 @@ def _forbid_launch(monkeypatch) -> None:
     (KEY, "model-replaced-card-rehashed", "model.json", "signature does not match"),
     (KEY, "unsigned", "model.json", "not signed"),
     (KEY, "other-key", "model.json", "signature does not match"),
-    (KEY, "no-card", "model.json", "only signed aiaas archives load"),
+    (KEY, "no-card", "model.json", "only archives built by `aiaas package` load"),
     (KEY, "dotdot-member", "'../evil.py'", "'..'"),
     (KEY, "absolute-member", "'/tmp/evil.py'", "absolute path"),
     (KEY, "backslash-member", "'sub\\\\evil.py'", "backslash"),

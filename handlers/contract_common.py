@@ -51,11 +51,17 @@ def _clip(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def _some(names, k: int, sep: str = ", ") -> str:
-    """Return the first k names joined by sep, then " … and N more" when there are more: messages never cut a list silently."""
-    names = [str(n) for n in names]
-    shown = sep.join(names[:k])
+def _some(names, k: int, sep: str = ", ", show=str) -> str:
+    """Return the first k names, each as show renders it, joined by sep, then " … and N more" when there are more:
+    messages never cut a list silently, and only the k shown are rendered (a body may send a million names)."""
+    names = names if isinstance(names, (list, tuple)) else list(names)
+    shown = sep.join(map(show, names[:k]))
     return shown if len(names) <= k else f"{shown} … and {len(names) - k} more"
+
+
+def quoted(name) -> str:
+    """Return a name from a request (a key) as a message quotes it: its repr, cut to 40 characters."""
+    return repr(_clip(str(name)))
 
 
 def _show(value, limit: int = 40, depth: int = 2) -> str:
@@ -75,24 +81,41 @@ def _show(value, limit: int = 40, depth: int = 2) -> str:
     return _clip(json.dumps(value) if isinstance(value, (int, float, bool)) or value is None else repr(value), limit)
 
 
-def _flatten(data, where: str) -> list:
-    """Return nested lists flattened to one list (v2 allows nested data)."""
+def _flatten(data, where: str, expect: tuple | None = None) -> list:
+    """Return nested lists flattened to one list (v2 allows nested data).
+
+    expect: (count, message) — data holding another count of values raises ContractError(f"{where}: {message}"),
+    the message formatted with the count found, having stored at most `count` values (a body's data longer than its
+    declared shape costs no copy)."""
     if np is not None and isinstance(data, np.ndarray):  # a binary-extension tensor (protocols.py)
+        if expect is not None and data.size != expect[0]:
+            raise ContractError(f"{where}: {expect[1].format(data.size)}")
         return data.ravel().tolist()
     if not isinstance(data, list):
         raise ContractError(f"{where}: expected a list, got {type(data).__name__}")
+    most = math.inf if expect is None else expect[0]
     out: list = []
-    stack = [iter(data)]
+    count = 0
+    stack = [iter((data,))]
     while stack:
         for v in stack[-1]:
-            if isinstance(v, list):
-                if len(stack) > 32:
-                    raise ContractError(f"{where}: nested too deeply")
+            if not isinstance(v, list):
+                count += 1
+                if count <= most:
+                    out.append(v)
+                continue
+            if len(stack) > 33:
+                raise ContractError(f"{where}: nested too deeply")
+            if any(issubclass(k, list) for k in set(map(type, v))):  # lists within: descend
                 stack.append(iter(v))
                 break
-            out.append(v)
+            count += len(v)  # a list of values: stored in one step while within `most`
+            if count <= most:
+                out.extend(v)
         else:
             stack.pop()
+    if expect is not None and count != expect[0]:
+        raise ContractError(f"{where}: {expect[1].format(count)}")
     return out
 
 
@@ -133,7 +156,7 @@ def _check_names(obj: dict, names: list, where: str, what: str) -> None:
     """Raise ContractError when an object of named values has a name not in `names` or lacks one of them."""
     unknown = [k for k in obj if k not in names]
     if unknown:
-        raise ContractError(f"{where}: unknown {what}(s) [{_some([repr(_clip(k)) for k in unknown], 5)}]; expected [{_some(map(repr, names), 20)}]")
+        raise ContractError(f"{where}: unknown {what}(s) [{_some(unknown, 5, show=quoted)}]; expected [{_some(map(repr, names), 20)}]")
     missing = [n for n in names if n not in obj]
     if missing:
         raise ContractError(f"{where}: missing {what}(s) [{_some(map(repr, missing), 5)}]")

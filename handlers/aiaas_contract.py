@@ -21,6 +21,7 @@ whose items are one sample (nested lists of the sample shape) or objects of name
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import json
 import math
@@ -268,7 +269,7 @@ def _parse_rows(value, card: dict, limit: int) -> ParsedRequest:
         elif "inputs" in value:
             parsed = _parse_v2(value, features, limit, enc)
         else:
-            raise ContractError(f"body: object without 'instances' or 'inputs' (keys: [{_some(sorted(value), 10, show=quoted)}])")
+            raise ContractError(f"body: object without 'instances' or 'inputs' (keys: [{_some(heapq.nsmallest(10, value), 10, show=quoted, total=len(value))}])")
     elif isinstance(value, list):
         if value and all(not isinstance(v, (list, dict)) for v in value):
             value = [value]  # a bare list of numbers is one row

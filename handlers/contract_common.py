@@ -51,12 +51,14 @@ def _clip(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def _some(names, k: int, sep: str = ", ", show=str) -> str:
-    """Return the first k names, each as show renders it, joined by sep, then " … and N more" when there are more:
-    messages never cut a list silently, and only the k shown are rendered (a body may send a million names)."""
+def _some(names, k: int, sep: str = ", ", show=str, total: int | None = None) -> str:
+    """Return the first k names, each as show renders it, joined by sep, then " … and N more" when there are more
+    (total: how many there are, when `names` holds only the first ones): messages never cut a list silently, and
+    only the k shown are rendered (a body may send a million names)."""
     names = names if isinstance(names, (list, tuple)) else list(names)
+    total = len(names) if total is None else total
     shown = sep.join(map(show, names[:k]))
-    return shown if len(names) <= k else f"{shown} … and {len(names) - k} more"
+    return shown if total <= k else f"{shown} … and {total - k} more"
 
 
 def quoted(name) -> str:
@@ -154,9 +156,11 @@ _NonFiniteLiteral.__name__ = "NaN/Infinity literal"  # what "expected ..., got <
 
 def _check_names(obj: dict, names: list, where: str, what: str) -> None:
     """Raise ContractError when an object of named values has a name not in `names` or lacks one of them."""
-    unknown = [k for k in obj if k not in names]
-    if unknown:
-        raise ContractError(f"{where}: unknown {what}(s) [{_some(unknown, 5, show=quoted)}]; expected [{_some(map(repr, names), 20)}]")
+    known = set(names)
+    if not obj.keys() <= known:  # the first five unknown names and their count: no list of a body's million keys
+        first = list(itertools.islice((k for k in obj if k not in known), 5))
+        count = len(obj) - len(obj.keys() & known)
+        raise ContractError(f"{where}: unknown {what}(s) [{_some(first, 5, show=quoted, total=count)}]; expected [{_some(map(repr, names), 20)}]")
     missing = [n for n in names if n not in obj]
     if missing:
         raise ContractError(f"{where}: missing {what}(s) [{_some(map(repr, missing), 5)}]")

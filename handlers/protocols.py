@@ -128,21 +128,22 @@ def _split_binary(body, length) -> dict:
         if offset + size > len(rest):
             raise ContractError(f"inputs[{i}]: binary_data_size {size} runs past the body's end ({len(rest) - offset} bytes left)")
         t = inputs[i] = dict(t, parameters={k: v for k, v in t["parameters"].items() if k != "binary_data_size"})
-        t["data"] = _unpack(bytes(rest[offset : offset + size]), t.get("datatype"), f"inputs[{i}]")
+        t["data"] = _unpack(rest[offset : offset + size], t.get("datatype"), f"inputs[{i}]")  # a view: no copy
         offset += size
     if offset != len(rest):
         raise ContractError(f"body: {len(rest) - offset} bytes after the binary inputs that no binary_data_size accounts for")
     return head
 
 
-def _unpack(raw: bytes, datatype, where: str):
-    """Return the elements of one binary tensor as a flat numpy array (a flat list without numpy)."""
+def _unpack(raw: memoryview, datatype, where: str):
+    """Return the elements of one binary tensor (a view of the body's bytes) as a flat numpy array over those bytes
+    (a flat list without numpy)."""
     if datatype == "BF16":
         if len(raw) % 2:
             raise ContractError(f"{where}: {len(raw)} bytes is not a whole number of BF16 elements")
         if np is not None:  # a BF16 is the high half of an FP32
             return (np.frombuffer(raw, dtype="<u2").astype("<u4") << 16).view("<f4")
-        return [struct.unpack("<f", b"\0\0" + raw[i : i + 2])[0] for i in range(0, len(raw), 2)]
+        return [struct.unpack("<f", b"\0\0" + bytes(raw[i : i + 2]))[0] for i in range(0, len(raw), 2)]
     fmt = _FORMATS.get(datatype) if isinstance(datatype, str) else None
     if fmt is None:
         raise ContractError(f"{where}.datatype: {str(datatype)[:40]!r} cannot be sent as binary data here; use one of {sorted(_FORMATS)} or BF16")

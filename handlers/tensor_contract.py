@@ -7,6 +7,7 @@ Stdlib only (numpy when present); shipped in every .mar beside the handler.
 
 from __future__ import annotations
 
+import heapq
 import math
 
 try:  # installed package (tests, aiaas predict --local)
@@ -137,7 +138,7 @@ def _parse_tensor_request(value, card: dict, limit: int) -> ParsedRequest:
     elif isinstance(value, dict) and "instances" in value:
         inputs, fmt = _tensor_instances(value["instances"], specs, limit), "instances"
     else:
-        shown = f"an object with keys [{_some(sorted(value), 10, show=quoted)}]" if isinstance(value, dict) else type(value).__name__
+        shown = f"an object with keys [{_some(heapq.nsmallest(10, value), 10, show=quoted, total=len(value))}]" if isinstance(value, dict) else type(value).__name__
         raise ContractError(f"body: expected {{\"inputs\": [...]}} (Open Inference v2) or {{\"instances\": [...]}}, got {shown}")
     rid = value.get("id") if fmt == "v2" else None
     parsed = ParsedRequest(inputs[specs[0]["name"]], fmt, inputs=inputs,

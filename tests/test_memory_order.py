@@ -5,11 +5,13 @@ per value). tests/reliability/test_memory_per_request.py measures the same on a 
 Each body is parsed first (the parse is unavoidable and not measured); then tracemalloc's peak over the handler's
 own steps — protocols.decode_with (TF Serving's columns become rows there) and parse_request — must stay under
 BUDGET, while the bodies hold ROWS rows: one object per row would cost MBs (a 3-key dict is ~200 bytes), a copy of
-the values' references alone 8 bytes each (≥ 480 KB here).
+the values' references alone 8 bytes each (≥ 480 KB here), one repr per name of a body's 20,000 names ~1 MB. An
+Open Inference binary body is refused before its tensor bytes are copied.
 """
 
 from __future__ import annotations
 
+import json
 import tracemalloc
 
 import pytest
@@ -44,6 +46,9 @@ CASES = [
     ("v2-flat-longer-than-shape", TAB, lambda: _v2([2, 3], ROW * ROWS), f"{3 * ROWS} values for shape [2, 3]"),
     ("v2-nested-longer-than-shape", TAB, lambda: _v2([2, 3], [list(ROW) for _ in range(ROWS)]), f"{3 * ROWS} values for shape [2, 3]"),
     ("v2-mixed-longer-than-shape", TAB, lambda: _v2([2, 3], [1.0, [2.0, 3.0]] + [list(ROW) for _ in range(ROWS)]), "values for shape [2, 3]"),
+    ("named-row-of-many-names", TAB, lambda: {"instances": [{f"k{i}": 1.0 for i in range(ROWS)}]}, f"unknown feature(s) ['k0', 'k1', 'k2', 'k3', 'k4' … and {ROWS - 5} more]"),
+    ("object-of-many-keys", TAB, lambda: {f"k{i}": 1.0 for i in range(ROWS)}, f"'k0', 'k1', 'k10', 'k100', 'k1000'"),
+    ("tensor-object-of-many-keys", TENS, lambda: {f"k{i}": 1.0 for i in range(ROWS)}, f"… and {ROWS - 10} more"),
     ("tensor-instances", TENS, lambda: {"instances": [list(ROW) for _ in range(ROWS)]}, f"{ROWS} samples, more than"),
     ("tensor-instances-named", TENS, lambda: {"instances": [{"x": list(ROW)} for _ in range(ROWS)]}, f"{ROWS} samples, more than"),
     ("tensor-one-huge-sample", TENS, lambda: {"instances": [ROW * ROWS]}, "expects samples of shape [3]"),
@@ -54,24 +59,38 @@ CASES = [
 ]
 
 
-def _refuse(card: dict, value) -> str:
+def _binary(shape: list, values: int, name: str = "input") -> tuple:
+    """Return (body, binary header value) of an Open Inference binary-extension body of `values` FP32 values."""
+    head = json.dumps({"inputs": [{"name": name, "shape": shape, "datatype": "FP32", "parameters": {"binary_data_size": 4 * values}}]}).encode()
+    return head + bytes(4 * values), str(len(head))
+
+
+BINARY = [
+    ("binary-over-limit", TAB, lambda: _binary([ROWS, 3], 3 * ROWS), f"{ROWS} rows, more than"),
+    ("binary-longer-than-shape", TAB, lambda: _binary([2, 3], 3 * ROWS), f"{3 * ROWS} values for shape [2, 3]"),
+    ("tensor-binary-over-limit", TENS, lambda: _binary([ROWS, 3], 3 * ROWS, "x"), f"{ROWS} samples, more than"),
+    ("tensor-binary-longer-than-shape", TENS, lambda: _binary([2, 3], 3 * ROWS, "x"), f"{3 * ROWS} values for shape [2, 3]"),
+]
+
+
+def _refuse(card: dict, value, length=None) -> str:
     """Return the ContractError message the handler's steps give a decoded body (as the worker runs them)."""
     try:
-        wire = protocols.decode_with(value, None, LIMIT)
+        wire = protocols.decode_with(value, length, LIMIT)
         parse_request(wire.body, card, LIMIT)
     except ContractError as e:
         return str(e)
     raise AssertionError("accepted")
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("case", CASES + BINARY, ids=[c[0] for c in CASES + BINARY])
 def test_a_refused_body_costs_no_memory_beyond_its_parse(case):
-    _, card, build, needle = case
-    value = build()
-    _refuse(card, build())  # once unmeasured: caches (the card's plan, imports) are not the body's cost
+    cid, card, build, needle = case
+    value, length = build() if cid in dict((c[0], 1) for c in BINARY) else (build(), None)  # binary: the body's bytes
+    _refuse(card, value, length)  # once unmeasured: caches (the card's plan, imports) are not the body's cost
     tracemalloc.start()
     try:
-        message = _refuse(card, value)
+        message = _refuse(card, value, length)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

@@ -71,6 +71,13 @@ def _v2(name: str, shape: list, data) -> bytes:
     return _j({"inputs": [{"name": name, "shape": shape, "datatype": "FP32", "data": data}]})
 
 
+def _binary(name: str, shape: list, values: int | None = None) -> tuple:
+    """Return (body, its binary header value) of an Open Inference binary-extension body of FP32 zeros."""
+    size = 4 * (values or shape[0] * shape[1])
+    head = _j({"inputs": [{"name": name, "shape": shape, "datatype": "FP32", "parameters": {"binary_data_size": size}}]})
+    return head + bytes(size), str(len(head))
+
+
 FLAT = ROW * ROWS
 OVER, OVER_S = f"{ROWS} rows, more than the limit of 10000", f"{ROWS} samples, more than the limit of 10000"
 HALF, HALF_S = f"{ROWS // 2} rows, more than the limit of 10000", f"{ROWS // 2} samples, more than the limit of 10000"
@@ -88,6 +95,10 @@ CASES = [
     ("v2-nested", "tab", lambda: _v2("input", [ROWS, 3], [ROW] * ROWS), OVER),
     ("v2-data-longer-than-shape", "tab", lambda: _v2("input", [1, 3], FLAT), "for shape [1, 3]"),
     ("v2-nested-data-longer-than-shape", "tab", lambda: _v2("input", [1, 3], [ROW] * ROWS), "for shape [1, 3]"),
+    ("named-row-of-many-names", "tab", lambda: _j({"instances": [{f"k{i}": 1 for i in range(ROWS)}]}), f"… and {ROWS - 5} more]"),
+    ("object-of-many-keys", "tab", lambda: _j({f"k{i}": 1 for i in range(ROWS)}), f"… and {ROWS - 10} more]"),
+    ("v2-binary", "tab", lambda: _binary("input", [ROWS, 3]), OVER),
+    ("v2-binary-longer-than-shape", "tab", lambda: _binary("input", [1, 3], 3 * ROWS), f"{3 * ROWS} values for shape [1, 3]"),
     ("tensor-instances", "tens", lambda: _j({"instances": [ROW] * ROWS}), OVER_S),
     ("tensor-instances-named", "tens", lambda: _j({"instances": [{"input": ROW}] * (ROWS // 2)}), HALF_S),
     ("tensor-one-huge-sample", "tens", lambda: _j({"instances": [FLAT]}), "expects samples of shape [3]"),
@@ -133,15 +144,18 @@ def _parse_cost(body: bytes) -> int:
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_a_refused_body_grows_the_worker_by_its_parse_and_a_small_multiple_of_its_size(mem, figures, case):
     cid, model, build, needle = case
-    body = build()
+    body, length = build(), None
+    headers = {"Authorization": f"Bearer {keys(mem.home)['inference']}", "Content-Type": "application/json"}
+    if isinstance(body, tuple):  # the binary extension: JSON header, then the tensor bytes (the parse is the header's)
+        body, length = body
+        headers.update({"Inference-Header-Content-Length": length, "Content-Type": "application/octet-stream"})
     assert 2_000_000 < len(body) < 6_553_500, len(body)  # a few MB, under TorchServe's max_request_size
     pid = own_worker_pid(mem.info, model)
-    headers = {"Authorization": f"Bearer {keys(mem.home)['inference']}", "Content-Type": "application/json"}
     before = _status_kb(pid, "VmRSS")
     _reset_peak(pid)
     r = httpx.post(f"{mem.info.inference_url}/predictions/{model}", content=body, headers=headers, timeout=120, trust_env=False)
     growth = (_status_kb(pid, "VmHWM") - before) * 1024
-    parse, mb = _parse_cost(body), len(body) / 1e6
+    parse, mb = _parse_cost(body if length is None else body[: int(length)]), len(body) / 1e6
     figures[cid] = {"body_mb": round(mb, 2), "growth_mb": round(growth / 1e6, 1), "parse_mb": round(parse / 1e6, 1),
                     "growth_x_body": round(growth / len(body), 1), "beyond_parse_x_body": round((growth - parse) / len(body), 1)}  # fmt: skip
     assert r.status_code == 400, (r.status_code, r.text[:300])

@@ -95,27 +95,34 @@ def _flatten(data, where: str, expect: tuple | None = None) -> list:
         return data.ravel().tolist()
     if not isinstance(data, list):
         raise ContractError(f"{where}: expected a list, got {type(data).__name__}")
-    most = math.inf if expect is None else expect[0]
+    most = None if expect is None else expect[0]
+    if len(data) > 8 and set(map(type, data)) <= _LEAVES:  # flat data: its length says it all
+        if most is not None and len(data) != most:
+            raise ContractError(f"{where}: {expect[1].format(len(data))}")
+        return list(data)
     out: list = []
-    count = 0
-    stack = [iter((data,))]
+    dropped = 0  # values beyond `most`, counted for the message and not kept
+    stack = [iter(data)]
     while stack:
         for v in stack[-1]:
             if not isinstance(v, list):
-                count += 1
-                if count <= most:
-                    out.append(v)
+                out.append(v)
                 continue
-            if len(stack) > 33:
+            if len(stack) > 32:
                 raise ContractError(f"{where}: nested too deeply")
-            if any(issubclass(k, list) for k in set(map(type, v))):  # lists within: descend
+            if most is not None and len(out) > most:  # checked at each list: at most one list's values past `most`
+                dropped += len(out) - most
+                del out[most:]
+            if len(v) <= 8 or not set(map(type, v)) <= _LEAVES:  # short, or lists (anything unusual) within: value by value
                 stack.append(iter(v))
                 break
-            count += len(v)  # a list of values: stored in one step while within `most`
-            if count <= most:
+            if most is not None and len(out) + len(v) > most:  # a list of values in one step, kept while within `most`
+                dropped += len(v)
+            else:
                 out.extend(v)
         else:
             stack.pop()
+    count = len(out) + dropped
     if expect is not None and count != expect[0]:
         raise ContractError(f"{where}: {expect[1].format(count)}")
     return out
@@ -152,6 +159,7 @@ class _NonFiniteLiteral(str):
 
 
 _NonFiniteLiteral.__name__ = "NaN/Infinity literal"  # what "expected ..., got <type>" messages show
+_LEAVES = {int, float, bool, str, type(None), _NonFiniteLiteral}  # what a list JSON gives holds when it holds no list
 
 
 def _check_names(obj: dict, names: list, where: str, what: str) -> None:

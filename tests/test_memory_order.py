@@ -12,12 +12,14 @@ Open Inference binary body is refused before its tensor bytes are copied.
 from __future__ import annotations
 
 import json
+import random
 import tracemalloc
 
 import pytest
 
 from aiaas_torch.handlers import protocols
 from aiaas_torch.handlers.aiaas_contract import ContractError, parse_request
+from aiaas_torch.handlers import contract_common
 
 LIMIT = 100
 ROWS = 20_000
@@ -104,3 +106,27 @@ def test_a_body_within_the_limit_is_still_read_whole():
     nested = _v2([2, 3], [1.0, [2.0, [3.0]], [4.0, 5.0, 6.0]])  # v2 allows any nesting of the right count
     assert parse_request(nested, TAB, LIMIT).rows == [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
     assert parse_request({"instances": [[1, 2, 3]]}, TENS, LIMIT).inputs == {"x": [[1.0, 2.0, 3.0]]}
+
+
+def _reference_flatten(data) -> list:
+    """Return nested lists flattened, the plain recursive way (what _flatten must equal)."""
+    return [x for v in data for x in (_reference_flatten(v) if isinstance(v, list) else [v])]
+
+
+def test_flatten_keeps_its_order_and_counts_what_it_does_not_keep():
+    rng = random.Random(7)
+
+    def nested(depth: int):
+        if depth == 0 or rng.random() < 0.3:
+            return rng.choice([rng.random(), rng.randint(-5, 5), None, "s", True])
+        return [nested(depth - 1) for _ in range(rng.choice([0, 1, 3, 8, 9, 20]))]
+
+    for _ in range(300):
+        data = [nested(3) for _ in range(rng.randint(0, 12))]
+        want = _reference_flatten(data)
+        assert contract_common._flatten(data, "d") == want
+        assert contract_common._flatten(data, "d", (len(want), "{} values")) == want
+        for wrong in (0, max(0, len(want) - 1), len(want) + 1):
+            if wrong != len(want):
+                with pytest.raises(ContractError, match=rf"^d: {len(want)} values$"):
+                    contract_common._flatten(data, "d", (wrong, "{} values"))

@@ -21,6 +21,7 @@ whose items are one sample (nested lists of the sample shape) or objects of name
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import json
 import math
@@ -39,14 +40,14 @@ except ImportError:  # pragma: no cover
 try:  # installed package (tests, aiaas predict --local)
     from . import batch_checks
     from .contract_common import (DEFAULT_MAX_ROWS, V2_NUMERIC_TYPES, ContractError, ParsedRequest, UnsupportedMediaType,
-                                  _check_names, _clip, _flatten, _NonFiniteLiteral, _refuse_non_finite, _show, _some, _v2,
+                                  _check_names, _clip, _flatten, _NonFiniteLiteral, quoted, _refuse_non_finite, _show, _some, _v2,
                                   error_body)  # fmt: skip
     from .tensor_contract import (BATCH, DTYPES, _answer_tensors, _parse_tensor_request, check_tensor_specs, input_tensors,
                                   output_tensors, parse_v2_tensors, warmup_inputs)  # fmt: skip
 except ImportError:  # inside a TorchServe worker: the model directory is on sys.path
     import batch_checks
     from contract_common import (DEFAULT_MAX_ROWS, V2_NUMERIC_TYPES, ContractError, ParsedRequest, UnsupportedMediaType,
-                                 _check_names, _clip, _flatten, _NonFiniteLiteral, _refuse_non_finite, _show, _some, _v2,
+                                 _check_names, _clip, _flatten, _NonFiniteLiteral, quoted, _refuse_non_finite, _show, _some, _v2,
                                  error_body)  # fmt: skip
     from tensor_contract import (BATCH, DTYPES, _answer_tensors, _parse_tensor_request, check_tensor_specs, input_tensors,
                                  output_tensors, parse_v2_tensors, warmup_inputs)  # fmt: skip
@@ -240,9 +241,7 @@ def _parse_v2(body: dict, features: list, max_rows: int, enc: _Encoding) -> Pars
         raise ContractError("inputs[0]: no rows; send at least one")
     if n > max_rows:
         raise ContractError(f"inputs[0]: {n} rows, more than the limit of {max_rows} per request")
-    flat = _flatten(t["data"], "inputs[0].data")
-    if len(flat) != n * d:
-        raise ContractError(f"inputs[0].data: {len(flat)} values for shape [{n}, {d}]")
+    flat = _flatten(t["data"], "inputs[0].data", (n * d, f"{{}} values for shape [{n}, {d}]"))
     names = [f["name"] for f in features]
     rows = [[enc.value(flat[i * d + j], j, f"inputs[0].data row {i} feature {names[j]!r}") for j in range(d)] for i in range(n)]
     rid = body.get("id")
@@ -270,7 +269,7 @@ def _parse_rows(value, card: dict, limit: int) -> ParsedRequest:
         elif "inputs" in value:
             parsed = _parse_v2(value, features, limit, enc)
         else:
-            raise ContractError(f"body: object without 'instances' or 'inputs' (keys: [{_some([repr(_clip(k)) for k in sorted(value)], 10)}])")
+            raise ContractError(f"body: object without 'instances' or 'inputs' (keys: [{_some(heapq.nsmallest(10, value), 10, show=quoted, total=len(value))}])")
     elif isinstance(value, list):
         if value and all(not isinstance(v, (list, dict)) for v in value):
             value = [value]  # a bare list of numbers is one row

@@ -51,11 +51,19 @@ def _clip(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def _some(names, k: int, sep: str = ", ") -> str:
-    """Return the first k names joined by sep, then " … and N more" when there are more: messages never cut a list silently."""
-    names = [str(n) for n in names]
-    shown = sep.join(names[:k])
-    return shown if len(names) <= k else f"{shown} … and {len(names) - k} more"
+def _some(names, k: int, sep: str = ", ", show=str, total: int | None = None) -> str:
+    """Return the first k names, each as show renders it, joined by sep, then " … and N more" when there are more
+    (total: how many there are, when `names` holds only the first ones): messages never cut a list silently, and
+    only the k shown are rendered (a body may send a million names)."""
+    names = names if isinstance(names, (list, tuple)) else list(names)
+    total = len(names) if total is None else total
+    shown = sep.join(map(show, names[:k]))
+    return shown if total <= k else f"{shown} … and {total - k} more"
+
+
+def quoted(name) -> str:
+    """Return a name from a request (a key) as a message quotes it: its repr, cut to 40 characters."""
+    return repr(_clip(str(name)))
 
 
 def _show(value, limit: int = 40, depth: int = 2) -> str:
@@ -75,24 +83,48 @@ def _show(value, limit: int = 40, depth: int = 2) -> str:
     return _clip(json.dumps(value) if isinstance(value, (int, float, bool)) or value is None else repr(value), limit)
 
 
-def _flatten(data, where: str) -> list:
-    """Return nested lists flattened to one list (v2 allows nested data)."""
+def _flatten(data, where: str, expect: tuple | None = None) -> list:
+    """Return nested lists flattened to one list (v2 allows nested data).
+
+    expect: (count, message) — data holding another count of values raises ContractError(f"{where}: {message}"),
+    the message formatted with the count found, having stored at most `count` values (a body's data longer than its
+    declared shape costs no copy)."""
     if np is not None and isinstance(data, np.ndarray):  # a binary-extension tensor (protocols.py)
+        if expect is not None and data.size != expect[0]:
+            raise ContractError(f"{where}: {expect[1].format(data.size)}")
         return data.ravel().tolist()
     if not isinstance(data, list):
         raise ContractError(f"{where}: expected a list, got {type(data).__name__}")
+    most = None if expect is None else expect[0]
+    if len(data) > 8 and set(map(type, data)) <= _LEAVES:  # flat data: its length says it all
+        if most is not None and len(data) != most:
+            raise ContractError(f"{where}: {expect[1].format(len(data))}")
+        return list(data)
     out: list = []
+    dropped = 0  # values beyond `most`, counted for the message and not kept
     stack = [iter(data)]
     while stack:
         for v in stack[-1]:
-            if isinstance(v, list):
-                if len(stack) > 32:
-                    raise ContractError(f"{where}: nested too deeply")
+            if not isinstance(v, list):
+                out.append(v)
+                continue
+            if len(stack) > 32:
+                raise ContractError(f"{where}: nested too deeply")
+            if most is not None and len(out) > most:  # checked at each list: at most one list's values past `most`
+                dropped += len(out) - most
+                del out[most:]
+            if len(v) <= 8 or not set(map(type, v)) <= _LEAVES:  # short, or lists (anything unusual) within: value by value
                 stack.append(iter(v))
                 break
-            out.append(v)
+            if most is not None and len(out) + len(v) > most:  # a list of values in one step, kept while within `most`
+                dropped += len(v)
+            else:
+                out.extend(v)
         else:
             stack.pop()
+    count = len(out) + dropped
+    if expect is not None and count != expect[0]:
+        raise ContractError(f"{where}: {expect[1].format(count)}")
     return out
 
 
@@ -127,13 +159,16 @@ class _NonFiniteLiteral(str):
 
 
 _NonFiniteLiteral.__name__ = "NaN/Infinity literal"  # what "expected ..., got <type>" messages show
+_LEAVES = {int, float, bool, str, type(None), _NonFiniteLiteral}  # what a list JSON gives holds when it holds no list
 
 
 def _check_names(obj: dict, names: list, where: str, what: str) -> None:
     """Raise ContractError when an object of named values has a name not in `names` or lacks one of them."""
-    unknown = [k for k in obj if k not in names]
-    if unknown:
-        raise ContractError(f"{where}: unknown {what}(s) [{_some([repr(_clip(k)) for k in unknown], 5)}]; expected [{_some(map(repr, names), 20)}]")
+    known = set(names)
+    if not obj.keys() <= known:  # the first five unknown names and their count: no list of a body's million keys
+        first = list(itertools.islice((k for k in obj if k not in known), 5))
+        count = len(obj) - len(obj.keys() & known)
+        raise ContractError(f"{where}: unknown {what}(s) [{_some(first, 5, show=quoted, total=count)}]; expected [{_some(map(repr, names), 20)}]")
     missing = [n for n in names if n not in obj]
     if missing:
         raise ContractError(f"{where}: missing {what}(s) [{_some(map(repr, missing), 5)}]")

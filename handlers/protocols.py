@@ -73,20 +73,22 @@ def scan(headers: dict | None) -> tuple:
     return None if length is _ABSENT else length, None if ctype is _ABSENT else ctype
 
 
-def decode(body, headers: dict | None) -> Decoded:
+def decode(body, headers: dict | None, max_rows: int | None = None) -> Decoded:
     """Return the Decoded form of one request body (bytes, str or decoded JSON) given its headers; raises ContractError."""
-    return decode_with(body, header(headers, BINARY_HEADER))
+    return decode_with(body, header(headers, BINARY_HEADER), max_rows)
 
 
-def decode_with(body, length) -> Decoded:
-    """Return the Decoded form of one request body given its binary header's value (None: a JSON body); raises ContractError."""
+def decode_with(body, length, max_rows: int | None = None) -> Decoded:
+    """Return the Decoded form of one request body given its binary header's value (None: a JSON body); raises
+    ContractError. max_rows: the model's row limit, which TF Serving's named columns are checked against before they
+    become rows (None: no limit here; the contract still checks its own)."""
     if length is not None:
         return _v2_request(_split_binary(body, length))
     value = decode_body(body)
     if isinstance(value, dict) and "inputs" in value and "instances" not in value:  # both: the contract refuses it
         if is_v2_tensor_list(value["inputs"]):
             return _v2_request(value)
-        return _columns_request(value)
+        return _columns_request(value, max_rows)
     return Decoded(value)
 
 
@@ -126,21 +128,22 @@ def _split_binary(body, length) -> dict:
         if offset + size > len(rest):
             raise ContractError(f"inputs[{i}]: binary_data_size {size} runs past the body's end ({len(rest) - offset} bytes left)")
         t = inputs[i] = dict(t, parameters={k: v for k, v in t["parameters"].items() if k != "binary_data_size"})
-        t["data"] = _unpack(bytes(rest[offset : offset + size]), t.get("datatype"), f"inputs[{i}]")
+        t["data"] = _unpack(rest[offset : offset + size], t.get("datatype"), f"inputs[{i}]")  # a view: no copy
         offset += size
     if offset != len(rest):
         raise ContractError(f"body: {len(rest) - offset} bytes after the binary inputs that no binary_data_size accounts for")
     return head
 
 
-def _unpack(raw: bytes, datatype, where: str):
-    """Return the elements of one binary tensor as a flat numpy array (a flat list without numpy)."""
+def _unpack(raw: memoryview, datatype, where: str):
+    """Return the elements of one binary tensor (a view of the body's bytes) as a flat numpy array over those bytes
+    (a flat list without numpy)."""
     if datatype == "BF16":
         if len(raw) % 2:
             raise ContractError(f"{where}: {len(raw)} bytes is not a whole number of BF16 elements")
         if np is not None:  # a BF16 is the high half of an FP32
             return (np.frombuffer(raw, dtype="<u2").astype("<u4") << 16).view("<f4")
-        return [struct.unpack("<f", b"\0\0" + raw[i : i + 2])[0] for i in range(0, len(raw), 2)]
+        return [struct.unpack("<f", b"\0\0" + bytes(raw[i : i + 2]))[0] for i in range(0, len(raw), 2)]
     fmt = _FORMATS.get(datatype) if isinstance(datatype, str) else None
     if fmt is None:
         raise ContractError(f"{where}.datatype: {str(datatype)[:40]!r} cannot be sent as binary data here; use one of {sorted(_FORMATS)} or BF16")
@@ -165,8 +168,9 @@ def _v2_request(body: dict) -> Decoded:
     return decoded
 
 
-def _columns_request(body: dict) -> Decoded:
-    """Return TF Serving's columnar body as contract rows: named columns of equal length, or a bare list of rows."""
+def _columns_request(body: dict, max_rows: int | None) -> Decoded:
+    """Return TF Serving's columnar body as contract rows: named columns of equal length (their count checked against
+    max_rows before a row is built), or a bare list of rows."""
     unknown = sorted(k for k in body if k not in ("inputs", "signature_name"))
     if unknown:
         raise ContractError(f"body: unexpected key(s) {unknown[:5]} beside TF Serving's 'inputs'")
@@ -183,6 +187,8 @@ def _columns_request(body: dict) -> Decoded:
     if len(set(lengths.values())) > 1:
         raise ContractError(f"inputs: columns of different lengths {dict(list(lengths.items())[:5])}")
     n = next(iter(lengths.values()))
+    if max_rows is not None and n > max_rows:  # before one dict per row: a 6.5 MB body grew the worker by 670 MB
+        raise ContractError(f"inputs: {n} rows, more than the limit of {max_rows} per request")
     return Decoded({"instances": [{name: column[i] for name, column in inputs.items()} for i in range(n)]}, "tfs-columns")
 
 

@@ -125,7 +125,7 @@ class TabularHandler:
         # decodes it first, and then a str is a JSON string already, never to be parsed again.
         if isinstance(body, str) and not binary:
             raise contract.ContractError(_JSON_STRING)
-        wire = protocols.decode_with(body, length)
+        wire = protocols.decode_with(body, length, self.max_rows)
         if type(wire.body) is str:  # type, not isinstance: a NaN/Infinity marker (a str subclass) keeps its own message
             raise contract.ContractError(_JSON_STRING)
         return wire

@@ -7,14 +7,15 @@ Stdlib only (numpy when present); shipped in every .mar beside the handler.
 
 from __future__ import annotations
 
+import heapq
 import math
 
 try:  # installed package (tests, aiaas predict --local)
     from . import batch_checks
-    from .contract_common import V2_NUMERIC_TYPES, ContractError, _NonFiniteLiteral, _check_names, ParsedRequest, _clip, _flatten, _refuse_non_finite, _show, _some, _v2
+    from .contract_common import V2_NUMERIC_TYPES, ContractError, _NonFiniteLiteral, _check_names, ParsedRequest, _clip, _flatten, quoted, _refuse_non_finite, _show, _some, _v2
 except ImportError:  # inside a TorchServe worker: the model directory is on sys.path
     import batch_checks
-    from contract_common import V2_NUMERIC_TYPES, ContractError, _NonFiniteLiteral, _check_names, ParsedRequest, _clip, _flatten, _refuse_non_finite, _show, _some, _v2
+    from contract_common import V2_NUMERIC_TYPES, ContractError, _NonFiniteLiteral, _check_names, ParsedRequest, _clip, _flatten, quoted, _refuse_non_finite, _show, _some, _v2
 
 # A dtype's v2 name, whether it holds integers, and its range; integers sent to a float input must be exact in it.
 DTYPES = {
@@ -102,32 +103,28 @@ def _tensor_value(v, spec: dict, where: str, integral: bool = False):
     return f
 
 
-def _nested(value, where: str) -> tuple:
-    """Return (shape, flat values) of a rectangular nested list (a number alone has shape []), or raise naming `where`."""
-    if not isinstance(value, list):
-        return [], [value]
+_RAGGED = "ragged nested lists (not a rectangular array)"
+
+
+def _shape_of(value, where: str) -> list:
+    """Return the shape nested lists claim by their first items (a number alone has shape []), refusing deep nesting."""
     shape, level = [], value
     while isinstance(level, list):
         shape.append(len(level))
         level = level[0] if level else None
         if len(shape) > 32:
             raise ContractError(f"{where}: nested too deeply")
-    flat = _flatten(value, where)
-    expected = 1
-    for d in shape:
-        expected *= d
-    if len(flat) != expected or any(isinstance(v, list) for v in flat):
-        raise ContractError(f"{where}: ragged nested lists (not a rectangular array)")
-    return shape, flat
+    return shape
 
 
 def _sample(value, spec: dict, where: str) -> list:
-    """Return one sample of an input as a flat list in its dtype, refusing a shape other than the card's."""
-    shape, flat = _nested(value, where)
-    want = spec["shape"][1:]
+    """Return one sample of an input as a flat list in its dtype, refusing a shape other than the card's before
+    reading its values (a sample far larger than the card's costs no copy)."""
+    shape, want = _shape_of(value, where), spec["shape"][1:]
     if shape != want:
         raise ContractError(f"{where}: input {spec['name']!r} expects samples of shape {want} ({_fmt_shape(spec['shape'])} "
                             f"in a batch), received shape {shape}")  # fmt: skip
+    flat = _flatten(value, where, (_prod(want), _RAGGED)) if isinstance(value, list) else [value]
     return [_tensor_value(v, spec, f"{where} value {i}") for i, v in enumerate(flat)]
 
 
@@ -141,7 +138,7 @@ def _parse_tensor_request(value, card: dict, limit: int) -> ParsedRequest:
     elif isinstance(value, dict) and "instances" in value:
         inputs, fmt = _tensor_instances(value["instances"], specs, limit), "instances"
     else:
-        shown = f"an object with keys [{_some([repr(_clip(k)) for k in sorted(value)], 10)}]" if isinstance(value, dict) else type(value).__name__
+        shown = f"an object with keys [{_some(heapq.nsmallest(10, value), 10, show=quoted, total=len(value))}]" if isinstance(value, dict) else type(value).__name__
         raise ContractError(f"body: expected {{\"inputs\": [...]}} (Open Inference v2) or {{\"instances\": [...]}}, got {shown}")
     rid = value.get("id") if fmt == "v2" else None
     parsed = ParsedRequest(inputs[specs[0]["name"]], fmt, inputs=inputs,
@@ -210,9 +207,8 @@ def parse_v2_tensors(body: dict, specs: list, limit: int) -> dict:
             raise ContractError(f"{where}: no samples; send at least one")
         if n > limit:
             raise ContractError(f"{where}: {n} samples, more than the limit of {limit} per request")
-        flat, size = _flatten(t["data"], f"{where}.data"), _prod(shape[1:])
-        if len(flat) != n * size:
-            raise ContractError(f"{where}.data: {len(flat)} values for shape {shape}")
+        size = _prod(shape[1:])
+        flat = _flatten(t["data"], f"{where}.data", (n * size, f"{{}} values for shape {shape}"))
         vals = [_tensor_value(v, spec, f"{where}.data[{i}]", integral) for i, v in enumerate(flat)]
         out[name] = [vals[i * size : (i + 1) * size] for i in range(n)]
     missing = [m for m in names if m not in out]

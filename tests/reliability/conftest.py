@@ -19,8 +19,8 @@ from aiaas_torch import serving as server
 from aiaas_torch.archive import ServingConfig, package
 from aiaas_torch.runs import load_run
 
-from rel_helpers import (BATCH_PROBE_HANDLER, HANG_HANDLER, HANG_TIMEOUT_S, PROBE_BATCH, PROBE_DELAY_MS, group_pids,
-                         kill_leftovers, linear_run)  # fmt: skip
+from rel_helpers import (BATCH_PROBE_HANDLER, HANG_HANDLER, HANG_TIMEOUT_S, PROBE_BATCH, PROBE_DELAY_MS, linear_run,
+                         running)  # fmt: skip
 
 
 
@@ -68,13 +68,5 @@ def shared(runs, tmp_path_factory) -> Shared:
                           serving=ServingConfig(workers=1, batch_size=PROBE_BATCH, max_batch_delay_ms=PROBE_DELAY_MS)).path,
     }  # fmt: skip
     home = root / "home"
-    info = server.start(home, store, {name: mar.name for name, mar in archives.items()}, free_ports=True, ready_timeout=180)
-    pids = group_pids(info)
-    try:
+    with running(home, store, archives) as info:
         yield Shared(home, store, archives, info, load_run(runs.lin))
-    finally:
-        pids |= group_pids(info)
-        try:
-            server.stop(home, timeout=10)
-        finally:
-            kill_leftovers(pids)

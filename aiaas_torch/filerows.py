@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterator
 
 from . import parsechild
-from .data import csv_header
+from .csvread import csv_header
 from .errors import InputError
 
 FORMATS = ("csv", "jsonl", "json-array")

@@ -137,3 +137,13 @@ def test_an_empty_cell_names_impute(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "line 7, column 'bmi': empty cell, expected a number (use --impute median, or --impute bmi=median" in err
     assert "\n" not in err
+
+
+def test_the_training_file_with_its_id_columns_predicts_locally(tmp_path, capsys):
+    p = _write(tmp_path, _cars(40))
+    assert main(["train", str(p), "--target", "y", "--out", str(tmp_path / "run"), *FAST]) == 0
+    capsys.readouterr()
+    out = tmp_path / "pred.csv"
+    assert main(["predict", "--local", str(tmp_path / "run"), "--file", str(p), "--id", "model", "--out", str(out)]) == 0, capsys.readouterr().err
+    lines = out.read_text().splitlines()
+    assert len(lines) == 41 and lines[0].split(",")[0] == "model" and lines[1].startswith("car 0,")

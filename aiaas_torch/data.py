@@ -187,7 +187,7 @@ def load_csv(
     data, dropped = rows_with_target(table.rows, len(header), t, p, target, drop_missing_target)
     if len(data) < 2:
         raise InputError(f"{p}: {len(data)} data row(s){' with a target' if dropped else ''}; at least 2 are needed")
-    excluded, notes = exclude_ids(header, data, t, ids, set(keep) | set(categorical) | set(strategies), p)
+    excluded, notes = exclude_ids(header, table.rows, t, ids, set(keep) | set(categorical) | set(strategies), p)
     feature_idx = [j for j in range(len(header)) if j != t and header[j] not in excluded]
     if not feature_idx:
         raise InputError(f"{p}: no feature columns besides the target {target!r}" + (f" and the excluded {list(excluded)}" if excluded else ""))

@@ -69,6 +69,9 @@ def test_id_columns_are_excluded_with_a_warning_naming_keep_and_id(tmp_path):
     assert any("column 'model': looks like a row id (text unique to every one of the 30 rows)" in m for m in said), said
     assert set(ds.excluded) == {"rownames", "model"}
     assert data.load_csv(p, "y", keep=["rownames"], ids=["model"]).schema.feature_names == ["rownames", "x", "z"]
+    # rows left out for a missing target do not hide the row numbers: the sequence is the file's
+    gaps = _write(tmp_path, "\n".join(ln if i != 5 else ln.rsplit(",", 1)[0] + "," for i, ln in enumerate(_cars(30).splitlines())) + "\n", "gaps.csv")
+    assert set(data.load_csv(gaps, "y", drop_missing_target=True, ids="model").excluded) == {"rownames", "model"}
 
 
 def test_declared_ids_go_without_a_warning_and_small_tables_are_not_judged(tmp_path, recwarn):

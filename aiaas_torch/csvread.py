@@ -47,7 +47,7 @@ def csv_header(row: list[str], where) -> list[str]:
     return header
 
 
-def sep_flag(sep: str) -> str:
+def _sep_flag(sep: str) -> str:
     """Return how a separator is written on the command line: --sep ';', or --sep $'\\t' for a tab."""
     return "--sep $'\\t'" if sep == "\t" else f"--sep '{sep}'"
 
@@ -83,7 +83,7 @@ def read_csv_text(p: Path, sep: str | None = None, decimal: str = DECIMALS[0], e
             raise InputError(f"{p}: the header is ','-separated, so the decimal mark cannot be ','; say the separator with --sep")
     elif counts[sep] == 1 and counts[best] > 1:
         raise InputError(f"{p}, line 1: the header is one column {first.strip()[:60]!r} with {sep!r}; "
-                         f"this looks {best!r}-separated: use {sep_flag(best)}")  # fmt: skip
+                         f"this looks {best!r}-separated: use {_sep_flag(best)}")  # fmt: skip
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
     rows: list[tuple[int, list[str]]] = []
     start = 1  # the line a record starts on (a quoted field may span lines)

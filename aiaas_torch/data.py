@@ -6,9 +6,7 @@ Validation lives here in one place, in the style of scikit-learn's `check_array`
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import math
 import os
 import warnings
@@ -17,14 +15,13 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from .csvread import DECIMALS, ENCODING, MISSING, decimal_comma_hint, read_csv_text, rows_with_target
 from .errors import InputError, InputTypeError
+from .idcols import exclude_ids
+from .target import infer_task, target_values
 
 TASKS = ("auto", "regression", "classification")
-MAX_CLASSES = 20  # more distinct integer targets than this is a regression
 FLOAT32_MAX = float(np.finfo(np.float32).max)
-# Cells read as missing (compared after strip, case-insensitively). "nan" counts only where imputation is asked for;
-# elsewhere it stays the "not a finite number" error it always was.
-MISSING = ("", "na", "n/a", "nan", "null", "none", "?")
 MAX_CATEGORIES = 50
 IMPUTE_STRATEGIES = ("mean", "median", "constant")
 
@@ -90,6 +87,9 @@ class Dataset:
     source: str = "arrays"
     sha256: str = ""
     warnings: list[str] = field(default_factory=list)
+    dropped_rows: list[int] = field(default_factory=list)  # lines of a CSV's rows left out for a missing target
+    excluded: dict = field(default_factory=dict)  # {column: why} of a CSV's columns left out of the features (row ids)
+    reading: dict = field(default_factory=dict)  # how a CSV was read: sep, decimal, encoding
 
     def __len__(self) -> int:
         """Return the number of rows."""
@@ -97,7 +97,7 @@ class Dataset:
 
     def subset(self, idx) -> "Dataset":
         """Return the rows at `idx` (an index array copies, a slice is a view) as a Dataset sharing this schema."""
-        return Dataset(self.X[idx], self.y[idx], self.schema, self.source, self.sha256, self.warnings)
+        return replace(self, X=self.X[idx], y=self.y[idx])
 
 
 def _parse_float(text: str, where: str) -> float:
@@ -114,19 +114,6 @@ def _parse_float(text: str, where: str) -> float:
     if abs(v) > FLOAT32_MAX:
         raise InputError(f"{where}: {s[:40]!r} is too large for float32 (|x| > 3.4e38)")
     return v
-
-
-def csv_header(row: list[str], where) -> list[str]:
-    """Return a CSV header row's column names, stripped, refusing an empty or a duplicate name (line 1 of `where`)."""
-    header = [h.strip() for h in row]
-    seen: dict[str, int] = {}
-    for j, h in enumerate(header):
-        if h == "":
-            raise InputError(f"{where}, line 1, column {j + 1}: empty column name")
-        if h in seen:
-            raise InputError(f"{where}, line 1: duplicate column name {h!r} (columns {seen[h] + 1} and {j + 1})")
-        seen[h] = j
-    return header
 
 
 def parse_impute(specs) -> dict[str, str]:
@@ -156,66 +143,54 @@ def load_csv(
     categorical: Sequence[str] = (),
     max_categories: int = MAX_CATEGORIES,
     strict: bool = False,
+    sep: str | None = None,
+    decimal: str = DECIMALS[0],
+    encoding: str = ENCODING,
+    drop_missing_target: bool = False,
+    keep: Sequence[str] = (),
+    ids: Sequence[str] = (),
 ) -> Dataset:
     """Return the Dataset read from a CSV file with a header row, feature columns and the named target column.
 
     impute: strategies for missing cells (see `parse_impute`); without one, a missing cell is an error naming line and
     column. A column with mostly non-numeric cells (or named in `categorical`) is categorical: its values become codes
     into its sorted vocabulary, at most `max_categories` of them. strict: the served model answers an unseen category
-    with 400 instead of the all-zero encoding.
+    with 400 instead of the all-zero encoding. sep (None: sniffed from the header), decimal and encoding say how the
+    file is written. drop_missing_target: leave out the rows without a target (counted) instead of refusing the file.
+    A column that looks like a row id (see `idcols.id_reason`) is excluded with a warning unless named in `keep`;
+    the columns in `ids` are excluded without one.
     """
     p = Path(path)
     if not isinstance(target, str) or not target:
         raise InputError("target: give the name of the target column")
     strategies = parse_impute(impute)
-    if isinstance(categorical, str):
-        categorical = [categorical]
+    categorical, keep, ids = (_names(v) for v in (categorical, keep, ids))
     if isinstance(max_categories, bool) or not isinstance(max_categories, int) or max_categories < 1:
         raise InputError(f"max_categories: {max_categories!r} must be a positive integer")
     if not p.exists():
         raise InputError(f"{p}: file not found")
     if not p.is_file():
         raise InputError(f"{p}: not a regular file")
-    raw = p.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise InputError(f"{p}: not UTF-8 text (byte {e.start})") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
-    rows_numbered = []
-    start = 1  # the line a record starts on (a quoted field may span lines)
-    try:
-        for r in reader:
-            if any(c.strip() for c in r):
-                rows_numbered.append((start, r))
-            start = reader.line_num + 1
-    except csv.Error as e:
-        raise InputError(f"{p}, line {reader.line_num}: malformed CSV ({e})") from None
-    if not rows_numbered:
-        raise InputError(f"{p}: empty file, expected a header row and data rows")
-    header = csv_header(rows_numbered[0][1], p)
+    table = read_csv_text(p, sep, decimal, encoding)
+    header = table.header
     seen = {h: j for j, h in enumerate(header)}
     if target not in seen:
         raise InputError(f"{p}: target column {target!r} not found; columns are {header}")
-    for what, names in (("impute", [c for c in strategies if c != "*"]), ("categorical", list(categorical))):
+    named = (("impute", [c for c in strategies if c != "*"]), ("categorical", categorical), ("keep", keep), ("id", ids))
+    for what, names in named:
         for c in names:
             if c not in seen or c == target:
                 raise InputError(f"{what}: {c!r} is not a feature column of {p}; feature columns are {[h for h in header if h != target]}")
+            if what != "id" and c in ids:
+                raise InputError(f"{what}: {c!r} is also declared an id column (--id); an id is not a feature")
     t = seen[target]
-    feature_idx = [j for j in range(len(header)) if j != t]
-    if not feature_idx:
-        raise InputError(f"{p}: no feature columns besides the target {target!r}")
-    data = rows_numbered[1:]
+    data, dropped = rows_with_target(table.rows, len(header), t, p, target, drop_missing_target)
     if len(data) < 2:
-        raise InputError(f"{p}: {len(data)} data row(s); at least 2 are needed")
-    y_text: list[str] = []
-    for line, row in data:
-        if len(row) != len(header):
-            raise InputError(f"{p}, line {line}: {len(row)} fields, expected {len(header)} as in the header")
-        cell = row[t].strip()
-        if cell == "":
-            raise InputError(f"{p}, line {line}, column {target!r}: empty target cell")
-        y_text.append(cell)
+        raise InputError(f"{p}: {len(data)} data row(s){' with a target' if dropped else ''}; at least 2 are needed")
+    excluded, notes = exclude_ids(header, table.rows, t, ids, set(keep) | set(categorical) | set(strategies), p)
+    feature_idx = [j for j in range(len(header)) if j != t and header[j] not in excluded]
+    if not feature_idx:
+        raise InputError(f"{p}: no feature columns besides the target {target!r}" + (f" and the excluded {list(excluded)}" if excluded else ""))
     X = np.empty((len(data), len(feature_idx)), dtype=np.float32)
     vocab: dict[int, list] = {}
     for c, j in enumerate(feature_idx):
@@ -225,12 +200,30 @@ def load_csv(
                        name in categorical, max_categories)  # fmt: skip
         if cats is not None:
             vocab[c] = cats
-    y_values, y_numeric = _target_values(y_text, p, [line for line, _ in data], target, task)
+    y_text = [row[t].strip() for _, row in data]
+    y_values, y_numeric = target_values(y_text, p, [line for line, _ in data], target, task)
     names = [header[j] for j in feature_idx]
-    ds = _build(X, y_values, y_numeric, names, target, task, str(p), hashlib.sha256(raw).hexdigest(), vocab)
+    ds = _build(X, y_values, y_numeric, names, target, task, str(p), table.sha256, vocab)
     _mark_imputed(ds.schema, strategies)
     ds.schema.unseen_category = "error" if strict else "zero"
+    ds.warnings[:0] = notes
+    ds.dropped_rows, ds.excluded = dropped, excluded
+    ds.reading = {"sep": table.sep, "decimal": table.decimal, "encoding": table.encoding}
     return ds
+
+
+def dataset_lineage(ds: Dataset) -> dict:
+    """Return the card's data fields of how a CSV was read: the rows left out for a missing target, the columns
+    excluded from the features, and the separator, decimal mark and encoding; empty for arrays."""
+    if not ds.reading:
+        return {}
+    dropped = {"count": len(ds.dropped_rows), "lines": ds.dropped_rows[:20]}
+    return {"dropped_missing_target": dropped, "excluded_columns": dict(ds.excluded), "csv": dict(ds.reading)}
+
+
+def _names(v) -> list[str]:
+    """Return a column-name option as a list (one name may be given as a string)."""
+    return [v] if isinstance(v, str) else list(v or ())
 
 
 def _mark_imputed(schema: Schema, strategies: dict) -> None:
@@ -254,6 +247,9 @@ def _column(out: np.ndarray, cells: list, p: str, name: str, imputed: bool, forc
             except ValueError:
                 bad.append((line, s))
     categorical = forced or (bool(bad) and len(bad) > len(present) // 2)
+    hint = decimal_comma_hint([s for _, s in bad]) if categorical and not forced else ""
+    if hint:
+        raise InputError(f"{p}, column {name!r}: {hint}")
     if categorical:
         cats = sorted({s for _, s in present})
         if len(cats) > max_categories:
@@ -266,40 +262,19 @@ def _column(out: np.ndarray, cells: list, p: str, name: str, imputed: bool, forc
             if imputed:
                 out[r] = np.nan
             elif s == "":
-                raise InputError(f"{where}: empty cell, expected a {'category' if categorical else 'number'}")
+                raise InputError(f"{where}: empty cell, expected a {'category' if categorical else 'number'} ({_impute_hint(name)})")
             elif s.lower() == "nan" and not categorical:
                 _parse_float(s, where)  # raises the "not a finite number" error a NaN cell always got
             else:
-                raise InputError(f"{where}: missing value {s!r} (impute, --impute on the command line, fills missing values)")
+                raise InputError(f"{where}: missing value {s!r} ({_impute_hint(name)})")
             continue
         out[r] = code[s] if categorical else _parse_float(s, where)
     return cats if categorical else None
 
 
-def _target_values(cells: list[str], p: Path, lines: list[int], target: str, task: str) -> tuple[list, bool]:
-    """Return the target cells as floats when all are numeric (checking they are finite), else as string labels.
-
-    A few non-numbers among numbers is a typo, not a set of labels: that is an error naming the line, unless the
-    caller asked for classification.
-    """
-    values: list = []
-    bad: list[tuple[int, str]] = []
-    for cell, line in zip(cells, lines):
-        try:
-            v = float(cell)
-        except ValueError:
-            bad.append((line, cell))
-            continue
-        if not math.isfinite(v):
-            raise InputError(f"{p}, line {line}, column {target!r}: {cell!r} is not a finite number")
-        values.append(v)
-    if not bad:
-        return values, True
-    if task == "classification" or (task == "auto" and len(bad) > len(cells) // 2):
-        return cells, False
-    line, cell = bad[0]
-    hint = "" if task == "regression" else " (most of the column is numeric; pass task 'classification' if these are labels)"
-    raise InputError(f"{p}, line {line}, column {target!r}: non-numeric target {cell[:40]!r}{hint}")
+def _impute_hint(name: str) -> str:
+    """Return the hint of a missing-cell error: the options that fill the column's missing cells."""
+    return f"use --impute median, or --impute {name}=median; in Python impute='median'"
 
 
 def from_arrays(
@@ -365,7 +340,7 @@ def _build(Xa, y_values, numeric, names, target, task, source, sha, vocab: dict 
         raise InputError(f"task: {task!r} is not one of {TASKS}")
     n = Xa.shape[0]
     if task == "auto":
-        task = _infer_task(y_values, numeric, n)
+        task = infer_task(y_values, numeric, n)
     if task == "regression":
         if not numeric:
             raise InputError(f"{source}, column {target!r}: regression needs a numeric target")
@@ -401,16 +376,6 @@ def _build(Xa, y_values, numeric, names, target, task, source, sha, vocab: dict 
         feats.append(f)
     schema = Schema(feats, target, task, classes)
     return Dataset(np.ascontiguousarray(Xa, dtype=np.float32), y, schema, source, sha, notes)
-
-
-def _infer_task(y_values: list, numeric: bool, n: int) -> str:
-    """Return "classification" for string labels or few distinct integers, else "regression"."""
-    if not numeric:
-        return "classification"
-    distinct = set(y_values)
-    if all(v == int(v) for v in distinct) and len(distinct) <= min(MAX_CLASSES, max(2, n // 10)):
-        return "classification"
-    return "regression"
 
 
 def split(ds: Dataset, val_fraction: float = 0.2, seed: int = 0) -> tuple[Dataset, Dataset | None]:

@@ -1,8 +1,8 @@
 """Rows of a CSV or JSON file, read in chunks and checked against a model card's feature names (files.py predicts them).
 
 Input formats, told apart by the first characters of the file (never by its extension):
-- CSV with a header row naming the model's features (any order; the model's target column is ignored, the `id`
-  column is carried through, any other column is refused), one record per line;
+- CSV with a header row naming the model's features (any order; the model's target column and the columns training
+  excluded as row ids are ignored, the `id` column is carried through, any other column is refused), one record per line;
 - JSON Lines: one row per line, an array of values in feature order or an object {feature: value, ...};
 - a JSON array of such rows (`[[...], ...]` or `[{...}, ...]`), read incrementally.
 
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterator
 
 from . import parsechild
-from .data import csv_header
+from .csvread import csv_header
 from .errors import InputError
 
 FORMATS = ("csv", "jsonl", "json-array")
@@ -88,6 +88,7 @@ class RowReader:
             raise InputError(f"chunk_rows: {chunk_rows!r} must be an integer ≥ 1")
         self.features = [f["name"] for f in card["input"]["features"]]
         self.target = card["output"].get("target")
+        self.excluded = set(card.get("data", {}).get("excluded_columns", {}))  # training's id columns: ignored like the target
         self.id_column = id_column
         self.chunk_rows = chunk_rows
         # False: a chunk of plain numerals in card order comes as its text alone, for a reader that hands the text on
@@ -177,7 +178,7 @@ class RowReader:
             raise InputError(f"{self.path}, line {line}: feature column(s) {missing[:5]} missing; the model needs {self.features[:20]}")
         if self.id_column is not None and self.id_column not in header:
             raise InputError(f"{self.path}, line {line}: no id column {self.id_column!r}; columns are {header[:20]}")
-        known = set(self.features) | {self.target, self.id_column}
+        known = set(self.features) | {self.target, self.id_column} | self.excluded
         extra = [h for h in header if h not in known]
         if extra:
             raise InputError(f"{self.path}, line {line}: column(s) {extra[:5]} are not features of the model ({self.features[:20]}); "
@@ -268,7 +269,7 @@ class RowReader:
                         if self.id_column not in v:
                             raise InputError(f"{self.path}, line {n}: no id field {self.id_column!r}")
                         ids.append(v[self.id_column])
-                    v = {k: x for k, x in v.items() if k not in (self.id_column, self.target)}
+                    v = {k: x for k, x in v.items() if k not in (self.id_column, self.target) and k not in self.excluded}
                 elif ids is not None:
                     raise InputError(f"{self.path}, line {n}: --id {self.id_column!r} needs object rows ({{\"{self.id_column}\": ..., features...}})")
                 rows.append(v)

@@ -8,10 +8,15 @@ from pathlib import Path
 
 
 def table(leaderboard: list[dict], limit: int | None = 15) -> str:
-    """Return the leaderboard as a text table: rank, parameters, CV mean ± std, fit time, deployed figures."""
-    lines = [f"{'rank':>4}  {'candidate':44s} {'CV mean ± std':>19s} {'fit s':>7s}  deployed (program, bytes, µs/row b1, b16)"]
+    """Return the leaderboard as a text table: rank, the halving rung scored at, parameters, CV mean ± std, fit time,
+    deployed figures; a line under the header says the ranks order by rung first, so a lower rank's score may be higher."""
+    lines = [f"{'rank':>4}  {'rung (epochs)':13s} {'candidate':44s} {'CV mean ± std':>19s} {'fit s':>7s}  "
+             "deployed (program, bytes, µs/row b1, b16)",
+             "      (ranked by the halving rung reached, deepest first, then CV mean: a candidate cut at an earlier rung "
+             "ranks below every one scored at a later rung)"]  # fmt: skip
     for e in leaderboard[:limit]:
         p = params_text(e["params"])
+        rung = f"{e['rung'] + 1} ({e['epochs']})" if e.get("rung") is not None and "epochs" in e else "-"
         if e["status"] == "ok":
             cv = f"{e['mean']:.4f} ± {e['std']:.4f}"
             fit = f"{e['fit_seconds']:.3f}"
@@ -21,7 +26,7 @@ def table(leaderboard: list[dict], limit: int | None = 15) -> str:
         dep = f"{d['program_b1']}, {d['weight_bytes']} B, {d['us_per_row_b1']:g}, {d['us_per_row_b16']:g}" if d else ""
         if e.get("ruled_out"):
             dep += f"  [ruled out: {e['ruled_out']}]"
-        lines.append(f"{e['rank']:>4}  {p:44s} {cv:>19s} {fit:>7s}  {dep}")
+        lines.append(f"{e['rank']:>4}  {rung:13s} {p:44s} {cv:>19s} {fit:>7s}  {dep}")
     if limit is not None and len(leaderboard) > limit:
         lines.append(f"      … {len(leaderboard) - limit} more (see --json or the card's selection.leaderboard)")
     return "\n".join(lines)

@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .atomic import write_atomic
-from .data import Dataset, Schema, fit_preprocessing, pca_rotation, split, standardize_stats
+from .data import Dataset, Schema, dataset_lineage, fit_preprocessing, pca_rotation, split, standardize_stats
 from .models import MODEL_KINDS, ModelSpec, Preprocess, build_model, json_ready
 from .errors import InputError, InputTypeError, check_choice, check_int, check_number
 
@@ -390,6 +390,7 @@ def train(
             "train_rows": len(train_ds),
             "validation_rows": 0 if val_ds is None else len(val_ds),
             "warnings": list(dataset.warnings),
+            **dataset_lineage(dataset),
         },
         eval_X=eval_ds.X[:4096],
         eval_y=eval_ds.y[:4096],

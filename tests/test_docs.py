@@ -1,8 +1,10 @@
-"""The promises table names real tests: every `file::test` in docs/promises.md exists, so the table cannot rot."""
+"""The promises table names real tests: every `file::test` in docs/promises.md exists, so the table cannot rot; the
+Makefile's install says what it does."""
 
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,3 +30,12 @@ def test_no_benchmark_script_shadows_a_standard_library_module():
     # (subprocess imports select)
     names = {p.stem for p in (Path(__file__).parents[1] / "benchmarks").glob("*.py")}
     assert not names & set(sys.stdlib_module_names), names & set(sys.stdlib_module_names)
+
+
+def test_the_first_install_says_what_it_does_before_the_long_pip_step(tmp_path):
+    r = subprocess.run(["make", "-n", "install", f"VENV={tmp_path}/venv"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    pip = next(i for i, ln in enumerate(lines) if "pip install" in ln)
+    assert any(ln.lstrip().startswith("echo") and "minutes" in ln for ln in lines[:pip]), lines
+    assert "--progress-bar on" in lines[pip]

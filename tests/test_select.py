@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 
 import numpy as np
 import pytest
@@ -260,3 +261,19 @@ def test_cli_epochs_under_select_are_the_last_rungs_and_the_refits(tmp_path, cap
     assert "epochs per rung [37]" in card["selection"]["how"]
     assert card["selection"]["chosen"]["params"]["model"] == "linear"  # x1 is linear: it beats the mean
     assert card["training"]["epochs_run"] == 37  # the refit of the chosen model: 37 epochs too
+
+
+def test_the_leaderboard_shows_the_rung_each_candidate_was_scored_at():
+    from aiaas_torch.leaderboard import table
+
+    def entry(rank, rung, epochs, mean):
+        return {"rank": rank, "rung": rung, "epochs": epochs, "params": {"model": "linear", "lr": 0.1}, "status": "ok",
+                "mean": mean, "std": 0.01, "fit_seconds": 0.5}  # fmt: skip
+
+    text = table([entry(9, 1, 300, 0.80), entry(10, 0, 100, 0.90),
+                  {"rank": 11, "rung": None, "params": {"model": "mlp"}, "status": "not tried"}])  # fmt: skip
+    lines = text.splitlines()
+    assert "rung (epochs)" in lines[0] and "ranked by the halving rung reached" in lines[1]
+    assert re.match(r"^\s+9\s+2 \(300\)\s+linear", lines[2]), lines[2]
+    assert re.match(r"^\s+10\s+1 \(100\)\s+linear", lines[3]), lines[3]
+    assert re.match(r"^\s+11\s+-\s+mlp", lines[4]), lines[4]

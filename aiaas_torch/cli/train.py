@@ -7,6 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from ..csvread import DECIMALS, ENCODING, SEPARATORS
 from .common import UsageError, _finite, _int_list, _print_json, _warn
 
 
@@ -16,7 +17,7 @@ def add_parser(sub) -> None:
                        description="Train a model with torch.optim.SGD on a CSV, then (by default) quantize and export "
                                    "the run directory: model card model.json, model.pt2, model_float.pt2, checkpoint.pt.")
     t.add_argument("data", metavar="DATA.csv", help="CSV file with a header row, numeric and text (categorical) feature columns")
-    t.add_argument("--target", required=True, metavar="COL", help="name of the target column (a row without one is an error)")
+    t.add_argument("--target", required=True, metavar="COL", help="name of the target column (a row without one is an error; see --drop-missing-target)")
     p = t.add_argument_group("missing values and categories")
     p.add_argument("--impute", action="append", default=[], metavar="[COL=]STRATEGY",
                    help="fill missing cells (empty, NA, N/A, NaN, null, None, ?) with a value fitted on the training split: "
@@ -31,6 +32,21 @@ def add_parser(sub) -> None:
     p.add_argument("--strict", action="store_true",
                    help="the served model answers a category it never saw with 400 (default: the all-zero encoding, "
                         "counted in the UnseenCategories metric); recorded in the card")
+    r = t.add_argument_group("reading the file")
+    r.add_argument("--sep", default=None, choices=SEPARATORS, metavar="C", type=lambda c: "\t" if c in ("tab", "\\t") else c,
+                   help="field separator: , ; | or tab (written tab) (default: sniffed from the header row)")
+    r.add_argument("--decimal", default=DECIMALS[0], choices=DECIMALS, metavar="C",
+                   help=f"decimal mark of the numbers: . or , as in 3,14 (then the separator is not ,; default {DECIMALS[0]})")
+    r.add_argument("--encoding", default=ENCODING, metavar="NAME",
+                   help=f"text encoding of the file (default {ENCODING}; a file saved by Excel on Windows is often cp1252)")
+    r.add_argument("--drop-missing-target", action="store_true",
+                   help="leave out the rows whose target is empty or missing (NA, ?, ...), counted in the output and "
+                        "the card (default: such a row is an error naming its line)")
+    r.add_argument("--keep", action="append", default=[], metavar="COL",
+                   help="keep COL as a feature though it looks like a row id (unique text per row, or 1..N in order; "
+                        "such columns are excluded with a warning)")
+    r.add_argument("--id", dest="ids", action="append", default=[], metavar="COL",
+                   help="COL identifies rows: excluded from the features without a warning (repeatable)")
     t.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write (replaced atomically)")
     t.add_argument("--task", choices=["auto", "regression", "classification"], default="auto",
                    help="target kind (default: auto — strings or few distinct integers are classes)")
@@ -123,13 +139,13 @@ def _train(a) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         ds = load_csv(a.data, a.target, a.task, impute=a.impute, categorical=a.categorical,
-                      max_categories=a.max_categories, strict=a.strict)  # fmt: skip
+                      max_categories=a.max_categories, strict=a.strict, sep=a.sep, decimal=a.decimal,
+                      encoding=a.encoding, drop_missing_target=a.drop_missing_target, keep=a.keep, ids=a.ids)  # fmt: skip
     check_learnable(ds)  # before the per-column warnings: a refusal is one line
     quant = quant.with_gate(ds.schema.task, a.gate).validate()
-    for w in caught:
-        _warn(str(w.message))
+    notes = [str(w.message) for w in caught]  # printed once the settings are checked: a refusal is one line
     if a.select:
-        return _select(a, ds, quant)
+        return _select(a, ds, quant, notes)
     for flag, default in _SELECT_ONLY.items():
         if getattr(a, flag) != default:
             raise UsageError(f"--{flag.replace('_', '-')}: only with --select")
@@ -145,6 +161,7 @@ def _train(a) -> int:
         raise UsageError(f"--out {out}: exists and is not a directory")
     # Periodic checkpoints live beside the run directory until export moves the final one inside.
     ckpt = out.with_name(f".{out.name}.{CHECKPOINT}")
+    _data_notes(a, ds, notes)
     if a.resume and not ckpt.exists() and (out / CHECKPOINT).exists():
         ckpt = out / CHECKPOINT
     with warnings.catch_warnings():
@@ -168,6 +185,16 @@ def _train(a) -> int:
     return 0
 
 
+def _data_notes(a, ds, notes: list[str]) -> None:
+    """Print what reading the data found: its warnings on stderr, the rows left out for a missing target (not with
+    --json: the card's data section counts them); returns None."""
+    for n in notes:
+        _warn(n)
+    if ds.dropped_rows and not a.json and os.environ.get("RANK", "0") == "0":
+        shown = ", ".join(map(str, ds.dropped_rows[:10])) + (", …" if len(ds.dropped_rows) > 10 else "")
+        print(f"dropped {len(ds.dropped_rows)} row(s) without a target {a.target!r} (--drop-missing-target): line(s) {shown}")
+
+
 def _given(**options) -> dict:
     """Return the options that were given (not None): the others keep the settings object's own default."""
     return {k: v for k, v in options.items() if v is not None}
@@ -176,7 +203,7 @@ def _given(**options) -> dict:
 _SELECT_ONLY = {"cv": 5, "budget": None, "time_limit": None, "metric": None, "max_latency_us": None, "max_bytes": None, "plot": None}
 
 
-def _select(a, ds, quant) -> int:
+def _select(a, ds, quant, notes: list[str]) -> int:
     """Search the candidates, write the chosen one's run directory and print the leaderboard; returns the exit code."""
     from ..leaderboard import params_text, plot, table
     from ..select import SelectConfig, select
@@ -189,6 +216,7 @@ def _select(a, ds, quant) -> int:
     out = Path(a.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a directory")
+    _data_notes(a, ds, notes)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = select(ds, cfg, workdir=out.parent)
     try:

@@ -262,7 +262,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="write the JSON result here")
     a = p.parse_args(argv)
     bench.wait_quiet(1.0, 600.0, echo=lambda m: print(m, file=sys.stderr, flush=True))  # 1-min load < 1, ≤ 10 min
-    from aiaas_torch.export import vector_isa
+    from aiaas_torch.making import vector_isa
 
     host = {"cpu": prog.cpu_model_name(), "isa": vector_isa(), "isa_class": prog.isa_class(integrity.cpu_flags())}
     res = {"machine": bench.machine_info(), "host": host, "command": "benchmarks/quantize.py " + " ".join(argv or sys.argv[1:]), "models": {}}

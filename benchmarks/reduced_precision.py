@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from aiaas_torch import _quiet, bench
 from aiaas_torch.data import from_arrays
-from aiaas_torch.export import _export_program, vector_isa
+from aiaas_torch.making import export_program, vector_isa
 from aiaas_torch.models import fold_preprocessing
 from aiaas_torch.quantize import _tensors
 from aiaas_torch.train import TrainConfig, train
@@ -157,7 +157,7 @@ def build(name: str, float_model: nn.Sequential, root: Path) -> dict:
     eager = make(float_model)
     out["eager"], out["weight_bytes"] = eager, stored_bytes(eager)
     try:
-        ep = _export_program(eager, D)
+        ep = export_program(eager, D)
         out["exportable"] = True
     except Exception as e:  # noqa: BLE001  (a spike records why a form fails, whatever the error)
         out["exportable"], out["error"] = False, f"export: {type(e).__name__}: {str(e).splitlines()[0][:200]}"

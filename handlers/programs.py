@@ -77,7 +77,7 @@ class Range:
         return {"max_rows": self.max_rows, "candidate": self.candidate, "ranked": list(self.ranked)}
 
 
-def _fmt(seconds: float) -> str:
+def fmt_seconds(seconds: float) -> str:
     """Return a duration for a reason: µs below 1 ms, else ms."""
     return f"{seconds * 1e6:.0f} µs" if seconds < 1e-3 else f"{seconds * 1e3:.1f} ms"
 
@@ -105,8 +105,8 @@ def decide(order: list, timings: dict, batches: list, margin: float = MARGIN, is
                 pick = n
         t = timings[pick][b]
         others = sorted((n for n in measured if n != pick), key=lambda n: timings[n][b])
-        why = ", ".join(f"{n} {_fmt(timings[n][b])} ({timings[n][b] / t:.2g}× {'slower' if timings[n][b] >= t else 'time'})" for n in others)
-        reasons.append(f"batch {b}: {pick} {_fmt(t)}{on}" + (f"; {why}" if why else ""))
+        why = ", ".join(f"{n} {fmt_seconds(timings[n][b])} ({timings[n][b] / t:.2g}× {'slower' if timings[n][b] >= t else 'time'})" for n in others)
+        reasons.append(f"batch {b}: {pick} {fmt_seconds(t)}{on}" + (f"; {why}" if why else ""))
         winners.append(pick)
         ranked.append([pick] + others)
     plan: list[Range] = []

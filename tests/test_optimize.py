@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import aiaas_torch.export as export
+import aiaas_torch.making as making
 import aiaas_torch.optimize as optimize
 import aiaas_torch.runs as runs
 from aiaas_torch.handlers import integrity
@@ -26,7 +27,7 @@ def _boom(*a, **k):
 
 
 def test_a_tiny_model_is_not_compiled_and_serves_eager(origin_result, tmp_path, monkeypatch):
-    monkeypatch.setattr(export, "_compile_package", _boom)
+    monkeypatch.setattr(making, "compile_package", _boom)
     res = export.export_run(origin_result, tmp_path / "run")  # compile auto, quantize auto
     opt = res.card["optimization"]
     assert "1 weights < 1024" in opt["candidates"]["float-compiled"]["reason"]
@@ -62,7 +63,7 @@ def fake_compile(monkeypatch):
         path.write_bytes(b"stub package")
         return 1.5
 
-    monkeypatch.setattr(optimize, "_compile", compile_)
+    monkeypatch.setattr(making, "compile_package", compile_)
     monkeypatch.setattr(programs, "load_compiled", lambda path: (lambda x: x))
     return compiled
 
@@ -139,7 +140,8 @@ AVX2_PLUMBING = textwrap.dedent(
     import json, sys
     import numpy as np
     from aiaas_torch.data import from_arrays
-    from aiaas_torch.export import export_run, vector_isa
+    from aiaas_torch.export import export_run
+    from aiaas_torch.making import vector_isa
     from aiaas_torch.quantize import QuantConfig
     from aiaas_torch.train import TrainConfig, train
     rng = np.random.default_rng(0)

@@ -134,7 +134,7 @@ def _host() -> dict:
 
     Inductor's own ISA pick ("isa") is added only when something is compiled: the probe costs 4–10 s here.
     """
-    return {"cpu": programs.cpu_model_name(), "isa_class": programs.isa_class(integrity.cpu_flags()), "threads": THREADS,
+    return {"cpu": integrity.cpu_model_name(), "isa_class": integrity.isa_class(integrity.cpu_flags()), "threads": THREADS,
             "torch": torch.__version__}  # fmt: skip
 
 

@@ -33,7 +33,7 @@ def test_a_tiny_model_is_not_compiled_and_serves_eager(origin_result, tmp_path, 
     assert "1 weights < 1024" in opt["candidates"]["float-compiled"]["reason"]
     assert [r["candidate"] for r in opt["plan"]] == ["float-eager"]
     assert set(opt["candidates"]["float-eager"]["seconds"]) == {"1", "16", "256"}
-    assert opt["host"]["cpu"] and opt["host"]["isa_class"] == programs.isa_class(integrity.cpu_flags())
+    assert opt["host"]["cpu"] and opt["host"]["isa_class"] == integrity.isa_class(integrity.cpu_flags())
     assert "isa" not in opt["host"]  # inductor's ISA probe (4–10 s) is paid only when something is compiled
     assert res.compile_seconds is None and not (tmp_path / "run" / "model.pt2").exists()
     m = runs.load_run(tmp_path / "run")
@@ -124,7 +124,7 @@ def test_local_model_falls_back_to_float_where_the_isa_class_differs_from_the_bu
     run = tmp_path / "run"
     shutil.copytree(mlp_run.run_dir, run)
     card = json.loads((run / "model.json").read_text())
-    here = programs.isa_class(integrity.cpu_flags())
+    here = integrity.isa_class(integrity.cpu_flags())
     card["optimization"]["host"]["isa_class"] = "avx512_vnni" if here != "avx512_vnni" else "avx2"
     card["optimization"]["candidates"]["int8-compiled"]["forced"] = False
     (run / "model.json").write_text(json.dumps(card))

@@ -4,14 +4,18 @@
   package's: its modules may import it);
 - the aiaas_torch import graph, module-level and function-level imports both, has no cycle, and the modules that
   make programs and write run directories import nothing above them;
-- handlers/ (shipped into every .mar, run inside TorchServe workers) import nothing from aiaas_torch.
+- handlers/ (shipped into every .mar, run inside TorchServe workers) import nothing from aiaas_torch;
+- every third-party import is a declared dependency (an optional extra only where imported lazily), pinned in
+  constraints.txt.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import re
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -215,3 +219,54 @@ def test_handlers_import_nothing_from_aiaas_torch():
     bad = [f"{m} line {l}: {src}" for m in MODULES if m.startswith(HANDLERS)
            for src, _, l, _ in imports(m) if src.split(".")[0] == "aiaas_torch" and not src.startswith(HANDLERS)]
     assert not bad, "handlers/ run inside TorchServe workers without aiaas_torch:\n" + "\n".join(bad)
+
+
+# ---------------------------------------------------------------------------------------------- dependencies
+
+# import name → distribution name where they differ (the installed metadata answers the rest)
+DISTRIBUTION = {"yaml": "pyyaml", "ts": "torchserve", "model_archiver": "torch-model-archiver"}
+
+
+def _dist_name(requirement: str) -> str:
+    return re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def third_party_imports() -> dict[str, list[tuple[str, bool]]]:
+    """Return {distribution: [(module, imported at module level outside a try)]} for every third-party import."""
+    local = {m.rsplit(".", 1)[-1] for m in MODULES} | {"aiaas_torch"}
+    known = importlib.metadata.packages_distributions()
+    out: dict[str, list] = {}
+    for name in MODULES:
+        tree = ast.parse(MODULES[name].read_text(encoding="utf-8"))
+        guarded = {id(s) for n in ast.walk(tree) if isinstance(n, ast.Try) for s in ast.walk(n)}
+        eager = {id(n) for n in tree.body}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                tops = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                tops = [node.module.split(".")[0]]
+            else:
+                continue
+            for top in tops:
+                if top in sys.stdlib_module_names or top in local or top == "__future__":
+                    continue
+                dist = DISTRIBUTION.get(top) or (known.get(top) or [top])[0]
+                out.setdefault(dist.lower().replace("_", "-"), []).append((name, id(node) in eager and id(node) not in guarded))
+    return out
+
+
+def test_every_third_party_import_is_a_declared_dependency_pinned_in_constraints():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    required = {_dist_name(r) for r in project["dependencies"]}
+    extras = {_dist_name(r) for k, reqs in project["optional-dependencies"].items() if k != "dev" for r in reqs}
+    pins = {_dist_name(l) for l in (ROOT / "constraints.txt").read_text().splitlines() if "==" in l and not l.startswith("#")}
+    used = third_party_imports()
+    assert "psutil" in used and "torch" in used  # the scan sees imports (a vacuous pass would hide a broken scan)
+    missing = {d: sorted({m for m, _ in w}) for d, w in used.items() if d not in required | extras}
+    assert not missing, f"imported but not declared in pyproject.toml's dependencies: {missing}"
+    eager_extras = {d: sorted(m for m, eager in w if eager) for d, w in used.items() if d in extras - required}
+    assert not any(eager_extras.values()), f"an optional extra imported at module level: {eager_extras}"
+    unranged = [r for r in project["dependencies"] if not re.search(r"[<>=~]", r)]
+    assert not unranged, f"dependencies without a version range: {unranged}"
+    unpinned = sorted((required | extras) - pins)
+    assert not unpinned, f"dependencies not pinned in constraints.txt: {unpinned}"

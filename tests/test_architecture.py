@@ -6,7 +6,8 @@
   make programs and write run directories import nothing above them;
 - handlers/ (shipped into every .mar, run inside TorchServe workers) import nothing from aiaas_torch;
 - every third-party import is a declared dependency (an optional extra only where imported lazily), pinned in
-  constraints.txt.
+  constraints.txt;
+- every module has a row in tests/README.md, the map from modules to their tests.
 """
 
 from __future__ import annotations
@@ -270,3 +271,17 @@ def test_every_third_party_import_is_a_declared_dependency_pinned_in_constraints
     assert not unranged, f"dependencies without a version range: {unranged}"
     unpinned = sorted((required | extras) - pins)
     assert not unpinned, f"dependencies not pinned in constraints.txt: {unpinned}"
+
+
+# ------------------------------------------------------------------------------------------- tests by module
+
+
+def test_every_module_has_a_row_in_the_tests_map():
+    text = (ROOT / "tests" / "README.md").read_text()
+    rows = set(re.findall(r"^\|\s*`([\w./]+\.py)`\s*\|", text, flags=re.M))
+    files = {str(p.relative_to(ROOT)) for p in MODULES.values()}
+    assert files - rows == set(), f"modules without a row in tests/README.md: {sorted(files - rows)}"
+    assert rows - files == set(), f"rows for modules that do not exist: {sorted(rows - files)}"
+    named = set(re.findall(r"`(tests/[\w/]+\.py)`", text))
+    gone = {t for t in named if not (ROOT / t).exists()}
+    assert not gone, f"tests/README.md names test files that do not exist: {sorted(gone)}"

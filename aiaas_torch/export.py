@@ -6,28 +6,23 @@ A run directory holds:
                     (model_2.pt2 too where a second one serves another batch-size range; see optimize.py)
   model_float.pt2   torch.export program of the float model (CUDA, the eager rebuild's weights, the fallback)
   checkpoint.pt     the training checkpoint (resume, re-quantize)
-Everything is written into a staging directory beside the target and moved into place only when complete, with
+Everything is written into a staging directory beside the target and moved into place only when complete (rundir.py), with
 the card written last, so a crash mid-export never leaves a run directory that loads. Reading the card back is
 card.py's job; loading a run directory for prediction is runs.py's.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import importlib.metadata
 import os
-import platform
-import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import _quiet, __version__, optimize as _optimize
-from .atomic import staging_dir, swap_into_place, write_json_atomic
-from .card import CARD, CHECKPOINT, FLOAT_PROGRAM, SCHEMA_VERSION, read_card
+from . import _quiet, making, optimize as _optimize, rundir
+from .atomic import staging_dir
+from .card import CHECKPOINT, FLOAT_PROGRAM, SCHEMA_VERSION, read_card
 from .data import Schema
 from .errors import InputError
 from .handlers import aiaas_contract as contract
@@ -35,8 +30,6 @@ from .handlers import integrity
 from .models import ModelSpec, Preprocess, build_model, fold_preprocessing, linear_layers
 from .quantize import QuantConfig, QuantReport, quantize
 from .train import TrainConfig, TrainResult, load_checkpoint, save_checkpoint
-
-MAX_BATCH = 1 << 20
 
 
 @dataclass
@@ -52,51 +45,6 @@ class ExportResult:
     def optimization_summary(self) -> str:
         """Return the human-readable lines of the card's optimization section (timings, plan, reason)."""
         return _optimize.describe(self.card["optimization"])
-
-
-def compiler_available() -> bool:
-    """Return True when a C++ compiler for AOTInductor is on PATH."""
-    return shutil.which(os.environ.get("CXX", "g++")) is not None or shutil.which("c++") is not None
-
-
-def vector_isa() -> str:
-    """Return the vector ISA inductor compiles CPU code for on this host (e.g. "avx512", "avx2", "none")."""
-    from torch._inductor import cpu_vec_isa
-
-    isa = cpu_vec_isa.pick_vec_isa()
-    return str(isa) if isa else "none"
-
-
-def _export_program(model: torch.nn.Module, n_features: int):
-    """Return a torch.export ExportedProgram of `model` with a dynamic batch dimension."""
-    example = (torch.zeros(2, n_features),)
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    return torch.export.export(model, example, dynamic_shapes=({0: batch},))
-
-
-def _compile_package(ep, path: Path) -> float:
-    """Compile an ExportedProgram into an AOTInductor .pt2 at `path`; returns the seconds it took."""
-    t0 = time.perf_counter()
-    torch._inductor.aoti_compile_and_package(
-        ep, package_path=str(path), inductor_configs={"aot_inductor.use_runtime_constant_folding": True}
-    )
-    return time.perf_counter() - t0
-
-
-def _versions() -> dict:
-    """Return the versions that a model's files depend on."""
-    def ver(pkg: str):
-        try:
-            return importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    return {
-        "torch": torch.__version__,
-        "torchao": ver("torchao"),
-        "aiaas_torch": __version__,
-        "python": platform.python_version(),
-    }
 
 
 def _coefficients(float_model, schema: Schema, spec: ModelSpec):
@@ -157,19 +105,15 @@ def export_run(
     mode = _optimize.compile_mode(compile)
     float_model = fold_preprocessing(result.model)
     qmodel, report = quantize(float_model, quant, result.eval_X, result.eval_y, result.schema.task)
-    notes: list[str] = []
-    compiler = compiler_available()
-    if mode != "never" and not compiler:
-        notes.append("no C++ compiler found: no compiled CPU package; serving uses the float program")
+    compiler, notes = making.compiler_check(mode)
 
     with staging_dir(run_dir) as staging:
         d = result.spec.n_features
-        float_ep = _export_program(float_model, d)
+        float_ep = making.export_program(float_model, d)
         torch.export.save(float_ep, str(staging / FLOAT_PROGRAM))
         opt = _optimize.optimize(float_model, qmodel, report, staging, scheme=quant.scheme, compile=mode,
                                  compiler=compiler, timer=timer, float_ep=float_ep)  # fmt: skip
-        for staged, final in opt.compiled.items():
-            os.replace(staging / staged, staging / final)
+        rundir.place_compiled(staging, opt.compiled)
         notes += opt.notes
         compile_seconds = opt.compile_seconds
         ck = dict(result.checkpoint)
@@ -180,19 +124,18 @@ def export_run(
         ck["seconds"] = result.seconds
         save_checkpoint(ck, staging / CHECKPOINT)
         card = _card(result, float_model, report, staging, opt.section, max_rows, notes)
-        write_json_atomic(staging / CARD, card)
-        _swap_into_place(staging, run_dir)
+        rundir.finish(staging, run_dir, card)
     return ExportResult(run_dir, card, report, compile_seconds, notes)
 
 
 def _card(result, float_model, report, directory: Path, optimization: dict, max_rows, notes) -> dict:
     """Return the model card for the files in `directory`."""
     schema, spec, config = result.schema, result.spec, result.config
-    files = files_section(directory, optimization)
+    files = rundir.files_section(directory, optimization)
     metrics = result.metrics
     return {
         "schema_version": SCHEMA_VERSION,
-        "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "created": rundir.now(),
         "input": {
             "features": [f.to_card() for f in schema.features],
             "dtype": "float32",
@@ -232,7 +175,7 @@ def _card(result, float_model, report, directory: Path, optimization: dict, max_
         "optimization": optimization,
         "files": files,
         "data": result.data,
-        "versions": _versions(),
+        "versions": rundir.versions(),
         "notes": notes,
         "warnings": list(result.warnings),
     }
@@ -248,34 +191,6 @@ def _encoding(schema: Schema) -> dict:
                               "one-hot encoded inside the program")  # fmt: skip
         out["unseen_category"] = schema.unseen_category
     return out
-
-
-def files_section(directory: Path, optimization: dict, extra: dict | None = None) -> dict:
-    """Return the card's "files" section for the model files in `directory`: role, SHA-256, size, for compiled ones the
-    candidate and ISA, and the fields of `extra` ({file name: {field: value}}) for the files it names."""
-    compiled = {m["file"]: (n, m) for n, m in optimization["candidates"].items() if m["kind"] == "compiled" and m.get("file")}
-    files = {}
-    for name, role, serves in (
-        *((f, "cpu-compiled", "cpu") for f in sorted(compiled)),
-        (FLOAT_PROGRAM, "float-program", "cuda, the eager rebuild's weights, and cpu where no compiled package serves"),
-        (CHECKPOINT, "checkpoint", None),
-    ):
-        p = directory / name
-        if p.exists():
-            meta = {"role": role, "sha256": integrity.sha256_file(p), "bytes": p.stat().st_size}
-            if serves:
-                meta["serves"] = serves
-            if role == "cpu-compiled":
-                meta["candidate"] = compiled[name][0]
-                meta["isa"] = optimization["host"]["isa"]
-                meta["compile_seconds"] = compiled[name][1]["compile_seconds"]
-            files[name] = {**meta, **(extra or {}).get(name, {})}
-    return files
-
-
-def _swap_into_place(staging: Path, run_dir: Path) -> None:
-    """Move a complete staging directory to `run_dir`, replacing an older run directory (never another folder) there."""
-    swap_into_place(staging, run_dir, lambda d: (d / CARD).exists())
 
 
 def requantize(run_dir: str | os.PathLike, quant: QuantConfig, compile: bool | str | None = None) -> ExportResult:

@@ -21,11 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import _quiet, optimize as _optimize
-from .card import CARD, FLOAT_PROGRAM, SCHEMA_VERSION
+from . import _quiet, making, optimize as _optimize, rundir
+from .card import FLOAT_PROGRAM, SCHEMA_VERSION
 from .errors import InputError, InputTypeError
-from .atomic import staging_dir, write_json_atomic
-from .export import MAX_BATCH, ExportResult, _swap_into_place, _versions, compiler_available, files_section
+from .atomic import staging_dir
+from .export import ExportResult
+from .making import MAX_BATCH, export_module
 from .handlers import aiaas_contract as contract
 from .handlers import programs, pt2_check
 from .models import linear_layers
@@ -66,13 +67,6 @@ class _Joined(nn.Module):
         out = self.model(*xs)
         outs = out if isinstance(out, (tuple, list)) else (out,)
         return torch.cat([o.reshape(o.shape[0], -1).float() for o in outs], 1)
-
-
-def export_module(module: nn.Module, inputs: tuple):
-    """Return the torch.export program of `module` on `inputs` (one tensor per input) with a dynamic batch dimension."""
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    example = tuple(t[:2] if t.shape[0] >= 2 else torch.cat([t, t])[:2] for t in inputs)  # batch 1 would be specialized
-    return torch.export.export(module, example, dynamic_shapes=tuple({0: batch} for _ in example))
 
 
 def load_program_file(path: str | os.PathLike) -> torch.export.ExportedProgram:
@@ -239,9 +233,8 @@ def import_model(module_or_program, example_inputs, run_dir: str | os.PathLike, 
     else:
         qjoined, report = quantize(_Joined(float_model), quant, calib, task=task)
         qmodel = qjoined.model
-    compiler = compiler_available()
-    if mode != "never" and not compiler:
-        notes.append("no C++ compiler found: no compiled CPU package; serving uses the float program")
+    compiler, no_compiler = making.compiler_check(mode)
+    notes += no_compiler
     run_dir = Path(run_dir)
     with staging_dir(run_dir) as staging:
         try:  # re-serialized from the checked graph: no guard code, our own sample inputs, byte-reproducible
@@ -250,15 +243,14 @@ def import_model(module_or_program, example_inputs, run_dir: str | os.PathLike, 
             raise InputError(f"the program cannot be served: {e}") from None
         opt = _optimize.optimize(float_model, qmodel, report, staging, scheme=quant.scheme if source == "nn.Module" else "none",
                                  compile=mode, compiler=compiler, timer=timer, float_ep=ep, inputs=_timing_inputs(calib))  # fmt: skip
-        for staged, final in opt.compiled.items():
-            os.replace(staging / staged, staging / final)
+        rundir.place_compiled(staging, opt.compiled)
         notes += opt.notes
         quantization = report.to_dict()
         if source == "ExportedProgram":
             quantization["not_quantized"] = NOT_QUANTIZED
         card = {
             "schema_version": SCHEMA_VERSION,
-            "created": _now(),
+            "created": rundir.now(),
             "input": {
                 "tensors": [{"name": n, "dtype": _dtype_name(d, n), "shape": [contract.BATCH, *s], "min": float(t.min()), "max": float(t.max())}
                             for (n, d, s), t in zip(specs, calib)],  # fmt: skip
@@ -278,17 +270,10 @@ def import_model(module_or_program, example_inputs, run_dir: str | os.PathLike, 
             "metrics": {},
             "quantization": quantization,
             "optimization": opt.section,
-            "files": files_section(staging, opt.section, {FLOAT_PROGRAM: {"sample_inputs_sha256": pt2_check.SAMPLE_INPUTS_SHA256}}),
-            "versions": _versions(),
+            "files": rundir.files_section(staging, opt.section, {FLOAT_PROGRAM: {"sample_inputs_sha256": pt2_check.SAMPLE_INPUTS_SHA256}}),
+            "versions": rundir.versions(),
             "notes": notes,
         }
-        write_json_atomic(staging / CARD, card)
-        _swap_into_place(staging, run_dir)
+        rundir.finish(staging, run_dir, card)
     return ExportResult(run_dir, card, report, opt.compile_seconds, notes)
 
-
-def _now() -> str:
-    """Return the current UTC time as an ISO string without microseconds."""
-    import datetime as _dt
-
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()

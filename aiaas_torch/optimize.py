@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from . import making
 from .errors import InputError
 from .handlers import integrity
 from .handlers import programs
@@ -133,7 +134,7 @@ def _host() -> dict:
 
     Inductor's own ISA pick ("isa") is added only when something is compiled: the probe costs 4–10 s here.
     """
-    return {"cpu": programs.cpu_model_name(), "isa_class": programs.isa_class(integrity.cpu_flags()), "threads": THREADS,
+    return {"cpu": integrity.cpu_model_name(), "isa_class": integrity.isa_class(integrity.cpu_flags()), "threads": THREADS,
             "torch": torch.__version__}  # fmt: skip
 
 
@@ -215,10 +216,8 @@ def optimize(float_model, qmodel, report, staging: Path, *, scheme: str, compile
                     continue
                 staged = f".candidate-{name}.pt2"
                 if "isa" not in host:
-                    from .export import vector_isa
-
-                    host["isa"] = vector_isa()
-                secs = _compile(float_ep if module is float_model and float_ep else _export(module, n_features), staging / staged)
+                    host["isa"] = making.vector_isa()
+                secs = making.compile_package(float_ep if module is float_model and float_ep else _export(module, n_features), staging / staged)
                 opt.compile_seconds = (opt.compile_seconds or 0.0) + secs
                 modules[name] = programs.load_compiled(str(staging / staged))
                 cands[name] = {"kind": c.kind, "precision": "float32" if c.precision == programs.FLOAT else scheme.replace("auto", "int8"),
@@ -300,7 +299,7 @@ def _saving_bound(eager_seconds: dict, n_layers: int, margin: float):
     if bound >= margin * fastest:
         return None
     return (f"a compile saves at most ≈ {bound * 1e6:.0f} µs ({n_layers} layers × {SAVING_PER_LAYER_S * 1e6:.0f} µs), "
-            f"< {margin:.0%} of the eager forward at every batch (≥ {programs._fmt(fastest)}): it cannot win")  # fmt: skip
+            f"< {margin:.0%} of the eager forward at every batch (≥ {programs.fmt_seconds(fastest)}): it cannot win")  # fmt: skip
 
 
 def cost_line(name: str, cands: dict, batches, isa: str) -> str:
@@ -317,20 +316,9 @@ def cost_line(name: str, cands: dict, batches, isa: str) -> str:
 def _export(module, n_features):
     """Return the torch.export program of `module` with a dynamic batch dimension (n_features: an int for a tabular
     model, else the timing inputs, one tensor per input)."""
-    from .export import _export_program
-
     if isinstance(n_features, tuple):
-        from .importer import export_module
-
-        return export_module(module, n_features)
-    return _export_program(module, n_features)
-
-
-def _compile(ep, path: Path) -> float:
-    """Compile an ExportedProgram into an AOTInductor package at `path`; returns the seconds it took."""
-    from .export import _compile_package
-
-    return _compile_package(ep, path)
+        return making.export_module(module, n_features)
+    return making.export_program(module, n_features)
 
 
 def describe(section: dict) -> str:
@@ -340,7 +328,7 @@ def describe(section: dict) -> str:
              f"quantize {section['mode']['quantize']}, compile {section['mode']['compile']}"]  # fmt: skip
     for n, m in section["candidates"].items():
         if m["status"] == "measured":
-            ts = ", ".join(f"b{b} {programs._fmt(s)}" for b, s in m["seconds"].items())
+            ts = ", ".join(f"b{b} {programs.fmt_seconds(s)}" for b, s in m["seconds"].items())
             lines.append(f"  {n}: {ts}" + ("" if m.get("file") else " (not kept)"))
         else:
             lines.append(f"  {n}: dropped — {m['reason']}")

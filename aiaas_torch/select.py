@@ -29,7 +29,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .card import CARD
 from .data import Dataset, split
 from .errors import InputError, InputTypeError, check_int, check_number
 from .quantize import QuantConfig
@@ -241,8 +240,8 @@ class SelectResult:
 
     def save(self, run_dir: str | os.PathLike) -> Path:
         """Write the chosen finalist's run directory (its card with the selection section) atomically; returns its path."""
-        from .atomic import staging_dir, write_json_atomic
-        from .export import _swap_into_place
+        from . import rundir
+        from .atomic import staging_dir
         from .card import read_card
 
         run_dir = Path(run_dir)
@@ -251,8 +250,7 @@ class SelectResult:
             card = read_card(staging)
             card["selection"] = self.section
             card["metrics"]["test"] = self.test_metrics
-            write_json_atomic(staging / CARD, card)
-            _swap_into_place(staging, run_dir)
+            rundir.finish(staging, run_dir, card)
         return run_dir
 
     def cleanup(self) -> None:

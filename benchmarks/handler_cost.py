@@ -228,7 +228,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)  # what a worker runs with (handler setting `threads`, default 1)
     flags = integrity.cpu_flags()
-    print(f"host: {programs.cpu_model_name()}, {os.cpu_count()} cores, vector ISA class {programs.isa_class(flags)}, "
+    print(f"host: {integrity.cpu_model_name()}, {os.cpu_count()} cores, vector ISA class {integrity.isa_class(flags)}, "
           f"load {os.getloadavg()[0]:.2f}; torch {torch.__version__}, 1 thread; JSON parser: "
           f"{'orjson ' + contract.orjson.__version__ if contract.orjson else 'the stdlib json'}")  # fmt: skip
     shapes = [(args.requests, args.rows)] if args.requests else [(16, 1), (1, 16)]

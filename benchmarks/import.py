@@ -31,7 +31,8 @@ from aiaas_torch.archive import ServingConfig, package
 from aiaas_torch.client import Client
 from aiaas_torch import serving as server
 from aiaas_torch.handlers import integrity, programs
-from aiaas_torch.importer import export_module, import_model
+from aiaas_torch.importer import import_model
+from aiaas_torch.making import export_module
 from aiaas_torch.optimize import median_timer
 from aiaas_torch.runs import load_run
 

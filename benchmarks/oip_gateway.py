@@ -46,7 +46,7 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds of load before each level (default 3)")
     ap.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
     a = ap.parse_args()
-    from aiaas_torch.export import vector_isa
+    from aiaas_torch.making import vector_isa
 
     host = {**bench.machine_info(), "vector_isa": vector_isa()}
     print(f"host: {host['cpu']}, {host['cores']} cores, vector ISA {host['vector_isa']}, load {host['loadavg_1min']}")

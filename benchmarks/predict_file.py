@@ -29,7 +29,7 @@ import numpy as np
 from aiaas_torch.archive import ServingConfig, package
 from aiaas_torch.data import from_arrays
 from aiaas_torch.export import export_run
-from aiaas_torch.handlers import integrity, programs
+from aiaas_torch.handlers import integrity
 from aiaas_torch.quantize import QuantConfig
 from aiaas_torch.train import TrainConfig, train
 
@@ -106,7 +106,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="TorchServe workers of the served model")
     ap.add_argument("--out", default=None, help="also write the figures to this JSON file")
     a = ap.parse_args()
-    host = {"cpu": programs.cpu_model_name(), "isa_class": programs.isa_class(integrity.cpu_flags()),
+    host = {"cpu": integrity.cpu_model_name(), "isa_class": integrity.isa_class(integrity.cpu_flags()),
             "cores": os.cpu_count(), "load_1min_at_start": round(os.getloadavg()[0], 2)}
     print(f"host: {host}", flush=True)
     figs: dict = {"host": host, "runs": []}

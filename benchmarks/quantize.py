@@ -30,7 +30,7 @@ from aiaas_torch.archive import ServingConfig
 from aiaas_torch.data import from_arrays
 from aiaas_torch.export import export_run
 from aiaas_torch.runs import load_run
-from aiaas_torch.handlers import integrity, programs as prog
+from aiaas_torch.handlers import integrity
 from aiaas_torch.quantize import QuantConfig
 from aiaas_torch.train import TrainConfig, train
 
@@ -262,9 +262,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="write the JSON result here")
     a = p.parse_args(argv)
     bench.wait_quiet(1.0, 600.0, echo=lambda m: print(m, file=sys.stderr, flush=True))  # 1-min load < 1, ≤ 10 min
-    from aiaas_torch.export import vector_isa
+    from aiaas_torch.making import vector_isa
 
-    host = {"cpu": prog.cpu_model_name(), "isa": vector_isa(), "isa_class": prog.isa_class(integrity.cpu_flags())}
+    host = {"cpu": integrity.cpu_model_name(), "isa": vector_isa(), "isa_class": integrity.isa_class(integrity.cpu_flags())}
     res = {"machine": bench.machine_info(), "host": host, "command": "benchmarks/quantize.py " + " ".join(argv or sys.argv[1:]), "models": {}}
     with tempfile.TemporaryDirectory(prefix="aiaas-qbench-") as root:
         print("[origin] aiaas train end to end ...", file=sys.stderr, flush=True)

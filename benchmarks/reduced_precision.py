@@ -27,7 +27,8 @@ from torch.nn import functional as F
 
 from aiaas_torch import _quiet, bench
 from aiaas_torch.data import from_arrays
-from aiaas_torch.export import _export_program, vector_isa
+from aiaas_torch.handlers import integrity
+from aiaas_torch.making import export_program, vector_isa
 from aiaas_torch.models import fold_preprocessing
 from aiaas_torch.quantize import _tensors
 from aiaas_torch.train import TrainConfig, train
@@ -157,7 +158,7 @@ def build(name: str, float_model: nn.Sequential, root: Path) -> dict:
     eager = make(float_model)
     out["eager"], out["weight_bytes"] = eager, stored_bytes(eager)
     try:
-        ep = _export_program(eager, D)
+        ep = export_program(eager, D)
         out["exportable"] = True
     except Exception as e:  # noqa: BLE001  (a spike records why a form fails, whatever the error)
         out["exportable"], out["error"] = False, f"export: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
@@ -278,7 +279,7 @@ def main(argv=None) -> int:
     _quiet.install()
     if a.wait_quiet:
         bench.wait_quiet(1.0, a.wait_quiet, echo=lambda m: print(m, file=sys.stderr, flush=True))
-    flags = sorted(set(Path("/proc/cpuinfo").read_text().split()) & {"avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "avx512_bf16"})
+    flags = sorted(integrity.cpu_flags() & {"avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "avx512_bf16"})
     res = {"machine": bench.machine_info(), "isa": vector_isa(), "cpu_flags": " ".join(flags),
            "command": "benchmarks/reduced_precision.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "candidates": {}, "latency_ms": {}}  # fmt: skip

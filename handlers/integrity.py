@@ -1,4 +1,6 @@
-"""Integrity of a model's files: SHA-256 against the card, safe member names, and the CPU flags a compiled program needs.
+"""Integrity of a model's files: SHA-256 against the card, safe member names, and this host's CPU facts: its flags, its
+model name, the flags a compiled program's vector ISA needs and the ISA class a plan's timings were measured on (the
+one reader of /proc/cpuinfo and the one table of ISA flags, for the handler, LocalModel, export and the benchmarks).
 
 Torch-and-stdlib only: shipped inside every .mar beside the handler (which checks the model programs when a worker
 loads) and used by the installed aiaas_torch (packaging, `serve start`'s archive check, LocalModel). Checking a
@@ -18,6 +20,16 @@ ISA_CPU_FLAGS = {  # what /proc/cpuinfo must list for code inductor compiled for
     "asimd": ("asimd",),
     "none": (),
 }
+# vector ISA classes by what reduced-precision kernels can use, best first; a reduced-precision program's speed
+# was measured on one class and does not carry over to another (int8 was 20× slower on avx2 than on avx512_vnni).
+# Built on ISA_CPU_FLAGS, so a class and the compiled code of its ISA never disagree about which flags it needs.
+ISA_CLASSES = (
+    ("amx", ("amx_int8", "amx_tile")),
+    ("avx512_vnni", (*ISA_CPU_FLAGS["avx512"], "avx512_vnni")),
+    ("avx512", ISA_CPU_FLAGS["avx512"]),
+    ("avx2", ISA_CPU_FLAGS["avx2"]),
+    ("asimd", ISA_CPU_FLAGS["asimd"]),
+)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -71,16 +83,31 @@ def verify_files(card: dict, directory: str | os.PathLike, roles=None) -> list:
     return problems
 
 
-def cpu_flags() -> set:
-    """Return this host's CPU feature flags (empty where /proc/cpuinfo is absent)."""
+def _cpuinfo_field(keys: tuple) -> str | None:
+    """Return the value of the first /proc/cpuinfo line starting with one of `keys`, or None (no such line or file)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
+                if line.startswith(keys):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return set()
+    return None
+
+
+def cpu_flags() -> set:
+    """Return this host's CPU feature flags (empty where /proc/cpuinfo is absent)."""
+    return set((_cpuinfo_field(("flags", "Features")) or "").split())
+
+
+def cpu_model_name() -> str:
+    """Return this host's CPU model name from /proc/cpuinfo ("unknown" where absent)."""
+    return _cpuinfo_field(("model name", "Model", "cpu model")) or "unknown"
+
+
+def isa_class(flags: set) -> str:
+    """Return the vector ISA class of a CPU with these flags ("amx", "avx512_vnni", "avx512", "avx2", "asimd", "none")."""
+    return next((name for name, need in ISA_CLASSES if all(f in flags for f in need)), "none")
 
 
 def host_supports(isa: str, flags: set | None = None) -> bool:

@@ -36,32 +36,6 @@ except ImportError:  # inside a TorchServe worker: the model directory is on sys
 KINDS = ("eager", "program", "compiled")
 FLOAT = "float32"
 MARGIN = 0.10  # a less simple candidate must be at least 10 % faster than the simpler one it replaces
-# vector ISA classes by what reduced-precision kernels can use, best first; a reduced-precision program's speed
-# was measured on one class and does not carry over to another (int8 was 20× slower on avx2 than on avx512_vnni)
-ISA_CLASSES = (
-    ("amx", ("amx_int8", "amx_tile")),
-    ("avx512_vnni", ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")),
-    ("avx512", ("avx512f", "avx512bw", "avx512vl")),
-    ("avx2", ("avx2", "fma")),
-    ("asimd", ("asimd",)),
-)
-
-
-def isa_class(flags: set) -> str:
-    """Return the vector ISA class of a CPU with these flags ("amx", "avx512_vnni", "avx512", "avx2", "asimd", "none")."""
-    return next((name for name, need in ISA_CLASSES if all(f in flags for f in need)), "none")
-
-
-def cpu_model_name() -> str:
-    """Return this host's CPU model name from /proc/cpuinfo ("unknown" where absent)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("model name", "Model", "cpu model")):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 @dataclass
@@ -77,7 +51,7 @@ class Range:
         return {"max_rows": self.max_rows, "candidate": self.candidate, "ranked": list(self.ranked)}
 
 
-def _fmt(seconds: float) -> str:
+def fmt_seconds(seconds: float) -> str:
     """Return a duration for a reason: µs below 1 ms, else ms."""
     return f"{seconds * 1e6:.0f} µs" if seconds < 1e-3 else f"{seconds * 1e3:.1f} ms"
 
@@ -105,8 +79,8 @@ def decide(order: list, timings: dict, batches: list, margin: float = MARGIN, is
                 pick = n
         t = timings[pick][b]
         others = sorted((n for n in measured if n != pick), key=lambda n: timings[n][b])
-        why = ", ".join(f"{n} {_fmt(timings[n][b])} ({timings[n][b] / t:.2g}× {'slower' if timings[n][b] >= t else 'time'})" for n in others)
-        reasons.append(f"batch {b}: {pick} {_fmt(t)}{on}" + (f"; {why}" if why else ""))
+        why = ", ".join(f"{n} {fmt_seconds(timings[n][b])} ({timings[n][b] / t:.2g}× {'slower' if timings[n][b] >= t else 'time'})" for n in others)
+        reasons.append(f"batch {b}: {pick} {fmt_seconds(t)}{on}" + (f"; {why}" if why else ""))
         winners.append(pick)
         ranked.append([pick] + others)
     plan: list[Range] = []
@@ -147,7 +121,7 @@ def _usable(name: str, meta: dict, card: dict, flags: set, torch_version: str) -
         if not integrity.host_supports(isa, flags):
             return f"{name}: {f} needs ISA {isa or 'unrecorded'}, which this CPU lacks"
     if meta.get("precision", FLOAT) != FLOAT and not meta.get("forced"):  # forced (for size): served everywhere it loads
-        here, there = isa_class(flags), (opt.get("host") or {}).get("isa_class")
+        here, there = integrity.isa_class(flags), (opt.get("host") or {}).get("isa_class")
         if here != there:
             return f"{name}: {meta.get('precision')} was measured fast on {there}; this host is {here}"
     return None

@@ -22,6 +22,8 @@ from aiaas_torch.models import fold_preprocessing
 from aiaas_torch.quantize import QuantConfig, QuantGateError, quantize
 
 export = importlib.import_module("aiaas_torch.export")
+making = importlib.import_module("aiaas_torch.making")
+rundir = importlib.import_module("aiaas_torch.rundir")
 card_mod = importlib.import_module("aiaas_torch.card")
 runs = importlib.import_module("aiaas_torch.runs")
 
@@ -96,7 +98,7 @@ def test_origin_card(origin_run, origin_result, origin_csv):
     q = card["quantization"]
     assert q["scheme"] == "auto" and q["layers"][0]["decision"] == "float" and "in_features == 1" in q["layers"][0]["reason"]
     opt = card["optimization"]
-    assert opt["host"]["isa"] == export.vector_isa() and opt["host"]["cpu"] and opt["mode"]["compile"] == "always"
+    assert opt["host"]["isa"] == making.vector_isa() and opt["host"]["cpu"] and opt["mode"]["compile"] == "always"
     assert [r["candidate"] for r in opt["plan"]] == ["float-compiled"]  # compile=True forces a compiled program
     assert "int8 leaves every layer float" in opt["candidates"]["int8-compiled"]["reason"]
     assert card["data"]["sha256"] == _sha(origin_csv)
@@ -119,7 +121,7 @@ def test_card_hashes_every_model_file(which, request):
         assert meta["sha256"] == _sha(p), name
         assert meta["bytes"] == p.stat().st_size
     assert {m["role"] for m in files.values()} == {"cpu-compiled", "float-program", "checkpoint"}
-    assert files["model.pt2"]["isa"] == export.vector_isa()
+    assert files["model.pt2"]["isa"] == making.vector_isa()
     assert files["model.pt2"]["compile_seconds"] > 0
 
 
@@ -222,7 +224,7 @@ def _boom(*args, **kwargs):
 
 
 def test_crash_before_the_card_leaves_no_run_directory(origin_result, tmp_path, monkeypatch):
-    monkeypatch.setattr(export, "write_json_atomic", _boom)
+    monkeypatch.setattr(rundir, "write_json_atomic", _boom)
     with pytest.raises(RuntimeError, match="simulated crash"):
         export.export_run(origin_result, tmp_path / "run", compile=False)
     assert list(tmp_path.iterdir()) == []  # no run directory, no staging directory
@@ -233,7 +235,7 @@ def test_crash_before_the_card_leaves_no_run_directory(origin_result, tmp_path, 
 def test_crash_while_compiling_leaves_the_previous_run_unchanged(origin_run, mlp_result, tmp_path, monkeypatch):
     run = copy_run(origin_run.run_dir, tmp_path / "run")
     before = _snapshot(run)
-    monkeypatch.setattr(export, "_compile_package", _boom)
+    monkeypatch.setattr(making, "compile_package", _boom)
     with pytest.raises(RuntimeError, match="simulated crash"):
         export.export_run(mlp_result, run, compile=True)
     assert _snapshot(run) == before

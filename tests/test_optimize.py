@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import aiaas_torch.export as export
+import aiaas_torch.making as making
 import aiaas_torch.optimize as optimize
 import aiaas_torch.runs as runs
 from aiaas_torch.handlers import integrity
@@ -26,13 +27,13 @@ def _boom(*a, **k):
 
 
 def test_a_tiny_model_is_not_compiled_and_serves_eager(origin_result, tmp_path, monkeypatch):
-    monkeypatch.setattr(export, "_compile_package", _boom)
+    monkeypatch.setattr(making, "compile_package", _boom)
     res = export.export_run(origin_result, tmp_path / "run")  # compile auto, quantize auto
     opt = res.card["optimization"]
     assert "1 weights < 1024" in opt["candidates"]["float-compiled"]["reason"]
     assert [r["candidate"] for r in opt["plan"]] == ["float-eager"]
     assert set(opt["candidates"]["float-eager"]["seconds"]) == {"1", "16", "256"}
-    assert opt["host"]["cpu"] and opt["host"]["isa_class"] == programs.isa_class(integrity.cpu_flags())
+    assert opt["host"]["cpu"] and opt["host"]["isa_class"] == integrity.isa_class(integrity.cpu_flags())
     assert "isa" not in opt["host"]  # inductor's ISA probe (4–10 s) is paid only when something is compiled
     assert res.compile_seconds is None and not (tmp_path / "run" / "model.pt2").exists()
     m = runs.load_run(tmp_path / "run")
@@ -62,7 +63,7 @@ def fake_compile(monkeypatch):
         path.write_bytes(b"stub package")
         return 1.5
 
-    monkeypatch.setattr(optimize, "_compile", compile_)
+    monkeypatch.setattr(making, "compile_package", compile_)
     monkeypatch.setattr(programs, "load_compiled", lambda path: (lambda x: x))
     return compiled
 
@@ -123,7 +124,7 @@ def test_local_model_falls_back_to_float_where_the_isa_class_differs_from_the_bu
     run = tmp_path / "run"
     shutil.copytree(mlp_run.run_dir, run)
     card = json.loads((run / "model.json").read_text())
-    here = programs.isa_class(integrity.cpu_flags())
+    here = integrity.isa_class(integrity.cpu_flags())
     card["optimization"]["host"]["isa_class"] = "avx512_vnni" if here != "avx512_vnni" else "avx2"
     card["optimization"]["candidates"]["int8-compiled"]["forced"] = False
     (run / "model.json").write_text(json.dumps(card))
@@ -139,7 +140,8 @@ AVX2_PLUMBING = textwrap.dedent(
     import json, sys
     import numpy as np
     from aiaas_torch.data import from_arrays
-    from aiaas_torch.export import export_run, vector_isa
+    from aiaas_torch.export import export_run
+    from aiaas_torch.making import vector_isa
     from aiaas_torch.quantize import QuantConfig
     from aiaas_torch.train import TrainConfig, train
     rng = np.random.default_rng(0)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from aiaas_torch.handlers import integrity
 from aiaas_torch.handlers import programs as p
 
 AVX2 = {"avx", "avx2", "fma", "sse4_2"}
@@ -22,7 +23,25 @@ MS = 1e-3
      ({"avx2"}, "none"), ({"asimd", "fp"}, "asimd"), (set(), "none")],
 )  # fmt: skip
 def test_isa_class(flags, cls):
-    assert p.isa_class(flags) == cls
+    assert integrity.isa_class(flags) == cls
+
+
+@pytest.mark.parametrize("isa, classes", [("avx512", {"avx512", "avx512_vnni"}), ("avx2", {"avx2"})])
+def test_the_isa_class_and_the_compiled_isa_check_agree_on_the_same_flags(isa, classes):
+    # One table (integrity.ISA_CPU_FLAGS): a plan's ISA class (programs.choose) and the check that compiled code of that
+    # ISA can run here (integrity.host_supports) give the same verdict for every combination of the flags either needs.
+    # Before, the avx512 class ignored avx512dq, which the compiled code's check required.
+    import itertools
+
+    base = {"sse4_2", "avx"} | ({"avx2", "fma"} if isa == "avx512" else set())
+    names = sorted({f for _, need in integrity.ISA_CLASSES[1:] for f in need} - base)
+    for k in range(len(names) + 1):
+        for picked in itertools.combinations(names, k):
+            flags = base | set(picked)
+            if isa == "avx2" and any(f.startswith("avx512") for f in flags):
+                continue
+            assert (integrity.isa_class(flags) in classes) == integrity.host_supports(isa, flags), sorted(flags)
+    assert integrity.isa_class(AVX512 - {"avx512dq"}) == "avx2"  # the drift fixed
 
 
 # --- the decision: candidates + timings + margin → plan + reason ---------------------------------------------

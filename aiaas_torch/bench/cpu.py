@@ -7,24 +7,18 @@ import platform
 import shutil
 import threading
 import time
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import psutil
 
+from ..handlers import integrity
+
 
 def machine_info() -> dict:
     """Return what a reader needs to judge the figures: CPU, cores, memory, load, versions."""
-    model = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = integrity.cpu_model_name()
     info = {
-        "cpu": model,
+        "cpu": model if model != "unknown" else platform.processor() or "",
         "cores": os.cpu_count(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "loadavg_1min": round(os.getloadavg()[0], 2),

@@ -4,7 +4,7 @@ Every bad input ends with exit code 2 and one line on stderr naming the problem 
 written); `--json` on any command prints one JSON document on stdout for scripts. Each command group is one
 module here that builds its sub-parser next to the code that runs it and imports torch only when it needs it,
 so `--help`, `serve status|stop|token` and a remote `predict` start fast. `aiaas` alone prints the help; options
-may come anywhere among a command's arguments (common._Parser); the server home is found by common._server_home.
+may come anywhere among a command's arguments (common.Parser); the server home is found by common.server_home.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 
 from ..errors import InputError
 from . import bench, demo, deploy, imports, openapi, package, predict, serve, train
-from .common import EXIT_FAILURE, EXIT_USAGE, UsageError, _Parser
+from .common import EXIT_FAILURE, EXIT_USAGE, UsageError, Parser
 
 __all__ = ["EXIT_FAILURE", "EXIT_USAGE", "UsageError", "build_parser", "main"]
 
@@ -23,11 +23,11 @@ _GROUPS = (train, imports, package, serve, deploy, predict, openapi, bench, demo
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the `aiaas` command with every subcommand."""
-    p = _Parser(prog="aiaas", description="AI as a service on PyTorch: train → quantize → package → serve → predict.")
+    p = Parser(prog="aiaas", description="AI as a service on PyTorch: train → quantize → package → serve → predict.")
     from .. import __version__
 
     p.add_argument("--version", action="version", version=f"aiaas-torch {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for group in _GROUPS:
         group.add_parser(sub)

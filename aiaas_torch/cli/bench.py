@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import UsageError, _finite, _home, _int_list, _print_json, _running_home, _warn
+from .common import UsageError, finite_float, add_home_option, int_list, print_json, running_home, warn
 
 
 def add_parser(sub) -> None:
@@ -16,19 +16,19 @@ def add_parser(sub) -> None:
                                    "each --profile/--config is packaged, served, measured and stopped in turn, side by side.")
     b.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="run directory to package and serve per configuration")
     b.add_argument("--model", default=None, metavar="NAME", help="load a model already served from --home instead")
-    _home(b)
+    add_home_option(b)
     b.add_argument("--profile", action="append", choices=["throughput", "latency"], default=None,
                    help="serving profile to measure (repeatable; default throughput)")
     b.add_argument("--config", action="append", default=[], metavar="LABEL:K=V,...",
                    help="extra configuration, e.g. w1b8:workers=1,batch_size=8,max_batch_delay_ms=1 (repeatable)")
     b.add_argument("--noop-handler", default=None, metavar="FILE",
                    help="also serve a no-op handler file (e.g. benchmarks/noop_handler.py) under the first configuration")
-    b.add_argument("--concurrency", type=_int_list, default=(1, 8, 32), metavar="1,8,32", help="connections per level (default 1,8,32)")
-    b.add_argument("--duration", type=_finite, default=10.0, metavar="S", help="timed window per level in seconds (default 10)")
-    b.add_argument("--warmup", type=_finite, default=3.0, metavar="S", help="warm-up per level in seconds (default 3)")
-    b.add_argument("--server-warmup", type=_finite, default=10.0, metavar="S",
+    b.add_argument("--concurrency", type=int_list, default=(1, 8, 32), metavar="1,8,32", help="connections per level (default 1,8,32)")
+    b.add_argument("--duration", type=finite_float, default=10.0, metavar="S", help="timed window per level in seconds (default 10)")
+    b.add_argument("--warmup", type=finite_float, default=3.0, metavar="S", help="warm-up per level in seconds (default 3)")
+    b.add_argument("--server-warmup", type=finite_float, default=10.0, metavar="S",
                    help="with RUN_DIR: load before each new server's first level, not measured (default 10; JIT warm-up)")
-    b.add_argument("--timeout", type=_finite, default=10.0, metavar="S", help="per-request timeout, counted as an error (default 10)")
+    b.add_argument("--timeout", type=finite_float, default=10.0, metavar="S", help="per-request timeout, counted as an error (default 10)")
     b.add_argument("--max-requests", type=int, default=2_000_000, metavar="N", help="most requests per level (default 2,000,000)")
     b.add_argument("--processes", type=int, default=1, metavar="N", help="generator processes (default 1)")
     b.add_argument("--body", default=None, metavar="JSON", help="request body (default: one row of the training means)")
@@ -58,7 +58,7 @@ def run(a) -> int:
     kw = dict(concurrency=a.concurrency, duration=a.duration, warmup=a.warmup, timeout=a.timeout,
               max_requests=a.max_requests, processes=a.processes, progress=False if a.no_progress else None)  # fmt: skip
     if a.model:
-        home = _running_home(a)
+        home = running_home(a)
         report = bench.bench_served(home, a.model, body, **kw)
     else:
         configs = bench.configs_from_args(a.profile, a.config)
@@ -75,9 +75,9 @@ def run(a) -> int:
     if a.out:
         report.save(a.out)
     if a.plot and bench.plot(report, a.plot) is None:
-        _warn("no plot: matplotlib (the `plots` extra) is not installed")
+        warn("no plot: matplotlib (the `plots` extra) is not installed")
     if a.json:
-        _print_json(report.to_dict())
+        print_json(report.to_dict())
     else:
         print(report.table())
     return 0

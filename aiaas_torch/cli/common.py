@@ -23,7 +23,7 @@ class UsageError(InputError):
 _NEGATIVE_ROW = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?(,-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)*$")
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """ArgumentParser whose errors are one line and exit code 2, and whose commands take options among positionals."""
 
     def __init__(self, *args, **kwargs):
@@ -51,7 +51,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _int_list(text: str) -> tuple[int, ...]:
+def int_list(text: str) -> tuple[int, ...]:
     """Return "64,64" as (64, 64)."""
     try:
         vals = tuple(int(v) for v in text.split(",") if v.strip())
@@ -62,7 +62,7 @@ def _int_list(text: str) -> tuple[int, ...]:
     return vals
 
 
-def _finite(text: str) -> float:
+def finite_float(text: str) -> float:
     """Return text as a finite float."""
     try:
         v = float(text)
@@ -73,14 +73,14 @@ def _finite(text: str) -> float:
     return v
 
 
-def _home(p, creates: bool = False) -> None:
+def add_home_option(p, creates: bool = False) -> None:
     """Add the --home option (`creates`: the command makes the home when none is found)."""
     p.add_argument("--home", default=None, metavar="DIR",
                    help="server home: config, logs, key file, pid (default: $AIAAS_HOME, else the nearest .aiaas in this "
                         "or a parent directory" + (", else ./.aiaas)" if creates else ")"))
 
 
-def _server_home(a, creates: bool = False) -> Path:
+def server_home(a, creates: bool = False) -> Path:
     """Return the server home of a command: --home, $AIAAS_HOME, the nearest .aiaas, else ./.aiaas when it `creates` one.
 
     Raises UsageError saying where it looked when nothing is found and the command does not create a home.
@@ -100,7 +100,7 @@ def no_server_message(found) -> str:
             "or point at a running one with --home DIR or AIAAS_HOME=DIR")
 
 
-def _running_home(a) -> Path:
+def running_home(a) -> Path:
     """Return the home of the server a command talks to; raises UsageError saying where it looked when none runs there."""
     from ..serving.home import find_home, load_info
     from ..serving.pids import is_alive
@@ -112,11 +112,11 @@ def _running_home(a) -> Path:
     return found.path
 
 
-def _print_json(obj) -> None:
+def print_json(obj) -> None:
     """Print one JSON document on stdout."""
     print(json.dumps(obj, indent=2, default=str))
 
 
-def _warn(msg: str) -> None:
+def warn(msg: str) -> None:
     """Print one warning line on stderr."""
     print(f"aiaas: warning: {msg}", file=sys.stderr)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import _print_json
+from .common import print_json
 
 
 def add_parser(sub) -> None:
@@ -23,5 +23,5 @@ def run(a) -> int:
 
     summary = run_demo(home=a.home, workdir=a.workdir, model_store=a.model_store, echo=None if a.json else print)
     if a.json:
-        _print_json(summary)
+        print_json(summary)
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from .common import _finite, _home, _print_json, _running_home
+from .common import finite_float, add_home_option, print_json, running_home
 
 
 def add_parser(sub) -> None:
@@ -18,28 +18,28 @@ def add_parser(sub) -> None:
                                    "`aiaas serve start --allow-deploy`.")  # fmt: skip
     d.add_argument("name", metavar="NAME", help="the model name clients call")
     d.add_argument("archive", metavar="ARCHIVE", help="a .mar built by `aiaas package` (its version is the manifest's)")
-    _home(d)
+    add_home_option(d)
     d.add_argument("--workers", type=int, default=None, metavar="N", help="workers for the new version (default: the archive's minWorkers)")
-    d.add_argument("--timeout", type=_finite, default=120.0, help="seconds to wait for READY workers (default 120)")
+    d.add_argument("--timeout", type=finite_float, default=120.0, help="seconds to wait for READY workers (default 120)")
     d.add_argument("--json", action="store_true", help="print what was done as JSON")
     d.set_defaults(run=run, live="deploy")
     r = sub.add_parser("rollback", help="make the previous default version of a model the default again",
                        description="Switch NAME back to the version that was its default before the last deploy (still loaded).")
     r.add_argument("name", metavar="NAME")
-    _home(r)
+    add_home_option(r)
     r.add_argument("--json", action="store_true", help="print {name, from, to} as JSON")
     r.set_defaults(run=run, live="rollback")
     t = sub.add_parser("retire", help="unregister a version that is not the default",
                        description="Unregister VERSION of NAME (never the default) and delete its copy in HOME/store.")
     t.add_argument("name", metavar="NAME")
     t.add_argument("version", metavar="VERSION")
-    _home(t)
+    add_home_option(t)
     t.add_argument("--json", action="store_true", help="print {name, version, archive} as JSON")
     t.set_defaults(run=run, live="retire")
     v = sub.add_parser("versions", help="list a model's loaded versions, the default, workers and card summaries",
                        description="List NAME's loaded versions: which is the default, worker states, archive, card summary.")
     v.add_argument("name", metavar="NAME")
-    _home(v)
+    add_home_option(v)
     v.add_argument("--json", action="store_true", help="print the versions as JSON")
     v.set_defaults(run=run, live="versions")
 
@@ -48,11 +48,11 @@ def run(a) -> int:
     """Deploy, roll back, retire or list versions on HOME's TorchServe; returns the exit code."""
     from .. import serving as server
 
-    home = _running_home(a)
+    home = running_home(a)
     if a.live == "deploy":
         done = server.deploy(a.name, a.archive, home, a.workers, a.timeout)
         if a.json:
-            _print_json(asdict(done))
+            print_json(asdict(done))
         else:
             before = f" (was {done.previous}; `aiaas rollback {done.name}` switches back)" if done.previous else ""
             print(f"{done.name} {done.version} is the default{before}: READY in {done.seconds['ready']:.1f} s, smoke "
@@ -61,20 +61,20 @@ def run(a) -> int:
     if a.live == "rollback":
         left, now = server.rollback(a.name, home)
         if a.json:
-            _print_json({"name": a.name, "from": left, "to": now})
+            print_json({"name": a.name, "from": left, "to": now})
         else:
             print(f"{a.name} {now} is the default again ({left} stays loaded until `aiaas retire {a.name} {left}`)")
         return 0
     if a.live == "retire":
         file = server.retire(a.name, a.version, home)
         if a.json:
-            _print_json({"name": a.name, "version": a.version, "archive": file})
+            print_json({"name": a.name, "version": a.version, "archive": file})
         else:
             print(f"{a.name} {a.version} retired" + (f"; {file} removed from the store" if file else ""))
         return 0
     found = server.versions(a.name, home)
     if a.json:
-        _print_json([asdict(v) for v in found])
+        print_json([asdict(v) for v in found])
     else:
         for v in found:
             c = v.card

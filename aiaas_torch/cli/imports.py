@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zipfile
 
-from .common import UsageError, _print_json
+from .common import UsageError, print_json
 
 
 def _names(text: str) -> list[str]:
@@ -14,7 +14,7 @@ def _names(text: str) -> list[str]:
 
 def add_parser(sub) -> None:
     """Add the import sub-parser to `sub`; returns None."""
-    from .train import _quant_args
+    from .train import add_quant_options
 
     p = sub.add_parser("import", help="import a torch.export program (.pt2) into a run directory",
                        description="Import PROGRAM.pt2 (written by torch.export.save, batch dimension dynamic) into a run "
@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
     p.add_argument("--labels", type=_names, default=None, metavar="A,B,...", help="class labels, one per column of the one output")
     p.add_argument("--input-names", type=_names, default=None, metavar="X,Y", help="input names (default: the program's own)")
     p.add_argument("--output-names", type=_names, default=None, metavar="Y,Z", help="output names (default: output, output_0, ...)")
-    _quant_args(p, "--quantize")
+    add_quant_options(p, "--quantize")
     p.add_argument("--json", action="store_true", help="print the model card as JSON")
     p.set_defaults(run=run)
 
@@ -58,7 +58,7 @@ def run(a) -> int:
                             input_names=names, output_names=a.output_names, calibration=calibration, quant=quant,
                             labels=a.labels, compile=a.compile)  # fmt: skip
     if a.json:
-        _print_json(exported.card)
+        print_json(exported.card)
         return 0
     card = exported.card
     ins = ", ".join(f"{t['name']} {t['dtype']}{t['shape']}" for t in card["input"]["tensors"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import UsageError, _home
+from .common import UsageError, add_home_option
 
 
 def add_parser(sub) -> None:
@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
     o.add_argument("--name", default=None, help="model name in the paths (default: the served name, the archive's, "
                                                  "or the run directory's folder name)")
     o.add_argument("--out", default=None, metavar="F", help="write the document to this file, atomically (default stdout)")
-    _home(o)
+    add_home_option(o)
     o.set_defaults(run=run)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from .common import UsageError, _print_json
+from .common import UsageError, print_json
 
 
 def add_parser(sub) -> None:
@@ -63,7 +63,7 @@ def _package(a) -> int:
             raise UsageError(f"--sign needs the signing key in ${SIGNING_KEY_ENV}")
     r = package(a.run_dir, a.name, a.version, a.model_store, a.device, serving.validate(), sign_key=key)
     if a.json:
-        _print_json({"path": str(r.path), "name": r.name, "version": r.version, "sha256": r.sha256, "files": r.files})
+        print_json({"path": str(r.path), "name": r.name, "version": r.version, "sha256": r.sha256, "files": r.files})
     else:
         print(f"packaged {r.path} (sha256 {r.sha256[:16]}…, {len(r.files)} files, verified against the card)")
     return 0
@@ -77,7 +77,7 @@ def _export_kserve(a) -> int:
     doc = {"root": str(tree.root), "config": str(tree.config), "manifest": str(tree.manifest),
            "model_name": tree.model_name, "model_version": tree.model_version}
     if a.json:
-        _print_json(doc)
+        print_json(doc)
     else:
         print(f"KServe tree for {tree.model_name} v{tree.model_version} in {tree.root}: upload it to the storageUri in {tree.manifest.name}")
     return 0

@@ -8,7 +8,7 @@ import json
 import math
 import sys
 
-from .common import UsageError, _finite, _home, _print_json, _running_home
+from .common import UsageError, finite_float, add_home_option, print_json, running_home
 
 
 def add_parser(sub) -> None:
@@ -36,8 +36,8 @@ def add_parser(sub) -> None:
                          "within the model's max_rows)")
     pr.add_argument("--local", default=None, metavar="RUN_DIR", help="predict in this process from a run directory")
     pr.add_argument("--version", dest="model_version", default=None, metavar="V", help="model version (default: the default version)")
-    _home(pr)
-    pr.add_argument("--timeout", type=_finite, default=30.0, help="HTTP timeout in seconds (default 30)")
+    add_home_option(pr)
+    pr.add_argument("--timeout", type=finite_float, default=30.0, help="HTTP timeout in seconds (default 30)")
     pr.add_argument("--json", action="store_true", help="print the answer exactly as received (with --file and --out: the report)")
     pr.set_defaults(run=run)
 
@@ -67,14 +67,14 @@ def run(a) -> int:
         body = _request_body(a, rows)
         if isinstance(body, str):
             body = body.encode("utf-8")
-        home = _running_home(a)
+        home = running_home(a)
         with cl.Client(home=home, timeout=a.timeout) as c:
             try:
                 answer = c.predict(name, body, version=a.model_version)
             except (cl.BadRequest, cl.NotFound) as e:
                 raise UsageError(str(e)) from None
     if a.json:
-        _print_json(answer)
+        print_json(answer)
     else:
         _print_answer(answer)
     return 0
@@ -98,14 +98,14 @@ def _run_file(a) -> int:
             raise UsageError("give the model NAME (or --local RUN_DIR)")
         from .. import client as cl
 
-        with cl.Client(home=_running_home(a), timeout=a.timeout) as c:
+        with cl.Client(home=running_home(a), timeout=a.timeout) as c:
             try:
                 report = predict_file(a.file, a.out, c, name=a.args[0], version=a.model_version,
                                       concurrency=a.concurrency, **kwargs)
             except cl.NotFound as e:
                 raise UsageError(str(e)) from None
     if a.json and report.out != "-":
-        _print_json(vars(report))
+        print_json(vars(report))
     else:
         print(f"aiaas predict: {report.rows:,} rows from {a.file} ({report.format}) -> "
               f"{'stdout' if report.out == '-' else report.out} in {report.seconds:.1f} s", file=sys.stderr)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import sys
 import warnings
 
-from .common import EXIT_FAILURE, UsageError, _finite, _home, _Parser, _print_json, _running_home, _server_home, _warn, no_server_message
+from .common import EXIT_FAILURE, UsageError, finite_float, add_home_option, Parser, print_json, running_home, server_home, warn, no_server_message
 
 
 def add_parser(sub) -> None:
     """Add the serve sub-parser (start, stop, status, token) to `sub`; returns None."""
     s = sub.add_parser("serve", help="start, stop or inspect a local TorchServe", description="Control a local TorchServe (127.0.0.1 only, token auth on).")
-    ss = s.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    ss = s.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser)
     ss.required = True
     st = ss.add_parser("start", help="start TorchServe and wait until every model's workers are READY",
                        description="Start TorchServe in HOME with the model store; returns when every model's workers are READY. "
@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
                                    "is set; deploys to this server then need it too); one that fails, or has no card, stops "
                                    "the start with exit code 2. HOME is made 0700; another user's or a group/other-writable "
                                    "one is refused.")
-    _home(st, creates=True)
+    add_home_option(st, creates=True)
     st.add_argument("--model-store", default="model_store", metavar="DIR", help="model store (default model_store)")
     st.add_argument("--models", nargs="+", metavar="NAME=FILE.mar", help="archives to load (default: every .mar in the store)")
     st.add_argument("--free-ports", action="store_true", help="pick every port free at start (default 8080-8082, 7070-7071, 9000)")
@@ -34,7 +34,7 @@ def add_parser(sub) -> None:
     st.add_argument("--allow-deploy", action="store_true",
                     help="turn TorchServe's model API on, fenced to the archives `aiaas deploy` checked into HOME/store, "
                          "so that versions can be deployed, rolled back and retired live (off by default)")
-    st.add_argument("--timeout", type=_finite, default=180.0, help="seconds to wait for READY (default 180)")
+    st.add_argument("--timeout", type=finite_float, default=180.0, help="seconds to wait for READY (default 180)")
     st.add_argument("--access-log", action="store_true", help="turn TorchServe's access log back on")
     st.add_argument("--oip", action="store_true",
                     help="also start the Open Inference gateway (full v2 protocol, truthful readiness; needs aiaas-torch[oip])")
@@ -43,16 +43,16 @@ def add_parser(sub) -> None:
     st.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops the server")
     st.add_argument("--json", action="store_true", help="print the URLs and key file as JSON")
     sp = ss.add_parser("stop", help="stop the TorchServe of HOME and wait until it is gone", description="Stop HOME's TorchServe by pid and wait until the Java process is gone.")
-    _home(sp)
+    add_home_option(sp)
     sp.add_argument("--json", action="store_true", help="print {stopped: bool} as JSON")
     su = ss.add_parser("status", help="show URLs, key file and worker states", description="Show HOME's TorchServe: URLs, key file, each model's versions and worker states.")
-    _home(su)
+    add_home_option(su)
     su.add_argument("--json", action="store_true", help="print the status as JSON")
     tk = ss.add_parser("token", help="print a current inference token, for curl and other clients",
                        description="Print HOME's current inference token and nothing else (renewed through TorchServe's "
                                    "token API when it expires within a minute), for clients that cannot read the key "
                                    "file: curl -H \"Authorization: Bearer $(aiaas serve token)\" ...")
-    _home(tk)
+    add_home_option(tk)
     s.set_defaults(run=run)
 
 
@@ -65,10 +65,10 @@ def run(a) -> int:
         from ..serving.home import load_info
         from ..serving.tokens import current_key
 
-        print(current_key(load_info(_running_home(a))))
+        print(current_key(load_info(running_home(a))))
         return 0
     found = find_home(a.home)
-    home = _server_home(a, creates=True)  # stop and status of a home that does not exist find nothing running
+    home = server_home(a, creates=True)  # stop and status of a home that does not exist find nothing running
     if a.action == "start":
         models = a.models
         if a.oip_port is not None and (not a.oip or not 0 < a.oip_port < 65536):
@@ -85,10 +85,10 @@ def run(a) -> int:
                                     allow_deploy=a.allow_deploy, oip=a.oip, gateway_port=a.oip_port)
             finally:
                 for w in caught:
-                    _warn(str(w.message))
+                    warn(str(w.message))
         st = server.status(home)
         if a.json:
-            _print_json(st)
+            print_json(st)
         else:
             print(f"TorchServe ready (pid {info.pid}): inference {info.inference_url}, management {info.management_url}, "
                   f"metrics {info.metrics_url}; tokens in {info.key_file}")
@@ -104,13 +104,13 @@ def run(a) -> int:
     if a.action == "stop":
         stopped = server.stop(home)
         if a.json:
-            _print_json({"stopped": stopped})
+            print_json({"stopped": stopped})
         else:
             print("TorchServe stopped" if stopped else f"no TorchServe was running from {found.where()}")
         return 0
     st = server.status(home)
     if a.json:
-        _print_json(st)
+        print_json(st)
     elif not st.get("running"):
         print(no_server_message(found))
     else:

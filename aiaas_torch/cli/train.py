@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 
 from ..csvread import DECIMALS, ENCODING, SEPARATORS
-from .common import UsageError, _finite, _int_list, _print_json, _warn
+from .common import UsageError, finite_float, int_list, print_json, warn
 
 
 def add_parser(sub) -> None:
@@ -52,14 +52,14 @@ def add_parser(sub) -> None:
                    help="target kind (default: auto — strings or few distinct integers are classes)")
     t.add_argument("--model", choices=["linear", "logistic", "mlp"], default=None,
                    help="model kind (default: linear for regression, logistic for classification)")
-    t.add_argument("--hidden", type=_int_list, default=(64, 64), metavar="64,64", help="MLP hidden sizes (default 64,64)")
+    t.add_argument("--hidden", type=int_list, default=(64, 64), metavar="64,64", help="MLP hidden sizes (default 64,64)")
     t.add_argument("--epochs", type=int, default=None, help="epochs (default 1000; with --select: the last halving rung's, default 300)")
-    t.add_argument("--lr", type=_finite, default=0.01, help="SGD learning rate (default 0.01)")
-    t.add_argument("--momentum", type=_finite, default=0.0, help="SGD momentum (default 0)")
-    t.add_argument("--weight-decay", type=_finite, default=0.0, help="SGD weight decay (default 0)")
+    t.add_argument("--lr", type=finite_float, default=0.01, help="SGD learning rate (default 0.01)")
+    t.add_argument("--momentum", type=finite_float, default=0.0, help="SGD momentum (default 0)")
+    t.add_argument("--weight-decay", type=finite_float, default=0.0, help="SGD weight decay (default 0)")
     t.add_argument("--batch-size", type=int, default=None, metavar="N", help="mini-batch size (default: full batch)")
     t.add_argument("--seed", type=int, default=0, help="seed for init, shuffling and the split (default 0)")
-    t.add_argument("--val-fraction", type=_finite, default=0.2, metavar="F", help="validation share in [0, 1) (default 0.2)")
+    t.add_argument("--val-fraction", type=finite_float, default=0.2, metavar="F", help="validation share in [0, 1) (default 0.2)")
     t.add_argument("--patience", type=int, default=None, metavar="N", help="early stopping after N epochs without a better validation loss")
     t.add_argument("--lr-schedule", choices=["none", "cosine", "step"], default="none", help="learning-rate schedule (default none)")
     t.add_argument("--rotate", action="store_true", help="rotate standardized features into their PCA basis (AᵀA = I checked)")
@@ -81,15 +81,15 @@ def add_parser(sub) -> None:
                         "sets the last rung's epochs and the refit's)")
     s.add_argument("--cv", type=int, default=5, metavar="K", help="folds (default 5; stratified for classes)")
     s.add_argument("--budget", type=int, default=None, metavar="N", help="candidates to try, simplest first (default: the whole grid)")
-    s.add_argument("--time-limit", type=_finite, default=None, metavar="S",
+    s.add_argument("--time-limit", type=finite_float, default=None, metavar="S",
                    help="start no candidate after S seconds of search (the result may then differ between runs)")
     s.add_argument("--metric", choices=["r2", "neg_rmse", "neg_mae", "accuracy", "neg_log_loss"], default=None,
                    help="selection score, higher is better (default r2 for regression, accuracy for classes)")
-    s.add_argument("--max-latency-us", type=_finite, default=None, metavar="U",
+    s.add_argument("--max-latency-us", type=finite_float, default=None, metavar="U",
                    help="serving budget: µs per row at batch 1 of the program this host would serve")
     s.add_argument("--max-bytes", type=int, default=None, metavar="B", help="serving budget: weight bytes of the served program")
     s.add_argument("--plot", default=None, metavar="FILE.png", help="draw the finalists' CV score against latency (needs matplotlib)")
-    _quant_args(t, "--quantize")
+    add_quant_options(t, "--quantize")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway when stderr is not a terminal)")
     t.add_argument("--json", action="store_true", help="print the model card as JSON")
     t.set_defaults(run=run)
@@ -97,19 +97,19 @@ def add_parser(sub) -> None:
     q = sub.add_parser("quantize", help="re-quantize and re-export an existing run directory",
                        description="Re-quantize RUN_DIR's trained model from its checkpoint and re-export the run directory atomically.")
     q.add_argument("run_dir", metavar="RUN_DIR")
-    _quant_args(q, "--scheme")
+    add_quant_options(q, "--scheme")
     q.add_argument("--json", action="store_true", help="print the quantization report as JSON")
     q.set_defaults(run=run)
 
 
-def _quant_args(p, flag: str) -> None:
+def add_quant_options(p, flag: str) -> None:
     """Add the quantization options (`flag` is --quantize or --scheme)."""
     p.add_argument(flag, dest="scheme", choices=["auto", "int8", "pow2", "none"], default="auto",
                    help="auto (int8 where measured faster on this host, default), int8 or pow2 (forced, e.g. for size; "
                         "the measured cost is printed), or none")
     p.add_argument("--min-weights", type=int, default=16384, metavar="N",
                    help="int8 only for Linear layers with at least N weights (default 16384; 0 forces every layer)")
-    p.add_argument("--gate", type=_finite, default=None, metavar="F",
+    p.add_argument("--gate", type=finite_float, default=None, metavar="F",
                    help="the task's accuracy gate against float on held-out rows: regression refuses a relative RMSE "
                         "above F (default 0.02); classification refuses a label agreement below F (default 0.99). "
                         "A forced scheme that fails it is refused; under auto the float program serves")
@@ -177,9 +177,9 @@ def _train(a) -> int:
     if ckpt.exists() and ckpt.parent != out:
         ckpt.unlink()
     for n in exported.notes + exported.card["warnings"]:
-        _warn(n)
+        warn(n)
     if a.json:
-        _print_json(exported.card)
+        print_json(exported.card)
         return 0
     _print_train_summary(exported)
     return 0
@@ -189,7 +189,7 @@ def _data_notes(a, ds, notes: list[str]) -> None:
     """Print what reading the data found: its warnings on stderr, the rows left out for a missing target (not with
     --json: the card's data section counts them); returns None."""
     for n in notes:
-        _warn(n)
+        warn(n)
     if ds.dropped_rows and not a.json and os.environ.get("RANK", "0") == "0":
         shown = ", ".join(map(str, ds.dropped_rows[:10])) + (", …" if len(ds.dropped_rows) > 10 else "")
         print(f"dropped {len(ds.dropped_rows)} row(s) without a target {a.target!r} (--drop-missing-target): line(s) {shown}")
@@ -225,13 +225,13 @@ def _select(a, ds, quant, notes: list[str]) -> int:
         result.cleanup()
     section = result.section
     for n in result.best.warnings:
-        _warn(n)
+        warn(n)
     if a.plot:
         plot(result.leaderboard, a.plot, section["metric"])
     if a.json:
         from ..card import read_card
 
-        _print_json(read_card(out))
+        print_json(read_card(out))
         return 0
     print(f"model selection: {section['tried']} of {section['candidates']} candidates in {section['search_seconds']:.1f} s; "
           f"metric {section['metric']} (cross-validation mean ± std, higher is better)")  # fmt: skip
@@ -298,9 +298,9 @@ def _quantize(a) -> int:
     quant = QuantConfig(a.scheme, a.min_weights, force=a.force).with_gate(task, a.gate).validate()
     exported = requantize(a.run_dir, quant, compile=a.compile)
     for n in exported.notes:
-        _warn(n)
+        warn(n)
     if a.json:
-        _print_json(exported.report.to_dict())
+        print_json(exported.report.to_dict())
     else:
         print(exported.report.summary())
         print(exported.optimization_summary())

@@ -30,7 +30,7 @@ from ..atomic import write_text_atomic
 from .home import CHECKED_STORE, ServerInfo, deploy_key, load_info
 from .management import api_call, mgmt_call, register, set_default, unregister
 from .pids import is_alive
-from .readiness import _load_error, _refusal, log_sizes
+from .readiness import load_error_since, refusal_since, log_sizes
 
 HISTORY_FILE = "deploys.json"
 _POLL_S = 0.1
@@ -259,10 +259,10 @@ def _wait_version_ready(http: httpx.Client, info: ServerInfo, name: str, version
             states = [w.get("status") for w in r.json()[0].get("workers", [])]
             if states.count("READY") >= workers:
                 return
-        refusal = _refusal(info.home, offsets, thread)
+        refusal = refusal_since(info.home, offsets, thread)
         if refusal:
             raise TorchServeError(refusal)
-        error = _load_error(info.home, offsets, thread)
+        error = load_error_since(info.home, offsets, thread)
         if error:
             raise TorchServeError(f"a worker failed to load it: {error}")
         if time.monotonic() >= deadline:

@@ -60,12 +60,12 @@ def wait_ready(
                 problem = f"ports not bound yet: {unbound}" if unbound else f"workers not READY: {last}"
             except (httpx.HTTPError, TorchServeError, ValueError) as e:
                 problem = f"management API: {e}"
-            refusal = _refusal(info.home, info.log_offsets)
+            refusal = refusal_since(info.home, info.log_offsets)
             if refusal:  # an integrity refusal is final: restarting workers cannot change a file
                 raise TorchServeError(f"{refusal}\n" + log_report(info.home, ["model_log.log"], info.log_offsets))
             if time.monotonic() >= deadline:
                 missing = [n for n in expected or [] if n not in last]
-                error = _load_error(info.home, info.log_offsets)
+                error = load_error_since(info.home, info.log_offsets)
                 raise TorchServeError(
                     f"TorchServe models not ready within {timeout:g} s"
                     + (f"; last worker error: {error}" if error else "")
@@ -160,7 +160,7 @@ def death_reason(home: Path, since: Mapping[str, int]) -> str:
     return _some(found, 3, sep="; ")
 
 
-def _refusal(home: Path, since: Mapping[str, int], thread: str = "") -> str:
+def refusal_since(home: Path, since: Mapping[str, int], thread: str = "") -> str:
     """Return the handler's "refusing to load" line (a model file's hash mismatch) written since this start, or ''.
 
     thread: only lines of worker threads whose name holds this (TorchServe names them W-PORT-NAME_VERSION-stdout).
@@ -171,8 +171,8 @@ def _refusal(home: Path, since: Mapping[str, int], thread: str = "") -> str:
     return ""
 
 
-def _load_error(home: Path, since: Mapping[str, int], thread: str = "") -> str:
-    """Return the last exception line a worker (of `thread`, as in _refusal) wrote to model_log.log since, or ''."""
+def load_error_since(home: Path, since: Mapping[str, int], thread: str = "") -> str:
+    """Return the last exception line a worker (of `thread`, as in refusal_since) wrote to model_log.log since, or ''."""
     for line in reversed(_tail(home / "logs" / "model_log.log", 400, since.get("model_log.log", 0)).splitlines()):
         prefix, sep, text = line.partition("MODEL_LOG - ")
         if not sep:

@@ -89,7 +89,7 @@ def test_sigkill_mid_training_then_resume_gives_bit_identical_weights(data_csv, 
 _CHILD = textwrap.dedent("""
     import os, sys, time
     import numpy as np
-    from aiaas_torch import archive, export
+    from aiaas_torch import archive, export, rundir
     from aiaas_torch.data import from_arrays
     from aiaas_torch.quantize import QuantConfig
     from aiaas_torch.train import TrainConfig, train
@@ -111,9 +111,9 @@ _CHILD = textwrap.dedent("""
         X = np.arange(1, 6, dtype=float).reshape(-1, 1)
         result = train(from_arrays(X, 2 * X[:, 0], ["x"]), TrainConfig(epochs=50, val_fraction=0.0, progress=False))
         if where == "before-card":
-            export.write_json_atomic = die_here(where, export.write_json_atomic)
+            rundir.write_json_atomic = die_here(where, rundir.write_json_atomic)
         else:
-            export._swap_into_place = die_here(where, export._swap_into_place)
+            rundir.replace_run_dir = die_here(where, rundir.replace_run_dir)
         export.export_run(result, target, QuantConfig("none"), compile=False)
     else:
         archive.verify_archive = die_here(where, archive.verify_archive)

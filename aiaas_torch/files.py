@@ -249,8 +249,8 @@ def predict_file(path, out=None, model=None, *, name: str | None = None, version
     return FileReport(rows, reader.format, out_name, seconds, reader.parser_peak_rss_mb)
 
 def prediction_column(card: dict, id_column: str | None = None) -> str:
-    """Return the name of the predictions column of a predictions file: `prediction`, or `TARGET_pred` when an
-    input column may be named `prediction` (a feature, the target, a column training excluded, or the id column)."""
+    """Return the predictions column's name: `prediction`, or `TARGET_pred` when an input column may bear that name."""
+    # an input column named `prediction` can only be a feature, the target, a column training excluded, or the id
     target = card["output"].get("target") or "target"
     names = {f.get("name") for f in card["input"].get("features") or []}
     names |= {target, id_column} | set(card.get("data", {}).get("excluded_columns", {}))

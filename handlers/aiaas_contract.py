@@ -15,6 +15,8 @@ Request bodies, one rule each (tabular cards):
 - {"instances": [[...], ...]} or {"instances": [{"name": value, ...}, ...]}  → {"predictions": [...], ...}
 - {"inputs": [{"name", "shape", "datatype", "data"}]} (Open Inference v2, one [N, features] tensor) → v2 answer
 - a bare list of lists is rows; a bare list of numbers is ONE row.
+An instances or rows answer carries "warnings" (per row, a list of notes) only when some row has one: a category the
+card's vocabulary does not hold (answered with the all-zero encoding, and counted in UnseenCategories).
 Tensor cards (imported models, see `_parse_tensor_request`): v2 bodies with every named input, or `instances`
 whose items are one sample (nested lists of the sample shape) or objects of named inputs.
 """

@@ -5,6 +5,8 @@ tests/test_newcomer_rows.py)."""
 from __future__ import annotations
 
 import importlib.util
+import json
+from pathlib import Path
 
 import httpx
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from aiaas_torch.cli import main
 from aiaas_torch.client import Client, TokenError
 from aiaas_torch.runs import load_run
+from aiaas_torch.serving import read_keys
 
 pytestmark = pytest.mark.serving
 
@@ -40,7 +43,7 @@ def test_an_unseen_category_is_marked_in_the_served_answer_as_locally(served, cl
     assert "warnings" not in client.predict("penguins", {"instances": rows[:1]})  # the common answer is unchanged
 
 
-def test_a_wrong_token_says_how_to_get_the_right_one(served, tmp_path):
+def test_a_wrong_token_says_how_to_get_the_right_one(served, tmp_path, capsys):
     # before: "400 InvalidKeyException: Token Authorization failed. Token either incorrect, expired, or not provided
     # correctly (POST http://127.0.0.1:PORT/predictions/y2x)"
     with Client(inference_url=served.info.inference_url, token="wrong-token", timeout=10) as bad:
@@ -48,6 +51,19 @@ def test_a_wrong_token_says_how_to_get_the_right_one(served, tmp_path):
             bad.predict("y2x", {"instances": [[1.0]]})
     assert e.value.type == "InvalidKeyException" and e.value.message.startswith(HINT)
     assert str(e.value).startswith(f"400 InvalidKeyException: {HINT} (TorchServe: Token Authorization failed.")
+    # the CLI with the home of another server (its keys are not this server's): exit 2, one line saying what to do
+    before, other = read_keys(served.home), tmp_path / "other"
+    other.mkdir()
+    info = json.loads((served.home / "server.json").read_text())
+    keys = json.loads(Path(info["key_file"]).read_text())
+    for entry in keys.values():
+        entry["key"] = "not-this-servers-key"
+    (other / "key_file.json").write_text(json.dumps(keys))
+    (other / "server.json").write_text(json.dumps(dict(info, key_file=str(other / "key_file.json"))))
+    assert main(["predict", "y2x", "6", "--home", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"aiaas predict: error: 400 InvalidKeyException: {HINT}"), err
+    assert read_keys(served.home) == before  # the server's own keys are untouched (no renewal with a wrong API key)
     if importlib.util.find_spec("kserve") is not None:  # the Open Inference gateway's own refusal says the same
         r = httpx.get(f"{served.info.gateway_url}/v2/models/y2x", headers={"Authorization": "Bearer wrong"}, timeout=10,
                       trust_env=False)  # fmt: skip

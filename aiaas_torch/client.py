@@ -143,6 +143,8 @@ def classify(response: httpx.Response) -> HTTPStatusError:
         message = response.text.strip()[:500] or f"HTTP {status}"
     if status == 400:
         cls: type[HTTPStatusError] = TokenError if err_type == "InvalidKeyException" else BadRequest
+        if cls is TokenError:  # TorchServe's own words ("Token Authorization failed. Token either incorrect, ...")
+            message = f"{_tokens.TOKEN_HINT} (TorchServe: {message})"
     elif status == 404:
         cls = NotFound
     elif status >= 500 and message.strip().startswith("Worker died"):  # TorchServe 0.12: 500 on timeout, 507 on a crash

@@ -198,7 +198,7 @@ def predict_file(path, out=None, model=None, *, name: str | None = None, version
 
     model: a LocalModel or a run directory (predicted in this process), or a client.Client with `name` (and
     `version`) of a served model. out: the CSV to write (atomically: nothing is left on error), or None/"-" for
-    stdout. Its columns: the id column (with id_column), the model's target (the prediction), and for a classifier
+    stdout. Its columns: the id column (with id_column), `prediction` (see prediction_column), and for a classifier
     one `p_CLASS` column per class. concurrency: requests in flight at once (server only). progress: a bar on
     stderr (default: when stderr is a terminal).
     """
@@ -235,7 +235,7 @@ def predict_file(path, out=None, model=None, *, name: str | None = None, version
         if reader is None:
             reader = RowReader(path, card, id_column, predictor.chunk_rows if chunk_rows is None else chunk_rows,
                                arrays=isinstance(predictor, _Local))
-        head = ([id_column] if id_column else []) + [card["output"].get("target") or "prediction"]
+        head = ([id_column] if id_column else []) + [prediction_column(card, id_column)]
         head += [f"p_{c}" for c in card["output"].get("classes") or []] if card["output"]["task"] == "classification" else []
         t0 = time.perf_counter()
         with _output(out_name) as f:
@@ -247,6 +247,15 @@ def predict_file(path, out=None, model=None, *, name: str | None = None, version
         if reader is not None:
             reader.close()  # the parser process ends with this call, whatever happened
     return FileReport(rows, reader.format, out_name, seconds, reader.parser_peak_rss_mb)
+
+def prediction_column(card: dict, id_column: str | None = None) -> str:
+    """Return the predictions column's name: `prediction`, or `TARGET_pred` when an input column may bear that name."""
+    # an input column named `prediction` can only be a feature, the target, a column training excluded, or the id
+    target = card["output"].get("target") or "target"
+    names = {f.get("name") for f in card["input"].get("features") or []}
+    names |= {target, id_column} | set(card.get("data", {}).get("excluded_columns", {}))
+    return f"{target}_pred" if "prediction" in names else "prediction"
+
 
 def _run(reader: RowReader, predictor, f, writer, concurrency: int, progress: bool | None) -> int:
     """Return the number of rows predicted, writing each chunk's answers in input order as they complete."""

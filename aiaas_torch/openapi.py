@@ -88,6 +88,11 @@ def _tabular_schemas(card: dict, max_rows: int) -> dict:
         answer["description"] = f"labels of {out.get('target')!r} ({', '.join(map(str, classes))}) and softmax probabilities"
     else:
         answer["description"] = f"predicted {out.get('target')!r}, one number per row"
+    if any(f.get("kind") == "categorical" for f in features) and card["input"].get("unseen_category", "zero") == "zero":
+        answer["properties"]["warnings"] = {
+            "type": "array", "items": {"type": "array", "items": {"type": "string"}},
+            "description": "present only when some row has one: per row, a note for each category not seen in training "
+                           "(predicted with an all-zero encoding; also counted in the UnseenCategories metric)"}
     return {
         "Row": row,
         "NamedRow": named,

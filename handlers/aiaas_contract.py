@@ -15,6 +15,8 @@ Request bodies, one rule each (tabular cards):
 - {"instances": [[...], ...]} or {"instances": [{"name": value, ...}, ...]}  → {"predictions": [...], ...}
 - {"inputs": [{"name", "shape", "datatype", "data"}]} (Open Inference v2, one [N, features] tensor) → v2 answer
 - a bare list of lists is rows; a bare list of numbers is ONE row.
+An instances or rows answer carries "warnings" (per row, a list of notes) only when some row has one: a category the
+card's vocabulary does not hold (answered with the all-zero encoding, and counted in UnseenCategories).
 Tensor cards (imported models, see `_parse_tensor_request`): v2 bodies with every named input, or `instances`
 whose items are one sample (nested lists of the sample shape) or objects of named inputs.
 """
@@ -162,6 +164,15 @@ class _Encoding:
         self.categories = [f.get("categories") for f in features]
         self.strict = strict
         self.plain = not any(self.nullable) and not any(v is not None for v in self.vocabs)
+        self.categorical = [j for j, v in enumerate(self.vocabs) if v is not None]
+        self.notes: dict = {}  # row index → the warnings of its unseen categories
+
+    def note_unseen(self, i: int, values, coded: list) -> None:
+        """Record a warning for each category of row i (`values`: as sent, by position) coded -1 (unseen); returns None."""
+        for j in self.categorical:
+            if coded[j] == -1.0:
+                self.notes.setdefault(i, []).append(
+                    f"feature {self.names[j]!r}: {_show(values[j])} was not seen in training (all-zero encoding)")
 
     def value(self, v, j: int, where: str) -> float:
         """Return feature j's value as a float: the number, a category's code (-1: unseen), or NaN for an imputed null."""
@@ -187,13 +198,19 @@ def _check_row(row, i: int, enc: _Encoding, label: str) -> list:
         _check_names(row, names, f"{label}[{i}]", "feature")
         if enc.plain:
             return [_number(row[n], f"{label}[{i}].{n}") for n in names]
-        return [enc.value(row[n], j, f"{label}[{i}].{n}") for j, n in enumerate(names)]
+        coded = [enc.value(row[n], j, f"{label}[{i}].{n}") for j, n in enumerate(names)]
+        if -1.0 in coded:
+            enc.note_unseen(i, [row[n] for n in names], coded)
+        return coded
     if isinstance(row, list):
         if len(row) != len(names):
             raise ContractError(f"{label}[{i}]: {len(row)} values, expected {len(names)} ({_some(names, 20)})")
         if enc.plain:
             return [_number(v, f"{label}[{i}] feature {names[j]!r}") for j, v in enumerate(row)]
-        return [enc.value(v, j, f"{label}[{i}] feature {names[j]!r}") for j, v in enumerate(row)]
+        coded = [enc.value(v, j, f"{label}[{i}] feature {names[j]!r}") for j, v in enumerate(row)]
+        if -1.0 in coded:
+            enc.note_unseen(i, row, coded)
+        return coded
     raise ContractError(f"{label}[{i}]: expected a list of {len(names)} numbers or an object of features, got {type(row).__name__}")
 
 
@@ -281,6 +298,8 @@ def _parse_rows(value, card: dict, limit: int) -> ParsedRequest:
         parsed.imputed = sum(1 for r in parsed.rows for v in r if v != v)
         cat = [j for j, v in enumerate(enc.vocabs) if v is not None]
         parsed.unseen = sum(1 for r in parsed.rows for j in cat if r[j] == -1.0)
+        if enc.notes:
+            parsed.warnings = [enc.notes.get(i, []) for i in range(len(parsed.rows))]
     parsed.inputs = {input_tensors(card)[0]["name"]: parsed.rows}
     return parsed
 
@@ -462,8 +481,16 @@ def answer(card: dict, parsed: ParsedRequest, outputs: list, model_name: str, mo
                 {"name": "probabilities", "shape": [len(probs), len(classes)], "datatype": "FP32", "data": [p for row in probs for p in row]},
             ]
             return _v2(parsed, outs, model_name, model_version)
-        return {"predictions": labels, "probabilities": probs, "classes": classes, "model": model_name, "version": model_version}
+        return _noted({"predictions": labels, "probabilities": probs, "classes": classes, "model": model_name, "version": model_version},
+                      parsed)  # fmt: skip
     values = outputs.first_column()
     if parsed.fmt == "v2":
         return _v2(parsed, [{"name": out["target"], "shape": [len(values)], "datatype": "FP32", "data": values}], model_name, model_version)
-    return {"predictions": values, "model": model_name, "version": model_version}
+    return _noted({"predictions": values, "model": model_name, "version": model_version}, parsed)
+
+
+def _noted(answer: dict, parsed: ParsedRequest) -> dict:
+    """Return the answer with `warnings` (one list per row) after `predictions`'s fields when some row has one."""
+    if parsed.warnings:
+        answer["warnings"] = parsed.warnings
+    return answer

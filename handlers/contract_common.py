@@ -42,6 +42,7 @@ class ParsedRequest:
     v2_id: str | None = None
     imputed: int = 0  # nulls sent for features the card imputes (NaN in rows)
     unseen: int = 0  # categories the card's vocabulary does not hold (code -1 in rows)
+    warnings: list | None = None  # per row, the notes its answer carries (unseen categories); None when no row has one
     inputs: dict | None = None  # input name → its samples, each a flat list of values in the card's dtype
     array: object = None  # the one-pass check's rows (float64 array [N, F], or a small batch's float lists) for the forward
 

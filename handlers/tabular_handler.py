@@ -154,7 +154,7 @@ class TabularHandler:
 
     def encode(self, parsed, wire, outputs: list) -> tuple:
         """Return (body, response headers) of one request's answer in the wire format it came in."""
-        if wire.wire == "json" and "features" in self.card["input"]:  # the common answer: written from precomputed parts
+        if wire.wire == "json" and "features" in self.card["input"] and not parsed.warnings:  # the common answer: precomputed parts
             rows = next(iter(outputs.values())) if isinstance(outputs, dict) and len(outputs) == 1 else None
             if isinstance(rows, batch_checks.Outputs) and rows.first_non_finite() is None:
                 return self._answer_text().text(rows), {}

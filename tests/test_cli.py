@@ -137,7 +137,8 @@ def test_predict_local_matches_python_api(run_dir, capsys):
 @pytest.mark.parametrize("args, needle", [
     (["--body", "[1, 2]"], "2 values, expected 3"),
     (["--body", "{nope"], "not valid JSON"),
-    (["1,x,3"], "row '1,x,3'"),
+    (["1,x,3"], "instances[0] feature"),  # a text cell is sent as text (issue 25): the contract names the feature
+    (["1,nan,3"], "row '1,nan,3': cell 'nan': values must be finite numbers"),
     ([], "exactly one"),
 ])
 def test_predict_local_bad_input_exits_2(run_dir, capsys, args, needle):

@@ -69,7 +69,7 @@ def test_csv_in_any_column_order_with_ids_and_target_keeps_order_and_ids(model, 
     report = files.predict_file(src, out, model, id_column="key", chunk_rows=10)  # 11 chunks
     assert (report.rows, report.format) == (103, "csv")
     got = _read(out)
-    assert got[0] == ["key", "y"]
+    assert got[0] == ["key", "prediction"]  # not "y": the input's own `y` column (the truth) would be mistaken for it
     assert [r[0] for r in got[1:]] == [f"id-{i:03d}" for i in range(103)]
     want = model.predict({"instances": X.tolist()})["predictions"]
     np.testing.assert_allclose([float(r[1]) for r in got[1:]], want, rtol=1e-6)
@@ -149,7 +149,8 @@ def test_json_lines_and_json_arrays_are_told_apart_by_content(model, tmp_path, c
         ids = "id" if name == "objects.txt" else None  # carried through; without --id it is an unknown feature
         report = files.predict_file(tmp_path / name, None, model, id_column=ids, chunk_rows=4)
         lines = capsys.readouterr().out.splitlines()
-        assert lines == (["id,y", *[f"{i},{p}" for i, p in enumerate(want)]] if ids else ["y", *want]), name
+        # the predictions column is `prediction`, not the target's name: a header `y` read as the truth (issue 25)
+        assert lines == (["id,prediction", *[f"{i},{p}" for i, p in enumerate(want)]] if ids else ["prediction", *want]), name
         assert report.format == {"objects.txt": "jsonl", "lists.csv": "jsonl"}.get(name, "json-array")
     with pytest.raises(ValueError, match=r"objects.txt, line 1: unknown feature\(s\) \['id'\]"):
         files.predict_file(tmp_path / "objects.txt", None, model)
@@ -193,7 +194,7 @@ def test_a_classifier_writes_the_label_and_one_probability_column_per_class(kind
     out = tmp_path / "o.csv"
     aiaas_torch.predict_file(src, out, str(kinds_run))  # the public name, with a run directory
     rows = _read(out)
-    assert rows[0] == ["answer", "p_no", "p_yes"]
+    assert rows[0] == ["prediction", "p_no", "p_yes"]  # `prediction`, not the target `answer` (the truth's name)
     assert [r[0] for r in rows[1:]] == ["no", "yes"]
     assert all(abs(float(r[1]) + float(r[2]) - 1) < 1e-6 for r in rows[1:])
 
@@ -258,5 +259,5 @@ def test_the_temporary_output_never_follows_a_planted_symlink(model, tmp_path):
     planted.symlink_to(victim)
     files.predict_file(src, out, model)
     assert victim.read_text() == "keep me\n" and planted.is_symlink()
-    assert _read(out)[0] == ["y"] and len(_read(out)) == 2
+    assert _read(out)[0] == ["prediction"] and len(_read(out)) == 2  # not the target `y`: see prediction_column
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([planted.name, "pred.csv", "rows.csv", "victim.txt"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import csv
 import gc
 import json
 import math
@@ -17,7 +18,8 @@ def add_parser(sub) -> None:
                         description="Send rows to a served model: `aiaas predict NAME 6 7` sends rows [6] and [7]; "
                                     "`aiaas predict NAME 1,2,3` one row of three features. With --local RUN_DIR no server is used. "
                                     "`--file rows.csv --out predictions.csv` predicts a whole file, streamed in chunks, in input order.")
-    pr.add_argument("args", nargs="*", metavar="NAME|ROW", help="model name (not with --local), then rows as comma-separated numbers")
+    pr.add_argument("args", nargs="*", metavar="NAME|ROW", help="model name (not with --local), then rows as comma-separated cells "
+                    "(CSV quoting: \"New York\"; a text cell is a category, an empty cell null)")
     pr.add_argument("--body", default=None, metavar="JSON", help="request body as JSON text (instead of ROWs)")
     pr.add_argument("--file", default=None, metavar="F",
                     help="predict every row of this file: CSV with a header row naming the features, JSON Lines "
@@ -25,7 +27,8 @@ def add_parser(sub) -> None:
                          "rows, told apart by content; errors name the line. An imported model (named tensors): an .npy "
                          "of its one input or an .npz of one array per input name (read without unpickling)")
     pr.add_argument("--out", default=None, metavar="F", help="with --file: write the predictions CSV here "
-                    "(atomically; default stdout): the --id column, the target, and p_CLASS per class for a classifier; "
+                    "(atomically; default stdout): the --id column, `prediction` (TARGET_pred when a feature is named "
+                    "so), and p_CLASS per class for a classifier; "
                     "for an .npy/.npz input an .npz of one array per output (.npy when there is one)")
     pr.add_argument("--id", dest="id_column", default=None, metavar="COLUMN",
                     help="with --file: carry this input column (or object field) through to the output")
@@ -71,7 +74,7 @@ def run(a) -> int:
         with cl.Client(home=home, timeout=a.timeout) as c:
             try:
                 answer = c.predict(name, body, version=a.model_version)
-            except (cl.BadRequest, cl.NotFound) as e:
+            except (cl.BadRequest, cl.NotFound, cl.TokenError) as e:  # the input, the name, or the --home: the user's to fix
                 raise UsageError(str(e)) from None
     if a.json:
         print_json(answer)
@@ -102,7 +105,7 @@ def _run_file(a) -> int:
             try:
                 report = predict_file(a.file, a.out, c, name=a.args[0], version=a.model_version,
                                       concurrency=a.concurrency, **kwargs)
-            except cl.NotFound as e:
+            except (cl.NotFound, cl.TokenError) as e:
                 raise UsageError(str(e)) from None
     if a.json and report.out != "-":
         print_json(vars(report))
@@ -112,17 +115,37 @@ def _run_file(a) -> int:
     return 0
 
 
-def _rows_from_args(values: list[str]) -> list[list[float]]:
-    """Return ROW arguments ("6", "1,2,3") as rows of numbers."""
+def _cell(text: str):
+    """Return one ROW cell as JSON sends it: an integer or a finite number, None for an empty cell, else the text."""
+    if text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        return text  # a category: the model's contract decides whether this feature takes text
+    if not math.isfinite(value):
+        raise UsageError(f"cell {text!r}: values must be finite numbers (an empty cell sends null)")
+    return value
+
+
+def _rows_from_args(values: list[str]) -> list[list]:
+    """Return ROW arguments ("6", "1,2,3", 'Dream,49.0,,"New York"') as rows of cells, read with CSV quoting rules:
+    a number is sent as a number, an empty cell as null, any other cell as text."""
     rows = []
     for v in values:
         try:
-            row = [float(x) for x in v.split(",")]
-        except ValueError:
-            raise UsageError(f"row {v!r}: expected comma-separated numbers, e.g. 1.5,2,3") from None
-        if not all(math.isfinite(x) for x in row):
-            raise UsageError(f"row {v!r}: values must be finite numbers")
-        rows.append(row)
+            records = list(csv.reader([v], skipinitialspace=True, strict=True))
+        except csv.Error as e:
+            raise UsageError(f"row {v!r}: {e}; write a row as CSV cells, e.g. 1.5,2,\"New York\"") from None
+        cells = records[0] if records and records[0] else [""]
+        try:
+            rows.append([_cell(c) for c in cells])
+        except UsageError as e:
+            raise UsageError(f"row {v!r}: {e}") from None
     return rows
 
 
@@ -151,6 +174,9 @@ def _print_answer(answer) -> None:
         probs = answer.get("probabilities")
         for i, p in enumerate(answer["predictions"]):
             print(_human(p) + (f"\t(p={max(probs[i]):.3f})" if probs else ""))
+        for i, notes in enumerate(answer.get("warnings") or []):  # on stderr: stdout stays one prediction per line
+            for note in notes:
+                print(f"aiaas predict: warning: row {i + 1}: {note}", file=sys.stderr)
     elif isinstance(answer, dict) and "outputs" in answer:
         for o in answer["outputs"]:
             print(f"{o['name']}: {_human(o['data'])}")

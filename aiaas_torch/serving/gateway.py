@@ -32,7 +32,7 @@ from .gateway_guard import IDENTITY_PATH, allowed, identity_proof
 from .home import load_info
 from .management import mgmt_call, models_snapshot
 from .readiness import version_ready, versions_ready
-from .tokens import read_keys
+from .tokens import TOKEN_HINT, read_keys
 
 READY_CACHE_S = 0.5  # a probe storm asks the management API at most twice a second
 _BINARY_HEADER = "inference-header-content-length"
@@ -320,7 +320,7 @@ def build_server(home: Path, port: int, identity_key: bytes = b""):
             if scope["type"] == "http":
                 header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
                 if scope["path"] != IDENTITY_PATH and not upstream.authorized(header):
-                    refusal = {"error": "missing, wrong or expired token: send Authorization: Bearer $(aiaas serve token)"}
+                    refusal = {"error": f"{TOKEN_HINT}; send it as Authorization: Bearer TOKEN"}
                     return await JSONResponse(refusal, status_code=401)(scope, receive, send)
                 if not allowed(scope["method"], scope["path"]):
                     refusal = {"error": f"{scope['method']} {scope['path'][:200]}: not a route of this gateway"}

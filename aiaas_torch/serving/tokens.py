@@ -18,6 +18,10 @@ import httpx
 from .errors import TorchServeError
 from .home import KEY_FILE, ServerInfo
 
+# What a refused token tells its user (the client's TokenError, the gateway's 401): the key rotates, and a key is
+# bound to the server home that issued it.
+TOKEN_HINT = "token missing or expired: run `aiaas serve token` (or pass --home of the server that issued it)"
+
 
 class RenewalRefused(TorchServeError):
     """The token API refused to renew a key; `response` is its answer."""

@@ -26,7 +26,7 @@ def test_concurrent_chunks_come_back_in_input_order_with_ids(served, client, tmp
     src.write_text("x,row\n" + "".join(f"{v},r{i}\n" for i, v in enumerate(x)))
     report = predict_file(src, out, client, name="y2x", version="1.0", id_column="row", concurrency=4, chunk_rows=5)
     got = _read(out)
-    assert report.rows == 57 and got[0] == ["row", "y"]
+    assert report.rows == 57 and got[0] == ["row", "prediction"]  # not the target "y", which reads as the truth
     assert [r[0] for r in got[1:]] == [f"r{i}" for i in range(57)]
     want = load_run(served.origin).predict({"instances": x.reshape(-1, 1).tolist()})["predictions"]
     np.testing.assert_allclose([float(r[1]) for r in got[1:]], want, rtol=1e-5)

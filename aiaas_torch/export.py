@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from . import _quiet, __version__, optimize as _optimize
+from .conditioning import WHITENING, whitens
 from .atomic import staging_dir, swap_into_place, write_json_atomic
 from .card import CARD, CHECKPOINT, FLOAT_PROGRAM, SCHEMA_VERSION, read_card
 from .data import Schema
@@ -198,7 +199,7 @@ def _card(result, float_model, report, directory: Path, optimization: dict, max_
             "dtype": "float32",
             **_encoding(schema),
             "scaling": "standardize (mean/std of the training split), folded into the first Linear" if config.scale else None,
-            "rotation": "pca" if spec.rotate else None,
+            "rotation": (WHITENING if whitens(config) else "pca") if spec.rotate else None,
             "max_rows": max_rows,
         },
         "output": {

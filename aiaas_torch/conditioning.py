@@ -3,9 +3,12 @@ and the optimality check that says when a fit stopped short.
 
 With no --lr given, `train` whitens the standardized features (z = s B with B = A·diag(1/sqrt(λ + weight decay)) from the
 eigen-decomposition Σ = A diag(λ) Aᵀ of the training covariance; small eigenvalues floored, numerically null ones — a
-full set of one-hot columns — dropped), so that the Hessian of J(θ) is at most the identity in every direction. SGD with
-momentum 0.9 and batches of 4096 (a twentieth of the rows when more; full batch up to 8192 rows) then runs at the rate 1/L (L: the largest curvature, known from the spectrum), halving
-it every epoch after a first 100 steps when there is more than one batch (`rate`), and stops once an epoch changes J(θ) by less than `tol` relative. The
+full set of one-hot columns — dropped), so that the Hessian of J(θ) is at most the identity in every direction, and
+runs torch.optim.SGD at the rate 1/L (L: the largest curvature, known from the spectrum). Least squares is then the
+identity's problem: full-batch steps without momentum reach it in a few epochs (each step is nearly a Newton step).
+The logistic model's curvature varies with its predictions: momentum 0.9, full batch up to 8192 rows, else batches of
+4096 (a twentieth of the rows when more) with the rate halved every epoch after a first 100 steps (`rate`). Both stop
+once two epochs in a row change J(θ) by less than `tol` relative. The
 whitening is a Rotate layer with basis B, so `fold_preprocessing` merges it into the first Linear like the PCA rotation.
 Weight decay keeps its meaning (an L2 penalty on the weights and bias in standardized units): it is added to the loss
 with the whitening's per-component factor instead of SGD's own weight_decay, which would act in whitened units.
@@ -23,7 +26,7 @@ from torch import nn
 AUTO_BATCH = 4096  # per-step overhead dominates below ~1024 rows a batch; 4096 keeps the step count low ...
 AUTO_STEPS = 20  # ... and big tables take batches of a twentieth of their rows: whitened, a batch that size is plenty
 FULL_BATCH = 8192  # up to this many training rows: full batch (deterministic, no noise to average away)
-AUTO_MOMENTUM = 0.9
+AUTO_MOMENTUM = 0.9  # the logistic model's; least squares, whitened, needs none
 AUTO_TOL = 1e-7  # stop when an epoch changes J(θ) by less than this, relative
 FLOOR = 1e-6  # eigenvalues below FLOOR·λmax are raised to it (near-collinear columns) ...
 NULL = 1e-9  # ... and below NULL·λmax the direction carries no data (rounding of an exact linear dependence): dropped
@@ -57,9 +60,9 @@ def plan(config, rows: int) -> Plan:
     """Return the Plan of `config` for `rows` training rows: automatic unless `config.lr` is given (then the classic
     fixed-rate SGD: full batch, momentum 0, every epoch), each explicitly given setting overriding its automatic value."""
     auto = whitens(config)
-    bs = config.batch_size or (max(AUTO_BATCH, -(-rows // AUTO_STEPS)) if auto and rows > FULL_BATCH else rows)
-    bs = min(bs, rows)
-    momentum = config.momentum if config.momentum is not None else (AUTO_MOMENTUM if auto else 0.0)
+    batched = auto and config.model == "logistic" and rows > FULL_BATCH
+    bs = min(config.batch_size or (max(AUTO_BATCH, -(-rows // AUTO_STEPS)) if batched else rows), rows)
+    momentum = config.momentum if config.momentum is not None else (AUTO_MOMENTUM if auto and config.model == "logistic" else 0.0)
     tol = config.tol if config.tol is not None else (AUTO_TOL if auto else 0.0)
     lr = config.lr if config.lr is not None else (None if auto else 0.01)
     return Plan(lr, momentum, bs, tol, auto, auto and bs < rows and config.lr_schedule == "none")

@@ -50,17 +50,18 @@ DEVICES = ("cpu", "cuda", "auto")
 
 @dataclass
 class TrainConfig:
-    """Training settings. Linear/logistic with no `lr`: the conditioned solver of conditioning.py (whitening, momentum
-    0.9, batches of 4096, a rate from the data, stop on convergence; `epochs` is the maximum). A given `lr` (and every
-    MLP) trains the classic way: full batch, momentum 0, lr 0.01 for an MLP, every epoch. Given values always win."""
+    """Training settings. Linear/logistic with no `lr`: the conditioned solver of conditioning.py (whitening, a rate from
+    the data, full batch; logistic: momentum 0.9, batches above 8192 rows; stop on convergence; `epochs` is the maximum).
+    A given `lr` (and every MLP) trains the classic way: full batch, momentum 0, lr 0.01 for an MLP, every epoch. Given
+    values always win."""
 
     model: str = "linear"
     hidden: tuple[int, ...] = (64, 64)
     epochs: int = 1000  # the maximum when the run stops on convergence
     lr: float | None = None  # None: chosen from the data (linear, logistic), 0.01 (MLP)
-    momentum: float | None = None  # None: 0.9 with the automatic rate, else 0
+    momentum: float | None = None  # None: 0.9 for the automatic logistic fit, else 0
     weight_decay: float = 0.0
-    batch_size: int | None = None  # None: 4096 with the automatic rate, else full batch
+    batch_size: int | None = None  # None: full batch (the automatic logistic fit: 4096 or rows/20 above 8192 rows)
     tol: float | None = None  # stop once an epoch changes J(θ) by less than this, relative; None: 1e-7 with the automatic rate, else off
     seed: int = 0
     val_fraction: float = 0.2

@@ -41,16 +41,16 @@ def add_parser(sub) -> None:
                    help="most epochs (default 1000; linear/logistic stop earlier once converged; with --select: the last "
                         "halving rung's, default 300)")
     t.add_argument("--lr", type=_finite, default=None,
-                   help="SGD learning rate. Default for linear/logistic: chosen from the data on whitened features, with "
-                        "momentum 0.9, batches of 4096, and a stop on convergence; given, training is the classic "
-                        "fixed-rate SGD (full batch, momentum 0, every epoch; no whitening). MLP default 0.01")
-    t.add_argument("--momentum", type=_finite, default=None, help="SGD momentum (default 0.9 with the automatic rate, else 0)")
+                   help="SGD learning rate. Default for linear/logistic: chosen from the data on whitened features, with a "
+                        "stop on convergence; given, training is the classic fixed-rate SGD (full batch, momentum 0, "
+                        "every epoch; no whitening). MLP default 0.01")
+    t.add_argument("--momentum", type=_finite, default=None, help="SGD momentum (default 0.9 for the automatic logistic fit, else 0)")
     t.add_argument("--tol", type=_finite, default=None, metavar="REL",
                    help="stop once an epoch changes J(θ) by less than REL, relative (default 1e-7 with the automatic rate, else off)")
     t.add_argument("--weight-decay", type=_finite, default=0.0, help="SGD weight decay (default 0)")
     t.add_argument("--batch-size", type=int, default=None, metavar="N",
-                   help="mini-batch size (default with the automatic rate: full batch up to 8192 training rows, else "
-                        "4096 or a twentieth of the rows; with --lr: full batch)")
+                   help="mini-batch size (default: full batch; the automatic logistic fit above 8192 training rows: "
+                        "4096 or a twentieth of the rows)")
     t.add_argument("--seed", type=int, default=0, help="seed for init, shuffling and the split (default 0)")
     t.add_argument("--val-fraction", type=_finite, default=0.2, metavar="F", help="validation share in [0, 1) (default 0.2)")
     t.add_argument("--patience", type=int, default=None, metavar="N", help="early stopping after N epochs without a better validation loss")

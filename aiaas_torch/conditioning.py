@@ -88,13 +88,15 @@ def whitening(cov: np.ndarray, weight_decay: float = 0.0) -> tuple[np.ndarray, n
     return (A * scale).astype(np.float32), scale
 
 
-def prepare(run: Plan, Z: np.ndarray, task: str, weight_decay: float = 0.0) -> tuple[np.ndarray, float, torch.Tensor]:
-    """Return (whitening basis, learning rate, squared per-component scale) for the standardized training rows Z: the
-    plan's rate when it was given, else 1/L from the spectrum."""
+def prepare(run: Plan, Z: np.ndarray, task: str, weight_decay: float = 0.0) -> tuple[np.ndarray, float, torch.Tensor, torch.Tensor]:
+    """Return (whitening basis, learning rate, squared per-component scale, least squares' Hessian diagonal in whitened
+    units: weights then bias) for the standardized training rows Z: the plan's rate when given, else 1/L."""
     cov = covariance(Z)
     basis, scale = whitening(cov, weight_decay)
     lr = run.lr if run.lr is not None else learning_rate(cov, scale, task, weight_decay)
-    return basis, lr, torch.as_tensor(scale**2, dtype=torch.float32)
+    lam = np.clip(np.linalg.eigvalsh(cov)[::-1], 0.0, None)
+    diag = np.append((lam + weight_decay) * scale**2, 1.0 + weight_decay)  # Bᵀ(Σ + wd·I)B is diagonal; Z is centered
+    return basis, lr, torch.as_tensor(scale**2, dtype=torch.float32), torch.as_tensor(diag)
 
 
 def learning_rate(cov: np.ndarray, scale: np.ndarray, task: str, weight_decay: float = 0.0) -> float:
@@ -127,9 +129,10 @@ def converged(losses: list[float], tol: float) -> bool:
 
 
 def optimality_gap(net: nn.Module, Z: torch.Tensor, y: torch.Tensor, task: str, extra=None, iters: int = 5,
-                   chunk: int = 65536) -> float:  # fmt: skip
-    """Return an estimate of J(θ) − min J on the rows (Z, y): ½ gᵀ H⁻¹ g by conjugate gradients on Hessian-vector
-    products (exact for least squares once CG has converged; a lower bound before), `extra()` the penalty term."""
+                   chunk: int = 65536, diag: torch.Tensor | None = None) -> float:  # fmt: skip
+    """Return an estimate of J(θ) − min J on the rows (Z, y): ½ gᵀ H⁻¹ g, with H's diagonal `diag` when H is known
+    diagonal (whitened least squares: exact, one pass), else by conjugate gradients on Hessian-vector products (exact
+    for least squares once CG has converged; a lower bound before); `extra()` is the penalty term."""
     from .train import loss_fn  # the one definition of J(θ)
 
     crit = loss_fn(task, reduction="sum")
@@ -143,8 +146,11 @@ def optimality_gap(net: nn.Module, Z: torch.Tensor, y: torch.Tensor, task: str, 
     def flat(ts):
         return torch.cat([t.reshape(-1) for t in ts]).double()
 
-    g_parts = torch.autograd.grad(objective(), params, create_graph=True)
+    g_parts = torch.autograd.grad(objective(), params, create_graph=diag is None)
     g = flat(g_parts).detach()
+    if diag is not None:
+        keep = diag > 0
+        return 0.5 * float((g[keep] ** 2 / diag[keep]).sum())
 
     def hvp(v):
         vs, k = [], 0

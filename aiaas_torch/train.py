@@ -242,9 +242,9 @@ def train(
         mean, std = np.zeros(encoded.shape[1], np.float32), np.ones(encoded.shape[1], np.float32)
     run, wd = conditioning.plan(config, len(train_ds)), config.weight_decay
     if run.whiten:  # the PCA basis scaled to unit curvature: replaces --rotate's rotation (it includes it)
-        basis, lr, scale2 = conditioning.prepare(run, (encoded - mean) / std, task, wd)
+        basis, lr, scale2, hdiag = conditioning.prepare(run, (encoded - mean) / std, task, wd)
     else:
-        basis, lr, scale2 = pca_rotation((encoded - mean) / std) if config.rotate else None, run.lr, None
+        basis, lr, scale2, hdiag = pca_rotation((encoded - mean) / std) if config.rotate else None, run.lr, None, None
     n_out = 1 if task == "regression" else len(dataset.schema.classes)
     spec = ModelSpec(config.model, train_ds.X.shape[1], n_out, tuple(config.hidden) if config.model == "mlp" else (), basis is not None,
                      imputes, tuple((j, len(c)) for j, c in sorted(codes.items())))  # fmt: skip
@@ -396,7 +396,7 @@ def train(
     notes = training_warnings(history, train_ds, val_ds, metrics["validation" if val_ds is not None else "train"], stopped_early)
     if config.model != "mlp" and not stopped_early:  # the reference check: how far from the optimum it stopped
         Zt, Yt = (Xt.cpu(), yt.cpu()) if local else (model[:fixed](torch.from_numpy(train_ds.X)), torch.from_numpy(train_ds.y))
-        gap = conditioning.optimality_gap(model[fixed:], Zt, Yt, task, extra)
+        gap = conditioning.optimality_gap(model[fixed:], Zt, Yt, task, extra, diag=hdiag if task == "regression" else None)
         notes += [n for n in [conditioning.gap_warning(gap, task, train_ds.y, metrics["train"], config.lr is not None, wd > 0)] if n]
     if rank == 0:
         for msg in notes:

@@ -8,8 +8,8 @@ runs torch.optim.SGD at the rate 1/L (L: the largest curvature, known from the s
 identity's problem: full-batch steps without momentum reach it in a few epochs (each step is nearly a Newton step).
 The logistic model's curvature varies with its predictions: momentum 0.9, full batch up to 8192 rows, else batches of
 4096 (a twentieth of the rows when more) with the rate halved every epoch after a first 100 steps (`rate`). Both stop
-once two epochs in a row change J(θ) by less than `tol` relative. The
-whitening is a Rotate layer with basis B, so `fold_preprocessing` merges it into the first Linear like the PCA rotation.
+once two epochs in a row change J(θ) by less than `tol` relative. The whitening is a Rotate layer with basis B, so
+`fold_preprocessing` merges it into the first Linear like the PCA rotation.
 Weight decay keeps its meaning (an L2 penalty on the weights and bias in standardized units): it is added to the loss
 with the whitening's per-component factor instead of SGD's own weight_decay, which would act in whitened units.
 """

@@ -23,6 +23,7 @@ import torch
 from . import _quiet, making, optimize as _optimize, rundir
 from .atomic import staging_dir
 from .card import CHECKPOINT, FLOAT_PROGRAM, SCHEMA_VERSION, read_card
+from .conditioning import WHITENING, whitens
 from .data import Schema
 from .errors import InputError
 from .handlers import aiaas_contract as contract
@@ -141,7 +142,7 @@ def _card(result, float_model, report, directory: Path, optimization: dict, max_
             "dtype": "float32",
             **_encoding(schema),
             "scaling": "standardize (mean/std of the training split), folded into the first Linear" if config.scale else None,
-            "rotation": "pca" if spec.rotate else None,
+            "rotation": (WHITENING if whitens(config) else "pca") if spec.rotate else None,
             "max_rows": max_rows,
         },
         "output": {

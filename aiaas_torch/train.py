@@ -30,7 +30,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from . import conditioning
 from .atomic import write_atomic
+from .fitnotes import training_warnings
 from .data import Dataset, Schema, dataset_lineage, fit_preprocessing, pca_rotation, split, standardize_stats
 from .models import MODEL_KINDS, ModelSpec, Preprocess, build_model, json_ready
 from .errors import InputError, InputTypeError, check_choice, check_int, check_number
@@ -38,9 +40,6 @@ from .errors import InputError, InputTypeError, check_choice, check_int, check_n
 LR_SCHEDULES = ("none", "cosine", "step")
 _INIT_LOCK = threading.Lock()  # model selection trains folds in threads
 
-MIN_VALIDATION_ROWS = 30  # fewer: a validation score is too noisy to compare models by
-STEEP_TAIL = 0.10  # the last 10 % of the epochs run ...
-STEEP_SHARE = 0.05  # ... still made more than 5 % of the run's whole decrease of the training loss: not converged
 
 
 class TrainingWarning(UserWarning):
@@ -51,15 +50,19 @@ DEVICES = ("cpu", "cuda", "auto")
 
 @dataclass
 class TrainConfig:
-    """Training settings; defaults reproduce the origin example (full-batch SGD, lr 0.01, 1000 epochs)."""
+    """Training settings. Linear/logistic with no `lr`: the conditioned solver of conditioning.py (whitening, a rate from
+    the data, full batch; logistic: momentum 0.9, batches above 8192 rows; stop on convergence; `epochs` is the maximum).
+    A given `lr` (and every MLP) trains the classic way: full batch, momentum 0, lr 0.01 for an MLP, every epoch. Given
+    values always win."""
 
     model: str = "linear"
     hidden: tuple[int, ...] = (64, 64)
-    epochs: int = 1000
-    lr: float = 0.01
-    momentum: float = 0.0
+    epochs: int = 1000  # the maximum when the run stops on convergence
+    lr: float | None = None  # None: chosen from the data (linear, logistic), 0.01 (MLP)
+    momentum: float | None = None  # None: 0.9 for the automatic logistic fit, else 0
     weight_decay: float = 0.0
-    batch_size: int | None = None  # None: full batch
+    batch_size: int | None = None  # None: full batch (the automatic logistic fit: 4096 or rows/20 above 8192 rows)
+    tol: float | None = None  # stop once an epoch changes J(θ) by less than this, relative; None: 1e-7 with the automatic rate, else off
     seed: int = 0
     val_fraction: float = 0.2
     patience: int | None = None  # early stopping on validation loss; None: off
@@ -76,8 +79,9 @@ class TrainConfig:
         check_int("epochs", self.epochs, 1)
         if self.batch_size is not None:
             check_int("batch_size", self.batch_size, 1)
-        check_number("lr", self.lr, positive=True)
-        check_number("momentum", self.momentum)
+        for name in ("lr", "momentum", "tol"):
+            if getattr(self, name) is not None:
+                check_number(name, getattr(self, name), positive=name == "lr")
         check_number("weight_decay", self.weight_decay)
         check_int("seed", self.seed, 0)
         vf = self.val_fraction
@@ -106,6 +110,7 @@ class TrainConfig:
         d["hidden"] = tuple(d.get("hidden", ()))
         d.setdefault("device", "cpu")
         d.setdefault("scale", True)
+        d.setdefault("tol", None)
         return cls(**d)
 
 
@@ -235,16 +240,21 @@ def train(
         mean, std = standardize_stats(encoded)
     else:
         mean, std = np.zeros(encoded.shape[1], np.float32), np.ones(encoded.shape[1], np.float32)
-    basis = pca_rotation((encoded - mean) / std) if config.rotate else None
+    run, wd = conditioning.plan(config, len(train_ds)), config.weight_decay
+    if run.whiten:  # the PCA basis scaled to unit curvature: replaces --rotate's rotation (it includes it)
+        basis, lr, scale2, hdiag = conditioning.prepare(run, (encoded - mean) / std, task, wd)
+    else:
+        basis, lr, scale2, hdiag = pca_rotation((encoded - mean) / std) if config.rotate else None, run.lr, None, None
     n_out = 1 if task == "regression" else len(dataset.schema.classes)
-    spec = ModelSpec(config.model, train_ds.X.shape[1], n_out, tuple(config.hidden) if config.model == "mlp" else (), config.rotate,
+    spec = ModelSpec(config.model, train_ds.X.shape[1], n_out, tuple(config.hidden) if config.model == "mlp" else (), basis is not None,
                      imputes, tuple((j, len(c)) for j, c in sorted(codes.items())))  # fmt: skip
 
     rank, world, backend, device = _setup_distributed(config)
     with _INIT_LOCK:  # the seed and the initial weights come from torch's global generator: one thread at a time
         torch.manual_seed(config.seed)
         model = build_model(spec, mean, std, basis, fill, codes).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    # whitened: weight decay is a penalty on the standardized-unit weights (conditioning.penalty), not SGD's own
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=run.momentum, weight_decay=0.0 if run.whiten else wd)
     sched = _scheduler(opt, config)
     crit = loss_fn(task)
     crit_sum = loss_fn(task, reduction="sum")
@@ -252,18 +262,23 @@ def train(
     Xv = torch.from_numpy(val_ds.X).to(device) if val_ds is not None else None
     yv = torch.from_numpy(val_ds.y).to(device) if val_ds is not None else None
     n = Xt.shape[0]
-    bs = n if config.batch_size is None else min(config.batch_size, n)
+    bs = run.batch_size
     full_local = world == 1 and bs == n
-    if full_local:
+    local = world == 1 and (full_local or run.whiten)
+    if local:
         Xt, yt = Xt.to(device), yt.to(device)
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
-    if full_local:
-        # Scaling and rotation have no parameters: on the same full batch every epoch they give the same tensor, so
-        # apply them once and step the layers after them (the same values and gradients, one elementwise pass less).
-        fixed = next(i for i, m in enumerate(model) if any(True for _ in m.parameters()))
+    fixed = next(i for i, m in enumerate(model) if any(True for _ in m.parameters()))
+    if local:
+        # Scaling, rotation and whitening have no parameters: apply them once (one copy of the training rows when
+        # batches are drawn from it) and step the layers after them: the same values and gradients, less work a step.
         with torch.no_grad():
-            Xt = model[:fixed](Xt)
+            Xt, Xv = model[:fixed](Xt), (model[:fixed](Xv) if Xv is not None else None)
+            if not full_local:  # shuffled once; each epoch then visits contiguous batches in its own random order
+                shuffled = _epoch_order(n, True, config.seed)
+                Xt, yt = Xt[shuffled], yt[shuffled]
         net = model[fixed:]
+    extra = (lambda: conditioning.penalty(model[fixed], scale2, wd)) if run.whiten and wd > 0 else None
 
     history: list[dict] = []
     start_epoch, best_loss, best_epoch, bad_epochs = 0, math.inf, 0, 0
@@ -307,15 +322,18 @@ def train(
     bar = tqdm(range(start_epoch, config.epochs), disable=not show, desc="train", unit="epoch", leave=False)
     net.train()
     for epoch in bar:
-        order = _epoch_order(n, shuffle=bs < n, seed=config.seed + epoch)
+        order = _epoch_order(n, shuffle=bs < n, seed=config.seed + epoch) if not local else None
+        starts = (_epoch_order(math.ceil(n / bs), True, config.seed + epoch) * bs).tolist() if local else range(0, n, bs)
         total = torch.zeros((), dtype=torch.float64, device=device)
-        for i in range(0, n, bs):
+        for i in starts:
             # The same global batch as one process; each rank takes every world-th row of it. Under DDP (which
             # averages the ranks' gradients) each rank's loss is its rows' summed loss × world / batch rows, so the
             # step equals one process's for any row count and batch size, uneven shards included.
-            batch = order[i : i + bs]
+            batch = order[i : i + bs] if order is not None else range(i, min(i + bs, n))
             if full_local:  # one process, full batch: the rows themselves, not a gathered copy of them every epoch
                 xb, yb = Xt, yt
+            elif local:  # views: no gather a step
+                xb, yb = Xt[i : i + bs], yt[i : i + bs]
             else:
                 idx = batch[rank::world]
                 xb, yb = Xt[idx].to(device), yt[idx].to(device)
@@ -327,6 +345,8 @@ def train(
                 summed = crit_sum(net(xb), yb)
                 loss = summed * (world / len(batch))
                 rows_loss = summed.detach().double()
+            if extra is not None:
+                loss = loss + extra()
             loss.backward()
             opt.step()
             total += rows_loss
@@ -338,9 +358,12 @@ def train(
         if Xv is not None:
             with torch.no_grad():
                 model.eval()
-                row["val_loss"] = float(crit(model(Xv), yv))  # the whole validation split on every rank: same value
+                row["val_loss"] = float(crit((net if local else model)(Xv), yv))  # the whole validation split on every rank: same value
                 model.train()
         history.append(row)
+        if run.halve:
+            for group in opt.param_groups:
+                group["lr"] = conditioning.rate(lr, (epoch + 1) * len(starts), len(starts))
         watched = row.get("val_loss", row["train_loss"])
         if not math.isfinite(watched):
             raise InputError(f"training diverged at epoch {epoch + 1} (loss {watched}); lower the learning rate")
@@ -357,6 +380,8 @@ def train(
         if config.patience is not None and bad_epochs >= config.patience:
             stopped_early = True
             break
+        if conditioning.converged([h["train_loss"] for h in history], run.tol):
+            break
     bar.close()
     epochs_run = len(history)
     if config.patience is not None and best_state is not None:
@@ -369,6 +394,10 @@ def train(
         metrics["validation"] = evaluate(model, val_ds.X, val_ds.y, task)
     eval_ds = val_ds if val_ds is not None else train_ds
     notes = training_warnings(history, train_ds, val_ds, metrics["validation" if val_ds is not None else "train"], stopped_early)
+    if config.model != "mlp" and not stopped_early:  # the reference check: how far from the optimum it stopped
+        Zt, Yt = (Xt.cpu(), yt.cpu()) if local else (model[:fixed](torch.from_numpy(train_ds.X)), torch.from_numpy(train_ds.y))
+        gap = conditioning.optimality_gap(model[fixed:], Zt, Yt, task, extra, diag=hdiag if task == "regression" else None)
+        notes += [n for n in [conditioning.gap_warning(gap, task, train_ds.y, metrics["train"], config.lr is not None, wd > 0)] if n]
     if rank == 0:
         for msg in notes:
             warnings.warn(msg, TrainingWarning, stacklevel=2)
@@ -400,38 +429,6 @@ def train(
         backend=backend,
         warnings=notes,
     )
-
-
-def training_warnings(history: list[dict], train_ds: Dataset, val_ds: Dataset | None, scored: dict, stopped_early: bool) -> list[str]:
-    """Return the TrainingWarning messages for a run: `scored` holds the model's metrics on the validation rows (the
-    training rows when there is no validation split), which the trivial baseline is scored on too."""
-    out = []
-    rows = val_ds if val_ds is not None else train_ds
-    where = f"the {len(rows)} validation rows" if val_ds is not None else f"the {len(rows)} training rows (no validation split)"
-    if train_ds.schema.task == "regression":
-        base = float(np.mean((rows.y.astype(np.float64) - np.mean(train_ds.y, dtype=np.float64)) ** 2))
-        if scored["mse"] >= base:
-            out.append(f"the model is no better than predicting the training mean: MSE {scored['mse']:.4g} against "
-                       f"{base:.4g} on {where}; it learned nothing usable (more epochs, a higher --lr, other features?)")  # fmt: skip
-    else:
-        majority = int(np.bincount(train_ds.y).argmax())
-        base = float(np.mean(rows.y == majority))
-        if scored["accuracy"] <= base:
-            label = train_ds.schema.classes[majority]
-            out.append(f"the model is no better than always answering the majority class {label!r}: accuracy "
-                       f"{scored['accuracy']:.4g} against {base:.4g} on {where} (more epochs, a higher --lr, other features?)")  # fmt: skip
-    if val_ds is not None and len(val_ds) < MIN_VALIDATION_ROWS:
-        out.append(f"only {len(val_ds)} validation rows (fewer than {MIN_VALIDATION_ROWS}): the validation score says little; "
-                   "cross-validation uses every row (aiaas train --select --cv 5)")  # fmt: skip
-    losses = [h["train_loss"] for h in history]
-    tail = max(1, math.ceil(STEEP_TAIL * len(losses)))
-    if not stopped_early and len(losses) >= 10:
-        total, late = losses[0] - losses[-1], losses[-1 - tail] - losses[-1]
-        if total > 0 and late > STEEP_SHARE * total:
-            out.append(f"the training loss was still falling at the last epoch: the last {tail} of {len(losses)} epochs "
-                       f"lowered it by {late / total:.1%} of the whole run's decrease (more than {STEEP_SHARE:.0%}); "
-                       "train longer (--epochs) or with a higher --lr")  # fmt: skip
-    return out
 
 
 def _setup_distributed(config: TrainConfig) -> tuple[int, int, str | None, torch.device]:

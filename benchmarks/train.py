@@ -6,6 +6,13 @@ splitting, the process's peak RSS (ru_maxrss), and whether the tensors training 
 (torch.from_numpy: same data pointer) — i.e. how many times the data set is copied on the way to the optimizer.
 
     .venv/bin/python benchmarks/train.py --out docs/bench/train.json
+
+With --vs-sgdregressor it instead times the default `train()` against scikit-learn's SGDRegressor (StandardScaler +
+SGDRegressor with its defaults, run by the benchmark venv .venv-bench in a child process, fit time only) on generated
+400,000 × 20 regression — one well-conditioned case, one collinear — in turns, medians of --repeats, and prints the
+time ratio and each one's validation R² gap to least squares on the same split, with the host's CPU and ISA:
+
+    .venv/bin/python benchmarks/train.py --vs-sgdregressor --rows 400000 --repeats 3
 """
 
 from __future__ import annotations
@@ -13,7 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 from pathlib import Path
@@ -48,6 +58,64 @@ def make_data(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np
     w = rng.normal(0, 1, d)
     y = (X.astype(np.float64) @ w + 3.0 + rng.normal(0, 0.5, n)).astype(np.float32)
     return X, y, w
+
+
+def make_collinear(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Return (X, y) like make_data, but the last 5 columns are linear combinations of others plus 1 % noise."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    X[:, d - 5 :] = X[:, :5] @ rng.normal(0, 1, (5, 5)) + X[:, 5:10] + rng.normal(0, 0.01, (n, 5))
+    X = X * rng.uniform(0.5, 20.0, d) + rng.uniform(-5, 5, d)
+    y = X @ rng.normal(0, 1, d) + 3.0 + rng.normal(0, 0.5, n)
+    return X.astype(np.float32), y.astype(np.float32)
+
+
+SKLEARN_FIT = """
+import json, sys, time, numpy as np
+from sklearn.linear_model import SGDRegressor
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+d = sys.argv[1]
+Xt, yt, Xv, yv = (np.load(f"{d}/{k}.npy") for k in ("Xt", "yt", "Xv", "yv"))
+t0 = time.perf_counter()
+m = make_pipeline(StandardScaler(), SGDRegressor(random_state=0)).fit(Xt, yt)
+s = time.perf_counter() - t0
+print(json.dumps({"seconds": s, "r2": float(m.score(Xv, yv)), "n_iter": int(m[-1].n_iter_)}))
+"""
+
+
+def versus_sgdregressor(rows: int, features: int, repeats: int) -> dict:
+    """Return, per case, the medians of our default train() and SGDRegressor's fit time, their ratio and R² gaps."""
+    py = Path(__file__).resolve().parent.parent / ".venv-bench" / "bin" / "python"
+    if not py.exists():
+        raise SystemExit(f"{py}: missing; python3 -m venv .venv-bench && .venv-bench/bin/pip install scikit-learn numpy")
+    x = np.arange(1, 6, dtype=np.float32)
+    train(from_arrays(x.reshape(-1, 1), 2 * x), TrainConfig(progress=False))  # warm-up: torch's lazy imports
+    out = {}
+    for case, (X, y) in {"well-conditioned": make_data(rows, features)[:2], "collinear": make_collinear(rows, features)}.items():
+        ds = from_arrays(X, y)
+        tr, va = split(ds, 0.2, 0)
+        yv = va.y.astype(np.float64)
+        r2_ls = 1.0 - closed_form_mse(tr.X, tr.y, va.X, va.y) / float(np.var(yv))
+        ours, theirs = [], []
+        with tempfile.TemporaryDirectory() as d:
+            for k, a in {"Xt": tr.X, "yt": tr.y, "Xv": va.X, "yv": va.y}.items():
+                np.save(f"{d}/{k}.npy", a)
+            for _ in range(repeats):  # in turns: both see the same machine state
+                t0 = time.perf_counter()
+                r = train(ds, TrainConfig(progress=False))
+                ours.append((time.perf_counter() - t0, r.metrics["validation"]["r2"], r.epochs_run, len(r.warnings)))
+                theirs.append(json.loads(subprocess.run([str(py), "-c", SKLEARN_FIT, d], check=True, capture_output=True,
+                                                        text=True).stdout))  # fmt: skip
+        t_ours = statistics.median(o[0] for o in ours)
+        t_sk = statistics.median(t["seconds"] for t in theirs)
+        out[case] = {"ours_s": round(t_ours, 3), "sgdregressor_s": round(t_sk, 3), "ratio": round(t_ours / t_sk, 3),
+                     "ours_r2_gap": round(r2_ls - statistics.median(o[1] for o in ours), 6),
+                     "sgdregressor_r2_gap": round(r2_ls - statistics.median(t["r2"] for t in theirs), 6),
+                     "r2_least_squares": round(r2_ls, 6), "ours_epochs": [o[2] for o in ours],
+                     "ours_warnings": [o[3] for o in ours], "sgdregressor_n_iter": [t["n_iter"] for t in theirs],
+                     "ours_all_s": [round(o[0], 3) for o in ours], "sgdregressor_all_s": [round(t["seconds"], 3) for t in theirs]}  # fmt: skip
+    return out
 
 
 def closed_form_mse(train_X, train_y, val_X, val_y) -> float:
@@ -134,9 +202,23 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=8, help="epochs per setting (bounded; default 8)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--out", default=None, help="write the JSON result here")
+    p.add_argument("--vs-sgdregressor", action="store_true", help="time the default train() against scikit-learn's SGDRegressor")
+    p.add_argument("--repeats", type=int, default=3, help="with --vs-sgdregressor: runs of each, in turns (median)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.vs_sgdregressor:
+        from aiaas_torch.export import vector_isa
+
+        load = bench.wait_quiet(1.0, 60.0, 30.0, echo=lambda m: print(m, file=sys.stderr, flush=True))
+        res = {"machine": {**bench.machine_info(), "isa": vector_isa(), "loadavg_at_start": round(load, 2)},
+               "torch_threads": torch.get_num_threads(), "command": "benchmarks/train.py " + " ".join(argv or sys.argv[1:]),
+               "cases": versus_sgdregressor(a.rows, a.features, a.repeats)}  # fmt: skip
+        print(versus_table(res))
+        if a.out:
+            Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
+        return 0
     bench.wait_quiet(1.0, 600.0, echo=lambda m: print(m, file=sys.stderr, flush=True))  # 1-min load < 1, ≤ 10 min
     res = {"machine": bench.machine_info(), "torch_threads": torch.get_num_threads(),
            "command": "benchmarks/train.py " + " ".join(argv or sys.argv[1:])}  # fmt: skip
@@ -165,6 +247,19 @@ def main(argv=None) -> int:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
     return 0
+
+
+def versus_table(res: dict) -> str:
+    """Return the Markdown summary of a --vs-sgdregressor run."""
+    m = res["machine"]
+    lines = [f"{res['command']}; {m['cpu']} ({m['isa']}), {m['cores']} cores, torch threads {res['torch_threads']}, "
+             f"load average {m['loadavg_at_start']} at start", "",
+             "| case | ours (median s) | SGDRegressor (median s) | ratio ours/theirs | our R² gap to least squares | "
+             "SGDRegressor's R² gap | our epochs |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for case, c in res["cases"].items():
+        lines.append(f"| {case} | {c['ours_s']} | {c['sgdregressor_s']} | {c['ratio']} | {c['ours_r2_gap']:.6f} | "
+                     f"{c['sgdregressor_r2_gap']:.6f} | {c['ours_epochs']} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def table(res: dict) -> str:

@@ -44,7 +44,8 @@ def origin_csv(tmp_path_factory) -> Path:
 def origin_result(origin_csv) -> train.TrainResult:
     """The origin model: linear, full-batch SGD, lr 0.01, 1000 epochs, no validation split."""
     ds = data.load_csv(origin_csv, target="y")
-    return train.train(ds, train.TrainConfig(model="linear", val_fraction=0.0, seed=0, progress=False))
+    # the origin's own settings, given (the default solver would choose its rate and stop on convergence: issue 25)
+    return train.train(ds, train.TrainConfig(model="linear", lr=0.01, epochs=1000, val_fraction=0.0, seed=0, progress=False))
 
 
 @pytest.fixture(scope="session")

@@ -53,16 +53,25 @@ def add_parser(sub) -> None:
     t.add_argument("--model", choices=["linear", "logistic", "mlp"], default=None,
                    help="model kind (default: linear for regression, logistic for classification)")
     t.add_argument("--hidden", type=int_list, default=(64, 64), metavar="64,64", help="MLP hidden sizes (default 64,64)")
-    t.add_argument("--epochs", type=int, default=None, help="epochs (default 1000; with --select: the last halving rung's, default 300)")
-    t.add_argument("--lr", type=finite_float, default=0.01, help="SGD learning rate (default 0.01)")
-    t.add_argument("--momentum", type=finite_float, default=0.0, help="SGD momentum (default 0)")
+    t.add_argument("--epochs", type=int, default=None,
+                   help="most epochs (default 1000; linear/logistic stop earlier once converged; with --select: the last "
+                        "halving rung's, default 300)")
+    t.add_argument("--lr", type=finite_float, default=None,
+                   help="SGD learning rate. Default for linear/logistic: chosen from the data on whitened features, with a "
+                        "stop on convergence; given, training is the classic fixed-rate SGD (full batch, momentum 0, "
+                        "every epoch; no whitening). MLP default 0.01")
+    t.add_argument("--momentum", type=finite_float, default=None, help="SGD momentum (default 0.9 for the automatic logistic fit, else 0)")
+    t.add_argument("--tol", type=finite_float, default=None, metavar="REL",
+                   help="stop once an epoch changes J(θ) by less than REL, relative (default 1e-7 with the automatic rate, else off)")
     t.add_argument("--weight-decay", type=finite_float, default=0.0, help="SGD weight decay (default 0)")
-    t.add_argument("--batch-size", type=int, default=None, metavar="N", help="mini-batch size (default: full batch)")
+    t.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="mini-batch size (default: full batch; the automatic logistic fit above 8192 training rows: "
+                        "4096 or a twentieth of the rows)")
     t.add_argument("--seed", type=int, default=0, help="seed for init, shuffling and the split (default 0)")
     t.add_argument("--val-fraction", type=finite_float, default=0.2, metavar="F", help="validation share in [0, 1) (default 0.2)")
     t.add_argument("--patience", type=int, default=None, metavar="N", help="early stopping after N epochs without a better validation loss")
     t.add_argument("--lr-schedule", choices=["none", "cosine", "step"], default="none", help="learning-rate schedule (default none)")
-    t.add_argument("--rotate", action="store_true", help="rotate standardized features into their PCA basis (AᵀA = I checked)")
+    t.add_argument("--rotate", action="store_true", help="rotate standardized features into their PCA basis (AᵀA = I checked; with the automatic rate the whitening includes it)")
     t.add_argument("--checkpoint-every", type=int, default=0, metavar="N", help="also checkpoint every N epochs (default: only at the end)")
     t.add_argument("--resume", action="store_true", help="resume from RUN_DIR's checkpoint (same data and settings)")
     t.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu", help="train on cpu (default), cuda, or cuda when available")
@@ -151,10 +160,10 @@ def _train(a) -> int:
             raise UsageError(f"--{flag.replace('_', '-')}: only with --select")
     model = a.model or ("linear" if ds.schema.task == "regression" else "logistic")
     cfg = TrainConfig(
-        model=model, hidden=a.hidden, lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay,
-        batch_size=a.batch_size, seed=a.seed, val_fraction=a.val_fraction, patience=a.patience,
+        model=model, hidden=a.hidden, weight_decay=a.weight_decay, batch_size=a.batch_size, seed=a.seed, val_fraction=a.val_fraction, patience=a.patience,
         lr_schedule=a.lr_schedule, rotate=a.rotate, progress=False if a.no_progress else None,
-        checkpoint_every=a.checkpoint_every, device=a.device, **_given(epochs=a.epochs),
+        checkpoint_every=a.checkpoint_every, device=a.device,
+        **_given(epochs=a.epochs, lr=a.lr, momentum=a.momentum, tol=a.tol),
     ).validate()
     out = Path(a.out)
     if out.exists() and not out.is_dir():

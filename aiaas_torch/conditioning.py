@@ -36,6 +36,15 @@ GAP_WARN = 1e-3  # optimality gap that earns a warning: R² points (regression),
 CURVATURE = {"regression": 1.0, "classification": 0.5}  # bound on the loss's second derivative in the model's output
 
 
+def loss_fn(task: str, reduction: str = "mean"):
+    """Return the training loss: J(θ) = 1/(2m) Σ (h − y)² for regression, cross-entropy for classes (mean, or sum
+    over the rows with reduction="sum")."""
+    reduce = torch.mean if reduction == "mean" else torch.sum
+    if task == "regression":
+        return lambda out, y: 0.5 * reduce((out[:, 0] - y) ** 2)
+    return lambda out, y: nn.functional.cross_entropy(out, y, reduction=reduction)
+
+
 @dataclass
 class Plan:
     """The solver settings one run uses, after the automatic choices (explicit settings win)."""
@@ -133,7 +142,6 @@ def optimality_gap(net: nn.Module, Z: torch.Tensor, y: torch.Tensor, task: str, 
     """Return an estimate of J(θ) − min J on the rows (Z, y): ½ gᵀ H⁻¹ g, with H's diagonal `diag` when H is known
     diagonal (whitened least squares: exact, one pass), else by conjugate gradients on Hessian-vector products (exact
     for least squares once CG has converged; a lower bound before); `extra()` is the penalty term."""
-    from .train import loss_fn  # the one definition of J(θ)
 
     crit = loss_fn(task, reduction="sum")
     params = [p for p in net.parameters() if p.requires_grad]

@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import conditioning
+from .conditioning import loss_fn  # J(θ): owned by conditioning, which measures the fit against it
 from .atomic import write_atomic
 from .fitnotes import training_warnings
 from .data import Dataset, Schema, dataset_lineage, fit_preprocessing, pca_rotation, split, standardize_stats
@@ -136,15 +137,6 @@ class TrainResult:
     world_size: int = 1
     backend: str | None = None  # "gloo" | "nccl" when distributed
     warnings: list[str] = field(default_factory=list)  # TrainingWarning messages, also in the card
-
-
-def loss_fn(task: str, reduction: str = "mean"):
-    """Return the training loss: J(θ) = 1/(2m) Σ (h − y)² for regression, cross-entropy for classes (mean, or sum
-    over the rows with reduction="sum")."""
-    reduce = torch.mean if reduction == "mean" else torch.sum
-    if task == "regression":
-        return lambda out, y: 0.5 * reduce((out[:, 0] - y) ** 2)
-    return lambda out, y: nn.functional.cross_entropy(out, y, reduction=reduction)
 
 
 def _epoch_order(n: int, shuffle: bool, seed: int) -> torch.Tensor:

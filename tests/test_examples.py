@@ -54,3 +54,21 @@ def test_penguins_like_with_blanks_and_text_columns(tmp_path, capsys):
         {"island": "Biscoe", "bill_length_mm": None, "bill_depth_mm": 15.0, "flipper_length_mm": 217, "body_mass_g": 5100, "sex": "male"}]})  # fmt: skip
     assert main(["predict", "--local", str(run), "--body", body, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["predictions"] == ["Chinstrap", "Gentoo"]
+
+
+def test_the_readme_commands_train_the_examples_with_the_default_fit(tmp_path):
+    """The README's first two `aiaas train` lines give no --lr or --epochs: the default fit (whitened, rate from the
+    data, stop on convergence) must train both examples and answer the README's iris rows as it says."""
+    from aiaas_torch.runs import load_run
+
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    assert "aiaas train examples/diabetes.csv --target progression --out runs/diabetes\n" in readme
+    assert "aiaas train examples/iris.csv --target species --out runs/iris\n" in readme
+    assert main(["train", str(EXAMPLES / "diabetes.csv"), "--target", "progression", "--out", str(tmp_path / "d"),
+                 "--no-compile", "--json"]) == 0  # fmt: skip
+    assert main(["train", str(EXAMPLES / "iris.csv"), "--target", "species", "--out", str(tmp_path / "i"),
+                 "--no-compile", "--json"]) == 0  # fmt: skip
+    answer = load_run(tmp_path / "i").predict({"instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]})
+    assert answer["predictions"] == ["setosa", "virginica"]
+    d = json.loads((tmp_path / "d" / "model.json").read_text())
+    assert d["metrics"]["validation"]["r2"] > 0.45, d["metrics"]  # least squares on this split: ≈ 0.52

@@ -39,7 +39,7 @@ from typing import Any
 
 import httpx
 
-from aiaas_torch.handlers.aiaas_contract import _some
+from aiaas_torch.handlers.aiaas_contract import some_of
 from aiaas_torch.serving import home as _home, tokens as _tokens
 from aiaas_torch.serving.errors import TorchServeError
 
@@ -400,9 +400,9 @@ class Client:
             served = self.models()
             if name in served and version is not None:
                 versions = [str(v.get("modelVersion")) for v in self.describe(name, "all", customized=False)]
-                known = f"{name}'s versions: {_some(versions, 10)}"
+                known = f"{name}'s versions: {some_of(versions, 10)}"
             else:
-                known = f"served models: {_some(sorted(served), 10)}" if served else "no model is served"
+                known = f"served models: {some_of(sorted(served), 10)}" if served else "no model is served"
         except (ClientError, LookupError, TypeError, AttributeError):
             return error
         return NotFound(f"{error.message}; {known}", status=error.status, type=error.type, response=error.response)

@@ -17,7 +17,7 @@ Request bodies, one rule each (tabular cards):
 - a bare list of lists is rows; a bare list of numbers is ONE row.
 An instances or rows answer carries "warnings" (per row, a list of notes) only when some row has one: a category the
 card's vocabulary does not hold (answered with the all-zero encoding, and counted in UnseenCategories).
-Tensor cards (imported models, see `_parse_tensor_request`): v2 bodies with every named input, or `instances`
+Tensor cards (imported models, see `parse_tensor_request`): v2 bodies with every named input, or `instances`
 whose items are one sample (nested lists of the sample shape) or objects of named inputs.
 """
 
@@ -42,16 +42,16 @@ except ImportError:  # pragma: no cover
 try:  # installed package (tests, aiaas predict --local)
     from . import batch_checks
     from .contract_common import (DEFAULT_MAX_ROWS, V2_NUMERIC_TYPES, ContractError, ParsedRequest, UnsupportedMediaType,
-                                  _check_names, _clip, _flatten, _NonFiniteLiteral, quoted, _refuse_non_finite, _show, _some, _v2,
+                                  check_names, clip_text, flatten_values, NonFiniteLiteral, quoted, refuse_non_finite, show_value, some_of, v2_answer,
                                   error_body)  # fmt: skip
-    from .tensor_contract import (BATCH, DTYPES, _answer_tensors, _parse_tensor_request, check_tensor_specs, input_tensors,
+    from .tensor_contract import (BATCH, DTYPES, answer_tensors, parse_tensor_request, check_tensor_specs, input_tensors,
                                   output_tensors, parse_v2_tensors, warmup_inputs)  # fmt: skip
 except ImportError:  # inside a TorchServe worker: the model directory is on sys.path
     import batch_checks
     from contract_common import (DEFAULT_MAX_ROWS, V2_NUMERIC_TYPES, ContractError, ParsedRequest, UnsupportedMediaType,
-                                 _check_names, _clip, _flatten, _NonFiniteLiteral, quoted, _refuse_non_finite, _show, _some, _v2,
+                                 check_names, clip_text, flatten_values, NonFiniteLiteral, quoted, refuse_non_finite, show_value, some_of, v2_answer,
                                  error_body)  # fmt: skip
-    from tensor_contract import (BATCH, DTYPES, _answer_tensors, _parse_tensor_request, check_tensor_specs, input_tensors,
+    from tensor_contract import (BATCH, DTYPES, answer_tensors, parse_tensor_request, check_tensor_specs, input_tensors,
                                  output_tensors, parse_v2_tensors, warmup_inputs)  # fmt: skip
 
 # The contract's one entry for the handler, aiaas_torch and the tests: its own functions, the shared error and request
@@ -61,9 +61,9 @@ __all__ = ["DEFAULT_MAX_ROWS", "ContractError", "UnsupportedMediaType", "ParsedR
            "input_tensors", "output_tensors", "check_tensor_specs", "parse_v2_tensors", "warmup_inputs"]  # fmt: skip
 
 
-def _mark_constant(name: str) -> _NonFiniteLiteral:
+def _mark_constant(name: str) -> NonFiniteLiteral:
     """Return the marker for a NaN, Infinity or -Infinity literal."""
-    return _NonFiniteLiteral(name)
+    return NonFiniteLiteral(name)
 
 
 # orjson reads an integer literal of over 64 bits as a float, where json keeps it an int (which int dtypes and the
@@ -129,7 +129,7 @@ def check_content_type(value) -> None:
     media, *params = [part.strip().lower() for part in str(value).split(";")]
     charsets = [p.split("=", 1)[1].strip().strip('"') for p in params if p.startswith("charset=")]
     if any(c not in ("utf-8", "utf8") for c in charsets):
-        raise UnsupportedMediaType(f"Content-Type: charset {_clip(charsets[0])!r} is not supported; send JSON in UTF-8")
+        raise UnsupportedMediaType(f"Content-Type: charset {clip_text(charsets[0])!r} is not supported; send JSON in UTF-8")
     if media in ("", "application/json") or (media.startswith("application/") and media.endswith("+json")):
         return
     raise UnsupportedMediaType(
@@ -139,10 +139,10 @@ def check_content_type(value) -> None:
 
 def _number(v, where: str) -> float:
     """Return v as a finite float, or raise ContractError naming `where`."""
-    if isinstance(v, _NonFiniteLiteral):
+    if isinstance(v, NonFiniteLiteral):
         raise ContractError(f"{where}: {v} is not a valid JSON number (NaN and Infinity are not allowed)")
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ContractError(f"{where}: {_show(v)} is not a number")
+        raise ContractError(f"{where}: {show_value(v)} is not a number")
     try:
         f = float(v)
     except OverflowError:
@@ -172,7 +172,7 @@ class _Encoding:
         for j in self.categorical:
             if coded[j] == -1.0:
                 self.notes.setdefault(i, []).append(
-                    f"feature {self.names[j]!r}: {_show(values[j])} was not seen in training (all-zero encoding)")
+                    f"feature {self.names[j]!r}: {show_value(values[j])} was not seen in training (all-zero encoding)")
 
     def value(self, v, j: int, where: str) -> float:
         """Return feature j's value as a float: the number, a category's code (-1: unseen), or NaN for an imputed null."""
@@ -181,13 +181,13 @@ class _Encoding:
             return math.nan
         if vocab is None:
             return _number(v, where)
-        if isinstance(v, bool) or isinstance(v, _NonFiniteLiteral) or not isinstance(v, (str, int, float)):
-            raise ContractError(f"{where}: {_show(v)} is not a category; expected a string, one of {_some(map(_show, self.categories[j]), 5)}")
+        if isinstance(v, bool) or isinstance(v, NonFiniteLiteral) or not isinstance(v, (str, int, float)):
+            raise ContractError(f"{where}: {show_value(v)} is not a category; expected a string, one of {some_of(map(show_value, self.categories[j]), 5)}")
         code = vocab.get(v if isinstance(v, str) else str(v))
         if code is not None:
             return code
         if self.strict:
-            raise ContractError(f"{where}: unknown category {_show(v)}; known categories: {_some(map(_show, self.categories[j]), 5)}")
+            raise ContractError(f"{where}: unknown category {show_value(v)}; known categories: {some_of(map(show_value, self.categories[j]), 5)}")
         return -1.0
 
 
@@ -195,7 +195,7 @@ def _check_row(row, i: int, enc: _Encoding, label: str) -> list:
     """Return one row as floats in feature order, from a list or a {name: value} object."""
     names = enc.names
     if isinstance(row, dict):
-        _check_names(row, names, f"{label}[{i}]", "feature")
+        check_names(row, names, f"{label}[{i}]", "feature")
         if enc.plain:
             return [_number(row[n], f"{label}[{i}].{n}") for n in names]
         coded = [enc.value(row[n], j, f"{label}[{i}].{n}") for j, n in enumerate(names)]
@@ -204,7 +204,7 @@ def _check_row(row, i: int, enc: _Encoding, label: str) -> list:
         return coded
     if isinstance(row, list):
         if len(row) != len(names):
-            raise ContractError(f"{label}[{i}]: {len(row)} values, expected {len(names)} ({_some(names, 20)})")
+            raise ContractError(f"{label}[{i}]: {len(row)} values, expected {len(names)} ({some_of(names, 20)})")
         if enc.plain:
             return [_number(v, f"{label}[{i}] feature {names[j]!r}") for j, v in enumerate(row)]
         coded = [enc.value(v, j, f"{label}[{i}] feature {names[j]!r}") for j, v in enumerate(row)]
@@ -232,7 +232,7 @@ def _parse_v2(body: dict, features: list, max_rows: int, enc: _Encoding) -> Pars
     """Return the rows of an Open Inference (v2) body with one [N, features] input tensor."""
     cats = [n for n, v in zip(enc.names, enc.vocabs) if v is not None]
     if cats:
-        raise ContractError(f"inputs: this model has categorical feature(s) {_some(map(_show, cats), 5)}, which a numeric v2 tensor cannot "
+        raise ContractError(f"inputs: this model has categorical feature(s) {some_of(map(show_value, cats), 5)}, which a numeric v2 tensor cannot "
                             "carry; send {\"instances\": [{\"feature\": value, ...}]} with the category strings")  # fmt: skip
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
@@ -243,26 +243,26 @@ def _parse_v2(body: dict, features: list, max_rows: int, enc: _Encoding) -> Pars
         raise ContractError(f"inputs[0]: missing field(s) {missing}")
     dtype = t["datatype"]
     if not isinstance(dtype, str) or dtype not in V2_NUMERIC_TYPES:
-        shown = _clip(repr(dtype)) if isinstance(dtype, str) else _show(dtype)
+        shown = clip_text(repr(dtype)) if isinstance(dtype, str) else show_value(dtype)
         raise ContractError(f"inputs[0].datatype: {shown} is not a numeric type ({sorted(V2_NUMERIC_TYPES)})")
     shape = t["shape"]
     d = len(features)
     if not (isinstance(shape, list) and all(isinstance(s, int) and not isinstance(s, bool) for s in shape)):
-        raise ContractError(f"inputs[0].shape: {_show(shape, 60)} is not a list of integers")
+        raise ContractError(f"inputs[0].shape: {show_value(shape, 60)} is not a list of integers")
     if len(shape) == 1:
         shape = [1, shape[0]]
     if len(shape) != 2 or shape[1] != d or shape[0] < 0:
-        raise ContractError(f"inputs[0].shape: {_clip(str(t['shape']), 60)}, expected [N, {d}]")
+        raise ContractError(f"inputs[0].shape: {clip_text(str(t['shape']), 60)}, expected [N, {d}]")
     n = shape[0]
     if n == 0:
         raise ContractError("inputs[0]: no rows; send at least one")
     if n > max_rows:
         raise ContractError(f"inputs[0]: {n} rows, more than the limit of {max_rows} per request")
-    flat = _flatten(t["data"], "inputs[0].data", (n * d, f"{{}} values for shape [{n}, {d}]"))
+    flat = flatten_values(t["data"], "inputs[0].data", (n * d, f"{{}} values for shape [{n}, {d}]"))
     names = [f["name"] for f in features]
     rows = [[enc.value(flat[i * d + j], j, f"inputs[0].data row {i} feature {names[j]!r}") for j in range(d)] for i in range(n)]
     rid = body.get("id")
-    return ParsedRequest(rows, "v2", v2_id=rid if isinstance(rid, str) and not isinstance(rid, _NonFiniteLiteral) else None)
+    return ParsedRequest(rows, "v2", v2_id=rid if isinstance(rid, str) and not isinstance(rid, NonFiniteLiteral) else None)
 
 
 def parse_request(body, card: dict, max_rows: int | None = None) -> ParsedRequest:
@@ -270,7 +270,7 @@ def parse_request(body, card: dict, max_rows: int | None = None) -> ParsedReques
     limit = max_rows or card["input"].get("max_rows") or DEFAULT_MAX_ROWS
     value = decode_body(body)
     if "features" not in card["input"]:
-        return _parse_tensor_request(value, card, limit)
+        return parse_tensor_request(value, card, limit)
     return _fast_parse(value, card, limit) or _parse_rows(value, card, limit)
 
 
@@ -286,7 +286,7 @@ def _parse_rows(value, card: dict, limit: int) -> ParsedRequest:
         elif "inputs" in value:
             parsed = _parse_v2(value, features, limit, enc)
         else:
-            raise ContractError(f"body: object without 'instances' or 'inputs' (keys: [{_some(heapq.nsmallest(10, value), 10, show=quoted, total=len(value))}])")
+            raise ContractError(f"body: object without 'instances' or 'inputs' (keys: [{some_of(heapq.nsmallest(10, value), 10, show=quoted, total=len(value))}])")
     elif isinstance(value, list):
         if value and all(not isinstance(v, (list, dict)) for v in value):
             value = [value]  # a bare list of numbers is one row
@@ -462,14 +462,14 @@ def answer(card: dict, parsed: ParsedRequest, outputs: list, model_name: str, mo
     {output name: per-sample outputs} as the handler's forward returns them."""
     out = card["output"]
     if "features" not in card["input"]:
-        return _answer_tensors(card, parsed, outputs, model_name, model_version)
+        return answer_tensors(card, parsed, outputs, model_name, model_version)
     if isinstance(outputs, dict):
         outputs = outputs[output_tensors(card)[0]["name"]]
     if not isinstance(outputs, batch_checks.Outputs):  # rows from a caller other than the handler's batch forward
         outputs = batch_checks.Outputs(outputs, out["task"] == "classification")
     bad = outputs.first_non_finite()
     if bad is not None:
-        _refuse_non_finite(None, parsed, "inputs[0].data row", bad)
+        refuse_non_finite(None, parsed, "inputs[0].data row", bad)
     if out["task"] == "classification":
         classes = out["classes"]
         probs = outputs.probabilities()
@@ -480,12 +480,12 @@ def answer(card: dict, parsed: ParsedRequest, outputs: list, model_name: str, mo
                 {"name": "predictions", "shape": [len(labels)], "datatype": label_type, "data": labels},
                 {"name": "probabilities", "shape": [len(probs), len(classes)], "datatype": "FP32", "data": [p for row in probs for p in row]},
             ]
-            return _v2(parsed, outs, model_name, model_version)
+            return v2_answer(parsed, outs, model_name, model_version)
         return _noted({"predictions": labels, "probabilities": probs, "classes": classes, "model": model_name, "version": model_version},
                       parsed)  # fmt: skip
     values = outputs.first_column()
     if parsed.fmt == "v2":
-        return _v2(parsed, [{"name": out["target"], "shape": [len(values)], "datatype": "FP32", "data": values}], model_name, model_version)
+        return v2_answer(parsed, [{"name": out["target"], "shape": [len(values)], "datatype": "FP32", "data": values}], model_name, model_version)
     return _noted({"predictions": values, "model": model_name, "version": model_version}, parsed)
 
 

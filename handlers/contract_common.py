@@ -47,12 +47,12 @@ class ParsedRequest:
     array: object = None  # the one-pass check's rows (float64 array [N, F], or a small batch's float lists) for the forward
 
 
-def _clip(text: str, limit: int = 40) -> str:
+def clip_text(text: str, limit: int = 40) -> str:
     """Return text cut to `limit` characters, with an ellipsis when it was longer (error messages echo bodies)."""
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def _some(names, k: int, sep: str = ", ", show=str, total: int | None = None) -> str:
+def some_of(names, k: int, sep: str = ", ", show=str, total: int | None = None) -> str:
     """Return the first k names, each as show renders it, joined by sep, then " … and N more" when there are more
     (total: how many there are, when `names` holds only the first ones): messages never cut a list silently, and
     only the k shown are rendered (a body may send a million names)."""
@@ -64,27 +64,27 @@ def _some(names, k: int, sep: str = ", ", show=str, total: int | None = None) ->
 
 def quoted(name) -> str:
     """Return a name from a request (a key) as a message quotes it: its repr, cut to 40 characters."""
-    return repr(_clip(str(name)))
+    return repr(clip_text(str(name)))
 
 
-def _show(value, limit: int = 40, depth: int = 2) -> str:
+def show_value(value, limit: int = 40, depth: int = 2) -> str:
     """Return a short JSON-like rendering of a request value for an error message (bounded depth and length)."""
     if isinstance(value, list) and value and depth > 0:
-        inner = [_show(v, limit, depth - 1) for v in value[:5]]
-        return _clip("[" + ", ".join(inner + ["…"] * (len(value) > 5)) + "]", limit)
+        inner = [show_value(v, limit, depth - 1) for v in value[:5]]
+        return clip_text("[" + ", ".join(inner + ["…"] * (len(value) > 5)) + "]", limit)
     if isinstance(value, dict) and value and depth > 0:
-        inner = [f"{_show(k)}: {_show(v, limit, depth - 1)}" for k, v in itertools.islice(value.items(), 5)]
-        return _clip("{" + ", ".join(inner + ["…"] * (len(value) > 5)) + "}", limit)
+        inner = [f"{show_value(k)}: {show_value(v, limit, depth - 1)}" for k, v in itertools.islice(value.items(), 5)]
+        return clip_text("{" + ", ".join(inner + ["…"] * (len(value) > 5)) + "}", limit)
     if isinstance(value, (list, dict)):
         return ("[…]" if value else "[]") if isinstance(value, list) else ("{…}" if value else "{}")
     if isinstance(value, str):
-        return _clip(json.dumps(value[: limit + 1]), limit)
+        return clip_text(json.dumps(value[: limit + 1]), limit)
     if isinstance(value, (bytes, bytearray)):
-        return _clip(repr(bytes(value[: limit + 1])), limit)
-    return _clip(json.dumps(value) if isinstance(value, (int, float, bool)) or value is None else repr(value), limit)
+        return clip_text(repr(bytes(value[: limit + 1])), limit)
+    return clip_text(json.dumps(value) if isinstance(value, (int, float, bool)) or value is None else repr(value), limit)
 
 
-def _flatten(data, where: str, expect: tuple | None = None) -> list:
+def flatten_values(data, where: str, expect: tuple | None = None) -> list:
     """Return nested lists flattened to one list (v2 allows nested data).
 
     expect: (count, message) — data holding another count of values raises ContractError(f"{where}: {message}"),
@@ -129,11 +129,11 @@ def _flatten(data, where: str, expect: tuple | None = None) -> list:
     return out
 
 
-def _refuse_non_finite(samples: list | None, parsed: ParsedRequest, v2_label: str, first: int | None = None) -> None:
+def refuse_non_finite(samples: list | None, parsed: ParsedRequest, v2_label: str, first: int | None = None) -> None:
     """Raise ContractError naming the first sample whose model output holds NaN or ±Infinity (JSON can carry neither);
     `first`: that sample's index when the caller found it (then `samples` is not read)."""
     for i, sample in enumerate(samples or ()):
-        if not all(map(math.isfinite, _flatten(sample, "output") if isinstance(sample, list) else (sample,))):
+        if not all(map(math.isfinite, flatten_values(sample, "output") if isinstance(sample, list) else (sample,))):
             first = i
             break
     if first is not None:
@@ -141,7 +141,7 @@ def _refuse_non_finite(samples: list | None, parsed: ParsedRequest, v2_label: st
         raise ContractError(f"{where}: the model's output overflows float32 (values far outside the training range)")
 
 
-def _v2(parsed: ParsedRequest, outputs: list, model_name: str, model_version: str) -> dict:
+def v2_answer(parsed: ParsedRequest, outputs: list, model_name: str, model_version: str) -> dict:
     """Return an Open Inference (v2) response body."""
     body = {"model_name": model_name, "model_version": model_version, "outputs": outputs}
     if parsed.v2_id is not None:
@@ -154,22 +154,22 @@ def error_body(message: str, code: int = 400) -> dict:
     return {"code": code, "type": "InvalidInput" if code < 500 else "InternalServerError", "message": message}
 
 
-class _NonFiniteLiteral(str):
+class NonFiniteLiteral(str):
     """A NaN/Infinity literal (not JSON, but Python's json accepts it): kept as a marker so that the check of
     the value it stands in for refuses it with the row and feature named."""
 
 
-_NonFiniteLiteral.__name__ = "NaN/Infinity literal"  # what "expected ..., got <type>" messages show
-_LEAVES = {int, float, bool, str, type(None), _NonFiniteLiteral}  # what a list JSON gives holds when it holds no list
+NonFiniteLiteral.__name__ = "NaN/Infinity literal"  # what "expected ..., got <type>" messages show
+_LEAVES = {int, float, bool, str, type(None), NonFiniteLiteral}  # what a list JSON gives holds when it holds no list
 
 
-def _check_names(obj: dict, names: list, where: str, what: str) -> None:
+def check_names(obj: dict, names: list, where: str, what: str) -> None:
     """Raise ContractError when an object of named values has a name not in `names` or lacks one of them."""
     known = set(names)
     if not obj.keys() <= known:  # the first five unknown names and their count: no list of a body's million keys
         first = list(itertools.islice((k for k in obj if k not in known), 5))
         count = len(obj) - len(obj.keys() & known)
-        raise ContractError(f"{where}: unknown {what}(s) [{_some(first, 5, show=quoted, total=count)}]; expected [{_some(map(repr, names), 20)}]")
+        raise ContractError(f"{where}: unknown {what}(s) [{some_of(first, 5, show=quoted, total=count)}]; expected [{some_of(map(repr, names), 20)}]")
     missing = [n for n in names if n not in obj]
     if missing:
-        raise ContractError(f"{where}: missing {what}(s) [{_some(map(repr, missing), 5)}]")
+        raise ContractError(f"{where}: missing {what}(s) [{some_of(map(repr, missing), 5)}]")

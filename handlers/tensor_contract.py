@@ -12,10 +12,10 @@ import math
 
 try:  # installed package (tests, aiaas predict --local)
     from . import batch_checks
-    from .contract_common import V2_NUMERIC_TYPES, ContractError, _NonFiniteLiteral, _check_names, ParsedRequest, _clip, _flatten, quoted, _refuse_non_finite, _show, _some, _v2
+    from .contract_common import V2_NUMERIC_TYPES, ContractError, NonFiniteLiteral, check_names, ParsedRequest, clip_text, flatten_values, quoted, refuse_non_finite, show_value, some_of, v2_answer
 except ImportError:  # inside a TorchServe worker: the model directory is on sys.path
     import batch_checks
-    from contract_common import V2_NUMERIC_TYPES, ContractError, _NonFiniteLiteral, _check_names, ParsedRequest, _clip, _flatten, quoted, _refuse_non_finite, _show, _some, _v2
+    from contract_common import V2_NUMERIC_TYPES, ContractError, NonFiniteLiteral, check_names, ParsedRequest, clip_text, flatten_values, quoted, refuse_non_finite, show_value, some_of, v2_answer
 
 # A dtype's v2 name, whether it holds integers, and its range; integers sent to a float input must be exact in it.
 DTYPES = {
@@ -63,11 +63,11 @@ def check_tensor_specs(specs, where: str, ranged: bool) -> None:
             raise ValueError(f"{at}: name {t['name']!r} is used twice")
         names.add(t["name"])
         if t.get("dtype") not in DTYPES:
-            raise ValueError(f"{at}.dtype: {_show(t.get('dtype'))} is not one of {sorted(DTYPES)}")
+            raise ValueError(f"{at}.dtype: {show_value(t.get('dtype'))} is not one of {sorted(DTYPES)}")
         shape = t.get("shape")
         if not (isinstance(shape, list) and shape and shape[0] == BATCH
                 and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape[1:])):  # fmt: skip
-            raise ValueError(f"{at}.shape: {_show(shape, 60)} must be [{BATCH}, d1, d2, ...] ({BATCH}: the batch dimension)")
+            raise ValueError(f"{at}.shape: {show_value(shape, 60)} must be [{BATCH}, d1, d2, ...] ({BATCH}: the batch dimension)")
         for k in ("min", "max") if ranged else ():
             if not isinstance(t.get(k), (int, float)) or isinstance(t.get(k), bool):
                 raise ValueError(f"{at}.{k}: must be a number (the range seen in the calibration samples)")
@@ -82,18 +82,18 @@ def _tensor_value(v, spec: dict, where: str, integral: bool = False):
     """Return one value converted for an input of spec's dtype, or raise ContractError (lossy or unsafe values refused)."""
     dtype = spec["dtype"]
     _, is_int, a, b = DTYPES[dtype]
-    if isinstance(v, _NonFiniteLiteral):
+    if isinstance(v, NonFiniteLiteral):
         raise ContractError(f"{where}: {v} is not a valid JSON number (NaN and Infinity are not allowed)")
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ContractError(f"{where}: {_show(v)} is not a number")
+        raise ContractError(f"{where}: {show_value(v)} is not a number")
     if isinstance(v, float) and (integral or is_int) and not v.is_integer():
         raise ContractError(f"{where}: {v!r} is not an integer ({'its datatype' if integral else dtype + ' input'} takes integers)")
     if is_int:
         if not a <= v <= b:
-            raise ContractError(f"{where}: {_clip(str(v))} is outside the {dtype} range [{a}, {b}]")
+            raise ContractError(f"{where}: {clip_text(str(v))} is outside the {dtype} range [{a}, {b}]")
         return int(v)
     if isinstance(v, int) and abs(v) > b:
-        raise ContractError(f"{where}: the integer {_clip(str(v))} cannot be represented exactly in {dtype}")
+        raise ContractError(f"{where}: the integer {clip_text(str(v))} cannot be represented exactly in {dtype}")
     try:
         f = float(v)
     except OverflowError:
@@ -124,11 +124,11 @@ def _sample(value, spec: dict, where: str) -> list:
     if shape != want:
         raise ContractError(f"{where}: input {spec['name']!r} expects samples of shape {want} ({_fmt_shape(spec['shape'])} "
                             f"in a batch), received shape {shape}")  # fmt: skip
-    flat = _flatten(value, where, (_prod(want), _RAGGED)) if isinstance(value, list) else [value]
+    flat = flatten_values(value, where, (_prod(want), _RAGGED)) if isinstance(value, list) else [value]
     return [_tensor_value(v, spec, f"{where} value {i}") for i, v in enumerate(flat)]
 
 
-def _parse_tensor_request(value, card: dict, limit: int) -> ParsedRequest:
+def parse_tensor_request(value, card: dict, limit: int) -> ParsedRequest:
     """Return the checked inputs of a request body for a tensor card: a v2 body or instances (samples or named objects)."""
     specs = input_tensors(card)
     if isinstance(value, dict) and "instances" in value and "inputs" in value:
@@ -138,11 +138,11 @@ def _parse_tensor_request(value, card: dict, limit: int) -> ParsedRequest:
     elif isinstance(value, dict) and "instances" in value:
         inputs, fmt = _tensor_instances(value["instances"], specs, limit), "instances"
     else:
-        shown = f"an object with keys [{_some(heapq.nsmallest(10, value), 10, show=quoted, total=len(value))}]" if isinstance(value, dict) else type(value).__name__
+        shown = f"an object with keys [{some_of(heapq.nsmallest(10, value), 10, show=quoted, total=len(value))}]" if isinstance(value, dict) else type(value).__name__
         raise ContractError(f"body: expected {{\"inputs\": [...]}} (Open Inference v2) or {{\"instances\": [...]}}, got {shown}")
     rid = value.get("id") if fmt == "v2" else None
     parsed = ParsedRequest(inputs[specs[0]["name"]], fmt, inputs=inputs,
-                           v2_id=rid if isinstance(rid, str) and not isinstance(rid, _NonFiniteLiteral) else None)  # fmt: skip
+                           v2_id=rid if isinstance(rid, str) and not isinstance(rid, NonFiniteLiteral) else None)  # fmt: skip
     parsed.out_of_range = sum(1 for s in specs for sample in inputs[s["name"]] for v in sample if v < s["min"] or v > s["max"])
     return parsed
 
@@ -160,13 +160,13 @@ def _tensor_instances(items, specs: list, limit: int) -> dict:
     out: dict = {n: [] for n in names}
     for i, item in enumerate(items):
         if isinstance(item, dict):
-            _check_names(item, names, f"instances[{i}]", "input")
+            check_names(item, names, f"instances[{i}]", "input")
             for s in specs:
                 out[s["name"]].append(_sample(item[s["name"]], s, f"instances[{i}].{s['name']}"))
         elif len(specs) == 1:
             out[names[0]].append(_sample(item, specs[0], f"instances[{i}]"))
         else:
-            raise ContractError(f"instances[{i}]: the model has {len(specs)} inputs [{_some(map(repr, names), 20)}]; send an object of named inputs")
+            raise ContractError(f"instances[{i}]: the model has {len(specs)} inputs [{some_of(map(repr, names), 20)}]; send an object of named inputs")
     return out
 
 
@@ -175,7 +175,7 @@ def parse_v2_tensors(body: dict, specs: list, limit: int) -> dict:
     inputs = body.get("inputs")
     names = [s["name"] for s in specs]
     if not isinstance(inputs, list) or not inputs or not all(isinstance(t, dict) for t in inputs):
-        raise ContractError(f"inputs: expected a list of tensor objects {{name, shape, datatype, data}}, one per input [{_some(map(repr, names), 20)}]")
+        raise ContractError(f"inputs: expected a list of tensor objects {{name, shape, datatype, data}}, one per input [{some_of(map(repr, names), 20)}]")
     by_name, out, n = {s["name"]: s for s in specs}, {}, None
     for k, t in enumerate(inputs):
         missing = [f for f in ("name", "shape", "datatype", "data") if f not in t]
@@ -183,13 +183,13 @@ def parse_v2_tensors(body: dict, specs: list, limit: int) -> dict:
             raise ContractError(f"inputs[{k}]: missing field(s) {missing}")
         name = t["name"]
         if not isinstance(name, str) or name not in by_name:
-            raise ContractError(f"inputs[{k}].name: {_show(name)} is not an input of this model; expected [{_some(map(repr, names), 20)}]")
+            raise ContractError(f"inputs[{k}].name: {show_value(name)} is not an input of this model; expected [{some_of(map(repr, names), 20)}]")
         if name in out:
             raise ContractError(f"inputs[{k}]: input {name!r} sent twice")
         spec, where = by_name[name], f"inputs[{k}] {name!r}"
         dtype = t["datatype"]
         if not isinstance(dtype, str) or dtype not in V2_NUMERIC_TYPES:
-            shown = _clip(repr(dtype)) if isinstance(dtype, str) else _show(dtype)
+            shown = clip_text(repr(dtype)) if isinstance(dtype, str) else show_value(dtype)
             raise ContractError(f"{where}.datatype: {shown} is not a numeric type ({sorted(V2_NUMERIC_TYPES)})")
         integral = dtype.startswith(("INT", "UINT"))
         if DTYPES[spec["dtype"]][1] and not integral:
@@ -197,9 +197,9 @@ def parse_v2_tensors(body: dict, specs: list, limit: int) -> dict:
                                 f"send {DTYPES[spec['dtype']][0]}")  # fmt: skip
         shape = t["shape"]
         if not (isinstance(shape, list) and all(isinstance(s, int) and not isinstance(s, bool) for s in shape)):
-            raise ContractError(f"{where}.shape: {_show(shape, 60)} is not a list of integers")
+            raise ContractError(f"{where}.shape: {show_value(shape, 60)} is not a list of integers")
         if len(shape) != len(spec["shape"]) or shape[1:] != spec["shape"][1:] or shape[0] < 0:
-            raise ContractError(f"{where}: shape {_clip(str(shape), 60)}, expected {_fmt_shape(spec['shape'])}")
+            raise ContractError(f"{where}: shape {clip_text(str(shape), 60)}, expected {_fmt_shape(spec['shape'])}")
         if n is not None and shape[0] != n:
             raise ContractError(f"{where}: {shape[0]} samples, but {next(iter(out))!r} has {n}; every input needs the same batch size")
         n = shape[0]
@@ -208,12 +208,12 @@ def parse_v2_tensors(body: dict, specs: list, limit: int) -> dict:
         if n > limit:
             raise ContractError(f"{where}: {n} samples, more than the limit of {limit} per request")
         size = _prod(shape[1:])
-        flat = _flatten(t["data"], f"{where}.data", (n * size, f"{{}} values for shape {shape}"))
+        flat = flatten_values(t["data"], f"{where}.data", (n * size, f"{{}} values for shape {shape}"))
         vals = [_tensor_value(v, spec, f"{where}.data[{i}]", integral) for i, v in enumerate(flat)]
         out[name] = [vals[i * size : (i + 1) * size] for i in range(n)]
     missing = [m for m in names if m not in out]
     if missing:
-        raise ContractError(f"inputs: missing input(s) [{_some(map(repr, missing), 5)}]; the model takes [{_some(map(repr, names), 20)}]")
+        raise ContractError(f"inputs: missing input(s) [{some_of(map(repr, missing), 5)}]; the model takes [{some_of(map(repr, names), 20)}]")
     return out
 
 
@@ -232,13 +232,13 @@ def warmup_inputs(card: dict) -> dict:
     return {s["name"]: [[s["min"]] * _prod(s["shape"][1:])] for s in input_tensors(card)}
 
 
-def _answer_tensors(card: dict, parsed: ParsedRequest, outputs: dict, model_name: str, model_version: str) -> dict:
+def answer_tensors(card: dict, parsed: ParsedRequest, outputs: dict, model_name: str, model_version: str) -> dict:
     """Return the answer of a tensor card: every named output (v2: one tensor each; instances: `predictions`, one
     object per sample keyed by output name when there are several), with labels and probabilities where the card has labels."""
     specs = output_tensors(card)
     for s in specs:
         if not DTYPES[s["dtype"]][1]:  # float outputs (integers are always finite)
-            _refuse_non_finite(outputs[s["name"]], parsed, "sample")
+            refuse_non_finite(outputs[s["name"]], parsed, "sample")
     classes = card["output"].get("classes")
     n = len(parsed.rows)
     extra_v2, extra = [], {}
@@ -251,8 +251,8 @@ def _answer_tensors(card: dict, parsed: ParsedRequest, outputs: dict, model_name
         extra = {"predictions": labels, "probabilities": probs, "classes": classes}
     if parsed.fmt == "v2":
         outs = [{"name": s["name"], "shape": [n, *s["shape"][1:]], "datatype": DTYPES[s["dtype"]][0],
-                 "data": _flatten(outputs[s["name"]], s["name"])} for s in specs]  # fmt: skip
-        return _v2(parsed, extra_v2 + outs, model_name, model_version)
+                 "data": flatten_values(outputs[s["name"]], s["name"])} for s in specs]  # fmt: skip
+        return v2_answer(parsed, extra_v2 + outs, model_name, model_version)
     if classes:  # as a tabular classifier answers, with the raw output beside
         return {**extra, specs[0]["name"]: outputs[specs[0]["name"]], "model": model_name, "version": model_version}
     if len(specs) == 1:

@@ -332,8 +332,8 @@ def test_random_bodies_are_answered_or_refused_with_a_contract_error_only():
 
 
 def test_some_says_how_many_it_left_out():
-    assert c._some(["a", "b", "c"], 5) == "a, b, c"
-    assert c._some([f"f{i}" for i in range(12)], 5) == "f0, f1, f2, f3, f4 … and 7 more"
+    assert c.some_of(["a", "b", "c"], 5) == "a, b, c"
+    assert c.some_of([f"f{i}" for i in range(12)], 5) == "f0, f1, f2, f3, f4 … and 7 more"
 
 
 def test_row_messages_say_how_many_names_they_left_out():

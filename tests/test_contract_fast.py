@@ -155,7 +155,7 @@ def test_without_numpy_every_batch_takes_the_per_value_checks(monkeypatch):
 from aiaas_torch.handlers import batch_checks, protocols  # noqa: E402
 
 
-def _v2(rows: list, form: str, width: int, datatype: str = "FP64", **extra) -> dict:
+def v2_answer(rows: list, form: str, width: int, datatype: str = "FP64", **extra) -> dict:
     """Return a v2 body of rows: data flat, as rows, or (one row) with shape [width]."""
     data = [v for r in rows for v in r] if form != "rows" else rows
     shape = [width] if form == "shape [d]" else [len(rows), width]
@@ -182,7 +182,7 @@ def test_random_v2_json_bodies_give_the_per_value_rows_and_counts(seed):
     width = len(card["input"]["features"])
     rows = _batch(card, rng, rng.randint(1, 40))
     for form, datatype in (("flat", "FP32"), ("rows", "FP64"), ("shape [d]", "INT64"), ("flat", "UINT8")):
-        body = _v2(rows[:1] if form == "shape [d]" else rows, form, width, datatype, id="req-7")
+        body = v2_answer(rows[:1] if form == "shape [d]" else rows, form, width, datatype, id="req-7")
         slow = c._parse_rows(json.loads(json.dumps(body)), card, 500)
         assert slow.fmt == "v2" and slow.v2_id == "req-7"
         _same(c._fast_parse(json.loads(json.dumps(body)), card, 500), slow)
@@ -236,7 +236,7 @@ def test_one_bad_v2_value_gives_exactly_the_per_value_message(bad, form, size):
     card = _card(6, rng)
     rows = _batch(card, rng, size)
     rows[rng.randrange(size)][rng.randrange(6)] = bad
-    body = _v2(rows, form, 6)
+    body = v2_answer(rows, form, 6)
     if bad == [1.0]:  # v2 data may nest: flattened, it is a good value, read by the per-value path
         assert c._fast_parse(body, card, 500) is None
         assert c.parse_request(body, card).rows == c._parse_rows(body, card, 500).rows
@@ -283,7 +283,7 @@ V2_CHANGES = {
 @pytest.mark.parametrize("change", list(V2_CHANGES))
 def test_a_malformed_v2_body_gives_exactly_the_per_value_message(change):
     card = _card(3, random.Random(11), max_rows=30)
-    body = V2_CHANGES[change](_v2([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], "flat", 3))
+    body = V2_CHANGES[change](v2_answer([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], "flat", 3))
     _same_v2_refusal(body, card, 30)
 
 
@@ -292,7 +292,7 @@ def test_v2_data_the_one_pass_check_does_not_read_still_goes_through_the_per_val
     ragged = {"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32", "data": [[1.0, 2.0], [3.0, 4.0, 5.0, 6.0]]}]}
     assert c._fast_parse(ragged, card, 500) is None
     assert c.parse_request(ragged, card).rows == [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
-    named_id = _v2([[1.0, 2.0, 3.0]], "flat", 3, id=c._mark_constant("NaN"))  # an id that is not a string is dropped
+    named_id = v2_answer([[1.0, 2.0, 3.0]], "flat", 3, id=c._mark_constant("NaN"))  # an id that is not a string is dropped
     assert c.parse_request(named_id, card).v2_id is None and c._fast_parse(named_id, card, 500).v2_id is None
 
 

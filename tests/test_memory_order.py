@@ -31,7 +31,7 @@ TENS = {"input": {"tensors": [{"name": "x", "dtype": "float32", "shape": [-1, 3]
         "output": {"task": "regression", "tensors": [{"name": "y", "dtype": "float32", "shape": [-1, 1]}]}, "files": {}}  # fmt: skip
 
 
-def _v2(shape, data, name="input"):
+def v2_answer(shape, data, name="input"):
     return {"inputs": [{"name": name, "shape": shape, "datatype": "FP32", "data": data}]}
 
 
@@ -44,10 +44,10 @@ CASES = [
     ("tfs-instances", TAB, lambda: {"signature_name": "s", "instances": [list(ROW) for _ in range(ROWS)]}, f"{ROWS} rows, more than"),
     ("tfs-columns", TAB, lambda: {"signature_name": "s", "inputs": {k: [v] * ROWS for k, v in zip("abc", ROW)}}, f"{ROWS} rows, more than"),
     ("tfs-columns-list", TAB, lambda: {"inputs": [list(ROW) for _ in range(ROWS)]}, f"{ROWS} rows, more than"),
-    ("v2-flat-over-limit", TAB, lambda: _v2([ROWS, 3], ROW * ROWS), f"{ROWS} rows, more than"),
-    ("v2-flat-longer-than-shape", TAB, lambda: _v2([2, 3], ROW * ROWS), f"{3 * ROWS} values for shape [2, 3]"),
-    ("v2-nested-longer-than-shape", TAB, lambda: _v2([2, 3], [list(ROW) for _ in range(ROWS)]), f"{3 * ROWS} values for shape [2, 3]"),
-    ("v2-mixed-longer-than-shape", TAB, lambda: _v2([2, 3], [1.0, [2.0, 3.0]] + [list(ROW) for _ in range(ROWS)]), "values for shape [2, 3]"),
+    ("v2-flat-over-limit", TAB, lambda: v2_answer([ROWS, 3], ROW * ROWS), f"{ROWS} rows, more than"),
+    ("v2-flat-longer-than-shape", TAB, lambda: v2_answer([2, 3], ROW * ROWS), f"{3 * ROWS} values for shape [2, 3]"),
+    ("v2-nested-longer-than-shape", TAB, lambda: v2_answer([2, 3], [list(ROW) for _ in range(ROWS)]), f"{3 * ROWS} values for shape [2, 3]"),
+    ("v2-mixed-longer-than-shape", TAB, lambda: v2_answer([2, 3], [1.0, [2.0, 3.0]] + [list(ROW) for _ in range(ROWS)]), "values for shape [2, 3]"),
     ("named-row-of-many-names", TAB, lambda: {"instances": [{f"k{i}": 1.0 for i in range(ROWS)}]}, f"unknown feature(s) ['k0', 'k1', 'k2', 'k3', 'k4' … and {ROWS - 5} more]"),
     ("object-of-many-keys", TAB, lambda: {f"k{i}": 1.0 for i in range(ROWS)}, f"'k0', 'k1', 'k10', 'k100', 'k1000'"),
     ("tensor-object-of-many-keys", TENS, lambda: {f"k{i}": 1.0 for i in range(ROWS)}, f"… and {ROWS - 10} more"),
@@ -55,9 +55,9 @@ CASES = [
     ("tensor-instances-named", TENS, lambda: {"instances": [{"x": list(ROW)} for _ in range(ROWS)]}, f"{ROWS} samples, more than"),
     ("tensor-one-huge-sample", TENS, lambda: {"instances": [ROW * ROWS]}, "expects samples of shape [3]"),
     ("tensor-columns", TENS, lambda: {"inputs": {"x": [list(ROW) for _ in range(ROWS)]}}, f"{ROWS} rows, more than"),
-    ("tensor-v2-over-limit", TENS, lambda: _v2([ROWS, 3], ROW * ROWS, "x"), f"{ROWS} samples, more than"),
-    ("tensor-v2-longer-than-shape", TENS, lambda: _v2([2, 3], ROW * ROWS, "x"), f"{3 * ROWS} values for shape [2, 3]"),
-    ("tensor-v2-nested-longer-than-shape", TENS, lambda: _v2([2, 3], [list(ROW) for _ in range(ROWS)], "x"), "values for shape [2, 3]"),
+    ("tensor-v2-over-limit", TENS, lambda: v2_answer([ROWS, 3], ROW * ROWS, "x"), f"{ROWS} samples, more than"),
+    ("tensor-v2-longer-than-shape", TENS, lambda: v2_answer([2, 3], ROW * ROWS, "x"), f"{3 * ROWS} values for shape [2, 3]"),
+    ("tensor-v2-nested-longer-than-shape", TENS, lambda: v2_answer([2, 3], [list(ROW) for _ in range(ROWS)], "x"), "values for shape [2, 3]"),
 ]
 
 
@@ -103,13 +103,13 @@ def test_a_refused_body_costs_no_memory_beyond_its_parse(case):
 def test_a_body_within_the_limit_is_still_read_whole():
     cols = protocols.decode_with({"inputs": {k: [v] * LIMIT for k, v in zip("abc", ROW)}}, None, LIMIT)
     assert parse_request(cols.body, TAB, LIMIT).rows == [ROW] * LIMIT
-    nested = _v2([2, 3], [1.0, [2.0, [3.0]], [4.0, 5.0, 6.0]])  # v2 allows any nesting of the right count
+    nested = v2_answer([2, 3], [1.0, [2.0, [3.0]], [4.0, 5.0, 6.0]])  # v2 allows any nesting of the right count
     assert parse_request(nested, TAB, LIMIT).rows == [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
     assert parse_request({"instances": [[1, 2, 3]]}, TENS, LIMIT).inputs == {"x": [[1.0, 2.0, 3.0]]}
 
 
 def _reference_flatten(data) -> list:
-    """Return nested lists flattened, the plain recursive way (what _flatten must equal)."""
+    """Return nested lists flattened, the plain recursive way (what flatten_values must equal)."""
     return [x for v in data for x in (_reference_flatten(v) if isinstance(v, list) else [v])]
 
 
@@ -124,9 +124,9 @@ def test_flatten_keeps_its_order_and_counts_what_it_does_not_keep():
     for _ in range(300):
         data = [nested(3) for _ in range(rng.randint(0, 12))]
         want = _reference_flatten(data)
-        assert contract_common._flatten(data, "d") == want
-        assert contract_common._flatten(data, "d", (len(want), "{} values")) == want
+        assert contract_common.flatten_values(data, "d") == want
+        assert contract_common.flatten_values(data, "d", (len(want), "{} values")) == want
         for wrong in (0, max(0, len(want) - 1), len(want) + 1):
             if wrong != len(want):
                 with pytest.raises(ContractError, match=rf"^d: {len(want)} values$"):
-                    contract_common._flatten(data, "d", (wrong, "{} values"))
+                    contract_common.flatten_values(data, "d", (wrong, "{} values"))

@@ -41,7 +41,7 @@ ONE = {
 IMG = [[[1, 2], [3, 4]]]  # one [1, 2, 2] sample
 
 
-def _v2(*tensors, **extra) -> dict:
+def v2_answer(*tensors, **extra) -> dict:
     return {"inputs": [dict(zip(("name", "shape", "datatype", "data"), t)) for t in tensors], **extra}
 
 
@@ -55,7 +55,7 @@ def _err(body, card=CARD) -> str:
 
 
 def test_a_multi_input_v2_body_fills_each_input_in_its_dtype():
-    body = _v2(("ids", [2, 3], "INT32", [[1, 2, 3], [4, 5, 6]]), ("image", [2, 1, 2, 2], "UINT8", [1, 2, 3, 4, 5, 6, 7, 8]), id="q")
+    body = v2_answer(("ids", [2, 3], "INT32", [[1, 2, 3], [4, 5, 6]]), ("image", [2, 1, 2, 2], "UINT8", [1, 2, 3, 4, 5, 6, 7, 8]), id="q")
     p = parse_request(json.dumps(body), CARD)
     assert p.fmt == "v2" and p.v2_id == "q"
     assert p.inputs["image"] == [[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]
@@ -79,7 +79,7 @@ def test_integral_floats_fill_an_int_input_and_exact_ints_fill_a_float_one():
 
 
 def test_a_v2_shape_mismatch_names_the_input_the_expected_and_the_received_shape():
-    msg = _err(_v2(("image", [1, 2, 2], "FP32", [1, 2, 3, 4]), ("ids", [1, 3], "INT64", [1, 2, 3])))
+    msg = _err(v2_answer(("image", [1, 2, 2], "FP32", [1, 2, 3, 4]), ("ids", [1, 3], "INT64", [1, 2, 3])))
     assert "'image'" in msg and "[1, 2, 2]" in msg and "[N, 1, 2, 2]" in msg, msg
 
 
@@ -90,13 +90,13 @@ def test_an_instance_of_the_wrong_sample_shape_names_both_shapes():
 
 
 def test_float_data_for_an_int_input_is_refused_as_lossy():
-    msg = _err(_v2(("image", [1, 1, 2, 2], "FP32", [1, 2, 3, 4]), ("ids", [1, 3], "FP32", [1.5, 2, 3])))
+    msg = _err(v2_answer(("image", [1, 1, 2, 2], "FP32", [1, 2, 3, 4]), ("ids", [1, 3], "FP32", [1.5, 2, 3])))
     assert "'ids'" in msg and "FP32" in msg and "int64" in msg and "INT64" in msg, msg
     assert "not an integer" in _err({"instances": [{"image": IMG, "ids": [1.5, 2, 3]}]})
 
 
 def test_values_the_target_dtype_cannot_hold_are_refused():
-    assert "outside the int64 range" in _err(_v2(("image", [1, 1, 2, 2], "FP32", [1, 2, 3, 4]), ("ids", [1, 3], "INT64", [2**63, 1, 1])))
+    assert "outside the int64 range" in _err(v2_answer(("image", [1, 1, 2, 2], "FP32", [1, 2, 3, 4]), ("ids", [1, 3], "INT64", [2**63, 1, 1])))
     assert "exactly in float32" in _err({"instances": [{"image": [[[2**24 + 1, 0], [0, 0]]], "ids": [1, 2, 3]}]})
     assert "not a finite float32" in _err({"instances": [{"image": [[[1e39, 0], [0, 0]]], "ids": [1, 2, 3]}]})
     with pytest.raises(ContractError, match="NaN and Infinity"):
@@ -105,11 +105,11 @@ def test_values_the_target_dtype_cannot_hold_are_refused():
 
 def test_missing_unknown_twice_sent_and_unequal_batch_inputs_are_refused():
     img = ("image", [1, 1, 2, 2], "FP32", [1, 2, 3, 4])
-    assert "missing input(s) ['ids']" in _err(_v2(img))
-    assert "not an input of this model" in _err(_v2(img, ("nope", [1], "FP32", [1])))
-    assert "sent twice" in _err(_v2(img, img))
-    assert "same batch size" in _err(_v2(img, ("ids", [2, 3], "INT64", [1, 2, 3, 4, 5, 6])))
-    assert "6 values for shape [1, 3]" in _err(_v2(img, ("ids", [1, 3], "INT64", [1, 2, 3, 4, 5, 6])))
+    assert "missing input(s) ['ids']" in _err(v2_answer(img))
+    assert "not an input of this model" in _err(v2_answer(img, ("nope", [1], "FP32", [1])))
+    assert "sent twice" in _err(v2_answer(img, img))
+    assert "same batch size" in _err(v2_answer(img, ("ids", [2, 3], "INT64", [1, 2, 3, 4, 5, 6])))
+    assert "6 values for shape [1, 3]" in _err(v2_answer(img, ("ids", [1, 3], "INT64", [1, 2, 3, 4, 5, 6])))
     assert "missing input(s) ['ids']" in _err({"instances": [{"image": IMG}]})
     assert "send an object of named inputs" in _err({"instances": [IMG]})
     assert "more than the limit of 4" in _err({"instances": [{"image": IMG, "ids": [1, 2, 3]}] * 5})
@@ -124,7 +124,7 @@ def test_answers_carry_every_named_output():
     p = parse_request({"instances": [{"image": IMG, "ids": [1, 2, 3]}] * 2}, CARD)
     assert c.answer(CARD, p, outputs, "m", "1") == {
         "predictions": [{"sums": [1.0, 2.0], "first": 7}, {"sums": [3.0, 4.0], "first": 8}], "model": "m", "version": "1"}
-    v = parse_request(_v2(("image", [2, 1, 2, 2], "FP32", [0] * 8), ("ids", [2, 3], "INT64", [0] * 6), id="r"), CARD)
+    v = parse_request(v2_answer(("image", [2, 1, 2, 2], "FP32", [0] * 8), ("ids", [2, 3], "INT64", [0] * 6), id="r"), CARD)
     assert c.answer(CARD, v, outputs, "m", "1")["outputs"] == [
         {"name": "sums", "shape": [2, 2], "datatype": "FP32", "data": [1.0, 2.0, 3.0, 4.0]},
         {"name": "first", "shape": [2], "datatype": "INT64", "data": [7, 8]},
@@ -136,7 +136,7 @@ def test_a_non_finite_float_output_is_refused_naming_the_sample_never_answered_a
     bad = {"sums": [[1.0, 2.0], [3.0, float("inf")]], "first": [7, 8]}
     with pytest.raises(ContractError, match=r"^instances\[1\]: the model's output overflows float32"):
         c.answer(CARD, p, bad, "m", "1")
-    v = parse_request(_v2(("image", [2, 1, 2, 2], "FP32", [0] * 8), ("ids", [2, 3], "INT64", [0] * 6)), CARD)
+    v = parse_request(v2_answer(("image", [2, 1, 2, 2], "FP32", [0] * 8), ("ids", [2, 3], "INT64", [0] * 6)), CARD)
     with pytest.raises(ContractError, match=r"^sample 0: the model's output overflows float32"):
         c.answer(CARD, v, {"sums": [[float("nan"), 2.0], [3.0, 4.0]], "first": [7, 8]}, "m", "1")
     json.dumps(c.answer(CARD, p, {"sums": [[1.0, 2.0], [3.0, 4.0]], "first": [7, 8]}, "m", "1"), allow_nan=False)
@@ -200,7 +200,7 @@ def _handler() -> TabularHandler:
 
 def test_a_mixed_batch_answers_each_request_and_refuses_only_the_bad_one():
     good = [json.dumps({"instances": [{"image": [[[i, 1], [1, 1]]], "ids": [i, 2, 3]}]}).encode() for i in range(3)]
-    bad_shape = json.dumps(_v2(("image", [1, 4], "FP32", [1, 2, 3, 4]), ("ids", [1, 3], "INT64", [1, 2, 3]))).encode()
+    bad_shape = json.dumps(v2_answer(("image", [1, 4], "FP32", [1, 2, 3, 4]), ("ids", [1, 3], "INT64", [1, 2, 3]))).encode()
     h = _handler()
     results = run_batch(h, [(good[0], JSON_CT), (bad_shape, JSON_CT), (good[1], JSON_CT), (good[2], JSON_CT)])
     assert h.calls == [((3, 1, 2, 2), torch.float32, (3, 3), torch.int64)]  # one forward for the three good samples

@@ -16,7 +16,7 @@ from typing import Iterable, Mapping, Sequence
 import httpx
 import psutil
 
-from ..handlers.aiaas_contract import _some
+from ..handlers.aiaas_contract import some_of
 from ..handlers.integrity import REFUSAL_MARK
 from .errors import TorchServeError
 from .home import ServerInfo
@@ -157,7 +157,7 @@ def death_reason(home: Path, since: Mapping[str, int]) -> str:
             line = line.strip()
             if any(m in line for m in marks) and line not in found:
                 found.append(line)
-    return _some(found, 3, sep="; ")
+    return some_of(found, 3, sep="; ")
 
 
 def refusal_since(home: Path, since: Mapping[str, int], thread: str = "") -> str:

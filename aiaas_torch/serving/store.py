@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from .. import archive
-from ..handlers.aiaas_contract import _some
+from ..handlers.aiaas_contract import some_of
 from ..handlers.integrity import file_name_problem
 from .errors import ServerArgumentError
 from .home import CHECKED_STORE
@@ -66,7 +66,7 @@ def archives_to_load(store: Path, model_args: Sequence[str]) -> tuple[list[str],
                 held = sorted(p.name for p in store.glob("*.mar") if p.is_file() and not p.name.startswith("."))
                 raise ServerArgumentError(
                     f"model archive {file!r} not found in the model store {store}; "
-                    + (f"it holds {_some(held, 10)}" if held else "it holds no .mar archives")
+                    + (f"it holds {some_of(held, 10)}" if held else "it holds no .mar archives")
                     + " (or give a path to an archive, e.g. ./" + file + ")"
                 )
         if file_name_problem(source.name):

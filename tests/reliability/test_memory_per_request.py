@@ -67,7 +67,7 @@ def _j(obj) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
-def _v2(name: str, shape: list, data) -> bytes:
+def v2_answer(name: str, shape: list, data) -> bytes:
     return _j({"inputs": [{"name": name, "shape": shape, "datatype": "FP32", "data": data}]})
 
 
@@ -91,10 +91,10 @@ CASES = [
     ("tfs-columns", "tab", lambda: _j({"signature_name": "serving_default", "inputs": {k: [v] * ROWS for k, v in zip("abc", ROW)}}),
      OVER),
     ("tfs-columns-list", "tab", lambda: _j({"inputs": [ROW] * ROWS}), OVER),
-    ("v2-flat", "tab", lambda: _v2("input", [ROWS, 3], FLAT), OVER),
-    ("v2-nested", "tab", lambda: _v2("input", [ROWS, 3], [ROW] * ROWS), OVER),
-    ("v2-data-longer-than-shape", "tab", lambda: _v2("input", [1, 3], FLAT), "for shape [1, 3]"),
-    ("v2-nested-data-longer-than-shape", "tab", lambda: _v2("input", [1, 3], [ROW] * ROWS), "for shape [1, 3]"),
+    ("v2-flat", "tab", lambda: v2_answer("input", [ROWS, 3], FLAT), OVER),
+    ("v2-nested", "tab", lambda: v2_answer("input", [ROWS, 3], [ROW] * ROWS), OVER),
+    ("v2-data-longer-than-shape", "tab", lambda: v2_answer("input", [1, 3], FLAT), "for shape [1, 3]"),
+    ("v2-nested-data-longer-than-shape", "tab", lambda: v2_answer("input", [1, 3], [ROW] * ROWS), "for shape [1, 3]"),
     ("named-row-of-many-names", "tab", lambda: _j({"instances": [{f"k{i}": 1 for i in range(ROWS)}]}), f"… and {ROWS - 5} more]"),
     ("object-of-many-keys", "tab", lambda: _j({f"k{i}": 1 for i in range(ROWS)}), f"… and {ROWS - 10} more]"),
     ("v2-binary", "tab", lambda: _binary("input", [ROWS, 3]), OVER),
@@ -103,8 +103,8 @@ CASES = [
     ("tensor-instances-named", "tens", lambda: _j({"instances": [{"input": ROW}] * (ROWS // 2)}), HALF_S),
     ("tensor-one-huge-sample", "tens", lambda: _j({"instances": [FLAT]}), "expects samples of shape [3]"),
     ("tensor-columns", "tens", lambda: _j({"inputs": {"input": [ROW] * ROWS}}), OVER),
-    ("tensor-v2-flat", "tens", lambda: _v2("input", [ROWS, 3], FLAT), OVER_S),
-    ("tensor-v2-data-longer-than-shape", "tens", lambda: _v2("input", [1, 3], FLAT), "for shape [1, 3]"),
+    ("tensor-v2-flat", "tens", lambda: v2_answer("input", [ROWS, 3], FLAT), OVER_S),
+    ("tensor-v2-data-longer-than-shape", "tens", lambda: v2_answer("input", [1, 3], FLAT), "for shape [1, 3]"),
 ]
 
 

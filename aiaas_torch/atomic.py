@@ -35,6 +35,14 @@ def atomic_file(path: str | os.PathLike, binary: bool = False, newline: str | No
         raise
 
 
+def private_dir(path: str | os.PathLike, exist_ok: bool = False) -> Path:
+    """Return `path` as a directory of mode 0700: created with that mode, then chmod-ed (the umask masks mkdir's mode)."""
+    path = Path(path)
+    path.mkdir(mode=0o700, exist_ok=exist_ok)
+    os.chmod(path, 0o700)
+    return path
+
+
 def write_atomic(path: str | os.PathLike, write: Callable, binary: bool = False) -> Path:
     """Call write(file) on a temp file beside `path`, flush it to disk and rename it to `path`; returns the path."""
     with atomic_file(path, binary) as f:

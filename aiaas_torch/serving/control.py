@@ -19,7 +19,7 @@ import psutil
 
 from .config import TRUSTABLE_KEYS, base_config, effective_config, gateway_env, launcher_env, log4j_config
 from .errors import ServerArgumentError, TorchServeError
-from ..atomic import write_text_atomic
+from ..atomic import private_dir, write_text_atomic
 from ..archive import SIGNING_KEY_ENV
 from .gateway_guard import IDENTITY_PATH, new_challenge, new_identity_key, proves_identity
 from .home import KEY_FILE, WORKFLOW_STORE, ServerInfo, info_path, load_info, prepare_home, write_policy
@@ -131,8 +131,7 @@ def start(
     logs, tmp, workflows = home / "logs", home / "tmp", home / WORKFLOW_STORE
     shutil.rmtree(workflows, ignore_errors=True)  # TorchServe's workflow store: empty, nothing to register
     for d in (logs, tmp, workflows):
-        d.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(d, 0o700)  # tmp: TorchServe unpacks the checked archives here: nobody else may change them
+        private_dir(d, exist_ok=True)  # tmp: TorchServe unpacks the checked archives here: nobody else may change them
     write_policy(home, key)  # deploy checks signatures by the policy of this start, not the deploying shell's
     info_path(home).unlink(missing_ok=True)
     (home / KEY_FILE).unlink(missing_ok=True)  # TorchServe rewrites it; a stale one would confuse polling

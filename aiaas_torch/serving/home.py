@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..archive import SIGNING_KEY_ENV
-from ..atomic import write_text_atomic
+from ..atomic import private_dir, write_text_atomic
 from .errors import ServerArgumentError, TorchServeError
 
 INFO_FILE = "server.json"
@@ -161,8 +161,7 @@ def prepare_home(home: Path) -> Path:
         missing.append(d)
         d = d.parent
     for d in reversed(missing):
-        d.mkdir(mode=0o700)
-        os.chmod(d, 0o700)
+        private_dir(d)
     problem = home_problem(home)
     if problem:
         raise ServerArgumentError(f"refusing the home {home}: {problem}")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from .. import archive
+from ..atomic import private_dir
 from ..handlers.aiaas_contract import some_of
 from ..handlers.integrity import file_name_problem
 from .errors import ServerArgumentError
@@ -99,8 +100,7 @@ built by aiaas) is refused, key or not: nothing in it could be checked.
         checked.unlink()
     elif checked.exists():
         shutil.rmtree(checked)
-    checked.mkdir(mode=0o700)
-    os.chmod(checked, 0o700)  # mkdir's mode is masked by the umask
+    private_dir(checked)
     try:
         for file, source in archives.items():
             try:

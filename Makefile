@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || { echo "aiaas: creating the virtual environment $(VENV)"; $(PYTHON) -m venv $(VENV); }
 	@echo "aiaas: $(if $(wildcard $(STAMP)),updating the packages in $(VENV) (pyproject.toml or constraints.txt changed),installing aiaas-torch and its dependencies (torch$(,) TorchServe) into $(VENV): about 3 minutes on a first install; pip shows its progress)"
-	$(PY) -m pip install $(if $(wildcard $(STAMP)),--quiet --quiet,--progress-bar on) --disable-pip-version-check -c constraints.txt -e '.[dev,plots,oip]'
+	$(PY) -m pip install $(if $(wildcard $(STAMP)),--quiet --quiet,--progress-bar on) --disable-pip-version-check -c constraints.txt -e '.[dev,plots,oip,hf]'
 	@touch $(STAMP)
 	@echo "aiaas: installed into $(VENV)"
 

@@ -212,6 +212,21 @@ def test_handlers_import_nothing_from_aiaas_torch():
     assert not bad, "handlers/ run inside TorchServe workers without aiaas_torch:\n" + "\n".join(bad)
 
 
+# the worker's dependency set, as handlers/__init__.py states it (issue 24, item 8): a literal here, not read from there
+WORKER_SET = {"torch", "numpy", "orjson", "tokenizers", "safetensors", "jinja2"}
+
+
+def test_handlers_import_only_the_worker_dependency_set():
+    used = {d: sorted({m for m, _ in w if m.startswith(HANDLERS)}) for d, w in third_party_imports().items()}
+    outside = {d: ms for d, ms in used.items() if ms and d not in WORKER_SET}
+    assert used.get("torch"), "the scan sees the handlers' imports"
+    assert not outside, f"handlers/ import outside the worker's set {sorted(WORKER_SET)}: {outside}"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert WORKER_SET <= {_dist_name(r) for r in project["dependencies"]}, "the worker's set is a core dependency"
+    doc = (ROOT / "handlers" / "__init__.py").read_text()
+    assert all(f"``{d}``" in doc or d in ("torch", "numpy", "orjson") for d in WORKER_SET)
+
+
 # ---------------------------------------------------------------------------------------------- dependencies
 
 # import name → distribution name where they differ (the installed metadata answers the rest)

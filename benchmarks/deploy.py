@@ -24,8 +24,7 @@ from aiaas_torch import serving as server
 from aiaas_torch.archive import ServingConfig, package
 from aiaas_torch.bench import percentile
 from aiaas_torch.bench.cpu import machine_info
-from aiaas_torch.handlers.integrity import cpu_flags
-from aiaas_torch.handlers.programs import isa_class
+from aiaas_torch.handlers.integrity import cpu_flags, isa_class
 
 CLIENTS = 16
 

@@ -30,7 +30,7 @@ from aiaas_torch import bench
 from aiaas_torch.archive import ServingConfig, package
 from aiaas_torch.client import Client
 from aiaas_torch import serving as server
-from aiaas_torch.handlers import integrity, programs
+from aiaas_torch.handlers import integrity
 from aiaas_torch.importer import import_model
 from aiaas_torch.making import export_module
 from aiaas_torch.optimize import median_timer
@@ -69,7 +69,7 @@ def main() -> int:
     a = ap.parse_args()
 
     host = bench.machine_info()
-    host["isa_class"] = programs.isa_class(integrity.cpu_flags())
+    host["isa_class"] = integrity.isa_class(integrity.cpu_flags())
     print(f"host: {host['cpu']}, {host['cores']} cores, ISA class {host['isa_class']}, load {host['loadavg_1min']}, "
           f"torch {host['torch']}, torchao {host['torchao']}")  # fmt: skip
     torch.manual_seed(0)

@@ -19,7 +19,7 @@ import time
 
 from aiaas_torch import bench
 from aiaas_torch.handlers import aiaas_contract as contract
-from aiaas_torch.handlers import integrity, programs
+from aiaas_torch.handlers import integrity
 
 SHAPES = [(16, 10), (1000, 20)]
 
@@ -56,7 +56,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=21, help="alternating repeats per parser (the median is shown)")
     a = p.parse_args()
     host = bench.machine_info()
-    isa = programs.isa_class(integrity.cpu_flags())
+    isa = integrity.isa_class(integrity.cpu_flags())
     print(f"host: {host['cpu']}, {host['cores']} cores, ISA class {isa}, load {host['loadavg_1min']}, python {host['python']}")
     if contract.orjson is None:
         raise SystemExit("orjson is not installed here: nothing to compare")

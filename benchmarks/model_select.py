@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from aiaas_torch.data import from_arrays, load_csv, split
-from aiaas_torch.handlers import integrity, programs
+from aiaas_torch.handlers import integrity
 from aiaas_torch.leaderboard import params_text
 from aiaas_torch.select import SelectConfig, select
 
@@ -100,7 +100,7 @@ def main() -> None:
     }
     only = a.only.split(",") if a.only else list(sets)
     rows = []
-    host = {"cpu": programs.cpu_model_name(), "isa_class": programs.isa_class(integrity.cpu_flags()), "cores": os.cpu_count()}
+    host = {"cpu": integrity.cpu_model_name(), "isa_class": integrity.isa_class(integrity.cpu_flags()), "cores": os.cpu_count()}
     print(f"host: {host['cpu']}, {host['cores']} cores, vector ISA class {host['isa_class']}")
     print(f"{'data':20s} {'rows×feat':>10s} {'cands':>5s} {'search s':>8s} {'final s':>7s}  {'chosen':34s} {'test':>7s} {'peer':>7s} {'Δ':>7s} repeat")
     for label in only:

@@ -10,12 +10,16 @@ import os
 from pathlib import Path
 
 from .errors import InputError
+from .handlers.contract_common import is_tabular  # the one test of "a tabular card", shared with the handlers
 
 SCHEMA_VERSION = 1
 CARD = "model.json"
 COMPILED = "model.pt2"
 FLOAT_PROGRAM = "model_float.pt2"
 CHECKPOINT = "checkpoint.pt"
+# The impute strategies, the one list of their names: what `impute=` / `--impute` takes (constant also as
+# constant:VALUE) and what a card's feature records (a text column's mean or median is recorded as most_frequent).
+IMPUTE_STRATEGIES = ("mean", "median", "most_frequent", "constant")
 
 
 def read_card(run_dir: str | os.PathLike) -> dict:
@@ -29,12 +33,6 @@ def read_card(run_dir: str | os.PathLike) -> dict:
         raise InputError(f"{p}: not valid JSON ({e})") from None
     check_card(card, str(p))
     return card
-
-
-def is_tabular(card: dict) -> bool:
-    """Return True when the card's input is named features (a trained tabular model), False when it is named tensors
-    (an imported model's tensor card)."""
-    return "features" in card["input"]
 
 
 def tensor_text(spec: dict) -> str:
@@ -80,14 +78,6 @@ def check_card(card, where: str) -> None:
         raise InputError(f"{where}: field 'warnings' must be a list of strings")
     if card["output"].get("task") not in ("regression", "classification"):
         raise InputError(f"{where}: field 'output.task' must be 'regression' or 'classification'")
-
-
-def is_tabular(card: dict) -> bool:
-    """Return True when the card's input is named features (a trained tabular model), False for a tensor card."""
-    return "features" in card["input"]
-
-
-IMPUTE_STRATEGIES = ("mean", "median", "most_frequent", "constant")
 
 
 def _check_encoding(f: dict, where: str) -> None:

@@ -7,11 +7,13 @@ import codecs
 import csv
 import hashlib
 import io
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
+from .handlers.contract_common import FLOAT32_MAX
 
 SEPARATORS = (",", ";", "\t", "|")  # what the header is sniffed for, in order of preference on a tie
 DECIMALS = (".", ",")  # the first is the default
@@ -134,3 +136,19 @@ def rows_with_target(rows: list, width: int, t: int, p, target: str, drop: bool)
             continue
         kept.append((line, row))
     return kept, dropped
+
+
+def parse_float(text: str, where: str) -> float:
+    """Return a cell's text as a finite float within float32's range, or raise InputError naming `where`."""
+    s = text.strip()
+    if s == "":
+        raise InputError(f"{where}: empty cell, expected a number")
+    try:
+        v = float(s)
+    except ValueError:
+        raise InputError(f"{where}: non-numeric value {s[:40]!r}, expected a number") from None
+    if not math.isfinite(v):
+        raise InputError(f"{where}: {s!r} is not a finite number (NaN and inf are not allowed)")
+    if abs(v) > FLOAT32_MAX:  # the served contract's bound: what trains, serves
+        raise InputError(f"{where}: {s[:40]!r} is too large for float32 (|x| > {FLOAT32_MAX:.7g})")
+    return v

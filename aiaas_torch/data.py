@@ -1,4 +1,5 @@
-"""Load tabular data (CSV or arrays), infer and check its schema, split it, and compute feature scaling.
+"""Load tabular data (CSV or arrays) into a Dataset, inferring and checking its schema, and split it; what training
+fits on the rows (imputation, scaling, rotation) is preprocessing.py.
 
 Validation lives here in one place, in the style of scikit-learn's `check_array`: every rejection is a
 `ValueError` whose message names the file, the row (as a line number of the file) and the column.
@@ -7,7 +8,6 @@ Validation lives here in one place, in the style of scikit-learn's `check_array`
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -15,15 +15,15 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from .csvread import DECIMALS, ENCODING, MISSING, decimal_comma_hint, read_csv_text, rows_with_target
+from .csvread import DECIMALS, ENCODING, MISSING, decimal_comma_hint, parse_float, read_csv_text, rows_with_target
 from .errors import InputError, InputTypeError
+from .handlers.contract_common import FLOAT32_MAX
 from .idcols import exclude_ids
+from .preprocessing import mark_imputed, parse_impute
 from .target import infer_task, target_values
 
 TASKS = ("auto", "regression", "classification")
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 MAX_CATEGORIES = 50
-IMPUTE_STRATEGIES = ("mean", "median", "constant")
 
 
 @dataclass
@@ -39,7 +39,7 @@ class FeatureStats:
     std: float
     kind: str = "numeric"  # "numeric" | "categorical"
     categories: list | None = None  # sorted vocabulary of a categorical column: code i stands for categories[i]
-    impute: dict | None = None  # {"strategy": "mean"|"median"|"mode"|"constant", "value": ...}
+    impute: dict | None = None  # {"strategy": one of card.IMPUTE_STRATEGIES, "value": the fitted value}
 
     def to_card(self) -> dict:
         """Return the card's entry for this feature: the fields that apply to its kind."""
@@ -98,41 +98,6 @@ class Dataset:
     def subset(self, idx) -> "Dataset":
         """Return the rows at `idx` (an index array copies, a slice is a view) as a Dataset sharing this schema."""
         return replace(self, X=self.X[idx], y=self.y[idx])
-
-
-def _parse_float(text: str, where: str) -> float:
-    """Return `text` as a finite float, or raise ValueError naming `where`."""
-    s = text.strip()
-    if s == "":
-        raise InputError(f"{where}: empty cell, expected a number")
-    try:
-        v = float(s)
-    except ValueError:
-        raise InputError(f"{where}: non-numeric value {s[:40]!r}, expected a number") from None
-    if not math.isfinite(v):
-        raise InputError(f"{where}: {s!r} is not a finite number (NaN and inf are not allowed)")
-    if abs(v) > FLOAT32_MAX:
-        raise InputError(f"{where}: {s[:40]!r} is too large for float32 (|x| > 3.4e38)")
-    return v
-
-
-def parse_impute(specs) -> dict[str, str]:
-    """Return {column or "*": strategy} from specs such as "mean", "age=median", "city=constant:unknown"."""
-    if isinstance(specs, str):
-        specs = [specs]
-    out: dict[str, str] = {}
-    for spec in specs or ():
-        if not isinstance(spec, str) or not spec.strip():
-            raise InputError(f"impute: {spec!r} is not a strategy; use mean, median, constant[:VALUE], or COL=STRATEGY")
-        col, strategy = spec.split("=", 1) if "=" in spec.split(":", 1)[0] else ("*", spec)
-        col, strategy = col.strip(), strategy.strip()
-        ok = strategy in IMPUTE_STRATEGIES or (strategy.startswith("constant:") and strategy[len("constant:"):] != "")
-        if not col or not ok:
-            raise InputError(f"impute: {spec!r}: expected mean, median, constant, constant:VALUE, or COL=one of those")
-        if col in out:
-            raise InputError(f"impute: column {col!r} given twice")
-        out[col] = strategy
-    return out
 
 
 def load_csv(
@@ -204,7 +169,7 @@ def load_csv(
     y_values, y_numeric = target_values(y_text, p, [line for line, _ in data], target, task)
     names = [header[j] for j in feature_idx]
     ds = _build(X, y_values, y_numeric, names, target, task, str(p), table.sha256, vocab)
-    _mark_imputed(ds.schema, strategies)
+    mark_imputed(ds.schema, strategies)
     ds.schema.unseen_category = "error" if strict else "zero"
     ds.warnings[:0] = notes
     ds.dropped_rows, ds.excluded = dropped, excluded
@@ -224,14 +189,6 @@ def dataset_lineage(ds: Dataset) -> dict:
 def _names(v) -> list[str]:
     """Return a column-name option as a list (one name may be given as a string)."""
     return [v] if isinstance(v, str) else list(v or ())
-
-
-def _mark_imputed(schema: Schema, strategies: dict) -> None:
-    """Record on each feature the impute strategy asked for it (its value is fitted later, by training); returns None."""
-    for f in schema.features:
-        strategy = strategies.get(f.name, strategies.get("*"))
-        if strategy is not None:
-            f.impute = {"strategy": strategy}
 
 
 def _column(out: np.ndarray, cells: list, p: str, name: str, imputed: bool, forced: bool, max_categories: int):
@@ -264,11 +221,11 @@ def _column(out: np.ndarray, cells: list, p: str, name: str, imputed: bool, forc
             elif s == "":
                 raise InputError(f"{where}: empty cell, expected a {'category' if categorical else 'number'} ({_impute_hint(name)})")
             elif s.lower() == "nan" and not categorical:
-                _parse_float(s, where)  # raises the "not a finite number" error a NaN cell always got
+                parse_float(s, where)  # raises the "not a finite number" error a NaN cell always got
             else:
                 raise InputError(f"{where}: missing value {s!r} ({_impute_hint(name)})")
             continue
-        out[r] = code[s] if categorical else _parse_float(s, where)
+        out[r] = code[s] if categorical else parse_float(s, where)
     return cats if categorical else None
 
 
@@ -317,6 +274,8 @@ def from_arrays(
     if bad.size:
         r, c = bad[0]
         raise InputError(f"X, row {r}, column {names[c]!r}: {Xa[r, c]} is not a finite number (NaN, inf, or beyond float32)")
+    if not (isinstance(X, np.ndarray) and X.dtype == np.float32) and np.any(np.abs(Xa) == FLOAT32_MAX):
+        _refuse_beyond_float32(X, Xa.shape, names)
     if ya.dtype.kind in "fiub":
         yv = ya.astype(np.float64)
         badt = np.flatnonzero(~np.isfinite(yv))
@@ -329,8 +288,18 @@ def from_arrays(
     h.update(np.ascontiguousarray(ya).tobytes() if ya.dtype.kind in "fiub" else "\x1f".join(y_values).encode())
     h = h.hexdigest()
     ds = _build(Xa, y_values, numeric, names, target, task, "arrays", h)
-    _mark_imputed(ds.schema, strategies)
+    mark_imputed(ds.schema, strategies)
     return ds
+
+
+def _refuse_beyond_float32(X, shape: tuple, names: list) -> None:
+    """Raise InputError naming row and column of a value of X beyond float32's largest, which the cast to float32 rounded
+    down to it (values up to half a float32 step above it): the bound CSV cells and served requests have; returns None."""
+    wide = np.asarray(X, dtype=np.float64).reshape(shape)
+    over = np.argwhere(np.abs(wide) > FLOAT32_MAX)
+    if over.size:
+        r, c = over[0]
+        raise InputError(f"X, row {r}, column {names[c]!r}: {float(wide[r, c])!r} is too large for float32 (|x| > {FLOAT32_MAX:.7g})")
 
 
 def _build(Xa, y_values, numeric, names, target, task, source, sha, vocab: dict | None = None) -> Dataset:
@@ -394,62 +363,3 @@ def split(ds: Dataset, val_fraction: float = 0.2, seed: int = 0) -> tuple[Datase
     perm = np.random.default_rng(seed).permutation(n)
     shuffled = ds.subset(perm)
     return shuffled.subset(slice(n_val, None)), shuffled.subset(slice(0, n_val))
-
-
-def fit_preprocessing(schema: Schema, X: np.ndarray) -> tuple[Schema, np.ndarray, dict]:
-    """Return (schema with each imputed feature's fitted value, per-column fill values, {column: codes training saw})
-    from the training rows X; the fill of a column without imputation is 0 (its rows have no NaN to fill)."""
-    fill = np.zeros(X.shape[1], np.float32)
-    codes: dict[int, np.ndarray] = {}
-    feats = []
-    for j, f in enumerate(schema.features):
-        col = X[:, j]
-        known = col[~np.isnan(col)]
-        f = replace(f, impute=dict(f.impute) if f.impute else None)
-        if f.impute is None and known.size < col.size:
-            raise InputError(f"column {f.name!r}: {col.size - known.size} missing value(s) and no impute strategy for it")
-        if f.impute is not None:
-            strategy = f.impute["strategy"]
-            if known.size == 0 and not strategy.startswith("constant"):
-                raise InputError(f"column {f.name!r}: every training value is missing; cannot fit its {strategy}")
-            if f.kind == "categorical":
-                if strategy.startswith("constant"):
-                    value = strategy.partition(":")[2] or None
-                    fill[j] = f.categories.index(value) if value in f.categories else -1.0
-                else:  # mean and median of a category: the most frequent one (the first in sorted order on a tie)
-                    fill[j] = float(np.bincount(known.astype(np.int64)).argmax())
-                    value = f.categories[int(fill[j])]
-            else:
-                if strategy.startswith("constant"):
-                    text = strategy.partition(":")[2] or "0"
-                    fill[j] = _parse_float(text, f"impute, column {f.name!r}")
-                else:
-                    fill[j] = float(np.mean(known, dtype=np.float64) if strategy == "mean" else np.median(known))
-                value = float(fill[j])
-            named = "most_frequent" if f.kind == "categorical" and not strategy.startswith("constant") else strategy.partition(":")[0]
-            f.impute = {"strategy": named, "value": value}
-        if f.kind == "categorical":
-            filled = np.where(np.isnan(col), fill[j], col)
-            codes[j] = np.unique(filled[filled >= 0]).astype(np.float32)
-        feats.append(f)
-    return replace(schema, features=feats), fill, codes
-
-
-def standardize_stats(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return per-feature (mean, std) of X; a constant feature gets std 1 so scaling leaves it finite."""
-    mean = X.mean(axis=0, dtype=np.float64)
-    std = X.std(axis=0, dtype=np.float64)
-    std[std == 0] = 1.0
-    return mean.astype(np.float32), std.astype(np.float32)
-
-
-def pca_rotation(Z: np.ndarray, tol: float = 1e-5) -> np.ndarray:
-    """Return the orthogonal PCA basis A (features × features) of standardized data Z, checked AᵀA = I to tol."""
-    Z64 = np.asarray(Z, dtype=np.float64)
-    cov = Z64.T @ Z64 / max(1, Z64.shape[0] - 1)
-    _, vecs = np.linalg.eigh(cov)
-    A = vecs[:, ::-1].copy()  # largest variance first
-    err = float(np.abs(A.T @ A - np.eye(A.shape[1])).max())
-    if err > tol:
-        raise InputError(f"rotation: AᵀA differs from I by {err:.2e} (> {tol:g}); data too ill-conditioned")
-    return A.astype(np.float32)

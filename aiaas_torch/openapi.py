@@ -18,16 +18,16 @@ from pathlib import Path
 from .card import filled_sample, is_tabular, read_card, tensor_text
 from .errors import InputError
 from .handlers import aiaas_contract as contract
+from .handlers.contract_common import FLOAT32_MAX  # the contract refuses |x| above it
 
 OPENAPI_VERSION = "3.1.0"
-FLOAT32_LIMIT = 3.4e38  # the contract refuses |x| above this: float32 cannot hold it
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 
 
 def _feature_schema(feature: dict) -> dict:
     """Return the JSON Schema of one feature's value (a finite float32 number; its training range as documentation)."""
     lo, hi = feature["min"], feature["max"]
-    return {"type": "number", "minimum": -FLOAT32_LIMIT, "maximum": FLOAT32_LIMIT, "title": feature["name"],
+    return {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX, "title": feature["name"],
             "description": f"training range [{lo:g}, {hi:g}] (values outside it are predicted too, and counted)",
             "examples": [lo]}
 

@@ -35,7 +35,8 @@ import numpy as np
 HEAD = struct.Struct("<BIIQQQQQ")
 NUMBERS, LINES, REREAD, END = 1, 2, 3, 4
 BUFFER_BYTES = 64 << 20  # records parsed ahead in the child: ~3 s of parsing at 20 features, most of the parent's import time
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
+# the largest float32 (handlers/contract_common.FLOAT32_MAX; this file runs as a plain script and cannot import it)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def nonblank(lines: list[str], numbers: list[int]) -> tuple[list[str], list[int]]:
@@ -58,7 +59,7 @@ def plain_numbers(lines: list[str], cols: list[int], id_col, width: int, raw: bo
         arr = np.loadtxt(lines, delimiter=",", dtype=np.float64, usecols=cols, ndmin=2, comments=None)
     except ValueError:  # text, blanks, a wrong field count
         return None
-    if arr.shape != (len(lines), len(cols)) or not bool(np.isfinite(arr).all()) or float(np.abs(arr).max(initial=0)) > _FLOAT32_MAX:
+    if arr.shape != (len(lines), len(cols)) or not bool(np.isfinite(arr).all()) or float(np.abs(arr).max(initial=0)) > FLOAT32_MAX:
         return None
     # numpy reads only the feature columns: a line with more fields than the header would pass unseen
     if not all(ln.count(",") == width - 1 for ln in lines):

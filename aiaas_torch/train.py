@@ -34,7 +34,8 @@ from . import conditioning
 from .conditioning import loss_fn  # J(θ): owned by conditioning, which measures the fit against it
 from .atomic import write_atomic
 from .fitnotes import training_warnings
-from .data import Dataset, Schema, dataset_lineage, fit_preprocessing, pca_rotation, split, standardize_stats
+from .data import Dataset, Schema, dataset_lineage, split
+from .preprocessing import fit_preprocessing, pca_rotation, standardize_stats
 from .models import MODEL_KINDS, ModelSpec, Preprocess, build_model, json_ready
 from .errors import InputError, InputTypeError, check_choice, check_int, check_number
 

@@ -41,14 +41,14 @@ except ImportError:  # pragma: no cover
 
 try:  # installed package (tests, aiaas predict --local)
     from . import batch_checks
-    from .contract_common import (DEFAULT_MAX_ROWS, V2_NUMERIC_TYPES, ContractError, ParsedRequest, UnsupportedMediaType,
+    from .contract_common import (DEFAULT_MAX_ROWS, FLOAT32_MAX, V2_NUMERIC_TYPES, ContractError, is_tabular, ParsedRequest, UnsupportedMediaType,
                                   check_names, clip_text, flatten_values, NonFiniteLiteral, quoted, refuse_non_finite, show_value, some_of, v2_answer,
                                   error_body)  # fmt: skip
     from .tensor_contract import (BATCH, DTYPES, answer_tensors, parse_tensor_request, check_tensor_specs, input_tensors,
                                   output_tensors, parse_v2_tensors, warmup_inputs)  # fmt: skip
 except ImportError:  # inside a TorchServe worker: the model directory is on sys.path
     import batch_checks
-    from contract_common import (DEFAULT_MAX_ROWS, V2_NUMERIC_TYPES, ContractError, ParsedRequest, UnsupportedMediaType,
+    from contract_common import (DEFAULT_MAX_ROWS, FLOAT32_MAX, V2_NUMERIC_TYPES, ContractError, is_tabular, ParsedRequest, UnsupportedMediaType,
                                  check_names, clip_text, flatten_values, NonFiniteLiteral, quoted, refuse_non_finite, show_value, some_of, v2_answer,
                                  error_body)  # fmt: skip
     from tensor_contract import (BATCH, DTYPES, answer_tensors, parse_tensor_request, check_tensor_specs, input_tensors,
@@ -147,7 +147,7 @@ def _number(v, where: str) -> float:
         f = float(v)
     except OverflowError:
         raise ContractError(f"{where}: {str(v)[:40]}… is too large for float32") from None
-    if not math.isfinite(f) or abs(f) > 3.4e38:
+    if not math.isfinite(f) or abs(f) > FLOAT32_MAX:
         raise ContractError(f"{where}: {v!r} is not a finite float32 number")
     return f
 
@@ -269,7 +269,7 @@ def parse_request(body, card: dict, max_rows: int | None = None) -> ParsedReques
     """Return the checked rows of one request body against the card's input contract, or raise ContractError."""
     limit = max_rows or card["input"].get("max_rows") or DEFAULT_MAX_ROWS
     value = decode_body(body)
-    if "features" not in card["input"]:
+    if not is_tabular(card):
         return parse_tensor_request(value, card, limit)
     return _fast_parse(value, card, limit) or _parse_rows(value, card, limit)
 
@@ -461,7 +461,7 @@ def answer(card: dict, parsed: ParsedRequest, outputs: list, model_name: str, mo
     """Return the JSON answer for one request: `outputs` is the model's output rows for its rows, in order, or
     {output name: per-sample outputs} as the handler's forward returns them."""
     out = card["output"]
-    if "features" not in card["input"]:
+    if not is_tabular(card):
         return answer_tensors(card, parsed, outputs, model_name, model_version)
     if isinstance(outputs, dict):
         outputs = outputs[output_tensors(card)[0]["name"]]

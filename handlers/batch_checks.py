@@ -17,11 +17,14 @@ try:  # numpy ships beside torch in every worker we build; without it the per-va
     import numpy as np
 except ImportError:  # pragma: no cover
     np = None
+try:  # installed package (tests, aiaas predict --local)
+    from .contract_common import FLOAT32_MAX  # the bound of the per-value check (`_number`)
+except ImportError:  # inside a TorchServe worker: the model directory is on sys.path
+    from contract_common import FLOAT32_MAX
 
 _new = object.__new__
 PLAIN_TYPES = {int, float}  # exact types: bool and the NaN/Infinity marker are subclasses the per-value checks refuse
 _FLOATS = {float}
-FLOAT32_MAX = 3.4e38  # the bound of the per-value check (`_number`)
 # Up to this many values, C-level Python maps beat numpy, whose every call costs about a microsecond: a request of
 # one 10-value row is checked and counted in ~2 µs instead of ~8.
 SMALL = 64

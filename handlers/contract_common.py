@@ -18,6 +18,9 @@ except ImportError:  # pragma: no cover
 
 DEFAULT_MAX_ROWS = 10_000
 V2_NUMERIC_TYPES = {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
+# The largest finite float32, torch.finfo(torch.float32).max: the one bound of "fits in float32" for training data
+# (aiaas_torch.data), the served contracts and the OpenAPI document; a float32 model holds it exactly.
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 class ContractError(ValueError):
@@ -45,6 +48,12 @@ class ParsedRequest:
     warnings: list | None = None  # per row, the notes its answer carries (unseen categories); None when no row has one
     inputs: dict | None = None  # input name → its samples, each a flat list of values in the card's dtype
     array: object = None  # the one-pass check's rows (float64 array [N, F], or a small batch's float lists) for the forward
+
+
+def is_tabular(card: dict) -> bool:
+    """Return True when the card's input is named features (a trained tabular model), False when it is named tensors
+    (an imported model's tensor card); the one test of it, for the handlers and (through card.py) the library."""
+    return "features" in card["input"]
 
 
 def clip_text(text: str, limit: int = 40) -> str:

@@ -146,7 +146,7 @@ class TabularHandler:
         specs = self._specs
         if specs is None or specs[0] is not self.card:
             specs = self._specs = (self.card, programs.io_specs(self.card))
-        if "features" not in self.card["input"] or batch_checks.np is None:
+        if not contract.is_tabular(self.card) or batch_checks.np is None:
             return programs.run_samples(self.model, self.card, inputs, self.device, specs=specs[1])
         outputs = programs.run_samples(self.model, self.card, inputs, self.device, arrays=True, specs=specs[1])
         classify = self.card["output"]["task"] == "classification"
@@ -154,7 +154,7 @@ class TabularHandler:
 
     def encode(self, parsed, wire, outputs: list) -> tuple:
         """Return (body, response headers) of one request's answer in the wire format it came in."""
-        if wire.wire == "json" and "features" in self.card["input"] and not parsed.warnings:  # the common answer: precomputed parts
+        if wire.wire == "json" and contract.is_tabular(self.card) and not parsed.warnings:  # the common answer: precomputed parts
             rows = next(iter(outputs.values())) if isinstance(outputs, dict) and len(outputs) == 1 else None
             if isinstance(rows, batch_checks.Outputs) and rows.first_non_finite() is None:
                 return self._answer_text().text(rows), {}
@@ -163,7 +163,7 @@ class TabularHandler:
     def _plain_plan(self):
         """Return the card's plan for the plain lane, or None (every request then goes through decode): a tensor card,
         a card the plan does not cover, or a subclass or instance that replaced decode."""
-        if "features" not in self.card["input"] or type(self).decode is not TabularHandler.decode or "decode" in self.__dict__:
+        if not contract.is_tabular(self.card) or type(self).decode is not TabularHandler.decode or "decode" in self.__dict__:
             return None
         try:
             return contract.plain_plan(self.card)

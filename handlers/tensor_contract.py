@@ -12,15 +12,15 @@ import math
 
 try:  # installed package (tests, aiaas predict --local)
     from . import batch_checks
-    from .contract_common import V2_NUMERIC_TYPES, ContractError, NonFiniteLiteral, check_names, ParsedRequest, clip_text, flatten_values, quoted, refuse_non_finite, show_value, some_of, v2_answer
+    from .contract_common import FLOAT32_MAX, V2_NUMERIC_TYPES, ContractError, is_tabular, NonFiniteLiteral, check_names, ParsedRequest, clip_text, flatten_values, quoted, refuse_non_finite, show_value, some_of, v2_answer
 except ImportError:  # inside a TorchServe worker: the model directory is on sys.path
     import batch_checks
-    from contract_common import V2_NUMERIC_TYPES, ContractError, NonFiniteLiteral, check_names, ParsedRequest, clip_text, flatten_values, quoted, refuse_non_finite, show_value, some_of, v2_answer
+    from contract_common import FLOAT32_MAX, V2_NUMERIC_TYPES, ContractError, is_tabular, NonFiniteLiteral, check_names, ParsedRequest, clip_text, flatten_values, quoted, refuse_non_finite, show_value, some_of, v2_answer
 
 # A dtype's v2 name, whether it holds integers, and its range; integers sent to a float input must be exact in it.
 DTYPES = {
     "float16": ("FP16", False, 65504.0, 2**11),
-    "float32": ("FP32", False, 3.4028234663852886e38, 2**24),
+    "float32": ("FP32", False, FLOAT32_MAX, 2**24),
     "float64": ("FP64", False, 1.7976931348623157e308, 2**53),
     "int8": ("INT8", True, -(2**7), 2**7 - 1),
     "int16": ("INT16", True, -(2**15), 2**15 - 1),
@@ -34,7 +34,7 @@ BATCH = -1  # how a card writes the dynamic batch dimension of a shape
 def input_tensors(card: dict) -> list:
     """Return the card's inputs as [{name, dtype, shape, min, max}]; a tabular card's is one float32 [-1, F] input."""
     inp = card["input"]
-    if "features" not in inp:
+    if not is_tabular(card):
         return inp["tensors"]
     feats = inp["features"]
     return [{"name": inp.get("tensor_name", "input"), "dtype": "float32", "shape": [BATCH, len(feats)],
@@ -227,7 +227,7 @@ def _prod(dims) -> int:
 
 def warmup_inputs(card: dict) -> dict:
     """Return {input name: one sample} inside the card's contract (feature means; else each input's minimum)."""
-    if "features" in card["input"]:
+    if is_tabular(card):
         return {input_tensors(card)[0]["name"]: [[f["mean"] for f in card["input"]["features"]]]}
     return {s["name"]: [[s["min"]] * _prod(s["shape"][1:])] for s in input_tensors(card)}
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 
 import numpy as np
 import pytest
 
-from aiaas_torch import data
+from aiaas_torch import data, preprocessing
 from aiaas_torch.train import TrainConfig, train
 
 
@@ -182,7 +183,7 @@ def test_constant_feature_warns_and_loads(tmp_path):
     assert ds.schema.features[1].std == 0.0
     assert len(ds.warnings) == 1 and "'c'" in ds.warnings[0]
     # training on it still works: the constant column gets std 1, so scaling stays finite
-    mean, std = data.standardize_stats(ds.X)
+    mean, std = preprocessing.standardize_stats(ds.X)
     assert std[1] == 1.0 and np.isfinite(mean).all()
 
 
@@ -224,7 +225,7 @@ def test_split_without_validation_and_bad_fraction():
 def test_standardize_stats_come_from_the_training_split_only():
     ds = _indexed()
     tr, va = data.split(ds, 0.3, seed=3)
-    mean, std = data.standardize_stats(tr.X)
+    mean, std = preprocessing.standardize_stats(tr.X)
     np.testing.assert_allclose(mean, tr.X.mean(0), rtol=1e-6)
     np.testing.assert_allclose(std, tr.X.std(0), rtol=1e-6)
     # what train() puts in the model's scaling layer is exactly this, not the full data's statistics
@@ -232,7 +233,7 @@ def test_standardize_stats_come_from_the_training_split_only():
     scale = res.model[0]
     np.testing.assert_array_equal(scale.mean.numpy(), mean)
     np.testing.assert_array_equal(scale.std.numpy(), std)
-    full_mean, _ = data.standardize_stats(ds.X)
+    full_mean, _ = preprocessing.standardize_stats(ds.X)
     assert not np.allclose(full_mean, mean, rtol=1e-4)
 
 
@@ -240,9 +241,9 @@ def test_pca_rotation_is_orthogonal_and_sorted():
     rng = np.random.default_rng(0)
     n, d = 500, 6
     X = rng.normal(size=(n, d)) @ rng.normal(size=(d, d))  # correlated features
-    mean, std = data.standardize_stats(X.astype(np.float32))
+    mean, std = preprocessing.standardize_stats(X.astype(np.float32))
     Z = (X - mean) / std
-    A = data.pca_rotation(Z)
+    A = preprocessing.pca_rotation(Z)
     assert A.shape == (d, d) and A.dtype == np.float32
     assert np.abs(A.T.astype(np.float64) @ A - np.eye(d)).max() <= 1e-5
     rotated = Z @ A
@@ -283,3 +284,59 @@ def test_values_beyond_float32_are_refused(tmp_path):
         data.load_csv(p, target="y")
     with pytest.raises(ValueError, match=r"X, row 1, column 'x0'"):
         data.from_arrays(np.array([[1.0], [1e300], [3.0]]), [1, 2, 3])
+
+
+FITS = 3.4028e38  # above the 3.4e38 the served contract used to stop at, below float32's largest
+BEYOND = 3.4028235e38  # above float32's largest; float32 rounds it down to the largest, not to inf
+
+
+def _served(values: list, card: dict) -> list:
+    """Return the flat values the served contract accepts from a body of `values` in each body form, or the message of
+    the first refusal."""
+    from aiaas_torch.handlers.aiaas_contract import ContractError, parse_request
+
+    n = len(values)
+    bodies = [{"instances": [[v] for v in values]}, [[v] for v in values] * 40,  # the batch path checks 40n rows in one pass
+              {"inputs": [{"name": "input", "shape": [n, 1], "datatype": "FP32", "data": values}]}]  # fmt: skip
+    out = []
+    try:
+        for body in bodies:
+            out += [x for row in parse_request(json.dumps(body), card).rows for x in row]
+    except ContractError as e:
+        return [str(e)]
+    return out
+
+
+def test_a_value_float32_holds_trains_and_serves_and_one_beyond_it_is_refused_by_both(tmp_path):
+    # issue 24: training took |x| up to float32's largest, the served tabular contract only up to 3.4e38
+    import torch
+
+    from aiaas_torch.handlers.contract_common import FLOAT32_MAX
+    from aiaas_torch.openapi import card_schemas
+
+    top = float(torch.finfo(torch.float32).max)
+    assert FLOAT32_MAX == top and 3.4e38 < FITS < top < BEYOND and float(np.float32(BEYOND)) == top
+    p = tmp_path / "d.csv"
+    p.write_text(f"a,y\n1,1\n{FITS!r},2\n-{FITS!r},3\n")
+    ds = data.load_csv(p, "y")
+    assert ds.X[1:, 0].tolist() == [np.float32(FITS), -np.float32(FITS)]
+    assert data.from_arrays([[1.0], [FITS]], [1.0, 2.0]).X[1, 0] == np.float32(FITS)
+    card = {"input": {"features": [{"name": "a", "kind": "numeric", "min": 1.0, "max": 3.0, "mean": 2.0}]},
+            "output": {"target": "y", "task": "regression"}}  # fmt: skip
+    assert _served([FITS, -FITS], card) == [FITS, -FITS] * 42
+    assert card_schemas(card)["Row"]["prefixItems"][0]["maximum"] == top  # what the OpenAPI document promises
+
+    p.write_text(f"a,y\n1,1\n{BEYOND!r},2\n")
+    with pytest.raises(ValueError, match=r"line 3, column 'a': '3.4028235e\+38' is too large for float32"):
+        data.load_csv(p, "y")
+    with pytest.raises(ValueError, match=r"X, row 1, column 'x0': 3.4028235e\+38 is too large for float32"):
+        data.from_arrays([[1.0], [BEYOND]], [1.0, 2.0])
+    refused = _served([1.0, BEYOND], card)
+    assert len(refused) == 1 and "not a finite float32 number" in refused[0], refused
+    tensor_card = {"input": {"tensors": [{"name": "input", "dtype": "float32", "shape": [-1, 1], "min": 1.0, "max": 3.0}]},
+                   "output": {"task": "tensor", "tensors": [{"name": "y", "dtype": "float32", "shape": [-1, 1]}]}}  # fmt: skip
+    from aiaas_torch.handlers.aiaas_contract import ContractError, parse_request  # an imported model's float32 input
+
+    assert parse_request(json.dumps({"instances": [[FITS], [-FITS]]}), tensor_card).inputs == {"input": [[FITS], [-FITS]]}
+    with pytest.raises(ContractError, match=r"instances\[0\] value 0: 3.4028235e\+38 is not a finite float32 number"):
+        parse_request(json.dumps({"instances": [[BEYOND]]}), tensor_card)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from aiaas_torch import data
+from aiaas_torch import preprocessing
 from aiaas_torch.models import ModelSpec, Rotate, Standardize, build_model, fold_preprocessing, linear_layers
 
 
@@ -21,7 +21,7 @@ def _raw_features(n=64, d=5, seed=0):
     scale = torch.tensor([0.01, 1.0, 50.0, 3.0, 0.5])[:d]
     loc = torch.tensor([0.05, -3.0, 200.0, 0.0, 7.0])[:d]
     X = torch.randn(n, d, generator=g) * scale + loc
-    mean, std = data.standardize_stats(X.numpy())
+    mean, std = preprocessing.standardize_stats(X.numpy())
     return X, mean, std
 
 
@@ -80,7 +80,7 @@ def test_fold_preprocessing_keeps_outputs(kind, n_out, hidden, rotate):
     X, mean, std = _raw_features(seed=2)
     basis = None
     if rotate:
-        basis = data.pca_rotation((X.numpy() - mean) / std)
+        basis = preprocessing.pca_rotation((X.numpy() - mean) / std)
     torch.manual_seed(3)
     model = build_model(ModelSpec(kind, 5, n_out, hidden, rotate), mean, std, basis).eval()
     folded = fold_preprocessing(model)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from aiaas_torch import data
-from aiaas_torch.card import check_card
+from aiaas_torch import data, preprocessing
+from aiaas_torch.card import IMPUTE_STRATEGIES, check_card, read_card
 from aiaas_torch.export import export_run
 from aiaas_torch.handlers import aiaas_contract as c
 from aiaas_torch.models import Preprocess, fold_preprocessing
@@ -99,7 +99,30 @@ def test_cardinality_limit_names_column_and_count(tmp_path):
 @pytest.mark.parametrize("spec", ["avg", "age=", "=mean", "constant:", "age=sum"])
 def test_bad_impute_specs_are_refused(spec):
     with pytest.raises(ValueError, match="impute"):
-        data.parse_impute([spec])
+        preprocessing.parse_impute([spec])
+
+
+def test_every_impute_strategy_trains_into_a_card_that_reads_back_and_names_each_strategy(tmp_path):
+    # issue 24: data.py and card.py each kept a list of strategy names (data.py's comment said "mode", its list lacked
+    # most_frequent, which cards record): now card.IMPUTE_STRATEGIES is the one list, each name can be asked for and
+    # each trained card passes the card check
+    nums, cats = ["1", "1", "4", "6", "10", "", "2", "4", "1"], ["a", "b", "b", "c", "", "b", "a", "c", "b"]
+    asked = {"n_mean": "mean", "n_median": "median", "n_mf": "most_frequent", "n_const": "constant:7",
+             "t_mean": "mean", "t_mf": "most_frequent", "t_const": "constant:c"}  # fmt: skip
+    lines = [",".join(asked) + ",y"] + [",".join([nums[i]] * 4 + [cats[i]] * 3 + [str(i)]) for i in range(len(nums))]
+    p = tmp_path / "d.csv"
+    p.write_text("\n".join(lines) + "\n")
+    ds = data.load_csv(p, "y", impute=[f"{c}={s}" for c, s in asked.items()])
+    result = train(ds, TrainConfig(epochs=2, val_fraction=0.0, progress=False))
+    card = read_card(export_run(result, tmp_path / "run", QuantConfig("none"), compile="never").run_dir)
+    recorded = {f["name"]: f["impute"] for f in card["input"]["features"]}
+    # known numbers 1 1 4 6 10 2 4 1: mean 29/8, median 3, most frequent 1; known texts: b four times, a and c twice
+    assert recorded == {"n_mean": {"strategy": "mean", "value": 3.625}, "n_median": {"strategy": "median", "value": 3.0},
+                        "n_mf": {"strategy": "most_frequent", "value": 1.0}, "n_const": {"strategy": "constant", "value": 7.0},
+                        "t_mean": {"strategy": "most_frequent", "value": "b"}, "t_mf": {"strategy": "most_frequent", "value": "b"},
+                        "t_const": {"strategy": "constant", "value": "c"}}  # fmt: skip
+    assert {r["strategy"] for r in recorded.values()} == set(IMPUTE_STRATEGIES)  # every name a card takes is written
+    assert all(preprocessing.parse_impute(s) == {"*": s} for s in IMPUTE_STRATEGIES)  # and can be asked for
 
 
 def test_missing_target_is_an_error_naming_the_line(tmp_path):

@@ -216,3 +216,22 @@ def test_the_bench_body_of_a_tensor_card_passes_its_contract():
 
     p = parse_request(card_body(CARD), CARD)
     assert p.fmt == "v2" and p.inputs == {"image": [[0.0] * 4], "ids": [[0, 0, 0]]}
+
+
+def test_one_test_of_a_tabular_card_serves_the_library_and_the_handlers():
+    # issue 24: `"features" in card["input"]` was spelled out in nine places (card.py defined is_tabular twice); the
+    # handlers' contract_common.is_tabular is the one copy, which card.py imports for the library
+    import re
+    from pathlib import Path
+
+    from aiaas_torch import card
+    from aiaas_torch.handlers import contract_common
+
+    assert card.is_tabular is contract_common.is_tabular
+    tabular = {"input": {"features": [{"name": "a", "min": 0.0, "max": 1.0}]}, "output": {"task": "regression"}}
+    assert contract_common.is_tabular(tabular) and not contract_common.is_tabular(CARD)
+    root = Path(__file__).resolve().parents[1]
+    spelled = re.compile(r"""["']features["']\s+(not\s+)?in\s""")
+    files = [p for p in [*(root / "aiaas_torch").rglob("*.py"), *(root / "handlers").glob("*.py")] if p.name != "contract_common.py"]
+    assert [f"{p.name}:{i}" for p in files for i, ln in enumerate(p.read_text().splitlines(), 1) if spelled.search(ln)] == []
+    assert len(spelled.findall((root / "handlers" / "contract_common.py").read_text())) == 1

@@ -207,3 +207,14 @@ def test_the_parser_process_ends_when_the_model_fails_to_load(abc_run, tmp_path,
         files.predict_file(src, tmp_path / "o.csv", str(run))
     (parser,) = started  # started before the model load, which then failed
     assert parser.proc.returncode is not None and _gone(parser.proc.pid)
+
+
+def test_the_parse_child_keeps_float32s_bound_though_it_cannot_import_it():
+    # issue 24: one bound of "fits in float32" (contract_common.FLOAT32_MAX); the child, a plain script, computes it
+    # from numpy, so both sides are checked here: a value float32 holds is plain, one beyond it goes to the general path
+    from aiaas_torch.handlers.contract_common import FLOAT32_MAX
+
+    assert parsechild.FLOAT32_MAX == FLOAT32_MAX == float(np.finfo(np.float32).max)
+    arr, _ = parsechild.plain_numbers(["1,3.4028e38\n", "2,-3.4028e38\n"], [0, 1], None, 2, False)
+    assert arr[:, 1].tolist() == [3.4028e38, -3.4028e38]
+    assert parsechild.plain_numbers(["1,3.4028235e38\n"], [0, 1], None, 2, False) is None

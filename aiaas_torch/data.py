@@ -281,6 +281,9 @@ def from_arrays(
         badt = np.flatnonzero(~np.isfinite(yv))
         if badt.size:
             raise InputError(f"y, row {badt[0]}: {yv[badt[0]]} is not a finite number")
+        badt = np.flatnonzero(np.abs(yv) > FLOAT32_MAX)  # a regression target is float32: it would become inf
+        if badt.size:
+            raise InputError(f"y, row {badt[0]}: {float(yv[badt[0]])!r} is too large for float32 (|x| > {FLOAT32_MAX:.7g})")
         y_values, numeric = yv.tolist(), True
     else:
         y_values, numeric = [str(v) for v in ya.tolist()], False

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .csvread import MISSING, decimal_comma_hint
 from .errors import InputError
+from .handlers.contract_common import FLOAT32_MAX
 
 MAX_CLASSES = 20  # more distinct integer targets than this is a regression
 
@@ -28,6 +29,8 @@ def target_values(cells: list[str], p: Path, lines: list[int], target: str, task
             continue
         if not math.isfinite(v):
             raise InputError(f"{p}, line {line}, column {target!r}: {cell!r} is not a finite number")
+        if abs(v) > FLOAT32_MAX:  # a regression target is float32: it would become inf
+            raise InputError(f"{p}, line {line}, column {target!r}: {cell[:40]!r} is too large for float32 (|x| > {FLOAT32_MAX:.7g})")
         values.append(v)
     if not bad:
         return values, True

@@ -340,3 +340,14 @@ def test_a_value_float32_holds_trains_and_serves_and_one_beyond_it_is_refused_by
     assert parse_request(json.dumps({"instances": [[FITS], [-FITS]]}), tensor_card).inputs == {"input": [[FITS], [-FITS]]}
     with pytest.raises(ContractError, match=r"instances\[0\] value 0: 3.4028235e\+38 is not a finite float32 number"):
         parse_request(json.dumps({"instances": [[BEYOND]]}), tensor_card)
+
+
+def test_a_target_beyond_float32_is_refused_where_it_is_read_not_turned_into_inf(tmp_path):
+    # a regression target is float32: 1e39 became inf and training failed with "diverged" far from the cause
+    p = tmp_path / "d.csv"
+    p.write_text(f"a,y\n1,1\n2,{FITS!r}\n3,1e39\n")
+    with pytest.raises(ValueError, match=r"line 4, column 'y': '1e39' is too large for float32"):
+        data.load_csv(p, "y")
+    with pytest.raises(ValueError, match=r"y, row 2: 1e\+39 is too large for float32"):
+        data.from_arrays([[1.0], [2.0], [3.0]], [1.0, FITS, 1e39])
+    assert data.from_arrays([[1.0], [2.0]], [1.0, FITS], task="regression").y[1] == np.float32(FITS)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 try:  # installed package (tests, aiaas predict --local)
     from . import batch_checks
-    from .contract_common import (DEFAULT_MAX_ROWS, ContractError, ParsedRequest, UnsupportedMediaType, error_body,
+    from .contract_common import (DEFAULT_MAX_ROWS, V2_NUMERIC_TYPES, ContractError, ParsedRequest, UnsupportedMediaType, error_body,
                                   refuse_non_finite, some_of, v2_answer)  # fmt: skip
     from .json_body import check_content_type, decode_body, has_long_integer
     from .plain_rows import check_plain_batch
@@ -34,7 +34,7 @@ try:  # installed package (tests, aiaas predict --local)
                                   parse_tensor_request, parse_v2_tensors, warmup_inputs)  # fmt: skip
 except ImportError:  # inside a TorchServe worker: the model directory is on sys.path
     import batch_checks
-    from contract_common import (DEFAULT_MAX_ROWS, ContractError, ParsedRequest, UnsupportedMediaType, error_body,
+    from contract_common import (DEFAULT_MAX_ROWS, V2_NUMERIC_TYPES, ContractError, ParsedRequest, UnsupportedMediaType, error_body,
                                  refuse_non_finite, some_of, v2_answer)  # fmt: skip
     from json_body import check_content_type, decode_body, has_long_integer
     from plain_rows import check_plain_batch
@@ -44,7 +44,7 @@ except ImportError:  # inside a TorchServe worker: the model directory is on sys
 
 # The contract's one entry for the handler, aiaas_torch and the tests: its own functions, and those of its parts that
 # callers use (the body's reading, the one-pass check, the shared error and request, the tensor contract's card helpers).
-__all__ = ["DEFAULT_MAX_ROWS", "ContractError", "UnsupportedMediaType", "ParsedRequest", "error_body", "some_of",
+__all__ = ["DEFAULT_MAX_ROWS", "V2_NUMERIC_TYPES", "ContractError", "UnsupportedMediaType", "ParsedRequest", "error_body", "some_of",
            "has_long_integer", "decode_body", "check_content_type", "parse_request", "check_plain_batch",
            "count_out_of_range", "answer", "BATCH", "DTYPES", "input_tensors", "output_tensors", "check_tensor_specs",
            "parse_v2_tensors", "warmup_inputs"]  # fmt: skip

@@ -194,10 +194,6 @@ class Outputs:
         k = bisect.bisect_left(self._bad, self.start)
         return self._bad[k] - self.start if k < len(self._bad) and self._bad[k] < self.stop else None
 
-    def non_finite_rows(self) -> list:
-        """Return the indexes (within these rows, ascending) of the rows holding NaN or ±Infinity."""
-        return [b - self.start for b in self._bad if self.start <= b < self.stop]
-
     def probabilities(self) -> list:
         """Return each row's softmax probabilities (a classifier's rows)."""
         return self._probs[self.start : self.stop]

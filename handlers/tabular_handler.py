@@ -118,6 +118,101 @@ class TabularHandler:
         logger.info("aiaas: %s program choice: %s", self.model_name, loaded.reason)
         return loaded.device, loaded.files, loaded
 
+    # --- the structure: one answer per request of a batch ---------------------------------------------------------------
+
+    def handle(self, data: list, context) -> list:
+        """Return exactly one answer per request of the batch; a request's failure (4xx, or 500 for a bug of ours) is its own.
+
+        Nothing one request holds can fail another or raise out of here: TorchServe would answer 503 to the whole batch.
+        """
+        if _is_describe(data, context):
+            return [self.describe_handle()]
+        n = len(data)
+        answers: list = [None] * n
+        for i in range(n):
+            context.set_response_content_type(i, JSON)
+        # per request: read → check (check_batch first, where batch_lane)
+        wires = _each(context, answers, "reading", lambda i: self.read(data[i], context, i), range(n))
+        parsed = self._check_all(wires, context, answers)
+        # per batch: stack → predict → split → answer (answer_batch first, where batch_lane; else encode)
+        outputs = self._forward(parsed)
+        self._answer_all(parsed, wires, outputs, context, answers)
+        try:
+            ok = [p for p in parsed if p is not None]
+            self._metrics(context, sum(len(p.rows) for p, o in zip(parsed, outputs) if o is not None), n - len(ok),
+                          sum(p.out_of_range for p in ok), sum(p.imputed for p in ok), sum(p.unseen for p in ok))  # fmt: skip
+        except Exception:  # answers are ready: metrics must not turn them into a 503
+            logger.exception("aiaas: recording metrics failed")
+        return answers
+
+    def _check_all(self, wires: list, context, answers: list) -> list:
+        """Return each request's ParsedRequest (None for one not read or refused): check_batch's where it took the
+        request, else check's; a bug in check_batch is logged and every request is checked alone."""
+        parsed = None
+        if self.batch_lane:
+            try:
+                parsed = self.check_batch(wires)
+            except Exception:
+                logger.exception("aiaas: the one-pass check of a batch of %d requests failed; checking them one by one", len(wires))
+        parsed = parsed or [None] * len(wires)
+        rest = [i for i, (w, p) in enumerate(zip(wires, parsed)) if w is not None and p is None]
+        if rest:
+            checked = _each(context, answers, "reading", lambda i: self.check(wires[i]), rest)
+            parsed = [c if p is None else p for p, c in zip(parsed, checked)]
+        return parsed
+
+    def _forward(self, parsed: list) -> list:
+        """Return each request's outputs ({output name: its rows}; None for a refused request or one whose forward failed).
+
+        One forward for all valid rows of the batch: stack → predict → split. The rows are checked finite float32
+        numbers of the right width, so only a bug of ours or the batch as a whole (e.g. out of memory) can make it
+        fail; then each request gets its own forward, so that a request that fails alone fails alone.
+        """
+        valid = [p for p in parsed if p is not None]
+        if not valid:
+            return [None] * len(parsed)
+        try:
+            return self.split(self.predict(self.stack(parsed)), parsed)
+        except Exception:
+            logger.exception("aiaas: the forward of a batch of %d rows failed; retrying request by request", sum(len(p.rows) for p in valid))
+            return [self._forward_one(i, p) for i, p in enumerate(parsed)]
+
+    def _forward_one(self, idx: int, parsed):
+        """Return one request's outputs from a forward of its own, or None (logged) when there is none."""
+        if parsed is None:
+            return None
+        try:
+            return self.split(self.predict(self.stack([parsed])), [parsed])[0]
+        except Exception:
+            logger.exception("aiaas: the forward of request %d (%d rows) failed", idx, len(parsed.rows))
+            return None
+
+    def _answer_all(self, parsed: list, wires: list, outputs: list, context, answers: list) -> None:
+        """Set the answer of every checked request: answer_batch's text, else encode's body and headers; a request
+        whose forward failed gets its 500. Returns None."""
+        texts = None
+        if self.batch_lane:
+            try:
+                texts = self.answer_batch(parsed, wires, outputs)
+            except Exception:  # a bug of ours: each request is then answered on its own, below
+                logger.exception("aiaas: writing the answers of a batch of %d failed; answering them one by one", len(parsed))
+        rest = []
+        for i, p in enumerate(parsed):
+            if p is None:
+                continue
+            if outputs[i] is None:  # its forward failed, and _forward logged why
+                answers[i] = _refuse(context, i, 500, f"{INTERNAL}: the model failed on this request")
+            elif texts is not None and texts[i] is not None:
+                answers[i] = texts[i]
+            else:
+                rest.append(i)
+        encoded = _each(context, answers, "answering", lambda i: self.encode(parsed[i], wires[i], outputs[i]), rest)
+        for i in rest:
+            if encoded[i] is not None:
+                answers[i], headers = encoded[i]
+                for name, value in headers.items():
+                    context.set_response_header(i, name, value)
+
     # --- per request: read → check ----------------------------------------------------------------------------------
 
     def read(self, request: dict, context, idx: int):
@@ -210,99 +305,6 @@ class TabularHandler:
             t = self._text = (self.card, self.model_name, self.model_version,
                               protocols.AnswerText(self.card, self.model_name, self.model_version))  # fmt: skip
         return t[3]
-
-    # --- the batch ----------------------------------------------------------------------------------------------------
-
-    def handle(self, data: list, context) -> list:
-        """Return exactly one answer per request of the batch; a request's failure (4xx, or 500 for a bug of ours) is its own.
-
-        Nothing one request holds can fail another or raise out of here: TorchServe would answer 503 to the whole batch.
-        """
-        if _is_describe(data, context):
-            return [self.describe_handle()]
-        n = len(data)
-        answers: list = [None] * n
-        for i in range(n):
-            context.set_response_content_type(i, JSON)
-        wires = _each(context, answers, "reading", lambda i: self.read(data[i], context, i), range(n))
-        parsed = self._check_all(wires, context, answers)
-        outputs = self._forward(parsed)
-        self._answer_all(parsed, wires, outputs, context, answers)
-        try:
-            ok = [p for p in parsed if p is not None]
-            self._metrics(context, sum(len(p.rows) for p, o in zip(parsed, outputs) if o is not None), n - len(ok),
-                          sum(p.out_of_range for p in ok), sum(p.imputed for p in ok), sum(p.unseen for p in ok))  # fmt: skip
-        except Exception:  # answers are ready: metrics must not turn them into a 503
-            logger.exception("aiaas: recording metrics failed")
-        return answers
-
-    def _check_all(self, wires: list, context, answers: list) -> list:
-        """Return each request's ParsedRequest (None for one not read or refused): check_batch's where it took the
-        request, else check's; a bug in check_batch is logged and every request is checked alone."""
-        parsed = None
-        if self.batch_lane:
-            try:
-                parsed = self.check_batch(wires)
-            except Exception:
-                logger.exception("aiaas: the one-pass check of a batch of %d requests failed; checking them one by one", len(wires))
-        parsed = parsed or [None] * len(wires)
-        rest = [i for i, (w, p) in enumerate(zip(wires, parsed)) if w is not None and p is None]
-        if rest:
-            checked = _each(context, answers, "reading", lambda i: self.check(wires[i]), rest)
-            parsed = [c if p is None else p for p, c in zip(parsed, checked)]
-        return parsed
-
-    def _forward(self, parsed: list) -> list:
-        """Return each request's outputs ({output name: its rows}; None for a refused request or one whose forward failed).
-
-        One forward for all valid rows of the batch: stack → predict → split. The rows are checked finite float32
-        numbers of the right width, so only a bug of ours or the batch as a whole (e.g. out of memory) can make it
-        fail; then each request gets its own forward, so that a request that fails alone fails alone.
-        """
-        valid = [p for p in parsed if p is not None]
-        if not valid:
-            return [None] * len(parsed)
-        try:
-            return self.split(self.predict(self.stack(parsed)), parsed)
-        except Exception:
-            logger.exception("aiaas: the forward of a batch of %d rows failed; retrying request by request", sum(len(p.rows) for p in valid))
-            return [self._forward_one(i, p) for i, p in enumerate(parsed)]
-
-    def _forward_one(self, idx: int, parsed):
-        """Return one request's outputs from a forward of its own, or None (logged) when there is none."""
-        if parsed is None:
-            return None
-        try:
-            return self.split(self.predict(self.stack([parsed])), [parsed])[0]
-        except Exception:
-            logger.exception("aiaas: the forward of request %d (%d rows) failed", idx, len(parsed.rows))
-            return None
-
-    def _answer_all(self, parsed: list, wires: list, outputs: list, context, answers: list) -> None:
-        """Set the answer of every checked request: answer_batch's text, else encode's body and headers; a request
-        whose forward failed gets its 500. Returns None."""
-        texts = None
-        if self.batch_lane:
-            try:
-                texts = self.answer_batch(parsed, wires, outputs)
-            except Exception:  # a bug of ours: each request is then answered on its own, below
-                logger.exception("aiaas: writing the answers of a batch of %d failed; answering them one by one", len(parsed))
-        rest = []
-        for i, p in enumerate(parsed):
-            if p is None:
-                continue
-            if outputs[i] is None:  # its forward failed, and _forward logged why
-                answers[i] = _refuse(context, i, 500, f"{INTERNAL}: the model failed on this request")
-            elif texts is not None and texts[i] is not None:
-                answers[i] = texts[i]
-            else:
-                rest.append(i)
-        encoded = _each(context, answers, "answering", lambda i: self.encode(parsed[i], wires[i], outputs[i]), rest)
-        for i in rest:
-            if encoded[i] is not None:
-                answers[i], headers = encoded[i]
-                for name, value in headers.items():
-                    context.set_response_header(i, name, value)
 
     def _metrics(self, context, rows: int, rejected: int, out_of_range: int, imputed: int = 0, unseen: int = 0) -> None:
         """Record the non-zero custom metrics declared in handlers/metrics.yaml; returns None.

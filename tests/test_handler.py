@@ -542,3 +542,23 @@ def test_bad_tf_serving_columnar_bodies_are_400s(body, needle):
     results = run_batch(_handler(), [_good(0), (json.dumps(body).encode(), dict(JSON_CT))])
     assert results[1][0] == 400 and needle in results[1][1]["message"], results[1]
     _assert_goods(results, bad_index=1)
+
+
+def test_every_handler_module_is_shipped_in_every_archive():
+    # the contract is split into modules that import each other inside a worker: an archive without one fails to load
+    import ast
+    from pathlib import Path
+
+    from aiaas_torch import archive
+
+    shipped = {f.name for f in archive.SHIPPED_CODE} | {archive.HANDLER_FILE.name}
+    folder = Path(tabular_handler.__file__).parent
+    local = {p.stem for p in folder.glob("*.py")}
+    needed, todo = set(), [archive.HANDLER_FILE.name]
+    while todo:  # what the handler file imports from its folder, and what those import, as a worker resolves it
+        name = todo.pop()
+        needed.add(name)
+        for node in ast.walk(ast.parse((folder / name).read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or a.name for a in node.names] if isinstance(node, ast.ImportFrom) else []
+            todo += [f"{n}.py" for n in names if n in local and f"{n}.py" not in needed]
+    assert {"json_body.py", "plain_rows.py", "tabular_rows.py"} <= needed and needed <= shipped, sorted(needed - shipped)

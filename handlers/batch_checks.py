@@ -146,32 +146,33 @@ class Outputs:
     are not finite, and softmax probabilities and best class (classifier) or the first column (regression). Slicing
     gives one request's rows."""
 
-    __slots__ = ("_bad", "_probs", "_best", "_first", "start", "stop")
+    __slots__ = ("_b", "start", "stop")  # _b: (non-finite rows, probabilities, best classes, first column) of the batch
 
     def __init__(self, rows, classify: bool):
-        self._probs = self._best = self._first = None
+        probs = best = first = None
         if not classify and (np is None or not isinstance(rows, np.ndarray) or rows.size <= SMALL):
             # a small regression output: one conversion to lists, then C-level maps (numpy's calls cost more here)
             lists = rows.tolist() if np is not None and isinstance(rows, np.ndarray) else rows
             finite = math.isfinite
-            self._bad = [] if all(map(finite, itertools.chain.from_iterable(lists))) else [
+            bad = [] if all(map(finite, itertools.chain.from_iterable(lists))) else [
                 i for i, r in enumerate(lists) if not all(map(finite, r))]  # fmt: skip
-            self._first = [float(r[0]) for r in lists]
+            first = [float(r[0]) for r in lists]
         elif np is not None:
             # a float array as the forward gives it (its values as tolist() gives them), else the rows in float64
             a = rows if isinstance(rows, np.ndarray) and rows.dtype.kind == "f" else np.asarray(rows, dtype=np.float64)
-            self._bad = [] if np.isfinite(a).all() else np.flatnonzero(~np.isfinite(a).all(axis=1)).tolist()
+            bad = [] if np.isfinite(a).all() else np.flatnonzero(~np.isfinite(a).all(axis=1)).tolist()
             if not classify:
-                self._first = a[:, 0].tolist()
-            elif self._bad:
+                first = a[:, 0].tolist()
+            elif bad:
                 with np.errstate(all="ignore"):  # a non-finite row's probabilities are never sent: its request is refused
-                    self._probs, self._best = softmax_rows(a)
+                    probs, best = softmax_rows(a)
             else:
-                self._probs, self._best = softmax_rows(a)
+                probs, best = softmax_rows(a)
         else:  # a classifier without numpy; a non-finite row's probabilities are never sent: its request is refused
-            self._bad = [i for i, r in enumerate(rows) if not all(map(math.isfinite, r))]
-            bad = set(self._bad)
-            self._probs, self._best = softmax_rows([[0.0] if i in bad else r for i, r in enumerate(rows)])
+            bad = [i for i, r in enumerate(rows) if not all(map(math.isfinite, r))]
+            skip = set(bad)
+            probs, best = softmax_rows([[0.0] if i in skip else r for i, r in enumerate(rows)])
+        self._b = (bad, probs, best, first)
         self.start, self.stop = 0, len(rows)
 
     def __len__(self) -> int:
@@ -185,23 +186,25 @@ class Outputs:
             start, stop, _ = part.indices(self.stop - self.start)  # the general slice; the handler's own are plain [start:stop]
             stop = max(start, stop)
         view = _new(Outputs)
-        view._bad, view._probs, view._best, view._first = self._bad, self._probs, self._best, self._first
-        view.start, view.stop = self.start + start, self.start + stop
+        view._b, view.start, view.stop = self._b, self.start + start, self.start + stop
         return view
 
     def first_non_finite(self):
         """Return the index (within these rows) of the first row holding NaN or ±Infinity, or None."""
-        k = bisect.bisect_left(self._bad, self.start)
-        return self._bad[k] - self.start if k < len(self._bad) and self._bad[k] < self.stop else None
+        bad = self._b[0]
+        if not bad:
+            return None
+        k = bisect.bisect_left(bad, self.start)
+        return bad[k] - self.start if k < len(bad) and bad[k] < self.stop else None
 
     def probabilities(self) -> list:
         """Return each row's softmax probabilities (a classifier's rows)."""
-        return self._probs[self.start : self.stop]
+        return self._b[1][self.start : self.stop]
 
     def best(self) -> list:
         """Return each row's most probable class index (a classifier's rows)."""
-        return self._best[self.start : self.stop]
+        return self._b[2][self.start : self.stop]
 
     def first_column(self) -> list:
         """Return each row's first value as a float (a regression's rows)."""
-        return self._first[self.start : self.stop]
+        return self._b[3][self.start : self.stop]

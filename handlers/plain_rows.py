@@ -31,6 +31,7 @@ except ImportError:  # inside a TorchServe worker: the model directory is on sys
 
 _PLAIN_TYPES = batch_checks.PLAIN_TYPES
 _LIST, _DICT = {list}, {dict}
+_ROWS, _FORMAT = operator.itemgetter(0), operator.itemgetter(1)  # of plain_shape's (rows, format, v2 id)
 
 
 class _Plan:
@@ -129,6 +130,8 @@ def check_plain_batch(values: list, card: dict, limit: int) -> list:
     if plan is None:
         return [None] * len(values)
     shapes = [plain_shape(v, plan, limit) for v in values]
+    if None not in shapes:  # the common batch: every body plain
+        return _check(shapes, plan) or [None] * len(values)
     taken = [s for s in shapes if s is not None]
     checked = _check(taken, plan) if taken else None
     if checked is None:
@@ -139,8 +142,8 @@ def check_plain_batch(values: list, card: dict, limit: int) -> list:
 
 def _check(shapes: list, plan: _Plan):
     """Return the ParsedRequests of plain_shape's (rows, format, v2 id) triples, every value checked in one pass, or None."""
-    if all(type(s[0]) is list for s in shapes):
-        rows = list(itertools.chain.from_iterable(s[0] for s in shapes))
+    if "v2" not in map(_FORMAT, shapes):  # lists of rows only
+        rows = list(itertools.chain.from_iterable(map(_ROWS, shapes)))
         if len(rows) * plan.width <= batch_checks.SMALL:  # a small batch: C-level maps, one numpy call
             rows = batch_checks.small_rows(rows)
             return None if rows is None else _split(shapes, rows, None, np.array(rows, dtype=np.float32), plan)
@@ -156,7 +159,7 @@ def _check(shapes: list, plan: _Plan):
 def _split(shapes: list, rows: list, a, batch, plan: _Plan) -> list:
     """Return one ParsedRequest per shape of the batch's checked rows (lists of floats; a: the same as a float64 array,
     None for a small batch; batch: the float32 rows), each with its own out-of-range count."""
-    counts = batch_checks.count_outside(a, rows, plan.lo, plan.hi, [len(s[0]) for s in shapes])
+    counts = batch_checks.count_outside(a, rows, plan.lo, plan.hi, list(map(len, map(_ROWS, shapes))))
     out, start, tensor = [], 0, plan.tensor
     for (values, fmt, rid), outside in zip(shapes, counts):
         stop = start + len(values)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import os
 
 import torch
@@ -38,6 +39,7 @@ logger = logging.getLogger(__name__)
 JSON = "application/json"
 INTERNAL = "internal error (a bug of ours, logged by the server)"
 _JSON_STRING = "body: expected a JSON object or list, got a JSON string"
+_ARRAY = operator.attrgetter("array")  # a ParsedRequest's rows as the one-pass check gives them (None: lists only)
 _REASONS = {400: "Bad Request", 415: "Unsupported Media Type", 500: "Internal Server Error"}
 
 
@@ -253,8 +255,9 @@ class TabularHandler:
         """Return {input name: the samples of every checked request (None: refused), in order}, one forward's input:
         the one-pass check's float32 rows as one array when every request has them, else lists."""
         valid = [p for p in parsed if p is not None]
-        if all(p.array is not None for p in valid):
-            return {next(iter(valid[0].inputs)): batch_checks.stack([p.array for p in valid])}
+        arrays = list(map(_ARRAY, valid))
+        if None not in arrays:
+            return {next(iter(valid[0].inputs)): batch_checks.stack(arrays)}
         return {name: [s for p in valid for s in p.inputs[name]] for name in valid[0].inputs}
 
     def predict(self, inputs: dict) -> dict:

@@ -42,7 +42,8 @@ INTEGRITY_FILE = HANDLER_DIR / "integrity.py"
 PROTOCOLS_FILE = HANDLER_DIR / "protocols.py"
 BATCH_CHECKS_FILE = HANDLER_DIR / "batch_checks.py"
 SHIPPED_CODE = (CONTRACT_FILE, HANDLER_DIR / "contract_common.py", HANDLER_DIR / "tensor_contract.py", PROGRAMS_FILE,
-                HANDLER_DIR / "pt2_check.py", INTEGRITY_FILE, PROTOCOLS_FILE, BATCH_CHECKS_FILE)  # beside the handler in every archive (fmt: skip)
+                HANDLER_DIR / "pt2_check.py", INTEGRITY_FILE, PROTOCOLS_FILE, BATCH_CHECKS_FILE, HANDLER_DIR / "json_body.py",
+                HANDLER_DIR / "plain_rows.py", HANDLER_DIR / "tabular_rows.py")  # beside the handler in every archive (fmt: skip)
 METRICS_CONFIG = HANDLER_DIR / "metrics.yaml"
 MODEL_CONFIG = "model-config.yaml"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")

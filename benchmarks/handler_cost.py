@@ -3,9 +3,9 @@
 A batch of 16 requests of one row of 10 features each (what a worker gets under load with batchSize 16), and one
 request of 16 rows, goes through `TabularHandler.handle` with a minimal stand-in for TorchServe's context, for a
 regression and a classifier card on a small MLP (10-16-k) as the float-eager candidate serves it
-(`programs.rebuild_sequential`). Each step is then timed alone on the same batch: decode (`_wire`: headers and the
-JSON parse), check (`plain_shape` per request and the batch's one-pass `check_plain_batch`), forward
-(`_forward_spans`: one forward, outputs per batch), encode (`_plain_texts`: every answer's JSON). Repeats alternate
+(`programs.rebuild_sequential`). Each step is then timed alone on the same batch: decode (`read`: headers and the
+JSON parse), check (the batch hook `check_batch`: the one-pass check of every request's rows), forward (`_forward`:
+stack → predict → split), encode (the batch hook `answer_batch`: every answer's JSON). Repeats alternate
 between the cards; medians (or, with --stat min, minimums) are printed.
 
     .venv/bin/python benchmarks/handler_cost.py            # ≈ 30 s: 16 requests × 1 row, 1 request × 16 rows, 1 × 1 after idle
@@ -28,7 +28,7 @@ import types
 import torch
 
 from aiaas_torch.handlers import aiaas_contract as contract
-from aiaas_torch.handlers import integrity, programs, protocols
+from aiaas_torch.handlers import integrity, json_body, programs, protocols
 from aiaas_torch.handlers.tabular_handler import TabularHandler
 
 GOAL_US = 5.0  # issue 17: handler cost per row at batch 16 × 10 features
@@ -131,28 +131,38 @@ def _infer(model, x: torch.Tensor) -> torch.Tensor:
 def _steps(h: TabularHandler, data: list, headers: list, code: types.SimpleNamespace) -> dict:
     """Return {step: callable} timing each step of handle alone on the same batch, with the modules of `code`: the
     plain lane (one-pass check of the batch, answers written at once) where `code` has it, else request by request."""
-    contract = code.contract
+    checker = code.contract  # this checkout's contract module or the --baseline copy's (its API may be older)
     ctx = _Context(headers)
-    plan = contract.plain_plan(h.card) if hasattr(contract, "plain_plan") else None
-    if plan is not None:
+    plan = checker.plain_plan(h.card) if hasattr(contract, "plain_plan") else None
+    if hasattr(h, "check_batch"):  # the batch hooks
+        wires = [h.read(r, ctx, i) for i, r in enumerate(data)]
+        parsed = h.check_batch(wires)
+        outputs = h._forward(parsed)
+        steps = {
+            "decode": lambda: [h.read(r, ctx, i) for i, r in enumerate(data)],
+            "check": lambda: h.check_batch(wires),
+            "forward": lambda: h._forward(parsed),
+            "encode": lambda: h.answer_batch(parsed, wires, outputs),
+        }
+    elif plan is not None:  # a handler of the plain lane before the batch hooks (--baseline)
         wires = [h._wire(r, ctx, i) for i, r in enumerate(data)]
-        shapes = [contract.plain_shape(w.body, plan, h.max_rows) for w in wires]
-        parsed, batch, _ = contract.check_plain_batch(shapes, plan)
+        shapes = [checker.plain_shape(w.body, plan, h.max_rows) for w in wires]
+        parsed, batch, _ = checker.check_plain_batch(shapes, plan)
         spans = h._forward_spans(parsed, batch)
         steps = {
             "decode": lambda: [h._wire(r, ctx, i) for i, r in enumerate(data)],
-            "check": lambda: contract.check_plain_batch([contract.plain_shape(w.body, plan, h.max_rows) for w in wires], plan),
+            "check": lambda: checker.check_plain_batch([checker.plain_shape(w.body, plan, h.max_rows) for w in wires], plan),
             "forward": lambda: h._forward_spans(parsed, batch),
             "encode": lambda: h._plain_texts(spans),
         }
     else:  # a handler of before the plain lane (--baseline)
         protocols = code.protocols
         wires = [protocols.decode(r["body"], hd) for r, hd in zip(data, headers)]
-        parsed = [contract.parse_request(w.body, h.card, h.max_rows) for w in wires]
+        parsed = [checker.parse_request(w.body, h.card, h.max_rows) for w in wires]
         outputs = h._forward(parsed)
         steps = {
             "decode": lambda: [protocols.decode(r["body"], hd) for r, hd in zip(data, headers)],
-            "check": lambda: [contract.parse_request(w.body, h.card, h.max_rows) for w in wires],
+            "check": lambda: [checker.parse_request(w.body, h.card, h.max_rows) for w in wires],
             "forward": lambda: h._forward(parsed),
             "encode": lambda: [h.encode(p, w, o) for p, w, o in zip(parsed, wires, outputs)],
         }
@@ -230,7 +240,7 @@ def main(argv=None) -> int:
     flags = integrity.cpu_flags()
     print(f"host: {integrity.cpu_model_name()}, {os.cpu_count()} cores, vector ISA class {integrity.isa_class(flags)}, "
           f"load {os.getloadavg()[0]:.2f}; torch {torch.__version__}, 1 thread; JSON parser: "
-          f"{'orjson ' + contract.orjson.__version__ if contract.orjson else 'the stdlib json'}")  # fmt: skip
+          f"{'orjson ' + json_body.orjson.__version__ if json_body.orjson else 'the stdlib json'}")  # fmt: skip
     shapes = [(args.requests, args.rows)] if args.requests else [(16, 1), (1, 16)]
     ok = True
     for requests, rows in shapes:

@@ -2,8 +2,8 @@
 what every request's answer needs (finiteness, softmax probabilities and labels) once per batch.
 
 Torch-free, stdlib plus numpy, shipped inside every .mar beside the handler. Nothing here composes an error message:
-a check that finds anything unusual returns None, and aiaas_contract's per-value checks then judge the body and name
-what is wrong. Without numpy, `Outputs` and `softmax_rows` compute the same numbers in plain Python.
+a check that finds anything unusual returns None, and the per-value checks (tabular_rows.py) then judge the body and
+name what is wrong; plain_rows.py is the one-pass check these steps serve. Without numpy, `Outputs` and `softmax_rows` compute the same numbers in plain Python.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ try:  # numpy ships beside torch in every worker we build; without it the per-va
 except ImportError:  # pragma: no cover
     np = None
 try:  # installed package (tests, aiaas predict --local)
-    from .contract_common import FLOAT32_MAX  # the bound of the per-value check (`_number`)
+    from .contract_common import FLOAT32_MAX  # the bound of the per-value check (tabular_rows' `_number`)
 except ImportError:  # inside a TorchServe worker: the model directory is on sys.path
     from contract_common import FLOAT32_MAX
 
@@ -41,16 +41,6 @@ def plain_array(rows: list):
         return None
 
 
-def float32_rows(a):
-    """Return a 2-D float64 array's rows as lists when every value is within float32's range (NaN is not), else None."""
-    rows = a.tolist()
-    if a.size <= SMALL:
-        ok = all(map(FLOAT32_MAX.__ge__, map(abs, itertools.chain.from_iterable(rows))))
-    else:
-        ok = within_float32(a)
-    return rows if ok else None
-
-
 def within_float32(a) -> bool:
     """Return True when every value of a non-empty float64 array is within float32's range (a NaN is not)."""
     return bool(a.max() <= FLOAT32_MAX and a.min() >= -FLOAT32_MAX)  # a NaN makes both NaN: false
@@ -58,7 +48,7 @@ def within_float32(a) -> bool:
 
 def small_rows(values: list):
     """Return a small batch's equal-length rows (lists or tuples) of plain ints and floats as lists of floats within
-    float32's range, or None: the one-pass check without numpy's per-call cost (what float32_rows(plain_array) gives)."""
+    float32's range, or None: the one-pass check without numpy's per-call cost (what plain_array and within_float32 give)."""
     kinds = set(map(type, values[0] if len(values) == 1 else itertools.chain.from_iterable(values)))
     if not kinds <= PLAIN_TYPES:
         return None
@@ -72,33 +62,36 @@ def small_rows(values: list):
     return rows if all(map(FLOAT32_MAX.__ge__, map(abs, rows[0] if len(rows) == 1 else itertools.chain.from_iterable(rows)))) else None
 
 
-def count_outside(a, rows: list, lo, hi) -> int:
-    """Return how many values of a checked batch (array a, the same as lists `rows`; a None: a small batch) fall
-    outside [lo, hi] per column; lo and hi are (numpy array, list) pairs of the columns' bounds."""
+def count_outside(a, rows: list, lo, hi, sizes: list) -> list:
+    """Return, per request (`sizes`: each one's number of rows, in order), how many values of a checked batch (array a,
+    the same as lists `rows`; a None: a small batch) fall outside [lo, hi] per column; lo and hi are (numpy array,
+    list) pairs of the columns' bounds."""
     if a is None or a.size <= SMALL:
         lt, gt, either = operator.lt, operator.gt, operator.or_
-        if len(rows) == 1:  # the common request: no generator
-            return sum(map(either, map(lt, rows[0], lo[1]), map(gt, rows[0], hi[1])))
-        return sum(sum(map(either, map(lt, r, lo[1]), map(gt, r, hi[1]))) for r in rows)
-    return int(np.count_nonzero((a < lo[0]) | (a > hi[0])))
+        lo, hi, out, start = lo[1], hi[1], [], 0
+        for n in sizes:
+            if n == 1:  # the common request: no generator
+                r = rows[start]
+                out.append(sum(map(either, map(lt, r, lo), map(gt, r, hi))))
+            else:
+                out.append(sum(sum(map(either, map(lt, r, lo), map(gt, r, hi))) for r in rows[start : start + n]))
+            start += n
+        return out
+    outside = (a < lo[0]) | (a > hi[0])
+    if not outside.any():  # the common batch: every value within the range
+        return [0] * len(sizes)
+    if len(sizes) == 1:
+        return [int(np.count_nonzero(outside))]
+    per_row = np.count_nonzero(outside, axis=1)
+    if len(sizes) == len(per_row):  # one row each, the common batch
+        return per_row.tolist()
+    return np.add.reduceat(per_row, list(itertools.accumulate(sizes[:-1], initial=0))).tolist()
 
 
-def v2_array(body: dict, width: int, limit: int, numeric_types: set):
-    """Return the [N, width] float64 array of an Open Inference body holding one tensor of plain numbers (JSON
-    `data` flat or as rows, or a numeric array from the binary extension), or None for the per-value checks; its
-    range is checked by float32_rows."""
-    inputs = body.get("inputs")
-    if "instances" in body or type(inputs) is not list or len(inputs) != 1 or type(inputs[0]) is not dict:
-        return None
-    t = inputs[0]
-    if not ("name" in t and "shape" in t and "datatype" in t and "data" in t) or type(t["datatype"]) is not str:
-        return None
-    shape, data = t["shape"], t["data"]
-    if t["datatype"] not in numeric_types or type(shape) is not list or not all(type(s) is int for s in shape):
-        return None
-    n = shape[0] if len(shape) == 2 and shape[1] == width else 1 if shape == [width] else 0
-    if not 0 < n <= limit:
-        return None
+def v2_data(data, n: int, width: int):
+    """Return an Open Inference tensor's data of n rows × width plain numbers (JSON, flat or as rows, or a numeric array
+    from the binary extension) as a float64 [n, width] array, or None for the per-value checks; its range is not
+    checked here."""
     if type(data) is list:
         if len(data) == n * width and set(map(type, data)) <= PLAIN_TYPES:
             a = plain_array([data])
@@ -112,16 +105,19 @@ def v2_array(body: dict, width: int, limit: int, numeric_types: set):
     return None
 
 
-def stack(arrays: list):
-    """Return the rows of several checked batches, each a [n_i, F] float64 array or (a small batch) lists of floats,
-    as one [sum n_i, F] float32 array (a tabular input's dtype: torch then takes it without a copy, which costs a
-    third of converting while copying)."""
-    if len(arrays) == 1:
-        a = arrays[0]
-        return a.astype(np.float32) if isinstance(a, np.ndarray) else np.array(a, dtype=np.float32)
-    if not any(isinstance(a, np.ndarray) for a in arrays):  # the common batch of small requests: one conversion
-        return np.array(list(itertools.chain.from_iterable(arrays)), dtype=np.float32)
-    return np.concatenate([a if isinstance(a, np.ndarray) else np.array(a, dtype=np.float64) for a in arrays], dtype=np.float32)
+def stack(spans: list):
+    """Return the rows of several requests as one float32 [N, F] array (a tabular input's dtype: torch then takes it
+    without a copy), from each one's (float32 array, first row, end row) span as the one-pass check gives them: the
+    array itself when the spans cover it in order (one batch checked at once), else their rows joined."""
+    first, prev = spans[0][0], 0
+    for a, start, stop in spans:
+        if a is not first or start != prev:
+            break
+        prev = stop
+    else:
+        if prev == len(first):
+            return first
+    return np.concatenate([a[start:stop] for a, start, stop in spans])
 
 
 def softmax_rows(logits) -> tuple:
@@ -153,32 +149,33 @@ class Outputs:
     are not finite, and softmax probabilities and best class (classifier) or the first column (regression). Slicing
     gives one request's rows."""
 
-    __slots__ = ("_bad", "_probs", "_best", "_first", "start", "stop")
+    __slots__ = ("_b", "start", "stop")  # _b: (non-finite rows, probabilities, best classes, first column) of the batch
 
     def __init__(self, rows, classify: bool):
-        self._probs = self._best = self._first = None
+        probs = best = first = None
         if not classify and (np is None or not isinstance(rows, np.ndarray) or rows.size <= SMALL):
             # a small regression output: one conversion to lists, then C-level maps (numpy's calls cost more here)
             lists = rows.tolist() if np is not None and isinstance(rows, np.ndarray) else rows
             finite = math.isfinite
-            self._bad = [] if all(map(finite, itertools.chain.from_iterable(lists))) else [
+            bad = [] if all(map(finite, itertools.chain.from_iterable(lists))) else [
                 i for i, r in enumerate(lists) if not all(map(finite, r))]  # fmt: skip
-            self._first = [float(r[0]) for r in lists]
+            first = [float(r[0]) for r in lists]
         elif np is not None:
             # a float array as the forward gives it (its values as tolist() gives them), else the rows in float64
             a = rows if isinstance(rows, np.ndarray) and rows.dtype.kind == "f" else np.asarray(rows, dtype=np.float64)
-            self._bad = [] if np.isfinite(a).all() else np.flatnonzero(~np.isfinite(a).all(axis=1)).tolist()
+            bad = [] if np.isfinite(a).all() else np.flatnonzero(~np.isfinite(a).all(axis=1)).tolist()
             if not classify:
-                self._first = a[:, 0].tolist()
-            elif self._bad:
+                first = a[:, 0].tolist()
+            elif bad:
                 with np.errstate(all="ignore"):  # a non-finite row's probabilities are never sent: its request is refused
-                    self._probs, self._best = softmax_rows(a)
+                    probs, best = softmax_rows(a)
             else:
-                self._probs, self._best = softmax_rows(a)
+                probs, best = softmax_rows(a)
         else:  # a classifier without numpy; a non-finite row's probabilities are never sent: its request is refused
-            self._bad = [i for i, r in enumerate(rows) if not all(map(math.isfinite, r))]
-            bad = set(self._bad)
-            self._probs, self._best = softmax_rows([[0.0] if i in bad else r for i, r in enumerate(rows)])
+            bad = [i for i, r in enumerate(rows) if not all(map(math.isfinite, r))]
+            skip = set(bad)
+            probs, best = softmax_rows([[0.0] if i in skip else r for i, r in enumerate(rows)])
+        self._b = (bad, probs, best, first)
         self.start, self.stop = 0, len(rows)
 
     def __len__(self) -> int:
@@ -187,31 +184,30 @@ class Outputs:
 
     def __getitem__(self, part: slice) -> Outputs:
         """Return the rows `part` (a slice) of these rows, sharing what was computed for the batch."""
-        start, stop, n = part.start, part.stop, self.stop - self.start
-        if part.step is not None or type(start) is not int or type(stop) is not int or not 0 <= start <= stop <= n:
-            start, stop, _ = part.indices(n)  # the general slice; the handler's own are plain [start:stop]
+        start, stop = part.start, part.stop
+        if type(start) is not int or type(stop) is not int or part.step is not None or not 0 <= start <= stop <= self.stop - self.start:
+            start, stop, _ = part.indices(self.stop - self.start)  # the general slice; the handler's own are plain [start:stop]
+            stop = max(start, stop)
         view = _new(Outputs)
-        view._bad, view._probs, view._best, view._first = self._bad, self._probs, self._best, self._first
-        view.start, view.stop = self.start + start, self.start + max(start, stop)
+        view._b, view.start, view.stop = self._b, self.start + start, self.start + stop
         return view
 
     def first_non_finite(self):
         """Return the index (within these rows) of the first row holding NaN or ±Infinity, or None."""
-        k = bisect.bisect_left(self._bad, self.start)
-        return self._bad[k] - self.start if k < len(self._bad) and self._bad[k] < self.stop else None
-
-    def non_finite_rows(self) -> list:
-        """Return the indexes (within these rows, ascending) of the rows holding NaN or ±Infinity."""
-        return [b - self.start for b in self._bad if self.start <= b < self.stop]
+        bad = self._b[0]
+        if not bad:
+            return None
+        k = bisect.bisect_left(bad, self.start)
+        return bad[k] - self.start if k < len(bad) and bad[k] < self.stop else None
 
     def probabilities(self) -> list:
         """Return each row's softmax probabilities (a classifier's rows)."""
-        return self._probs[self.start : self.stop]
+        return self._b[1][self.start : self.stop]
 
     def best(self) -> list:
         """Return each row's most probable class index (a classifier's rows)."""
-        return self._best[self.start : self.stop]
+        return self._b[2][self.start : self.stop]
 
     def first_column(self) -> list:
         """Return each row's first value as a float (a regression's rows)."""
-        return self._first[self.start : self.stop]
+        return self._b[3][self.start : self.stop]

@@ -27,9 +27,11 @@ except ImportError:  # pragma: no cover
     np = None
 
 try:  # installed package (tests, aiaas predict --local)
-    from .aiaas_contract import ContractError, decode_body
+    from .contract_common import ContractError
+    from .json_body import decode_body
 except ImportError:  # inside a TorchServe worker: the model directory is on sys.path
-    from aiaas_contract import ContractError, decode_body
+    from contract_common import ContractError
+    from json_body import decode_body
 
 BINARY_HEADER = "Inference-Header-Content-Length"
 OCTET_STREAM = "application/octet-stream"
@@ -246,29 +248,21 @@ class AnswerText:
 
     def text(self, outputs) -> str:
         """Return the JSON answer of one request's finite output rows (a batch_checks.Outputs slice)."""
-        return self.texts(outputs, [(0, len(outputs))])[0]
+        return self.texts([outputs])[0]
 
-    def texts(self, outputs, spans: list) -> list:
-        """Return the JSON answer of each request's rows of a batch's outputs (a batch_checks.Outputs): spans holds
-        (start, stop) per request, or None (then None); a request holding a row that is not finite gets None too."""
+    def texts(self, parts: list) -> list:
+        """Return the JSON answer of each request's output rows (batch_checks.Outputs slices of one batch's outputs, or
+        None: then None); a request holding a row that is not finite gets None too (the contract's answer refuses it)."""
         r = float.__repr__  # what json writes for a finite float
-        bad, tail, out = outputs.non_finite_rows(), self.tail, []
-        if self.labels is None:
-            column = outputs.first_column()
-            for span in spans:
-                if span is None or (bad and any(span[0] <= b < span[1] for b in bad)):
-                    out.append(None)
-                else:
-                    out.append('{"predictions":[' + ",".join(map(r, column[span[0] : span[1]])) + "]" + tail)
-            return out
-        labels, best, probs = self.labels, outputs.best(), outputs.probabilities()
-        for span in spans:
-            if span is None or (bad and any(span[0] <= b < span[1] for b in bad)):
+        labels, tail, out = self.labels, self.tail, []
+        for o in parts:
+            if o is None or o.first_non_finite() is not None:
                 out.append(None)
-                continue
-            start, stop = span
-            out.append('{"predictions":[' + ",".join([labels[k] for k in best[start:stop]]) + '],"probabilities":['
-                       + ",".join(["[" + ",".join(map(r, p)) + "]" for p in probs[start:stop]]) + "]" + tail)  # fmt: skip
+            elif labels is None:
+                out.append('{"predictions":[' + ",".join(map(r, o.first_column())) + "]" + tail)
+            else:
+                out.append('{"predictions":[' + ",".join([labels[k] for k in o.best()]) + '],"probabilities":['
+                           + ",".join(["[" + ",".join(map(r, p)) + "]" for p in o.probabilities()]) + "]" + tail)  # fmt: skip
         return out
 
 

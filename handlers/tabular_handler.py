@@ -1,18 +1,23 @@
 """TorchServe handler for aiaas-torch models (tabular, or imported with a tensor contract); runs inside TorchServe workers and ships in every .mar.
 
 It imports nothing from aiaas_torch (the package may be absent in a worker): the contract check lives in
-aiaas_contract.py, shipped beside this file. Four small steps, as in LitServe's LitAPI:
-setup (verify files, pick device, load) → decode (check each request against the card) →
-predict (ONE forward for all valid rows of the batch) → encode (split answers back, per-request errors).
-The common batch (plain JSON rows for a card of numeric features) takes a lane through the same steps: each
-request's shape is read alone, its values are checked with the whole batch's in one pass, and the answers are
-written at once; anything unusual in it sends its requests through the per-request steps, whose messages stand.
+aiaas_contract.py, shipped beside this file. `initialize` sets the worker up (verify files, pick device and program,
+load, warm up); `handle` answers a batch in one structure, a small method per step, as LitServe's LitAPI:
+
+    per request:  read (headers; the body parsed once)  →  check (its rows against the card)
+    per batch:    stack (every valid row, one input)  →  predict (ONE forward)  →  split (each request's rows)  →  answer
+
+Two steps have a batch hook, a fast way for the common batch: `check_batch` checks the plain rows of all requests in
+one pass, and `answer_batch` writes their JSON answers at once. What a hook leaves (None) takes the per-request step,
+`check` or `encode`: the documented fallback, whose messages stand. A subclass that replaces `check` or `encode` and
+needs it to see every request sets `batch_lane = False` (no batch hooks then).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import operator
 import os
 
 import torch
@@ -34,6 +39,7 @@ logger = logging.getLogger(__name__)
 JSON = "application/json"
 INTERNAL = "internal error (a bug of ours, logged by the server)"
 _JSON_STRING = "body: expected a JSON object or list, got a JSON string"
+_ARRAY = operator.attrgetter("array")  # a ParsedRequest's rows as the one-pass check gives them (None: lists only)
 _REASONS = {400: "Bad Request", 415: "Unsupported Media Type", 500: "Internal Server Error"}
 
 
@@ -60,14 +66,24 @@ def _fail(context, idx: int, step: str, batch: int) -> str:
     return _refuse(context, idx, 500, f"{INTERNAL} while {step} this request")
 
 
-def _rows(span: tuple) -> dict:
-    """Return {output name: one request's rows} of a (forward outputs, first row, end row) span."""
-    flat, start, stop = span
-    return {name: v[start:stop] for name, v in flat.items()}
+def _each(context, answers: list, step: str, fn, todo) -> list:
+    """Return fn(i) for each index i of `todo` (None elsewhere, and for a request that failed: its answer is then set in
+    `answers`, the 4xx of its ContractError or, for a bug of ours, a logged 500 of its own, never the batch's 503)."""
+    out = [None] * len(answers)
+    for i in todo:
+        try:
+            out[i] = fn(i)
+        except contract.ContractError as e:
+            answers[i] = _refuse(context, i, e.status, str(e))
+        except Exception:
+            answers[i] = _fail(context, i, step, len(answers))
+    return out
 
 
 class TabularHandler:
     """Serves one aiaas model: checks requests against its model card and runs one forward per batch."""
+
+    batch_lane = True  # False: no batch hooks (check_batch, answer_batch); every request takes check and encode
 
     def __init__(self):
         self.card: dict = {}
@@ -104,12 +120,104 @@ class TabularHandler:
         logger.info("aiaas: %s program choice: %s", self.model_name, loaded.reason)
         return loaded.device, loaded.files, loaded
 
-    def decode(self, request: dict, context, idx: int):
-        """Return (ParsedRequest, protocols.Decoded) for request idx of the batch (raises contract.ContractError)."""
-        wire = self._wire(request, context, idx)
-        return contract.parse_request(wire.body, self.card, self.max_rows), wire
+    # --- the structure: one answer per request of a batch ---------------------------------------------------------------
 
-    def _wire(self, request: dict, context, idx: int):
+    def handle(self, data: list, context) -> list:
+        """Return exactly one answer per request of the batch; a request's failure (4xx, or 500 for a bug of ours) is its own.
+
+        Nothing one request holds can fail another or raise out of here: TorchServe would answer 503 to the whole batch.
+        """
+        if _is_describe(data, context):
+            return [self.describe_handle()]
+        n = len(data)
+        answers: list = [None] * n
+        for i in range(n):
+            context.set_response_content_type(i, JSON)
+        # per request: read → check (check_batch first, where batch_lane)
+        wires = _each(context, answers, "reading", lambda i: self.read(data[i], context, i), range(n))
+        parsed = self._check_all(wires, context, answers)
+        # per batch: stack → predict → split → answer (answer_batch first, where batch_lane; else encode)
+        outputs = self._forward(parsed)
+        self._answer_all(parsed, wires, outputs, context, answers)
+        try:
+            ok = [p for p in parsed if p is not None]
+            self._metrics(context, sum(len(p.rows) for p, o in zip(parsed, outputs) if o is not None), n - len(ok),
+                          sum(p.out_of_range for p in ok), sum(p.imputed for p in ok), sum(p.unseen for p in ok))  # fmt: skip
+        except Exception:  # answers are ready: metrics must not turn them into a 503
+            logger.exception("aiaas: recording metrics failed")
+        return answers
+
+    def _check_all(self, wires: list, context, answers: list) -> list:
+        """Return each request's ParsedRequest (None for one not read or refused): check_batch's where it took the
+        request, else check's; a bug in check_batch is logged and every request is checked alone."""
+        parsed = None
+        if self.batch_lane:
+            try:
+                parsed = self.check_batch(wires)
+            except Exception:
+                logger.exception("aiaas: the one-pass check of a batch of %d requests failed; checking them one by one", len(wires))
+        parsed = parsed or [None] * len(wires)
+        rest = [i for i, (w, p) in enumerate(zip(wires, parsed)) if w is not None and p is None]
+        if rest:
+            checked = _each(context, answers, "reading", lambda i: self.check(wires[i]), rest)
+            parsed = [c if p is None else p for p, c in zip(parsed, checked)]
+        return parsed
+
+    def _forward(self, parsed: list) -> list:
+        """Return each request's outputs ({output name: its rows}; None for a refused request or one whose forward failed).
+
+        One forward for all valid rows of the batch: stack → predict → split. The rows are checked finite float32
+        numbers of the right width, so only a bug of ours or the batch as a whole (e.g. out of memory) can make it
+        fail; then each request gets its own forward, so that a request that fails alone fails alone.
+        """
+        valid = [p for p in parsed if p is not None]
+        if not valid:
+            return [None] * len(parsed)
+        try:
+            return self.split(self.predict(self.stack(parsed)), parsed)
+        except Exception:
+            logger.exception("aiaas: the forward of a batch of %d rows failed; retrying request by request", sum(len(p.rows) for p in valid))
+            return [self._forward_one(i, p) for i, p in enumerate(parsed)]
+
+    def _forward_one(self, idx: int, parsed):
+        """Return one request's outputs from a forward of its own, or None (logged) when there is none."""
+        if parsed is None:
+            return None
+        try:
+            return self.split(self.predict(self.stack([parsed])), [parsed])[0]
+        except Exception:
+            logger.exception("aiaas: the forward of request %d (%d rows) failed", idx, len(parsed.rows))
+            return None
+
+    def _answer_all(self, parsed: list, wires: list, outputs: list, context, answers: list) -> None:
+        """Set the answer of every checked request: answer_batch's text, else encode's body and headers; a request
+        whose forward failed gets its 500. Returns None."""
+        texts = None
+        if self.batch_lane:
+            try:
+                texts = self.answer_batch(parsed, wires, outputs)
+            except Exception:  # a bug of ours: each request is then answered on its own, below
+                logger.exception("aiaas: writing the answers of a batch of %d failed; answering them one by one", len(parsed))
+        rest = []
+        for i, p in enumerate(parsed):
+            if p is None:
+                continue
+            if outputs[i] is None:  # its forward failed, and _forward logged why
+                answers[i] = _refuse(context, i, 500, f"{INTERNAL}: the model failed on this request")
+            elif texts is not None and texts[i] is not None:
+                answers[i] = texts[i]
+            else:
+                rest.append(i)
+        encoded = _each(context, answers, "answering", lambda i: self.encode(parsed[i], wires[i], outputs[i]), rest)
+        for i in rest:
+            if encoded[i] is not None:
+                answers[i], headers = encoded[i]
+                for name, value in headers.items():
+                    context.set_response_header(i, name, value)
+
+    # --- per request: read → check ----------------------------------------------------------------------------------
+
+    def read(self, request: dict, context, idx: int):
         """Return the protocols.Decoded of request idx: its headers and body read, the body parsed once (raises
         contract.ContractError)."""
         length, content_type = protocols.scan(_headers(context, idx))
@@ -130,15 +238,27 @@ class TabularHandler:
             raise contract.ContractError(_JSON_STRING)
         return wire
 
-    def _read(self, request: dict, context, idx: int, plan) -> tuple:
-        """Return (Decoded, ParsedRequest, None) of request idx, or (Decoded, None, plain shape) for a plain JSON body
-        of a plain card (`plan`), whose values the batch then checks in one pass (raises contract.ContractError)."""
-        wire = self._wire(request, context, idx)
-        if plan is not None and wire.wire == "json":
-            shape = contract.plain_shape(wire.body, plan, self.max_rows)
-            if shape is not None:
-                return wire, None, shape
-        return wire, contract.parse_request(wire.body, self.card, self.max_rows), None
+    def check(self, wire):
+        """Return the contract.ParsedRequest of one read request (raises contract.ContractError naming what is wrong)."""
+        return contract.parse_request(wire.body, self.card, self.max_rows)
+
+    def check_batch(self, wires: list) -> list:
+        """Return a ParsedRequest for each read request (None: not read) whose plain rows the one-pass check took, all
+        at once (contract.check_plain_batch); None for the others, which `check` then takes one by one."""
+        if not contract.is_tabular(self.card):
+            return [None] * len(wires)
+        return contract.check_plain_batch([None if w is None else w.body for w in wires], self.card, self.max_rows)
+
+    # --- per batch: stack → predict → split → answer -----------------------------------------------------------------
+
+    def stack(self, parsed: list) -> dict:
+        """Return {input name: the samples of every checked request (None: refused), in order}, one forward's input:
+        the one-pass check's float32 rows as one array when every request has them, else lists."""
+        valid = [p for p in parsed if p is not None]
+        arrays = list(map(_ARRAY, valid))
+        if None not in arrays:
+            return {next(iter(valid[0].inputs)): batch_checks.stack(arrays)}
+        return {name: [s for p in valid for s in p.inputs[name]] for name in valid[0].inputs}
 
     def predict(self, inputs: dict) -> dict:
         """Return {output name: per-sample outputs} for {input name: checked samples}, in one forward (the program of its
@@ -152,39 +272,34 @@ class TabularHandler:
         classify = self.card["output"]["task"] == "classification"
         return {name: batch_checks.Outputs(a, classify) for name, a in outputs.items()}
 
-    def encode(self, parsed, wire, outputs: list) -> tuple:
+    def split(self, outputs: dict, parsed: list) -> list:
+        """Return each request's part of one forward's outputs ({output name: its rows}; None for a refused request)."""
+        out, start, items = [], 0, list(outputs.items())
+        (one, v), many = items[0], len(items) > 1
+        for p in parsed:
+            if p is None:
+                out.append(None)
+                continue
+            stop = start + len(p.rows)
+            out.append({name: v[start:stop] for name, v in items} if many else {one: v[start:stop]})  # one output: no comprehension's frame
+            start = stop
+        return out
+
+    def answer_batch(self, parsed: list, wires: list, outputs: list) -> list:
+        """Return each request's JSON answer written at once from parts computed once per card and batch
+        (protocols.AnswerText), None where `encode` answers it: another wire format, warnings, a tensor card, a row
+        that is not finite, a request without outputs."""
+        if not contract.is_tabular(self.card):
+            return [None] * len(parsed)
+        parts = []
+        for p, w, o in zip(parsed, wires, outputs):
+            rows = next(iter(o.values())) if o is not None and len(o) == 1 and w.wire == "json" and not p.warnings else None
+            parts.append(rows if isinstance(rows, batch_checks.Outputs) else None)
+        return self._answer_text().texts(parts)
+
+    def encode(self, parsed, wire, outputs: dict) -> tuple:
         """Return (body, response headers) of one request's answer in the wire format it came in."""
-        if wire.wire == "json" and contract.is_tabular(self.card) and not parsed.warnings:  # the common answer: precomputed parts
-            rows = next(iter(outputs.values())) if isinstance(outputs, dict) and len(outputs) == 1 else None
-            if isinstance(rows, batch_checks.Outputs) and rows.first_non_finite() is None:
-                return self._answer_text().text(rows), {}
         return protocols.encode(wire, contract.answer(self.card, parsed, outputs, self.model_name, self.model_version))
-
-    def _plain_plan(self):
-        """Return the card's plan for the plain lane, or None (every request then goes through decode): a tensor card,
-        a card the plan does not cover, or a subclass or instance that replaced decode."""
-        if not contract.is_tabular(self.card) or type(self).decode is not TabularHandler.decode or "decode" in self.__dict__:
-            return None
-        try:
-            return contract.plain_plan(self.card)
-        except Exception:  # a bug of ours, or a card beyond the plan: each request's own checks judge it
-            logger.exception("aiaas: planning the plain lane of %s failed; checking requests one by one", self.model_name)
-            return None
-
-    def _encodes_as_ours(self) -> bool:
-        """Return True unless a subclass or the instance replaced encode (then every answer goes through it)."""
-        return type(self).encode is TabularHandler.encode and "encode" not in self.__dict__
-
-    def _plain_texts(self, spans: list):
-        """Return each request's JSON answer written from precomputed parts (None where it needs encode's general
-        path), for a batch whose valid requests all came in plain JSON to a plain card and shared one forward."""
-        flat = next((s[0] for s in spans if s is not None), None)
-        if flat is None or len(flat) != 1 or any(s is not None and s[0] is not flat for s in spans):  # per-request forwards
-            return None
-        outputs = next(iter(flat.values()))
-        if not isinstance(outputs, batch_checks.Outputs):
-            return None
-        return self._answer_text().texts(outputs, [None if s is None else s[1:] for s in spans])
 
     def _answer_text(self):
         """Return the protocols.AnswerText of this card and model, built on first use (and again for a new card)."""
@@ -193,135 +308,6 @@ class TabularHandler:
             t = self._text = (self.card, self.model_name, self.model_version,
                               protocols.AnswerText(self.card, self.model_name, self.model_version))  # fmt: skip
         return t[3]
-
-    def handle(self, data: list, context) -> list:
-        """Return exactly one answer per request of the batch; a request's failure (4xx, or 500 for a bug of ours) is its own.
-
-        Nothing one request holds can fail another or raise out of here: TorchServe would answer 503 to the whole batch.
-        """
-        if _is_describe(data, context):
-            return [self.describe_handle()]
-        n = len(data)
-        answers: list = [None] * n
-        parsed: list = [None] * n
-        wires: list = [None] * n
-        plan = self._plain_plan()
-        plain = []  # (index, shape) of plain JSON bodies, whose values are checked below in one pass over the batch
-        for i, request in enumerate(data):
-            context.set_response_content_type(i, JSON)
-            try:
-                if plan is None:
-                    parsed[i], wires[i] = self.decode(request, context, i)
-                    continue
-                wires[i], parsed[i], shape = self._read(request, context, i, plan)
-                if shape is not None:
-                    plain.append((i, shape))
-            except contract.ContractError as e:
-                answers[i] = _refuse(context, i, e.status, str(e))
-            except Exception:  # a bug of ours: this request's 500, not the batch's 503
-                answers[i] = _fail(context, i, "reading", n)
-        batch, outside = self._check_plain(plain, plan, parsed, wires, answers, context) if plain else (None, 0)
-        spans = self._forward_spans(parsed, batch)
-        texts = None
-        if batch is not None and self._encodes_as_ours():
-            try:
-                texts = self._plain_texts(spans)
-            except Exception:  # a bug of ours: each request is then answered on its own, below
-                logger.exception("aiaas: writing the answers of a batch of %d failed; answering them one by one", n)
-        for i, p in enumerate(parsed):
-            if p is None:
-                continue
-            if spans[i] is None:  # its forward failed, and _forward_spans logged why
-                answers[i] = _refuse(context, i, 500, f"{INTERNAL}: the model failed on this request")
-                continue
-            if texts is not None and texts[i] is not None:
-                answers[i] = texts[i]
-                continue
-            try:
-                answers[i], headers = self.encode(p, wires[i], _rows(spans[i]))
-                for name, value in headers.items():
-                    context.set_response_header(i, name, value)
-            except contract.ContractError as e:  # an output JSON cannot carry (overflow), or a v2 output the model lacks
-                answers[i] = _refuse(context, i, e.status, str(e))
-            except Exception:
-                answers[i] = _fail(context, i, "answering", len(data))
-        try:
-            ok = [p for p in parsed if p is not None]
-            self._metrics(context, sum(len(p.rows) for p, o in zip(parsed, spans) if o is not None), len(parsed) - len(ok),
-                          outside + sum(p.out_of_range for p in ok), sum(p.imputed for p in ok), sum(p.unseen for p in ok))  # fmt: skip
-        except Exception:  # answers are ready: metrics must not turn them into a 503
-            logger.exception("aiaas: recording metrics failed")
-        return answers
-
-    def _check_plain(self, plain: list, plan, parsed: list, wires: list, answers: list, context) -> tuple:
-        """Check the values of the plain requests ((index, (rows, format)) pairs) in one pass over the batch and fill
-        in their parsed rows; returns (those rows as one float32 array when they are all the batch's valid requests,
-        the forward's input as it is, else None; how many of their values fall outside the training range). When a
-        value fails, each of them takes its own checks, which name it."""
-        alone = len(plain) == len(parsed) - sum(a is not None for a in answers)  # no other request shares the forward
-        try:
-            checked = contract.check_plain_batch([shape for _, shape in plain], plan, alone)
-        except Exception:  # a bug of ours: the per-request checks still judge every request
-            logger.exception("aiaas: the one-pass check of %d requests failed; checking them one by one", len(plain))
-            checked = None
-        if checked is not None:
-            for (i, _), p in zip(plain, checked[0]):
-                parsed[i] = p
-            return (checked[1] if alone else None), checked[2]
-        for i, _ in plain:
-            try:
-                parsed[i] = contract.parse_request(wires[i].body, self.card, self.max_rows)
-            except contract.ContractError as e:
-                answers[i] = _refuse(context, i, e.status, str(e))
-            except Exception:
-                answers[i] = _fail(context, i, "reading", len(parsed))
-        return None, 0
-
-    def _forward(self, parsed: list, batch=None) -> list:
-        """Return each request's output rows ({output name: its rows}; None for a request without valid rows or whose
-        forward failed)."""
-        return [None if s is None else _rows(s) for s in self._forward_spans(parsed, batch)]
-
-    def _forward_spans(self, parsed: list, batch=None) -> list:
-        """Return each request's outputs as (the forward's {output name: outputs}, first row, end row), None for a
-        request without valid rows or whose forward failed.
-
-        One forward for all valid rows of the batch (`batch`: those rows already stacked, as the one-pass check gives
-        them). The rows are checked finite float32 numbers of the right width, so only a bug of ours or the batch as
-        a whole (e.g. out of memory) can make it fail; then each request gets its own forward, so that a request that
-        fails alone fails alone.
-        """
-        valid = [p for p in parsed if p is not None]
-        try:
-            if batch is not None:
-                inputs = {next(iter(valid[0].inputs)): batch}
-            elif valid and all(p.array is not None for p in valid):  # the one-pass check's arrays: no lists on the way
-                inputs = {next(iter(valid[0].inputs)): batch_checks.stack([p.array for p in valid])}
-            else:
-                inputs = {name: [s for p in valid for s in p.inputs[name]] for name in valid[0].inputs} if valid else {}
-            flat = self.predict(inputs) if valid else {}
-        except Exception:
-            logger.exception("aiaas: the forward of a batch of %d rows failed; retrying request by request", sum(len(p.rows) for p in valid))
-            return [self._forward_one(i, p) for i, p in enumerate(parsed)]
-        spans, start = [], 0
-        for p in parsed:
-            if p is None:
-                spans.append(None)
-                continue
-            stop = start + len(p.rows)
-            spans.append((flat, start, stop))
-            start = stop
-        return spans
-
-    def _forward_one(self, idx: int, parsed):
-        """Return one request's outputs from a forward of its own as (outputs, 0, rows), or None (logged) when there is none."""
-        if parsed is None:
-            return None
-        try:
-            return self.predict(parsed.inputs), 0, len(parsed.rows)
-        except Exception:
-            logger.exception("aiaas: the forward of request %d (%d rows) failed", idx, len(parsed.rows))
-            return None
 
     def _metrics(self, context, rows: int, rejected: int, out_of_range: int, imputed: int = 0, unseen: int = 0) -> None:
         """Record the non-zero custom metrics declared in handlers/metrics.yaml; returns None.

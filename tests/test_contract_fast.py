@@ -13,7 +13,14 @@ import pytest
 import torch
 
 from aiaas_torch.handlers import aiaas_contract as c
+from aiaas_torch.handlers import plain_rows, tabular_rows
 from aiaas_torch.handlers.aiaas_contract import ContractError
+from aiaas_torch.handlers.contract_common import NonFiniteLiteral
+
+
+def _fast(value, card: dict, limit: int):
+    """Return the one-pass check's ParsedRequest of one decoded body (a batch of one), or None where it declines."""
+    return c.check_plain_batch([value], card, limit)[0]
 
 EDGES = [-0.0, 0.0, 0, 1, -7, 3.4e38, -3.4e38, 2**60, -(2**70), 1e-300, 5e-324]
 
@@ -56,23 +63,23 @@ def test_random_plain_batches_give_the_per_value_rows_and_counts(seed):
     named = [dict(rng.sample(list(zip(names, r)), len(r))) for r in rows]  # keys in any order
     bodies = [{"instances": rows}, rows, {"instances": named}, rows[0]]
     for body in bodies:
-        slow = c._parse_rows(json.loads(json.dumps(body)), card, 500)
+        slow = tabular_rows.parse_rows(json.loads(json.dumps(body)), card, 500)
         assert slow.out_of_range == sum(1 for r in slow.rows for v, f in zip(r, card["input"]["features"]) if not f["min"] <= v <= f["max"])
-        _same(c._fast_parse(json.loads(json.dumps(body)), card, 500), slow)
+        _same(_fast(json.loads(json.dumps(body)), card, 500), slow)
         _same(c.parse_request(json.dumps(body).encode(), card), slow)
 
 
 def _same_refusal(body, card: dict, limit: int) -> None:
     """Assert the one-pass check declines the body and parse_request refuses it with the per-value path's own message."""
     with pytest.raises(ContractError) as slow:
-        c._parse_rows(body, card, limit)
-    assert c._fast_parse(body, card, limit) is None
+        tabular_rows.parse_rows(body, card, limit)
+    assert _fast(body, card, limit) is None
     with pytest.raises(ContractError) as got:
         c.parse_request(body, card)
     assert str(got.value) == str(slow.value)
 
 
-BAD = [True, False, c._mark_constant("NaN"), c._mark_constant("-Infinity"), "1.5", None, 3.5e38, -1e39, 10**400,
+BAD = [True, False, NonFiniteLiteral("NaN"), NonFiniteLiteral("-Infinity"), "1.5", None, 3.5e38, -1e39, 10**400,
        float("inf"), [1.0], {"v": 1}]  # fmt: skip
 
 
@@ -124,7 +131,7 @@ def test_a_card_changed_in_place_is_checked_against_its_new_ranges():
     assert list(c.parse_request(body, card).inputs) == ["table"] == [t["name"] for t in c.input_tensors(card)]
     card["input"]["features"][1]["kind"] = "categorical"
     card["input"]["features"][1]["categories"] = ["a"]
-    assert c._fast_parse(body, card, 500) is None
+    assert _fast(body, card, 500) is None
 
 
 def test_cards_with_categories_or_imputed_features_take_the_per_value_checks():
@@ -132,7 +139,7 @@ def test_cards_with_categories_or_imputed_features_take_the_per_value_checks():
     for extra in ({"impute": "mean"}, {"kind": "categorical", "categories": ["a", "b"]}):
         card = _card(3, rng)
         card["input"]["features"][1].update(extra)
-        assert c._fast_parse({"instances": [[1.0, 0.0, 1.0]]}, card, 500) is None
+        assert _fast({"instances": [[1.0, 0.0, 1.0]]}, card, 500) is None
     assert math.isnan(c.parse_request({"instances": [[1.0, None, 1.0]]}, _imputed(rng)).rows[0][1])
 
 
@@ -143,10 +150,10 @@ def _imputed(rng):
 
 
 def test_without_numpy_every_batch_takes_the_per_value_checks(monkeypatch):
-    monkeypatch.setattr(c, "np", None)
+    monkeypatch.setattr(plain_rows, "np", None)
     card = _card(3, random.Random(5))
     body = {"instances": [[1, -0.0, 2.5]]}
-    assert c._fast_parse(body, card, 500) is None
+    assert _fast(body, card, 500) is None
     assert [list(map(repr, r)) for r in c.parse_request(body, card).rows] == [["1.0", "-0.0", "2.5"]]
 
 
@@ -183,9 +190,9 @@ def test_random_v2_json_bodies_give_the_per_value_rows_and_counts(seed):
     rows = _batch(card, rng, rng.randint(1, 40))
     for form, datatype in (("flat", "FP32"), ("rows", "FP64"), ("shape [d]", "INT64"), ("flat", "UINT8")):
         body = v2_answer(rows[:1] if form == "shape [d]" else rows, form, width, datatype, id="req-7")
-        slow = c._parse_rows(json.loads(json.dumps(body)), card, 500)
+        slow = tabular_rows.parse_rows(json.loads(json.dumps(body)), card, 500)
         assert slow.fmt == "v2" and slow.v2_id == "req-7"
-        _same(c._fast_parse(json.loads(json.dumps(body)), card, 500), slow)
+        _same(_fast(json.loads(json.dumps(body)), card, 500), slow)
         _same(c.parse_request(json.dumps(body).encode(), card), slow)
 
 
@@ -200,9 +207,9 @@ def test_binary_v2_tensors_give_the_rows_struct_gave_and_the_per_value_counts(da
         rows[3][2] = 2**62 + 1  # not exact in float64: both paths round the same way
     fast_body, struct_body = _binary(rows, 5, datatype, True, monkeypatch), _binary(rows, 5, datatype, False, monkeypatch)
     assert isinstance(struct_body["inputs"][0]["data"], list)
-    slow = c._parse_rows(struct_body, card, 500)  # what the body gave before numpy read it
+    slow = tabular_rows.parse_rows(struct_body, card, 500)  # what the body gave before numpy read it
     assert slow.v2_id == "r1" and len(slow.rows) == 17
-    _same(c._fast_parse(fast_body, card, 500), slow)
+    _same(_fast(fast_body, card, 500), slow)
     _same(c.parse_request(fast_body, card), slow)
 
 
@@ -221,8 +228,8 @@ def test_binary_elements_read_with_numpy_are_the_ones_struct_read(datatype, monk
 def _same_v2_refusal(body, card: dict, limit: int = 500) -> None:
     """Assert the one-pass check declines a v2 body and parse_request refuses it with the per-value message."""
     with pytest.raises(ContractError) as slow:
-        c._parse_rows(body, card, limit)
-    assert c._fast_parse(body, card, limit) is None
+        tabular_rows.parse_rows(body, card, limit)
+    assert _fast(body, card, limit) is None
     with pytest.raises(ContractError) as got:
         c.parse_request(body, card, limit)
     assert str(got.value) == str(slow.value)
@@ -238,8 +245,8 @@ def test_one_bad_v2_value_gives_exactly_the_per_value_message(bad, form, size):
     rows[rng.randrange(size)][rng.randrange(6)] = bad
     body = v2_answer(rows, form, 6)
     if bad == [1.0]:  # v2 data may nest: flattened, it is a good value, read by the per-value path
-        assert c._fast_parse(body, card, 500) is None
-        assert c.parse_request(body, card).rows == c._parse_rows(body, card, 500).rows
+        assert _fast(body, card, 500) is None
+        assert c.parse_request(body, card).rows == tabular_rows.parse_rows(body, card, 500).rows
         return
     _same_v2_refusal(body, card)
 
@@ -266,7 +273,7 @@ V2_CHANGES = {
     "two tensors": lambda b: {"inputs": b["inputs"] * 2},
     "missing data": lambda b: {"inputs": [{k: v for k, v in b["inputs"][0].items() if k != "data"}]},
     "text datatype": lambda b: {"inputs": [dict(b["inputs"][0], datatype="BYTES")]},
-    "marker datatype": lambda b: {"inputs": [dict(b["inputs"][0], datatype=c._mark_constant("NaN"))]},
+    "marker datatype": lambda b: {"inputs": [dict(b["inputs"][0], datatype=NonFiniteLiteral("NaN"))]},
     "bool in shape": lambda b: {"inputs": [dict(b["inputs"][0], shape=[True, 3])]},
     "wrong width": lambda b: {"inputs": [dict(b["inputs"][0], shape=[2, 6])]},
     "zero rows": lambda b: {"inputs": [dict(b["inputs"][0], shape=[0, 3], data=[])]},
@@ -290,10 +297,10 @@ def test_a_malformed_v2_body_gives_exactly_the_per_value_message(change):
 def test_v2_data_the_one_pass_check_does_not_read_still_goes_through_the_per_value_checks():
     card = _card(3, random.Random(12))
     ragged = {"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32", "data": [[1.0, 2.0], [3.0, 4.0, 5.0, 6.0]]}]}
-    assert c._fast_parse(ragged, card, 500) is None
+    assert _fast(ragged, card, 500) is None
     assert c.parse_request(ragged, card).rows == [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
-    named_id = v2_answer([[1.0, 2.0, 3.0]], "flat", 3, id=c._mark_constant("NaN"))  # an id that is not a string is dropped
-    assert c.parse_request(named_id, card).v2_id is None and c._fast_parse(named_id, card, 500).v2_id is None
+    named_id = v2_answer([[1.0, 2.0, 3.0]], "flat", 3, id=NonFiniteLiteral("NaN"))  # an id that is not a string is dropped
+    assert c.parse_request(named_id, card).v2_id is None and _fast(named_id, card, 500).v2_id is None
 
 
 # --- answers per batch: softmax, labels and the finiteness rule once per batch give the bytes the per-row code gave.
@@ -387,25 +394,24 @@ def test_the_bad_value_batches_straddle_the_small_batch_bound():
 
 
 @pytest.mark.parametrize("seed", range(10))
-def test_a_batch_of_plain_requests_checked_at_once_gives_each_requests_rows_and_the_counts_summed(seed):
+def test_a_batch_of_plain_requests_checked_at_once_gives_each_request_the_rows_and_count_it_gets_alone(seed):
     rng = random.Random(1000 + seed)
     card = _card(rng.randint(1, 12), rng)
     names = [f["name"] for f in card["input"]["features"]]
     bodies = []
     for _ in range(rng.randint(1, 16)):
         rows = _batch(card, rng, rng.randint(1, 5))
-        bodies.append(rng.choice([{"instances": rows}, rows, {"instances": [dict(zip(names, r)) for r in rows]}]))
-    plan = c.plain_plan(card)
-    shapes = [c.plain_shape(json.loads(json.dumps(b)), plan, 500) for b in bodies]
-    slow = [c._parse_rows(json.loads(json.dumps(b)), card, 500) for b in bodies]
-    for alone in (True, False):
-        parsed, batch, outside = c.check_plain_batch(shapes, plan, alone)
-        assert outside == sum(s.out_of_range for s in slow)
-        assert batch.dtype == np.float32 and batch.tolist() == np.array([r for s in slow for r in s.rows], dtype=np.float32).tolist()
-        for p, s in zip(parsed, slow):
-            assert p.fmt == s.fmt and len(p.rows) == len(s.rows)
-            assert torch.equal(torch.as_tensor(p.inputs[next(iter(p.inputs))], dtype=torch.float32), torch.as_tensor(s.rows, dtype=torch.float32))
-            assert (p.array is None) == alone and (alone or np.asarray(p.array).tolist() == s.rows)
+        bodies.append(rng.choice([{"instances": rows}, rows, {"instances": [dict(zip(names, r)) for r in rows]},
+                                  {"inputs": [{"name": "x", "shape": [len(rows), len(names)], "datatype": "FP64", "data": rows}], "id": "r"}]))  # fmt: skip
+    slow = [tabular_rows.parse_rows(json.loads(json.dumps(b)), card, 500) for b in bodies]
+    parsed = c.check_plain_batch([json.loads(json.dumps(b)) for b in bodies], card, 500)
+    batch = parsed[0].array[0]
+    assert batch.dtype == np.float32 and batch.tolist() == np.array([r for s in slow for r in s.rows], dtype=np.float32).tolist()
+    start = 0
+    for p, s in zip(parsed, slow):
+        _same(p, s)  # rows, format, v2 id and the request's own out-of-range count
+        assert p.array == (batch, start, start + len(s.rows))
+        start += len(s.rows)
 
 
 @pytest.mark.parametrize("rows", [1, 4], ids=["small batch", "large batch"])  # 30 values or 120: batch_checks.SMALL is 64
@@ -413,17 +419,18 @@ def test_a_batch_of_plain_requests_checked_at_once_gives_each_requests_rows_and_
 def test_one_bad_value_anywhere_in_the_batch_declines_the_whole_pass(bad, rows):
     rng = random.Random(zlib.crc32(repr(bad).encode()))
     card = _card(5, rng)
-    plan = c.plain_plan(card)
-    shapes = [c.plain_shape({"instances": _batch(card, rng, rows)}, plan, 500) for _ in range(6)]
-    assert c.check_plain_batch(shapes, plan) is not None
-    values = shapes[rng.randrange(6)][0]
+    bodies = [{"instances": _batch(card, rng, rows)} for _ in range(6)] + [{"rows": "not plain"}]
+    assert [p is None for p in c.check_plain_batch(bodies, card, 500)] == [False] * 6 + [True]
+    values = bodies[rng.randrange(6)]["instances"]
     values[rng.randrange(len(values))][rng.randrange(5)] = bad
-    assert c.check_plain_batch(shapes, plan) is None
+    assert c.check_plain_batch(bodies, card, 500) == [None] * 7
 
 
 @pytest.mark.parametrize("body", [{"instances": [[1, 2]], "inputs": []}, {"rows": [[1, 2]]}, {"instances": []}, [], 3, "x",
                                   {"instances": [[1, 2]] * 501}, {"instances": [[1, 2], [3]]}, {"instances": [[1, 2], {"f0": 1, "f1": 2}]},
-                                  {"instances": [{"f0": 1}]}, {"instances": [[[1, 2]]]}, {"instances": [(1, 2)]}], ids=repr)  # fmt: skip
+                                  {"instances": [{"f0": 1}]}, {"instances": [[[1, 2]]]}, {"instances": [(1, 2)]},
+                                  {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}], ids=repr)  # fmt: skip
 def test_bodies_that_are_not_plain_rows_are_left_to_the_per_request_checks(body):
     card = _card(2, random.Random(3))
-    assert c.plain_shape(body, c.plain_plan(card), 500) is None
+    assert plain_rows.plain_shape(body, plain_rows.plain_plan(card), 500) is None
+    assert c.check_plain_batch([body, [1.0, 2.0]], card, 500)[0] is None  # the other body of the batch is still taken

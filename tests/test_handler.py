@@ -18,7 +18,7 @@ import struct
 import pytest
 import torch
 
-from aiaas_torch.handlers import tabular_handler
+from aiaas_torch.handlers import json_body, plain_rows, tabular_handler
 from aiaas_torch.handlers.tabular_handler import TabularHandler
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 from ts.protocol.otf_message_handler import retrieve_msg
@@ -200,7 +200,7 @@ def test_a_worker_without_orjson_answers_every_request_the_same(monkeypatch):
     requests = [_good(0), (BAD_BODIES["huge-exponent"][0], dict(JSON_CT)), _good(2), (b'[[NaN, 1, 2]]', dict(JSON_CT)),
                 (b"[[%d, 1, 2]]" % 2**70, dict(JSON_CT))]  # fmt: skip
     with_orjson = run_batch(_handler(), requests)
-    monkeypatch.setattr(tabular_handler.contract, "orjson", None)
+    monkeypatch.setattr(json_body, "orjson", None)
     assert run_batch(_handler(), requests) == with_orjson
     assert [status for status, _ in with_orjson] == [200, 400, 200, 400, 200]
 
@@ -224,25 +224,44 @@ def test_torchserves_describe_call_still_gets_the_card():
     assert status == 200 and card == CARD
 
 
-@pytest.mark.parametrize("step", ["parse_request", "plain_shape"])  # the per-request checks, and the plain lane's reading
-def test_a_bug_while_reading_one_request_is_its_own_500_logged_once(monkeypatch, caplog, step):
-    real = getattr(tabular_handler.contract, step)
+def _bug_on_666(monkeypatch, module, name) -> None:
+    """Make module.name raise KeyError (a bug of ours) on a body holding 666."""
+    real = getattr(module, name)
 
     def parse(body, *args):
         if b"666" in (body if isinstance(body, bytes) else json.dumps(body).encode()):
             raise KeyError("a bug of ours")
         return real(body, *args)
 
-    monkeypatch.setattr(tabular_handler.contract, step, parse)
-    # plain rows take the lane (plain_shape, then the batch's one-pass check); an Open Inference body, parse_request
-    bad = b'{"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [666, 1, 2]}]}' if step == "parse_request" else b"[[666, 1, 2]]"
-    requests = [_good(0), (bad, dict(JSON_CT)), _good(2)]
+    monkeypatch.setattr(module, name, parse)
+
+
+def _bug_logs(caplog) -> list:
+    """Return the handler's log lines, each asserted to carry the KeyError of _bug_on_666."""
+    logged = [r for r in caplog.records if r.name == tabular_handler.__name__]
+    assert all(r.exc_info and "a bug of ours" in str(r.exc_info[1]) for r in logged)
+    return [r.getMessage() for r in logged]
+
+
+def test_a_bug_while_reading_one_request_is_its_own_500_logged_once(monkeypatch, caplog):
+    _bug_on_666(monkeypatch, tabular_handler.contract, "parse_request")  # the per-request check
+    requests = [_good(0), (b'{"instances": [{"a": 666, "b": 1, "c": 2, "d": 0}]}', dict(JSON_CT)), _good(2)]  # not plain rows: `check`
     with caplog.at_level(logging.ERROR, logger=tabular_handler.__name__):
         results = run_batch(_handler(), requests)
     assert results[1][0] == 500 and results[1][1]["code"] == 500 and "internal error" in results[1][1]["message"]
     _assert_goods(results, bad_index=1)
-    logged = [r for r in caplog.records if r.name == tabular_handler.__name__]
-    assert len(logged) == 1 and logged[0].exc_info and "a bug of ours" in str(logged[0].exc_info[1])
+    assert len(_bug_logs(caplog)) == 1
+
+
+def test_a_bug_in_the_batch_check_is_logged_and_every_request_is_checked_alone(monkeypatch, caplog):
+    _bug_on_666(monkeypatch, plain_rows, "plain_shape")  # the batch hook's reading (and the plain path of `check`)
+    requests = [_good(0), (b"[[666, 1, 2]]", dict(JSON_CT)), _good(2)]
+    with caplog.at_level(logging.ERROR, logger=tabular_handler.__name__):
+        results = run_batch(_handler(), requests)
+    assert results[1][0] == 500 and "internal error" in results[1][1]["message"]
+    _assert_goods(results, bad_index=1)
+    lines = _bug_logs(caplog)
+    assert len(lines) == 2 and "one-pass check of a batch of 3" in lines[0] and "reading request 1 of a batch of 3" in lines[1], lines
 
 
 @pytest.mark.parametrize("bad", [True, "1.5", None, 1e39, -(10**39), 10**400, float("nan"), [1.0]], ids=repr)
@@ -307,7 +326,7 @@ def test_checked_arrays_reach_the_forward_as_one_array_and_a_per_value_request_s
 
 
 def test_without_numpy_a_worker_answers_every_format_with_the_same_bytes(monkeypatch, same_json):
-    from aiaas_torch.handlers import aiaas_contract, batch_checks, protocols
+    from aiaas_torch.handlers import batch_checks, protocols
 
     h = _handler()
     lin = h.model
@@ -316,7 +335,7 @@ def test_without_numpy_a_worker_answers_every_format_with_the_same_bytes(monkeyp
     requests = [_good(0), _v2_body([5, 1.0, -2.0, 6, 1.0, -2.0], 2), _triton_request([[1.0, 2.0, 3.0]], "FP32"),
                 (json.dumps([[9, 9, 9]]).encode(), dict(JSON_CT))]  # fmt: skip
     with_numpy = run_batch_raw(h, requests)
-    for module in (aiaas_contract, batch_checks, protocols):
+    for module in (plain_rows, batch_checks, protocols):
         monkeypatch.setattr(module, "np", None)
     h.card = copy.deepcopy(h.card)  # a worker without numpy never planned this card
     without = run_batch_raw(h, requests)
@@ -334,7 +353,8 @@ def test_an_encoding_bug_for_one_request_is_its_own_500(monkeypatch):
             raise TypeError("a bug of ours")
         return real(parsed, wire, outputs)
 
-    h.encode = encode  # a replaced encode answers every request, plain ones too (the env probe handler relies on it)
+    h.encode = encode
+    h.batch_lane = False  # a replaced encode that must answer every request turns the batch hooks off
     results = run_batch(h, [_good(0), _good(7), _good(2)])
     assert results[1][0] == 500 and results[1][1]["code"] == 500
     _assert_goods(results, bad_index=1)
@@ -350,24 +370,39 @@ def test_a_card_the_plain_lane_cannot_plan_is_served_request_by_request():
     assert [b["predictions"] for _, b in results] == [b["predictions"] for _, b in run_batch(_handler(), [_good(0), _good(1)])]
 
 
-def test_a_replaced_decode_reads_every_request_plain_ones_too():
-    h, seen = _handler(), []
-    real = h.decode
+@pytest.mark.parametrize("batch_lane", [True, False])
+def test_read_sees_every_request_and_check_and_encode_what_the_batch_hooks_leave(batch_lane):
+    h, seen = _handler(), {"read": [], "check": [], "encode": []}
+    h.batch_lane = batch_lane
+    for step, arg in (("read", 0), ("check", 0), ("encode", 1)):  # the request, or its protocols.Decoded
+        real = getattr(h, step)
+        setattr(h, step, lambda *a, real=real, step=step, arg=arg: seen[step].append(a[arg]) or real(*a))
+    v2 = _v2_body([5, 1.0, -2.0], 1)
+    results = run_batch(h, [_good(0), (b'{"instances": [{"a": 1, "b": 2, "c": 3}]}', dict(JSON_CT)), v2, (b"[[1, 2]]", dict(JSON_CT))])
+    assert [s for s, _ in results] == [200, 200, 200, 400]
+    assert len(seen["read"]) == 4
+    if batch_lane:  # the hooks took the plain rows (v2 too); check names the short row; encode writes the v2 answer
+        assert [w.body for w in seen["check"]] == [[[1, 2]]] and [w.wire for w in seen["encode"]] == ["v2"]
+    else:  # every request through check, every answer through encode
+        assert len(seen["check"]) == 4 and len(seen["encode"]) == 3
 
-    def decode(request, context, idx):
-        seen.append(idx)
-        return real(request, context, idx)
 
-    h.decode = decode
-    _assert_goods(run_batch(h, [_good(0), _good(1), _good(2)]), bad_index=-1)
-    assert seen == [0, 1, 2]
+def test_a_batch_hook_may_be_replaced_by_a_subclass():
+    class Quiet(TabularHandler):
+        def answer_batch(self, parsed, wires, outputs):
+            return ['{"hook":true}' if w.wire == "json" else None for w in wires]
+
+    h = Quiet()
+    h.__dict__.update(vars(_handler()))
+    results = run_batch(h, [_good(0), _v2_body([5, 1.0, -2.0], 1)])
+    assert results[0] == (200, {"hook": True}) and results[1][1]["outputs"][0]["data"] == pytest.approx([_want([5, 1.0, -2.0])])
 
 
 def test_a_bug_while_writing_a_batchs_answers_at_once_falls_back_to_each_requests_own(caplog):
     requests = [_good(0), _good(7), (json.dumps([[2, 1, -2]]).encode(), dict(JSON_CT))]
     want = run_batch_raw(_handler(), requests)
     h = _handler()
-    h._plain_texts = lambda spans: 1 / 0
+    h.answer_batch = lambda *a: 1 / 0
     with caplog.at_level(logging.ERROR, logger=tabular_handler.__name__):
         assert run_batch_raw(h, requests) == want and [s for s, _, _ in want] == [200] * 3
     logged = [r for r in caplog.records if r.name == tabular_handler.__name__]
@@ -507,3 +542,23 @@ def test_bad_tf_serving_columnar_bodies_are_400s(body, needle):
     results = run_batch(_handler(), [_good(0), (json.dumps(body).encode(), dict(JSON_CT))])
     assert results[1][0] == 400 and needle in results[1][1]["message"], results[1]
     _assert_goods(results, bad_index=1)
+
+
+def test_every_handler_module_is_shipped_in_every_archive():
+    # the contract is split into modules that import each other inside a worker: an archive without one fails to load
+    import ast
+    from pathlib import Path
+
+    from aiaas_torch import archive
+
+    shipped = {f.name for f in archive.SHIPPED_CODE} | {archive.HANDLER_FILE.name}
+    folder = Path(tabular_handler.__file__).parent
+    local = {p.stem for p in folder.glob("*.py")}
+    needed, todo = set(), [archive.HANDLER_FILE.name]
+    while todo:  # what the handler file imports from its folder, and what those import, as a worker resolves it
+        name = todo.pop()
+        needed.add(name)
+        for node in ast.walk(ast.parse((folder / name).read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or a.name for a in node.names] if isinstance(node, ast.ImportFrom) else []
+            todo += [f"{n}.py" for n in names if n in local and f"{n}.py" not in needed]
+    assert {"json_body.py", "plain_rows.py", "tabular_rows.py"} <= needed and needed <= shipped, sorted(needed - shipped)

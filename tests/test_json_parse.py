@@ -12,9 +12,10 @@ import random
 
 import pytest
 
-from aiaas_torch.handlers import aiaas_contract as contract
+from aiaas_torch.handlers import json_body
+from aiaas_torch.handlers.contract_common import ContractError
 
-pytestmark = pytest.mark.skipif(contract.orjson is None, reason="orjson is not installed here")
+pytestmark = pytest.mark.skipif(json_body.orjson is None, reason="orjson is not installed here")
 
 
 def _typed(value):
@@ -32,10 +33,10 @@ def _outcome(body, monkeypatch, with_orjson: bool):
     """Return ("value", typed value) or ("error", message) of decode_body(body), with or without orjson."""
     with monkeypatch.context() as m:
         if not with_orjson:
-            m.setattr(contract, "orjson", None)
+            m.setattr(json_body, "orjson", None)
         try:
-            return "value", _typed(contract.decode_body(body))
-        except contract.ContractError as e:
+            return "value", _typed(json_body.decode_body(body))
+        except ContractError as e:
             return "error", str(e)
 
 
@@ -119,23 +120,23 @@ def test_random_numbers_in_every_common_format_parse_to_the_same_floats(monkeypa
 
 def test_a_plain_body_is_parsed_by_orjson_once(monkeypatch):
     calls = []
-    real = contract.orjson.loads
+    real = json_body.orjson.loads
 
     class Spy:
-        JSONDecodeError = contract.orjson.JSONDecodeError
+        JSONDecodeError = json_body.orjson.JSONDecodeError
 
         @staticmethod
         def loads(body):
             calls.append(body)
             return real(body)
 
-    monkeypatch.setattr(contract, "orjson", Spy)
-    monkeypatch.setattr(contract.json, "loads", lambda *a, **k: pytest.fail("json.loads ran on a body orjson read"))
-    assert contract.decode_body(CORPUS["plain"]) == {"instances": [[1.5, -2, 300.0]] * 2}
+    monkeypatch.setattr(json_body, "orjson", Spy)
+    monkeypatch.setattr(json_body.json, "loads", lambda *a, **k: pytest.fail("json.loads ran on a body orjson read"))
+    assert json_body.decode_body(CORPUS["plain"]) == {"instances": [[1.5, -2, 300.0]] * 2}
     assert calls == [CORPUS["plain"]]
 
 
 def test_a_body_orjson_would_read_differently_is_left_to_json(monkeypatch):
-    monkeypatch.setattr(contract.orjson, "loads", lambda body: pytest.fail(f"orjson.loads ran on {body[:40]!r}"), raising=False)
-    assert contract.decode_body(CORPUS["2**70"])["instances"][0][0] == 2**70
-    assert contract.decode_body(CORPUS["i64-min-minus-1"]) == [-(2**63) - 1]
+    monkeypatch.setattr(json_body.orjson, "loads", lambda body: pytest.fail(f"orjson.loads ran on {body[:40]!r}"), raising=False)
+    assert json_body.decode_body(CORPUS["2**70"])["instances"][0][0] == 2**70
+    assert json_body.decode_body(CORPUS["i64-min-minus-1"]) == [-(2**63) - 1]

@@ -155,7 +155,6 @@ class Decoder:
         self.top, self.layers = canonical(spec, tensors)
         half = torch.arange(0, spec.head_dim, 2, dtype=torch.int64).to(torch.float32) / spec.head_dim
         self.inv_freq = 1.0 / (spec.rope_theta ** half)
-        self.masks_by = sorted(set(spec.windows), key=lambda w: -1 if w is None else w)
 
     @property
     def weight_bytes(self) -> int:
@@ -181,7 +180,7 @@ class Decoder:
             freqs = batch.positions.to(torch.float32)[:, None] * self.inv_freq[None, :]
             emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]
             cos, sin = emb.cos(), emb.sin()
-        masks = {w: batch.mask(w) for w in self.masks_by}
+        masks = {w: batch.mask(w) for w in set(s.windows)}
         q_size, kv_size = s.heads * s.head_dim, s.kv_heads * s.head_dim
         first = int(batch.seq_slots[0])
         contiguous = bool(torch.equal(batch.seq_slots, torch.arange(first, first + B)))

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 PICKLED = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
-ROPE_FAMILY = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
+ROPE_FAMILY = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "gemma": "gemma"}
 SUPPORTED = (*ROPE_FAMILY, "gpt2")
 ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
                "gelu_fast": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
@@ -52,6 +52,8 @@ class DecoderSpec:
     rope_theta: float = 10000.0
     windows: tuple = ()  # per layer: None (full causal attention) or the sliding-window width
     attn_scales: tuple = ()  # per layer: the softmax scale
+    norm_offset: float = 0.0  # Gemma's RMSNorm multiplies by (1 + weight)
+    embed_scale: float = 1.0  # Gemma scales the embeddings by sqrt(hidden)
     eos_token_ids: tuple = field(default=())
 
 
@@ -132,12 +134,17 @@ def read_spec(config: dict) -> DecoderSpec:
         raise DecoderError(f"config.json: pretraining_tp {config.get('pretraining_tp')!r} is not supported (1 only)")
     bias = bool(config.get("attention_bias", False))
     family = ROPE_FAMILY[model_type]
+    if config.get("use_bidirectional_attention"):
+        raise DecoderError("config.json: use_bidirectional_attention is not supported (causal attention only)")
+    gemma = family == "gemma"
+    act = config.get("hidden_activation") or config.get("hidden_act", "silu") if gemma else config.get("hidden_act", "silu")
     return DecoderSpec(model_type, _need(config, "vocab_size"), hidden, layers, heads, kv_heads, head_dim,
                        _need(config, "intermediate_size"), "rms", float(config.get("rms_norm_eps", 1e-6)), "rope",
-                       _need(config, "max_position_embeddings"), _activation(config.get("hidden_act", "silu")), True,
+                       _need(config, "max_position_embeddings"), _activation(act), True,
                        bias or family == "qwen2", bias, bool(config.get("mlp_bias", False)),
-                       bool(config.get("tie_word_embeddings", False)), _rope_theta(config), _windows(config, layers),
-                       (1 / math.sqrt(head_dim),) * layers, eos)
+                       bool(config.get("tie_word_embeddings", gemma)), _rope_theta(config), _windows(config, layers),
+                       (1 / math.sqrt(head_dim),) * layers, eos_token_ids=eos, norm_offset=1.0 if gemma else 0.0,
+                       embed_scale=hidden ** 0.5 if gemma else 1.0)
 
 
 def _activation(name) -> str:

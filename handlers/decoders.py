@@ -1,4 +1,4 @@
-"""Our own plain-PyTorch decoders (Llama/Mistral, Qwen2, GPT-2) and their KV cache, for iteration-level batching.
+"""Our own plain-PyTorch decoders (Llama/Mistral, Qwen2, Gemma, GPT-2) and their KV cache, for iteration-level batching.
 
 One forward serves every architecture: `DecoderSpec` (handlers/decoder_weights.py) says which norm, positions,
 activation and biases a model uses, and the weights arrive in one canonical layout (fused q/k/v, fused gate/up,
@@ -129,18 +129,19 @@ def canonical(spec: DecoderSpec, t: dict[str, torch.Tensor]) -> tuple[dict, list
                            "ln2_w": t[p + "ln_2.weight"], "ln2_b": t[p + "ln_2.bias"], "up_w": w("mlp.c_fc.weight"),
                            "up_b": t[p + "mlp.c_fc.bias"], "down_w": w("mlp.c_proj.weight"), "down_b": t[p + "mlp.c_proj.bias"]})
         return top, layers
-    top = {"embed": t["model.embed_tokens.weight"], "pos_embed": None, "norm_w": t["model.norm.weight"], "norm_b": None}
+    offset = lambda w: w + spec.norm_offset if spec.norm_offset else w  # noqa: E731  (Gemma: x̂ · (1 + w))
+    top = {"embed": t["model.embed_tokens.weight"], "pos_embed": None, "norm_w": offset(t["model.norm.weight"]), "norm_b": None}
     top["head"] = top["embed"] if spec.tied else t["lm_head.weight"]
     layers = []
     for i in range(spec.layers):
         p = f"model.layers.{i}."
         get = lambda n: t.get(p + n)  # noqa: E731
         cat = lambda *names: None if get(names[0]) is None else torch.cat([get(n) for n in names])  # noqa: E731
-        layers.append({"ln1_w": get("input_layernorm.weight"), "ln1_b": None,
+        layers.append({"ln1_w": offset(get("input_layernorm.weight")), "ln1_b": None,
                        "qkv_w": cat("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
                        "qkv_b": cat("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"),
                        "o_w": get("self_attn.o_proj.weight"), "o_b": get("self_attn.o_proj.bias"),
-                       "ln2_w": get("post_attention_layernorm.weight"), "ln2_b": None,
+                       "ln2_w": offset(get("post_attention_layernorm.weight")), "ln2_b": None,
                        "up_w": cat("mlp.gate_proj.weight", "mlp.up_proj.weight"),
                        "up_b": cat("mlp.gate_proj.bias", "mlp.up_proj.bias"),
                        "down_w": get("mlp.down_proj.weight"), "down_b": get("mlp.down_proj.bias")})
@@ -174,6 +175,8 @@ class Decoder:
         s, top = self.spec, self.top
         T, B, width = len(batch.tokens), len(batch.seq_slots), batch.width
         x = F.embedding(batch.tokens, top["embed"])
+        if s.embed_scale != 1.0:
+            x = x * torch.tensor(s.embed_scale, dtype=x.dtype)
         if s.positions == "learned":
             x = x + F.embedding(batch.positions, top["pos_embed"])
         else:

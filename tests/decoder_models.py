@@ -23,6 +23,8 @@ CONFIGS = {
     "mistral": lambda: transformers.MistralConfig(**COMMON, **LLAMA, sliding_window=4, eos_token_id=None,
                                                   bos_token_id=None),
     "qwen2": lambda: transformers.Qwen2Config(**COMMON, **LLAMA, eos_token_id=None, bos_token_id=None),
+    "gemma": lambda: transformers.GemmaConfig(**COMMON, **{**LLAMA, "num_key_value_heads": 1}, head_dim=16,
+                                              eos_token_id=None, bos_token_id=None, pad_token_id=None),
     "gpt2": lambda: transformers.GPT2Config(**COMMON, n_embd=64, n_layer=2, n_head=4, n_positions=64,
                                             eos_token_id=None, bos_token_id=None),
 }

@@ -74,6 +74,8 @@ def test_spec_reads_the_architecture_details(models):
     assert tied.spec.tied and tied.spec.o_bias and tied.top["head"] is tied.top["embed"]
     qwen = load_decoder(models["qwen2"][0]).spec
     assert qwen.qkv_bias and not qwen.o_bias
+    gemma = load_decoder(models["gemma"][0]).spec
+    assert (gemma.norm_offset, gemma.embed_scale, gemma.tied, gemma.activation, gemma.head_dim) == (1.0, 8.0, True, "gelu_tanh", 16)
     gpt2 = load_decoder(models["gpt2"][0]).spec
     assert (gpt2.norm, gpt2.positions, gpt2.activation, gpt2.tied) == ("layer", "learned", "gelu_tanh", True)
 

@@ -5,8 +5,9 @@ activation and biases a model uses, and the weights arrive in one canonical layo
 [out, in] matrices). A step is a flat batch: each sequence brings its new tokens (a whole prompt when it joins,
 one token when it decodes), the position of its first new token and its slot in the `KVCache`
 ``[layers, slots, kv_heads, max_len, head_dim]``. Linear layers run on the flat tokens (no padding); only attention
-pads the sequences to the longest new part, with an explicit per-row causal (and sliding-window) mask, so sequences
-of different lengths and ages share one forward. float32 throughout.
+groups them: the decoding sequences (one new token each) in one call, each prompt part in its own, with explicit
+per-row causal (and sliding-window) masks, so sequences of different lengths and ages share one forward and no
+sequence is padded to another's length. float32 throughout.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ try:  # installed package (tests, the library)
 except ImportError:  # inside a TorchServe worker: the model directory is on sys.path
     from decoder_weights import DecoderError, DecoderSpec, read_config, read_spec, read_tensors
 
-__all__ = ["Decoder", "DecoderError", "KVCache", "StepBatch", "load_decoder"]
+__all__ = ["AttentionGroup", "Decoder", "DecoderError", "KVCache", "StepBatch", "load_decoder"]
 
 
 class KVCache:
@@ -54,45 +55,63 @@ class KVCache:
 
 
 @dataclass
+class AttentionGroup:
+    """Sequences whose attention runs in one call: a run of single-token (decoding) sequences, or one prompt part."""
+
+    start: int  # the group's tokens are tokens[start:end] of the step, `width` per sequence
+    end: int
+    width: int
+    slots: torch.Tensor  # [G] the sequences' KV-cache slots
+    first: int | None  # the first slot when the slots are consecutive (keys are then read as a view, not copied)
+    query_pos: torch.Tensor  # [G, width]
+    keys: int  # L, how many cache positions attention reads
+
+    def mask(self, window: int | None) -> torch.Tensor:
+        """Return the boolean attention mask [G, 1, width, L]: causal per row, within `window` positions when given."""
+        kpos = torch.arange(self.keys)[None, None, :]
+        q = self.query_pos[:, :, None]
+        allowed = kpos <= q
+        if window is not None:
+            allowed &= kpos > q - window
+        return allowed[:, None]
+
+
+@dataclass
 class StepBatch:
-    """One forward's inputs: flat tokens with their positions and slots, and the padded view attention needs."""
+    """One forward's inputs: flat tokens with their positions and slots, and how attention groups them (no padding)."""
 
     tokens: torch.Tensor  # [T] token ids, the sequences' new tokens one after another
     positions: torch.Tensor  # [T]
     token_slots: torch.Tensor  # [T]
-    seq_slots: torch.Tensor  # [B]
-    pad_index: torch.Tensor  # [T] index of each token in the padded [B * Tq] layout
     last: torch.Tensor  # [B] flat index of each sequence's last new token (its logits are returned)
-    query_pos: torch.Tensor  # [B, Tq] positions of the padded queries (0 for padding)
-    width: int  # Tq, the longest new part
-    keys: int  # L, how many cache positions attention reads
+    groups: list  # [AttentionGroup], covering tokens[0:T] in order
 
     @classmethod
     def build(cls, seqs: list[tuple[int, int, list[int]]]) -> "StepBatch":
-        """Return the batch of sequences given as (slot, position of the first new token, new token ids)."""
-        width = max(len(t) for _, _, t in seqs)
-        tokens, positions, slots, pad, last = [], [], [], [], []
-        query_pos = torch.zeros(len(seqs), width, dtype=torch.long)
-        for b, (slot, start, new) in enumerate(seqs):
-            n = len(new)
-            tokens += new
-            positions += range(start, start + n)
-            slots += [slot] * n
-            pad += range(b * width, b * width + n)
-            last.append(len(tokens) - 1)
-            query_pos[b, :n] = torch.arange(start, start + n)
-        as_long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
-        return cls(as_long(tokens), as_long(positions), as_long(slots), as_long([s for s, _, _ in seqs]), as_long(pad),
-                   as_long(last), query_pos, width, max(s + len(t) for _, s, t in seqs))
+        """Return the batch of sequences given as (slot, position of the first new token, new token ids).
 
-    def mask(self, window: int | None) -> torch.Tensor:
-        """Return the boolean attention mask [B, 1, Tq, L]: causal per row, within `window` positions when given."""
-        kpos = torch.arange(self.keys)
-        q = self.query_pos[:, :, None]
-        allowed = kpos[None, None, :] <= q
-        if window is not None:
-            allowed &= kpos[None, None, :] > q - window
-        return allowed[:, None]
+        Consecutive single-token sequences share one attention call; a sequence with several new tokens (a prompt)
+        has its own, so no sequence is padded to another's length.
+        """
+        tokens, positions, slots, last, runs = [], [], [], [], []
+        for slot, start, new in seqs:
+            if len(new) == 1 and runs and runs[-1][0] == 1:
+                runs[-1][1].append((slot, start, len(tokens)))
+            else:
+                runs.append((len(new), [(slot, start, len(tokens))]))
+            tokens += new
+            positions += range(start, start + len(new))
+            slots += [slot] * len(new)
+            last.append(len(tokens) - 1)
+        groups = []
+        for width, members in runs:
+            g_slots = [m[0] for m in members]
+            consecutive = g_slots == list(range(g_slots[0], g_slots[0] + len(g_slots)))
+            query_pos = torch.tensor([[st + j for j in range(width)] for _, st, _ in members], dtype=torch.long)
+            groups.append(AttentionGroup(members[0][2], members[-1][2] + width, width, torch.tensor(g_slots),
+                                         g_slots[0] if consecutive else None, query_pos, int(query_pos.max()) + 1))
+        as_long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
+        return cls(as_long(tokens), as_long(positions), as_long(slots), as_long(last), groups)
 
 
 def _norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, kind: str, eps: float) -> torch.Tensor:
@@ -173,7 +192,7 @@ class Decoder:
     def forward(self, cache: KVCache, batch: StepBatch) -> torch.Tensor:
         """Return the logits [B, vocab] after each sequence's last new token; writes the new keys/values to `cache`."""
         s, top = self.spec, self.top
-        T, B, width = len(batch.tokens), len(batch.seq_slots), batch.width
+        T = len(batch.tokens)
         x = F.embedding(batch.tokens, top["embed"])
         if s.embed_scale != 1.0:
             x = x * torch.tensor(s.embed_scale, dtype=x.dtype)
@@ -183,10 +202,8 @@ class Decoder:
             freqs = batch.positions.to(torch.float32)[:, None] * self.inv_freq[None, :]
             emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]
             cos, sin = emb.cos(), emb.sin()
-        masks = {w: batch.mask(w) for w in set(s.windows)}
+        masks = [{w: g.mask(w) for w in set(s.windows)} for g in batch.groups]
         q_size, kv_size = s.heads * s.head_dim, s.kv_heads * s.head_dim
-        first = int(batch.seq_slots[0])
-        contiguous = bool(torch.equal(batch.seq_slots, torch.arange(first, first + B)))
         for i, layer in enumerate(self.layers):
             h = _norm(x, layer["ln1_w"], layer["ln1_b"], s.norm, s.eps)
             qkv = F.linear(h, layer["qkv_w"], layer["qkv_b"])
@@ -198,20 +215,18 @@ class Decoder:
             kc, vc = cache.k[i], cache.v[i]
             kc[batch.token_slots, :, batch.positions] = k
             vc[batch.token_slots, :, batch.positions] = v
-            if contiguous:  # a view, no copy (always so at batch 1)
-                keys, values = kc[first:first + B, :, :batch.keys], vc[first:first + B, :, :batch.keys]
-            else:
-                keys, values = kc[batch.seq_slots, :, :batch.keys], vc[batch.seq_slots, :, :batch.keys]
-            if width == 1:
-                qp = q.view(B, 1, s.heads, s.head_dim)
-            else:
-                qp = q.new_zeros(B * width, s.heads, s.head_dim).index_copy_(0, batch.pad_index, q)
-                qp = qp.view(B, width, s.heads, s.head_dim)
-            att = F.scaled_dot_product_attention(qp.transpose(1, 2), keys, values, attn_mask=masks[s.windows[i]],
-                                                 scale=s.attn_scales[i], enable_gqa=s.kv_heads != s.heads)
-            att = att.transpose(1, 2).reshape(B * width, q_size)
-            if width != 1:
-                att = att.index_select(0, batch.pad_index)
+            parts = []
+            for g, g_masks in zip(batch.groups, masks):
+                n = len(g.slots)
+                if g.first is not None:  # a view, no copy (always so at batch 1)
+                    keys, values = kc[g.first:g.first + n, :, :g.keys], vc[g.first:g.first + n, :, :g.keys]
+                else:
+                    keys, values = kc[g.slots, :, :g.keys], vc[g.slots, :, :g.keys]
+                qg = q[g.start:g.end].view(n, g.width, s.heads, s.head_dim).transpose(1, 2)
+                att = F.scaled_dot_product_attention(qg, keys, values, attn_mask=g_masks[s.windows[i]],
+                                                     scale=s.attn_scales[i], enable_gqa=s.kv_heads != s.heads)
+                parts.append(att.transpose(1, 2).reshape(g.end - g.start, q_size))
+            att = parts[0] if len(parts) == 1 else torch.cat(parts)
             x = x + F.linear(att, layer["o_w"], layer["o_b"])
             h = _norm(x, layer["ln2_w"], layer["ln2_b"], s.norm, s.eps)
             up = F.linear(h, layer["up_w"], layer["up_b"])

@@ -250,7 +250,7 @@ class Engine:
                 budget -= len(feeds[-1][1])
         joining = [f for f in feeds if len(f[1]) > 1 or not f[0].cached]
         decoding = [f for f in feeds if not (len(f[1]) > 1 or not f[0].cached)]
-        groups = [joining, decoding] if self.prefill == "separate" and joining and decoding else [feeds]
+        groups = [joining, decoding] if self.prefill == "separate" and joining and decoding else [decoding + joining]
         out = {}
         for group in groups:
             logits = self.decoder.forward(self.cache, StepBatch.build([(s.slot, s.cached, t) for s, t in group]))

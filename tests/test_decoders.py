@@ -148,3 +148,21 @@ def test_code_in_the_directory_never_runs(models, tmp_path):
 def test_read_spec_refuses_what_is_not_an_object():
     with pytest.raises(DecoderError, match="expected a JSON object"):
         read_spec([1, 2])
+
+
+def test_attention_groups_never_pad_and_any_slot_order_gives_the_same_logits(models):
+    batch = StepBatch.build([(0, 4, [1]), (3, 7, [2]), (1, 0, [5, 6, 7]), (2, 9, [3])])
+    assert [(g.width, g.start, g.end, g.first) for g in batch.groups] == [(1, 0, 2, None), (3, 2, 5, 1), (1, 5, 6, 2)]
+    assert batch.last.tolist() == [0, 1, 4, 5]
+    dec = load_decoder(models["llama"][0])
+    prompts = [PROMPTS[0], PROMPTS[2], PROMPTS[3]]
+    alone = []
+    for p in prompts:
+        cache = dec.new_cache(1, 32)
+        dec.forward(cache, StepBatch.build([(0, 0, p[:-1])]))
+        alone.append(dec.forward(cache, StepBatch.build([(0, len(p) - 1, p[-1:])]))[0])
+    cache = dec.new_cache(4, 32)
+    slots = [3, 0, 2]  # not consecutive: keys are gathered, not viewed
+    dec.forward(cache, StepBatch.build([(s, 0, p[:-1]) for s, p in zip(slots, prompts)]))
+    together = dec.forward(cache, StepBatch.build([(s, len(p) - 1, p[-1:]) for s, p in zip(slots, prompts)]))
+    assert torch.allclose(together, torch.stack(alone), atol=1e-5, rtol=0)

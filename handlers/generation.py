@@ -56,16 +56,20 @@ class SamplingParams:
 
     def check(self) -> None:
         """Raise ValueError naming the first field out of range."""
-        if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < 1):
+        whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+        if self.max_tokens is not None and (not whole(self.max_tokens) or self.max_tokens < 1):
             raise ValueError(f"max_tokens must be a whole number ≥ 1, got {self.max_tokens!r}")
         if self.temperature is not None and not (isinstance(self.temperature, (int, float)) and 0 <= self.temperature <= 100):
             raise ValueError(f"temperature must be a number from 0 to 100, got {self.temperature!r}")
         if self.top_p is not None and not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
             raise ValueError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
-        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 0):
+        if self.top_k is not None and (not whole(self.top_k) or self.top_k < 0):
             raise ValueError(f"top_k must be a whole number ≥ 0 (0: off), got {self.top_k!r}")
-        if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed < 2 ** 63):
+        if self.seed is not None and (not whole(self.seed) or not 0 <= self.seed < 2 ** 63):
             raise ValueError(f"seed must be a whole number from 0 to 2**63 - 1, got {self.seed!r}")
+        stops = self.stop_token_ids
+        if stops is not None and (not isinstance(stops, (list, tuple)) or not all(whole(t) and t >= 0 for t in stops)):
+            raise ValueError(f"stop_token_ids must be a list of token ids, got {stops!r}")
 
 
 @dataclass(frozen=True)

@@ -153,7 +153,8 @@ def test_bad_requests_are_refused_with_the_field_named(models):
     _, _, decoder, _ = models["llama"]
     engine = Engine(decoder, slots=1, context=64, queue_limit=1)
     for params, message in [(SamplingParams(max_tokens=0), "max_tokens"), (SamplingParams(temperature=-1), "temperature"),
-                            (SamplingParams(top_p=0), "top_p"), (SamplingParams(seed=-3), "seed")]:
+                            (SamplingParams(top_p=0), "top_p"), (SamplingParams(seed=-3), "seed"),
+                            (SamplingParams(max_tokens=True), "max_tokens"), (SamplingParams(stop_token_ids=[1, "x"]), "stop_token_ids")]:
         with pytest.raises(ValueError, match=message):
             engine.add(0, [1], params)
     with pytest.raises(ValueError, match=r"prompt token 128 is not a token id of this model \(0 to 127\)"):

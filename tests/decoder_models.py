@@ -1,0 +1,48 @@
+"""Tiny random causal LMs saved as Hugging Face directories, and `generate`'s greedy tokens as the reference.
+
+Shared by tests/test_decoders.py and tests/test_generation_engine.py. The weights are random (no network); the
+initializer range is wide enough that the reference's top-1/top-2 logit margin is healthy at every step, which the
+tests assert (`reference` returns the smallest margin).
+"""
+
+from __future__ import annotations
+
+import torch
+import transformers
+from transformers.utils import logging as hf_logging
+
+hf_logging.set_verbosity_error()
+
+COMMON = dict(vocab_size=128, initializer_range=0.25)
+LLAMA = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+             max_position_embeddings=256)
+CONFIGS = {
+    "llama": lambda: transformers.LlamaConfig(**COMMON, **LLAMA, rope_theta=50000.0, eos_token_id=None, bos_token_id=None),
+    "llama_tied": lambda: transformers.LlamaConfig(**COMMON, **LLAMA, tie_word_embeddings=True, eos_token_id=None,
+                                                   bos_token_id=None, attention_bias=True),
+    "mistral": lambda: transformers.MistralConfig(**COMMON, **LLAMA, sliding_window=4, eos_token_id=None,
+                                                  bos_token_id=None),
+    "qwen2": lambda: transformers.Qwen2Config(**COMMON, **LLAMA, eos_token_id=None, bos_token_id=None),
+    "gemma": lambda: transformers.GemmaConfig(**COMMON, **{**LLAMA, "num_key_value_heads": 1}, head_dim=16,
+                                              eos_token_id=None, bos_token_id=None, pad_token_id=None),
+    "gpt2": lambda: transformers.GPT2Config(**COMMON, n_embd=64, n_layer=2, n_head=4, n_positions=64,
+                                            eos_token_id=None, bos_token_id=None),
+}
+PROMPTS = [[5, 17, 99, 3, 64, 21, 8], [42], [7, 7, 100, 12], [90, 4, 33, 61, 2, 19, 77, 31, 55, 10, 6]]
+
+
+def build(kind: str, directory, seed: int = 0):
+    """Return (directory, the transformers model) of a tiny random `kind` model saved with `save_pretrained`."""
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(CONFIGS[kind]()).eval()
+    model.save_pretrained(directory)
+    return directory, model
+
+
+def reference(model, prompt: list[int], new_tokens: int, **generate_kwargs) -> tuple[list[int], float]:
+    """Return (`generate`'s greedy tokens after `prompt`, the smallest top-1/top-2 logit margin over its steps)."""
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), do_sample=False, repetition_penalty=1.0, max_new_tokens=new_tokens,
+                             output_logits=True, return_dict_in_generate=True, pad_token_id=0, **generate_kwargs)
+    margins = [float(t[0] - t[1]) for t in (step[0].topk(2).values for step in out.logits)]
+    return out.sequences[0, len(prompt):].tolist(), min(margins)

@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from aiaas_torch import bench
+from aiaas_torch.atomic import write_json_atomic
 from aiaas_torch.data import load_csv, split
-from aiaas_torch.export import vector_isa
+from aiaas_torch.making import vector_isa
 from aiaas_torch.train import TrainConfig, train
 
 WHEEL = "plotnine==0.15.9"
@@ -137,7 +138,7 @@ def main(argv=None) -> int:
           f"stopped on tol: {s['stopped_on_tol']}; warnings: {res['ours_warnings'] or 'none'}")  # fmt: skip
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
+        write_json_atomic(Path(a.out), res)
     return 0
 
 

@@ -208,7 +208,7 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.vs_sgdregressor:
-        from aiaas_torch.export import vector_isa
+        from aiaas_torch.making import vector_isa
 
         load = bench.wait_quiet(1.0, 60.0, 30.0, echo=lambda m: print(m, file=sys.stderr, flush=True))
         res = {"machine": {**bench.machine_info(), "isa": vector_isa(), "loadavg_at_start": round(load, 2)},

@@ -30,7 +30,7 @@ def default_grid(task: str, y_std: float = 1.0) -> list[dict]:
     return grid
 
 
-def candidatecandidate_config(cand: dict, epochs: int, seed: int) -> TrainConfig:
+def candidate_config(cand: dict, epochs: int, seed: int) -> TrainConfig:
     """Return the TrainConfig of a candidate, no validation split, no progress bar: a linear/logistic one without "lr"
     gets the automatic solver (TrainConfig's defaults), one with a rate (and every MLP) full batch with momentum 0.9."""
     fields = {k: v for k, v in cand.items() if k != "model"}

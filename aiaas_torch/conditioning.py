@@ -77,6 +77,14 @@ def plan(config, rows: int) -> Plan:
     return Plan(lr, momentum, bs, tol, auto, auto and bs < rows and config.lr_schedule == "none")
 
 
+def record(run: Plan, lr: float, lr_final: float, epochs_run: int, converged: bool) -> dict:
+    """Return what a run's solver actually used, for the card (its settings keep None for "automatic"): the starting
+    and final rate, momentum, batch size, whitening, tol, the epochs run and whether it stopped on tol."""
+    return {"whitened": run.whiten, "lr": float(lr), "lr_final": float(lr_final),
+            "lr_halved_each_epoch": run.halve, "momentum": float(run.momentum), "batch_size": int(run.batch_size),
+            "tol": float(run.tol), "epochs_run": int(epochs_run), "stopped_on_tol": bool(converged)}  # fmt: skip
+
+
 def covariance(Z: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """Return Zᵀ Z / rows of the (centered) float32 rows Z, accumulated in float64 a chunk at a time."""
     Zt = torch.from_numpy(np.ascontiguousarray(Z, np.float32))

@@ -30,7 +30,8 @@ from .handlers import aiaas_contract as contract
 from .handlers import integrity
 from .models import ModelSpec, Preprocess, build_model, fold_preprocessing, linear_layers
 from .quantize import QuantConfig, QuantReport, quantize
-from .train import TrainConfig, TrainResult, load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
+from .train import TrainConfig, TrainResult
 
 
 @dataclass
@@ -163,6 +164,7 @@ def _card(result, float_model, report, directory: Path, optimization: dict, max_
             "optimizer": "torch.optim.SGD",
             "loss": "J(θ) = 1/(2m) Σ (h_θ(x_i) − y_i)²" if schema.task == "regression" else "cross-entropy",
             "settings": {k: v for k, v in config.to_dict().items() if k != "hidden" or spec.kind == "mlp"},  # sizes only where there are hidden layers
+            "solver": result.solver or None,  # the rate, momentum, batch size the run used (settings say None: automatic)
             "epochs_run": result.epochs_run,
             "best_epoch": result.best_epoch,
             "stopped_early": result.stopped_early,
@@ -224,5 +226,6 @@ def requantize(run_dir: str | os.PathLike, quant: QuantConfig, compile: bool | s
         eval_y=ck["eval_y"].numpy(),
         checkpoint={k: v for k, v in ck.items() if k not in ("eval_X", "eval_y", "metrics", "data", "seconds")},
         warnings=list(card.get("warnings", [])),
+        solver=card["training"].get("solver") or {},
     )
     return export_run(result, run_dir, quant, compile, card["input"].get("max_rows", contract.DEFAULT_MAX_ROWS))

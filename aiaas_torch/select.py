@@ -21,7 +21,6 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,10 +28,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .candidates import baseline_metrics, candidate_config, default_grid, fit_candidate, train_quietly
 from .data import Dataset, split
 from .errors import InputError, InputTypeError, check_int, check_number
 from .quantize import QuantConfig
-from .train import TrainConfig, TrainResult, TrainingWarning, check_learnable, evaluate, train
+from .train import TrainResult, check_learnable, evaluate
 
 METRICS = {"regression": ("r2", "neg_rmse", "neg_mae"), "classification": ("accuracy", "neg_log_loss")}
 LATENCY_BATCHES = (1, 16)
@@ -85,27 +85,6 @@ class SelectConfig:
         return self
 
 
-def default_grid(task: str, y_std: float = 1.0) -> list[dict]:
-    """Return the default candidates, simplest first: the baseline, L2-regularized linear/logistic, three MLPs.
-
-    y_std: a regression target's std. An MLP's loss curvature grows with the target's scale (a linear model's does
-    not), so a regression MLP's learning rates are divided by it to stay stable on raw targets.
-    """
-    kind = "linear" if task == "regression" else "logistic"
-    mlp_lr = 1.0 / max(1.0, float(y_std)) if task == "regression" else 1.0
-    grid: list[dict] = [{"model": "baseline"}]
-    for rotate in (False, True):
-        for lr in (0.01, 0.05):
-            for wd in (0.0, 1e-3, 1e-2):
-                grid.append({"model": kind, "lr": lr, "weight_decay": wd, "rotate": rotate})
-    grid.append({"model": kind, "lr": 0.01, "weight_decay": 0.0, "scale": False})
-    for hidden in ((16,), (64,), (64, 64)):
-        for lr in (0.01, 0.05):
-            for wd in (0.0, 1e-3):
-                grid.append({"model": "mlp", "hidden": hidden, "lr": float(f"{lr * mlp_lr:.3g}"), "weight_decay": wd})
-    return grid
-
-
 def folds(y: np.ndarray, k: int, seed: int, stratified: bool) -> list[np.ndarray]:
     """Return k arrays of validation row indices partitioning 0..n-1; stratified: each class spread evenly over them."""
     n = len(y)
@@ -131,63 +110,6 @@ def score(metrics: dict, metric: str) -> float:
     return -math.inf if v is None else float(v)
 
 
-def _config(cand: dict, epochs: int, seed: int) -> TrainConfig:
-    """Return the TrainConfig of a candidate: full batch, momentum 0.9, no validation split, no progress bar."""
-    fields = {k: v for k, v in cand.items() if k != "model"}
-    if "hidden" in fields:
-        fields["hidden"] = tuple(fields["hidden"])
-    return TrainConfig(model=cand["model"], epochs=epochs, momentum=0.9, seed=seed, val_fraction=0.0, progress=False, **fields)
-
-
-def _baseline_metrics(train_ds: Dataset, X: np.ndarray, y: np.ndarray) -> dict:
-    """Return the metrics of the mean (regression) or majority-class predictor fitted on `train_ds`, on (X, y)."""
-    model = _baseline_model(train_ds)
-    return evaluate(model, np.nan_to_num(X), y, train_ds.schema.task)  # its weights are zero: a missing value must not make NaN
-
-
-def _baseline_model(train_ds: Dataset) -> torch.nn.Module:
-    """Return a constant model: the training mean, or the class frequencies' log (argmax: the majority class)."""
-    from .models import ModelSpec, build_model
-
-    task = train_ds.schema.task
-    n_out = 1 if task == "regression" else len(train_ds.schema.classes)
-    model = build_model(ModelSpec("linear" if task == "regression" else "logistic", train_ds.X.shape[1], n_out))
-    last = model[-1]
-    with torch.no_grad():
-        last.weight.zero_()
-        if task == "regression":
-            last.bias.fill_(float(np.mean(train_ds.y, dtype=np.float64)))
-        else:
-            counts = np.bincount(train_ds.y, minlength=n_out).astype(np.float64)
-            last.bias.copy_(torch.as_tensor(np.log(np.maximum(counts, 0.5) / counts.sum()), dtype=torch.float32))
-    return model.eval()
-
-
-def _train_quietly(ds: Dataset, config: TrainConfig) -> TrainResult:
-    """Return `train`'s result without emitting its TrainingWarnings (the search trains hundreds of candidates; the
-    chosen one's warnings reach its card through TrainResult.warnings)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", TrainingWarning)
-        return train(ds, config)
-
-
-def _fit(cand: dict, train_ds: Dataset, epochs: int, seed: int) -> TrainResult:
-    """Return a candidate trained on all of `train_ds` (the baseline: a one-epoch fit whose weights are replaced)."""
-    if cand["model"] != "baseline":
-        return _train_quietly(train_ds, _config(cand, epochs, seed))
-    kind = "linear" if train_ds.schema.task == "regression" else "logistic"
-    result = _train_quietly(train_ds, _config({"model": kind}, 1, seed))
-    result.warnings = []  # they judged the one-epoch fit, which the baseline's weights replace
-    last = result.model[-1]  # the baseline's weights are zero and its bias the answer, whatever layers are in front
-    with torch.no_grad():
-        last.weight.zero_()
-        last.bias.copy_(_baseline_model(train_ds)[-1].bias)
-    result.model.eval()
-    result.checkpoint["model"] = {k: v.detach().clone() for k, v in result.model.state_dict().items()}
-    result.metrics = {"train": evaluate(result.model, train_ds.X, train_ds.y, train_ds.schema.task)}
-    return result
-
-
 def cross_validate(cand: dict, train_ds: Dataset, fold_idx: list[np.ndarray], metric: str, epochs: int, seed: int,
                    max_rows: int | None = None) -> dict:  # fmt: skip
     """Return {"scores": per-fold scores, "mean", "std", "fit_seconds"} of a candidate; preprocessing is fitted per fold.
@@ -205,9 +127,9 @@ def cross_validate(cand: dict, train_ds: Dataset, fold_idx: list[np.ndarray], me
             rows = np.sort(rows[np.random.default_rng(seed).permutation(len(rows))[:max_rows]])
         fold_train, fold_val = train_ds.subset(rows), train_ds.subset(val)
         if cand["model"] == "baseline":
-            m = _baseline_metrics(fold_train, fold_val.X, fold_val.y)
+            m = baseline_metrics(fold_train, fold_val.X, fold_val.y)
         else:
-            m = evaluate(_train_quietly(fold_train, _config(cand, epochs, seed)).model, fold_val.X, fold_val.y, train_ds.schema.task)
+            m = evaluate(train_quietly(fold_train, candidate_config(cand, epochs, seed)).model, fold_val.X, fold_val.y, train_ds.schema.task)
         s = score(m, metric)
         if not math.isfinite(s):  # e.g. R² of a fold whose target is constant: no ranking can use it
             raise InputError(f"{metric} is not finite on a validation fold of {len(val)} rows")
@@ -286,7 +208,7 @@ def _select(dataset: Dataset, config: SelectConfig | None, workdir, timer) -> Se
     grid = config.grid or default_grid(task, float(np.std(dataset.y)) if task == "regression" else 1.0)
     for g in grid:
         if g.get("model") != "baseline":
-            _config(g, 1, 0).validate()  # a bad grid entry fails before any training
+            candidate_config(g, 1, 0).validate()  # a bad grid entry fails before any training
     t_start = time.perf_counter()
     train_ds, test_ds = split(dataset, config.test_fraction, config.seed)
     fold_idx = folds(train_ds.y, config.cv, config.seed, stratified=task == "classification")
@@ -407,7 +329,7 @@ def _deploy(cand: dict, train_ds: Dataset, config: SelectConfig, root: Path, tim
     """Return (refit result, exported run directory, deployed figures) of one finalist, exported through export_run."""
     from .export import export_run
 
-    result = _fit(cand, train_ds, config.epochs, config.seed)
+    result = fit_candidate(cand, train_ds, config.epochs, config.seed)
     run_dir = root / f"finalist-{len(list(root.iterdir()))}"
     exported = export_run(result, run_dir, config.quant, compile=config.compile, timer=timer)
     return result, run_dir, deployed_figures(exported.card)

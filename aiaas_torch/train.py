@@ -2,14 +2,8 @@
 
 Mini-batches (or full batch), momentum, weight decay, an optional LR schedule, early stopping on validation
 loss, a seed that makes the same data give the same weights bit-for-bit on CPU, a progress bar, a loss history
-and a resumable checkpoint (written atomically).
-
-Launched under `torchrun` (WORLD_SIZE > 1) it trains with DistributedDataParallel: gloo on CPU, nccl on CUDA.
-Every rank reads the data set, draws the same epoch permutation, and takes every world-th row of each global
-batch; losses are weighted so that the averaged gradient is the global batch's mean. A distributed run's steps are
-therefore exactly a single-process run's with the same seed and batch size, for any number of rows and any batch
-size (up to float summation order). Only rank 0 returns a result meant for writing (callers check
-`TrainResult.rank`).
+and a resumable checkpoint (checkpoint.py). Under `torchrun` it trains with DistributedDataParallel (distributed.py
+says how the ranks share the steps); only rank 0 returns a result meant for writing (callers check `TrainResult.rank`).
 """
 
 from __future__ import annotations
@@ -32,7 +26,8 @@ from tqdm import tqdm
 
 from . import conditioning
 from .conditioning import loss_fn  # J(θ): owned by conditioning, which measures the fit against it
-from .atomic import write_atomic
+from .checkpoint import load_checkpoint, save_checkpoint
+from .distributed import epoch_order, setup_distributed
 from .fitnotes import training_warnings
 from .data import Dataset, Schema, dataset_lineage, split
 from .preprocessing import fit_preprocessing, pca_rotation, standardize_stats
@@ -138,15 +133,7 @@ class TrainResult:
     world_size: int = 1
     backend: str | None = None  # "gloo" | "nccl" when distributed
     warnings: list[str] = field(default_factory=list)  # TrainingWarning messages, also in the card
-
-
-def _epoch_order(n: int, shuffle: bool, seed: int) -> torch.Tensor:
-    """Return the row order of one epoch: a permutation drawn from `seed` (the same on every rank), or 0..n-1."""
-    if not shuffle:
-        return torch.arange(n)
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return torch.randperm(n, generator=g)
+    solver: dict = field(default_factory=dict)  # what the solver chose: conditioning.record (the card's training.solver)
 
 
 @torch.no_grad()
@@ -178,24 +165,6 @@ def _scheduler(opt, config: TrainConfig):
     if config.lr_schedule == "step":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, config.epochs // 3), gamma=0.1)
     return None
-
-
-def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
-    """Write a training checkpoint atomically (temp file + rename); returns its path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_atomic(path, lambda f: torch.save(state, f), binary=True)
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Return a checkpoint's contents, loaded without unpickling arbitrary objects."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: checkpoint not found")
-    try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file
-        raise InputError(f"{p}: not a readable aiaas checkpoint ({type(e).__name__}: {e})") from None
 
 
 def check_learnable(dataset: Dataset) -> None:
@@ -242,7 +211,7 @@ def train(
     spec = ModelSpec(config.model, train_ds.X.shape[1], n_out, tuple(config.hidden) if config.model == "mlp" else (), basis is not None,
                      imputes, tuple((j, len(c)) for j, c in sorted(codes.items())))  # fmt: skip
 
-    rank, world, backend, device = _setup_distributed(config)
+    rank, world, backend, device = setup_distributed(config.device)
     with _INIT_LOCK:  # the seed and the initial weights come from torch's global generator: one thread at a time
         torch.manual_seed(config.seed)
         model = build_model(spec, mean, std, basis, fill, codes).to(device)
@@ -268,7 +237,7 @@ def train(
         with torch.no_grad():
             Xt, Xv = model[:fixed](Xt), (model[:fixed](Xv) if Xv is not None else None)
             if not full_local:  # shuffled once; each epoch then visits contiguous batches in its own random order
-                shuffled = _epoch_order(n, True, config.seed)
+                shuffled = epoch_order(n, True, config.seed)
                 Xt, yt = Xt[shuffled], yt[shuffled]
         net = model[fixed:]
     extra = (lambda: conditioning.penalty(model[fixed], scale2, wd)) if run.whiten and wd > 0 else None
@@ -311,12 +280,12 @@ def train(
 
     show = rank == 0 and (sys.stderr.isatty() if config.progress is None else bool(config.progress))
     t0 = time.perf_counter()
-    stopped_early = False
+    stopped_early = converged = False
     bar = tqdm(range(start_epoch, config.epochs), disable=not show, desc="train", unit="epoch", leave=False)
     net.train()
     for epoch in bar:
-        order = _epoch_order(n, shuffle=bs < n, seed=config.seed + epoch) if not local else None
-        starts = (_epoch_order(math.ceil(n / bs), True, config.seed + epoch) * bs).tolist() if local else range(0, n, bs)
+        order = epoch_order(n, shuffle=bs < n, seed=config.seed + epoch) if not local else None
+        starts = (epoch_order(math.ceil(n / bs), True, config.seed + epoch) * bs).tolist() if local else range(0, n, bs)
         total = torch.zeros((), dtype=torch.float64, device=device)
         for i in starts:
             # The same global batch as one process; each rank takes every world-th row of it. Under DDP (which
@@ -373,7 +342,8 @@ def train(
         if config.patience is not None and bad_epochs >= config.patience:
             stopped_early = True
             break
-        if conditioning.converged([h["train_loss"] for h in history], run.tol):
+        converged = conditioning.converged([h["train_loss"] for h in history], run.tol)
+        if converged:
             break
     bar.close()
     epochs_run = len(history)
@@ -421,27 +391,5 @@ def train(
         world_size=world,
         backend=backend,
         warnings=notes,
+        solver=conditioning.record(run, lr, opt.param_groups[0]["lr"], epochs_run, converged),
     )
-
-
-def _setup_distributed(config: TrainConfig) -> tuple[int, int, str | None, torch.device]:
-    """Return (rank, world size, backend, device), joining the process group when launched under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    want_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
-    if world <= 1:
-        return 0, 1, None, torch.device("cuda" if want_cuda else "cpu")
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    backend = "nccl" if want_cuda else "gloo"
-    device = torch.device(f"cuda:{local_rank}") if want_cuda else torch.device("cpu")
-    if want_cuda:
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group(backend)
-    return dist.get_rank(), dist.get_world_size(), backend, device
-
-
-def finish_distributed() -> None:
-    """Wait for every rank (rank 0 may still be writing) and leave the process group; returns None."""
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()

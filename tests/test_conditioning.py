@@ -132,3 +132,37 @@ def test_the_origin_case_still_converges_by_default():
     f = fold_preprocessing(result.model)
     assert float(f[0].weight[0, 0]) == pytest.approx(2.0, abs=1e-3)
     assert float(f[0].bias[0]) == pytest.approx(0.0, abs=1e-2)
+
+
+def test_the_card_records_what_the_automatic_solver_chose(tmp_path, monkeypatch):
+    """The settings say lr/momentum/batch_size None ("automatic"); the card's training.solver says what the run used.
+    The run's own optimizer is watched (a spy on torch.optim.SGD) for the rate, momentum and the steps it took."""
+    from aiaas_torch.card import read_card
+    from aiaas_torch.export import export_run
+
+    seen = []
+
+    class SpySGD(torch.optim.SGD):
+        def __init__(self, params, lr, momentum=0.0, **kw):
+            super().__init__(params, lr=lr, momentum=momentum, **kw)
+            seen.append({"opt": self, "lr": lr, "momentum": momentum, "steps": 0})
+
+        def step(self, closure=None):
+            seen[-1]["steps"] += 1
+            return super().step(closure)
+
+    monkeypatch.setattr(torch.optim, "SGD", SpySGD)
+    ds = _table(tmp_path, 12000, 1, classes=True)  # 9,600 training rows: more than a full batch, so batches of 4096
+    result, _ = _fit(ds, model="logistic")
+    (spy,) = seen
+    card = read_card(export_run(result, tmp_path / "run", compile=False).run_dir)
+    settings, solver = card["training"]["settings"], card["training"]["solver"]
+    assert settings["lr"] is None and settings["momentum"] is None and settings["batch_size"] is None
+    assert solver["lr"] > 0 and solver["lr"] == pytest.approx(spy["lr"], rel=1e-12)
+    assert solver["momentum"] == spy["momentum"] == 0.9
+    assert solver["lr_final"] == pytest.approx(spy["opt"].param_groups[0]["lr"], rel=1e-12) and solver["lr_final"] < solver["lr"]
+    train_rows = card["data"]["train_rows"]
+    assert solver["batch_size"] < train_rows
+    assert spy["steps"] == solver["epochs_run"] * -(-train_rows // solver["batch_size"])  # every epoch's batches, stepped
+    assert solver["epochs_run"] == card["training"]["epochs_run"] < settings["epochs"] and solver["stopped_on_tol"] is True
+    assert solver["whitened"] is True and solver["tol"] > 0

@@ -367,8 +367,9 @@ def test_requantize_with_pow2_re_exports(origin_run, origin_result, tmp_path):
     assert card["quantization"]["layers"][0]["decision"] == "pow2"
     assert card["files"]["model.pt2"]["sha256"] != old["files"]["model.pt2"]["sha256"]
     # the lineage carries over from the checkpoint
-    for key in ("settings", "epochs_run", "final_J"):
+    for key in ("settings", "solver", "epochs_run", "final_J"):
         assert card["training"][key] == old["training"][key]
+    assert card["training"]["solver"]["epochs_run"] == card["training"]["epochs_run"]  # what the solver ran: kept too
     assert card["data"] == old["data"] and card["input"] == old["input"]
     m = runs.load_run(run, program="compiled")
     folded = fold_preprocessing(origin_result.model)

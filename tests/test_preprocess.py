@@ -342,7 +342,7 @@ def test_selection_fits_preprocessing_per_fold_and_its_baseline_takes_blanks(tab
     finally:
         r.cleanup()
     # the baseline refitted on rows with blanks answers its constant, not NaN
-    from aiaas_torch.select import _fit
+    from aiaas_torch.candidates import fit_candidate as _fit
 
     fitted = _fit({"model": "baseline"}, ds, 5, 0)
     with torch.no_grad():

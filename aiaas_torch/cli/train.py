@@ -140,7 +140,8 @@ def _train(a) -> int:
     from ..card import CHECKPOINT
     from ..export import export_run
     from ..quantize import QuantConfig
-    from ..train import TrainConfig, TrainingWarning, check_learnable, finish_distributed, train
+    from ..distributed import finish_distributed
+    from ..train import TrainConfig, TrainingWarning, check_learnable, train
 
     quant = QuantConfig(a.scheme, a.min_weights, force=a.force).validate()
     if a.distributed and "WORLD_SIZE" not in os.environ:

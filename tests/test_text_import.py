@@ -1,0 +1,149 @@
+"""`aiaas import DIR` of Hugging Face text models, checked against transformers' own eager model: labels and
+probabilities of a classifier (single texts and pairs, mixed lengths in one batch), embeddings (cosine ≥ 0.9999)
+with the pooling a sentence-transformers directory declares; texts over the maximum; refused directories."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import textmodels as tm
+from aiaas_torch.cli import main
+from aiaas_torch.errors import InputError
+from aiaas_torch.runs import load_run
+
+pytestmark = pytest.mark.slow
+
+
+def _cosines(a, b) -> np.ndarray:
+    """Return the row-wise cosine similarity of two arrays of embeddings."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_classifier_labels_equal_transformers_on_mixed_lengths(text_dirs, text_runs):
+    ref = tm.reference(text_dirs["bert_cls"], tm.TEXTS)
+    ans = load_run(text_runs["bert_cls"]).predict({"instances": tm.TEXTS})
+    labels = ["negative", "neutral", "positive"]
+    assert ans["classes"] == labels
+    assert ans["predictions"] == [labels[k] for k in ref.argmax(1)]
+    assert len(set(ans["predictions"])) > 1  # the check could fail: the texts do not all get one label
+    np.testing.assert_allclose(ans["probabilities"], ref, atol=1e-5)
+    alone = load_run(text_runs["bert_cls"]).predict({"instances": [tm.TEXTS[2]]})  # padding never changes an answer
+    np.testing.assert_allclose(alone["probabilities"][0], ref[2], atol=1e-5)
+
+
+def test_pair_classifier_takes_text_pairs(text_dirs, text_runs):
+    firsts, seconds = [tm.TEXTS[i] for i in (0, 2, 4)], [tm.TEXTS[i] for i in (2, 4, 0)]
+    ref = tm.reference(text_dirs["bert_cls"], firsts, seconds)
+    body = {"instances": [{"text": a, "text_pair": b} for a, b in zip(firsts, seconds)]}
+    ans = load_run(text_runs["bert_cls"]).predict(body)
+    np.testing.assert_allclose(ans["probabilities"], ref, atol=1e-5)
+    single = load_run(text_runs["bert_cls"]).predict({"instances": [{"text": firsts[0]}]})
+    assert not np.allclose(single["probabilities"][0], ans["probabilities"][0], atol=1e-4)  # the pair text counts
+
+
+@pytest.mark.parametrize("name,pooling,normalize", [("distilbert_st", "cls", True), ("roberta_emb", "mean", False)])
+def test_embeddings_match_transformers_with_the_declared_pooling(text_dirs, text_runs, name, pooling, normalize):
+    run = load_run(text_runs[name])
+    assert (run.card["output"]["pooling"], run.card["output"]["normalize"]) == (pooling, normalize)
+    ref = tm.reference(text_dirs[name], tm.TEXTS, pooling=pooling, normalize=normalize)
+    emb = np.array(run.predict({"instances": tm.TEXTS})["embeddings"])
+    assert emb.shape == ref.shape
+    assert _cosines(emb, ref).min() >= 0.9999
+    other = tm.reference(text_dirs[name], tm.TEXTS, pooling="max" if pooling != "max" else "mean")
+    assert _cosines(emb, other).min() < 0.9999  # the pooling matters: another one would fail this test
+    if normalize:
+        np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+
+def test_card_records_the_model_and_the_tokenizer(text_dirs, text_runs):
+    from transformers import AutoModelForSequenceClassification
+
+    card = load_run(text_runs["bert_cls"]).card
+    model = AutoModelForSequenceClassification.from_pretrained(str(text_dirs["bert_cls"]))
+    assert card["model"]["architecture"] == "BertForSequenceClassification"
+    assert card["model"]["parameters"] == sum(p.numel() for p in model.parameters())
+    assert card["input"]["max_length"] == 48  # max_position_embeddings
+    assert [t["name"] for t in card["input"]["tensors"]] == ["input_ids", "attention_mask", "token_type_ids"]
+    tok = (text_dirs["bert_cls"] / "tokenizer.json").read_bytes()
+    assert card["files"]["tokenizer.json"]["sha256"] == hashlib.sha256(tok).hexdigest()
+    rob = load_run(text_runs["roberta_emb"]).card
+    assert rob["input"]["max_length"] == 64 and rob["input"]["pad_id"] == 1  # RoBERTa's positions start after the pad id
+    assert [t["name"] for t in rob["input"]["tensors"]] == ["input_ids", "attention_mask"]
+    assert rob["output"]["dim"] == 48
+
+
+def test_a_text_over_the_maximum_is_refused_naming_its_tokens_unless_truncated(text_dirs, text_runs):
+    run = load_run(text_runs["bert_cls"])
+    long_text = " ".join(["serving the model card"] * 30)
+    n = len(run.text.tokenizer.encode(long_text).ids)
+    assert n > 48
+    with pytest.raises(InputError, match=rf"instances\[1\]: {n} tokens, more than this model's maximum of 48.*truncate"):
+        run.predict({"instances": ["short", long_text]})
+    ans = run.predict({"instances": ["short", long_text], "truncate": True})
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    import torch
+
+    tok = AutoTokenizer.from_pretrained(str(text_dirs["bert_cls"]))
+    enc = tok(["short", long_text], padding=True, truncation=True, max_length=48, return_tensors="pt")
+    model = AutoModelForSequenceClassification.from_pretrained(str(text_dirs["bert_cls"])).eval()
+    with torch.no_grad():
+        ref = torch.softmax(model(**enc).logits.double(), -1).numpy()
+    np.testing.assert_allclose(ans["probabilities"], ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("body,match", [
+    ({"instances": []}, "non-empty list"),
+    ({"instances": ["ok", 3]}, r"instances\[1\]: 3 is not a text"),
+    ({"instances": [{"txt": "a"}]}, r"instances\[0\].*unknown field 'txt'"),
+    ({"instances": ["a"], "truncate": "yes"}, "truncate: expected true or false"),
+    ({"inputs": ["a"]}, "expected {\"instances\""),
+    (b"{not json", "not valid JSON"),
+])  # fmt: skip
+def test_bad_bodies_are_refused_with_a_message(text_runs, body, match):
+    with pytest.raises(InputError, match=match):
+        load_run(text_runs["bert_cls"]).predict(body)
+
+
+def test_pairs_refused_for_a_single_text_encoder(text_runs):
+    with pytest.raises(InputError, match=r"instances\[0\].text_pair: this model takes single texts"):
+        load_run(text_runs["roberta_emb"]).predict({"instances": [{"text": "a", "text_pair": "b"}]})
+
+
+def _copy(src, tmp_path):
+    """Return a copy of a model directory to spoil."""
+    dst = tmp_path / "model"
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize("spoil,match", [
+    (lambda d: (d / "pytorch_model.bin").write_bytes(b"\x80\x04."), r"pytorch_model\.bin: pickled weights"),
+    (lambda d: (d / "training_args.pt").write_bytes(b"\x80\x04."), r"training_args\.pt: pickled weights"),
+    (lambda d: (d / "modeling_evil.py").write_text("import os"), r"modeling_evil\.py: Python code"),
+    (lambda d: (d / "notes.yaml").write_text("x"), r"notes\.yaml: not a file of a Hugging Face model directory"),
+    (lambda d: (d / "config.json").write_text(json.dumps({**json.loads((d / "config.json").read_text()),
+                                                          "auto_map": {"AutoModel": "evil.Model"}})), r"config\.json: 'auto_map'"),
+    (lambda d: (d / "config.json").write_text(json.dumps({**json.loads((d / "config.json").read_text()), "model_type": "gpt2"})),
+     r"config\.json: model_type 'gpt2' is not a native encoder"),
+    (lambda d: (d / "tokenizer.json").unlink(), r"tokenizer\.json: missing"),
+    (lambda d: (d / "model.safetensors").unlink(), r"no \*\.safetensors weights"),
+])  # fmt: skip
+def test_unsafe_or_foreign_directories_are_refused_with_exit_2(text_dirs, tmp_path, capsys, spoil, match):
+    d = _copy(text_dirs["bert_cls"], tmp_path)
+    spoil(d)
+    assert main(["import", str(d), "--out", str(tmp_path / "run")]) == 2
+    assert __import__("re").search(match, capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_imports_a_directory(text_dirs, tmp_path, capsys):
+    assert main(["import", str(text_dirs["roberta_emb"]), "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "RobertaModel" in out and "48-dim embeddings" in out and "at most 64 tokens" in out
+    assert load_run(tmp_path / "run").card["output"]["task"] == "embedding"

@@ -105,10 +105,19 @@ def test_served_embeddings_and_bad_bodies(text_served):
         assert r.status_code == status and match in r.json()["message"], r.text
 
 
+def test_serve_status_json_reports_the_openai_base_url(text_served, capsys):
+    from aiaas_torch.cli import main
+
+    assert main(["serve", "status", "--json", "--home", str(text_served.home)]) == 0
+    models = json.loads(capsys.readouterr().out)["models"]
+    assert models["emb"][0]["openai_base_url"] == f"{text_served.info.inference_url}/predictions/emb/1.0/v1"
+    assert "openai_base_url" not in models["cls"][0]  # a classifier has no embeddings to serve
+
+
 def test_openai_sdk_embeddings(text_served):
     import openai
 
-    base = f"{text_served.info.inference_url}/predictions/emb/1.0/v1"
+    base = server.status(text_served.home)["models"]["emb"][0]["openai_base_url"]
     client = openai.OpenAI(base_url=base, api_key=text_served.token, max_retries=0, timeout=60)
     ref = tm.reference(text_served.dirs["roberta_emb"], tm.TEXTS)
     res = client.embeddings.create(model="emb", input=tm.TEXTS)  # the SDK asks for base64 and decodes it

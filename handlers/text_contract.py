@@ -60,9 +60,10 @@ class TextRequest:
 
     items: list
     truncate: bool = False
-    fmt: str = "instances"  # or "openai"
+    fmt: str = "instances"  # or "openai", "v2"
     encoding: str = "float"
     model: str | None = None
+    v2_id: str | None = None
     tokens: list = field(default_factory=list)  # per item, filled by TextModel.tokenize
 
 
@@ -98,6 +99,8 @@ def _truncate_flag(body: dict, error=ContractError) -> bool:
 def parse_request(body, card: dict, max_rows: int | None = None) -> TextRequest:
     """Return the TextRequest of an instances body (raises ContractError naming what is wrong)."""
     body = contract.decode_body(body)
+    if isinstance(body, dict) and "inputs" in body and "instances" not in body:
+        return parse_v2(body, card, max_rows)
     if not isinstance(body, dict) or "instances" not in body:
         raise ContractError('body: expected {"instances": ["text", ...]} (or objects {"text": ..., "text_pair": ...})')
     extra = sorted(set(body) - {"instances", "truncate"})
@@ -125,6 +128,48 @@ def parse_request(body, card: dict, max_rows: int | None = None) -> TextRequest:
         else:
             items.append((_text(v, f"instances[{i}]"), None))
     return TextRequest(items, truncate)
+
+
+def _v2_texts(spec, where: str, limit: int) -> list:
+    """Return the texts of one Open Inference v2 BYTES input [N] (or [N, 1]), refusing any other form."""
+    if not isinstance(spec, dict):
+        raise ContractError(f"{where}: expected a tensor object {{name, shape, datatype, data}}")
+    if spec.get("datatype") != "BYTES":
+        raise ContractError(f"{where}: datatype {show_value(spec.get('datatype'))}; a text input is BYTES")
+    shape, data = spec.get("shape"), spec.get("data")
+    if (not isinstance(shape, list) or not 1 <= len(shape) <= 2 or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+            or (len(shape) == 2 and shape[1] != 1)):  # fmt: skip
+        raise ContractError(f"{where}: shape {show_value(shape)}; expected [N] (one text per sample)")
+    if not isinstance(data, list) or len(data) != shape[0] or not data:
+        raise ContractError(f"{where}: data must be a non-empty list of shape[0] = {shape[0]} texts")
+    if len(data) > limit:
+        raise ContractError(f"{where}: {len(data)} texts, more than the limit of {limit} per request")
+    return [_text(v, f"{where}.data[{i}]") for i, v in enumerate(data)]
+
+
+def parse_v2(body: dict, card: dict, max_rows: int | None = None) -> TextRequest:
+    """Return the TextRequest of an Open Inference v2 body: a BYTES input "text" [N] (and "text_pair" [N] for pairs)."""
+    inputs = body["inputs"]
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(t, dict) for t in inputs):
+        raise ContractError('inputs: expected Open Inference v2 tensors [{"name": "text", "shape": [N], "datatype": "BYTES", "data": [...]}]')
+    byname = {t.get("name"): t for t in inputs}
+    allowed = ["text", "text_pair"] if card["input"].get("pairs") else ["text"]
+    unknown = [n for n in byname if n not in allowed]
+    if unknown or "text" not in byname or len(byname) != len(inputs):
+        raise ContractError(f"inputs: expected the input(s) {', '.join(allowed)} (text_pair optional); got "
+                            f"{', '.join(clip_text(str(n)) for n in byname)}")  # fmt: skip
+    limit = max_rows or card["input"].get("max_rows") or contract.DEFAULT_MAX_ROWS
+    texts = _v2_texts(byname["text"], "inputs['text']", limit)
+    pairs = _v2_texts(byname["text_pair"], "inputs['text_pair']", limit) if "text_pair" in byname else [None] * len(texts)
+    if len(pairs) != len(texts):
+        raise ContractError(f"inputs['text_pair']: {len(pairs)} texts for {len(texts)} in 'text'")
+    params = body.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise ContractError("parameters: expected an object")
+    v2_id = body.get("id")
+    if v2_id is not None and not isinstance(v2_id, str):
+        raise ContractError("id: expected a string")
+    return TextRequest(list(zip(texts, pairs)), _truncate_flag(params), "v2", v2_id=v2_id)
 
 
 def parse_openai(body, card: dict, max_rows: int | None = None) -> TextRequest:
@@ -189,7 +234,7 @@ class TextModel:
         for i, (e, x) in enumerate(zip(encs, batch)):
             n = len(e.ids)
             if n > self.max_length:
-                where = f"input[{i}]" if req.fmt == "openai" else f"instances[{i}]"
+                where = {"openai": f"input[{i}]", "v2": f"inputs['text'].data[{i}]"}.get(req.fmt, f"instances[{i}]")
                 if not req.truncate:
                     msg = (f"{where}: {n} tokens, more than this model's maximum of {self.max_length}; shorten it, or send "
                            f'"truncate": true to cut it to {self.max_length} tokens')  # fmt: skip
@@ -226,11 +271,27 @@ class TextModel:
             n = sum(len(ids) for ids, _ in req.tokens)
             return {"object": "list", "data": data, "model": name, "usage": {"prompt_tokens": n, "total_tokens": n}}
         classes = self.card["output"].get("classes")
+        if req.fmt == "v2":
+            return self._v2_answer(req, rows, name, version)
         if classes:
             probs, best = batch_checks.softmax_rows(rows)
             return {"predictions": [classes[k] for k in best], "probabilities": probs, "classes": classes,
                     "model": name, "version": version}  # fmt: skip
         return {"embeddings": rows.tolist(), "model": name, "version": version}
+
+    def _v2_answer(self, req: TextRequest, rows: np.ndarray, name: str, version: str) -> dict:
+        """Return the Open Inference v2 answer: predictions (BYTES) and probabilities (FP32), or embedding (FP32 [N, H])."""
+        classes, n = self.card["output"].get("classes"), len(rows)
+        if classes:
+            probs, best = batch_checks.softmax_rows(rows)
+            outs = [{"name": "predictions", "shape": [n], "datatype": "BYTES", "data": [classes[k] for k in best]},
+                    {"name": "probabilities", "shape": [n, len(classes)], "datatype": "FP32", "data": [p for r in probs for p in r]}]  # fmt: skip
+        else:
+            outs = [{"name": "embedding", "shape": [n, int(rows.shape[1])], "datatype": "FP32", "data": rows.ravel().tolist()}]
+        answer = {"model_name": name, "model_version": version, "outputs": outs}
+        if req.v2_id is not None:
+            answer["id"] = req.v2_id
+        return answer
 
     def predict(self, body, name: str = "local", version: str = "local", route: str | None = None) -> dict:
         """Return the answer to one body (instances, or OpenAI's when `route` is v1/embeddings); raises ContractError."""

@@ -147,3 +147,35 @@ def test_cli_imports_a_directory(text_dirs, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "RobertaModel" in out and "48-dim embeddings" in out and "at most 64 tokens" in out
     assert load_run(tmp_path / "run").card["output"]["task"] == "embedding"
+
+
+def test_open_inference_v2_bytes_input(text_dirs, text_runs):
+    firsts, seconds = [tm.TEXTS[i] for i in (0, 2, 4)], [tm.TEXTS[i] for i in (2, 4, 0)]
+    ref = tm.reference(text_dirs["bert_cls"], firsts, seconds)
+    body = {"id": "r1", "inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": firsts},
+                                   {"name": "text_pair", "shape": [3], "datatype": "BYTES", "data": seconds}]}  # fmt: skip
+    ans = load_run(text_runs["bert_cls"]).predict(body, "cls", "1.0")
+    assert ans["id"] == "r1" and ans["model_name"] == "cls"
+    out = {o["name"]: o for o in ans["outputs"]}
+    assert out["predictions"]["datatype"] == "BYTES" and out["probabilities"]["shape"] == [3, 3]
+    np.testing.assert_allclose(np.reshape(out["probabilities"]["data"], (3, 3)), ref, atol=1e-5)
+    labels = ["negative", "neutral", "positive"]
+    assert out["predictions"]["data"] == [labels[k] for k in ref.argmax(1)]
+    emb = load_run(text_runs["roberta_emb"]).predict({"inputs": [{"name": "text", "shape": [5], "datatype": "BYTES", "data": tm.TEXTS}]})
+    e = emb["outputs"][0]
+    assert e["name"] == "embedding" and e["shape"] == [5, 48]
+    ref = tm.reference(text_dirs["roberta_emb"], tm.TEXTS)
+    assert _cosines(np.reshape(e["data"], (5, 48)), ref).min() >= 0.9999
+    for bad, match in (({"inputs": [{"name": "text", "shape": [2], "datatype": "FP32", "data": [1, 2]}]}, "a text input is BYTES"),
+                       ({"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": ["a"]}]}, r"shape\[0\] = 3"),
+                       ({"inputs": [{"name": "words", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}, "expected the input")):  # fmt: skip
+        with pytest.raises(InputError, match=match):
+            load_run(text_runs["roberta_emb"]).predict(bad)
+
+
+def test_predict_local_cli_takes_a_text_body(text_runs, capsys):
+    assert main(["predict", "--local", str(text_runs["bert_cls"]), "--body", json.dumps({"instances": tm.TEXTS[:2]}), "--json"]) == 0
+    ans = json.loads(capsys.readouterr().out)
+    assert len(ans["predictions"]) == 2 and len(ans["probabilities"][0]) == 3
+    assert main(["predict", "--local", str(text_runs["bert_cls"]), "--body", json.dumps({"instances": [7]})]) == 2
+    assert "instances[0]: 7 is not a text" in capsys.readouterr().err

@@ -72,6 +72,17 @@ def test_served_labels_equal_transformers_on_mixed_lengths(text_served):
     np.testing.assert_allclose(ans["probabilities"], ref, atol=1e-5)
 
 
+def test_open_inference_v2_route_takes_bytes_texts(text_served):
+    ref = tm.reference(text_served.dirs["bert_cls"], tm.TEXTS)
+    body = {"inputs": [{"name": "text", "shape": [5], "datatype": "BYTES", "data": tm.TEXTS}]}
+    r = _post(text_served, "/v2/models/cls/infer", body)
+    assert r.status_code == 200, r.text
+    out = {o["name"]: o for o in r.json()["outputs"]}
+    np.testing.assert_allclose(np.reshape(out["probabilities"]["data"], (5, 3)), ref, atol=1e-5)
+    bad = _post(text_served, "/v2/models/cls/infer", {"inputs": [{"name": "text", "shape": [1], "datatype": "INT64", "data": [1]}]})
+    assert bad.status_code == 400 and "BYTES" in bad.json()["error"]
+
+
 def test_a_text_over_the_maximum_is_refused_alone_in_its_batch(text_served):
     long_text = " ".join(["serving the model card"] * 30)
     ref = tm.reference(text_served.dirs["bert_cls"], tm.TEXTS)

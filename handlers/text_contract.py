@@ -254,7 +254,8 @@ class TextModel:
             ids[i, : len(t)] = t
             mask[i, : len(t)] = 1
             types[i, : len(tt)] = tt
-        xs = [torch.from_numpy(ids), torch.from_numpy(mask)] + ([torch.from_numpy(types)] if self.types else [])
+        device = getattr(self.program, "device", "cpu")  # a ProgramSet on a GPU takes its inputs there
+        xs = [torch.from_numpy(a).to(device) for a in ([ids, mask, types] if self.types else [ids, mask])]
         with torch.inference_mode():
             out = self.program(*xs)
         out = out[0] if isinstance(out, (tuple, list)) else out

@@ -179,3 +179,28 @@ def test_predict_local_cli_takes_a_text_body(text_runs, capsys):
     assert len(ans["predictions"]) == 2 and len(ans["probabilities"][0]) == 3
     assert main(["predict", "--local", str(text_runs["bert_cls"]), "--body", json.dumps({"instances": [7]})]) == 2
     assert "instances[0]: 7 is not a text" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["bert_cls", "roberta_emb"])
+def test_openapi_document_of_a_text_model_validates_and_matches_answers(text_runs, tmp_path, name):
+    import jsonschema
+    from openapi_spec_validator import validate
+
+    out = tmp_path / "api.json"
+    assert main(["openapi", str(text_runs[name]), "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    validate(doc)
+    schemas = doc["components"]["schemas"]
+    resolver = {"$defs": schemas}
+
+    def check(value, schema_name):
+        schema = json.loads(json.dumps(schemas[schema_name]).replace("#/components/schemas/", "#/$defs/"))
+        jsonschema.validate(value, {**schema, **resolver})
+
+    run = load_run(text_runs[name])
+    examples = doc["paths"][f"/predictions/{name}"]["post"]["requestBody"]["content"]["application/json"]["examples"]
+    for ex in examples.values():
+        ans = run.predict(ex["value"])
+        check(ans, "V2Response" if "inputs" in ex["value"] else "Prediction")
+    with pytest.raises(jsonschema.ValidationError):  # the schema could fail: a body the contract refuses
+        check({"instances": [3]}, "InstancesRequest")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 
 import numpy as np
@@ -204,3 +205,33 @@ def test_openapi_document_of_a_text_model_validates_and_matches_answers(text_run
         check(ans, "V2Response" if "inputs" in ex["value"] else "Prediction")
     with pytest.raises(jsonschema.ValidationError):  # the schema could fail: a body the contract refuses
         check({"instances": [3]}, "InstancesRequest")
+
+
+def test_predict_file_with_a_text_column(text_dirs, text_runs, tmp_path, capsys):
+    import csv
+
+    src = tmp_path / "texts.csv"
+    with open(src, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "text"])
+        w.writerows([[f"t{i}", t] for i, t in enumerate(tm.TEXTS)])
+    out = tmp_path / "answers.csv"
+    assert main(["predict", "--local", str(text_runs["roberta_emb"]), "--file", str(src), "--out", str(out), "--id", "id",
+                 "--chunk-rows", "2"]) == 0  # fmt: skip
+    rows = list(csv.reader(open(out, encoding="utf-8")))
+    assert rows[0] == ["id"] + [f"e_{i}" for i in range(48)]
+    assert [r[0] for r in rows[1:]] == [f"t{i}" for i in range(5)]
+    emb = np.array([[float(v) for v in r[1:]] for r in rows[1:]])
+    assert _cosines(emb, tm.reference(text_dirs["roberta_emb"], tm.TEXTS)).min() >= 0.9999
+    cls_out = tmp_path / "labels.csv"
+    assert main(["predict", "--local", str(text_runs["bert_cls"]), "--file", str(src), "--out", str(cls_out), "--id", "id"]) == 0
+    rows = list(csv.reader(open(cls_out, encoding="utf-8")))
+    labels = ["negative", "neutral", "positive"]
+    assert rows[0] == ["id", "prediction"] + [f"p_{c}" for c in labels]
+    assert [r[1] for r in rows[1:]] == [labels[k] for k in tm.reference(text_dirs["bert_cls"], tm.TEXTS).argmax(1)]
+    with open(src, "a", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerow(["long", " ".join(["serving the model card"] * 30)])
+    bad = tmp_path / "bad.csv"
+    assert main(["predict", "--local", str(text_runs["bert_cls"]), "--file", str(src), "--out", str(bad), "--id", "id"]) == 2
+    assert re.search(r"texts\.csv, line 7: \d+ tokens, more than this model's maximum of 48", capsys.readouterr().err)
+    assert not bad.exists()

@@ -28,7 +28,7 @@ from .handlers import pt2_check, text_contract
 from .quantize import QuantReport
 
 # model_type → the transformers classes that serve it natively (no remote code)
-NATIVE = ("bert", "distilbert", "roberta", "xlm-roberta", "deberta-v2", "modernbert", "electra")
+NATIVE = ("bert", "distilbert", "roberta", "xlm-roberta", "deberta-v2", "modernbert")  # each tested (tests/test_text_import.py)
 PICKLED = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".h5", ".msgpack", ".joblib", ".npy", ".npz")
 ALLOWED = re.compile(r"config\.json|tokenizer\.json|tokenizer_config\.json|special_tokens_map\.json|vocab\.txt|vocab\.json|"
                      r"merges\.txt|added_tokens\.json|model\.safetensors|model-[0-9]{5}-of-[0-9]{5}\.safetensors|"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 
 import torch
 
@@ -47,13 +46,7 @@ class TextHandler:
         model_dir = props.get("model_dir", ".")
         self.model_name = context.model_name
         self.model_version = str((context.manifest or {}).get("model", {}).get("modelVersion", ""))
-        with open(os.path.join(model_dir, "model.json"), encoding="utf-8") as f:
-            self.card = json.load(f)
-        problems = integrity.verify_files(self.card, model_dir, roles=ROLES)
-        if problems:
-            msg = f"{integrity.REFUSAL_MARK} {self.model_name}: " + "; ".join(problems)
-            logger.error(msg)
-            raise RuntimeError(msg)
+        self.card = integrity.checked_card(model_dir, self.model_name, ROLES, logger.error)
         settings = (getattr(context, "model_yaml_config", None) or {}).get("handler", {}) or {}
         self.max_rows = int(settings.get("max_rows", self.card["input"]["max_rows"]))
         torch.set_num_threads(int(settings.get("threads", 1)))

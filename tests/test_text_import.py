@@ -103,7 +103,8 @@ def test_a_text_over_the_maximum_is_refused_naming_its_tokens_unless_truncated(t
     ({"instances": ["ok", 3]}, r"instances\[1\]: 3 is not a text"),
     ({"instances": [{"txt": "a"}]}, r"instances\[0\].*unknown field 'txt'"),
     ({"instances": ["a"], "truncate": "yes"}, "truncate: expected true or false"),
-    ({"inputs": ["a"]}, "expected {\"instances\""),
+    ({"inputs": ["a"]}, "inputs: expected Open Inference v2 tensors"),
+    ({"text": "a"}, "expected {\"instances\""),
     (b"{not json", "not valid JSON"),
 ])  # fmt: skip
 def test_bad_bodies_are_refused_with_a_message(text_runs, body, match):
@@ -235,3 +236,28 @@ def test_predict_file_with_a_text_column(text_dirs, text_runs, tmp_path, capsys)
     assert main(["predict", "--local", str(text_runs["bert_cls"]), "--file", str(src), "--out", str(bad), "--id", "id"]) == 2
     assert re.search(r"texts\.csv, line 7: \d+ tokens, more than this model's maximum of 48", capsys.readouterr().err)
     assert not bad.exists()
+
+
+def test_bench_default_body_of_a_text_card_is_one_text(text_runs):
+    from aiaas_torch.bench import card_body
+
+    run = load_run(text_runs["roberta_emb"])
+    ans = run.predict(json.loads(card_body(run.card)))
+    assert len(ans["embeddings"]) == 1 and len(ans["embeddings"][0]) == 48
+
+
+@pytest.mark.parametrize("model_type", ["xlm-roberta", "deberta-v2", "modernbert"])
+def test_more_native_encoders_import_and_match_transformers(tmp_path, model_type):
+    import torch
+
+    from aiaas_torch.textimport import import_text
+
+    cls, cfg = tm.more_architectures()[model_type]
+    d = tmp_path / model_type
+    tm.wordpiece(d)
+    torch.manual_seed(0)
+    cls(cfg).save_pretrained(str(d))
+    run = load_run(import_text(d, tmp_path / "run").run_dir)
+    assert run.card["model"]["model_type"] == model_type
+    emb = np.array(run.predict({"instances": tm.TEXTS})["embeddings"])
+    assert _cosines(emb, tm.reference(d, tm.TEXTS)).min() >= 0.9999

@@ -106,6 +106,20 @@ def build(root: Path) -> dict:
     return dirs
 
 
+def more_architectures() -> dict:
+    """Return {name: (model class, config)} of tiny XLM-R, DeBERTa-v2 and ModernBERT encoders for the WordPiece tokenizer."""
+    from transformers import (DebertaV2Config, DebertaV2Model, ModernBertConfig, ModernBertModel, XLMRobertaConfig,
+                              XLMRobertaModel)  # fmt: skip
+
+    size = dict(vocab_size=400, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, pad_token_id=0)
+    return {
+        "xlm-roberta": (XLMRobertaModel, XLMRobertaConfig(**size, max_position_embeddings=66, type_vocab_size=1)),
+        "deberta-v2": (DebertaV2Model, DebertaV2Config(**size, max_position_embeddings=64, type_vocab_size=0, relative_attention=True,
+                                                       position_biased_input=False, pos_att_type=["p2c", "c2p"])),
+        "modernbert": (ModernBertModel, ModernBertConfig(**size, max_position_embeddings=64, global_attn_every_n_layers=1)),
+    }  # fmt: skip
+
+
 def reference(directory: Path, texts, pairs=None, pooling: str = "mean", normalize: bool = False):
     """Return transformers' own answer on `texts` in one padded batch: softmax probabilities of a classifier, or the
     encoder's hidden states pooled here (mean over real tokens, the first token, or the max over real tokens)."""

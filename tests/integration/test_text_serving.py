@@ -154,3 +154,12 @@ def test_openai_sdk_embeddings(text_served):
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "input"
     none = _post(text_served, "/predictions/emb/1.0/v1/nothing", {"model": "emb", "input": "a"})
     assert none.status_code == 404 and "error" in none.json()
+
+
+def test_aiaas_bench_loads_a_text_model_with_a_text_body(text_served, capsys):
+    from aiaas_torch.cli import main
+
+    assert main(["bench", "--model", "emb", "--home", str(text_served.home), "--concurrency", "2", "--duration", "2",
+                 "--warmup", "0.5", "--no-progress", "--json"]) == 0  # fmt: skip
+    level = json.loads(capsys.readouterr().out)["results"][0]["levels"][0]
+    assert level["errors"] == 0 and level["rps"] > 0

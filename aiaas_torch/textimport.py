@@ -87,6 +87,10 @@ def read_config(directory: Path) -> dict:
     if cfg.get("model_type") not in NATIVE:
         raise InputError(f"{path}: model_type {str(cfg.get('model_type'))[:60]!r} is not a native encoder this importer "
                          f"supports ({', '.join(NATIVE)})")  # fmt: skip
+    for key in ("max_position_embeddings", "pad_token_id", "type_vocab_size", "hidden_size", "num_hidden_layers"):
+        v = cfg.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 1 << 20):
+            raise InputError(f"{path}: {key!r} must be a whole number from 0 to {1 << 20}, got {str(v)[:40]!r}")
     archs = cfg.get("architectures") or []
     if not isinstance(archs, list) or len(archs) > 1 or not all(isinstance(a, str) for a in archs):
         raise InputError(f"{path}: 'architectures' must list one class name")

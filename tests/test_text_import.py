@@ -134,6 +134,10 @@ def _copy(src, tmp_path):
     (lambda d: (d / "config.json").write_text(json.dumps({**json.loads((d / "config.json").read_text()), "model_type": "gpt2"})),
      r"config\.json: model_type 'gpt2' is not a native encoder"),
     (lambda d: (d / "tokenizer.json").unlink(), r"tokenizer\.json: missing"),
+    (lambda d: (d / "config.json").write_text(json.dumps({**json.loads((d / "config.json").read_text()), "max_position_embeddings": "9e99"})),
+     r"config\.json: 'max_position_embeddings' must be a whole number"),
+    (lambda d: (d / "config.json").write_text("[1, 2]"), r"config\.json: expected a JSON object"),
+    (lambda d: (d / "1_Pooling").mkdir() or (d / "1_Pooling" / "model.bin").write_bytes(b"x"), r"1_Pooling/model\.bin: pickled"),
     (lambda d: (d / "model.safetensors").unlink(), r"no \*\.safetensors weights"),
 ])  # fmt: skip
 def test_unsafe_or_foreign_directories_are_refused_with_exit_2(text_dirs, tmp_path, capsys, spoil, match):
@@ -261,3 +265,19 @@ def test_more_native_encoders_import_and_match_transformers(tmp_path, model_type
     assert run.card["model"]["model_type"] == model_type
     emb = np.array(run.predict({"instances": tm.TEXTS})["embeddings"])
     assert _cosines(emb, tm.reference(d, tm.TEXTS)).min() >= 0.9999
+
+
+def test_the_signature_covers_the_tokenizer(text_runs, tmp_path):
+    import zipfile
+
+    from aiaas_torch.archive import ArchiveError, package, verify_archive
+
+    mar = package(text_runs["bert_cls"], "cls", "1.0", tmp_path / "store", sign_key="k" * 32).path
+    assert verify_archive(mar, "k" * 32)["files"]["tokenizer.json"]["role"] == "tokenizer"
+    bad = tmp_path / "bad.mar"
+    with zipfile.ZipFile(mar) as src, zipfile.ZipFile(bad, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            dst.writestr(info, data.replace(b'"[PAD]"', b'"[PAX]"') if info.filename == "tokenizer.json" else data)
+    with pytest.raises(ArchiveError, match="tokenizer.json: SHA-256 does not match the card"):
+        verify_archive(bad, "k" * 32)

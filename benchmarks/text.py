@@ -30,6 +30,7 @@ import torch
 from aiaas_torch import bench
 from aiaas_torch import serving as server
 from aiaas_torch.archive import ServingConfig, package
+from aiaas_torch.handlers import integrity
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -116,7 +117,8 @@ def main() -> int:
     p.add_argument("--out", default=None, help="write the figures as JSON here")
     a = p.parse_args()
     host = bench.machine_info()
-    print(f"host: {json.dumps(host)}")
+    host["isa_class"] = integrity.isa_class(integrity.cpu_flags())
+    print(f"host: {host['cpu']}, {host['cores']} cores, ISA class {host['isa_class']}, load {host['loadavg_1min']}")
     with tempfile.TemporaryDirectory(prefix="aiaas-text-bench-") as tmp:
         tmp = Path(tmp)
         d = tmp / "bert"

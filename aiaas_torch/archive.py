@@ -31,7 +31,7 @@ import yaml
 
 from . import handlers as _handlers_pkg
 from .errors import InputError, check_int
-from .card import CARD, read_card
+from .card import CARD, is_text, read_card
 from .handlers import integrity
 
 HANDLER_DIR = Path(_handlers_pkg.__file__).parent
@@ -44,12 +44,14 @@ BATCH_CHECKS_FILE = HANDLER_DIR / "batch_checks.py"
 SHIPPED_CODE = (CONTRACT_FILE, HANDLER_DIR / "contract_common.py", HANDLER_DIR / "tensor_contract.py", PROGRAMS_FILE,
                 HANDLER_DIR / "pt2_check.py", INTEGRITY_FILE, PROTOCOLS_FILE, BATCH_CHECKS_FILE, HANDLER_DIR / "json_body.py",
                 HANDLER_DIR / "plain_rows.py", HANDLER_DIR / "tabular_rows.py")  # beside the handler in every archive (fmt: skip)
+TEXT_HANDLER_FILE = HANDLER_DIR / "text_handler.py"  # the handler of text cards (aiaas import of a Hugging Face directory)
+TEXT_CODE = (HANDLER_DIR / "text_contract.py",)  # shipped beside it, in text archives only
 METRICS_CONFIG = HANDLER_DIR / "metrics.yaml"
 MODEL_CONFIG = "model-config.yaml"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")
 VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_.]*$")
 DEVICES = ("auto", "cpu", "gpu")
-SERVING_ROLES = {"cpu-compiled", "float-program"}
+SERVING_ROLES = {"cpu-compiled", "float-program", "tokenizer"}
 SIGNING_KEY_ENV = "AIAAS_SIGNING_KEY"  # HMAC key: read by `package --sign` and `serve start`, never by a worker
 SIGNATURE_ALG = "HMAC-SHA256"
 
@@ -152,19 +154,20 @@ def package(
     if device not in DEVICES:
         raise InputError(f"device: {device!r} is not one of {DEVICES}")
     serving = (serving or ServingConfig()).validate()
-    handler_file = Path(handler).resolve() if handler is not None else HANDLER_FILE
-    custom_handler = handler_file != HANDLER_FILE.resolve()
-    if not handler_file.is_file():
-        raise InputError(f"handler: {handler_file} is not a file")
-    if custom_handler and handler_file.name in (HANDLER_FILE.name, *(f.name for f in SHIPPED_CODE), CARD, MODEL_CONFIG):
-        raise InputError(f"handler: {handler_file.name!r} would clash with a file the archive already ships")
     run_dir = Path(run_dir)
     card = read_card(run_dir)
+    ours, code = (TEXT_HANDLER_FILE, SHIPPED_CODE + TEXT_CODE) if is_text(card) else (HANDLER_FILE, SHIPPED_CODE)
+    handler_file = Path(handler).resolve() if handler is not None else ours
+    custom_handler = handler_file != ours.resolve()
+    if not handler_file.is_file():
+        raise InputError(f"handler: {handler_file} is not a file")
+    if custom_handler and handler_file.name in (ours.name, *(f.name for f in code), CARD, MODEL_CONFIG):
+        raise InputError(f"handler: {handler_file.name!r} would clash with a file the archive already ships")
     problems = integrity.verify_files(card, run_dir, roles=SERVING_ROLES)
     if problems:
         raise InputError(f"{run_dir}: " + "; ".join(problems))
     model_files = {n: m for n, m in card["files"].items() if m.get("role") in SERVING_ROLES}
-    shipped = {CARD, MODEL_CONFIG, integrity.MANIFEST, HANDLER_FILE.name, *(f.name for f in SHIPPED_CODE), handler_file.name}
+    shipped = {CARD, MODEL_CONFIG, integrity.MANIFEST, ours.name, *(f.name for f in code), handler_file.name}
     for n in model_files:
         if n in shipped:
             raise InputError(f"{run_dir / CARD}: model file {n!r} would clash with a file the archive already ships")
@@ -180,11 +183,11 @@ def package(
         inputs = work / "inputs"
         inputs.mkdir()
         (inputs / MODEL_CONFIG).write_text(yaml.safe_dump(model_config, sort_keys=True))
-        for f in SHIPPED_CODE:
+        for f in code:
             shutil.copy2(f, inputs / f.name)
-        extra = [inputs / f.name for f in SHIPPED_CODE] + [run_dir / n for n in sorted(model_files)]
+        extra = [inputs / f.name for f in code] + [run_dir / n for n in sorted(model_files)]
         if custom_handler:
-            extra.append(HANDLER_FILE)
+            extra.append(ours)
         laid_out = _run_archiver(name, version, inputs / MODEL_CONFIG, extra, work, handler_file)
         _fix_manifest(laid_out, card["created"])
         card["files"] = _member_entries(laid_out, model_files, handler_file.name)

@@ -61,6 +61,9 @@ def check_card(card, where: str) -> None:
             raise InputError(f"{where}: field {key!r} must be {typ.__name__}, got {type(card[key]).__name__}")
     if card["schema_version"] != SCHEMA_VERSION:
         raise InputError(f"{where}: schema_version {card['schema_version']} is not {SCHEMA_VERSION}")
+    if card["input"].get("kind") == "text":
+        _check_text_card(card, where)
+        return
     if not is_tabular(card):
         _check_tensor_card(card, where)
         return
@@ -121,3 +124,32 @@ def _check_tensor_card(card: dict, where: str) -> None:
             raise InputError(f"{where}: field 'output.classes' must list one label per column of the one output [-1, K] "
                              f"(got {len(labels) if isinstance(labels, list) else labels!r} labels for {len(out['tensors'])} "
                              f"output(s), the first of shape {first['shape']})")  # fmt: skip
+
+
+def is_text(card: dict) -> bool:
+    """Return True when the card is a text model's (texts in, tokenized by the tokenizer the card names)."""
+    return isinstance(card.get("input"), dict) and card["input"].get("kind") == "text"
+
+
+def _check_text_card(card: dict, where: str) -> None:
+    """Raise InputError naming the field when a text card (aiaas import of a Hugging Face directory) is malformed."""
+    inp, out = card["input"], card["output"]
+
+    def whole(v, low):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    if not whole(inp.get("max_length"), 2) or not whole(inp.get("pad_id"), 0) or not whole(inp.get("max_rows"), 1):
+        raise InputError(f"{where}: field 'input.max_length', 'input.pad_id' and 'input.max_rows' must be whole numbers")
+    tok = inp.get("tokenizer")
+    if not isinstance(tok, dict) or not isinstance(tok.get("file"), str) or tok["file"] not in card["files"]:
+        raise InputError(f"{where}: field 'input.tokenizer.file' must name a file of the card's files section")
+    tensors = inp.get("tensors")
+    names = [t.get("name") for t in tensors] if isinstance(tensors, list) and all(isinstance(t, dict) for t in tensors) else None
+    if names not in (["input_ids", "attention_mask"], ["input_ids", "attention_mask", "token_type_ids"]):
+        raise InputError(f"{where}: field 'input.tensors' must be input_ids, attention_mask[, token_type_ids]")
+    if out.get("task") not in ("classification", "embedding") or not whole(out.get("dim"), 1):
+        raise InputError(f"{where}: field 'output.task' must be 'classification' or 'embedding', with 'output.dim'")
+    labels = out.get("classes")
+    if out["task"] == "classification" and (not isinstance(labels, list) or len(labels) != out["dim"]
+                                            or not all(isinstance(c, str) for c in labels)):  # fmt: skip
+        raise InputError(f"{where}: field 'output.classes' must list {out['dim']} labels")

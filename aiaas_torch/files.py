@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from .atomic import atomic_file
-from .card import is_tabular, read_card
+from .card import is_tabular, is_text, read_card
 from .errors import InputError
 from .filerows import LOCAL_CHUNK_ROWS, Chunk, RowReader
 from .handlers import aiaas_contract as contract
@@ -169,6 +169,24 @@ def _arrays(path, out: str, card: dict, load, id_column, chunk_rows, concurrency
     return FileReport(rows, fmt, out, seconds)
 
 
+def _texts(path, out: str, card: dict, ask, id_column, chunk_rows) -> FileReport:
+    """Return the FileReport of predicting a CSV file's `text` column with a text model (textfiles.py), in order."""
+    from . import textfiles
+
+    t0, rows = time.perf_counter(), 0
+    with _output(out) as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(textfiles.header(card, id_column))
+        for lines, ids, body in textfiles.chunks(path, card, id_column, chunk_rows):
+            try:
+                answer = ask(body)
+            except InputError as e:
+                raise textfiles.line_error(str(e), lines, path) from None
+            writer.writerows(textfiles.answer_rows(card, answer, ids))
+            rows += len(lines)
+    return FileReport(rows, "csv (text)", out, time.perf_counter() - t0)
+
+
 def _write_answer(f, writer, answer: dict, chunk: Chunk, path: Path) -> int:
     """Write a chunk's answer as CSV rows (id, prediction, probabilities); returns the number of rows."""
     n = len(chunk.lines)
@@ -214,12 +232,16 @@ def predict_file(path, out=None, model=None, *, name: str | None = None, version
             if not isinstance(name, str) or not name:
                 raise InputError("name: give the served model's name with a Client")
             predictor = _Remote(model, name, version)
+            if is_text(predictor.card):
+                return _texts(path, out_name, predictor.card, predictor.ask, id_column, chunk_rows)
             if not is_tabular(predictor.card):
                 return _arrays(path, out_name, predictor.card, lambda: predictor.ask, id_column, chunk_rows, concurrency)
         else:
             if model is None:
                 raise InputError("model: give a run directory, a LocalModel, or a Client and name")
             card = read_card(model) if isinstance(model, (str, os.PathLike)) else model.card
+            if is_text(card):
+                return _texts(path, out_name, card, _local_ask(model)(), id_column, chunk_rows)
             if not is_tabular(card):
                 return _arrays(path, out_name, card, _local_ask(model), id_column, chunk_rows, 1)
             if isinstance(model, (str, os.PathLike)):

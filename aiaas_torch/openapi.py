@@ -15,7 +15,7 @@ import os
 import zipfile
 from pathlib import Path
 
-from .card import filled_sample, is_tabular, read_card, tensor_text
+from .card import filled_sample, is_tabular, is_text, read_card, tensor_text
 from .errors import InputError
 from .handlers import aiaas_contract as contract
 from .handlers.contract_common import FLOAT32_MAX  # the contract refuses |x| above it
@@ -35,7 +35,8 @@ def _feature_schema(feature: dict) -> dict:
 def card_schemas(card: dict) -> dict:
     """Return the named JSON Schemas (components.schemas) of a model's requests and answers, from its card."""
     max_rows = int(card["input"].get("max_rows") or contract.DEFAULT_MAX_ROWS)
-    schemas = _tabular_schemas(card, max_rows) if is_tabular(card) else _tensor_schemas(card, max_rows)
+    schemas = (_text_schemas(card, max_rows) if is_text(card) else _tabular_schemas(card, max_rows) if is_tabular(card)
+               else _tensor_schemas(card, max_rows))  # fmt: skip
     v2_out = {"type": "object", "required": ["name", "shape", "datatype", "data"],
               "properties": {"name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
                              "datatype": {"type": "string"}, "data": {"type": "array"}}}
@@ -177,6 +178,49 @@ def _tensor_schemas(card: dict, max_rows: int) -> dict:
     }
 
 
+def _text_schemas(card: dict, max_rows: int) -> dict:
+    """Return the request and Prediction schemas of a text card: texts (or text pairs) in, labels or embeddings out."""
+    text = {"type": "string", "description": f"a text of at most {card['input']['max_length']} tokens (or send \"truncate\": true)"}
+    item = {"anyOf": [text, {"type": "object", "required": ["text"], "additionalProperties": False,
+                             "properties": {"text": text, **({"text_pair": text} if card["input"].get("pairs") else {})}}]}  # fmt: skip
+    v2_text = {"type": "object", "required": ["name", "shape", "datatype", "data"],
+               "properties": {"name": {"enum": ["text", "text_pair"] if card["input"].get("pairs") else ["text"]},
+                              "shape": {"type": "array", "items": {"type": "integer"}, "minItems": 1, "maxItems": 2},
+                              "datatype": {"const": "BYTES"}, "data": {"type": "array", "items": text, "minItems": 1, "maxItems": max_rows}}}  # fmt: skip
+    out, number = card["output"], {"type": "number"}
+    if out.get("classes"):
+        answer = {"type": "object", "required": ["predictions", "probabilities", "classes", "model", "version"],
+                  "properties": {"predictions": {"type": "array", "items": {"enum": out["classes"]}},
+                                 "probabilities": {"type": "array", "items": {"type": "array", "items": number}},
+                                 "classes": {"const": out["classes"]}},
+                  "description": f"labels ({', '.join(out['classes'])}) and softmax probabilities, one per text"}  # fmt: skip
+    else:
+        answer = {"type": "object", "required": ["embeddings", "model", "version"],
+                  "properties": {"embeddings": {"type": "array", "items": {"type": "array", "items": number, "minItems": out["dim"],
+                                                                           "maxItems": out["dim"]}}},
+                  "description": f"one {out['dim']}-dim embedding per text ({out['kind']})"}  # fmt: skip
+    answer["properties"].update({"model": {"type": "string"}, "version": {"type": "string"}})
+    return {
+        "InstancesRequest": {"type": "object", "required": ["instances"], "additionalProperties": False,
+                             "properties": {"instances": {"type": "array", "items": item, "minItems": 1, "maxItems": max_rows},
+                                            "truncate": {"type": "boolean"}}},  # fmt: skip
+        "V2Request": {"type": "object", "required": ["inputs"], "additionalProperties": False,
+                      "properties": {"id": {"type": "string"}, "parameters": {"type": "object"},
+                                     "inputs": {"type": "array", "items": v2_text, "minItems": 1, "maxItems": 2}}},
+        "Prediction": answer,
+    }
+
+
+def _text_examples(card: dict) -> tuple[dict, str, str]:
+    """Return (request examples, what the model does, what it takes) of a text card."""
+    examples = {"texts": {"summary": "texts", "value": {"instances": ["a first text", "a second one"]}},
+                "v2": {"summary": "Open Inference BYTES", "value": {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
+                                                                               "data": ["a first text"]}]}}}  # fmt: skip
+    out = card["output"]
+    what = f"embeds texts ({out['dim']} dimensions, {out['kind']})" if out["task"] == "embedding" else "classifies texts"
+    return examples, what, f"texts of at most {card['input']['max_length']} tokens ({card['model'].get('architecture')})"
+
+
 def _operation(name: str, summary: str, op_id: str, examples: dict, requests: list) -> dict:
     """Return one POST operation taking any of the `requests` body schemas and answering the matching format."""
     ref = "#/components/schemas/"
@@ -209,12 +253,14 @@ def document(card: dict, name: str, server_url: str = DEFAULT_SERVER, version: s
         raise InputError(f"name: {name!r} is not a model name (letters, digits, _; not starting with _)")
     schemas = card_schemas(card)
     requests = [r for r in ("InstancesRequest", "V2Request", "Rows") if r in schemas]
-    examples, what, source = _examples(card) if is_tabular(card) else _tensor_examples(card)
+    examples, what, source = _text_examples(card) if is_text(card) else _examples(card) if is_tabular(card) else _tensor_examples(card)
     out = card["output"]
     if out["task"] == "classification":
         target = f"{out['target']!r} " if out.get("target") else ""
         what = f"classifies {target}into {len(out.get('classes') or [])} classes"
     bodies = ("`instances` rows, an Open Inference `inputs` tensor, or bare rows" if is_tabular(card)
+              else '`{"instances": ["text", ...]}` (objects {text, text_pair} for pairs; "truncate": true cuts long texts), '
+                   "or an Open Inference `inputs` body of BYTES texts" if is_text(card)
               else "`instances` samples (nested lists, or objects of named inputs), or an Open Inference `inputs` body")
     paths = {
         f"/predictions/{name}": {"post": _operation(name, "Predict (TorchServe's native path)", "predict", examples, requests)},

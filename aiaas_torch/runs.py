@@ -9,11 +9,12 @@ import numpy as np
 import torch
 
 from . import _quiet
-from .card import COMPILED, read_card
+from .card import COMPILED, is_text, read_card
 from .errors import InputError
 from .handlers import aiaas_contract as contract
 from .handlers import integrity
 from .handlers import programs
+from .handlers import text_contract
 
 
 class LocalModel:
@@ -41,15 +42,23 @@ class LocalModel:
             raise InputError(f"{self.run_dir}: no compiled package loadable on this host ({self.programs.reason})")
         self.program_file = self.programs.files[0]  # the program serving batch 1
         self._fn = self.programs
+        self.text = text_contract.TextModel(self.card, str(self.run_dir), self.programs) if is_text(self.card) else None
 
     def forward(self, X) -> np.ndarray:
         """Return the raw model outputs (rows × outputs) for a 2-D array of raw features."""
+        if self.text is not None:
+            raise InputError(f"{self.run_dir}: a text model takes texts: predict({{'instances': ['text', ...]}})")
         x = torch.as_tensor(np.asarray(X, dtype=np.float32))
         with torch.inference_mode():
             return self._fn(x).detach().numpy()
 
     def predict(self, body, name: str = "local", version: str = "local") -> dict:
         """Return the answer the server would give for a request body (raises ValueError for a bad body)."""
+        if self.text is not None:
+            try:
+                return self.text.predict(body, name, version)
+            except text_contract.ContractError as e:
+                raise InputError(str(e)) from None
         parsed = contract.parse_request(body, self.card)
         out = programs.run_samples(self._fn, self.card, parsed.inputs)
         return contract.answer(self.card, parsed, out, name, version)

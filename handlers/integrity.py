@@ -83,6 +83,21 @@ def verify_files(card: dict, directory: str | os.PathLike, roles=None) -> list:
     return problems
 
 
+def checked_card(model_dir: str, model_name: str, roles, log) -> dict:
+    """Return the card (model.json) of a worker's model directory after checking the files of these roles against it;
+    a damaged file is logged with REFUSAL_MARK (serving.readiness looks for it) and raised as RuntimeError."""
+    import json
+
+    with open(os.path.join(model_dir, "model.json"), encoding="utf-8") as f:
+        card = json.load(f)
+    problems = verify_files(card, model_dir, roles=roles)
+    if problems:
+        msg = f"{REFUSAL_MARK} {model_name}: " + "; ".join(problems)
+        log(msg)
+        raise RuntimeError(msg)
+    return card
+
+
 def _cpuinfo_field(keys: tuple) -> str | None:
     """Return the value of the first /proc/cpuinfo line starting with one of `keys`, or None (no such line or file)."""
     try:

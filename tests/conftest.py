@@ -150,3 +150,20 @@ def imported(tmp_path_factory) -> Imported:
     z = torch.randn(20, 3)
     cls_run = import_model(cls, z[:2], root / "cls", calibration=z.numpy(), labels=["no", "yes"], compile="never").run_dir
     return Imported(two, two_run, cls, cls_run)
+
+
+@pytest.fixture(scope="session")
+def text_dirs(tmp_path_factory) -> dict:
+    """Return {name: directory} of tiny Hugging Face text models built once (tests/textmodels.py)."""
+    import textmodels
+
+    return textmodels.build(tmp_path_factory.mktemp("hf"))
+
+
+@pytest.fixture(scope="session")
+def text_runs(text_dirs, tmp_path_factory) -> dict:
+    """Return {name: run directory} of the tiny text models, each imported once with `aiaas import DIR`."""
+    from aiaas_torch.textimport import import_text
+
+    root = tmp_path_factory.mktemp("text_runs")
+    return {name: import_text(d, root / name).run_dir for name, d in text_dirs.items()}

@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from ..card import is_tabular
+from ..card import is_tabular, is_text
 from ..errors import InputError
 from ..serving.ports import free_ports
 from .cpu import machine_info
@@ -74,7 +74,9 @@ def generator_ceiling(concurrency: Sequence[int] = DEFAULT_CONCURRENCY, duration
 
 def card_body(card: dict) -> bytes:
     """Return a one-row request body made of each feature's training mean (a tensor card: a v2 body of one sample per
-    input, each value its calibration minimum)."""
+    input, each value its calibration minimum; a text card: one text of about 32 tokens)."""
+    if is_text(card):
+        return json.dumps({"instances": [" ".join(["the model card travels with the model to the server"] * 3)], "truncate": True}).encode()
     if not is_tabular(card):
         from ..handlers import aiaas_contract as contract
 

@@ -27,7 +27,7 @@ from .management import models_snapshot
 from .pids import GATEWAY_MODULE, MODEL_SERVER_CLASS, gateway_alive, is_alive, kill_group, launchers, stop_gateway, terminate
 from .ports import Ports, check_port_free, check_ports_free, free_ports as _free_ports, pick_ports
 from .readiness import death_reason, log_report, log_sizes, wait_ready
-from .store import archives_to_load, checked_store
+from .store import add_openai_base_urls, archives_to_load, checked_store
 from .tokens import read_keys
 
 DEFAULT_GATEWAY_PORT = 8090
@@ -371,4 +371,6 @@ def status(home: str | os.PathLike = ".aiaas") -> dict:
                 result["models"] = models_snapshot(client, info)
         except (httpx.HTTPError, TorchServeError, ValueError) as e:
             result["error"] = f"management API: {e}"
+        add_openai_base_urls(result["models"], info)
     return result
+

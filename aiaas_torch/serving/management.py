@@ -40,7 +40,7 @@ def api_call(client: httpx.Client, info: ServerInfo, kind: str, method: str, url
 
 
 def models_snapshot(client: httpx.Client, info: ServerInfo) -> dict[str, list[dict]]:
-    """Return {model name: [{version, minWorkers, maxWorkers, workers: [{id, pid, status}]}]} from the API."""
+    """Return {model name: [{version, modelUrl, minWorkers, maxWorkers, workers: [{id, pid, status}]}]} from the API."""
     names: list[str] = []
     token = None
     while True:
@@ -58,6 +58,7 @@ def models_snapshot(client: httpx.Client, info: ServerInfo) -> dict[str, list[di
         models[name] = [
             {
                 "version": v.get("modelVersion"),
+                "modelUrl": v.get("modelUrl"),
                 "minWorkers": v.get("minWorkers", 0),
                 "maxWorkers": v.get("maxWorkers", 0),
                 "workers": [{"id": w.get("id"), "pid": w.get("pid"), "status": w.get("status")} for w in v.get("workers", [])],

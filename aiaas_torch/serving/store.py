@@ -7,13 +7,16 @@ signing key never reaches TorchServe or its workers, which run archive code.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from .. import archive
 from ..atomic import private_dir
+from ..card import is_text
 from ..handlers.aiaas_contract import some_of
 from ..handlers.integrity import file_name_problem
 from .errors import ServerArgumentError
@@ -113,3 +116,21 @@ built by aiaas) is refused, key or not: nothing in it could be checked.
         shutil.rmtree(checked, ignore_errors=True)  # a refused start leaves no copies behind
         raise
     return checked
+
+
+def add_openai_base_urls(models: dict, info) -> None:
+    """Add `openai_base_url` (the `openai` SDK's base_url: /predictions/NAME/VERSION/v1) to every served version of an
+    embedding text model, whose card is read from its checked copy in HOME/store; returns None."""
+    store = Path(info.home) / CHECKED_STORE
+    for name, versions in models.items():
+        for v in versions:
+            mar = store / str(v.get("modelUrl") or "")
+            if not v.get("modelUrl") or "/" in str(v["modelUrl"]) or not mar.is_file():
+                continue
+            try:
+                with zipfile.ZipFile(mar) as zf:
+                    card = json.loads(zf.read("model.json"))
+            except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+                continue
+            if isinstance(card, dict) and is_text(card) and card.get("output", {}).get("task") == "embedding":
+                v["openai_base_url"] = f"{info.inference_url}/predictions/{name}/{v.get('version')}/v1"

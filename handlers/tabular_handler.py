@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import operator
-import os
 
 import torch
 
@@ -97,15 +96,9 @@ class TabularHandler:
         model_dir = props.get("model_dir", ".")
         self.model_name = context.model_name
         self.model_version = str((context.manifest or {}).get("model", {}).get("modelVersion", ""))
-        with open(os.path.join(model_dir, "model.json"), encoding="utf-8") as f:
-            self.card = json.load(f)
         # Integrity only (a file damaged since packaging): this code ships inside the archive, so it cannot vouch for
         # the archive; the signature is checked before loading by the installed aiaas_torch (`aiaas serve start`).
-        problems = integrity.verify_files(self.card, model_dir, roles={"cpu-compiled", "float-program"})
-        if problems:
-            msg = f"{integrity.REFUSAL_MARK} {self.model_name}: " + "; ".join(problems)
-            logger.error(msg)
-            raise RuntimeError(msg)
+        self.card = integrity.checked_card(model_dir, self.model_name, {"cpu-compiled", "float-program"}, logger.error)
         settings = (getattr(context, "model_yaml_config", None) or {}).get("handler", {}) or {}
         self.max_rows = int(settings.get("max_rows", self.card["input"].get("max_rows", contract.DEFAULT_MAX_ROWS)))
         torch.set_num_threads(int(settings.get("threads", 1)))

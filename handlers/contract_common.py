@@ -182,3 +182,23 @@ def check_names(obj: dict, names: list, where: str, what: str) -> None:
     missing = [n for n in names if n not in obj]
     if missing:
         raise ContractError(f"{where}: missing {what}(s) [{some_of(map(repr, missing), 5)}]")
+
+
+def json_number(v, where: str):
+    """Return v when it is a JSON number (int or float, not bool), else raise ContractError naming `where`."""
+    if isinstance(v, NonFiniteLiteral):
+        raise ContractError(f"{where}: {v} is not a valid JSON number (NaN and Infinity are not allowed)")
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ContractError(f"{where}: {show_value(v)} is not a number")
+    return v
+
+
+def finite_float(v, where: str, dtype: str = "float32", limit: float = FLOAT32_MAX) -> float:
+    """Return the number v as a float within ±limit (float32's by default), else raise ContractError naming `where`."""
+    try:
+        f = float(v)
+    except OverflowError:
+        raise ContractError(f"{where}: {str(v)[:40]}… is too large for {dtype}") from None
+    if not math.isfinite(f) or abs(f) > limit:
+        raise ContractError(f"{where}: {v!r} is not a finite {dtype} number")
+    return f

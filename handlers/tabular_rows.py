@@ -12,28 +12,18 @@ import heapq
 import math
 
 try:  # installed package (tests, aiaas predict --local)
-    from .contract_common import (FLOAT32_MAX, V2_NUMERIC_TYPES, ContractError, NonFiniteLiteral, ParsedRequest, check_names, clip_text,
+    from .contract_common import (V2_NUMERIC_TYPES, finite_float, json_number, ContractError, NonFiniteLiteral, ParsedRequest, check_names, clip_text,
                                   flatten_values, quoted, show_value, some_of)  # fmt: skip
     from .tensor_contract import input_tensors
 except ImportError:  # inside a TorchServe worker: the model directory is on sys.path
-    from contract_common import (FLOAT32_MAX, V2_NUMERIC_TYPES, ContractError, NonFiniteLiteral, ParsedRequest, check_names, clip_text,
+    from contract_common import (V2_NUMERIC_TYPES, finite_float, json_number, ContractError, NonFiniteLiteral, ParsedRequest, check_names, clip_text,
                                  flatten_values, quoted, show_value, some_of)  # fmt: skip
     from tensor_contract import input_tensors
 
 
 def _number(v, where: str) -> float:
     """Return v as a finite float, or raise ContractError naming `where`."""
-    if isinstance(v, NonFiniteLiteral):
-        raise ContractError(f"{where}: {v} is not a valid JSON number (NaN and Infinity are not allowed)")
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ContractError(f"{where}: {show_value(v)} is not a number")
-    try:
-        f = float(v)
-    except OverflowError:
-        raise ContractError(f"{where}: {str(v)[:40]}… is too large for float32") from None
-    if not math.isfinite(f) or abs(f) > FLOAT32_MAX:
-        raise ContractError(f"{where}: {v!r} is not a finite float32 number")
-    return f
+    return finite_float(json_number(v, where), where)
 
 
 class _Encoding:

@@ -8,14 +8,13 @@ Stdlib only (numpy when present); shipped in every .mar beside the handler.
 from __future__ import annotations
 
 import heapq
-import math
 
 try:  # installed package (tests, aiaas predict --local)
     from . import batch_checks
-    from .contract_common import FLOAT32_MAX, V2_NUMERIC_TYPES, ContractError, is_tabular, NonFiniteLiteral, check_names, ParsedRequest, clip_text, flatten_values, quoted, refuse_non_finite, show_value, some_of, v2_answer
+    from .contract_common import FLOAT32_MAX, V2_NUMERIC_TYPES, finite_float, json_number, ContractError, is_tabular, NonFiniteLiteral, check_names, ParsedRequest, clip_text, flatten_values, quoted, refuse_non_finite, show_value, some_of, v2_answer
 except ImportError:  # inside a TorchServe worker: the model directory is on sys.path
     import batch_checks
-    from contract_common import FLOAT32_MAX, V2_NUMERIC_TYPES, ContractError, is_tabular, NonFiniteLiteral, check_names, ParsedRequest, clip_text, flatten_values, quoted, refuse_non_finite, show_value, some_of, v2_answer
+    from contract_common import FLOAT32_MAX, V2_NUMERIC_TYPES, finite_float, json_number, ContractError, is_tabular, NonFiniteLiteral, check_names, ParsedRequest, clip_text, flatten_values, quoted, refuse_non_finite, show_value, some_of, v2_answer
 
 # A dtype's v2 name, whether it holds integers, and its range; integers sent to a float input must be exact in it.
 DTYPES = {
@@ -82,10 +81,7 @@ def _tensor_value(v, spec: dict, where: str, integral: bool = False):
     """Return one value converted for an input of spec's dtype, or raise ContractError (lossy or unsafe values refused)."""
     dtype = spec["dtype"]
     _, is_int, a, b = DTYPES[dtype]
-    if isinstance(v, NonFiniteLiteral):
-        raise ContractError(f"{where}: {v} is not a valid JSON number (NaN and Infinity are not allowed)")
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ContractError(f"{where}: {show_value(v)} is not a number")
+    json_number(v, where)
     if isinstance(v, float) and (integral or is_int) and not v.is_integer():
         raise ContractError(f"{where}: {v!r} is not an integer ({'its datatype' if integral else dtype + ' input'} takes integers)")
     if is_int:
@@ -94,13 +90,7 @@ def _tensor_value(v, spec: dict, where: str, integral: bool = False):
         return int(v)
     if isinstance(v, int) and abs(v) > b:
         raise ContractError(f"{where}: the integer {clip_text(str(v))} cannot be represented exactly in {dtype}")
-    try:
-        f = float(v)
-    except OverflowError:
-        raise ContractError(f"{where}: {str(v)[:40]}… is too large for {dtype}") from None
-    if not math.isfinite(f) or abs(f) > a:
-        raise ContractError(f"{where}: {v!r} is not a finite {dtype} number")
-    return f
+    return finite_float(v, where, dtype, a)
 
 
 _RAGGED = "ragged nested lists (not a rectangular array)"

@@ -10,7 +10,8 @@ Modules, one job each (imports point down this list, never up):
     pids         TorchServe's processes by pid: alive check, stopping the Java server, its workers and launcher
     live         live updates on a server started with allow_deploy: deploy, rollback, retire, versions
     management   the management API with the instance's token: models snapshot, scale, set-default, register
-    tokens       key_file.json and renewing an expired key (also used by aiaas_torch.client)
+    tokens       key_file.json; `send`, the one request that renews a refused key (also used by aiaas_torch.client)
+    httpclient   the one factory of httpx clients (loopback, no proxy) and their named timeouts
     config       base config (config.properties beside it), forced settings, effective config, log4j, environment
     ports        Ports, free loopback ports, clash checks
     home         the home directory's files, server.json (ServerInfo), atomic writes, the CLI's search (find_home)

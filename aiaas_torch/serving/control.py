@@ -17,6 +17,7 @@ from typing import Iterable, Mapping, Sequence
 import httpx
 import psutil
 
+from .httpclient import PROBE_S, http_client
 from .config import TRUSTABLE_KEYS, base_config, effective_config, gateway_env, launcher_env, log4j_config
 from .errors import ServerArgumentError, TorchServeError
 from ..atomic import private_dir, write_text_atomic
@@ -253,7 +254,7 @@ def _start_gateway(info: ServerInfo, port: int, deadline: float) -> None:
     info.gateway_url, info.gateway_pid = f"http://127.0.0.1:{port}", proc.pid
     info.gateway_create_time = psutil.Process(proc.pid).create_time()
     problem, proven = "not answering yet", False
-    with httpx.Client(timeout=httpx.Timeout(5.0), trust_env=False) as client:
+    with http_client(PROBE_S) as client:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 tail = log.read_bytes()[offset:].decode("utf-8", "replace").strip().splitlines()[-15:]
@@ -367,7 +368,7 @@ def status(home: str | os.PathLike = ".aiaas") -> dict:
         result["gateway_url"] = info.gateway_url if gateway_alive(info) else None
     if running:
         try:
-            with httpx.Client(timeout=httpx.Timeout(5.0), trust_env=False) as client:
+            with http_client(PROBE_S) as client:
                 result["models"] = models_snapshot(client, info)
         except (httpx.HTTPError, TorchServeError, ValueError) as e:
             result["error"] = f"management API: {e}"

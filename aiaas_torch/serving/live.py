@@ -24,6 +24,7 @@ import httpx
 from .. import archive
 from ..card import CARD, check_card, filled_sample, is_tabular, tensor_text
 from ..errors import InputError, check_int, check_number
+from .httpclient import MANAGEMENT_S, http_client
 from .config import parse_properties
 from .errors import ServerArgumentError, TorchServeError
 from ..atomic import write_text_atomic
@@ -88,7 +89,7 @@ def deploy(name: str, archive_path: str | os.PathLike, home: str | os.PathLike =
         card = _verify(source, staging, deploy_key(info.home, os.environ.get(archive.SIGNING_KEY_ENV) or None))
         version = card["serving"]["version"]
         seconds = {"verify": time.monotonic() - started}
-        with httpx.Client(timeout=httpx.Timeout(30.0), trust_env=False) as http:
+        with http_client(MANAGEMENT_S) as http:
             loaded = _describe(http, info, name)
             if any(v.get("modelVersion") == version for v in loaded):
                 raise ServerArgumentError(f"{name} version {version} is already loaded; retire it first "
@@ -127,7 +128,7 @@ def rollback(name: str, home: str | os.PathLike = ".aiaas") -> tuple[str, str]:
     The earlier default comes from this server's deploy history; it must still be loaded (not retired).
     """
     info = _running(home)
-    with httpx.Client(timeout=httpx.Timeout(30.0), trust_env=False) as http:
+    with http_client(MANAGEMENT_S) as http:
         loaded = {v.get("modelVersion") for v in _describe(http, info, name)}
         if not loaded:
             raise ServerArgumentError(f"model {name!r} is not loaded")
@@ -152,7 +153,7 @@ def retire(name: str, version: str, home: str | os.PathLike = ".aiaas") -> str:
     info = _running(home)
     if not isinstance(version, str) or not archive.VERSION_RE.match(version):
         raise ServerArgumentError(f"version: {version!r} must hold only letters, digits, '.' and '_'")
-    with httpx.Client(timeout=httpx.Timeout(30.0), trust_env=False) as http:
+    with http_client(MANAGEMENT_S) as http:
         loaded = {v.get("modelVersion"): v for v in _describe(http, info, name)}
         if version not in loaded:
             raise ServerArgumentError(f"{name} version {version} is not loaded (loaded: {sorted(loaded)})")
@@ -169,7 +170,7 @@ def retire(name: str, version: str, home: str | os.PathLike = ".aiaas") -> str:
 def versions(name: str, home: str | os.PathLike = ".aiaas") -> list[ModelVersion]:
     """Return every loaded version of NAME: default or not, worker states, archive and card summary."""
     info = _running(home, need_deploy=False)
-    with httpx.Client(timeout=httpx.Timeout(30.0), trust_env=False) as http:
+    with http_client(MANAGEMENT_S) as http:
         loaded = _describe(http, info, name)
         if not loaded:
             raise ServerArgumentError(f"model {name!r} is not loaded")

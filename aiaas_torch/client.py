@@ -8,7 +8,7 @@ Errors form one small hierarchy, each carrying ``status``, ``type`` (TorchServe'
 
     ClientError
     ├── ConnectionFailed            refused, reset, timed out
-    └── HTTPStatusError             any other answer >= 400
+    └── StatusError                 any other answer >= 400 (once HTTPStatusError, which shadowed httpx's)
         ├── BadRequest              400, a problem with the request itself
         ├── TokenError              400 with type InvalidKeyException: bad, missing or expired token
         ├── NotFound                404
@@ -39,6 +39,7 @@ from typing import Any
 
 import httpx
 
+from aiaas_torch.deprecation import renamed_keywords, warn_renamed
 from aiaas_torch.handlers.aiaas_contract import some_of
 from aiaas_torch.serving import home as _home, tokens as _tokens
 from aiaas_torch.serving.errors import TorchServeError
@@ -49,7 +50,7 @@ __all__ = [
     "Client",
     "ClientError",
     "ConnectionFailed",
-    "HTTPStatusError",
+    "StatusError",
     "BadRequest",
     "TokenError",
     "NotFound",
@@ -93,23 +94,31 @@ class ConnectionFailed(ClientError):
     """The server could not be reached or did not answer in time (refused, reset, timeout)."""
 
 
-class HTTPStatusError(ClientError):
-    """The server answered with a status >= 400."""
+class StatusError(ClientError):
+    """The server answered with a status >= 400 (not httpx.HTTPStatusError: our errors never wrap httpx's)."""
 
 
-class BadRequest(HTTPStatusError):
+def __getattr__(name: str) -> Any:
+    """Return the old spelling HTTPStatusError as StatusError, warning (RenamedWarning); other names do not exist."""
+    if name == "HTTPStatusError":
+        warn_renamed("aiaas_torch.client.HTTPStatusError", "aiaas_torch.client.StatusError")
+        return StatusError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class BadRequest(StatusError):
     """400 about the request itself (not the token)."""
 
 
-class TokenError(HTTPStatusError):
+class TokenError(StatusError):
     """400 InvalidKeyException: the token is wrong, missing or expired."""
 
 
-class NotFound(HTTPStatusError):
+class NotFound(StatusError):
     """404: no such model, version or endpoint."""
 
 
-class ServerError(HTTPStatusError):
+class ServerError(StatusError):
     """5xx: the server failed."""
 
 
@@ -125,7 +134,7 @@ class ServiceUnavailable(ServerError):
     """503: no worker can take the request now (queue full, model not loaded yet)."""
 
 
-def classify(response: httpx.Response) -> HTTPStatusError:
+def classify(response: httpx.Response) -> StatusError:
     """Return the typed error for an answer with status >= 400 (built from TorchServe's JSON error body)."""
     status = response.status_code
     err_type = None
@@ -144,7 +153,7 @@ def classify(response: httpx.Response) -> HTTPStatusError:
     if not message:
         message = response.text.strip()[:500] or f"HTTP {status}"
     if status == 400:
-        cls: type[HTTPStatusError] = TokenError if err_type == "InvalidKeyException" else BadRequest
+        cls: type[StatusError] = TokenError if err_type == "InvalidKeyException" else BadRequest
         if cls is TokenError:  # TorchServe's own words ("Token Authorization failed. Token either incorrect, ...")
             message = f"{_tokens.TOKEN_HINT} (TorchServe: {message})"
     elif status == 404:
@@ -156,7 +165,7 @@ def classify(response: httpx.Response) -> HTTPStatusError:
     elif status >= 500:
         cls = ServerError
     else:
-        cls = HTTPStatusError
+        cls = StatusError
     return cls(message, status=status, type=err_type, response=response)
 
 
@@ -180,11 +189,15 @@ class Client:
         token: str | None = None,
         management_token: str | None = None,
         api_key: str | None = None,
-        timeout: float = REQUEST_S,
+        request_timeout: float = REQUEST_S,
         retries: int = 2,
         backoff: float = 0.2,
         response_timeout: float = FALLBACK_RESPONSE_TIMEOUT_S,
+        **old: Any,
     ) -> None:
+        """request_timeout: seconds to wait for each answer (`timeout`, its old spelling, still works for one release
+        and warns); response_timeout: the model's responseTimeout assumed when the management API cannot tell it."""
+        request_timeout = renamed_keywords("Client", old, {"timeout": "request_timeout"}).get("request_timeout", request_timeout)
         self._keys = _tokens.Keys(token, management_token, api_key)
         if home is not None:
             info = _home.load_info(home)
@@ -207,7 +220,7 @@ class Client:
         self.backoff = float(backoff)
         self.response_timeout = float(response_timeout)  # assumed when a model's own cannot be read
         self._response_timeouts: dict[tuple[str, str | None], float] = {}
-        self._http = http_client(timeout)
+        self._http = http_client(request_timeout)
         self.timeout = self._http.timeout
 
     @property

@@ -116,13 +116,13 @@ def main() -> int:
         info = server.start(home, store, {"enc": mar.name}, free_ports=True, ready_timeout=300)
         try:
             body = {"inputs": [{"name": "tokens", "shape": [BATCH, SEQ], "datatype": "INT64", "data": x.ravel().tolist()}]}
-            with Client(home=home, timeout=60) as c:
+            with Client(home=home, request_timeout=60) as c:
                 served = torch.tensor(c.predict("enc", body)["outputs"][0]["data"]).reshape(BATCH, -1)
             res["served_vs_eager_rel_rmse"] = rel_rmse(served, eager_out)
             res["served_vs_chosen_rel_rmse"] = rel_rmse(served, chosen_out)
             target = bench.served_target(home, "enc", json.dumps(body).encode())
             levels = bench.measure_warmed(target, 10.0, concurrency=(8,), duration=a.duration, warmup=2.0,
-                                          server_pids=[info.pid], timeout=60.0, progress=False)  # fmt: skip
+                                          server_pids=[info.pid], request_timeout=60.0, progress=False)  # fmt: skip
         finally:
             server.stop(home)
         lv = levels[0]

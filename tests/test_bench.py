@@ -171,8 +171,8 @@ def test_plot_writes_a_small_png(tmp_path):
 
 def test_cli_usage_errors(capsys):
     assert cli.main(["bench"]) == 2
-    assert cli.main(["bench", "run", "--model", "m"]) == 2
-    assert cli.main(["bench", "--model", "m", "--home", "/nonexistent-home"]) == 2
+    assert cli.main(["bench", "run", "--name", "m"]) == 2
+    assert cli.main(["bench", "--name", "m", "--home", "/nonexistent-home"]) == 2
     assert cli.main(["bench", "run", "--config", "bad"]) == 2
     assert "error" in capsys.readouterr().err
 

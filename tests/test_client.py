@@ -18,7 +18,7 @@ from aiaas_torch.client import (
     Client,
     ClientError,
     ConnectionFailed,
-    HTTPStatusError,
+    StatusError,
     NotFound,
     RequestTimedOut,
     ServerError,
@@ -196,9 +196,9 @@ def test_per_request_status_from_handler_keeps_reason_phrase(fake):
     # context.set_response_status(422, "bad row") answers 422 with the reason phrase and the handler's body.
     fake.script("/predictions/m", Reply(422, {"error": "bad row"}, reason="bad row"))
     with make_client(fake) as client:
-        with pytest.raises(HTTPStatusError) as err:
+        with pytest.raises(StatusError) as err:
             client.predict("m", {})
-    assert type(err.value) is HTTPStatusError
+    assert type(err.value) is StatusError
     assert err.value.status == 422 and err.value.message == "bad row" and err.value.type is None
 
 
@@ -252,7 +252,7 @@ def test_retries_zero_means_one_attempt(fake):
 def test_no_4xx_is_retried(fake, status):
     fake.script("/predictions/m", Reply(status, {"code": status, "type": "X", "message": "refused"}))
     with make_client(fake, retries=3) as client:
-        with pytest.raises(HTTPStatusError) as err:
+        with pytest.raises(StatusError) as err:
             client.predict("m", {})
     assert err.value.status == status
     assert len(fake.calls("/predictions/m")) == 1
@@ -330,7 +330,7 @@ def test_silent_server_times_out_once_within_the_timeout():
 
     threading.Thread(target=accept_and_hold, daemon=True).start()
     url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    client = Client(inference_url=url, token="t", timeout=0.5, retries=2, backoff=0.01)
+    client = Client(inference_url=url, token="t", request_timeout=0.5, retries=2, backoff=0.01)
     started = time.monotonic()
     try:
         with pytest.raises(ConnectionFailed) as err:
@@ -612,5 +612,5 @@ def test_the_clients_timeouts_are_the_named_ones(fake):
     """A prediction waits 30 s by default and connects within 5 s; a shorter wait also bounds the connect."""
     with Client(inference_url=fake.url) as client:
         assert client.timeout == httpx.Timeout(30.0, connect=5.0)
-    with Client(inference_url=fake.url, timeout=2.0) as client:
+    with Client(inference_url=fake.url, request_timeout=2.0) as client:
         assert client.timeout == httpx.Timeout(2.0, connect=2.0)

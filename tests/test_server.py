@@ -19,7 +19,7 @@ from aiaas_torch.serving import control
 from aiaas_torch.serving.pids import inet_connections
 from aiaas_torch.serving.config import base_config, effective_config, parse_properties
 from aiaas_torch.serving.readiness import unbound_ports
-from aiaas_torch.client import Client, HTTPStatusError, TokenError
+from aiaas_torch.client import Client, StatusError, TokenError
 from aiaas_torch.serving import Ports, TorchServeError, ServerInfo
 
 FIXTURES = Path(__file__).parent / "fixtures" / "echo"
@@ -249,7 +249,7 @@ def test_request_without_or_with_wrong_token_is_refused(echo):
 @pytest.mark.serving
 def test_per_request_error_from_the_handler(echo):
     with Client(home=echo.home, retries=0) as client:
-        with pytest.raises(HTTPStatusError) as err:
+        with pytest.raises(StatusError) as err:
             client.predict("echo", {"status": 422, "message": "bad row"})
     assert err.value.status == 422 and err.value.message == "bad row"
 

@@ -14,7 +14,7 @@ import sys
 
 from ..errors import InputError
 from . import bench, demo, deploy, imports, openapi, package, predict, serve, train
-from .common import EXIT_FAILURE, EXIT_USAGE, UsageError, Parser
+from .common import EXIT_FAILURE, EXIT_USAGE, UsageError, Parser, resolve_defaults
 
 __all__ = ["EXIT_FAILURE", "EXIT_USAGE", "UsageError", "build_parser", "main"]
 
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:  # `aiaas` alone: what a newcomer types first deserves the help, not an error
         parser.print_help()
         return 0
-    args = parser.parse_args(argv)
+    args = resolve_defaults(parser.parse_args(argv))
     args.argv = argv
     try:
         return args.run(args)

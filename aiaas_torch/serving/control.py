@@ -83,7 +83,7 @@ def start(
     models: Mapping[str, str] | Sequence[str] | None = None,
     free_ports: bool = False,
     config: str | os.PathLike | None = None,
-    ready_timeout: float = 120.0,
+    ready_timeout: float = 180.0,
     access_log: bool = False,
     ports: Ports | None = None,
     trust_config_keys: Iterable[str] = (),

@@ -28,6 +28,7 @@ from .httpclient import MANAGEMENT_S, http_client
 from .config import parse_properties
 from .errors import ServerArgumentError, TorchServeError
 from ..atomic import write_text_atomic
+from ..deprecation import renamed_keywords
 from .home import CHECKED_STORE, ServerInfo, deploy_key, load_info
 from .management import api_call, mgmt_call, register, set_default, unregister
 from .pids import is_alive
@@ -63,22 +64,23 @@ class Deployed:
 
 
 def deploy(name: str, archive_path: str | os.PathLike, home: str | os.PathLike = ".aiaas",
-           workers: int | None = None, timeout: float = 120.0) -> Deployed:  # fmt: skip
+           workers: int | None = None, ready_timeout: float = 120.0, **old) -> Deployed:  # fmt: skip
     """Return a Deployed once ARCHIVE is a READY version of NAME that answered a smoke request and is NAME's default.
 
     Refused before anything changes (ServerArgumentError, exit 2): a bad name or argument, a server started without
     allow_deploy, an archive that fails verification (hashes; the signature when the server was started with a key:
     then $AIAAS_SIGNING_KEY here must be that key, see home.deploy_key), one not
     built by aiaas, a version already loaded. Failed after registering (TorchServeError): workers not READY within
-    `timeout` or refusing to load, a smoke prediction that is not a 200 with one well-formed answer; the version is
+    `ready_timeout` seconds (as in start; `timeout`, its old spelling, still works for one release and warns) or refusing to load, a smoke prediction that is not a 200 with one well-formed answer; the version is
     then unregistered and its copy removed, and the previous default never stopped serving.
     """
     started = time.monotonic()
+    timeout = renamed_keywords("deploy", old, {"timeout": "ready_timeout"}).get("ready_timeout", ready_timeout)
     if not isinstance(name, str) or not archive.NAME_RE.match(name):
         raise ServerArgumentError(f"name: {name!r} must start with a letter or digit and hold only letters, digits and '_'")
     if workers is not None:
         check_int("workers", workers, 1)
-    check_number("timeout", timeout, positive=True)
+    check_number("ready_timeout", timeout, positive=True)
     info = _running(home)
     store = info.home / CHECKED_STORE
     source = Path(archive_path)

@@ -126,7 +126,7 @@ def served(tmp_path_factory, mlp_run) -> Served:
 @pytest.fixture()
 def client(served) -> Client:
     """Yield a Client for the session's server (URLs and tokens from its home)."""
-    with Client(home=served.home, timeout=30) as c:
+    with Client(home=served.home, request_timeout=30) as c:
         yield c
 
 

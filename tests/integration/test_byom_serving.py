@@ -53,7 +53,7 @@ def byom_served(tmp_path_factory, digits, byom) -> Byom:
 def test_served_digits_answer_a_v2_body_with_probabilities_equal_to_eager(byom_served):
     model, Xte, yte = byom_served.digits
     body = {"inputs": [{"name": "image", "shape": [len(yte), 1, 8, 8], "datatype": "FP32", "data": Xte.ravel().tolist()}]}
-    with Client(home=byom_served.home, timeout=60) as c:
+    with Client(home=byom_served.home, request_timeout=60) as c:
         ans = c.predict("digits", body)
     out = {o["name"]: o for o in ans["outputs"]}
     probs = torch.tensor(out["probabilities"]["data"]).reshape(len(yte), 10)

@@ -214,7 +214,7 @@ def test_a_tampered_archive_is_refused_and_the_old_version_keeps_serving(live, t
 
 
 def test_an_archive_whose_workers_fail_to_load_is_unregistered_and_the_old_version_keeps_serving(live):
-    message = _refused_and_unchanged(live, lambda: server.deploy("lin", live.archives["broken"], live.home, timeout=60))
+    message = _refused_and_unchanged(live, lambda: server.deploy("lin", live.archives["broken"], live.home, ready_timeout=60))
     assert "deliberately broken model" in message and "unregistered" in message, message
 
 
@@ -343,7 +343,7 @@ def test_a_server_started_with_a_key_deploys_only_archives_signed_with_it_whatev
         with pytest.raises(server.ServerArgumentError, match="signature|not signed"):
             server.deploy("lin", signed.archives[wrong], signed.home)
     assert versions() == ["1.0"]
-    assert server.deploy("lin", signed.archives["2.0"], signed.home, timeout=120).version == "2.0"
+    assert server.deploy("lin", signed.archives["2.0"], signed.home, ready_timeout=120).version == "2.0"
     assert versions() == ["1.0", "2.0"]
     policy = signed.home / "signing.json"
     assert oct(policy.stat().st_mode & 0o777) == "0o600" and KEY not in policy.read_text()

@@ -100,7 +100,7 @@ def test_request_without_or_with_wrong_token_is_refused(served):
     url = f"{served.info.inference_url}/predictions/y2x"
     r = httpx.post(url, json={"instances": [[1.0]]}, timeout=10, trust_env=False)
     assert r.status_code in (400, 401) and "InvalidKeyException" in r.text
-    with Client(inference_url=served.info.inference_url, token="wrong-token", timeout=10) as bad:
+    with Client(inference_url=served.info.inference_url, token="wrong-token", request_timeout=10) as bad:
         with pytest.raises(TokenError) as e:
             bad.predict("y2x", {"instances": [[1.0]]})
     assert e.value.type == "InvalidKeyException"

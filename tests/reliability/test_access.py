@@ -153,7 +153,7 @@ def test_expired_tokens_are_renewed_by_the_client_and_the_server_control(shared,
         assert f"token_expiration_min={TOKEN_MINUTES}" in (home / "config.properties").read_text()
         rows = [[1.0, 2.0, 3.0]]
         want = shared.expect(rows)[0]
-        with Client(home=home, timeout=30, retries=0) as c:
+        with Client(home=home, request_timeout=30, retries=0) as c:
             assert close(c.predict("lin", {"instances": rows})["predictions"][0], want)
             old_inference, old_management = c.token, c.management_token
             _sleep_until_past(max(_expiry(home, "inference"), _expiry(home, "management")))

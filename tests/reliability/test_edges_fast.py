@@ -10,7 +10,7 @@ import pytest
 from aiaas_torch import serving as server
 from aiaas_torch.serving.config import effective_config, launcher_env
 from aiaas_torch.archive import SIGNING_KEY_ENV
-from aiaas_torch.client import HTTPStatusError, ServerError, WorkerDied, classify
+from aiaas_torch.client import StatusError, ServerError, WorkerDied, classify
 from aiaas_torch.handlers import aiaas_contract as contract
 
 from rel_helpers import reaping
@@ -36,7 +36,7 @@ def test_other_5xx_stays_a_plain_server_error():
 
 def test_413_with_torchserves_empty_body_names_the_limit():
     err = classify(_response(413, None))
-    assert type(err) is HTTPStatusError and err.status == 413 and "max_request_size" in err.message
+    assert type(err) is StatusError and err.status == 413 and "max_request_size" in err.message
 
 
 @pytest.mark.parametrize("value", [None, "", "application/json", "application/json; charset=utf-8", "Application/JSON",

@@ -326,7 +326,7 @@ def test_with_a_key_signed_archives_serve_from_checked_copies_and_no_worker_can_
         try:
             rows = [[1.0, -1.0, 0.5]]
             want = float(load_run(runs.lin).forward(rows)[0][0])
-            with Client(home=home, timeout=30) as c:
+            with Client(home=home, request_timeout=30) as c:
                 answer = c.predict("probe", {"instances": rows})
                 assert answer["key_in_worker_env"] is False and answer["key_in_frontend_env"] is False, answer
                 assert close(answer["predictions"][0], want)

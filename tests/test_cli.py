@@ -327,11 +327,11 @@ def test_a_port_clash_names_the_cli_flag_on_the_cli_and_the_argument_in_python(t
         err = capsys.readouterr().err
         assert "already in use" in err and "start with --free-ports" in err and "free_ports=True" not in err
         with pytest.raises(server.TorchServeError, match=r"start with free_ports=True$"):
-            server.start(tmp_path / "h2", tmp_path / "store")
+            server.start_server(tmp_path / "h2", tmp_path / "store")
     finally:
         holder.close()
         for home in ("h", "h2"):  # nothing should run, but never leave a server behind if the port came free
-            server.stop(tmp_path / home)
+            server.stop_server(tmp_path / home)
 
 
 def test_serve_status_without_server(tmp_path, capsys):

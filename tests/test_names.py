@@ -107,6 +107,22 @@ def test_python_old_spellings_still_work_and_warn():
         assert parse_config("a:timeout=7")[1].response_timeout_s == 7
 
 
+def test_the_server_functions_have_one_name_in_the_package_and_at_the_top():
+    """ai.start_server is serving.start_server (it was serving.start); the old short names still work and warn."""
+    import aiaas_torch as ai
+    from aiaas_torch import serving
+    from aiaas_torch.deprecation import RenamedWarning
+
+    for new in ("start_server", "stop_server", "server_status", "deploy", "rollback", "retire", "versions", "wait_until_ready"):
+        assert getattr(ai, new) is getattr(serving, new), new
+    for old, new in (("start", "start_server"), ("stop", "stop_server"), ("status", "server_status")):
+        with pytest.warns(RenamedWarning, match=rf"aiaas_torch.serving.{old} is now aiaas_torch.serving.{new}"):
+            assert getattr(serving, old) is getattr(serving, new)
+        assert old not in serving.__all__
+    for fn in (ai.start_server, ai.deploy):  # the READY wait is spelled the same in both
+        assert "ready_timeout" in inspect.signature(fn).parameters and "timeout" not in inspect.signature(fn).parameters
+
+
 def test_deploys_old_timeout_keyword_still_works_and_warns(tmp_path):
     from aiaas_torch import serving
     from aiaas_torch.deprecation import RenamedWarning
@@ -144,8 +160,8 @@ def _defaults_expected():
     from aiaas_torch.data import load_csv
 
     rows.append((train, "max_categories", parameter_default(load_csv, "max_categories")))
-    rows += [(["serve", "start"], "ready_timeout", parameter_default(serving.start, "ready_timeout")),
-             (["serve", "start"], "model_store", parameter_default(serving.start, "model_store")),
+    rows += [(["serve", "start"], "ready_timeout", parameter_default(serving.start_server, "ready_timeout")),
+             (["serve", "start"], "model_store", parameter_default(serving.start_server, "model_store")),
              (["deploy", "m", "m.mar"], "ready_timeout", parameter_default(serving.deploy, "ready_timeout")),
              (["predict", "m", "1"], "request_timeout", parameter_default(client.Client, "request_timeout")),
              (["bench", "r"], "server_warmup", parameter_default(bench_run_dir, "server_warmup")),

@@ -248,7 +248,7 @@ def bench_run_dir(
             else:
                 mar = package(run_dir, name, "1.0", store, serving=serving)
             t0 = time.perf_counter()
-            info = server.start(home, store, {name: mar.path.name}, free_ports=True, config=server_config,
+            info = server.start_server(home, store, {name: mar.path.name}, free_ports=True, config=server_config,
                                 ready_timeout=180, access_log=access_log)  # fmt: skip
             stop = running.enter_context(contextlib.ExitStack())
             stop.callback(server.stop, home)

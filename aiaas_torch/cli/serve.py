@@ -8,7 +8,7 @@ import warnings
 from .common import (EXIT_FAILURE, Default, Parser, UsageError, add_home_option, finite_float, no_server_message, print_json,
                      renamed, running_home, server_home, show, warn)  # fmt: skip
 
-START = "aiaas_torch.serving.control:start"
+START = "aiaas_torch.serving.control:start_server"
 
 
 def add_parser(sub) -> None:
@@ -89,13 +89,13 @@ def run(a) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", server.SecuritySettingWarning)
             try:
-                info = server.start(home, a.model_store, models, a.free_ports, a.config, a.ready_timeout,
+                info = server.start_server(home, a.model_store, models, a.free_ports, a.config, a.ready_timeout,
                                     access_log=a.access_log, trust_config_keys=a.trust_config_key,
                                     allow_deploy=a.allow_deploy, oip=a.oip, gateway_port=a.oip_port)
             finally:
                 for w in caught:
                     warn(str(w.message))
-        st = server.status(home)
+        st = server.server_status(home)
         if a.json:
             print_json(st)
         else:
@@ -111,13 +111,13 @@ def run(a) -> int:
             _stay_attached(home, info.pid)
         return 0
     if a.action == "stop":
-        stopped = server.stop(home)
+        stopped = server.stop_server(home)
         if a.json:
             print_json({"stopped": stopped})
         else:
             print("TorchServe stopped" if stopped else f"no TorchServe was running from {found.where()}")
         return 0
-    st = server.status(home)
+    st = server.server_status(home)
     if a.json:
         print_json(st)
     elif not st.get("running"):
@@ -149,4 +149,4 @@ def _stay_attached(home: str, pid: int) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        server.stop(home)
+        server.stop_server(home)

@@ -77,7 +77,7 @@ def _model_args(models: Mapping[str, str] | Sequence[str] | None) -> tuple[list[
     return pairs, (names if len(names) == len(pairs) else None)
 
 
-def start(
+def start_server(
     home: str | os.PathLike = ".aiaas",
     model_store: str | os.PathLike = "model_store",
     models: Mapping[str, str] | Sequence[str] | None = None,
@@ -119,7 +119,7 @@ def start(
     running = load_info(home)
     if running is not None and is_alive(running.pid, running.create_time):
         runs = f"TorchServe already runs from {home} (pid {running.pid}); stop it first with"
-        raise TorchServeError(f"{runs} aiaas_torch.serving.stop({str(home)!r})", cli_message=f"{runs} `aiaas serve stop --home {home}`")
+        raise TorchServeError(f"{runs} aiaas_torch.serving.stop_server({str(home)!r})", cli_message=f"{runs} `aiaas serve stop --home {home}`")
     model_args, names = _model_args(models)
     model_args, archives = archives_to_load(store, model_args)
     ports = ports if ports is not None else pick_ports(free_ports)
@@ -333,7 +333,7 @@ def check_home_length(home: Path, initial_worker_port: int = 9000, native_io: bo
         )
 
 
-def stop(home: str | os.PathLike = ".aiaas", timeout: float = 30.0) -> bool:
+def stop_server(home: str | os.PathLike = ".aiaas", timeout: float = 30.0) -> bool:
     """Return True after stopping the TorchServe of HOME (SIGTERM, then SIGKILL), False if none was running."""
     home = Path(home).resolve()
     info = load_info(home)
@@ -346,7 +346,7 @@ def stop(home: str | os.PathLike = ".aiaas", timeout: float = 30.0) -> bool:
     return was_running
 
 
-def status(home: str | os.PathLike = ".aiaas") -> dict:
+def server_status(home: str | os.PathLike = ".aiaas") -> dict:
     """Return {running, pid, inference_url, management_url, metrics_url, key_file, models} for HOME's server."""
     info = load_info(Path(home).resolve())
     if info is None:

@@ -9,7 +9,7 @@ TF Serving's model status at `GET /v1/models/NAME[/versions/V]` (states: see tf_
 (the instance's inference key, as TorchServe asks for it) and a loopback-only listener.
 Inference is forwarded to TorchServe on loopback with the caller's own Authorization header, so TorchServe's
 token check stays the one that guards the models. Run as `python -m aiaas_torch.serving.gateway HOME PORT`
-(identity key on stdin: gateway_guard); `serving.start(..., oip=True)` starts it after TorchServe is ready and
+(identity key on stdin: gateway_guard); `serving.start_server(..., oip=True)` starts it after TorchServe is ready and
 `serving.stop` stops it first. Only gateway_guard.ROUTES answer.
 """
 

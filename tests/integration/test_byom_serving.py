@@ -43,11 +43,11 @@ def byom_served(tmp_path_factory, digits, byom) -> Byom:
     a = package(run, "digits", "1.0", store, serving=ServingConfig(workers=1, batch_size=8, max_batch_delay_ms=50)).path
     b = package(enc_run, "enc", "1.0", store, serving=ServingConfig(workers=1)).path
     home = root / "home"
-    info = server.start(home, store, [f"digits={a.name}", f"enc={b.name}"], free_ports=True, ready_timeout=180)
+    info = server.start_server(home, store, [f"digits={a.name}", f"enc={b.name}"], free_ports=True, ready_timeout=180)
     try:
         yield Byom(digits, enc, home, info)
     finally:
-        server.stop(home)
+        server.stop_server(home)
 
 
 def test_served_digits_answer_a_v2_body_with_probabilities_equal_to_eager(byom_served):

@@ -85,11 +85,11 @@ def live(tmp_path_factory) -> Live:
         "broken": package(three, "lin", "9.0", root / "broken", serving=cfg, handler=root / "failing_handler.py").path,
     }
     home = root / "home"
-    info = server.start(home, store, {"lin": archives["1.0"].name}, free_ports=True, ready_timeout=180, allow_deploy=True)
+    info = server.start_server(home, store, {"lin": archives["1.0"].name}, free_ports=True, ready_timeout=180, allow_deploy=True)
     try:
         yield Live(home, store, archives, info)
     finally:
-        server.stop(home)
+        server.stop_server(home)
 
 
 def _mgmt(live: Live, method: str, path: str, **kw) -> httpx.Response:
@@ -100,7 +100,7 @@ def _mgmt(live: Live, method: str, path: str, **kw) -> httpx.Response:
 
 def _loaded(live: Live) -> dict[str, list[str]]:
     """Return {model: [versions]} as TorchServe lists them now."""
-    return {name: sorted(v["version"] for v in versions) for name, versions in server.status(live.home)["models"].items()}
+    return {name: sorted(v["version"] for v in versions) for name, versions in server.server_status(live.home)["models"].items()}
 
 
 def _default(live: Live) -> str:
@@ -318,11 +318,11 @@ def signed(tmp_path_factory) -> Signed:
     home = root / "home"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(SIGNING_KEY_ENV, KEY)
-        server.start(home, root / "store", {"lin": archives["1.0"].name}, free_ports=True, ready_timeout=180, allow_deploy=True)
+        server.start_server(home, root / "store", {"lin": archives["1.0"].name}, free_ports=True, ready_timeout=180, allow_deploy=True)
     try:
         yield Signed(home, archives)
     finally:
-        server.stop(home)
+        server.stop_server(home)
 
 
 def test_a_server_started_with_a_key_deploys_only_archives_signed_with_it_whatever_the_shell_has(signed, monkeypatch):

@@ -148,7 +148,7 @@ def test_start_oip_runs_the_gateway_after_torchserve_records_it_and_refuses_a_se
     assert proc.create_time() >= psutil.Process(served.info.pid).create_time()  # started once TorchServe was
     port = int(gateway.gateway_url.rsplit(":", 1)[1])
     assert port not in served.info.listen_ports and port != 8090  # free_ports=True picked a free port for it too
-    assert server.status(served.home)["gateway_url"] == gateway.gateway_url
+    assert server.server_status(served.home)["gateway_url"] == gateway.gateway_url
     with pytest.raises(server.TorchServeError, match="gateway already runs"):
         server.start_gateway(served.home, port=0)
 

@@ -63,11 +63,11 @@ def guarded(tmp_path_factory) -> Guarded:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AIAAS_SIGNING_KEY", SIGNING_KEY)
         mp.setenv("SOME_SERVICE_API_TOKEN", "unrelated-secret-the-gateway-needs-not")
-        server.start(home, store, [f"twice={mar}"], free_ports=True, ready_timeout=180, oip=True)
+        server.start_server(home, store, [f"twice={mar}"], free_ports=True, ready_timeout=180, oip=True)
     try:
         yield Guarded(home, store, mar)
     finally:
-        server.stop(home)
+        server.stop_server(home)
 
 
 def _gateway(guarded) -> tuple[server.ServerInfo, dict]:
@@ -228,7 +228,7 @@ def test_start_refuses_a_gateway_port_held_by_another_process(guarded, tmp_path,
         err = capsys.readouterr().err
     finally:
         impostor.close()
-        server.stop(tmp_path / "h")
+        server.stop_server(tmp_path / "h")
     assert code == 1 and f"port {impostor.port}" in err and "already in use" in err and "--oip-port" in err, err
     assert impostor.authorizations() == [] and impostor.requests == []
     assert server.load_info(tmp_path / "h") is None  # refused before anything started

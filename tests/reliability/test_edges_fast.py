@@ -68,5 +68,5 @@ def test_the_key_is_hidden_from_torchserve_and_its_workers_by_config_and_environ
 def test_an_archive_missing_from_the_store_fails_at_once_not_after_ready_timeout(tmp_path):
     (tmp_path / "store").mkdir()
     with reaping(tmp_path / "home"), pytest.raises(server.ServerArgumentError, match="'nope-1.0.mar' not found in the model store"):
-        server.start(tmp_path / "home", tmp_path / "store", {"nope": "nope-1.0.mar"}, free_ports=True, ready_timeout=30)
+        server.start_server(tmp_path / "home", tmp_path / "store", {"nope": "nope-1.0.mar"}, free_ports=True, ready_timeout=30)
     assert not (tmp_path / "home" / "server.json").exists()

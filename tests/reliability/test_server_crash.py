@@ -38,7 +38,7 @@ def test_sigkill_of_the_server_under_load_fails_fast_and_a_restart_serves_again(
     rows = [[0.5, 1.5, -2.5]]
     want = shared.expect(rows)[0]
 
-    info = server.start(home, store, {"lin": shared.archives["lin"].name}, free_ports=True, ready_timeout=120)
+    info = server.start_server(home, store, {"lin": shared.archives["lin"].name}, free_ports=True, ready_timeout=120)
     pids = group_pids(info)
     restarted = None
     try:
@@ -93,10 +93,10 @@ def test_sigkill_of_the_server_under_load_fails_fast_and_a_restart_serves_again(
             psutil.Process(info.pgid).wait(timeout=10)  # our child: reap it (it exits when Java is gone)
         except psutil.Error:
             pass
-        assert server.status(home)["running"] is False
+        assert server.server_status(home)["running"] is False
         assert tree_listing(store) == listing  # no partial or extra file in the store
 
-        restarted = server.start(home, store, {"lin": shared.archives["lin"].name}, free_ports=True, ready_timeout=120)
+        restarted = server.start_server(home, store, {"lin": shared.archives["lin"].name}, free_ports=True, ready_timeout=120)
         pids |= group_pids(restarted)
         assert restarted.pid != info.pid
         with Client(home=home, request_timeout=30) as c:

@@ -23,7 +23,9 @@ _GROUPS = (train, imports, package, serve, deploy, predict, openapi, bench, demo
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the `aiaas` command with every subcommand."""
-    p = Parser(prog="aiaas", description="AI as a service on PyTorch: train → quantize → package → serve → predict.")
+    p = Parser(prog="aiaas", description="AI as a service on PyTorch: train → quantize → package → serve → predict.",
+               epilog="`aiaas COMMAND --help` shows a command's options. Exit codes: 0 done, 2 bad input or usage (one "
+                      "line naming what is wrong), 1 a failure of TorchServe or HTTP, or a bug of ours (--debug).")
     from .. import __version__
 
     p.add_argument("--version", action="version", version=f"aiaas-torch {__version__}")

@@ -96,9 +96,11 @@ class Default:
         return inspect.signature(obj).parameters[self.name].default
 
     def __str__(self) -> str:
-        """Return the default as a user types it (64,64 for a tuple)."""
+        """Return the default as a user types it (64,64 for a tuple, 180 for 180.0)."""
         v = self.value
-        return ",".join(map(str, v)) if isinstance(v, (tuple, list)) else str(v)
+        if isinstance(v, (tuple, list)):
+            return ",".join(map(str, v))
+        return f"{v:g}" if isinstance(v, float) else str(v)
 
     def __repr__(self) -> str:
         """Return where the default is read from."""

@@ -8,7 +8,7 @@ Errors form one small hierarchy, each carrying ``status``, ``type`` (TorchServe'
 
     ClientError
     ├── ConnectionFailed            refused, reset, timed out
-    └── HTTPStatusError             any other answer >= 400
+    └── StatusError                 any other answer >= 400 (once HTTPStatusError, which shadowed httpx's)
         ├── BadRequest              400, a problem with the request itself
         ├── TokenError              400 with type InvalidKeyException: bad, missing or expired token
         ├── NotFound                404
@@ -39,15 +39,18 @@ from typing import Any
 
 import httpx
 
+from aiaas_torch.deprecation import renamed_keywords, warn_renamed
 from aiaas_torch.handlers.aiaas_contract import some_of
 from aiaas_torch.serving import home as _home, tokens as _tokens
 from aiaas_torch.serving.errors import TorchServeError
+from aiaas_torch.serving.httpclient import REQUEST_S, http_client
+from aiaas_torch.serving.management import model_names
 
 __all__ = [
     "Client",
     "ClientError",
     "ConnectionFailed",
-    "HTTPStatusError",
+    "StatusError",
     "BadRequest",
     "TokenError",
     "NotFound",
@@ -91,23 +94,31 @@ class ConnectionFailed(ClientError):
     """The server could not be reached or did not answer in time (refused, reset, timeout)."""
 
 
-class HTTPStatusError(ClientError):
-    """The server answered with a status >= 400."""
+class StatusError(ClientError):
+    """The server answered with a status >= 400 (not httpx.HTTPStatusError: our errors never wrap httpx's)."""
 
 
-class BadRequest(HTTPStatusError):
+def __getattr__(name: str) -> Any:
+    """Return the old spelling HTTPStatusError as StatusError, warning (RenamedWarning); other names do not exist."""
+    if name == "HTTPStatusError":
+        warn_renamed("aiaas_torch.client.HTTPStatusError", "aiaas_torch.client.StatusError")
+        return StatusError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class BadRequest(StatusError):
     """400 about the request itself (not the token)."""
 
 
-class TokenError(HTTPStatusError):
+class TokenError(StatusError):
     """400 InvalidKeyException: the token is wrong, missing or expired."""
 
 
-class NotFound(HTTPStatusError):
+class NotFound(StatusError):
     """404: no such model, version or endpoint."""
 
 
-class ServerError(HTTPStatusError):
+class ServerError(StatusError):
     """5xx: the server failed."""
 
 
@@ -123,7 +134,7 @@ class ServiceUnavailable(ServerError):
     """503: no worker can take the request now (queue full, model not loaded yet)."""
 
 
-def classify(response: httpx.Response) -> HTTPStatusError:
+def classify(response: httpx.Response) -> StatusError:
     """Return the typed error for an answer with status >= 400 (built from TorchServe's JSON error body)."""
     status = response.status_code
     err_type = None
@@ -142,7 +153,7 @@ def classify(response: httpx.Response) -> HTTPStatusError:
     if not message:
         message = response.text.strip()[:500] or f"HTTP {status}"
     if status == 400:
-        cls: type[HTTPStatusError] = TokenError if err_type == "InvalidKeyException" else BadRequest
+        cls: type[StatusError] = TokenError if err_type == "InvalidKeyException" else BadRequest
         if cls is TokenError:  # TorchServe's own words ("Token Authorization failed. Token either incorrect, ...")
             message = f"{_tokens.TOKEN_HINT} (TorchServe: {message})"
     elif status == 404:
@@ -154,7 +165,7 @@ def classify(response: httpx.Response) -> HTTPStatusError:
     elif status >= 500:
         cls = ServerError
     else:
-        cls = HTTPStatusError
+        cls = StatusError
     return cls(message, status=status, type=err_type, response=response)
 
 
@@ -178,12 +189,16 @@ class Client:
         token: str | None = None,
         management_token: str | None = None,
         api_key: str | None = None,
-        timeout: float = 30.0,
+        request_timeout: float = REQUEST_S,
         retries: int = 2,
         backoff: float = 0.2,
         response_timeout: float = FALLBACK_RESPONSE_TIMEOUT_S,
+        **old: Any,
     ) -> None:
-        self.key_file: Path | None = None
+        """request_timeout: seconds to wait for each answer (`timeout`, its old spelling, still works for one release
+        and warns); response_timeout: the model's responseTimeout assumed when the management API cannot tell it."""
+        request_timeout = renamed_keywords("Client", old, {"timeout": "request_timeout"}).get("request_timeout", request_timeout)
+        self._keys = _tokens.Keys(token, management_token, api_key)
         if home is not None:
             info = _home.load_info(home)
             if info is None:
@@ -191,24 +206,42 @@ class Client:
             inference_url = inference_url or info.inference_url
             management_url = management_url or info.management_url
             metrics_url = metrics_url or info.metrics_url
-            self.key_file = Path(info.key_file)
-            keys = self._read_keys()
-            token = token or keys["inference"]
-            management_token = management_token or keys["management"]
-            api_key = api_key or keys["api"]
+            try:
+                stored = _tokens.Keys.of_server(info)
+            except TorchServeError as e:
+                raise ClientError(str(e)) from None
+            self._keys = _tokens.Keys(token or stored.inference, management_token or stored.management,
+                                      api_key or stored.api, stored.key_file)  # fmt: skip
         self.inference_url = inference_url.rstrip("/") if inference_url else None
         self.management_url = management_url.rstrip("/") if management_url else None
         self.metrics_url = metrics_url.rstrip("/") if metrics_url else None
-        self.token = token
-        self.management_token = management_token
-        self.api_key = api_key
+        self._keys.management_url = self.management_url
         self.retries = max(0, int(retries))
         self.backoff = float(backoff)
         self.response_timeout = float(response_timeout)  # assumed when a model's own cannot be read
         self._response_timeouts: dict[tuple[str, str | None], float] = {}
-        self.timeout = httpx.Timeout(timeout, connect=min(timeout, 5.0))
-        # trust_env=False: the servers are on loopback; a proxy from the environment must not intercept them.
-        self._http = httpx.Client(timeout=self.timeout, trust_env=False)
+        self._http = http_client(request_timeout)
+        self.timeout = self._http.timeout
+
+    @property
+    def key_file(self) -> Path | None:
+        """Return the key file the keys come from and are renewed in (None for keys given by hand)."""
+        return self._keys.key_file
+
+    @property
+    def token(self) -> str | None:
+        """Return the inference key in use (renewed when the server refuses it)."""
+        return self._keys.inference
+
+    @property
+    def management_token(self) -> str | None:
+        """Return the management key in use (renewed when the server refuses it)."""
+        return self._keys.management
+
+    @property
+    def api_key(self) -> str | None:
+        """Return the API key that renews the others through TorchServe's token API."""
+        return self._keys.api
 
     # ----------------------------------------------------------------------------------------- public API
 
@@ -238,14 +271,7 @@ class Client:
     def models(self) -> list[str]:
         """Return the names of the models the server serves (GET /models of the management API, every page)."""
         url = f"{self._require(self.management_url, 'management_url')}/models"
-        names: list[str] = []
-        params = {"limit": "100"}
-        while True:
-            page = _decode(self._send("GET", url, "management", params=params, retries=self.retries))
-            names += [m["modelName"] for m in page.get("models", [])]
-            if not page.get("nextPageToken"):
-                return names
-            params["next_page_token"] = page["nextPageToken"]
+        return model_names(lambda params: _decode(self._send("GET", url, "management", params=params, retries=self.retries)))
 
     def describe(self, name: str, version: str | None = None, customized: bool = True) -> Any:
         """Return TorchServe's description of NAME[/VERSION] (a list of versions), customizedMetadata decoded."""
@@ -307,42 +333,6 @@ class Client:
             raise ClientError(f"{what} is not set; pass it or home=")
         return url
 
-    def _read_keys(self) -> dict[str, str]:
-        """Return the keys in the key file; raise ClientError when it is unreadable."""
-        try:
-            return _tokens.read_keys(self.key_file)
-        except TorchServeError as e:
-            raise ClientError(str(e)) from None
-
-    def _auth(self, kind: str | None) -> dict[str, str]:
-        """Return the Authorization header for the inference or management API ({} when no token is known)."""
-        key = {"inference": self.token, "management": self.management_token}.get(kind) if kind else None
-        return {"Authorization": f"Bearer {key}"} if key else {}
-
-    def _refresh(self, kind: str) -> bool:
-        """Return True when a different token for kind ("inference" or "management") is now in use.
-
-        The key file may hold a renewed key already; else the token API is asked for one (tokens.fresh_key).
-        """
-        if self.key_file is None:
-            return False
-        current = self.token if kind == "inference" else self.management_token
-        try:
-            fresh = _tokens.fresh_key(self._http, self.key_file, kind, current, self.management_url, self.api_key)
-        except httpx.TransportError as e:
-            raise ConnectionFailed(f"token refresh failed: {e!r}") from e
-        except _tokens.RenewalRefused as e:
-            raise classify(e.response) from None
-        except TorchServeError as e:
-            raise ClientError(str(e)) from None
-        if fresh == current:
-            return False
-        if kind == "inference":
-            self.token = fresh
-        else:
-            self.management_token = fresh
-        return True
-
     def response_timeout_of(self, name: str, version: str | None = None) -> float:
         """Return the seconds of NAME[/VERSION]'s responseTimeout from the management API (cached), else response_timeout."""
         key = (name, version)
@@ -363,33 +353,28 @@ class Client:
         model: (name, version) of a prediction, so that a "Worker died." that came after the model's
         responseTimeout is told apart as RequestTimedOut (and not retried).
         """
-        refreshed = False
         attempt = 0
-        extra_headers = kwargs.pop("headers", {})
         while True:
             started = time.monotonic()
             try:
-                response = self._http.request(method, url, headers={**extra_headers, **self._auth(kind)}, **kwargs)
+                response = _tokens.send(self._http, method, url, kind, self._keys, **kwargs)  # renews a refused key once
             except httpx.TransportError as e:
                 error: ClientError = ConnectionFailed(f"{type(e).__name__}: {e or 'no answer'} ({method} {url})")
                 error.__cause__ = e
                 retryable = isinstance(e, _RETRY_TRANSPORT)
+            except TorchServeError as e:  # the key file could not be read for a renewal
+                raise ClientError(str(e)) from None
             else:
                 if response.status_code < 400:
                     return response
                 error = classify(response)
                 if isinstance(error, WorkerDied) and model is not None:
                     error = self._timed_out(error, time.monotonic() - started, *model)
-                if isinstance(error, TokenError) and kind and not refreshed:
-                    refreshed = True  # one refresh per call; it does not use up a retry
-                    if self._refresh(kind):
-                        continue
                 retryable = isinstance(error, _RETRY_STATUS) and not isinstance(error, RequestTimedOut)
             if not retryable or attempt >= retries:
                 raise error
             time.sleep(self.backoff * (2**attempt))
             attempt += 1
-
 
     def _not_found(self, error: NotFound, name: str, version: str | None) -> NotFound:
         """Return error with the served models (or NAME's versions) added to its message, when the management API tells.

@@ -47,7 +47,7 @@ def run_demo(home: str = ".aiaas-demo", workdir: str = "runs", model_store: str 
 
     say("4. start TorchServe on 127.0.0.1 (token auth on, free ports) and wait until the workers are READY")
     t0 = time.perf_counter()
-    info = server.start(home, model_store, {"y2x": mar.path.name}, free_ports=True)
+    info = server.start_server(home, model_store, {"y2x": mar.path.name}, free_ports=True)
     summary["ready_seconds"] = round(time.perf_counter() - t0, 1)
     say(f"   ready in {summary['ready_seconds']} s at {info.inference_url}")
     try:
@@ -67,5 +67,5 @@ def run_demo(home: str = ".aiaas-demo", workdir: str = "runs", model_store: str 
             say(f"   quantization: {q['scheme']}; " + "; ".join(f"{l['name']}: {l['decision']} — {l['reason']}" for l in q["layers"]))
     finally:
         say("7. stop TorchServe")
-        server.stop(home)
+        server.stop_server(home)
     return summary

@@ -78,7 +78,7 @@ def main() -> None:
         v1 = package(slope_run(root, 2.0), "lin", "1.0", root / "store", serving=cfg).path
         v2 = package(slope_run(root, 3.0), "lin", "2.0", root / "new", serving=cfg).path
         home = root / "home"
-        info = server.start(home, root / "store", {"lin": v1.name}, free_ports=True, ready_timeout=180, allow_deploy=True)
+        info = server.start_server(home, root / "store", {"lin": v1.name}, free_ports=True, ready_timeout=180, allow_deploy=True)
         rows: list = []
         stop, lock = threading.Event(), threading.Lock()
         token = server.read_keys(home)["inference"]
@@ -102,7 +102,7 @@ def main() -> None:
             stop.set()
             for t in threads:
                 t.join(60)
-            server.stop(home)
+            server.stop_server(home)
     steady = p99_ms(rows, steady_start, deploy_start)
     during = max(p99_ms(rows, deploy_start, deployed + 1.0), p99_ms(rows, rollback_start, rolled + 1.0))
     figures = {

@@ -113,18 +113,18 @@ def main() -> int:
 
         store, home = tmp / "store", tmp / "home"
         mar = package(out.run_dir, "enc", "1.0", store, serving=ServingConfig(workers=1, batch_size=1, max_batch_delay_ms=0)).path
-        info = server.start(home, store, {"enc": mar.name}, free_ports=True, ready_timeout=300)
+        info = server.start_server(home, store, {"enc": mar.name}, free_ports=True, ready_timeout=300)
         try:
             body = {"inputs": [{"name": "tokens", "shape": [BATCH, SEQ], "datatype": "INT64", "data": x.ravel().tolist()}]}
-            with Client(home=home, timeout=60) as c:
+            with Client(home=home, request_timeout=60) as c:
                 served = torch.tensor(c.predict("enc", body)["outputs"][0]["data"]).reshape(BATCH, -1)
             res["served_vs_eager_rel_rmse"] = rel_rmse(served, eager_out)
             res["served_vs_chosen_rel_rmse"] = rel_rmse(served, chosen_out)
             target = bench.served_target(home, "enc", json.dumps(body).encode())
             levels = bench.measure_warmed(target, 10.0, concurrency=(8,), duration=a.duration, warmup=2.0,
-                                          server_pids=[info.pid], timeout=60.0, progress=False)  # fmt: skip
+                                          server_pids=[info.pid], request_timeout=60.0, progress=False)  # fmt: skip
         finally:
-            server.stop(home)
+            server.stop_server(home)
         lv = levels[0]
         res["served_rps"], res["served_errors"] = lv.rps, lv.errors
         res["served_samples_per_s"] = lv.rps * BATCH

@@ -52,7 +52,7 @@ def main() -> int:
     print(f"host: {host['cpu']}, {host['cores']} cores, vector ISA {host['vector_isa']}, load {host['loadavg_1min']}")
     with tempfile.TemporaryDirectory(prefix="aiaas-oip-bench-") as tmp:
         root = Path(tmp)
-        info = server.start(root / "home", _origin(root), ["origin=origin-1.0.mar"], free_ports=True, oip=True)
+        info = server.start_server(root / "home", _origin(root), ["origin=origin-1.0.mar"], free_ports=True, oip=True)
         try:
             auth = {"Authorization": f"Bearer {server.read_keys(info.home)['inference']}"}
             targets = {
@@ -64,7 +64,7 @@ def main() -> int:
             levels = {label: bench.measure(t, (1, 32), duration=a.duration, warmup=a.warmup, server_pids=pids, progress=False, label=label)
                       for label, (t, pids) in targets.items()}  # fmt: skip
         finally:
-            server.stop(info.home)
+            server.stop_server(info.home)
     print(f"{'path':8} {'c':>3} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'server CPU µs/req':>18} {'errors':>6}")
     for label, results in levels.items():
         for lv in results:

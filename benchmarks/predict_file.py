@@ -134,7 +134,7 @@ def main() -> None:
             mar = package(run, "linear", "1.0", store, serving=ServingConfig(workers=a.workers, batch_size=a.concurrency,
                                                                                max_batch_delay_ms=5)).path
             home = root / "home"
-            serving.start(home, store, [f"linear={mar.name}"], free_ports=True, ready_timeout=300)
+            serving.start_server(home, store, [f"linear={mar.name}"], free_ports=True, ready_timeout=300)
             try:
                 warm = root / "warm.csv"
                 write_csv(warm, 20_000, seed=2)  # the JVM needs load before its timings settle
@@ -143,7 +143,7 @@ def main() -> None:
                 r = timed(["predict", "linear", "--home", str(home), "--file", str(src), "--out", str(root / "pred.csv"),
                            "--concurrency", str(a.concurrency)])
             finally:
-                serving.stop(home)
+                serving.stop_server(home)
             r.update(kind=f"server c={a.concurrency} workers={a.workers}", rows=a.server_rows,
                      file_mb=round(size / 2**20, 1), rows_per_s=round(a.server_rows / r["predict_s"]))
             figs["runs"].append(r)

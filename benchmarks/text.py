@@ -101,7 +101,7 @@ def in_process(d: Path, texts: list[str], threads: int, seconds: float) -> dict:
 
 def worker_rss(home: Path, name: str) -> int:
     """Return the resident bytes of the model's worker processes (summed)."""
-    st = server.status(home)
+    st = server.server_status(home)
     pids = [w["pid"] for v in st["models"][name] for w in v["workers"] if w.get("pid")]
     return sum(psutil.Process(int(p)).memory_info().rss for p in pids)
 
@@ -132,16 +132,16 @@ def main() -> int:
         store, home = tmp / "store", tmp / "home"
         mar = package(tmp / "run", "bert", "1.0", store, serving=ServingConfig(workers=1, batch_size=16, max_batch_delay_ms=5,
                                                                              threads=a.threads, response_timeout_s=120)).path  # fmt: skip
-        info = server.start(home, store, [f"bert={mar.name}"], free_ports=True, ready_timeout=300)
+        info = server.start_server(home, store, [f"bert={mar.name}"], free_ports=True, ready_timeout=300)
         try:
             idle_rss = worker_rss(home, "bert")
             body = json.dumps({"instances": [texts[0]]}).encode()
             target = bench.served_target(home, "bert", body)
-            levels = bench.measure_warmed(target, 10.0, concurrency=(1, 16), duration=a.duration, warmup=3.0, timeout=60.0,
+            levels = bench.measure_warmed(target, 10.0, concurrency=(1, 16), duration=a.duration, warmup=3.0, request_timeout=60.0,
                                           server_pids=[info.pid])  # fmt: skip
             rss = worker_rss(home, "bert")
         finally:
-            server.stop(home)
+            server.stop_server(home)
     c1, c16 = levels
     weights = 4 * params
     figures = {

@@ -171,8 +171,8 @@ def test_plot_writes_a_small_png(tmp_path):
 
 def test_cli_usage_errors(capsys):
     assert cli.main(["bench"]) == 2
-    assert cli.main(["bench", "run", "--model", "m"]) == 2
-    assert cli.main(["bench", "--model", "m", "--home", "/nonexistent-home"]) == 2
+    assert cli.main(["bench", "run", "--name", "m"]) == 2
+    assert cli.main(["bench", "--name", "m", "--home", "/nonexistent-home"]) == 2
     assert cli.main(["bench", "run", "--config", "bad"]) == 2
     assert "error" in capsys.readouterr().err
 
@@ -224,12 +224,12 @@ def test_bench_served_counts_rejected_requests(origin_run, tmp_path):
 
     store, home = tmp_path / "store", tmp_path / "home"
     mar = package(origin_run.run_dir, "y2x", "1.0", store, serving=ServingConfig(workers=1, batch_size=2, max_batch_delay_ms=1))
-    server.start(home, store, {"y2x": mar.path.name}, free_ports=True, ready_timeout=180)
+    server.start_server(home, store, {"y2x": mar.path.name}, free_ports=True, ready_timeout=180)
     try:
         good = bench.bench_served(home, "y2x", concurrency=(2,), duration=0.5, warmup=0.2, progress=False)
         bad = bench.bench_served(home, "y2x", b'{"instances": [[1, 2]]}', concurrency=(1,), duration=0.5, warmup=0.1, progress=False)
     finally:
-        server.stop(home)
+        server.stop_server(home)
     (g,) = good.results[0].levels
     (b,) = bad.results[0].levels
     check_level(asdict(g), 2)

@@ -152,7 +152,7 @@ def test_quantize_reexports_with_another_scheme(run_dir, tmp_path, capsys):
 
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
-    assert main(["quantize", str(copy), "--scheme", "pow2", "--no-compile", "--json"]) == 0
+    assert main(["quantize", str(copy), "--quantize", "pow2", "--no-compile", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["scheme"] == "pow2" and report["layers"][0]["decision"] == "pow2"
     assert json.loads((copy / "model.json").read_text())["quantization"]["scheme"] == "pow2"
@@ -206,7 +206,7 @@ def test_options_may_come_between_the_rows_and_negative_rows_are_rows(run_dir, c
     from aiaas_torch.runs import load_run
 
     want = load_run(run_dir).predict({"instances": [[1, 2, 3], [-1.5, 2, 0], [-1, -2, -3]]})["predictions"]
-    assert main(["predict", "--local", str(run_dir), "1,2,3", "--json", "-1.5,2,0", "--timeout", "5", "-1,-2,-3"]) == 0
+    assert main(["predict", "--local", str(run_dir), "1,2,3", "--json", "-1.5,2,0", "--request-timeout", "5", "-1,-2,-3"]) == 0
     assert json.loads(capsys.readouterr().out)["predictions"] == want
     assert main(["predict", "--local", str(run_dir), "--json", "--", "-1,-2,-3"]) == 0  # `--` still ends the options
     assert json.loads(capsys.readouterr().out)["predictions"] == want[2:]
@@ -327,11 +327,11 @@ def test_a_port_clash_names_the_cli_flag_on_the_cli_and_the_argument_in_python(t
         err = capsys.readouterr().err
         assert "already in use" in err and "start with --free-ports" in err and "free_ports=True" not in err
         with pytest.raises(server.TorchServeError, match=r"start with free_ports=True$"):
-            server.start(tmp_path / "h2", tmp_path / "store")
+            server.start_server(tmp_path / "h2", tmp_path / "store")
     finally:
         holder.close()
         for home in ("h", "h2"):  # nothing should run, but never leave a server behind if the port came free
-            server.stop(tmp_path / home)
+            server.stop_server(tmp_path / home)
 
 
 def test_serve_status_without_server(tmp_path, capsys):

@@ -18,7 +18,7 @@ from aiaas_torch.client import (
     Client,
     ClientError,
     ConnectionFailed,
-    HTTPStatusError,
+    StatusError,
     NotFound,
     RequestTimedOut,
     ServerError,
@@ -196,9 +196,9 @@ def test_per_request_status_from_handler_keeps_reason_phrase(fake):
     # context.set_response_status(422, "bad row") answers 422 with the reason phrase and the handler's body.
     fake.script("/predictions/m", Reply(422, {"error": "bad row"}, reason="bad row"))
     with make_client(fake) as client:
-        with pytest.raises(HTTPStatusError) as err:
+        with pytest.raises(StatusError) as err:
             client.predict("m", {})
-    assert type(err.value) is HTTPStatusError
+    assert type(err.value) is StatusError
     assert err.value.status == 422 and err.value.message == "bad row" and err.value.type is None
 
 
@@ -252,7 +252,7 @@ def test_retries_zero_means_one_attempt(fake):
 def test_no_4xx_is_retried(fake, status):
     fake.script("/predictions/m", Reply(status, {"code": status, "type": "X", "message": "refused"}))
     with make_client(fake, retries=3) as client:
-        with pytest.raises(HTTPStatusError) as err:
+        with pytest.raises(StatusError) as err:
             client.predict("m", {})
     assert err.value.status == status
     assert len(fake.calls("/predictions/m")) == 1
@@ -330,7 +330,7 @@ def test_silent_server_times_out_once_within_the_timeout():
 
     threading.Thread(target=accept_and_hold, daemon=True).start()
     url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    client = Client(inference_url=url, token="t", timeout=0.5, retries=2, backoff=0.01)
+    client = Client(inference_url=url, token="t", request_timeout=0.5, retries=2, backoff=0.01)
     started = time.monotonic()
     try:
         with pytest.raises(ConnectionFailed) as err:
@@ -522,3 +522,95 @@ def test_the_package_level_server_error_is_the_one_predict_raises():
     assert isinstance(classify(answer), ai.ServerError)
     assert issubclass(ai.ServerError, ai.ClientError)
     assert not issubclass(ai.TorchServeError, ai.ClientError) and not issubclass(ai.ServerError, ai.TorchServeError)
+
+
+# ------------------------------------------------------------------- one owner each: the client and serving/ agree
+
+
+def _renewing_token_api(fake, home, kind):
+    """Script /token like TorchServe 0.12: the API key renews KIND's key into the key file, answering an empty body."""
+
+    def token_api(record):
+        assert record["headers"].get("Authorization") == "Bearer API" and record["query"] == {"type": [kind]}
+        write_keys(home, "INEW" if kind == "inference" else "OLD", management="MNEW" if kind == "management" else "MOLD")
+        return Reply(200, b"\n")
+
+    fake.script("/token", token_api)
+
+
+def test_client_and_the_management_calls_renew_an_expired_key_the_same_way(fake, tmp_path):
+    """Both callers send the same requests: the refused key, one renewal through the token API, the renewed key."""
+    from aiaas_torch.serving import home as server_home, management
+
+    home = write_home(tmp_path, fake.url, inference="OLD", management="MOLD")
+    fake.script("/models/m", lambda r: Reply(200, [{"modelName": "m"}]) if r["headers"]["Authorization"] == "Bearer MNEW"
+                else Reply(400, INVALID_KEY))
+    _renewing_token_api(fake, home, "management")
+    with Client(home=home, retries=0) as client:
+        assert client.describe("m", customized=False) == [{"modelName": "m"}]
+    by_client = [(c["path"], c["headers"]["Authorization"]) for c in fake.requests]
+
+    fake.requests.clear()
+    write_keys(home, "OLD", management="MOLD")
+    with httpx.Client(trust_env=False) as http:
+        answer = management.mgmt_call(http, server_home.load_info(home), "GET", "/models/m")
+    assert answer.status_code == 200 and answer.json() == [{"modelName": "m"}]
+    by_management = [(c["path"], c["headers"]["Authorization"]) for c in fake.requests]
+    assert by_client == by_management == [("/models/m", "Bearer MOLD"), ("/token", "Bearer API"), ("/models/m", "Bearer MNEW")]
+
+
+def test_a_bad_request_that_mentions_the_key_exception_renews_no_key_on_either_side(fake, tmp_path):
+    """Only TorchServe's error type says a key was refused; the management side once matched the words in the body."""
+    from aiaas_torch.serving import home as server_home, management
+
+    home = write_home(tmp_path, fake.url)
+    fake.script("/models/m", Reply(400, {"code": 400, "type": "InvalidInput", "message": "no InvalidKeyException here"}))
+    fake.script("/token", Reply(500, {"message": "must not be called"}))
+    with Client(home=home, retries=0) as client:
+        with pytest.raises(BadRequest):
+            client.describe("m")
+    with httpx.Client(trust_env=False) as http:
+        assert management.mgmt_call(http, server_home.load_info(home), "GET", "/models/m").status_code == 400
+    assert fake.calls("/token") == []
+
+
+def test_client_and_the_snapshot_list_models_through_the_same_pages(fake, tmp_path):
+    """Three pages of GET /models: both callers follow nextPageToken and get every name, in the server's order."""
+    from aiaas_torch.serving import home as server_home, management
+
+    pages = {None: (["a", "b"], "p2"), "p2": (["c"], "p3"), "p3": (["d"], None)}
+
+    def listing(record):
+        names, nxt = pages[record["query"].get("next_page_token", [None])[0]]
+        return Reply(200, {"models": [{"modelName": n} for n in names], **({"nextPageToken": nxt} if nxt else {})})
+
+    fake.script("/models", listing)
+    for n in "abcd":
+        fake.script(f"/models/{n}/all", Reply(200, [{"modelVersion": "1.0", "minWorkers": 1, "workers": []}]))
+    home = write_home(tmp_path, fake.url)
+    with Client(home=home) as client:
+        assert client.models() == ["a", "b", "c", "d"]
+    by_client = [c["query"] for c in fake.calls("/models")]
+    fake.requests.clear()
+    with httpx.Client(trust_env=False) as http:
+        assert list(management.models_snapshot(http, server_home.load_info(home))) == ["a", "b", "c", "d"]
+    assert by_client == [c["query"] for c in fake.calls("/models")] == [
+        {"limit": ["100"]}, {"limit": ["100"], "next_page_token": ["p2"]}, {"limit": ["100"], "next_page_token": ["p3"]}]
+
+
+def test_every_http_client_of_the_library_comes_from_the_one_factory():
+    """No module builds its own httpx.Client with a hard-coded timeout: serving/httpclient.py is the one place."""
+    import re
+
+    root = Path(__file__).resolve().parents[1] / "aiaas_torch"
+    builders = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
+                      if re.search(r"httpx\.(Async)?Client\(", p.read_text()))
+    assert builders == ["serving/httpclient.py"]
+
+
+def test_the_clients_timeouts_are_the_named_ones(fake):
+    """A prediction waits 30 s by default and connects within 5 s; a shorter wait also bounds the connect."""
+    with Client(inference_url=fake.url) as client:
+        assert client.timeout == httpx.Timeout(30.0, connect=5.0)
+    with Client(inference_url=fake.url, request_timeout=2.0) as client:
+        assert client.timeout == httpx.Timeout(2.0, connect=2.0)

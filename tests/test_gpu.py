@@ -83,7 +83,7 @@ def test_served_on_gpu_matches_cpu(cpu_run, tmp_path):
     store = tmp_path / "store"
     mar = package(cpu_run, "m", "1", store, device="gpu", serving=ServingConfig(workers=1)).path
     home = tmp_path / "home"
-    server.start(home, store, [f"m={mar.name}"], free_ports=True, ready_timeout=240)
+    server.start_server(home, store, [f"m={mar.name}"], free_ports=True, ready_timeout=240)
     try:
         rows = _data(64).X.tolist()
         with Client(home=home) as c:
@@ -92,4 +92,4 @@ def test_served_on_gpu_matches_cpu(cpu_run, tmp_path):
         local = load_run(cpu_run, program="float").predict({"instances": rows})["predictions"]
         assert np.allclose(served, local, rtol=1e-4, atol=1e-4)
     finally:
-        server.stop(home)
+        server.stop_server(home)

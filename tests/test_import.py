@@ -160,7 +160,7 @@ def test_cli_imports_a_saved_program_as_exported(tmp_path, capsys):
     ans = load_run(out).predict({"instances": x[:4].tolist()})
     want = torch.softmax(ep.module()(x[:4]), 1).detach()
     assert torch.allclose(torch.tensor(ans["probabilities"]), want, rtol=1e-5)
-    assert main(["quantize", str(out), "--scheme", "int8"]) == 2
+    assert main(["quantize", str(out), "--quantize", "int8"]) == 2
     assert "an imported model" in capsys.readouterr().err
     assert main(["import", str(path), "--out", str(tmp_path / "r2"), "--calibration", str(tmp_path / "cal.npz"), "--quantize", "int8"]) == 2
     assert "holds no nn.Linear" in capsys.readouterr().err

@@ -19,7 +19,7 @@ from aiaas_torch.serving import control
 from aiaas_torch.serving.pids import inet_connections
 from aiaas_torch.serving.config import base_config, effective_config, parse_properties
 from aiaas_torch.serving.readiness import unbound_ports
-from aiaas_torch.client import Client, HTTPStatusError, TokenError
+from aiaas_torch.client import Client, StatusError, TokenError
 from aiaas_torch.serving import Ports, TorchServeError, ServerInfo
 
 FIXTURES = Path(__file__).parent / "fixtures" / "echo"
@@ -148,8 +148,8 @@ def test_find_java_without_java_says_how_to_install(monkeypatch, tmp_path):
 
 
 def test_stop_and_status_without_server(tmp_path):
-    assert server.stop(tmp_path) is False
-    assert server.status(tmp_path)["running"] is False
+    assert server.stop_server(tmp_path) is False
+    assert server.server_status(tmp_path)["running"] is False
 
 
 # --------------------------------------------------------------------------------------------- real TorchServe
@@ -168,10 +168,10 @@ def store(tmp_path_factory) -> Path:
 def echo(store, tmp_path_factory):
     """A TorchServe serving the echo model from its own home on free ports; stopped after the module."""
     home = tmp_path_factory.mktemp("home1")
-    info = server.start(home=home, model_store=store, models={"echo": "echo.mar"}, free_ports=True, ready_timeout=60)
+    info = server.start_server(home=home, model_store=store, models={"echo": "echo.mar"}, free_ports=True, ready_timeout=60)
     pids = group_pids(info)
     yield info
-    server.stop(home, timeout=10)
+    server.stop_server(home, timeout=10)
     kill_leftovers(pids)
 
 
@@ -179,7 +179,7 @@ def echo(store, tmp_path_factory):
 def test_start_records_info_and_workers_are_ready(echo):
     assert ServerInfo.from_json((echo.home / "server.json").read_text()) == echo
     assert server.load_info(echo.home) == echo
-    st = server.status(echo.home)
+    st = server.server_status(echo.home)
     assert st["running"] is True and st["pid"] == echo.pid
     (version,) = st["models"]["echo"]
     ready = [w for w in version["workers"] if w["status"] == "READY"]
@@ -249,7 +249,7 @@ def test_request_without_or_with_wrong_token_is_refused(echo):
 @pytest.mark.serving
 def test_per_request_error_from_the_handler(echo):
     with Client(home=echo.home, retries=0) as client:
-        with pytest.raises(HTTPStatusError) as err:
+        with pytest.raises(StatusError) as err:
             client.predict("echo", {"status": 422, "message": "bad row"})
     assert err.value.status == 422 and err.value.message == "bad row"
 
@@ -278,7 +278,7 @@ def test_token_api_rotates_key_in_the_file_and_client_follows(echo):
 def test_scale_and_set_default_work_with_model_api_off(echo):
     answer = server.scale(echo, "echo", 2)
     assert "scaled to 2" in answer["status"]
-    (version,) = server.status(echo.home)["models"]["echo"]
+    (version,) = server.server_status(echo.home)["models"]["echo"]
     assert version["minWorkers"] == 2 and sum(w["status"] == "READY" for w in version["workers"]) == 2
     server.scale(echo, "echo", 1, version="1.0")
     assert server.wait_until_ready(echo, ["echo"], timeout=30)["echo"][0]["minWorkers"] == 1
@@ -294,13 +294,13 @@ def test_scale_and_set_default_work_with_model_api_off(echo):
 @pytest.mark.serving
 def test_second_start_in_same_home_is_refused(echo, store):
     with pytest.raises(TorchServeError, match="already runs"):
-        server.start(home=echo.home, model_store=store, models={"echo": "echo.mar"}, free_ports=True)
-    assert server.status(echo.home)["running"] is True
+        server.start_server(home=echo.home, model_store=store, models={"echo": "echo.mar"}, free_ports=True)
+    assert server.server_status(echo.home)["running"] is True
 
 
 @pytest.mark.serving
 def test_two_instances_side_by_side_and_stop_leaves_nothing(echo, store, tmp_path):
-    second = server.start(home=tmp_path / "h2", model_store=store, models=["echo=echo.mar"], free_ports=True, ready_timeout=60)
+    second = server.start_server(home=tmp_path / "h2", model_store=store, models=["echo=echo.mar"], free_ports=True, ready_timeout=60)
     pids = group_pids(second)
     try:
         assert second.pid != echo.pid and second.inference_url != echo.inference_url
@@ -309,11 +309,11 @@ def test_two_instances_side_by_side_and_stop_leaves_nothing(echo, store, tmp_pat
             assert c2.token != c1.token  # each instance has its own keys
             assert c2.predict("echo", {"who": 2}) == {"who": 2}
             assert c1.predict("echo", {"who": 1}) == {"who": 1}
-        assert server.stop(second.home) is True
+        assert server.stop_server(second.home) is True
         assert all(gone(pid) for pid in pids), [p for p in pids if not gone(p)]
         assert not (second.home / "server.json").exists()
-        assert server.stop(second.home) is False
-        assert server.status(second.home)["running"] is False
+        assert server.stop_server(second.home) is False
+        assert server.server_status(second.home)["running"] is False
         with Client(home=echo.home) as c1:
             assert c1.predict("echo", {"still": "up"}) == {"still": "up"}
     finally:
@@ -324,7 +324,7 @@ def test_a_home_too_long_for_the_worker_sockets_is_refused_before_anything_start
     # before: TorchServe started, every worker died on bind ("AF_UNIX path too long"), and start waited out its timeout
     home = tmp_path / ("h" * (120 - len(str(tmp_path))))
     with pytest.raises(server.ServerArgumentError, match=r"too long for TorchServe's worker sockets.*at most \d+ bytes long"):
-        server.start(home=home, model_store=store, models={"echo": "echo.mar"}, free_ports=True, ready_timeout=20)
+        server.start_server(home=home, model_store=store, models={"echo": "echo.mar"}, free_ports=True, ready_timeout=20)
     assert not home.exists()
     from aiaas_torch.serving.control import check_home_length
 
@@ -345,7 +345,7 @@ def test_port_in_use_is_named_before_starting(store, tmp_path):
     free = server.free_ports(5)
     try:
         with pytest.raises(TorchServeError, match=f"port {port} .*management.* in use"):
-            server.start(home=tmp_path / "h3", model_store=store, models={"echo": "echo.mar"},
+            server.start_server(home=tmp_path / "h3", model_store=store, models={"echo": "echo.mar"},
                          ports=Ports(free[0], port, free[1], free[2], free[3], free[4]))  # fmt: skip
     finally:
         taken.close()
@@ -365,7 +365,7 @@ def test_port_taken_after_the_check_is_reported_from_torchserve_log(store, tmp_p
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     try:
         with pytest.raises(TorchServeError, match=f"died.*Failed to bind.*:{port}"):
-            server.start(home=tmp_path / "h4", model_store=store, models={"echo": "echo.mar"},
+            server.start_server(home=tmp_path / "h4", model_store=store, models={"echo": "echo.mar"},
                          ports=Ports(free[0], free[1], free[2], free[3], port, free[4]), ready_timeout=30)  # fmt: skip
     finally:
         taken.close()
@@ -377,7 +377,7 @@ def test_port_taken_after_the_check_is_reported_from_torchserve_log(store, tmp_p
 def test_model_that_never_loads_times_out_with_the_model_log(store, tmp_path):
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     with pytest.raises(TorchServeError) as err:
-        server.start(home=tmp_path / "h5", model_store=store, models={"broken": "broken.mar"},
+        server.start_server(home=tmp_path / "h5", model_store=store, models={"broken": "broken.mar"},
                      free_ports=True, ready_timeout=15)  # fmt: skip
     message = str(err.value)
     assert "not ready within 15 s" in message and "model_log.log" in message

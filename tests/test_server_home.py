@@ -55,7 +55,7 @@ def test_the_home_and_every_folder_start_creates_are_0700_when_torchserve_is_lau
     store.mkdir()
     home = tmp_path / "a" / "b" / "home"
     with pytest.raises(Launched):
-        server.start(home, store, None, free_ports=True)
+        server.start_server(home, store, None, free_ports=True)
     (modes,) = launch
     created = {str(p) for p in (home, home.parent, home.parent.parent)}
     assert created <= set(modes) and {str(home / d) for d in ("store", "tmp", "logs", "workflows")} <= set(modes)
@@ -68,7 +68,7 @@ def test_an_existing_home_readable_by_others_is_tightened_before_the_launch(tmp_
     home.mkdir()
     os.chmod(home, 0o755)
     with pytest.raises(Launched):
-        server.start(home, tmp_path / "store", None, free_ports=True)
+        server.start_server(home, tmp_path / "store", None, free_ports=True)
     assert launch[0][str(home)] == 0o700
 
 

@@ -95,7 +95,7 @@ def test_untrusted_environment_variables_do_not_reach_torchserve(monkeypatch, tm
 
 def test_trusting_a_security_setting_is_refused(tmp_path):
     with pytest.raises(server.ServerArgumentError, match="disable_token_authorization"):
-        server.start(tmp_path / "home", tmp_path, None, trust_config_keys=["disable_token_authorization"])
+        server.start_server(tmp_path / "home", tmp_path, None, trust_config_keys=["disable_token_authorization"])
     with pytest.raises(SystemExit) as exit_:
         main(["serve", "start", "--home", str(tmp_path / "h"), "--trust-config-key", "enable_model_api"])
     assert exit_.value.code == 2
@@ -131,17 +131,17 @@ def hostile(tmp_path_factory):
         mp.setenv("TS_DISABLE_TOKEN_AUTHORIZATION", "true")  # would switch token auth off with envvars config on
         mp.setenv("TS_ENABLE_MODEL_API", "true")
         mp.setenv("TS_OPEN_INFERENCE_PROTOCOL", "oip")
-        info = server.start(home, store, {"echo": "echo.mar"}, free_ports=True, config=config, ready_timeout=90)
+        info = server.start_server(home, store, {"echo": "echo.mar"}, free_ports=True, config=config, ready_timeout=90)
     pids = group_pids(info)
     yield info, [str(w.message) for w in caught]
-    server.stop(home, timeout=10)
+    server.stop_server(home, timeout=10)
     kill_leftovers(pids)
 
 
 @pytest.mark.serving
 def test_an_old_refusal_in_the_same_home_does_not_block_a_good_start(hostile):
     info, _ = hostile
-    assert server.status(info.home)["models"]["echo"][0]["workers"][0]["status"] == "READY"
+    assert server.server_status(info.home)["models"]["echo"][0]["workers"][0]["status"] == "READY"
 
 
 @pytest.mark.serving

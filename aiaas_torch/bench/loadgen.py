@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 from urllib.parse import urlsplit
 
+from ..deprecation import renamed_keywords
 from ..errors import InputError
 from . import engine
 from .cpu import CpuSampler
@@ -124,21 +125,24 @@ def measure(
     concurrency: Sequence[int] = DEFAULT_CONCURRENCY,
     duration: float = 10.0,
     warmup: float = 3.0,
-    timeout: float = 10.0,
+    request_timeout: float = 10.0,
     max_requests: int = 2_000_000,
     processes: int = 1,
     server_pids: Sequence[int] = (),
     progress: bool | None = None,
     label: str = "",
+    **old,
 ) -> list[LevelResult]:
     """Return one LevelResult per concurrency: `warmup` s of load, then answers counted over `duration` s.
 
     processes > 1 splits each level's connections over that many generator processes (never more than the
-    connections). max_requests bounds each level; timeout aborts (and counts) a request that takes longer.
+    connections). max_requests bounds each level; request_timeout aborts (and counts) a request that takes longer
+    (`timeout`, its old spelling, still works for one release and warns).
     """
+    timeout = renamed_keywords("measure", old, {"timeout": "request_timeout"}).get("request_timeout", request_timeout)
     target.check()
     if duration <= 0 or warmup < 0 or timeout <= 0:
-        raise InputError("duration and timeout must be > 0, warmup ≥ 0")
+        raise InputError("duration and request_timeout must be > 0, warmup ≥ 0")
     levels = [int(c) for c in concurrency]
     if not levels or any(c < 1 for c in levels):
         raise InputError(f"concurrency: {list(concurrency)!r} must be integers ≥ 1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import socket
@@ -15,7 +16,9 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..card import is_tabular, is_text
+from ..deprecation import renamed_keywords, warn_renamed
 from ..errors import InputError
+from ..serving.httpclient import MANAGEMENT_S
 from ..serving.ports import free_ports
 from .cpu import machine_info
 from .loadgen import DEFAULT_CONCURRENCY, ENGINE_SCRIPT, Target, measure
@@ -89,8 +92,8 @@ def card_body(card: dict) -> bytes:
     return json.dumps({"instances": [row]}).encode()
 
 
-def served_target(home: str | os.PathLike, model: str, body: bytes | None = None, version: str | None = None) -> Target:
-    """Return the Target of a model served by the TorchServe of HOME (URL and token from the home)."""
+def served_target(home: str | os.PathLike, name: str, body: bytes | None = None, version: str | None = None) -> Target:
+    """Return the Target of the model NAME served by the TorchServe of HOME (URL and token from the home)."""
     from .. import serving as server
 
     info = server.load_info(home)
@@ -100,30 +103,35 @@ def served_target(home: str | os.PathLike, model: str, body: bytes | None = None
     if body is None:
         from ..client import Client
 
-        with Client(home=home, timeout=10) as c:
-            card = c.describe(model, version)[0].get("customizedMetadata")
+        with Client(home=home, request_timeout=MANAGEMENT_S) as c:
+            card = c.describe(name, version)[0].get("customizedMetadata")
         body = card_body(card) if isinstance(card, dict) else b'{"instances": [[0.0]]}'
-    url = f"{info.inference_url}/predictions/{model}" + (f"/{version}" if version else "")
+    url = f"{info.inference_url}/predictions/{name}" + (f"/{version}" if version else "")
     return Target(url, body, {"Authorization": f"Bearer {keys['inference']}"})
 
 
-def bench_served(home: str | os.PathLike, model: str, body: bytes | None = None, **kwargs) -> BenchReport:
-    """Return the report of a model already served by HOME's TorchServe (measure's keyword arguments apply)."""
+def bench_served(home: str | os.PathLike, name: str | None = None, body: bytes | None = None, **kwargs) -> BenchReport:
+    """Return the report of the model NAME already served by HOME's TorchServe (measure's keyword arguments apply;
+    `model=`, the old spelling of name, still works for one release and warns)."""
     from .. import serving as server
 
+    if "model" in kwargs:
+        name = renamed_keywords("bench_served", {"model": kwargs.pop("model")}, {"model": "name"})["name"]
+    if name is None:
+        raise InputError("bench_served: name the served model")
     info = server.load_info(home)
-    target = served_target(home, model, body)
+    target = served_target(home, name, body)
     pids = [info.pid] if info is not None else []
-    levels = measure(target, server_pids=pids, label=model, **kwargs)
-    return BenchReport(machine_info(), _settings(kwargs), [ConfigResult(model, levels)])
+    levels = measure(target, server_pids=pids, label=name, **kwargs)
+    return BenchReport(machine_info(), _settings(kwargs), [ConfigResult(name, levels)])
 
 
 def _settings(kwargs: Mapping) -> dict:
-    """Return the load settings for the report."""
-    s = {"concurrency": list(kwargs.get("concurrency", DEFAULT_CONCURRENCY)), "duration_s": kwargs.get("duration", 10.0),
-         "warmup_s": kwargs.get("warmup", 3.0), "processes": kwargs.get("processes", 1),
-         "timeout_s": kwargs.get("timeout", 10.0), "generator": "raw asyncio HTTP/1.1, keep-alive, closed loop"}  # fmt: skip
-    return s
+    """Return the load settings for the report: the given ones, else measure's own defaults."""
+    given = {**{k: p.default for k, p in inspect.signature(measure).parameters.items()}, **kwargs}
+    return {"concurrency": list(given["concurrency"]), "duration_s": given["duration"], "warmup_s": given["warmup"],
+            "processes": given["processes"], "timeout_s": given.get("timeout", given["request_timeout"]),
+            "generator": "raw asyncio HTTP/1.1, keep-alive, closed loop"}  # fmt: skip
 
 
 def package_with_handler(run_dir, name: str, store, serving, handler_file: str | os.PathLike):
@@ -137,13 +145,16 @@ def package_with_handler(run_dir, name: str, store, serving, handler_file: str |
 
 
 _CONFIG_ALIASES = {"batch": "batch_size", "delay": "max_batch_delay_ms", "max_batch_delay": "max_batch_delay_ms",
-                   "timeout": "response_timeout_s", "response_timeout": "response_timeout_s"}  # fmt: skip
+                   "response_timeout": "response_timeout_s"}  # fmt: skip
+# "timeout" meant the server's response_timeout here and the client's request timeout beside it: an old spelling now
+_CONFIG_RENAMED = {"timeout": "response_timeout"}
 
 
 def parse_config(text: str):
     """Return (label, ServingConfig) from "LABEL:workers=2,batch_size=16,max_batch_delay_ms=0" (ValueError if bad).
 
-    Fields not given keep the throughput profile's values; batch, delay and timeout are accepted as short names.
+    Fields not given keep the throughput profile's values; batch, delay and response_timeout are accepted as short
+    names (timeout, the old short name of response_timeout, still works for one release and warns).
     """
     from ..archive import ServingConfig
 
@@ -153,7 +164,11 @@ def parse_config(text: str):
     cfg = ServingConfig()
     for item in filter(None, (x.strip() for x in rest.split(","))):
         key, eq, value = item.partition("=")
-        key = _CONFIG_ALIASES.get(key.strip(), key.strip())
+        key = key.strip()
+        if key in _CONFIG_RENAMED:
+            warn_renamed(f"--config key {key}", f"{_CONFIG_RENAMED[key]} (or response_timeout_s)")
+            key = _CONFIG_RENAMED[key]
+        key = _CONFIG_ALIASES.get(key, key)
         if not eq or key not in ServingConfig.__dataclass_fields__ or key == "max_rows":
             raise InputError(f"--config {text!r}: {item!r} is not key=value with a key among workers, batch_size, "
                              f"max_batch_delay_ms, response_timeout_s, threads")  # fmt: skip
@@ -190,7 +205,8 @@ def _warm(target: Target, seconds: float, kwargs: Mapping) -> None:
     """Load target for `seconds` at the highest concurrency of measure's keyword arguments, unmeasured; returns None."""
     if seconds > 0:
         top = max(kwargs.get("concurrency", DEFAULT_CONCURRENCY))
-        measure(target, (top,), duration=seconds, warmup=0.0, progress=False, timeout=kwargs.get("timeout", 10.0))
+        timeouts = {k: v for k, v in kwargs.items() if k in ("request_timeout", "timeout")}
+        measure(target, (top,), duration=seconds, warmup=0.0, progress=False, **timeouts)
 
 
 def bench_run_dir(
@@ -234,7 +250,7 @@ def bench_run_dir(
             else:
                 mar = package(run_dir, name, "1.0", store, serving=serving)
             t0 = time.perf_counter()
-            info = server.start(home, store, {name: mar.path.name}, free_ports=True, config=server_config,
+            info = server.start_server(home, store, {name: mar.path.name}, free_ports=True, config=server_config,
                                 ready_timeout=180, access_log=access_log)  # fmt: skip
             stop = running.enter_context(contextlib.ExitStack())
             stop.callback(server.stop, home)

@@ -14,7 +14,7 @@ import sys
 
 from ..errors import InputError
 from . import bench, demo, deploy, imports, openapi, package, predict, serve, train
-from .common import EXIT_FAILURE, EXIT_USAGE, UsageError, Parser
+from .common import EXIT_FAILURE, EXIT_USAGE, UsageError, Parser, resolve_defaults
 
 __all__ = ["EXIT_FAILURE", "EXIT_USAGE", "UsageError", "build_parser", "main"]
 
@@ -23,7 +23,9 @@ _GROUPS = (train, imports, package, serve, deploy, predict, openapi, bench, demo
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the `aiaas` command with every subcommand."""
-    p = Parser(prog="aiaas", description="AI as a service on PyTorch: train → quantize → package → serve → predict.")
+    p = Parser(prog="aiaas", description="AI as a service on PyTorch: train → quantize → package → serve → predict.",
+               epilog="`aiaas COMMAND --help` shows a command's options. Exit codes: 0 done, 2 bad input or usage (one "
+                      "line naming what is wrong), 1 a failure of TorchServe or HTTP, or a bug of ours (--debug).")
     from .. import __version__
 
     p.add_argument("--version", action="version", version=f"aiaas-torch {__version__}")
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:  # `aiaas` alone: what a newcomer types first deserves the help, not an error
         parser.print_help()
         return 0
-    args = parser.parse_args(argv)
+    args = resolve_defaults(parser.parse_args(argv))
     args.argv = argv
     try:
         return args.run(args)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
+import inspect
 import json
 import math
 import re
@@ -49,6 +52,105 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):  # noqa: D401 - argparse API
         """Print one line naming the problem and exit with code 2."""
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+    def _get_formatter(self):
+        """Return the help formatter; a Default in a help text is read from its owner only now, when help is printed."""
+        return _Help(prog=self.prog)
+
+
+class _Help(argparse.HelpFormatter):
+    """argparse's formatter with an option's `shown` defaults (see Default) available to its help text."""
+
+    def __init__(self, prog: str):
+        super().__init__(prog, max_help_position=32)
+
+    def _expand_help(self, action):
+        """Return the help text with %(default)s and the action's `shown` names filled in."""
+        shown = getattr(action, "shown", None)
+        if shown:
+            action = argparse.Namespace(**{**vars(action), **shown})
+        return super()._expand_help(action)
+
+
+class Default:
+    """An option's default read from the one place the library keeps it: a dataclass field, a function's parameter, or
+    (no name) a module's constant.
+
+    Read on first use (the owner may import torch or httpx): by the help text when help is printed, by Args when a
+    command reads an option it was not given.
+    """
+
+    def __init__(self, owner: str, name: str | None = None):
+        self.owner, self.name = owner, name  # owner: "module:Attribute", e.g. "aiaas_torch.train:TrainConfig"
+
+    @property
+    def value(self):
+        """Return the default: the dataclass field's (its factory's product), the function parameter's, or the constant."""
+        module, attr = self.owner.split(":")
+        obj = getattr(importlib.import_module(module), attr)
+        if self.name is None:
+            return obj
+        if dataclasses.is_dataclass(obj):
+            (f,) = [f for f in dataclasses.fields(obj) if f.name == self.name]
+            return f.default_factory() if f.default is dataclasses.MISSING else f.default
+        return inspect.signature(obj).parameters[self.name].default
+
+    def __str__(self) -> str:
+        """Return the default as a user types it (64,64 for a tuple, 180 for 180.0)."""
+        v = self.value
+        if isinstance(v, (tuple, list)):
+            return ",".join(map(str, v))
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    def __repr__(self) -> str:
+        """Return where the default is read from."""
+        return f"Default({self.owner}{'.' + self.name if self.name else ''})"
+
+
+class Args(argparse.Namespace):
+    """Parsed arguments whose Default values are read when first used: a command pays only for the owners it reads
+    (`predict --local` never imports the HTTP client for --request-timeout's default)."""
+
+    def __getattribute__(self, name: str):
+        """Return the argument, reading a Default's value in place on first access."""
+        value = super().__getattribute__(name)
+        if isinstance(value, Default):
+            value = value.value
+            setattr(self, name, value)
+        return value
+
+
+def resolve_defaults(args: argparse.Namespace) -> Args:
+    """Return args as Args (Defaults read on first use); `given` names the options the user gave (not left at a Default)."""
+    out = Args(**vars(args))
+    out.given = {k for k, v in vars(args).items() if not isinstance(v, Default)}
+    return out
+
+
+def show(action: argparse.Action, **defaults: Default) -> argparse.Action:
+    """Return action after naming more defaults its help text shows as %(NAME)s (read only when help is printed)."""
+    action.shown = defaults
+    return action
+
+
+class _Renamed(argparse.Action):
+    """An old spelling of a renamed option: it acts as the new option does, after a one-line deprecation notice."""
+
+    def __init__(self, option_strings, dest, new: argparse.Action, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        """Print the notice naming the new spelling on stderr, then store the value as the new option would."""
+        print(f"aiaas: deprecated: {option_string} is now {self.new.option_strings[0]} "
+              "(the old spelling goes in the next release)", file=sys.stderr)  # fmt: skip
+        self.new(parser, namespace, values, self.new.option_strings[0])
+
+
+def renamed(p, old: str, new: argparse.Action) -> None:
+    """Keep `old` working as a hidden spelling of the option `new` (see _Renamed); returns None."""
+    p.add_argument(old, action=_Renamed, new=new, dest=new.dest, nargs=new.nargs, type=new.type, choices=new.choices,
+                   metavar=new.metavar, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # fmt: skip
 
 
 def int_list(text: str) -> tuple[int, ...]:

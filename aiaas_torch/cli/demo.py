@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from .common import print_json
+from .common import Default, print_json
+
+DEMO = "aiaas_torch.demo:run_demo"
 
 
 def add_parser(sub) -> None:
@@ -10,9 +12,11 @@ def add_parser(sub) -> None:
     d = sub.add_parser("demo", help="run the origin example end to end (y = 2x)",
                        description="Train y = 2x on x = 1..5 with SGD, quantize, package, start TorchServe, predict x = 6 and 7 "
                                    "over HTTP, show the served card and quantization report, and stop the server.")
-    d.add_argument("--home", default=".aiaas-demo", metavar="DIR", help="server home for the demo (default .aiaas-demo)")
-    d.add_argument("--workdir", default="runs", metavar="DIR", help="where the run directory goes (default runs)")
-    d.add_argument("--model-store", default="model_store", metavar="DIR", help="model store (default model_store)")
+    d.add_argument("--home", default=Default(DEMO, "home"), metavar="DIR", help="server home for the demo (default %(default)s)")
+    d.add_argument("--workdir", default=Default(DEMO, "workdir"), metavar="DIR",
+                   help="where the run directory goes (default %(default)s)")
+    d.add_argument("--model-store", default=Default(DEMO, "model_store"), metavar="DIR",
+                   help="where the archive goes (default %(default)s)")
     d.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
     d.set_defaults(run=run)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from .common import finite_float, add_home_option, print_json, running_home
+from .common import Default, add_home_option, finite_float, print_json, renamed, running_home
 
 
 def add_parser(sub) -> None:
@@ -20,25 +20,27 @@ def add_parser(sub) -> None:
     d.add_argument("archive", metavar="ARCHIVE", help="a .mar built by `aiaas package` (its version is the manifest's)")
     add_home_option(d)
     d.add_argument("--workers", type=int, default=None, metavar="N", help="workers for the new version (default: the archive's minWorkers)")
-    d.add_argument("--timeout", type=finite_float, default=120.0, help="seconds to wait for READY workers (default 120)")
+    renamed(d, "--timeout", d.add_argument("--ready-timeout", type=finite_float, metavar="S",
+                                           default=Default("aiaas_torch.serving.live:deploy", "ready_timeout"),
+                                           help="seconds to wait until the new version's workers are READY (default %(default)s)"))
     d.add_argument("--json", action="store_true", help="print what was done as JSON")
     d.set_defaults(run=run, live="deploy")
     r = sub.add_parser("rollback", help="make the previous default version of a model the default again",
                        description="Switch NAME back to the version that was its default before the last deploy (still loaded).")
-    r.add_argument("name", metavar="NAME")
+    r.add_argument("name", metavar="NAME", help="the model name clients call")
     add_home_option(r)
     r.add_argument("--json", action="store_true", help="print {name, from, to} as JSON")
     r.set_defaults(run=run, live="rollback")
     t = sub.add_parser("retire", help="unregister a version that is not the default",
                        description="Unregister VERSION of NAME (never the default) and delete its copy in HOME/store.")
-    t.add_argument("name", metavar="NAME")
-    t.add_argument("version", metavar="VERSION")
+    t.add_argument("name", metavar="NAME", help="the model name clients call")
+    t.add_argument("version", metavar="VERSION", help="the version to unregister, as `aiaas versions NAME` lists it")
     add_home_option(t)
     t.add_argument("--json", action="store_true", help="print {name, version, archive} as JSON")
     t.set_defaults(run=run, live="retire")
     v = sub.add_parser("versions", help="list a model's loaded versions, the default, workers and card summaries",
                        description="List NAME's loaded versions: which is the default, worker states, archive, card summary.")
-    v.add_argument("name", metavar="NAME")
+    v.add_argument("name", metavar="NAME", help="the model name clients call")
     add_home_option(v)
     v.add_argument("--json", action="store_true", help="print the versions as JSON")
     v.set_defaults(run=run, live="versions")
@@ -50,7 +52,7 @@ def run(a) -> int:
 
     home = running_home(a)
     if a.live == "deploy":
-        done = server.deploy(a.name, a.archive, home, a.workers, a.timeout)
+        done = server.deploy(a.name, a.archive, home, a.workers, a.ready_timeout)
         if a.json:
             print_json(asdict(done))
         else:

@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
     p.add_argument("--labels", type=_names, default=None, metavar="A,B,...", help="class labels, one per column of the one output")
     p.add_argument("--input-names", type=_names, default=None, metavar="X,Y", help="input names (default: the program's own)")
     p.add_argument("--output-names", type=_names, default=None, metavar="Y,Z", help="output names (default: output, output_0, ...)")
-    add_quant_options(p, "--quantize")
+    add_quant_options(p)
     p.add_argument("--json", action="store_true", help="print the model card as JSON")
     p.set_defaults(run=run)
 

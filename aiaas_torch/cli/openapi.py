@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
                                    "and the JSON error body. TARGET is a run directory, a .mar archive (its members are "
                                    "checked against its card first), or the NAME of a model served from --home.")
     o.add_argument("target", metavar="NAME|ARCHIVE|RUN_DIR", help="served model name, .mar archive, or run directory")
-    o.add_argument("--name", default=None, help="model name in the paths (default: the served name, the archive's, "
+    o.add_argument("--name", default=None, metavar="NAME", help="model name in the paths (default: the served name, the archive's, "
                                                  "or the run directory's folder name)")
     o.add_argument("--out", default=None, metavar="F", help="write the document to this file, atomically (default stdout)")
     add_home_option(o)

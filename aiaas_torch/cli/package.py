@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 
-from .common import UsageError, print_json
+from .common import Default, UsageError, print_json, show
+
+PACKAGE, SERVING = "aiaas_torch.archive:package", "aiaas_torch.archive:ServingConfig"
 
 
 def add_parser(sub) -> None:
@@ -12,19 +14,30 @@ def add_parser(sub) -> None:
     k = sub.add_parser("package", help="build NAME-VERSION.mar for TorchServe from a run directory",
                        description="Build MODEL_STORE/NAME-VERSION.mar (handler, model files, card, model-config.yaml), "
                                    "byte-identical for the same run directory, verified against the card after writing.")
-    k.add_argument("run_dir", metavar="RUN_DIR")
-    k.add_argument("--name", required=True, help="model name (letters, digits, '_')")
-    k.add_argument("--version", default="1.0", help="model version (default 1.0)")
-    k.add_argument("--model-store", default="model_store", metavar="DIR", help="where the archive goes (default model_store)")
-    k.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
-                   help="auto: TorchServe gives a worker a GPU exactly when the host has one (default)")
+    k.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `aiaas train` or `aiaas import`")
+    k.add_argument("--name", required=True, metavar="NAME",
+                   help="the model name clients call (letters, digits, '_'; starts with a letter or digit)")
+    k.add_argument("--version", default=Default(PACKAGE, "version"), metavar="V",
+                   help="model version: letters, digits, '.' and '_' (default %(default)s)")
+    k.add_argument("--model-store", default=Default(PACKAGE, "model_store"), metavar="DIR",
+                   help="where the archive goes (default %(default)s)")
+    k.add_argument("--device", choices=["auto", "cpu", "gpu"], default=Default(PACKAGE, "device"),
+                   help="auto: TorchServe gives a worker a GPU exactly when the host has one; cpu or gpu: forced "
+                        "(default %(default)s)")
     k.add_argument("--profile", choices=["throughput", "latency"], default="throughput",
-                   help="serving defaults: throughput (batching) or latency (batch 1)")
-    k.add_argument("--workers", type=int, default=None, help="workers per model (default from the profile)")
-    k.add_argument("--batch-size", type=int, default=None, help="TorchServe batchSize (default from the profile)")
-    k.add_argument("--max-batch-delay", type=int, default=None, metavar="MS", help="TorchServe maxBatchDelay in ms")
-    k.add_argument("--response-timeout", type=int, default=None, metavar="S", help="TorchServe responseTimeout in s")
-    k.add_argument("--max-rows", type=int, default=None, help="most rows per request (default: the card's, 10000)")
+                   help="serving defaults: throughput (batching) or latency (batch 1) (default %(default)s)")
+    show(k.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="TorchServe workers for the model (default %(workers)s)"), workers=Default(SERVING, "workers"))
+    show(k.add_argument("--batch-size", type=int, default=None, metavar="N",
+                        help="TorchServe batchSize (default %(throughput)s; 1 with --profile latency)"),
+         throughput=Default(SERVING, "batch_size"))
+    show(k.add_argument("--max-batch-delay", type=int, default=None, metavar="MS",
+                        help="TorchServe maxBatchDelay in ms (default %(throughput)s; 0 with --profile latency)"),
+         throughput=Default(SERVING, "max_batch_delay_ms"))
+    show(k.add_argument("--response-timeout", type=int, default=None, metavar="S",
+                        help="TorchServe responseTimeout: seconds a batch may take before its worker is killed and its "
+                             "requests answered 500 (default %(seconds)s)"), seconds=Default(SERVING, "response_timeout_s"))
+    k.add_argument("--max-rows", type=int, default=None, metavar="N", help="most rows per request (default: the card's)")
     k.add_argument("--sign", action="store_true",
                    help="sign the card with HMAC-SHA256 using $AIAAS_SIGNING_KEY (a key kept outside the archive)")
     k.add_argument("--json", action="store_true", help="print the archive's path, name, version and SHA-256 as JSON")
@@ -36,7 +49,8 @@ def add_parser(sub) -> None:
     ks.add_argument("mar", metavar="MAR", help="archive built by `aiaas package`")
     ks.add_argument("--out", required=True, metavar="DIR", help="directory to write (must be new or empty)")
     ks.add_argument("--storage-uri", default=None, metavar="URI", help="where the tree will be uploaded (default pvc://aiaas-models/NAME)")
-    ks.add_argument("--image", default="aiaas-torch:0.1.0", help="serving image built from deploy/Dockerfile (default aiaas-torch:0.1.0)")
+    ks.add_argument("--image", default=Default("aiaas_torch.kserve:export_kserve", "image"), metavar="IMAGE",
+                    help="serving image built from deploy/Dockerfile (default %(default)s)")
     ks.add_argument("--service", default=None, metavar="NAME", help="InferenceService name (default: the model name)")
     ks.add_argument("--json", action="store_true", help="print the written paths as JSON")
     ks.set_defaults(run=run)

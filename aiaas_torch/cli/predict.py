@@ -9,7 +9,7 @@ import json
 import math
 import sys
 
-from .common import UsageError, finite_float, add_home_option, print_json, running_home
+from .common import Default, UsageError, add_home_option, finite_float, print_json, renamed, running_home
 
 
 def add_parser(sub) -> None:
@@ -40,7 +40,9 @@ def add_parser(sub) -> None:
     pr.add_argument("--local", default=None, metavar="RUN_DIR", help="predict in this process from a run directory")
     pr.add_argument("--version", dest="model_version", default=None, metavar="V", help="model version (default: the default version)")
     add_home_option(pr)
-    pr.add_argument("--timeout", type=finite_float, default=30.0, help="HTTP timeout in seconds (default 30)")
+    renamed(pr, "--timeout", pr.add_argument("--request-timeout", type=finite_float, metavar="S",
+                                             default=Default("aiaas_torch.client:Client", "request_timeout"),
+                                             help="seconds to wait for each answer from the server (default %(default)s)"))
     pr.add_argument("--json", action="store_true", help="print the answer exactly as received (with --file and --out: the report)")
     pr.set_defaults(run=run)
 
@@ -71,7 +73,7 @@ def run(a) -> int:
         if isinstance(body, str):
             body = body.encode("utf-8")
         home = running_home(a)
-        with cl.Client(home=home, timeout=a.timeout) as c:
+        with cl.Client(home=home, request_timeout=a.request_timeout) as c:
             try:
                 answer = c.predict(name, body, version=a.model_version)
             except (cl.BadRequest, cl.NotFound, cl.TokenError) as e:  # the input, the name, or the --home: the user's to fix
@@ -101,7 +103,7 @@ def _run_file(a) -> int:
             raise UsageError("give the model NAME (or --local RUN_DIR)")
         from .. import client as cl
 
-        with cl.Client(home=running_home(a), timeout=a.timeout) as c:
+        with cl.Client(home=running_home(a), request_timeout=a.request_timeout) as c:
             try:
                 report = predict_file(a.file, a.out, c, name=a.args[0], version=a.model_version,
                                       concurrency=a.concurrency, **kwargs)

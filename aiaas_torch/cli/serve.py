@@ -5,7 +5,10 @@ from __future__ import annotations
 import sys
 import warnings
 
-from .common import EXIT_FAILURE, UsageError, finite_float, add_home_option, Parser, print_json, running_home, server_home, warn, no_server_message
+from .common import (EXIT_FAILURE, Default, Parser, UsageError, add_home_option, finite_float, no_server_message, print_json,
+                     renamed, running_home, server_home, show, warn)  # fmt: skip
+
+START = "aiaas_torch.serving.control:start_server"
 
 
 def add_parser(sub) -> None:
@@ -20,8 +23,11 @@ def add_parser(sub) -> None:
                                    "the start with exit code 2. HOME is made 0700; another user's or a group/other-writable "
                                    "one is refused.")
     add_home_option(st, creates=True)
-    st.add_argument("--model-store", default="model_store", metavar="DIR", help="model store (default model_store)")
-    st.add_argument("--models", nargs="+", metavar="NAME=FILE.mar", help="archives to load (default: every .mar in the store)")
+    st.add_argument("--model-store", default=Default(START, "model_store"), metavar="DIR",
+                    help="folder of the archives `aiaas package` wrote (default %(default)s)")
+    st.add_argument("--models", nargs="+", metavar="NAME=FILE.mar",
+                    help="archives to load, each under the name clients call; FILE is a name in the model store or a path "
+                         "(default: every .mar in the store)")
     st.add_argument("--free-ports", action="store_true", help="pick every port free at start (default 8080-8082, 7070-7071, 9000)")
     st.add_argument("--config", default=None, metavar="FILE",
                     help="base config.properties (default ./config.properties); the security settings (loopback, token "
@@ -34,12 +40,15 @@ def add_parser(sub) -> None:
     st.add_argument("--allow-deploy", action="store_true",
                     help="turn TorchServe's model API on, fenced to the archives `aiaas deploy` checked into HOME/store, "
                          "so that versions can be deployed, rolled back and retired live (off by default)")
-    st.add_argument("--timeout", type=finite_float, default=180.0, help="seconds to wait for READY (default 180)")
+    renamed(st, "--timeout", st.add_argument("--ready-timeout", type=finite_float, default=Default(START, "ready_timeout"),
+                                             metavar="S", help="seconds to wait until every model's workers are READY "
+                                                               "(default %(default)s)"))
     st.add_argument("--access-log", action="store_true", help="turn TorchServe's access log back on")
     st.add_argument("--oip", action="store_true",
                     help="also start the Open Inference gateway (full v2 protocol, truthful readiness; needs aiaas-torch[oip])")
-    st.add_argument("--oip-port", type=int, default=None, metavar="PORT",
-                    help="the gateway's port on 127.0.0.1 (default 8090; a free one with --free-ports)")
+    show(st.add_argument("--oip-port", type=int, default=None, metavar="PORT",
+                         help="the gateway's port on 127.0.0.1 (default %(port)s; a free one with --free-ports)"),
+         port=Default("aiaas_torch.serving.control:DEFAULT_GATEWAY_PORT"))
     st.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops the server")
     st.add_argument("--json", action="store_true", help="print the URLs and key file as JSON")
     sp = ss.add_parser("stop", help="stop the TorchServe of HOME and wait until it is gone", description="Stop HOME's TorchServe by pid and wait until the Java process is gone.")
@@ -80,13 +89,13 @@ def run(a) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", server.SecuritySettingWarning)
             try:
-                info = server.start(home, a.model_store, models, a.free_ports, a.config, a.timeout,
+                info = server.start_server(home, a.model_store, models, a.free_ports, a.config, a.ready_timeout,
                                     access_log=a.access_log, trust_config_keys=a.trust_config_key,
                                     allow_deploy=a.allow_deploy, oip=a.oip, gateway_port=a.oip_port)
             finally:
                 for w in caught:
                     warn(str(w.message))
-        st = server.status(home)
+        st = server.server_status(home)
         if a.json:
             print_json(st)
         else:
@@ -102,13 +111,13 @@ def run(a) -> int:
             _stay_attached(home, info.pid)
         return 0
     if a.action == "stop":
-        stopped = server.stop(home)
+        stopped = server.stop_server(home)
         if a.json:
             print_json({"stopped": stopped})
         else:
             print("TorchServe stopped" if stopped else f"no TorchServe was running from {found.where()}")
         return 0
-    st = server.status(home)
+    st = server.server_status(home)
     if a.json:
         print_json(st)
     elif not st.get("running"):
@@ -140,4 +149,4 @@ def _stay_attached(home: str, pid: int) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        server.stop(home)
+        server.stop_server(home)

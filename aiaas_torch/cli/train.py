@@ -8,7 +8,9 @@ import warnings
 from pathlib import Path
 
 from ..csvread import DECIMALS, ENCODING, SEPARATORS
-from .common import UsageError, finite_float, int_list, print_json, warn
+from .common import Default, UsageError, finite_float, int_list, print_json, renamed, show, warn
+
+TRAIN, SELECT, QUANT, CSV = "aiaas_torch.train:TrainConfig", "aiaas_torch.select:SelectConfig", "aiaas_torch.quantize:QuantConfig", "aiaas_torch.data:load_csv"
 
 
 def add_parser(sub) -> None:
@@ -27,8 +29,8 @@ def add_parser(sub) -> None:
                         "for these features. Without it a missing cell is an error naming line and column")
     p.add_argument("--categorical", action="append", default=[], metavar="COL",
                    help="one-hot encode COL even though its values look numeric (a column of mostly text is categorical anyway)")
-    p.add_argument("--max-categories", type=int, default=50, metavar="N",
-                   help="refuse a categorical column with more than N distinct values (default 50)")
+    p.add_argument("--max-categories", type=int, default=Default("aiaas_torch.data:MAX_CATEGORIES"), metavar="N",
+                   help="refuse a categorical column with more than N distinct values (default %(default)s)")
     p.add_argument("--strict", action="store_true",
                    help="the served model answers a category it never saw with 400 (default: the all-zero encoding, "
                         "counted in the UnseenCategories metric); recorded in the card")
@@ -48,33 +50,42 @@ def add_parser(sub) -> None:
     r.add_argument("--id", dest="ids", action="append", default=[], metavar="COL",
                    help="COL identifies rows: excluded from the features without a warning (repeatable)")
     t.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write (replaced atomically)")
-    t.add_argument("--task", choices=["auto", "regression", "classification"], default="auto",
-                   help="target kind (default: auto — strings or few distinct integers are classes)")
+    show(t.add_argument("--task", choices=["auto", "regression", "classification"], default=None,
+                        help="target kind (default %(auto)s: strings or few distinct integers are classes)"),
+         auto=Default(CSV, "task"))
     t.add_argument("--model", choices=["linear", "logistic", "mlp"], default=None,
-                   help="model kind (default: linear for regression, logistic for classification)")
-    t.add_argument("--hidden", type=int_list, default=(64, 64), metavar="64,64", help="MLP hidden sizes (default 64,64)")
-    t.add_argument("--epochs", type=int, default=None,
-                   help="most epochs (default 1000; linear/logistic stop earlier once converged; with --select: the last "
-                        "halving rung's, default 300)")
-    t.add_argument("--lr", type=finite_float, default=None,
+                   help="model kind to train (default: linear for regression, logistic for classification)")
+    t.add_argument("--hidden", type=int_list, default=Default(TRAIN, "hidden"), metavar="N,N",
+                   help="MLP hidden layer sizes (default %(default)s)")
+    show(t.add_argument("--epochs", type=int, default=None, metavar="N",
+                        help="most epochs (default %(train)s; linear/logistic stop earlier once converged; with --select: "
+                             "the last halving rung's, default %(select)s)"),
+         train=Default(TRAIN, "epochs"), select=Default(SELECT, "epochs"))
+    t.add_argument("--lr", type=finite_float, default=None, metavar="RATE",
                    help="SGD learning rate. Default for linear/logistic: chosen from the data on whitened features, with a "
                         "stop on convergence; given, training is the classic fixed-rate SGD (full batch, momentum 0, "
                         "every epoch; no whitening). MLP default 0.01")
-    t.add_argument("--momentum", type=finite_float, default=None, help="SGD momentum (default 0.9 for the automatic logistic fit, else 0)")
+    t.add_argument("--momentum", type=finite_float, default=None, metavar="M", help="SGD momentum (default 0.9 for the automatic logistic fit, else 0)")
     t.add_argument("--tol", type=finite_float, default=None, metavar="REL",
                    help="stop once an epoch changes J(θ) by less than REL, relative (default 1e-7 with the automatic rate, else off)")
-    t.add_argument("--weight-decay", type=finite_float, default=0.0, help="SGD weight decay (default 0)")
+    t.add_argument("--weight-decay", type=finite_float, default=Default(TRAIN, "weight_decay"), metavar="L2",
+                   help="SGD weight decay (default %(default)s)")
     t.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help="mini-batch size (default: full batch; the automatic logistic fit above 8192 training rows: "
                         "4096 or a twentieth of the rows)")
-    t.add_argument("--seed", type=int, default=0, help="seed for init, shuffling and the split (default 0)")
-    t.add_argument("--val-fraction", type=finite_float, default=0.2, metavar="F", help="validation share in [0, 1) (default 0.2)")
+    t.add_argument("--seed", type=int, default=Default(TRAIN, "seed"), metavar="N",
+                   help="seed for init, shuffling and the split (default %(default)s)")
+    t.add_argument("--val-fraction", type=finite_float, default=Default(TRAIN, "val_fraction"), metavar="F",
+                   help="validation share in [0, 1) (default %(default)s)")
     t.add_argument("--patience", type=int, default=None, metavar="N", help="early stopping after N epochs without a better validation loss")
-    t.add_argument("--lr-schedule", choices=["none", "cosine", "step"], default="none", help="learning-rate schedule (default none)")
+    t.add_argument("--lr-schedule", choices=["none", "cosine", "step"], default=Default(TRAIN, "lr_schedule"),
+                   help="learning-rate schedule (default %(default)s)")
     t.add_argument("--rotate", action="store_true", help="rotate standardized features into their PCA basis (AᵀA = I checked; with the automatic rate the whitening includes it)")
-    t.add_argument("--checkpoint-every", type=int, default=0, metavar="N", help="also checkpoint every N epochs (default: only at the end)")
+    t.add_argument("--checkpoint-every", type=int, default=Default(TRAIN, "checkpoint_every"), metavar="N",
+                   help="also checkpoint every N epochs (default %(default)s: only at the end)")
     t.add_argument("--resume", action="store_true", help="resume from RUN_DIR's checkpoint (same data and settings)")
-    t.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu", help="train on cpu (default), cuda, or cuda when available")
+    t.add_argument("--device", choices=["cpu", "cuda", "auto"], default=Default(TRAIN, "device"),
+                   help="train on cpu, cuda, or auto: cuda when available (default %(default)s)")
     t.add_argument("--distributed", action="store_true",
                    help="train with DistributedDataParallel: relaunches this command under torchrun on this machine "
                         "(gloo on CPU, nccl on CUDA); only rank 0 writes RUN_DIR. For several machines, run it under "
@@ -82,51 +93,54 @@ def add_parser(sub) -> None:
     t.add_argument("--nproc-per-node", type=int, default=None, metavar="N",
                    help="processes for --distributed (default: the CUDA device count with --device cuda, else 2)")
     s = t.add_argument_group("model selection (--select)")
-    s.add_argument("--select", action="store_true",
+    show(s.add_argument("--select", action="store_true",
                    help="choose the model: a grid (baseline, L2-regularized linear/logistic, scaling and rotation on/off, "
                         "three MLP sizes, learning rates) scored by k-fold cross-validation on the training split with "
-                        "successive halving; the top 3 are exported and measured as deployed; the best within the budget "
+                        "successive halving; the top %(finalists)s are exported and measured as deployed; the best within the budget "
                         "is refitted and written (--model, --hidden, --lr, --weight-decay, --rotate are ignored; --epochs "
-                        "sets the last rung's epochs and the refit's)")
-    s.add_argument("--cv", type=int, default=5, metavar="K", help="folds (default 5; stratified for classes)")
-    s.add_argument("--budget", type=int, default=None, metavar="N", help="candidates to try, simplest first (default: the whole grid)")
-    s.add_argument("--time-limit", type=finite_float, default=None, metavar="S",
+                        "sets the last rung's epochs and the refit's)"), finalists=Default(SELECT, "finalists"))
+    s.add_argument("--cv", type=int, default=Default(SELECT, "cv"), metavar="K", help="folds (default %(default)s; stratified for classes)")
+    s.add_argument("--budget", type=int, default=Default(SELECT, "budget"), metavar="N",
+                   help="candidates to try, simplest first (default: the whole grid)")
+    s.add_argument("--time-limit", type=finite_float, default=Default(SELECT, "time_limit"), metavar="S",
                    help="start no candidate after S seconds of search (the result may then differ between runs)")
-    s.add_argument("--metric", choices=["r2", "neg_rmse", "neg_mae", "accuracy", "neg_log_loss"], default=None,
+    s.add_argument("--metric", choices=["r2", "neg_rmse", "neg_mae", "accuracy", "neg_log_loss"], default=Default(SELECT, "metric"),
                    help="selection score, higher is better (default r2 for regression, accuracy for classes)")
-    s.add_argument("--max-latency-us", type=finite_float, default=None, metavar="U",
+    s.add_argument("--max-latency-us", type=finite_float, default=Default(SELECT, "max_latency_us"), metavar="U",
                    help="serving budget: µs per row at batch 1 of the program this host would serve")
-    s.add_argument("--max-bytes", type=int, default=None, metavar="B", help="serving budget: weight bytes of the served program")
+    s.add_argument("--max-bytes", type=int, default=Default(SELECT, "max_bytes"), metavar="B", help="serving budget: weight bytes of the served program")
     s.add_argument("--plot", default=None, metavar="FILE.png", help="draw the finalists' CV score against latency (needs matplotlib)")
-    add_quant_options(t, "--quantize")
+    add_quant_options(t)
     t.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway when stderr is not a terminal)")
     t.add_argument("--json", action="store_true", help="print the model card as JSON")
     t.set_defaults(run=run)
 
     q = sub.add_parser("quantize", help="re-quantize and re-export an existing run directory",
                        description="Re-quantize RUN_DIR's trained model from its checkpoint and re-export the run directory atomically.")
-    q.add_argument("run_dir", metavar="RUN_DIR")
-    add_quant_options(q, "--scheme")
+    q.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `aiaas train` (it needs its checkpoint.pt)")
+    renamed(q, "--scheme", add_quant_options(q))
     q.add_argument("--json", action="store_true", help="print the quantization report as JSON")
     q.set_defaults(run=run)
 
 
-def add_quant_options(p, flag: str) -> None:
-    """Add the quantization options (`flag` is --quantize or --scheme)."""
-    p.add_argument(flag, dest="scheme", choices=["auto", "int8", "pow2", "none"], default="auto",
-                   help="auto (int8 where measured faster on this host, default), int8 or pow2 (forced, e.g. for size; "
-                        "the measured cost is printed), or none")
-    p.add_argument("--min-weights", type=int, default=16384, metavar="N",
-                   help="int8 only for Linear layers with at least N weights (default 16384; 0 forces every layer)")
-    p.add_argument("--gate", type=finite_float, default=None, metavar="F",
-                   help="the task's accuracy gate against float on held-out rows: regression refuses a relative RMSE "
-                        "above F (default 0.02); classification refuses a label agreement below F (default 0.99). "
-                        "A forced scheme that fails it is refused; under auto the float program serves")
+def add_quant_options(p):
+    """Add the quantization options (train, import, quantize); returns the --quantize option's action."""
+    scheme = p.add_argument("--quantize", dest="scheme", choices=["auto", "int8", "pow2", "none"], default=Default(QUANT, "scheme"),
+                            help="auto: int8 where measured faster on this host; int8 or pow2: forced (e.g. for size; the "
+                                 "measured cost is printed); none (default %(default)s)")
+    p.add_argument("--min-weights", type=int, default=Default(QUANT, "min_weights"), metavar="N",
+                   help="int8 only for Linear layers with at least N weights (default %(default)s; 0 forces every layer)")
+    show(p.add_argument("--gate", type=finite_float, default=None, metavar="F",
+                        help="the task's accuracy gate against float on held-out rows: regression refuses a relative RMSE "
+                             "above F (default %(regression)s); classification refuses a label agreement below F (default "
+                             "%(classification)s). A forced scheme that fails it is refused; under auto the float program serves"),
+         regression=Default(QUANT, "gate_max_rel_rmse"), classification=Default(QUANT, "gate_min_label_agreement"))
     p.add_argument("--force", action="store_true", help="export a forced scheme even if the accuracy gate fails")
-    p.add_argument("--compile", dest="compile", choices=["auto", "always", "never"], default="auto",
-                   help="AOTInductor packages: auto (only where the cost model says a compile can pay, then measured; "
-                        "default), always (serve a compiled program), never")
+    p.add_argument("--compile", dest="compile", choices=["auto", "always", "never"], default=Default(SELECT, "compile"),
+                   help="AOTInductor packages: auto (only where the cost model says a compile can pay, then measured), "
+                        "always (serve a compiled program), never (default %(default)s)")
     p.add_argument("--no-compile", dest="compile", action="store_const", const="never", help="same as --compile never")
+    return scheme
 
 
 def run(a) -> int:
@@ -148,7 +162,7 @@ def _train(a) -> int:
         return _relaunch_under_torchrun(a)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        ds = load_csv(a.data, a.target, a.task, impute=a.impute, categorical=a.categorical,
+        ds = load_csv(a.data, a.target, **_given(task=a.task), impute=a.impute, categorical=a.categorical,
                       max_categories=a.max_categories, strict=a.strict, sep=a.sep, decimal=a.decimal,
                       encoding=a.encoding, drop_missing_target=a.drop_missing_target, keep=a.keep, ids=a.ids)  # fmt: skip
     check_learnable(ds)  # before the per-column warnings: a refusal is one line
@@ -156,8 +170,8 @@ def _train(a) -> int:
     notes = [str(w.message) for w in caught]  # printed once the settings are checked: a refusal is one line
     if a.select:
         return _select(a, ds, quant, notes)
-    for flag, default in _SELECT_ONLY.items():
-        if getattr(a, flag) != default:
+    for flag in _SELECT_ONLY:
+        if flag in a.given and getattr(a, flag) is not None:
             raise UsageError(f"--{flag.replace('_', '-')}: only with --select")
     model = a.model or ("linear" if ds.schema.task == "regression" else "logistic")
     cfg = TrainConfig(
@@ -210,7 +224,7 @@ def _given(**options) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
 
-_SELECT_ONLY = {"cv": 5, "budget": None, "time_limit": None, "metric": None, "max_latency_us": None, "max_bytes": None, "plot": None}
+_SELECT_ONLY = ("cv", "budget", "time_limit", "metric", "max_latency_us", "max_bytes", "plot")
 
 
 def _select(a, ds, quant, notes: list[str]) -> int:

@@ -35,7 +35,7 @@ SECURITY_SETTINGS = {
 # frontend sets each worker's TS_DECODE_INPUT_REQUEST from this key (default true, when the worker runs json.loads
 # on every JSON body before the handler parses it again, with its own NaN semantics): one JSON parse per body.
 WIRE_SETTINGS = {"decode_input_request": "false"}
-# What `start(allow_deploy=True)` changes (model_control_settings): the model API on, so that `deploy` can register
+# What `start_server(allow_deploy=True)` changes (model_control_settings): the model API on, so that `deploy` can register
 # archives it checked into HOME/store, and `allowed_urls` narrowed from "any local file" to that store.
 _REGEX_SPECIALS = set(".+*?(){}|$")  # literal inside [...]; the others are refused
 

@@ -17,6 +17,7 @@ from typing import Iterable, Mapping, Sequence
 import httpx
 import psutil
 
+from .httpclient import PROBE_S, http_client
 from .config import TRUSTABLE_KEYS, base_config, effective_config, gateway_env, launcher_env, log4j_config
 from .errors import ServerArgumentError, TorchServeError
 from ..atomic import private_dir, write_text_atomic
@@ -76,13 +77,13 @@ def _model_args(models: Mapping[str, str] | Sequence[str] | None) -> tuple[list[
     return pairs, (names if len(names) == len(pairs) else None)
 
 
-def start(
+def start_server(
     home: str | os.PathLike = ".aiaas",
     model_store: str | os.PathLike = "model_store",
     models: Mapping[str, str] | Sequence[str] | None = None,
     free_ports: bool = False,
     config: str | os.PathLike | None = None,
-    ready_timeout: float = 120.0,
+    ready_timeout: float = 180.0,
     access_log: bool = False,
     ports: Ports | None = None,
     trust_config_keys: Iterable[str] = (),
@@ -118,7 +119,7 @@ def start(
     running = load_info(home)
     if running is not None and is_alive(running.pid, running.create_time):
         runs = f"TorchServe already runs from {home} (pid {running.pid}); stop it first with"
-        raise TorchServeError(f"{runs} aiaas_torch.serving.stop({str(home)!r})", cli_message=f"{runs} `aiaas serve stop --home {home}`")
+        raise TorchServeError(f"{runs} aiaas_torch.serving.stop_server({str(home)!r})", cli_message=f"{runs} `aiaas serve stop --home {home}`")
     model_args, names = _model_args(models)
     model_args, archives = archives_to_load(store, model_args)
     ports = ports if ports is not None else pick_ports(free_ports)
@@ -253,7 +254,7 @@ def _start_gateway(info: ServerInfo, port: int, deadline: float) -> None:
     info.gateway_url, info.gateway_pid = f"http://127.0.0.1:{port}", proc.pid
     info.gateway_create_time = psutil.Process(proc.pid).create_time()
     problem, proven = "not answering yet", False
-    with httpx.Client(timeout=httpx.Timeout(5.0), trust_env=False) as client:
+    with http_client(PROBE_S) as client:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 tail = log.read_bytes()[offset:].decode("utf-8", "replace").strip().splitlines()[-15:]
@@ -332,7 +333,7 @@ def check_home_length(home: Path, initial_worker_port: int = 9000, native_io: bo
         )
 
 
-def stop(home: str | os.PathLike = ".aiaas", timeout: float = 30.0) -> bool:
+def stop_server(home: str | os.PathLike = ".aiaas", timeout: float = 30.0) -> bool:
     """Return True after stopping the TorchServe of HOME (SIGTERM, then SIGKILL), False if none was running."""
     home = Path(home).resolve()
     info = load_info(home)
@@ -345,7 +346,7 @@ def stop(home: str | os.PathLike = ".aiaas", timeout: float = 30.0) -> bool:
     return was_running
 
 
-def status(home: str | os.PathLike = ".aiaas") -> dict:
+def server_status(home: str | os.PathLike = ".aiaas") -> dict:
     """Return {running, pid, inference_url, management_url, metrics_url, key_file, models} for HOME's server."""
     info = load_info(Path(home).resolve())
     if info is None:
@@ -367,7 +368,7 @@ def status(home: str | os.PathLike = ".aiaas") -> dict:
         result["gateway_url"] = info.gateway_url if gateway_alive(info) else None
     if running:
         try:
-            with httpx.Client(timeout=httpx.Timeout(5.0), trust_env=False) as client:
+            with http_client(PROBE_S) as client:
                 result["models"] = models_snapshot(client, info)
         except (httpx.HTTPError, TorchServeError, ValueError) as e:
             result["error"] = f"management API: {e}"

@@ -9,7 +9,7 @@ TF Serving's model status at `GET /v1/models/NAME[/versions/V]` (states: see tf_
 (the instance's inference key, as TorchServe asks for it) and a loopback-only listener.
 Inference is forwarded to TorchServe on loopback with the caller's own Authorization header, so TorchServe's
 token check stays the one that guards the models. Run as `python -m aiaas_torch.serving.gateway HOME PORT`
-(identity key on stdin: gateway_guard); `serving.start(..., oip=True)` starts it after TorchServe is ready and
+(identity key on stdin: gateway_guard); `serving.start_server(..., oip=True)` starts it after TorchServe is ready and
 `serving.stop` stops it first. Only gateway_guard.ROUTES answer.
 """
 
@@ -28,6 +28,7 @@ import httpx
 
 from ..card import is_tabular
 from ..handlers.aiaas_contract import DTYPES, input_tensors, output_tensors
+from .httpclient import MANAGEMENT_S, PROBE_S, http_client
 from .gateway_guard import IDENTITY_PATH, allowed, identity_proof
 from .home import load_info
 from .management import mgmt_call, models_snapshot
@@ -87,7 +88,7 @@ class Upstream:
             if time.monotonic() - at < READY_CACHE_S:
                 return snap
             try:
-                with httpx.Client(timeout=httpx.Timeout(5.0), trust_env=False) as client:
+                with http_client(PROBE_S) as client:
                     snap = models_snapshot(client, self.info)
             except (httpx.HTTPError, ValueError, OSError):
                 snap = {}
@@ -241,7 +242,7 @@ def build_server(home: Path, port: int, identity_key: bytes = b""):
     upstream = Upstream(home)
     model_class = build_model_class(kserve)
     models = []
-    with httpx.Client(timeout=httpx.Timeout(30.0), trust_env=False) as client:
+    with http_client(MANAGEMENT_S) as client:
         for name, versions in upstream.snapshot().items():
             default = mgmt_call(client, upstream.info, "GET", f"/models/{name}").json()[0]["modelVersion"]
             for v in versions:

@@ -37,7 +37,7 @@ class ServerInfo:
     create_time: float = 0.0  # of the Java process; guards against a recycled pid
     listen_ports: tuple[int, ...] = ()  # every TCP port the instance must hold (HTTP and gRPC)
     log_offsets: dict[str, int] = field(default_factory=dict)  # log sizes at start: older lines are another run's
-    gateway_url: str = ""  # the Open Inference gateway (start(oip=True)), "" when none runs
+    gateway_url: str = ""  # the Open Inference gateway (start_server(oip=True)), "" when none runs
     gateway_pid: int = 0
     gateway_create_time: float = 0.0
 

@@ -24,9 +24,11 @@ import httpx
 from .. import archive
 from ..card import CARD, check_card, filled_sample, is_tabular, tensor_text
 from ..errors import InputError, check_int, check_number
+from .httpclient import MANAGEMENT_S, http_client
 from .config import parse_properties
 from .errors import ServerArgumentError, TorchServeError
 from ..atomic import write_text_atomic
+from ..deprecation import renamed_keywords
 from .home import CHECKED_STORE, ServerInfo, deploy_key, load_info
 from .management import api_call, mgmt_call, register, set_default, unregister
 from .pids import is_alive
@@ -62,22 +64,23 @@ class Deployed:
 
 
 def deploy(name: str, archive_path: str | os.PathLike, home: str | os.PathLike = ".aiaas",
-           workers: int | None = None, timeout: float = 120.0) -> Deployed:  # fmt: skip
+           workers: int | None = None, ready_timeout: float = 120.0, **old) -> Deployed:  # fmt: skip
     """Return a Deployed once ARCHIVE is a READY version of NAME that answered a smoke request and is NAME's default.
 
     Refused before anything changes (ServerArgumentError, exit 2): a bad name or argument, a server started without
     allow_deploy, an archive that fails verification (hashes; the signature when the server was started with a key:
     then $AIAAS_SIGNING_KEY here must be that key, see home.deploy_key), one not
     built by aiaas, a version already loaded. Failed after registering (TorchServeError): workers not READY within
-    `timeout` or refusing to load, a smoke prediction that is not a 200 with one well-formed answer; the version is
+    `ready_timeout` seconds (as in start; `timeout`, its old spelling, still works for one release and warns) or refusing to load, a smoke prediction that is not a 200 with one well-formed answer; the version is
     then unregistered and its copy removed, and the previous default never stopped serving.
     """
     started = time.monotonic()
+    timeout = renamed_keywords("deploy", old, {"timeout": "ready_timeout"}).get("ready_timeout", ready_timeout)
     if not isinstance(name, str) or not archive.NAME_RE.match(name):
         raise ServerArgumentError(f"name: {name!r} must start with a letter or digit and hold only letters, digits and '_'")
     if workers is not None:
         check_int("workers", workers, 1)
-    check_number("timeout", timeout, positive=True)
+    check_number("ready_timeout", timeout, positive=True)
     info = _running(home)
     store = info.home / CHECKED_STORE
     source = Path(archive_path)
@@ -88,7 +91,7 @@ def deploy(name: str, archive_path: str | os.PathLike, home: str | os.PathLike =
         card = _verify(source, staging, deploy_key(info.home, os.environ.get(archive.SIGNING_KEY_ENV) or None))
         version = card["serving"]["version"]
         seconds = {"verify": time.monotonic() - started}
-        with httpx.Client(timeout=httpx.Timeout(30.0), trust_env=False) as http:
+        with http_client(MANAGEMENT_S) as http:
             loaded = _describe(http, info, name)
             if any(v.get("modelVersion") == version for v in loaded):
                 raise ServerArgumentError(f"{name} version {version} is already loaded; retire it first "
@@ -127,7 +130,7 @@ def rollback(name: str, home: str | os.PathLike = ".aiaas") -> tuple[str, str]:
     The earlier default comes from this server's deploy history; it must still be loaded (not retired).
     """
     info = _running(home)
-    with httpx.Client(timeout=httpx.Timeout(30.0), trust_env=False) as http:
+    with http_client(MANAGEMENT_S) as http:
         loaded = {v.get("modelVersion") for v in _describe(http, info, name)}
         if not loaded:
             raise ServerArgumentError(f"model {name!r} is not loaded")
@@ -152,7 +155,7 @@ def retire(name: str, version: str, home: str | os.PathLike = ".aiaas") -> str:
     info = _running(home)
     if not isinstance(version, str) or not archive.VERSION_RE.match(version):
         raise ServerArgumentError(f"version: {version!r} must hold only letters, digits, '.' and '_'")
-    with httpx.Client(timeout=httpx.Timeout(30.0), trust_env=False) as http:
+    with http_client(MANAGEMENT_S) as http:
         loaded = {v.get("modelVersion"): v for v in _describe(http, info, name)}
         if version not in loaded:
             raise ServerArgumentError(f"{name} version {version} is not loaded (loaded: {sorted(loaded)})")
@@ -169,7 +172,7 @@ def retire(name: str, version: str, home: str | os.PathLike = ".aiaas") -> str:
 def versions(name: str, home: str | os.PathLike = ".aiaas") -> list[ModelVersion]:
     """Return every loaded version of NAME: default or not, worker states, archive and card summary."""
     info = _running(home, need_deploy=False)
-    with httpx.Client(timeout=httpx.Timeout(30.0), trust_env=False) as http:
+    with http_client(MANAGEMENT_S) as http:
         loaded = _describe(http, info, name)
         if not loaded:
             raise ServerArgumentError(f"model {name!r} is not loaded")

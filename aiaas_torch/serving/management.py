@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 import httpx
 
 from .errors import TorchServeError
 from .home import ServerInfo
-from .tokens import RenewalRefused, fresh_key, read_keys
+from .httpclient import MANAGEMENT_S, http_client
+from .tokens import Keys, send
+
+PAGE_SIZE = 100  # models per page of GET /models
 
 
 def mgmt_call(
@@ -20,39 +23,34 @@ def mgmt_call(
 
 
 def api_call(client: httpx.Client, info: ServerInfo, kind: str, method: str, url: str, **request) -> httpx.Response:
-    """Return the response to METHOD url with the current KIND ("management" or "inference") key.
+    """Return the response to METHOD url with the server's current KIND ("management" or "inference") key, renewed
+    once when refused (tokens.send, which the Python client uses too)."""
+    return send(client, method, url, kind, Keys.of_server(info), **request)
 
-    On InvalidKeyException (an expired key) renew the key (tokens.fresh_key) and try once more.
-    """
-    def send(key: str) -> httpx.Response:
-        return client.request(method, url, headers={"Authorization": f"Bearer {key}"}, **request)
 
-    key = read_keys(info.home)[kind]
-    r = send(key)
-    if r.status_code == 400 and "InvalidKeyException" in r.text:
-        try:
-            fresh = fresh_key(client, info.home, kind, key, info.management_url, read_keys(info.home)["api"])
-        except RenewalRefused:
-            return r
-        if fresh != key:
-            r = send(fresh)
-    return r
+def model_names(get_page: Callable[[dict[str, str]], Any]) -> list[str]:
+    """Return the name of every registered model, in TorchServe's order: get_page(params) answers one page of
+    GET /models (its decoded JSON), and the pages are followed by their nextPageToken."""
+    names: list[str] = []
+    params = {"limit": str(PAGE_SIZE)}
+    while True:
+        page = get_page(dict(params))
+        names += [m["modelName"] for m in page.get("models", [])]
+        if not page.get("nextPageToken"):
+            return names
+        params["next_page_token"] = page["nextPageToken"]
 
 
 def models_snapshot(client: httpx.Client, info: ServerInfo) -> dict[str, list[dict]]:
     """Return {model name: [{version, modelUrl, minWorkers, maxWorkers, workers: [{id, pid, status}]}]} from the API."""
-    names: list[str] = []
-    token = None
-    while True:
-        page = mgmt_call(client, info, "GET", "/models?limit=100" + (f"&next_page_token={token}" if token else ""))
+
+    def get_page(params: dict[str, str]) -> Any:
+        page = mgmt_call(client, info, "GET", "/models", params)
         page.raise_for_status()
-        body = page.json()
-        names += [m["modelName"] for m in body.get("models", [])]
-        token = body.get("nextPageToken")
-        if not token:
-            break
+        return page.json()
+
     models: dict[str, list[dict]] = {}
-    for name in names:
+    for name in model_names(get_page):
         r = mgmt_call(client, info, "GET", f"/models/{name}/all")
         r.raise_for_status()
         models[name] = [
@@ -70,7 +68,7 @@ def models_snapshot(client: httpx.Client, info: ServerInfo) -> dict[str, list[di
 
 def _mgmt_send(info: ServerInfo, path: str, params: Mapping[str, str] | None, timeout: float, method: str = "PUT") -> dict:
     """Return the JSON answer of METHOD management_url + path; raise TorchServeError on an HTTP error."""
-    with httpx.Client(timeout=httpx.Timeout(timeout), trust_env=False) as client:
+    with http_client(timeout) as client:
         try:
             r = mgmt_call(client, info, method, path, params)
         except httpx.HTTPError as e:
@@ -108,10 +106,10 @@ def set_default(info: ServerInfo, name: str, version: str) -> dict:
 
     Works with enable_model_api=false (a PUT, which TorchServe 0.12 does not gate).
     """
-    return _mgmt_send(info, f"/models/{name}/{version}/set-default", None, 30.0)
+    return _mgmt_send(info, f"/models/{name}/{version}/set-default", None, MANAGEMENT_S)
 
 
-def register(info: ServerInfo, name: str, file: str, workers: int, timeout: float = 30.0) -> dict:
+def register(info: ServerInfo, name: str, file: str, workers: int, timeout: float = MANAGEMENT_S) -> dict:
     """Return TorchServe's status answer after registering FILE (a name in its model store) as a version of NAME.
 
     Asynchronous: the answer comes once the archive is unpacked; its workers start afterwards. Needs a server

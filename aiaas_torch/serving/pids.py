@@ -12,7 +12,7 @@ import psutil
 from .home import ServerInfo
 
 MODEL_SERVER_CLASS = "org.pytorch.serve.ModelServer"
-GATEWAY_MODULE = "aiaas_torch.serving.gateway"  # in the gateway's command line: how stop() knows the pid is ours
+GATEWAY_MODULE = "aiaas_torch.serving.gateway"  # in the gateway's command line: how stop_server() knows the pid is ours
 
 # Launchers started by this process, kept so terminate() can reap them (no zombie left behind).
 launchers: dict[int, subprocess.Popen] = {}

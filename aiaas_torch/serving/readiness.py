@@ -18,6 +18,7 @@ import psutil
 
 from ..handlers.aiaas_contract import some_of
 from ..handlers.integrity import REFUSAL_MARK
+from .httpclient import PROBE_S, http_client
 from .errors import TorchServeError
 from .home import ServerInfo
 from .management import models_snapshot
@@ -44,7 +45,7 @@ def wait_ready(
     expected = list(models) if models is not None else None
     last: dict[str, list[dict]] = {}
     problem = "management API not answering yet"
-    with httpx.Client(timeout=httpx.Timeout(5.0), trust_env=False) as client:
+    with http_client(PROBE_S) as client:
         while True:
             if not is_alive(info.pid, info.create_time):
                 reason = death_reason(info.home, info.log_offsets)

@@ -1,6 +1,7 @@
-"""TorchServe's token keys: reading HOME/key_file.json and renewing an expired key (used by management and client).
+"""TorchServe's token keys: reading HOME/key_file.json, and sending a request whose refused key is renewed once.
 
-Keys expire (token_expiration_min, 60 by default). TorchServe 0.12's GET /token?type=KIND, authorised by the API
+`send` is the one place a request carries a key and an expired key is renewed (the management calls of
+`serving/` and `aiaas_torch.client.Client` both go through it). Keys expire (token_expiration_min, 60 by default). TorchServe 0.12's GET /token?type=KIND, authorised by the API
 key (which does not expire), answers 200 with an empty body and writes the new key only into key_file.json, so a
 key can be renewed only with the key file at hand.
 """
@@ -11,12 +12,14 @@ import datetime as _dt
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from .errors import TorchServeError
 from .home import KEY_FILE, ServerInfo
+from .httpclient import TOKEN_S, http_client
 
 # What a refused token tells its user (the client's TokenError, the gateway's 401): the key rotates, and a key is
 # bound to the server home that issued it.
@@ -96,8 +99,72 @@ def current_key(info: ServerInfo, kind: str = "inference", margin_s: float = 60.
     expires = key_expires(info.key_file, kind)
     if expires is None or expires - time.time() > margin_s:
         return key
-    with httpx.Client(timeout=httpx.Timeout(10.0), trust_env=False) as http:
+    with http_client(TOKEN_S) as http:
         try:
             return fresh_key(http, info.key_file, kind, key, info.management_url, read_keys(info.key_file)["api"])
         except httpx.TransportError as e:
             raise TorchServeError(f"renewing the {kind} key failed: {e!r}") from None
+
+
+@dataclass
+class Keys:
+    """The keys a caller sends (inference, management, api) and what renewing them needs (key file, management URL)."""
+
+    inference: str | None = None
+    management: str | None = None
+    api: str | None = None
+    key_file: Path | None = None  # None: keys given by hand, never renewed
+    management_url: str | None = None
+
+    @classmethod
+    def of_server(cls, info: ServerInfo) -> "Keys":
+        """Return the keys now in a server's key file, renewable through its token API."""
+        keys = read_keys(info.key_file)
+        return cls(keys["inference"], keys["management"], keys["api"], Path(info.key_file), info.management_url)
+
+    def header(self, kind: str | None) -> dict[str, str]:
+        """Return the Authorization header carrying KIND's key ({} for no kind or no key known)."""
+        key = getattr(self, kind) if kind in ("inference", "management") else None
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def renew(self, http: httpx.Client, kind: str) -> bool:
+        """Return True when KIND's key changed: the key file holds another one already, or the token API renewed it.
+
+        Raises RenewalRefused, TorchServeError (key file unreadable) or httpx.TransportError as fresh_key does.
+        """
+        if self.key_file is None:
+            return False
+        current = getattr(self, kind)
+        fresh = fresh_key(http, self.key_file, kind, current, self.management_url, self.api)
+        setattr(self, kind, fresh)
+        return fresh != current
+
+
+def key_refused(response: httpx.Response) -> bool:
+    """Return True when TorchServe refused the request's key: a 400 whose JSON type is InvalidKeyException."""
+    if response.status_code != 400:
+        return False
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("type") == "InvalidKeyException"
+
+
+def send(http: httpx.Client, method: str, url: str, kind: str | None, keys: Keys, **request) -> httpx.Response:
+    """Return the answer to METHOD url carrying KIND's key; a refused key is renewed once (Keys.renew) and the request
+    sent again with the new one.
+
+    When the token API refuses the renewal, the first answer (the refused key) is returned for the caller to report.
+    Raises TorchServeError when the key file is unreadable and httpx.TransportError when a connection breaks.
+    """
+    headers = request.pop("headers", None) or {}
+    r = http.request(method, url, headers={**headers, **keys.header(kind)}, **request)
+    if kind and key_refused(r):
+        try:
+            renewed = keys.renew(http, kind)
+        except RenewalRefused:
+            return r
+        if renewed:
+            r = http.request(method, url, headers={**headers, **keys.header(kind)}, **request)
+    return r

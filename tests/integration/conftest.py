@@ -110,7 +110,7 @@ def served(tmp_path_factory, mlp_run) -> Served:
               f"penguins={archives['penguins-1.0'].name}"]
     # kserve parses sys.argv when imported, so it is looked for, never imported, in the test process
     oip = importlib.util.find_spec("kserve") is not None
-    info = server.start(home, store, models, free_ports=True, ready_timeout=180, oip=oip)
+    info = server.start_server(home, store, models, free_ports=True, ready_timeout=180, oip=oip)
     try:
         yield Served(origin, origin_v2, classes, mlp_run.run_dir, selected, penguins, store, archives, home, info)
     finally:
@@ -126,7 +126,7 @@ def served(tmp_path_factory, mlp_run) -> Served:
 @pytest.fixture()
 def client(served) -> Client:
     """Yield a Client for the session's server (URLs and tokens from its home)."""
-    with Client(home=served.home, timeout=30) as c:
+    with Client(home=served.home, request_timeout=30) as c:
         yield c
 
 

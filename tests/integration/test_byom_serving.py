@@ -43,17 +43,17 @@ def byom_served(tmp_path_factory, digits, byom) -> Byom:
     a = package(run, "digits", "1.0", store, serving=ServingConfig(workers=1, batch_size=8, max_batch_delay_ms=50)).path
     b = package(enc_run, "enc", "1.0", store, serving=ServingConfig(workers=1)).path
     home = root / "home"
-    info = server.start(home, store, [f"digits={a.name}", f"enc={b.name}"], free_ports=True, ready_timeout=180)
+    info = server.start_server(home, store, [f"digits={a.name}", f"enc={b.name}"], free_ports=True, ready_timeout=180)
     try:
         yield Byom(digits, enc, home, info)
     finally:
-        server.stop(home)
+        server.stop_server(home)
 
 
 def test_served_digits_answer_a_v2_body_with_probabilities_equal_to_eager(byom_served):
     model, Xte, yte = byom_served.digits
     body = {"inputs": [{"name": "image", "shape": [len(yte), 1, 8, 8], "datatype": "FP32", "data": Xte.ravel().tolist()}]}
-    with Client(home=byom_served.home, timeout=60) as c:
+    with Client(home=byom_served.home, request_timeout=60) as c:
         ans = c.predict("digits", body)
     out = {o["name"]: o for o in ans["outputs"]}
     probs = torch.tensor(out["probabilities"]["data"]).reshape(len(yte), 10)

@@ -85,11 +85,11 @@ def live(tmp_path_factory) -> Live:
         "broken": package(three, "lin", "9.0", root / "broken", serving=cfg, handler=root / "failing_handler.py").path,
     }
     home = root / "home"
-    info = server.start(home, store, {"lin": archives["1.0"].name}, free_ports=True, ready_timeout=180, allow_deploy=True)
+    info = server.start_server(home, store, {"lin": archives["1.0"].name}, free_ports=True, ready_timeout=180, allow_deploy=True)
     try:
         yield Live(home, store, archives, info)
     finally:
-        server.stop(home)
+        server.stop_server(home)
 
 
 def _mgmt(live: Live, method: str, path: str, **kw) -> httpx.Response:
@@ -100,7 +100,7 @@ def _mgmt(live: Live, method: str, path: str, **kw) -> httpx.Response:
 
 def _loaded(live: Live) -> dict[str, list[str]]:
     """Return {model: [versions]} as TorchServe lists them now."""
-    return {name: sorted(v["version"] for v in versions) for name, versions in server.status(live.home)["models"].items()}
+    return {name: sorted(v["version"] for v in versions) for name, versions in server.server_status(live.home)["models"].items()}
 
 
 def _default(live: Live) -> str:
@@ -214,7 +214,7 @@ def test_a_tampered_archive_is_refused_and_the_old_version_keeps_serving(live, t
 
 
 def test_an_archive_whose_workers_fail_to_load_is_unregistered_and_the_old_version_keeps_serving(live):
-    message = _refused_and_unchanged(live, lambda: server.deploy("lin", live.archives["broken"], live.home, timeout=60))
+    message = _refused_and_unchanged(live, lambda: server.deploy("lin", live.archives["broken"], live.home, ready_timeout=60))
     assert "deliberately broken model" in message and "unregistered" in message, message
 
 
@@ -318,11 +318,11 @@ def signed(tmp_path_factory) -> Signed:
     home = root / "home"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(SIGNING_KEY_ENV, KEY)
-        server.start(home, root / "store", {"lin": archives["1.0"].name}, free_ports=True, ready_timeout=180, allow_deploy=True)
+        server.start_server(home, root / "store", {"lin": archives["1.0"].name}, free_ports=True, ready_timeout=180, allow_deploy=True)
     try:
         yield Signed(home, archives)
     finally:
-        server.stop(home)
+        server.stop_server(home)
 
 
 def test_a_server_started_with_a_key_deploys_only_archives_signed_with_it_whatever_the_shell_has(signed, monkeypatch):
@@ -343,7 +343,7 @@ def test_a_server_started_with_a_key_deploys_only_archives_signed_with_it_whatev
         with pytest.raises(server.ServerArgumentError, match="signature|not signed"):
             server.deploy("lin", signed.archives[wrong], signed.home)
     assert versions() == ["1.0"]
-    assert server.deploy("lin", signed.archives["2.0"], signed.home, timeout=120).version == "2.0"
+    assert server.deploy("lin", signed.archives["2.0"], signed.home, ready_timeout=120).version == "2.0"
     assert versions() == ["1.0", "2.0"]
     policy = signed.home / "signing.json"
     assert oct(policy.stat().st_mode & 0o777) == "0o600" and KEY not in policy.read_text()

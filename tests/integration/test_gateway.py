@@ -102,7 +102,7 @@ def _within(seconds: float, check) -> bool:
 
 def test_gateway_tf_serving_rest_predict(gateway):
     h = {"Authorization": f"Bearer {server.read_keys(gateway.home)['inference']}"}
-    with httpx.Client(base_url=gateway.gateway_url, headers=h, timeout=30, trust_env=False) as http:
+    with httpx.Client(base_url=gateway.gateway_url, headers=h, request_timeout=30, trust_env=False) as http:
         rows = http.post("/v1/models/y2x:predict", json={"instances": [[6.0], [7.0]]})
         cols = http.post("/v1/models/y2x:predict", json={"inputs": {"x": [6.0, 7.0]}})
     assert rows.status_code == 200 and rows.json()["predictions"] == pytest.approx([12.0, 14.0], rel=1e-3), rows.text
@@ -148,7 +148,7 @@ def test_start_oip_runs_the_gateway_after_torchserve_records_it_and_refuses_a_se
     assert proc.create_time() >= psutil.Process(served.info.pid).create_time()  # started once TorchServe was
     port = int(gateway.gateway_url.rsplit(":", 1)[1])
     assert port not in served.info.listen_ports and port != 8090  # free_ports=True picked a free port for it too
-    assert server.status(served.home)["gateway_url"] == gateway.gateway_url
+    assert server.server_status(served.home)["gateway_url"] == gateway.gateway_url
     with pytest.raises(server.TorchServeError, match="gateway already runs"):
         server.start_gateway(served.home, port=0)
 

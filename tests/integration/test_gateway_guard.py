@@ -63,11 +63,11 @@ def guarded(tmp_path_factory) -> Guarded:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AIAAS_SIGNING_KEY", SIGNING_KEY)
         mp.setenv("SOME_SERVICE_API_TOKEN", "unrelated-secret-the-gateway-needs-not")
-        server.start(home, store, [f"twice={mar}"], free_ports=True, ready_timeout=180, oip=True)
+        server.start_server(home, store, [f"twice={mar}"], free_ports=True, ready_timeout=180, oip=True)
     try:
         yield Guarded(home, store, mar)
     finally:
-        server.stop(home)
+        server.stop_server(home)
 
 
 def _gateway(guarded) -> tuple[server.ServerInfo, dict]:
@@ -161,7 +161,7 @@ def test_gateway_answers_only_allow_listed_routes(guarded):
     assert registered == ALLOWED | REFUSED, (sorted(registered - ALLOWED - REFUSED), sorted(ALLOWED | REFUSED - registered))
     assert gateway_guard.ROUTES == ALLOWED
     info, h = _gateway(guarded)
-    with httpx.Client(base_url=info.gateway_url, headers=h, timeout=30, trust_env=False) as http:
+    with httpx.Client(base_url=info.gateway_url, headers=h, request_timeout=30, trust_env=False) as http:
         for route in sorted(REFUSED):
             r = http.request(*_concrete(route))
             assert r.status_code == 404, (route, r.status_code, r.text[:200])
@@ -175,7 +175,7 @@ def test_gateway_answers_only_allow_listed_routes(guarded):
 def test_repository_routes_are_gone_for_the_inference_token(guarded):
     """KServe's model repository answered the inference token: unload took the model away until a restart."""
     info, h = _gateway(guarded)
-    with httpx.Client(base_url=info.gateway_url, headers=h, timeout=30, trust_env=False) as http:
+    with httpx.Client(base_url=info.gateway_url, headers=h, request_timeout=30, trust_env=False) as http:
         for path in ("/v2/repository/models/twice/unload", "/v2/repository/models/twice/load", "/v2/repository/index"):
             r = http.post(path)
             assert r.status_code in (401, 403, 404) and isinstance(r.json(), dict), (path, r.status_code, r.text)
@@ -224,11 +224,11 @@ def test_start_refuses_a_gateway_port_held_by_another_process(guarded, tmp_path,
     try:
         code = main(["serve", "start", "--home", str(tmp_path / "h"), "--model-store", str(guarded.store),
                      "--models", f"twice={guarded.mar}", "--free-ports", "--oip", "--oip-port", str(impostor.port),
-                     "--timeout", "120"])  # fmt: skip
+                     "--ready-timeout", "120"])  # fmt: skip
         err = capsys.readouterr().err
     finally:
         impostor.close()
-        server.stop(tmp_path / "h")
+        server.stop_server(tmp_path / "h")
     assert code == 1 and f"port {impostor.port}" in err and "already in use" in err and "--oip-port" in err, err
     assert impostor.authorizations() == [] and impostor.requests == []
     assert server.load_info(tmp_path / "h") is None  # refused before anything started

@@ -46,7 +46,7 @@ def test_an_unseen_category_is_marked_in_the_served_answer_as_locally(served, cl
 def test_a_wrong_token_says_how_to_get_the_right_one(served, tmp_path, capsys):
     # before: "400 InvalidKeyException: Token Authorization failed. Token either incorrect, expired, or not provided
     # correctly (POST http://127.0.0.1:PORT/predictions/y2x)"
-    with Client(inference_url=served.info.inference_url, token="wrong-token", timeout=10) as bad:
+    with Client(inference_url=served.info.inference_url, token="wrong-token", request_timeout=10) as bad:
         with pytest.raises(TokenError) as e:
             bad.predict("y2x", {"instances": [[1.0]]})
     assert e.value.type == "InvalidKeyException" and e.value.message.startswith(HINT)

@@ -100,7 +100,7 @@ def test_request_without_or_with_wrong_token_is_refused(served):
     url = f"{served.info.inference_url}/predictions/y2x"
     r = httpx.post(url, json={"instances": [[1.0]]}, timeout=10, trust_env=False)
     assert r.status_code in (400, 401) and "InvalidKeyException" in r.text
-    with Client(inference_url=served.info.inference_url, token="wrong-token", timeout=10) as bad:
+    with Client(inference_url=served.info.inference_url, token="wrong-token", request_timeout=10) as bad:
         with pytest.raises(TokenError) as e:
             bad.predict("y2x", {"instances": [[1.0]]})
     assert e.value.type == "InvalidKeyException"
@@ -231,9 +231,9 @@ def test_tampered_archive_is_refused_in_a_second_instance_and_stop_leaves_no_pro
     _tamper(served.archives["y2x-1.0"], store / "y2x-1.0.mar", "model_float.pt2")
     home = tmp_path / "home2"
     with pytest.raises(server.TorchServeError) as e:
-        server.start(home, store, ["y2x=y2x-1.0.mar"], free_ports=True, ready_timeout=60)
+        server.start_server(home, store, ["y2x=y2x-1.0.mar"], free_ports=True, ready_timeout=60)
     assert "SHA-256 does not match" in str(e.value)
-    assert server.status(home).get("running") is False
+    assert server.server_status(home).get("running") is False
     # the first instance is untouched and still answers
     with Client(home=served.home) as c:
         assert abs(c.predict("y2x", [6.0], version="1.0")["predictions"][0] - 12) < 0.05
@@ -244,7 +244,7 @@ def test_second_instance_runs_beside_the_first_and_stop_leaves_no_process(served
     store.mkdir()
     shutil.copy(served.archives["y2x-2.0"], store)
     home = tmp_path / "home3"
-    info = server.start(home, store, [f"y2x={served.archives['y2x-2.0'].name}"], free_ports=True, ready_timeout=120)
+    info = server.start_server(home, store, [f"y2x={served.archives['y2x-2.0'].name}"], free_ports=True, ready_timeout=120)
     try:
         with Client(home=home) as c2, Client(home=served.home) as c1:
             assert abs(c2.predict("y2x", [6.0])["predictions"][0] - 18) < 0.05
@@ -252,7 +252,7 @@ def test_second_instance_runs_beside_the_first_and_stop_leaves_no_process(served
         java = psutil.Process(info.pid)
         children = java.children(recursive=True)
     finally:
-        assert server.stop(home) is True
+        assert server.stop_server(home) is True
     assert not psutil.pid_exists(info.pid) or psutil.Process(info.pid).status() == psutil.STATUS_ZOMBIE
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in children)
 
@@ -272,7 +272,7 @@ def test_serve_start_foreground_stops_the_server_on_sigterm(served, tmp_path):
     try:
         line = proc.stdout.readline()  # printed once the workers are READY
         assert "TorchServe ready" in line, line + proc.stderr.read()
-        pid = server.status(home)["pid"]
+        pid = server.server_status(home)["pid"]
         with Client(home=home) as c:
             assert abs(c.predict("y2x", [6.0])["predictions"][0] - 18) < 0.05
         time.sleep(1.5)  # still attached: the command has not returned
@@ -282,9 +282,9 @@ def test_serve_start_foreground_stops_the_server_on_sigterm(served, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-            server.stop(home)
+            server.stop_server(home)
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    assert server.status(home)["running"] is False
+    assert server.server_status(home)["running"] is False
 
 
 def test_the_client_docstring_example_works_against_a_served_model(client):

@@ -41,13 +41,13 @@ def text_served(tmp_path_factory, text_dirs, text_runs) -> TextServed:
         "emb": package(text_runs["roberta_emb"], "emb", "1.0", store, serving=ServingConfig(workers=1, batch_size=4, max_batch_delay_ms=5)).path,
     }
     home = root / "home"
-    info = server.start(home, store, [f"cls={archives['cls'].name}", f"emb={archives['emb'].name}"], free_ports=True, ready_timeout=180)
+    info = server.start_server(home, store, [f"cls={archives['cls'].name}", f"emb={archives['emb'].name}"], free_ports=True, ready_timeout=180)
     try:
         with Client(home=home) as c:
             token = c.token
         yield TextServed(text_dirs, archives, home, info, token)
     finally:
-        server.stop(home)
+        server.stop_server(home)
 
 
 def _post(s: TextServed, path: str, body, timeout: float = 60) -> httpx.Response:
@@ -128,7 +128,7 @@ def test_serve_status_json_reports_the_openai_base_url(text_served, capsys):
 def test_openai_sdk_embeddings(text_served):
     import openai
 
-    base = server.status(text_served.home)["models"]["emb"][0]["openai_base_url"]
+    base = server.server_status(text_served.home)["models"]["emb"][0]["openai_base_url"]
     client = openai.OpenAI(base_url=base, api_key=text_served.token, max_retries=0, timeout=60)
     ref = tm.reference(text_served.dirs["roberta_emb"], tm.TEXTS)
     res = client.embeddings.create(model="emb", input=tm.TEXTS)  # the SDK asks for base64 and decodes it

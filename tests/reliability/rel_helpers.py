@@ -170,14 +170,14 @@ def kill_leftovers(pids: set[int]) -> list[int]:
 def running(home: Path, store: Path, archives: dict):
     """Yield the ServerInfo of a TorchServe started in HOME serving archives ({name: .mar path}, in store); stop it
     afterwards and SIGKILL whatever of it (its pids when it started and when it stops) survives."""
-    info = server.start(home, store, {name: mar.name for name, mar in archives.items()}, free_ports=True, ready_timeout=180)
+    info = server.start_server(home, store, {name: mar.name for name, mar in archives.items()}, free_ports=True, ready_timeout=180)
     pids = group_pids(info)
     try:
         yield info
     finally:
         pids |= group_pids(info)
         try:
-            server.stop(home, timeout=10)
+            server.stop_server(home, timeout=10)
         finally:
             kill_leftovers(pids)
 
@@ -186,7 +186,7 @@ def stop_instance(home: Path, info: server.ServerInfo | None) -> None:
     """Stop the instance of HOME and SIGKILL anything of it that survived (by pid from its ServerInfo)."""
     pids = group_pids(info) if info is not None else set()
     try:
-        server.stop(home, timeout=10)
+        server.stop_server(home, timeout=10)
     finally:
         kill_leftovers(pids)
 

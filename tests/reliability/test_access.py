@@ -148,12 +148,12 @@ def test_expired_tokens_are_renewed_by_the_client_and_the_server_control(shared,
     config.write_text(server.BASE_CONFIG.read_text() + f"token_expiration_min={TOKEN_MINUTES}\n")
     home = tmp_path / "home"
     # readiness polling itself outlives a 3 s management key: server.start must renew it to come up at all
-    info = server.start(home, shared.store, {"lin": shared.archives["lin"].name}, free_ports=True, config=config, ready_timeout=120)
+    info = server.start_server(home, shared.store, {"lin": shared.archives["lin"].name}, free_ports=True, config=config, ready_timeout=120)
     try:
         assert f"token_expiration_min={TOKEN_MINUTES}" in (home / "config.properties").read_text()
         rows = [[1.0, 2.0, 3.0]]
         want = shared.expect(rows)[0]
-        with Client(home=home, timeout=30, retries=0) as c:
+        with Client(home=home, request_timeout=30, retries=0) as c:
             assert close(c.predict("lin", {"instances": rows})["predictions"][0], want)
             old_inference, old_management = c.token, c.management_token
             _sleep_until_past(max(_expiry(home, "inference"), _expiry(home, "management")))
@@ -175,7 +175,7 @@ def test_expired_tokens_are_renewed_by_the_client_and_the_server_control(shared,
                        headers={"Authorization": f"Bearer {token}"}, timeout=10, trust_env=False)  # fmt: skip
         assert r.status_code == 200 and close(r.json()["predictions"][0], want), (r.status_code, r.text)
         _sleep_until_past(_expiry(home, "management"))
-        st = server.status(home)  # server control renews its management key too
+        st = server.server_status(home)  # server control renews its management key too
         assert st["running"] and "error" not in st and [w["status"] for w in st["models"]["lin"][0]["workers"]] == ["READY", "READY"]
     finally:
         stop_instance(home, info)

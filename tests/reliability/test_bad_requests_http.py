@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from aiaas_torch.client import BadRequest, Client, HTTPStatusError
+from aiaas_torch.client import BadRequest, Client, StatusError
 
 from rel_helpers import PROBE_BATCH, PROBE_ID_HEADER, PROBE_SIZE_HEADER, CountingTransport, close, keys, workers
 
@@ -163,7 +163,7 @@ def _good_request_succeeds(shared, client: Client, salt: float) -> None:
 
 @pytest.fixture(scope="module")
 def client(shared):
-    with Client(home=shared.home, timeout=60, retries=0) as c:
+    with Client(home=shared.home, request_timeout=60, retries=0) as c:
         yield c
 
 
@@ -256,14 +256,14 @@ def test_request_for_an_unknown_route_is_refused_with_json_4xx(shared, client, h
 def test_the_client_sends_a_refused_request_once(shared):
     """With its default retries, the client makes one attempt per refused request: no 4xx is retried."""
     long_int = next(c for c in CASES if c.id == "int-over-4300-digits")
-    with Client(home=shared.home, timeout=60) as c:
+    with Client(home=shared.home, request_timeout=60) as c:
         attempts = CountingTransport(c)
         with pytest.raises(BadRequest) as e:
             c.predict("lin", long_int.body)  # before the fix: 503 to its batch, and two retries
         assert long_int.needle in e.value.message and attempts.posts == 1
         with pytest.raises(BadRequest):
             c.predict("lin", {"instances": [[1, 2]]})
-        with pytest.raises(HTTPStatusError) as e:
+        with pytest.raises(StatusError) as e:
             c.predict("lin", {"instances": [ROW]}, version="9.9")
         assert e.value.status == 404
     assert attempts.posts == 3 and not attempts.failed
@@ -271,14 +271,14 @@ def test_the_client_sends_a_refused_request_once(shared):
 
 def test_body_over_max_request_size_is_413_and_the_client_names_the_limit(shared, client):
     """TorchServe's HTTP layer (Netty's aggregator) answers 413 with an EMPTY body before any handler runs,
-    so the JSON message is the client's: a typed HTTPStatusError naming max_request_size."""
+    so the JSON message is the client's: a typed StatusError naming max_request_size."""
     before = workers(shared.info, "lin")
     body = b'{"instances": [[1, 2, 3]], "pad": "' + b"x" * MAX_REQUEST_SIZE + b'"}'
     token = keys(shared.home)["inference"]
     r = httpx.post(shared.info.inference_url + "/predictions/lin", content=body,
                    headers={**JSON_CT, "Authorization": f"Bearer {token}"}, timeout=60, trust_env=False)  # fmt: skip
     assert r.status_code == OVERSIZE.status and 400 <= r.status_code < 500
-    with pytest.raises(HTTPStatusError) as e:
+    with pytest.raises(StatusError) as e:
         client.predict("lin", body)
     assert e.value.status == 413 and OVERSIZE.needle in e.value.message
     assert workers(shared.info, "lin") == before

@@ -10,7 +10,7 @@ import pytest
 from aiaas_torch import serving as server
 from aiaas_torch.serving.config import effective_config, launcher_env
 from aiaas_torch.archive import SIGNING_KEY_ENV
-from aiaas_torch.client import HTTPStatusError, ServerError, WorkerDied, classify
+from aiaas_torch.client import StatusError, ServerError, WorkerDied, classify
 from aiaas_torch.handlers import aiaas_contract as contract
 
 from rel_helpers import reaping
@@ -36,7 +36,7 @@ def test_other_5xx_stays_a_plain_server_error():
 
 def test_413_with_torchserves_empty_body_names_the_limit():
     err = classify(_response(413, None))
-    assert type(err) is HTTPStatusError and err.status == 413 and "max_request_size" in err.message
+    assert type(err) is StatusError and err.status == 413 and "max_request_size" in err.message
 
 
 @pytest.mark.parametrize("value", [None, "", "application/json", "application/json; charset=utf-8", "Application/JSON",
@@ -68,5 +68,5 @@ def test_the_key_is_hidden_from_torchserve_and_its_workers_by_config_and_environ
 def test_an_archive_missing_from_the_store_fails_at_once_not_after_ready_timeout(tmp_path):
     (tmp_path / "store").mkdir()
     with reaping(tmp_path / "home"), pytest.raises(server.ServerArgumentError, match="'nope-1.0.mar' not found in the model store"):
-        server.start(tmp_path / "home", tmp_path / "store", {"nope": "nope-1.0.mar"}, free_ports=True, ready_timeout=30)
+        server.start_server(tmp_path / "home", tmp_path / "store", {"nope": "nope-1.0.mar"}, free_ports=True, ready_timeout=30)
     assert not (tmp_path / "home" / "server.json").exists()

@@ -46,7 +46,7 @@ def test_hung_request_gets_request_timed_out_after_one_attempt_while_another_mod
     other: list[tuple[float, object]] = []  # (latency, prediction or exception) of lin during the hang
 
     def keep_asking_lin() -> None:
-        with Client(home=shared.home, timeout=10, retries=0) as c:
+        with Client(home=shared.home, request_timeout=10, retries=0) as c:
             while not stop.is_set():
                 t0 = time.monotonic()
                 try:
@@ -59,7 +59,7 @@ def test_hung_request_gets_request_timed_out_after_one_attempt_while_another_mod
     background = threading.Thread(target=keep_asking_lin, daemon=True)
     background.start()
     try:
-        with Client(home=shared.home, timeout=30, retries=RETRIES, backoff=0.2) as c:
+        with Client(home=shared.home, request_timeout=30, retries=RETRIES, backoff=0.2) as c:
             attempts = CountingTransport(c)
             t0 = time.monotonic()
             with pytest.raises(RequestTimedOut) as e:
@@ -101,5 +101,5 @@ def test_hung_request_gets_request_timed_out_after_one_attempt_while_another_mod
     assert len(other) >= 10 and all(close(v, want) for _, v in other)
     assert max(lin_latencies) < 5.0, "the other model stalled while this one hung"
     # the hang model's fresh worker answers an ordinary request correctly
-    with Client(home=shared.home, timeout=30, retries=0) as c:
+    with Client(home=shared.home, request_timeout=30, retries=0) as c:
         assert close(c.predict("hang", {"instances": rows})["predictions"][0], want)

@@ -38,7 +38,7 @@ def test_sigkill_of_the_server_under_load_fails_fast_and_a_restart_serves_again(
     rows = [[0.5, 1.5, -2.5]]
     want = shared.expect(rows)[0]
 
-    info = server.start(home, store, {"lin": shared.archives["lin"].name}, free_ports=True, ready_timeout=120)
+    info = server.start_server(home, store, {"lin": shared.archives["lin"].name}, free_ports=True, ready_timeout=120)
     pids = group_pids(info)
     restarted = None
     try:
@@ -48,7 +48,7 @@ def test_sigkill_of_the_server_under_load_fails_fast_and_a_restart_serves_again(
         lock = threading.Lock()
 
         def load(k: int) -> None:
-            with Client(home=home, timeout=CLIENT_TIMEOUT_S) as c:  # default retries and backoff
+            with Client(home=home, request_timeout=CLIENT_TIMEOUT_S) as c:  # default retries and backoff
                 for _ in range(MAX_REQUESTS_PER_CLIENT):
                     try:
                         assert close(c.predict("lin", {"instances": rows})["predictions"][0], want)
@@ -80,7 +80,7 @@ def test_sigkill_of_the_server_under_load_fails_fast_and_a_restart_serves_again(
         })  # fmt: skip
         assert all(isinstance(e, ConnectionFailed) for e in errors.values()), errors
         assert all(0 <= s <= CLIENT_TIMEOUT_S for s in after.values()), after
-        with Client(home=home, timeout=CLIENT_TIMEOUT_S) as c:  # a fresh call fails fast and typed too
+        with Client(home=home, request_timeout=CLIENT_TIMEOUT_S) as c:  # a fresh call fails fast and typed too
             t0 = time.monotonic()
             with pytest.raises(ConnectionFailed):
                 c.predict("lin", {"instances": rows})
@@ -93,13 +93,13 @@ def test_sigkill_of_the_server_under_load_fails_fast_and_a_restart_serves_again(
             psutil.Process(info.pgid).wait(timeout=10)  # our child: reap it (it exits when Java is gone)
         except psutil.Error:
             pass
-        assert server.status(home)["running"] is False
+        assert server.server_status(home)["running"] is False
         assert tree_listing(store) == listing  # no partial or extra file in the store
 
-        restarted = server.start(home, store, {"lin": shared.archives["lin"].name}, free_ports=True, ready_timeout=120)
+        restarted = server.start_server(home, store, {"lin": shared.archives["lin"].name}, free_ports=True, ready_timeout=120)
         pids |= group_pids(restarted)
         assert restarted.pid != info.pid
-        with Client(home=home, timeout=30) as c:
+        with Client(home=home, request_timeout=30) as c:
             assert close(c.predict("lin", {"instances": rows})["predictions"][0], want)
             assert c.describe("lin")[0]["customizedMetadata"]["serving"]["name"] == "lin"
         assert tree_listing(store) == listing

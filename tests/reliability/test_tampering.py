@@ -175,7 +175,7 @@ def test_a_tampered_archive_is_refused_before_torchserve_starts_naming_the_membe
     _forbid_launch(monkeypatch)
     mar, home = archives[case], tmp_path / "home"
     with pytest.raises(server.ServerArgumentError) as e:
-        server.start(home, mar.parent, {"lin": mar.name}, free_ports=True, ready_timeout=30)
+        server.start_server(home, mar.parent, {"lin": mar.name}, free_ports=True, ready_timeout=30)
     assert f"{mar}: {member}: " in str(e.value) and needle in str(e.value), str(e.value)
     assert not (home / "server.json").exists() and not (home / "store").exists()
 
@@ -201,11 +201,11 @@ def test_load_models_all_checks_every_archive_in_the_store(runs, archives, tmp_p
     monkeypatch.setenv(SIGNING_KEY_ENV, KEY)
     _forbid_launch(monkeypatch)
     with pytest.raises(server.ServerArgumentError, match=re.escape(f"{store / 'zz-1.0.mar'}: model-config.yaml: SHA-256 does not match")):
-        server.start(tmp_path / "home", store, None, free_ports=True, ready_timeout=30)
+        server.start_server(tmp_path / "home", store, None, free_ports=True, ready_timeout=30)
     (store / "zz-1.0.mar").unlink()
     (store / "exploded").mkdir()  # TorchServe would load a folder as a model, unchecked
     with pytest.raises(server.ServerArgumentError, match=r"exploded: TorchServe would load this as a model"):
-        server.start(tmp_path / "home", store, None, free_ports=True, ready_timeout=30)
+        server.start_server(tmp_path / "home", store, None, free_ports=True, ready_timeout=30)
 
 
 @pytest.mark.slow
@@ -216,7 +216,7 @@ def test_load_models_all_checks_every_archive_in_the_store(runs, archives, tmp_p
 def test_models_name_an_archive_in_the_store_or_a_path_to_one_never_a_url(archives, tmp_path, monkeypatch, file, needle):
     _forbid_launch(monkeypatch)
     with pytest.raises(server.ServerArgumentError, match=needle):
-        server.start(tmp_path / "home", archives["unsigned"].parent, {"lin": file}, free_ports=True, ready_timeout=30)
+        server.start_server(tmp_path / "home", archives["unsigned"].parent, {"lin": file}, free_ports=True, ready_timeout=30)
 
 
 @pytest.mark.slow
@@ -225,7 +225,7 @@ def test_an_archive_given_by_path_is_checked_like_one_in_the_store(archives, tmp
     monkeypatch.setenv(SIGNING_KEY_ENV, KEY)
     mar, home = archives["handler-replaced"], tmp_path / "home"
     with pytest.raises(server.ServerArgumentError) as e:  # the store holds nothing: the path alone names the archive
-        server.start(home, tmp_path / "no-store", {"lin": str(mar)}, free_ports=True, ready_timeout=30)
+        server.start_server(home, tmp_path / "no-store", {"lin": str(mar)}, free_ports=True, ready_timeout=30)
     assert f"{mar}: tabular_handler.py: SHA-256 does not match the card" in str(e.value), str(e.value)
     assert not (home / "server.json").exists() and not (home / "store").exists()
 
@@ -321,12 +321,12 @@ def test_with_a_key_signed_archives_serve_from_checked_copies_and_no_worker_can_
     monkeypatch.setenv(SIGNING_KEY_ENV, KEY)
     home = tmp_path / "home"
     with reaping(home):
-        info = server.start(home, store, {"lin": lin.name, "probe": probe.name}, free_ports=True, ready_timeout=120)
+        info = server.start_server(home, store, {"lin": lin.name, "probe": probe.name}, free_ports=True, ready_timeout=120)
         pids = group_pids(info)
         try:
             rows = [[1.0, -1.0, 0.5]]
             want = float(load_run(runs.lin).forward(rows)[0][0])
-            with Client(home=home, timeout=30) as c:
+            with Client(home=home, request_timeout=30) as c:
                 answer = c.predict("probe", {"instances": rows})
                 assert answer["key_in_worker_env"] is False and answer["key_in_frontend_env"] is False, answer
                 assert close(answer["predictions"][0], want)

@@ -60,7 +60,7 @@ def test_sigkill_of_a_worker_under_load_loses_no_request(shared, tmp_path):
         return i
 
     def load() -> None:
-        with Client(home=shared.home, timeout=30) as c:  # default retries and backoff
+        with Client(home=shared.home, request_timeout=30) as c:  # default retries and backoff
             counter = CountingTransport(c)
             while (i := take()) is not None:
                 t0, posts = time.monotonic(), counter.posts

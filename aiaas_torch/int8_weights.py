@@ -147,11 +147,6 @@ class Int8WeightLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, scheme={self.scheme}, path={self.path}"
 
 
-def weight_bytes(module: nn.Module) -> int:
-    """Return the bytes of a Linear's or Int8WeightLinear's stored weight, scales and bias."""
-    return sum(t.numel() * t.element_size() for t in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)))
-
-
 def quantize_linears(model: nn.Module, keep=None, scheme: str = "channel", path: str | None = None) -> list:
     """Replace, in place, every nn.Linear of `model` for which `keep(name, linear)` is true (None: every one) by an
     Int8WeightLinear; return the dotted names replaced, in module order."""

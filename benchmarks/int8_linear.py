@@ -109,16 +109,19 @@ def build_forms(weights: list, compile_torchao: bool) -> dict:
     return forms
 
 
-def time_turn(calls: list, x: torch.Tensor, passes: int) -> float:
-    """Return the mean seconds of one call over `passes` passes through every layer."""
-    t0 = time.perf_counter()
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def time_turn(calls: list, x: torch.Tensor, passes: int, clock=time.perf_counter) -> float:
+    """Return the mean seconds of one call over `passes` passes through every layer, on `clock`."""
+    t0 = clock()
     for _ in range(passes):
         for f in calls:
             f(x)
-    return (time.perf_counter() - t0) / (passes * len(calls))
+    return (clock() - t0) / (passes * len(calls))
 
 
-def figures(forms: dict, weights: list, batch: int, rounds: int, passes: int) -> dict:
+def figures(forms: dict, weights: list, batch: int, rounds: int, passes: int, clock=time.perf_counter) -> dict:
     """Return {form: {median_s, rel_err, invariant}} at one batch size, timed in alternating turns."""
     g = torch.Generator().manual_seed(batch)
     x = torch.randn(batch, weights[0].shape[1], generator=g)
@@ -134,7 +137,7 @@ def figures(forms: dict, weights: list, batch: int, rounds: int, passes: int) ->
             calls[0](x)  # warm
         for _ in range(rounds):
             for name, (_, calls) in forms.items():
-                out[name]["turns"].append(time_turn(calls, x, passes))
+                out[name]["turns"].append(time_turn(calls, x, passes, clock))
     for v in out.values():
         v["median_s"] = statistics.median(v.pop("turns"))
     return out
@@ -150,20 +153,28 @@ def main(argv=None) -> int:
     p.add_argument("--passes", type=int, default=2)
     p.add_argument("--cache-multiple", type=float, default=4.0, help="cycle at least this many L3 sizes of int8 weights")
     p.add_argument("--no-compile", action="store_true", help="skip torchao compiled")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="wall (default) or cpu: this thread's CPU seconds, which a shared host's other load inflates less; "
+                        "meaningful with --threads 1 only (with 1 thread torch computes on the calling thread)")
+    p.add_argument("--only", nargs="+", metavar="TEXT", help="time only the forms whose name contains one of these (float always)")
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     n = args.size
     layers = max(2, math.ceil(args.cache_multiple * l3_bytes() / (n * n)))  # int8: n·n bytes a layer
     print(host_line())
-    print(f"{layers} layers of {n}×{n}: int8 {layers * n * n / 2**20:.0f} MiB, fp32 {layers * n * n * 4 / 2**20:.0f} MiB cycled "
+    print(f"clock: {args.clock}; {layers} layers of {n}×{n}: int8 {layers * n * n / 2**20:.0f} MiB, fp32 {layers * n * n * 4 / 2**20:.0f} MiB cycled "
           f"(≥ {args.cache_multiple:g}× L3 for every form); {args.rounds} alternating rounds × {args.passes} passes, medians")  # fmt: skip
     g = torch.Generator().manual_seed(0)
     weights = [torch.randn(n, n, generator=g) / math.sqrt(n) for _ in range(layers)]
+    if args.clock == "cpu" and args.threads != 1:
+        p.error("--clock cpu needs --threads 1")
     forms = build_forms(weights, not args.no_compile)
+    if args.only:
+        forms = {k: v for k, v in forms.items() if k == "float F.linear" or any(t in k for t in args.only)}
     results = {}
     for b in args.batches:
-        results[b] = figures(forms, weights, b, args.rounds, args.passes)
+        results[b] = figures(forms, weights, b, args.rounds, args.passes, CLOCKS[args.clock])
     base = {b: results[b]["float F.linear"]["median_s"] for b in args.batches}
     head = "| form | " + " | ".join(f"batch {b}: ms, × float" for b in args.batches) + " | rel. error vs float | row bit-identical in any batch |"
     print(head)

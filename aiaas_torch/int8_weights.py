@@ -121,10 +121,6 @@ class Int8WeightLinear(nn.Module):
         """Return the int8 layer of an nn.Linear."""
         return cls.from_weight(linear.weight, linear.bias, scheme, path)
 
-    def dequantized_weight(self) -> torch.Tensor:
-        """Return the float32 weight [out, in] the layer stands for (q · scale, padding dropped)."""
-        return self.weight_q[:, : self.in_features].float() * self.scale.float()[:, None]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return x·Wᵀ + b over the last dimension of x (any leading dimensions), in x's float dtype."""
         lead = x.shape[:-1]

@@ -30,7 +30,7 @@ from .making import MAX_BATCH, export_module
 from .handlers import aiaas_contract as contract
 from .handlers import programs, pt2_check
 from .models import linear_layers
-from .quantize import QuantConfig, QuantReport, quantize
+from .quantize import FORCED_SCHEMES, QuantConfig, QuantReport, quantize
 
 MIN_CALIBRATION = 16  # fewer samples say little about a quantized model's error or the inputs' range
 HOW_TO_EXPORT = ('export it with a dynamic batch dimension, e.g. torch.export.export(model, (x,), '
@@ -203,7 +203,7 @@ def import_model(module_or_program, example_inputs, run_dir: str | os.PathLike, 
         ep = module_or_program
         specs = _program_inputs(ep, input_names)
         source = "ExportedProgram"
-        if quant.scheme in ("int8", "pow2"):
+        if quant.scheme in FORCED_SCHEMES:
             raise InputError(f"quantize {quant.scheme}: {NOT_QUANTIZED}; quantize the model before exporting it, or import the nn.Module")
         float_model = ep.module(check_guards=False)  # the default execs guard code built from the program's JSON
     elif isinstance(module_or_program, nn.Module):

@@ -24,7 +24,7 @@ from . import making
 from .errors import InputError
 from .handlers import integrity
 from .handlers import programs
-from .quantize import gate_failure
+from .quantize import FORCED_SCHEMES, gate_failure
 
 COMPILE_MODES = ("auto", "always", "never")
 BATCHES = (1, 16, 256)  # batch 1, the default serving batch (ServingConfig.batch_size), a bulk request
@@ -72,7 +72,7 @@ CANDIDATES = (
     Candidate("float-eager", "eager", programs.FLOAT),
     Candidate("float-program", "program", programs.FLOAT),
     Candidate("float-compiled", "compiled", programs.FLOAT, _float_module),
-    Candidate("quantized-compiled", "compiled", "quantized", _quantized_module),  # named by scheme: int8-compiled, pow2-compiled
+    Candidate("quantized-compiled", "compiled", "quantized", _quantized_module),  # named by scheme: int8-, pow2-, int8-weight-compiled
 )
 
 
@@ -153,7 +153,7 @@ def optimize(float_model, qmodel, report, staging: Path, *, scheme: str, compile
     timer = timer or median_timer
     host = host or _host()
     # forcing int8/pow2 forces the quantized program, unless quantization left every layer float (then it is the float one)
-    forced = scheme in ("int8", "pow2") and any(l.decision != "float" for l in report.layers)
+    forced = scheme in FORCED_SCHEMES and any(l.decision != "float" for l in report.layers)
     n_weights = sum(m.weight.numel() for m in float_model.modules() if isinstance(m, nn.Linear))
     if inputs is None:
         first = next(m for m in float_model.modules() if isinstance(m, nn.Linear) or hasattr(m, "n_features"))
@@ -163,7 +163,7 @@ def optimize(float_model, qmodel, report, staging: Path, *, scheme: str, compile
     else:  # an imported program may hold no nn.Linear (a loaded ExportedProgram): count every weight
         n_features, n_weights = inputs, n_weights or sum(p.numel() for p in float_model.parameters())
         at, run = (lambda b: tuple(t[:b] for t in inputs)), (lambda fn: lambda xs: fn(*xs))
-    qname = f"{scheme if scheme == 'pow2' else 'int8'}-compiled"
+    qname = f"{scheme if scheme in ('pow2', 'int8-weight') else 'int8'}-compiled"
     layers = sequential_layers(float_model)
     section = {"host": host, "mode": {"quantize": scheme, "compile": mode}, "batches": list(batches),
                "margin": margin, "candidates": {}, "plan": [], "reason": ""}  # fmt: skip

@@ -1,7 +1,7 @@
 """Quantize a folded float model: int8 (torchao, per-row, batch-invariant) on the layers it can pay on, pow2, or none.
 
 `QuantConfig` chooses the scheme ("auto", the default, builds the int8 model and lets the export measure whether
-it serves: see optimize.py; "int8" and "pow2" force it); `quantize` returns the quantized model and a `QuantReport` that gives every
+it serves: see optimize.py; "int8", "pow2" and "int8-weight" force it); `quantize` returns the quantized model and a `QuantReport` that gives every
 Linear layer a decision and its reason, the weight bytes before/after, the error against the float model on
 held-out rows, and whether the accuracy gate passed: regression on relative RMSE, classification on label agreement with float
 (accuracy before/after and the probability error recorded beside it). A failed gate refuses a forced scheme unless
@@ -18,11 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import _quiet
+from . import _quiet, int8_weights
 from .errors import InputError, check_choice, check_int, check_number
 from .models import linear_layers
 
-SCHEMES = ("auto", "int8", "pow2", "none")
+SCHEMES = ("auto", "int8", "pow2", "int8-weight", "none")
+FORCED_SCHEMES = ("int8", "pow2", "int8-weight")  # the schemes that force a quantized program (a failed gate refuses them)
 DEFAULT_MIN_WEIGHTS = 16384  # below about 16K weights int8 cannot pay here (per-call overhead; measured)
 
 
@@ -51,7 +52,9 @@ class QuantConfig:
     float (logits can move by several percent while every label stays the same: only the labels are served).
     """
 
-    scheme: str = "auto"  # int8 where measurement on this host says it pays; "int8"/"pow2" force, "none" never
+    # int8 where measurement on this host says it pays; "int8"/"pow2" force, "none" never; "int8-weight": int8
+    # weights, float activations (int8_weights.py: for layers whose cost is reading their weights, as in decoding)
+    scheme: str = "auto"
     min_weights: int = DEFAULT_MIN_WEIGHTS  # 0 forces int8 on every Linear
     gate_max_rel_rmse: float = 0.02  # regression
     force: bool = False
@@ -92,7 +95,7 @@ class LayerDecision:
     in_features: int
     out_features: int
     weights: int
-    decision: str  # "int8-dynamic" | "int8-weight-only" | "pow2" | "float"
+    decision: str  # "int8-dynamic" | "int8-weight-only" | "int8-weight" | "pow2" | "float"
     reason: str
     pow2_exponent: int | None = None
 
@@ -237,12 +240,22 @@ def _int8_decision(lin: nn.Linear, min_weights: int) -> tuple[str, str]:
     return "int8-dynamic", f"{n} weights ≥ {min_weights}: per-row int8 weights and activations"
 
 
+def _weight_decision(lin: nn.Linear, min_weights: int) -> tuple[str, str]:
+    """Return (decision, reason) for the int8-weight scheme on one Linear."""
+    n, how = lin.weight.numel(), f"int8 weights, one scale per output row, float activations ({int8_weights.best_path()} on this CPU)"
+    if min_weights == 0:
+        return "int8-weight", f"forced (min_weights=0): {how}"
+    if n < min_weights:
+        return "float", f"{n} weights < {min_weights}: int8 only pays from about {min_weights} weights"
+    return "int8-weight", f"{n} weights ≥ {min_weights}: {how}"
+
+
 def quantize(model: nn.Module, config: QuantConfig | None, eval_X, eval_y=None, task: str | None = None) -> tuple[nn.Module, QuantReport]:
     """Return (quantized copy of the folded float `model`, QuantReport measured on held-out rows `eval_X`).
 
     task: "regression" or "classification" (None: a model with one output is a regressor, a wider one a classifier);
     eval_y: the held-out rows' labels, for a classifier's accuracy before and after. A failed gate raises
-    QuantGateError when the scheme is forced ("int8", "pow2") and `force` is off; under "auto" the report says so
+    QuantGateError when the scheme is forced (FORCED_SCHEMES) and `force` is off; under "auto" the report says so
     and the optimization keeps the float program.
 
     eval_X: an array of rows, or a tuple of tensors (one per input, same batch size) for a model of several inputs.
@@ -260,7 +273,7 @@ def quantize(model: nn.Module, config: QuantConfig | None, eval_X, eval_y=None, 
                          gate_min_label_agreement=float(config.gate_min_label_agreement) if classes else None)  # fmt: skip
     report.weight_bytes_before = sum(_layer_bytes(m) for _, m in layers)
 
-    dynamic, weight_only = set(), set()
+    dynamic, weight_only, int8_weight = set(), set(), set()
     for name, lin in layers:
         d = LayerDecision(name, lin.in_features, lin.out_features, lin.weight.numel(), "float", "")
         if config.scheme == "none":
@@ -269,6 +282,10 @@ def quantize(model: nn.Module, config: QuantConfig | None, eval_X, eval_y=None, 
             d.decision = "pow2"
             d.pow2_exponent = pow2_exponent(float(lin.weight.detach().abs().max()))
             d.reason = f"w = q·2^{d.pow2_exponent}, q int8 (k chosen from the largest |w|)"
+        elif config.scheme == "int8-weight":
+            d.decision, d.reason = _weight_decision(lin, config.min_weights)
+            if d.decision != "float":
+                int8_weight.add(name)
         else:
             d.decision, d.reason = _int8_decision(lin, config.min_weights)
             (dynamic if d.decision == "int8-dynamic" else weight_only if d.decision == "int8-weight-only" else set()).add(name)
@@ -277,6 +294,8 @@ def quantize(model: nn.Module, config: QuantConfig | None, eval_X, eval_y=None, 
     if config.scheme == "pow2":
         for name, lin in layers:
             _set_submodule(qmodel, name, Pow2Linear(lin))
+    elif int8_weight:
+        int8_weights.quantize_linears(qmodel, keep=lambda fqn, m: fqn in int8_weight)
     elif dynamic or weight_only:
         tq = _quiet.import_torchao()
         if dynamic:
@@ -298,7 +317,7 @@ def quantize(model: nn.Module, config: QuantConfig | None, eval_X, eval_y=None, 
     if classes:
         _class_figures(report, f, q, eval_y)
     report.gate_passed = gate_failure(report) is None
-    if not report.gate_passed and not config.force and config.scheme in ("int8", "pow2"):
+    if not report.gate_passed and not config.force and config.scheme in FORCED_SCHEMES:
         raise QuantGateError(report)
     return qmodel, report
 
@@ -318,9 +337,9 @@ def _class_figures(report: QuantReport, f: torch.Tensor, q: torch.Tensor, eval_y
 
 
 def _quantized_layers(model: nn.Module):
-    """Yield every Linear or Pow2Linear of `model`."""
+    """Yield every Linear, Pow2Linear or Int8WeightLinear of `model`."""
     for m in model.modules():
-        if isinstance(m, (nn.Linear, Pow2Linear)):
+        if isinstance(m, (nn.Linear, Pow2Linear, int8_weights.Int8WeightLinear)):
             yield m
 
 

@@ -109,6 +109,17 @@ def test_forced_int8_is_served_and_its_measured_cost_is_reported(mlp_result, tmp
     assert any("int8-compiled forced" in n and "batch 256: 12.00× the time of float (12.0× slower)" in n for n in res.notes), res.notes
 
 
+def test_forced_int8_weight_is_its_own_candidate_and_served(mlp_result, tmp_path, fake_compile):
+    timer = FakeTimer({**FLOAT, "int8-weight-compiled": {1: 50 * US, 16: 220 * US, 256: 2600 * US}})
+    res = export.export_run(mlp_result, tmp_path / "run", QuantConfig("int8-weight"), timer=timer)
+    opt = res.card["optimization"]
+    assert fake_compile == [".candidate-int8-weight-compiled.pt2"]  # forced: no float compile
+    cand = opt["candidates"]["int8-weight-compiled"]
+    assert cand["precision"] == "int8-weight" and cand["forced"] and "int8-compiled" not in opt["candidates"]
+    assert [r["candidate"] for r in opt["plan"]] == ["int8-weight-compiled"]
+    assert [d["decision"] for d in res.card["quantization"]["layers"]] == ["int8-weight", "int8-weight", "float"]
+
+
 def test_compile_never_and_compile_always(mlp_result, tmp_path, fake_compile):
     timer = FakeTimer({**FLOAT, "int8-compiled (eager prefilter)": {1: 1, 16: 1, 256: 1}})
     never = export.export_run(mlp_result, tmp_path / "never", compile="never", timer=timer)

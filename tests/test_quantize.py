@@ -171,6 +171,35 @@ def test_failed_gate_raises_and_force_passes_it(mlp_float, mlp_result):
     assert "FAILED" in rep.summary() and "forced" in rep.summary()
 
 
+def test_int8_weight_scheme_stores_a_quarter_of_the_linear_bytes_and_answers_like_float(mlp_float, mlp_result):
+    """Issue 28: int8 weights, one scale per row, float activations; a layer below min_weights stays float, with
+    its reason; int8 weights padded to a width that is a multiple of 16 (what ATen's kernels read) and bf16 scales:
+    0.25× float plus the padding and 2 bytes a row, ≤ 0.27× for a 512-wide layer."""
+    from aiaas_torch.int8_weights import Int8WeightLinear
+
+    q, rep = quantize(mlp_float, QuantConfig(scheme="int8-weight"), mlp_result.eval_X)
+    assert [d.decision for d in rep.layers] == ["int8-weight", "int8-weight", "float"]
+    assert "512 weights < 16384" in rep.layers[2].reason and "one scale per output row" in rep.layers[0].reason
+    lins = [m for m in mlp_float if isinstance(m, nn.Linear)]
+    new = [m for m in q if isinstance(m, Int8WeightLinear)]
+    assert len(new) == 2 and _is_plain([m for m in q if isinstance(m, nn.Linear)][0])
+    for f, m in zip(lins[:2], new):
+        stored = m.weight_q.numel() * m.weight_q.element_size() + m.scale.numel() * m.scale.element_size()
+        width = -(-f.in_features // 16) * 16 if m.path == "int8pack-bf16" else f.in_features
+        scale_bytes = 2 if m.path == "int8pack-bf16" else 4
+        assert m.weight_q.dtype == torch.int8 and stored == f.out_features * (width + scale_bytes)
+    stored = new[1].weight_q.numel() + new[1].scale.numel() * new[1].scale.element_size()
+    assert stored <= 0.27 * lins[1].weight.numel() * 4  # 512 → 512: no padding
+    assert rep.weight_bytes_before == 4 * sum(p.numel() for p in mlp_float.parameters())
+    assert rep.size_ratio >= 3
+    X = torch.from_numpy(mlp_result.eval_X)
+    with torch.no_grad():
+        f, qo = mlp_float(X), q(X)
+    assert rep.rel_rmse == pytest.approx(_rel_rmse(f, qo), rel=1e-6) and 0 < rep.rel_rmse <= 0.02 and rep.gate_passed
+    with pytest.raises(QuantGateError, match="gate failed"):  # forced like int8: a failed gate refuses it
+        quantize(mlp_float, QuantConfig(scheme="int8-weight", gate_max_rel_rmse=0.0), mlp_result.eval_X)
+
+
 @pytest.mark.parametrize(
     "field, value",
     [("scheme", "int4"), ("min_weights", -1), ("min_weights", 1.5), ("min_weights", True),

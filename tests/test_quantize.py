@@ -316,3 +316,16 @@ def test_classifier_gate_refuses_disagreeing_labels_naming_the_figures_and_the_o
 def test_label_agreement_gate_is_a_fraction(value):
     with pytest.raises(ValueError, match=r"^gate_min_label_agreement: "):
         QuantConfig(gate_min_label_agreement=value).validate()
+
+
+def test_the_command_line_offers_every_scheme_the_library_has():
+    # int8-weight landed in quantize.SCHEMES while the CLI's --quantize choices still listed four schemes
+    import argparse
+
+    from aiaas_torch.cli.train import add_quant_options
+    from aiaas_torch.quantize import SCHEMES
+
+    p = argparse.ArgumentParser()
+    add_quant_options(p)
+    choices = next(a.choices for a in p._actions if "--quantize" in a.option_strings)
+    assert sorted(choices) == sorted(SCHEMES)

@@ -83,9 +83,9 @@ def _run_text(a) -> int:
     """Import a Hugging Face text model directory and print its summary; returns the exit code."""
     from ..textimport import import_text
 
-    if a.scheme in ("int8", "pow2") or a.calibration:
+    if a.scheme in ("int8", "pow2", "int8-weight") or a.calibration:
         raise UsageError(f"{a.program}: a text model is imported in float (int8 candidates for text models are not "
-                         f"measured yet); drop --quantize {a.scheme} and --calibration" if a.scheme in ("int8", "pow2")
+                         f"measured yet); drop --quantize {a.scheme} and --calibration" if a.scheme in ("int8", "pow2", "int8-weight")
                          else f"{a.program}: --calibration SAMPLES.npz is for programs; a text model takes no calibration arrays")  # fmt: skip
     exported = import_text(a.program, a.out)
     card = exported.card

@@ -125,9 +125,11 @@ def add_parser(sub) -> None:
 
 def add_quant_options(p):
     """Add the quantization options (train, import, quantize); returns the --quantize option's action."""
-    scheme = p.add_argument("--quantize", dest="scheme", choices=["auto", "int8", "pow2", "none"], default=Default(QUANT, "scheme"),
+    scheme = p.add_argument("--quantize", dest="scheme", choices=["auto", "int8", "pow2", "int8-weight", "none"],
+                            default=Default(QUANT, "scheme"),
                             help="auto: int8 where measured faster on this host; int8 or pow2: forced (e.g. for size; the "
-                                 "measured cost is printed); none (default %(default)s)")
+                                 "measured cost is printed); int8-weight: int8 weights with float activations (large Linear "
+                                 "layers, 0.25x their bytes), forced; none (default %(default)s)")
     p.add_argument("--min-weights", type=int, default=Default(QUANT, "min_weights"), metavar="N",
                    help="int8 only for Linear layers with at least N weights (default %(default)s; 0 forces every layer)")
     show(p.add_argument("--gate", type=finite_float, default=None, metavar="F",

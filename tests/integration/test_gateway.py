@@ -102,7 +102,7 @@ def _within(seconds: float, check) -> bool:
 
 def test_gateway_tf_serving_rest_predict(gateway):
     h = {"Authorization": f"Bearer {server.read_keys(gateway.home)['inference']}"}
-    with httpx.Client(base_url=gateway.gateway_url, headers=h, request_timeout=30, trust_env=False) as http:
+    with httpx.Client(base_url=gateway.gateway_url, headers=h, timeout=30, trust_env=False) as http:
         rows = http.post("/v1/models/y2x:predict", json={"instances": [[6.0], [7.0]]})
         cols = http.post("/v1/models/y2x:predict", json={"inputs": {"x": [6.0, 7.0]}})
     assert rows.status_code == 200 and rows.json()["predictions"] == pytest.approx([12.0, 14.0], rel=1e-3), rows.text

@@ -161,7 +161,7 @@ def test_gateway_answers_only_allow_listed_routes(guarded):
     assert registered == ALLOWED | REFUSED, (sorted(registered - ALLOWED - REFUSED), sorted(ALLOWED | REFUSED - registered))
     assert gateway_guard.ROUTES == ALLOWED
     info, h = _gateway(guarded)
-    with httpx.Client(base_url=info.gateway_url, headers=h, request_timeout=30, trust_env=False) as http:
+    with httpx.Client(base_url=info.gateway_url, headers=h, timeout=30, trust_env=False) as http:
         for route in sorted(REFUSED):
             r = http.request(*_concrete(route))
             assert r.status_code == 404, (route, r.status_code, r.text[:200])
@@ -175,7 +175,7 @@ def test_gateway_answers_only_allow_listed_routes(guarded):
 def test_repository_routes_are_gone_for_the_inference_token(guarded):
     """KServe's model repository answered the inference token: unload took the model away until a restart."""
     info, h = _gateway(guarded)
-    with httpx.Client(base_url=info.gateway_url, headers=h, request_timeout=30, trust_env=False) as http:
+    with httpx.Client(base_url=info.gateway_url, headers=h, timeout=30, trust_env=False) as http:
         for path in ("/v2/repository/models/twice/unload", "/v2/repository/models/twice/load", "/v2/repository/index"):
             r = http.post(path)
             assert r.status_code in (401, 403, 404) and isinstance(r.json(), dict), (path, r.status_code, r.text)

@@ -18,7 +18,7 @@ try:  # numpy ships beside torch in every worker we build; without it the per-va
 except ImportError:  # pragma: no cover
     np = None
 try:  # installed package (tests, aiaas predict --local)
-    from .contract_common import FLOAT32_MAX  # the bound of the per-value check (tabular_rows' `_number`)
+    from .contract_common import FLOAT32_MAX  # the bound of tabular_rows' per-value check
 except ImportError:  # inside a TorchServe worker: the model directory is on sys.path
     from contract_common import FLOAT32_MAX
 

@@ -173,10 +173,15 @@ def build_model(directory: Path, cfg: dict, task: str):
     except ImportError:
         raise InputError("importing a Hugging Face directory needs transformers: pip install 'aiaas-torch[hf]'") from None
     cls = transformers.AutoModelForSequenceClassification if task == "classification" else transformers.AutoModel
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()  # its "Loading weights" bar is noise in aiaas import's output
     try:
         model = cls.from_pretrained(str(directory), trust_remote_code=False, use_safetensors=True, local_files_only=True)
     except Exception as e:
         raise InputError(f"{directory}: transformers could not build the model ({type(e).__name__}: {str(e)[:300]})") from None
+    finally:
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
     return model.eval()
 
 

@@ -84,7 +84,9 @@ def openai_error(message: str, status: int = 400, param: str | None = None) -> d
 def _text(v, where: str) -> str:
     """Return v when it is a string, else raise ContractError naming `where`."""
     if not isinstance(v, str):
-        raise ContractError(f"{where}: {show_value(v)} is not a text (a JSON string)")
+        row = ('; a text model takes {"instances": ["a text", ...]}: one string per instance, not a row of cells '
+               "(aiaas predict NAME --body '{\"instances\": [\"...\"]}')") if isinstance(v, list) else ""
+        raise ContractError(f"{where}: {show_value(v)} is not a text (a JSON string){row}")
     return v
 
 

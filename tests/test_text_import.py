@@ -101,6 +101,8 @@ def test_a_text_over_the_maximum_is_refused_naming_its_tokens_unless_truncated(t
 @pytest.mark.parametrize("body,match", [
     ({"instances": []}, "non-empty list"),
     ({"instances": ["ok", 3]}, r"instances\[1\]: 3 is not a text"),
+    # what `aiaas predict NAME "great service"` sent (a row of CSV cells): the message says what a text model takes
+    ({"instances": [["great service"]]}, r"instances\[0\]: .* is not a text .*one string per instance, not a row"),
     ({"instances": [{"txt": "a"}]}, r"instances\[0\].*unknown field 'txt'"),
     ({"instances": ["a"], "truncate": "yes"}, "truncate: expected true or false"),
     ({"inputs": ["a"]}, "inputs: expected Open Inference v2 tensors"),
@@ -150,8 +152,9 @@ def test_unsafe_or_foreign_directories_are_refused_with_exit_2(text_dirs, tmp_pa
 
 def test_cli_imports_a_directory(text_dirs, tmp_path, capsys):
     assert main(["import", str(text_dirs["roberta_emb"]), "--out", str(tmp_path / "run")]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "RobertaModel" in out and "48-dim embeddings" in out and "at most 64 tokens" in out
+    assert "Loading weights" not in err, err  # transformers' progress bar was printed into the import's output
     assert load_run(tmp_path / "run").card["output"]["task"] == "embedding"
 
 

@@ -28,9 +28,9 @@ from .atomic import staging_dir
 from .export import ExportResult
 from .making import MAX_BATCH, export_module
 from .handlers import aiaas_contract as contract
-from .handlers import programs, pt2_check
+from .handlers import pt2_check
 from .models import linear_layers
-from .quantize import FORCED_SCHEMES, QuantConfig, QuantReport, quantize
+from .quantize import FORCED_SCHEMES, QuantConfig, quantize
 
 MIN_CALIBRATION = 16  # fewer samples say little about a quantized model's error or the inputs' range
 HOW_TO_EXPORT = ('export it with a dynamic batch dimension, e.g. torch.export.export(model, (x,), '

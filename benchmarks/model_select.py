@@ -16,7 +16,7 @@ standard library's `select` module for every benchmark script in the folder (sub
 
 import argparse
 import json
-import sys
+import os
 import tempfile
 import time
 from pathlib import Path

@@ -154,7 +154,7 @@ HOSTILE_TEMPLATES = {
 def test_hostile_chat_templates_raise_template_error_and_run_nothing(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     says = {"import": "cannot include, import or extend", "output loop": "output passed", "string bomb": "builds a sequence",
-            "range bomb": "loops run over more than", "power": "power", "syntax": "not valid Jinja"}.get(name, "sandbox forbids")
+            "range bomb": "loop steps", "power": "power", "syntax": "not valid Jinja"}.get(name, "sandbox forbids")
     with pytest.raises(ct.TemplateError, match=says):
         ct.render(ct.compile_template(HOSTILE_TEMPLATES[name]), [{"role": "user", "content": "hi"}])
     assert not os.path.exists("/tmp/pwned") or name != "globals"
@@ -186,7 +186,9 @@ def test_a_template_that_outputs_over_a_megabyte_is_cut_off():
 
 # ---- what an import writes ----
 
-CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+CHATML = ("{% for message in messages %}{% if message['role'] == 'assistant' %}{% generation %}{{ '<|im_start|>' + "
+          "message['content'] + '<|im_end|>\n' }}{% endgeneration %}{% else %}"
+          "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endif %}"
           "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
           "{% set meta = {'n': messages | length, 'first': messages[0]['content']} %}{{ meta | tojson }}")
 CHAT = [{"role": "system", "content": "Be brief. Ünïcode stays."}, {"role": "user", "content": "  What is a card?  "},
@@ -315,3 +317,28 @@ def test_card_checks_refuse_a_generation_card_whose_tokenizer_hash_differs(runs)
 def test_the_cli_sends_causal_lms_to_the_generation_importer(tmp_path, config, causal):
     (tmp_path / "config.json").write_text(json.dumps(config))
     assert genimport.is_causal_lm_directory(tmp_path) is causal
+
+
+MORE_HOSTILE = {
+    "nested loops over a list": ("{% set l = range(1000) | list %}{% for a in l %}{% for b in l %}{% for c in l %}"
+                                 "{% endfor %}{% endfor %}{% endfor %}"),
+    "doubling with +": "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
+    "doubling with ~": "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+    "a wide filter": "{{ 'x' | center(1000000000) }}",
+    "a wide method": "{{ 'x'.ljust(1000000000) }}",
+    "a wide format": "{{ '%1000000000d' % 1 }}",
+    "a huge join": "{% set s = 'y' * 1000000 %}{{ [s, s, s, s] | join }}",
+}
+
+
+@pytest.mark.parametrize("name", list(MORE_HOSTILE))
+def test_templates_that_would_take_minutes_or_gigabytes_are_stopped(name):
+    with pytest.raises(ct.TemplateError, match="refused"):
+        ct.render(ct.compile_template(MORE_HOSTILE[name]), [{"role": "user", "content": "hi"}])
+
+
+def test_bounded_templates_still_loop_concatenate_and_format():
+    text = ("{% for m in messages %}{{ loop.index ~ ':' ~ m['role'] | upper }}{% if not loop.last %}, {% endif %}{% endfor %}"
+            "{% for i in range(3) %}{{ '%02d' % i }}{% endfor %}{{ ' end' + '!' }}")
+    got = ct.render(ct.compile_template(text), [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
+    assert got == "1:USER, 2:ASSISTANT000102 end!"

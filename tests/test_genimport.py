@@ -263,17 +263,18 @@ def test_without_a_template_the_card_says_none_and_eos_comes_from_generation_con
     assert any("repetition_penalty" in n for n in card["notes"])
 
 
+def _read_layers_swapped(monkeypatch) -> None:
+    """Make the importer's weight reader hand our decoder layers 0 and 1 swapped (names and shapes all still match)."""
+    real = genimport.decoder_weights.read_tensors
+    swap = {"model.layers.0.": "model.layers.1.", "model.layers.1.": "model.layers.0."}
+    monkeypatch.setattr(genimport.decoder_weights, "read_tensors", lambda d, spec: {
+        next((swap[p] + k[len(p):] for p in swap if k.startswith(p)), k): v for k, v in real(d, spec).items()})
+
+
 def test_the_gate_refuses_a_decoder_that_reads_the_layers_swapped(llama_copy, tmp_path, monkeypatch):
     """Swapping two layers in the file would fool both sides alike (transformers reads the same file), so the
     corruption is in what our decoder reads: shapes all match, only the greedy gate can tell."""
-    real = genimport.decoder_weights.read_tensors
-
-    def swapped(directory, spec):
-        t = real(directory, spec)
-        a, b = "model.layers.0.", "model.layers.1."
-        return {(b + k[len(a):] if k.startswith(a) else a + k[len(b):] if k.startswith(b) else k): v for k, v in t.items()}
-
-    monkeypatch.setattr(genimport.decoder_weights, "read_tensors", swapped)
+    _read_layers_swapped(monkeypatch)
     with pytest.raises(InputError, match=r"greedy gate: our decoder and transformers disagree on prompt 1 .* at generated token \d+"):
         import_generation(llama_copy, tmp_path / "run")
     assert not (tmp_path / "run").exists()
@@ -342,3 +343,19 @@ def test_bounded_templates_still_loop_concatenate_and_format():
             "{% for i in range(3) %}{{ '%02d' % i }}{% endfor %}{{ ' end' + '!' }}")
     got = ct.render(ct.compile_template(text), [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
     assert got == "1:USER, 2:ASSISTANT000102 end!"
+
+
+def test_a_tokenizer_file_the_tokenizers_library_cannot_read_is_refused(llama_copy, tmp_path):
+    (llama_copy / "tokenizer.json").write_text('{"model": {"type": "NotAModel"}}')
+    with pytest.raises(InputError, match="tokenizer.json: not a tokenizer the tokenizers library reads"):
+        import_generation(llama_copy, tmp_path / "run")
+
+
+def test_a_disagreement_at_a_near_tie_ends_the_comparison_instead_of_refusing(llama_copy, tmp_path, monkeypatch):
+    """With the tie threshold raised above every margin, the swapped-layer decoder's first differing token counts as a
+    tie: the import passes and the card says where the comparison stopped (the refusal above proves they differ)."""
+    _read_layers_swapped(monkeypatch)
+    monkeypatch.setattr(genimport, "TIE_MARGIN", 2.0)
+    gate = import_generation(llama_copy, tmp_path / "run").card["metrics"]["greedy_agreement"]
+    assert gate["stopped_at_ties"] and all(t["step"] >= 1 for t in gate["stopped_at_ties"])
+    assert gate["tokens_compared"] < 3 * 16

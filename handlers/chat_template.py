@@ -5,8 +5,9 @@ files, so it is treated as hostile: it is compiled in ``jinja2.sandbox.Immutable
 to ``__class__``/``__subclasses__``/``__globals__``, no mutation of what it is given, no imports or includes), and
 every way to spend time or memory is bounded: one render runs at most `MAX_STEPS` loop iterations and range()
 elements (each for-loop is rewritten to count its steps), ``*``, ``+``, ``%``, ``~``, every call and every filter
-refuse numbers over `MAX_OUTPUT` (a width, a count) and strings or lists over `MAX_OUTPUT` elements, ``**`` takes
-exponents up to 64, and the output is cut off at `MAX_OUTPUT` characters; each fails with `TemplateError`. The
+refuse numbers over `MAX_OUTPUT` (a width, a count) and strings or lists over `MAX_OUTPUT` elements and charge a
+step per KiB they handle, ``**`` takes exponents up to 64, the output is cut off at `MAX_OUTPUT` characters, and a
+render stops after `MAX_SECONDS` (checked at every loop step and call); each fails with `TemplateError`. The
 environment mirrors the one Hugging Face templates are written for (``trim_blocks``, ``lstrip_blocks``, the
 loop-control extension, ``{% generation %}`` blocks, ``raise_exception``, ``strftime_now`` and a ``tojson`` filter
 that keeps non-ASCII text as it is), so the rendered text equals ``transformers``' ``apply_chat_template(...,
@@ -21,6 +22,7 @@ import json
 import operator
 import re
 import threading
+import time
 
 import jinja2
 from jinja2 import nodes
@@ -30,7 +32,8 @@ from jinja2.visitor import NodeTransformer
 
 MAX_OUTPUT = 1 << 20  # characters a render may produce (1 MB of ASCII)
 MAX_TEMPLATE = 1 << 20  # characters of template text
-MAX_STEPS = 1_000_000  # loop iterations and range() elements of one render, together
+MAX_STEPS = 1_000_000  # loop iterations, range() elements and KiB handled by calls in one render, together
+MAX_SECONDS = 5.0  # one render's time, checked at every loop step and call (a hostile template's last resort)
 MAX_MESSAGES = 10_000
 
 __all__ = ["MAX_OUTPUT", "TemplateError", "compile_template", "render"]
@@ -64,12 +67,17 @@ def _weight(value) -> int:
 
 
 def _check_args(what: str, args, kwargs) -> None:
-    """Raise TemplateError when a call gets a huge number (a width, a count) or a huge string or list."""
+    """Raise TemplateError when a call gets a huge number (a width, a count) or a huge string or list; else charge
+    the render's step budget one step per KiB of input (work inside a loop is bounded, not only the loop's length)."""
+    total = 0
     for v in (*args, *kwargs.values()):
         if isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_OUTPUT:
             raise TemplateError(f"the chat template passes {v} to {what}; refused (numbers up to {MAX_OUTPUT})")
-        if _weight(v) > MAX_OUTPUT:
-            raise TemplateError(f"the chat template passes {_weight(v)} elements to {what}; refused (at most {MAX_OUTPUT})")
+        weight = _weight(v)
+        if weight > MAX_OUTPUT:
+            raise TemplateError(f"the chat template passes {weight} elements to {what}; refused (at most {MAX_OUTPUT})")
+        total += weight
+    _spend(1 + total // 1024)
 
 
 def _check_result(what: str, value):
@@ -79,9 +87,10 @@ def _check_result(what: str, value):
 
 
 class _Budget(threading.local):
-    """The steps (loop iterations, range elements) left to the render running in this thread."""
+    """The steps (loop iterations, range elements, KiB handled by calls) and the time left to this thread's render."""
 
     steps = MAX_STEPS
+    deadline = 0.0
 
 
 _BUDGET = _Budget()
@@ -91,6 +100,8 @@ def _spend(n: int) -> None:
     _BUDGET.steps -= n
     if _BUDGET.steps < 0:
         raise TemplateError(f"the chat template runs more than {MAX_STEPS} loop steps; refused")
+    if time.monotonic() > _BUDGET.deadline:
+        raise TemplateError(f"the chat template ran longer than {MAX_SECONDS:g} s; refused")
 
 
 def _bounded_range(*args):
@@ -115,8 +126,7 @@ def _bounded_concat(parts):
 def _bounded_filter(name: str, f):
     @functools.wraps(f)  # keeps jinja's pass_context / pass_environment marks
     def bounded(*args, **kwargs):
-        _check_args(f"the {name} filter", [a for a in args if not isinstance(a, (jinja2.runtime.Context, jinja2.Environment))],
-                    kwargs)
+        _check_args(f"the {name} filter", args, kwargs)
         return _check_result(f"the {name} filter", f(*args, **kwargs))
 
     return bounded
@@ -183,7 +193,8 @@ class _Environment(ImmutableSandboxedEnvironment):
     def call(self, __context, __obj, *args, **kwargs):
         """Call `__obj` as the sandbox allows, refusing huge arguments and huge results."""
         what = getattr(__obj, "__name__", type(__obj).__name__)
-        _check_args(what, args, kwargs)
+        owner = getattr(__obj, "__self__", None)  # a method of a big string works on all of it
+        _check_args(what, (*args, owner) if isinstance(owner, (str, bytes, list, tuple, dict)) else args, kwargs)
         return _check_result(what, super().call(__context, __obj, *args, **kwargs))
 
 
@@ -237,7 +248,7 @@ def render(template: jinja2.Template, messages: list[dict], *, add_generation_pr
     """Return the prompt text of `messages` rendered by a compiled template; TemplateError when it fails or overflows."""
     messages = _check_messages(messages)
     out, size = [], 0
-    _BUDGET.steps = MAX_STEPS
+    _BUDGET.steps, _BUDGET.deadline = MAX_STEPS, time.monotonic() + MAX_SECONDS
     try:
         for piece in template.generate(messages=messages, add_generation_prompt=bool(add_generation_prompt),
                                        bos_token=bos_token or "", eos_token=eos_token or ""):

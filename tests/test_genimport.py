@@ -329,6 +329,7 @@ MORE_HOSTILE = {
     "a wide method": "{{ 'x'.ljust(1000000000) }}",
     "a wide format": "{{ '%1000000000d' % 1 }}",
     "a huge join": "{% set s = 'y' * 1000000 %}{{ [s, s, s, s] | join }}",
+    "a method over a big string in a loop": "{% set s = 'a' * 1000000 %}{% for i in range(5000) %}{% set t = s.replace('a', 'b') %}{% endfor %}",
 }
 
 
@@ -359,3 +360,10 @@ def test_a_disagreement_at_a_near_tie_ends_the_comparison_instead_of_refusing(ll
     gate = import_generation(llama_copy, tmp_path / "run").card["metrics"]["greedy_agreement"]
     assert gate["stopped_at_ties"] and all(t["step"] >= 1 for t in gate["stopped_at_ties"])
     assert gate["tokens_compared"] < 3 * 16
+
+
+def test_a_loop_of_slow_comparisons_is_stopped_by_the_time_limit(monkeypatch):
+    monkeypatch.setattr(ct, "MAX_SECONDS", 0.2)
+    slow = "{% set s = 'a' * 1000000 %}{% for i in range(400000) %}{% if s == s[1:] %}{% endif %}{% endfor %}"
+    with pytest.raises(ct.TemplateError, match="ran longer than 0.2 s"):
+        ct.render(ct.compile_template(slow), [{"role": "user", "content": "hi"}])

@@ -33,8 +33,10 @@ ALLOWED = re.compile(r"config\.json|generation_config\.json|tokenizer\.json|toke
                      r"special_tokens_map\.json|added_tokens\.json|vocab\.json|merges\.txt|tokenizer\.model|"
                      r"model\.safetensors|model-[0-9]{5}-of-[0-9]{5}\.safetensors|model\.safetensors\.index\.json|"
                      r"README\.md|LICENSE(\.md|\.txt)?|\.gitattributes")  # fmt: skip
-SHIPPED = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+SHIPPED = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
+           "model.safetensors.index.json")
 ROLES = {"config.json": "config", "generation_config.json": "config", "tokenizer_config.json": "config",
+         "model.safetensors.index.json": "config",
          "tokenizer.json": "tokenizer", "chat_template.jinja": "template"}
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 SLOTS, MAX_QUEUE = 16, 64
@@ -75,6 +77,19 @@ def refuse_remote_code(doc: dict, path: Path) -> None:
         if key in doc:
             raise InputError(f"{path}: {key!r} asks for remote code, which is never run; refused (use a model that "
                              f"transformers implements natively)")
+
+
+def check_shard_index(staging: Path, names: list) -> None:
+    """Raise InputError unless model.safetensors.index.json (when present) maps tensors only to the directory's shards."""
+    if "model.safetensors.index.json" not in names:
+        return
+    path = staging / "model.safetensors.index.json"
+    weight_map = json_object(path).get("weight_map")
+    shards = {n for n in names if n.endswith(".safetensors")}
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) and v in shards for v in weight_map.values()):
+        bad = next((v for v in weight_map.values() if v not in shards), None) if isinstance(weight_map, dict) else None
+        raise InputError(f"model.safetensors.index.json: 'weight_map' must map tensor names to this directory's "
+                         f"*.safetensors files (it names {str(bad)[:80]!r})")
 
 
 def _special_token(value, where: str) -> str | None:
@@ -157,12 +172,13 @@ def greedy_reference(model, prompts: list[list[int]], new_tokens: int, eos: tupl
     import transformers
 
     config = transformers.GenerationConfig(do_sample=False, max_new_tokens=new_tokens, repetition_penalty=1.0,
-                                           eos_token_id=list(eos) or None, pad_token_id=eos[0] if eos else 0)
+                                           eos_token_id=list(eos) or None, pad_token_id=eos[0] if eos else 0,
+                                           output_logits=True, return_dict_in_generate=True)
     results = []
     for p in prompts:
         with torch.no_grad():
-            out = model.generate(torch.tensor([p]), generation_config=config, output_logits=True,
-                                 return_dict_in_generate=True, attention_mask=torch.ones(1, len(p), dtype=torch.long))
+            out = model.generate(torch.tensor([p]), generation_config=config,
+                                 attention_mask=torch.ones(1, len(p), dtype=torch.long))
         ties = []
         for step in out.logits:
             top = step[0].float().topk(2).values
@@ -220,6 +236,7 @@ def import_generation(directory: str | os.PathLike, run_dir: str | os.PathLike) 
         refuse_remote_code(cfg, directory / "config.json")
         tok_cfg = json_object(staging / "tokenizer_config.json") if "tokenizer_config.json" in names else {}
         refuse_remote_code(tok_cfg, directory / "tokenizer_config.json")
+        check_shard_index(staging, names)
         if cfg.get("model_type") not in decoder_weights.SUPPORTED:
             raise InputError(f"{directory / 'config.json'}: model_type {str(cfg.get('model_type'))[:60]!r} is not a "
                              f"causal LM this importer runs; supported: {', '.join(decoder_weights.SUPPORTED)}")

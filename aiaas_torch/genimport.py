@@ -42,6 +42,8 @@ CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 SLOTS, MAX_QUEUE = 16, 64
 GATE_PROMPTS = ("The model card travels with the model", "serving starts TorchServe", "a short one")
 GATE_TOKENS = 16
+MAX_LAYERS = 1024  # far above any released decoder; a config claiming more is refused before its tensor list is built
+MAX_CONTEXT = 1 << 21
 TIE_MARGIN = 1e-4  # a step whose reference top-1/top-2 margin is below this × max |logit| is a tie, not a disagreement
 TEMPLATE_PROBE = [{"role": "user", "content": "Hello"}]
 GATE_SKIPPED = "the greedy gate was skipped: transformers is not installed (pip install 'aiaas-torch[hf]' to run it)"
@@ -90,6 +92,16 @@ def check_shard_index(staging: Path, names: list) -> None:
         bad = next((v for v in weight_map.values() if v not in shards), None) if isinstance(weight_map, dict) else None
         raise InputError(f"model.safetensors.index.json: 'weight_map' must map tensor names to this directory's "
                          f"*.safetensors files (it names {str(bad)[:80]!r})")
+
+
+def check_sizes(cfg: dict, path: Path) -> None:
+    """Raise InputError naming the key when config.json claims more layers or positions than any real decoder (the
+    spec reader builds per-layer tables, so a claim of 10^9 layers would exhaust memory before a tensor is read)."""
+    for key, limit in (("num_hidden_layers", MAX_LAYERS), ("n_layer", MAX_LAYERS), ("max_position_embeddings", MAX_CONTEXT),
+                       ("n_positions", MAX_CONTEXT)):
+        v = cfg.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v > limit:
+            raise InputError(f"{path}: {key!r} is {v}; at most {limit} are read")
 
 
 def _special_token(value, where: str) -> str | None:
@@ -240,6 +252,7 @@ def import_generation(directory: str | os.PathLike, run_dir: str | os.PathLike) 
         if cfg.get("model_type") not in decoder_weights.SUPPORTED:
             raise InputError(f"{directory / 'config.json'}: model_type {str(cfg.get('model_type'))[:60]!r} is not a "
                              f"causal LM this importer runs; supported: {', '.join(decoder_weights.SUPPORTED)}")
+        check_sizes(cfg, directory / "config.json")
         try:
             spec = decoder_weights.read_spec(cfg)
             tensors = decoder_weights.read_tensors(staging, spec)

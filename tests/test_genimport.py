@@ -93,6 +93,8 @@ def test_remote_code_in_a_config_is_refused(llama_copy, tmp_path, file, key):
     (lambda d: d.__setitem__("hidden_act", "os.system"), "activation 'os.system' is not supported"),
     (lambda d: d.__setitem__("rope_scaling", {"rope_type": "yarn", "factor": 4.0}), "only plain rotary positions"),
     (lambda d: d.update(model_type="phi", architectures=["PhiForCausalLM"]), "'phi' is not a causal LM this importer runs; supported: llama"),
+    (lambda d: d.__setitem__("num_hidden_layers", 10 ** 9), "'num_hidden_layers' is 1000000000; at most 1024"),
+    (lambda d: d.__setitem__("max_position_embeddings", 10 ** 12), "'max_position_embeddings' is 1000000000000; at most 2097152"),
 ])
 def test_bad_config_values_are_refused_naming_the_key(llama_copy, tmp_path, change, says):
     _edit_json(llama_copy / "config.json", change)

@@ -27,7 +27,7 @@ from .handlers import chat_template, decoder_weights
 from .handlers.decoders import Decoder
 from .handlers.generation import Engine, GenerationDefaults, SamplingParams
 from .handlers.integrity import sha256_file
-from .textimport import check_directory, json_object, package_version
+from .textimport import build_model, check_directory, json_object, package_version
 
 ALLOWED = re.compile(r"config\.json|generation_config\.json|tokenizer\.json|tokenizer_config\.json|chat_template\.jinja|"
                      r"special_tokens_map\.json|added_tokens\.json|vocab\.json|merges\.txt|tokenizer\.model|"
@@ -204,8 +204,6 @@ def greedy_gate(staging: Path, cfg: dict, decoder: Decoder, tokenizer, context: 
     disagreement (at a step whose reference margin is no tie)."""
     if importlib.util.find_spec("transformers") is None:
         return {"skipped": GATE_SKIPPED}
-    from .textimport import build_model
-
     prompts = gate_prompts(tokenizer, context)
     ours = greedy_ours(decoder, prompts, GATE_TOKENS)
     reference = greedy_reference(build_model(staging, cfg, "causal-lm"), prompts, GATE_TOKENS, eos)

@@ -199,13 +199,9 @@ def greedy_reference(model, prompts: list[list[int]], new_tokens: int, eos: tupl
     return results
 
 
-def greedy_gate(staging: Path, cfg: dict, decoder: Decoder, tokenizer, context: int, eos: tuple) -> dict:
-    """Return the gate's record after comparing our greedy tokens with transformers' generate; InputError on a
-    disagreement (at a step whose reference margin is no tie)."""
-    if importlib.util.find_spec("transformers") is None:
-        return {"skipped": GATE_SKIPPED}
-    prompts = gate_prompts(tokenizer, context)
-    ours = greedy_ours(decoder, prompts, GATE_TOKENS)
+def greedy_gate(staging: Path, cfg: dict, prompts: list, ours: list, eos: tuple) -> dict:
+    """Return the gate's record after comparing our greedy tokens (`ours`, after each of `prompts`) with transformers'
+    generate on the staged directory; InputError on a disagreement (at a step whose reference margin is no tie)."""
     reference = greedy_reference(build_model(staging, cfg, "causal-lm"), prompts, GATE_TOKENS, eos)
     compared, ties = 0, []
     for i, (mine, (ref, margins)) in enumerate(zip(ours, reference)):
@@ -220,7 +216,7 @@ def greedy_gate(staging: Path, cfg: dict, decoder: Decoder, tokenizer, context: 
             raise InputError(f"greedy gate: our decoder and transformers disagree on prompt {i + 1} "
                              f"({GATE_PROMPTS[i]!r}) at generated token {step + 1}: ours {got}, transformers {want} "
                              f"(prompt ids {prompts[i][:12]}); the weights or config do not mean what our "
-                             f"{decoder.spec.model_type} decoder reads, refused")  # fmt: skip
+                             f"{cfg['model_type']} decoder reads, refused")  # fmt: skip
     return {"prompts": len(prompts), "new_tokens": GATE_TOKENS, "tokens_compared": compared,
             "agree": True, "stopped_at_ties": ties, "reference": "transformers generate(do_sample=False), float32"}
 
@@ -258,6 +254,7 @@ def import_generation(directory: str | os.PathLike, run_dir: str | os.PathLike) 
             raise InputError(f"{directory}: {e}") from None
         parameters = int(sum(t.numel() for t in tensors.values()))
         decoder = Decoder(spec, tensors)
+        del tensors  # the decoder holds its own (fused) copies
         from tokenizers import Tokenizer
 
         try:
@@ -279,7 +276,12 @@ def import_generation(directory: str | os.PathLike, run_dir: str | os.PathLike) 
         except ValueError as e:
             raise InputError(f"{directory / 'generation_config.json'}: {str(e).split(': ', 1)[-1]}") from None
         context = context_length(spec, tok_cfg)
-        gate = greedy_gate(staging, cfg, decoder, tokenizer, context, defaults.eos_token_ids)
+        gate = {"skipped": GATE_SKIPPED}
+        if importlib.util.find_spec("transformers") is not None:
+            prompts = gate_prompts(tokenizer, context)
+            ours = greedy_ours(decoder, prompts, GATE_TOKENS)
+            del decoder  # transformers' copy of the weights is loaded next: never both at once
+            gate = greedy_gate(staging, cfg, prompts, ours, defaults.eos_token_ids)
         files = {n: _file_entry(staging / n, ROLES.get(n, "weights")) for n in sorted(os.listdir(staging))}
         template = {"file": "chat_template.jinja", "sha256": files["chat_template.jinja"]["sha256"]} if text is not None else None
         notes = [gate["skipped"]] if "skipped" in gate else []

@@ -94,6 +94,12 @@ def check_shard_index(staging: Path, names: list) -> None:
                          f"*.safetensors files (it names {str(bad)[:80]!r})")
 
 
+def architecture(cfg: dict) -> str | None:
+    """Return the class name config.json's "architectures" lists first, or None."""
+    archs = cfg.get("architectures")
+    return archs[0][:200] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
+
+
 def check_sizes(cfg: dict, path: Path) -> None:
     """Raise InputError naming the key when config.json claims more layers or positions than any real decoder (the
     spec reader builds per-layer tables, so a claim of 10^9 layers would exhaust memory before a tensor is read)."""
@@ -221,6 +227,22 @@ def greedy_gate(staging: Path, cfg: dict, prompts: list, ours: list, eos: tuple)
             "agree": True, "stopped_at_ties": ties, "reference": "transformers generate(do_sample=False), float32"}
 
 
+def read_tokenizer(path: Path, shown: Path, vocab: int):
+    """Return the tokenizers.Tokenizer of `path` (named `shown` in messages), refusing one with more tokens than the
+    model's `vocab` embeddings."""
+    from tokenizers import Tokenizer
+
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as e:  # the tokenizers library raises its own exception type for a malformed file
+        raise InputError(f"{shown}: not a tokenizer the tokenizers library reads ({str(e)[:200]})") from None
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    if size > vocab:
+        raise InputError(f"{shown}: {size} tokens, more than the model's {vocab} embeddings; the tokenizer does not "
+                         f"belong to these weights")
+    return tokenizer
+
+
 def _file_entry(path: Path, role: str) -> dict:
     """Return a card "files" entry: role, SHA-256, size."""
     return {"role": role, "sha256": sha256_file(path), "bytes": path.stat().st_size}
@@ -230,9 +252,7 @@ def import_generation(directory: str | os.PathLike, run_dir: str | os.PathLike) 
     """Write a generation run directory for a Hugging Face causal-LM directory; returns what it wrote."""
     _quiet.install()
     directory = Path(directory)
-    names = check_directory(directory, ALLOWED)
-    if "tokenizer.json" not in names:  # check_directory asks for it too; said here for causal LMs
-        raise InputError(f"{directory / 'tokenizer.json'}: missing (the fast tokenizer file save_pretrained writes)")
+    names = check_directory(directory, ALLOWED)  # config.json, tokenizer.json and a *.safetensors file required
     run_dir = Path(run_dir)
     with staging_dir(run_dir) as staging:
         shipped = [n for n in names if n in SHIPPED or n.endswith(".safetensors")]
@@ -255,17 +275,7 @@ def import_generation(directory: str | os.PathLike, run_dir: str | os.PathLike) 
         parameters = int(sum(t.numel() for t in tensors.values()))
         decoder = Decoder(spec, tensors)
         del tensors  # the decoder holds its own (fused) copies
-        from tokenizers import Tokenizer
-
-        try:
-            tokenizer = Tokenizer.from_file(str(staging / "tokenizer.json"))
-        except Exception as e:  # the tokenizers library raises its own exception type for a malformed file
-            raise InputError(f"{directory / 'tokenizer.json'}: not a tokenizer the tokenizers library reads "
-                             f"({str(e)[:200]})") from None
-        vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
-        if vocab_size > spec.vocab:
-            raise InputError(f"{directory / 'tokenizer.json'}: {vocab_size} tokens, more than the model's {spec.vocab} "
-                             f"embeddings; the tokenizer does not belong to these weights")
+        tokenizer = read_tokenizer(staging / "tokenizer.json", directory / "tokenizer.json", spec.vocab)
         bos = _special_token(tok_cfg.get("bos_token"), f"{directory / 'tokenizer_config.json'}: 'bos_token'")
         eos = _special_token(tok_cfg.get("eos_token"), f"{directory / 'tokenizer_config.json'}: 'eos_token'")
         text = template_text(staging, names, tok_cfg)
@@ -291,10 +301,11 @@ def import_generation(directory: str | os.PathLike, run_dir: str | os.PathLike) 
             "schema_version": SCHEMA_VERSION,
             "created": rundir.now(),
             "input": {"kind": "prompt", "context": context,
-                      "tokenizer": {"file": "tokenizer.json", "vocab_size": vocab_size, "sha256": files["tokenizer.json"]["sha256"]},
+                      "tokenizer": {"file": "tokenizer.json", "vocab_size": tokenizer.get_vocab_size(with_added_tokens=True),
+                                    "sha256": files["tokenizer.json"]["sha256"]},
                       "chat_template": template, "bos_token": bos, "eos_token": eos},  # fmt: skip
             "output": {"kind": "tokens", "eos_token_ids": list(defaults.eos_token_ids)},
-            "model": {"source": "huggingface", "architecture": (cfg.get("architectures") or [None])[0],
+            "model": {"source": "huggingface", "architecture": architecture(cfg),
                       "model_type": spec.model_type, "parameters": parameters, "dtype": "float32", "layers": spec.layers,
                       "hidden_size": spec.hidden, "kv_heads": spec.kv_heads, "head_dim": spec.head_dim,
                       "vocab": spec.vocab},  # fmt: skip

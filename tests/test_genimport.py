@@ -141,7 +141,7 @@ def test_a_bad_generation_config_is_refused_naming_the_field(llama_copy, tmp_pat
 HOSTILE_TEMPLATES = {
     "class": "{{ messages.__class__.__mro__[1].__subclasses__() }}",
     "subclasses": "{{ ''.__class__.__base__.__subclasses__()[0]('id') }}",
-    "globals": "{{ raise_exception.__globals__['os'].system('touch /tmp/pwned') }}",
+    "globals": "{{ raise_exception.__globals__['__builtins__']['__import__']('os').system('touch pwned') }}",
     "import": "{% import 'os' as os %}{{ os.system('id') }}",
     "mutation": "{% set x = messages.append({'role': 'user', 'content': 'x'}) %}{{ messages | length }}",
     "output loop": "{% for i in range(100000) %}{% for j in range(100000) %}xxxxxxxxxx{% endfor %}{% endfor %}",
@@ -159,8 +159,7 @@ def test_hostile_chat_templates_raise_template_error_and_run_nothing(name, tmp_p
             "range bomb": "loop steps", "power": "power", "syntax": "not valid Jinja"}.get(name, "sandbox forbids")
     with pytest.raises(ct.TemplateError, match=says):
         ct.render(ct.compile_template(HOSTILE_TEMPLATES[name]), [{"role": "user", "content": "hi"}])
-    assert not os.path.exists("/tmp/pwned") or name != "globals"
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path) == []  # nothing ran: the 'globals' template would have written ./pwned
 
 
 def test_a_hostile_template_in_a_directory_is_refused_at_import(llama_copy, tmp_path):

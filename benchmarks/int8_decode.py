@@ -74,21 +74,21 @@ def read_bandwidth(threads: int, mib: int = 512) -> float:
     return x.numel() * 4 / statistics.median(times) / 1e9
 
 
-def decode_steps(decoder: Decoder, batch: int, steps: int) -> list:
-    """Return the seconds of each of `steps` decode steps of `batch` sequences (after their prompts are read)."""
+def decode_steps(decoder: Decoder, batch: int, steps: int, clock=time.perf_counter) -> list:
+    """Return the seconds (of `clock`) of each of `steps` decode steps of `batch` sequences, after their prompts."""
     cache = decoder.new_cache(batch, PROMPT + steps + 1)
     prompts = [[(7 * s + 3 * j) % decoder.spec.vocab for j in range(PROMPT)] for s in range(batch)]
     logits = decoder.forward(cache, StepBatch.build([(s, 0, p) for s, p in enumerate(prompts)]))
     out = []
     for i in range(steps):
         new = logits.argmax(-1).tolist()
-        t = time.perf_counter()
+        t = clock()
         logits = decoder.forward(cache, StepBatch.build([(s, PROMPT + i, [tok]) for s, tok in enumerate(new)]))
-        out.append(time.perf_counter() - t)
+        out.append(clock() - t)
     return out
 
 
-def run_model(name: str, layers: int, batches: list, threads: list, rounds: int, steps: int) -> list:
+def run_model(name: str, layers: int, batches: list, threads: list, rounds: int, steps: int, clock=time.perf_counter) -> list:
     """Return one row per (threads, batch) of `name`: float and int8 tokens/s and their ratio, alternating turns."""
     spec = spec_of(**MODELS[name], layers=layers)
     tensors = random_tensors(spec)
@@ -109,7 +109,7 @@ def run_model(name: str, layers: int, batches: list, threads: list, rounds: int,
             for _ in range(rounds):
                 for k, dec in forms.items():
                     torch.set_num_threads(th)
-                    times[k] += decode_steps(dec, b, steps)
+                    times[k] += decode_steps(dec, b, steps, clock)
             f, q = (statistics.median(times[k]) for k in ("float", "int8"))
             row = dict(model=name, threads=th, batch=b, float_tok_s=b / f, int8_tok_s=b / q, ratio=f / q,
                        float_ms=f * 1e3, int8_ms=q * 1e3, read_gb_s=bw, float_read_bound_ms=fb / bw / 1e6,
@@ -132,15 +132,22 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch threads (default 1, the worker's, and 2)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating turns per form (default 3)")
     ap.add_argument("--steps", type=int, default=6, help="decode steps timed per turn (default 6)")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="wall: elapsed time; cpu: CPU seconds of the computing thread (1 thread only: less "
+                         "disturbed by other jobs on a shared host)")
     ap.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args = ap.parse_args(argv)
     if min(args.layers, args.rounds, args.steps, *args.batches, *args.threads) < 1:
         print("error: --layers, --rounds, --steps, --batches and --threads must be ≥ 1", file=sys.stderr)
         return 2
-    print(host_line(), flush=True)
+    if args.clock == "cpu" and args.threads != [1]:
+        print("error: --clock cpu measures the one computing thread; use it with --threads 1", file=sys.stderr)
+        return 2
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
+    print(host_line() + f", clock {args.clock}", flush=True)
     rows = []
     for name in MODELS if args.model == "both" else [args.model]:
-        rows += run_model(name, args.layers, args.batches, args.threads, args.rounds, args.steps)
+        rows += run_model(name, args.layers, args.batches, args.threads, args.rounds, args.steps, clock)
     if args.json:
         args.json.write_text(json.dumps(dict(host=host_line(), rows=rows), indent=1))
     return 0

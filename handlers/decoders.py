@@ -8,6 +8,14 @@ one token when it decodes), the position of its first new token and its slot in 
 groups them: the decoding sequences (one new token each) in one call, each prompt part in its own, with explicit
 per-row causal (and sliding-window) masks, so sequences of different lengths and ages share one forward and no
 sequence is padded to another's length. float32 throughout.
+
+Weights are float32, or int8 with one scale per output row when built with ``weights="int8-weight"`` (or after
+`Decoder.quantize_weights`): every canonical matrix (q/k/v, o, gate/up, down) and the output head run through
+handlers/int8_matmul.py's `Int8WeightLinear`, a quarter of float's bytes read per token. The head is quantized
+too because it is the largest single matrix a step reads (136 M of a 0.5 B model's weights when the vocabulary is
+152 K). With tied embeddings the embedding rows are read from that same int8 matrix (one copy, dequantized row by
+row); an untied embedding table stays float32 (a step reads one row per token of it, so its size costs memory,
+not time). Norms, positions and the KV cache stay float32.
 """
 
 from __future__ import annotations
@@ -20,10 +28,15 @@ import torch.nn.functional as F
 
 try:  # installed package (tests, the library)
     from .decoder_weights import DecoderError, DecoderSpec, read_config, read_spec, read_tensors
+    from .int8_matmul import Int8WeightLinear, quantize_weight
 except ImportError:  # inside a TorchServe worker: the model directory is on sys.path
     from decoder_weights import DecoderError, DecoderSpec, read_config, read_spec, read_tensors
+    from int8_matmul import Int8WeightLinear, quantize_weight
 
-__all__ = ["AttentionGroup", "Decoder", "DecoderError", "KVCache", "StepBatch", "load_decoder"]
+__all__ = ["AttentionGroup", "Decoder", "DecoderError", "KVCache", "StepBatch", "WEIGHTS", "load_decoder"]
+
+WEIGHTS = ("float", "int8-weight")  # the weight forms a Decoder runs (the card's quantization.scheme for generation)
+MATRICES = (("qkv_w", "qkv_b"), ("o_w", "o_b"), ("up_w", "up_b"), ("down_w", "down_b"))  # a layer's (weight, bias)
 
 
 class KVCache:
@@ -128,6 +141,12 @@ def _act(x: torch.Tensor, kind: str) -> torch.Tensor:
     return F.gelu(x) if kind == "gelu" else F.relu(x)
 
 
+def _linear(x: torch.Tensor, w, b: torch.Tensor | None) -> torch.Tensor:
+    if isinstance(w, Int8WeightLinear):  # its bias is inside it
+        return w(x)
+    return F.linear(x, w, b)
+
+
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
@@ -170,17 +189,48 @@ def canonical(spec: DecoderSpec, t: dict[str, torch.Tensor]) -> tuple[dict, list
 class Decoder:
     """A causal LM's forward over a `StepBatch`, writing the new keys and values into a `KVCache`."""
 
-    def __init__(self, spec: DecoderSpec, tensors: dict[str, torch.Tensor]):
+    def __init__(self, spec: DecoderSpec, tensors: dict[str, torch.Tensor], weights: str = "float",
+                 scheme: str = "channel", path: str | None = None):
+        if weights not in WEIGHTS:
+            raise ValueError(f"weights: {weights!r} is not a weight form of the decoder; use one of {WEIGHTS}")
         self.spec = spec
+        self.weights = "float"
         self.top, self.layers = canonical(spec, tensors)
         half = torch.arange(0, spec.head_dim, 2, dtype=torch.int64).to(torch.float32) / spec.head_dim
         self.inv_freq = 1.0 / (spec.rope_theta ** half)
+        if weights == "int8-weight":
+            self.quantize_weights(scheme, path)
+
+    def quantize_weights(self, scheme: str = "channel", path: str | None = None) -> "Decoder":
+        """Replace every canonical matrix and the head by int8 weights with per-row scales (module docstring); return self.
+
+        scheme: "channel" or "pow2" (handlers/int8_matmul.py); path: the kernel, None for this CPU's best.
+        The float matrices are dropped (a caller holding the checkpoint's tensors keeps its own references).
+        """
+        if self.weights != "float":
+            raise ValueError(f"this decoder's weights are already {self.weights}")
+        to_int8 = lambda w, b=None: Int8WeightLinear(quantize_weight(w, scheme), b, path)  # noqa: E731
+        for layer in self.layers:
+            for w, b in MATRICES:
+                layer[w], layer[b] = to_int8(layer[w], layer[b]), None
+        head = to_int8(self.top["head"])
+        if self.top["head"] is self.top["embed"]:
+            self.top["embed"] = head  # tied: embedding rows read from the int8 head (one copy)
+        self.top["head"] = head
+        self.weights = "int8-weight"
+        return self
 
     @property
     def weight_bytes(self) -> int:
         """Return the bytes of the weights (a tied head counted once): what one decode step reads at the least."""
         seen = {id(t): t for d in (self.top, *self.layers) for t in d.values() if t is not None}
-        return sum(t.numel() * t.element_size() for t in seen.values())
+        return sum(t.nbytes if isinstance(t, Int8WeightLinear) else t.numel() * t.element_size() for t in seen.values())
+
+    def score(self, tokens: list[int]) -> torch.Tensor:
+        """Return the logits [T, vocab] after every token of one sequence (teacher forcing), read in one forward."""
+        batch = StepBatch.build([(0, 0, list(tokens))])
+        batch.last = torch.arange(len(tokens))
+        return self.forward(self.new_cache(1, max(len(tokens), 2)), batch)
 
     def new_cache(self, slots: int, max_len: int) -> KVCache:
         """Return an empty KV cache of `slots` sequences of up to `max_len` tokens each, checked against the model."""
@@ -193,7 +243,8 @@ class Decoder:
         """Return the logits [B, vocab] after each sequence's last new token; writes the new keys/values to `cache`."""
         s, top = self.spec, self.top
         T = len(batch.tokens)
-        x = F.embedding(batch.tokens, top["embed"])
+        embed = top["embed"]
+        x = embed.rows(batch.tokens) if isinstance(embed, Int8WeightLinear) else F.embedding(batch.tokens, embed)
         if s.embed_scale != 1.0:
             x = x * torch.tensor(s.embed_scale, dtype=x.dtype)
         if s.positions == "learned":
@@ -206,7 +257,7 @@ class Decoder:
         q_size, kv_size = s.heads * s.head_dim, s.kv_heads * s.head_dim
         for i, layer in enumerate(self.layers):
             h = _norm(x, layer["ln1_w"], layer["ln1_b"], s.norm, s.eps)
-            qkv = F.linear(h, layer["qkv_w"], layer["qkv_b"])
+            qkv = _linear(h, layer["qkv_w"], layer["qkv_b"])
             q = qkv[:, :q_size].view(T, s.heads, s.head_dim)
             k = qkv[:, q_size:q_size + kv_size].view(T, s.kv_heads, s.head_dim)
             v = qkv[:, q_size + kv_size:].view(T, s.kv_heads, s.head_dim)
@@ -227,23 +278,28 @@ class Decoder:
                                                      scale=s.attn_scales[i], enable_gqa=s.kv_heads != s.heads)
                 parts.append(att.transpose(1, 2).reshape(g.end - g.start, q_size))
             att = parts[0] if len(parts) == 1 else torch.cat(parts)
-            x = x + F.linear(att, layer["o_w"], layer["o_b"])
+            x = x + _linear(att, layer["o_w"], layer["o_b"])
             h = _norm(x, layer["ln2_w"], layer["ln2_b"], s.norm, s.eps)
-            up = F.linear(h, layer["up_w"], layer["up_b"])
+            up = _linear(h, layer["up_w"], layer["up_b"])
             if s.gated:
                 gate, up = up.chunk(2, dim=-1)
                 up = _act(gate, s.activation) * up
             else:
                 up = _act(up, s.activation)
-            x = x + F.linear(up, layer["down_w"], layer["down_b"])
+            x = x + _linear(up, layer["down_w"], layer["down_b"])
         x = _norm(x.index_select(0, batch.last), top["norm_w"], top["norm_b"], s.norm, s.eps)
-        return F.linear(x, top["head"])
+        return _linear(x, top["head"], None)
 
 
-def load_decoder(directory: str | Path) -> Decoder:
-    """Return the `Decoder` of a Hugging Face causal-LM directory (config.json + *.safetensors), checked by name."""
+def load_decoder(directory: str | Path, weights: str = "float", scheme: str = "channel") -> Decoder:
+    """Return the `Decoder` of a Hugging Face causal-LM directory (config.json + *.safetensors), checked by name.
+
+    weights: "float" or "int8-weight" (the card's quantization.scheme: int8 weights quantized here, at load).
+    """
+    if weights not in WEIGHTS:
+        raise DecoderError(f"weights: {weights!r} is not a weight form of the decoder; use one of {WEIGHTS}")
     directory = Path(directory)
     if not directory.is_dir():
         raise DecoderError(f"{directory}: not a directory")
     spec = read_spec(read_config(directory))
-    return Decoder(spec, read_tensors(directory, spec))
+    return Decoder(spec, read_tensors(directory, spec), weights, scheme)

@@ -45,7 +45,7 @@ SHIPPED_CODE = (CONTRACT_FILE, HANDLER_DIR / "contract_common.py", HANDLER_DIR /
                 HANDLER_DIR / "pt2_check.py", INTEGRITY_FILE, PROTOCOLS_FILE, BATCH_CHECKS_FILE, HANDLER_DIR / "json_body.py",
                 HANDLER_DIR / "plain_rows.py", HANDLER_DIR / "tabular_rows.py")  # beside the handler in every archive (fmt: skip)
 TEXT_HANDLER_FILE = HANDLER_DIR / "text_handler.py"  # the handler of text cards (aiaas import of a Hugging Face directory)
-TEXT_CODE = (HANDLER_DIR / "text_contract.py",)  # shipped beside it, in text archives only
+TEXT_CODE = (HANDLER_DIR / "text_contract.py", HANDLER_DIR / "openai_api.py")  # shipped beside it, in text archives only
 METRICS_CONFIG = HANDLER_DIR / "metrics.yaml"
 MODEL_CONFIG = "model-config.yaml"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")

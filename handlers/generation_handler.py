@@ -97,6 +97,7 @@ class GenerationHandler:
     def __init__(self):
         self.card: dict = {}
         self.requests: dict = {}
+        self._more: list = []  # per request of the current batch: None whole answer, False more to come, True last part
         self.initialized = False
 
     def initialize(self, context) -> None:
@@ -138,6 +139,7 @@ class GenerationHandler:
     def handle(self, data: list, context) -> list:
         """Return exactly one answer per request of the batch: this step's text for each (a failure is its own)."""
         if len(data) == 1 and not data[0] and context.get_request_header(0, "describe") == "True":
+            context.stopping_criteria = None
             return [json.dumps(self.card)]
         n = len(data)
         ids = [str(context.get_request_id(i)) for i in range(n)]
@@ -146,6 +148,7 @@ class GenerationHandler:
         for rid in [r for r in self.requests if r not in ids]:
             del self.requests[rid]
         answers: list = [None] * n
+        self._more: list = [None] * n
         for i, (rid, request) in enumerate(zip(ids, data)):
             if rid in self.requests:
                 continue
@@ -170,6 +173,9 @@ class GenerationHandler:
             except Exception:
                 logger.exception("aiaas: answering request %s failed", rid)
                 answers[i] = self._fail(self.requests.get(rid), context, i)
+        # TorchServe's worker sets ts_stream_next from stopping_criteria[idx](answer): False "true" (more to come),
+        # True "false" (the last part of a stream), None no header (a whole answer); a header set here would be undone
+        context.stopping_criteria = [lambda _answer, flag=flag: flag for flag in self._more]
         return answers
 
     def _admit(self, rid: str, route: str, request: dict, context, idx: int):
@@ -260,7 +266,7 @@ class GenerationHandler:
             r.pieces.append(text)
         if not finish:
             context.set_response_content_type(idx, EVENTS if req.stream else JSON)
-            context.set_response_header(idx, "ts_stream_next", "true")
+            self._more[idx] = False
             r.started = True
             return "".join(events)
         del self.requests[r.key]
@@ -273,8 +279,7 @@ class GenerationHandler:
     def _end(self, r: _Request, context, idx: int) -> None:
         """Mark request idx's last answer: ts_stream_next false after a streamed start, else a whole response."""
         context.set_response_content_type(idx, EVENTS if r.req.stream else JSON)
-        if r.started:
-            context.set_response_header(idx, "ts_stream_next", "false")
+        self._more[idx] = True if r.started else None
 
     def _fail(self, r: _Request | None, context, idx: int) -> str:
         """End request idx after a failure of ours: an error event (stream started) or a 500 body."""

@@ -113,7 +113,8 @@ class Frontend:
                 job["resp_headers"] = dict(ctx.get_response_headers(i))
             job["sent"] = True
             job["parts"].append(answers[i])
-            if ctx.get_response_headers(i).get("ts_stream_next") != "true":
+            # TorchServe's worker: ts_stream_next "true" when stopping_criteria[i](answer) is False
+            if ctx.stopping_criteria is None or ctx.stopping_criteria[i](answers[i]) is not False:
                 self.done[rid] = self.jobs.pop(rid)
 
     def run(self) -> dict:

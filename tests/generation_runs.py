@@ -68,7 +68,9 @@ def write_card(directory: Path, kind: str, model, tok, context: int) -> dict:
         "output": {"kind": "tokens", "eos_token_ids": []},
         "model": {"source": "huggingface", "architecture": type(model).__name__, "model_type": cfg.model_type,
                   "parameters": sum(p.numel() for p in model.parameters()), "dtype": "float32",
-                  "layers": cfg.num_hidden_layers, "hidden_size": cfg.hidden_size, "vocab": cfg.vocab_size},
+                  "layers": cfg.num_hidden_layers, "hidden_size": cfg.hidden_size, "vocab": cfg.vocab_size,
+                  "kv_heads": getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
+                  "head_dim": cfg.hidden_size // cfg.num_attention_heads},
         "generation": {"defaults": {}, "ignored": [], "slots": 4, "max_queue": 4},
     }  # fmt: skip
     (directory / "model.json").write_text(json.dumps(card, indent=2), encoding="utf-8")

@@ -64,6 +64,9 @@ def check_card(card, where: str) -> None:
     if card["input"].get("kind") == "text":
         _check_text_card(card, where)
         return
+    if is_generation(card):
+        _check_generation_card(card, where)
+        return
     if not is_tabular(card):
         _check_tensor_card(card, where)
         return
@@ -134,11 +137,7 @@ def is_text(card: dict) -> bool:
 def _check_text_card(card: dict, where: str) -> None:
     """Raise InputError naming the field when a text card (aiaas import of a Hugging Face directory) is malformed."""
     inp, out = card["input"], card["output"]
-
-    def whole(v, low):
-        return isinstance(v, int) and not isinstance(v, bool) and v >= low
-
-    if not whole(inp.get("max_length"), 2) or not whole(inp.get("pad_id"), 0) or not whole(inp.get("max_rows"), 1):
+    if not _whole(inp.get("max_length"), 2) or not _whole(inp.get("pad_id"), 0) or not _whole(inp.get("max_rows"), 1):
         raise InputError(f"{where}: field 'input.max_length', 'input.pad_id' and 'input.max_rows' must be whole numbers")
     tok = inp.get("tokenizer")
     if not isinstance(tok, dict) or not isinstance(tok.get("file"), str) or tok["file"] not in card["files"]:
@@ -147,9 +146,62 @@ def _check_text_card(card: dict, where: str) -> None:
     names = [t.get("name") for t in tensors] if isinstance(tensors, list) and all(isinstance(t, dict) for t in tensors) else None
     if names not in (["input_ids", "attention_mask"], ["input_ids", "attention_mask", "token_type_ids"]):
         raise InputError(f"{where}: field 'input.tensors' must be input_ids, attention_mask[, token_type_ids]")
-    if out.get("task") not in ("classification", "embedding") or not whole(out.get("dim"), 1):
+    if out.get("task") not in ("classification", "embedding") or not _whole(out.get("dim"), 1):
         raise InputError(f"{where}: field 'output.task' must be 'classification' or 'embedding', with 'output.dim'")
     labels = out.get("classes")
     if out["task"] == "classification" and (not isinstance(labels, list) or len(labels) != out["dim"]
                                             or not all(isinstance(c, str) for c in labels)):  # fmt: skip
         raise InputError(f"{where}: field 'output.classes' must list {out['dim']} labels")
+
+
+def is_generation(card: dict) -> bool:
+    """Return True when the card is a generation model's (prompts in, tokens out: aiaas import of a causal LM)."""
+    return isinstance(card.get("input"), dict) and card["input"].get("kind") == "prompt"
+
+
+def _whole(v, low: int) -> bool:
+    """Return True when `v` is an int (not a bool) ≥ `low`."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _hashed_file(entry, files: dict) -> bool:
+    """Return True when `entry` is {file, sha256} naming a file of the files section with that hash."""
+    return (isinstance(entry, dict) and isinstance(entry.get("file"), str) and isinstance(files.get(entry["file"]), dict)
+            and entry.get("sha256") == files[entry["file"]].get("sha256"))
+
+
+def _check_generation_card(card: dict, where: str) -> None:
+    """Raise InputError naming the field when a generation card (aiaas import of a causal LM) is malformed."""
+    inp, out, files = card["input"], card["output"], card["files"]
+    if not _whole(inp.get("context"), 2):
+        raise InputError(f"{where}: field 'input.context' must be a whole number ≥ 2")
+    tok = inp.get("tokenizer")
+    if not _hashed_file(tok, files) or not _whole(tok.get("vocab_size"), 1):
+        raise InputError(f"{where}: field 'input.tokenizer' must be {{file, vocab_size, sha256}} naming a file of the "
+                         f"card's files section with the same sha256")
+    if inp.get("chat_template") is not None and not _hashed_file(inp["chat_template"], files):
+        raise InputError(f"{where}: field 'input.chat_template' must be null or {{file, sha256}} naming a file of the "
+                         f"card's files section with the same sha256")
+    for key in ("bos_token", "eos_token"):
+        if inp.get(key) is not None and not isinstance(inp[key], str):
+            raise InputError(f"{where}: field 'input.{key}' must be a string or null")
+    eos = out.get("eos_token_ids")
+    if out.get("kind") != "tokens" or not isinstance(eos, list) or not all(_whole(t, 0) for t in eos):
+        raise InputError(f"{where}: field 'output' must be {{kind: 'tokens', eos_token_ids: [token id, ...]}}")
+    model = card.get("model")
+    if not isinstance(model, dict) or not all(_whole(model.get(k), 1) for k in
+                                              ("parameters", "layers", "hidden_size", "kv_heads", "head_dim", "vocab")):
+        raise InputError(f"{where}: field 'model' must give parameters, layers, hidden_size, kv_heads, head_dim and "
+                         f"vocab as whole numbers")
+    if model.get("dtype") != "float32" or not isinstance(model.get("model_type"), str):
+        raise InputError(f"{where}: field 'model.dtype' must be 'float32' and 'model.model_type' a string")
+    if tok["vocab_size"] > model["vocab"]:
+        raise InputError(f"{where}: field 'input.tokenizer.vocab_size' {tok['vocab_size']} exceeds 'model.vocab' {model['vocab']}")
+    gen = card.get("generation")
+    if not isinstance(gen, dict) or not isinstance(gen.get("defaults"), dict) or not isinstance(gen.get("ignored"), list) \
+            or not _whole(gen.get("slots"), 1) or not _whole(gen.get("max_queue"), 0):
+        raise InputError(f"{where}: field 'generation' must be {{defaults: {{...}}, ignored: [...], slots ≥ 1, max_queue ≥ 0}}")
+    if not any(isinstance(f, dict) and f.get("role") == "weights" for f in files.values()) or "config.json" not in files:
+        raise InputError(f"{where}: field 'files' must list config.json and at least one weights file (*.safetensors)")
+    if card["quantization"].get("scheme") not in ("none", "int8-weight"):
+        raise InputError(f"{where}: field 'quantization.scheme' must be 'none' or 'int8-weight'")

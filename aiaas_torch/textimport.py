@@ -40,8 +40,9 @@ MAX_BATCH = 1024
 NOT_QUANTIZED = "text models serve the float program: int8 and compiled candidates are not measured for text models yet"
 
 
-def check_directory(directory: Path) -> list[str]:
-    """Return the directory's file names (relative, sorted) after refusing pickled weights, code, links and unknown files."""
+def check_directory(directory: Path, allowed: re.Pattern = ALLOWED) -> list[str]:
+    """Return the directory's file names (relative, sorted) after refusing pickled weights, code, links and files
+    whose relative name `allowed` does not match (by default the text importer's list)."""
     if not directory.is_dir():
         raise InputError(f"{directory}: not a directory")
     names = []
@@ -54,7 +55,7 @@ def check_directory(directory: Path) -> list[str]:
                              f"save the model with save_pretrained(..., safe_serialization=True) (safetensors)")  # fmt: skip
         if p.suffix.lower() == ".py":
             raise InputError(f"{directory / rel}: Python code in a model directory is refused (no remote code)")
-        if not ALLOWED.fullmatch(rel):
+        if not allowed.fullmatch(rel):
             raise InputError(f"{directory / rel}: not a file of a Hugging Face model directory this importer reads; "
                              f"refused (remove it)")  # fmt: skip
         if p.is_file():
@@ -67,7 +68,7 @@ def check_directory(directory: Path) -> list[str]:
     return names
 
 
-def _json(path: Path) -> dict:
+def json_object(path: Path) -> dict:
     """Return a JSON object file's content, refusing anything else with the file named."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
@@ -81,7 +82,7 @@ def _json(path: Path) -> dict:
 def read_config(directory: Path) -> dict:
     """Return config.json after refusing remote code (`auto_map`) and architectures outside the native encoder set."""
     path = directory / "config.json"
-    cfg = _json(path)
+    cfg = json_object(path)
     if "auto_map" in cfg:
         raise InputError(f"{path}: 'auto_map' asks for remote code, which is never run; refused")
     if cfg.get("model_type") not in NATIVE:
@@ -117,7 +118,7 @@ def read_pooling(directory: Path, names: list) -> tuple[str, bool]:
         pc = directory / "1_Pooling" / "config.json"
         if "1_Pooling/config.json" not in names:
             raise InputError(f"{pc}: missing (modules.json declares a Pooling module)")
-        cfg = _json(pc)
+        cfg = json_object(pc)
         modes = [m for m, key in (("mean", "pooling_mode_mean_tokens"), ("cls", "pooling_mode_cls_token"),
                                   ("max", "pooling_mode_max_tokens")) if cfg.get(key) is True]  # fmt: skip
         others = [k for k, v in cfg.items() if k.startswith("pooling_mode_") and v is True and k not in
@@ -167,16 +168,19 @@ class TextEncoder(nn.Module):
 
 
 def build_model(directory: Path, cfg: dict, task: str):
-    """Return the eval-mode transformers model of a checked directory (config + safetensors, no remote code)."""
+    """Return the eval-mode transformers model of a checked directory (config + safetensors, no remote code); `task`:
+    "classification", "causal-lm" or anything else for the base model."""
     try:
         import transformers
     except ImportError:
         raise InputError("importing a Hugging Face directory needs transformers: pip install 'aiaas-torch[hf]'") from None
-    cls = transformers.AutoModelForSequenceClassification if task == "classification" else transformers.AutoModel
+    cls = {"classification": transformers.AutoModelForSequenceClassification,
+           "causal-lm": transformers.AutoModelForCausalLM}.get(task, transformers.AutoModel)
     bars = transformers.utils.logging.is_progress_bar_enabled()
     transformers.utils.logging.disable_progress_bar()  # its "Loading weights" bar is noise in aiaas import's output
     try:
-        model = cls.from_pretrained(str(directory), trust_remote_code=False, use_safetensors=True, local_files_only=True)
+        model = cls.from_pretrained(str(directory), trust_remote_code=False, use_safetensors=True, local_files_only=True,
+                                    **({"dtype": torch.float32} if task == "causal-lm" else {}))  # what our decoder computes in
     except Exception as e:
         raise InputError(f"{directory}: transformers could not build the model ({type(e).__name__}: {str(e)[:300]})") from None
     finally:
@@ -212,7 +216,7 @@ def import_text(directory: str | os.PathLike, run_dir: str | os.PathLike, *, max
     directory = Path(directory)
     names = check_directory(directory)
     cfg = read_config(directory)
-    tok_cfg = _json(directory / "tokenizer_config.json") if "tokenizer_config.json" in names else {}
+    tok_cfg = json_object(directory / "tokenizer_config.json") if "tokenizer_config.json" in names else {}
     arch = (cfg.get("architectures") or [""])[0]
     task = "classification" if arch.endswith("ForSequenceClassification") else "embedding"
     pooling, normalize = read_pooling(directory, names) if task == "embedding" else (None, False)
@@ -270,14 +274,14 @@ def import_text(directory: str | os.PathLike, run_dir: str | os.PathLike, *, max
                              "reason": NOT_QUANTIZED},  # fmt: skip
             "files": {**rundir.files_section(staging, {"candidates": {}}, {FLOAT_PROGRAM: {"sample_inputs_sha256": pt2_check.SAMPLE_INPUTS_SHA256}}),
                       text_contract.TOKENIZER: text_contract.tokenizer_entry(str(staging / text_contract.TOKENIZER))},  # fmt: skip
-            "versions": {**rundir.versions(), "transformers": _version("transformers"), "tokenizers": _version("tokenizers")},
+            "versions": {**rundir.versions(), "transformers": package_version("transformers"), "tokenizers": package_version("tokenizers")},
             "notes": [NOT_QUANTIZED],
         }
         rundir.finish(staging, run_dir, card)
     return ExportResult(run_dir, card, QuantReport(scheme="none", min_weights=0), 0.0, [NOT_QUANTIZED])
 
 
-def _version(pkg: str):
+def package_version(pkg: str):
     """Return an installed package's version, or None."""
     import importlib.metadata
 

@@ -46,3 +46,36 @@ def reference(model, prompt: list[int], new_tokens: int, **generate_kwargs) -> t
                              output_logits=True, return_dict_in_generate=True, pad_token_id=0, **generate_kwargs)
     margins = [float(t[0] - t[1]) for t in (step[0].topk(2).values for step in out.logits)]
     return out.sequences[0, len(prompt):].tolist(), min(margins)
+
+
+LLAMA_TEMPLATE = ("{{ bos_token }}{% for message in messages %}"
+                  "{% if message['role'] == 'system' %}<<SYS>>{{ message['content'] | trim }}<</SYS>>\n"
+                  "{% elif message['role'] == 'user' %}[INST] {{ message['content'] | trim }} [/INST]"
+                  "{% else %} {{ message['content'] | trim }} {{ eos_token }}{% endif %}{% endfor %}"
+                  "{% if add_generation_prompt %} {% endif %}")
+
+
+def tokenizer(directory, vocab: int = 120, chat_template: str | None = None) -> None:
+    """Write a word-level tokenizer (<unk>=0, <s>=1, </s>=2; at most `vocab` tokens, trained on the repository's
+    README) with tokenizer_config.json (bos/eos tokens, and `chat_template` when given) into `directory`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from textmodels import corpus
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tok.train_from_iterator(corpus(), trainers.WordLevelTrainer(vocab_size=vocab, special_tokens=["<unk>", "<s>", "</s>"]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    if chat_template is not None:
+        fast.chat_template = chat_template
+    fast.save_pretrained(str(directory))
+
+
+def hf_directory(kind: str, directory, seed: int = 0, chat_template: str | None = LLAMA_TEMPLATE):
+    """Return (directory, the transformers model) of a tiny random `kind` causal LM with a tokenizer and chat template,
+    as a Hugging Face directory holds them."""
+    directory, model = build(kind, directory, seed)
+    tokenizer(directory, chat_template=chat_template)
+    return directory, model

@@ -16,12 +16,14 @@ def add_parser(sub) -> None:
     """Add the import sub-parser to `sub`; returns None."""
     from .train import add_quant_options
 
-    p = sub.add_parser("import", help="import a torch.export program (.pt2) or a Hugging Face text model directory into a run directory",
+    p = sub.add_parser("import", help="import a torch.export program (.pt2) or a Hugging Face text or causal-LM directory into a run directory",
                        description="Import PROGRAM.pt2 (written by torch.export.save, batch dimension dynamic) into a run "
                                    "directory as `aiaas train` writes one: the card records the tensor contract and the "
                                    "value ranges of the calibration samples; the program is compiled where that pays. "
                                    "Or import DIR, a Hugging Face text classifier or encoder (config.json, *.safetensors, "
-                                   "tokenizer.json) saved by save_pretrained: texts in, labels or embeddings out.")  # fmt: skip
+                                   "tokenizer.json) saved by save_pretrained: texts in, labels or embeddings out. "
+                                   "Or import DIR, a Hugging Face causal language model (Llama, Mistral, Qwen2, Gemma, "
+                                   "GPT-2: config.json, *.safetensors, tokenizer.json, chat template) for generation.")  # fmt: skip
     p.add_argument("program", metavar="PROGRAM.pt2|DIR", help="an ExportedProgram saved by torch.export.save, or a Hugging Face model directory")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write (replaced atomically)")
     p.add_argument("--calibration", metavar="SAMPLES.npz",
@@ -40,7 +42,7 @@ def run(a) -> int:
     import os
 
     if os.path.isdir(a.program):
-        return _run_text(a)
+        return _run_directory(a)
     if a.calibration is None:
         raise UsageError("--calibration: required to import a program (SAMPLES.npz)")
     import numpy as np
@@ -79,23 +81,48 @@ def run(a) -> int:
     return 0
 
 
-def _run_text(a) -> int:
-    """Import a Hugging Face text model directory and print its summary; returns the exit code."""
+def _refuse_program_options(a, what: str) -> None:
+    """Raise UsageError when options only a program takes (quantization, calibration) are given for `what`."""
+    if a.scheme in ("int8", "pow2", "int8-weight"):
+        raise UsageError(f"{a.program}: {what} is imported in float (int8 candidates for it are not measured yet); "
+                         f"drop --quantize {a.scheme}")
+    if a.calibration:
+        raise UsageError(f"{a.program}: --calibration SAMPLES.npz is for programs; {what} takes no calibration arrays")
+
+
+def _run_directory(a) -> int:
+    """Import a Hugging Face directory (a causal LM for generation, else a text model) and print its summary; returns
+    the exit code."""
+    from ..genimport import import_generation, is_causal_lm_directory
     from ..textimport import import_text
 
-    if a.scheme in ("int8", "pow2", "int8-weight") or a.calibration:
-        raise UsageError(f"{a.program}: a text model is imported in float (int8 candidates for text models are not "
-                         f"measured yet); drop --quantize {a.scheme} and --calibration" if a.scheme in ("int8", "pow2", "int8-weight")
-                         else f"{a.program}: --calibration SAMPLES.npz is for programs; a text model takes no calibration arrays")  # fmt: skip
-    exported = import_text(a.program, a.out)
-    card = exported.card
+    generation = is_causal_lm_directory(a.program)
+    _refuse_program_options(a, "a causal language model" if generation else "a text model")
+    done = (import_generation if generation else import_text)(a.program, a.out)
     if a.json:
-        print_json(card)
+        print_json(done.card)
         return 0
+    print(_generation_summary(done.card) if generation else _text_summary(done.card))
+    print(f"run directory: {done.run_dir}")
+    if generation:
+        print(f"next: aiaas package {done.run_dir} --name NAME --version 1.0 --sign && aiaas serve start")
+    return 0
+
+
+def _generation_summary(card: dict) -> str:
+    """Return what a newcomer needs to know of an imported causal LM: architecture, size, context, template, gate."""
+    m, gate = card["model"], card["metrics"]["greedy_agreement"]
+    template = "yes (chat_template.jinja, sandboxed)" if card["input"]["chat_template"] else "none (only /v1/completions prompts)"
+    agreed = f"our decoder's greedy tokens equal transformers' on {gate.get('prompts')} prompts"
+    return (f"imported {m['architecture'] or m['model_type']} ({m['parameters']:,} parameters, {m['layers']} layers, "
+            f"context {card['input']['context']} tokens, float32)\n  chat template: {template}\n"
+            f"  greedy gate: {gate.get('skipped', agreed)}")
+
+
+def _text_summary(card: dict) -> str:
+    """Return the summary of an imported text model: architecture, size, maximum length, what it answers."""
     out = card["output"]
     what = f"labels {', '.join(out['classes'])}" if out["classes"] else f"{out['dim']}-dim embeddings ({out['kind']})"
-    print(f"imported {card['model']['architecture'] or card['model']['model_type']} ({card['model']['parameters']:,} parameters, "
-          f"at most {card['input']['max_length']} tokens): texts → {what}")  # fmt: skip
-    print(f"  {card['quantization']['not_quantized']}")
-    print(f"run directory: {exported.run_dir}")
-    return 0
+    return (f"imported {card['model']['architecture'] or card['model']['model_type']} ({card['model']['parameters']:,} "
+            f"parameters, at most {card['input']['max_length']} tokens): texts → {what}\n"
+            f"  {card['quantization']['not_quantized']}")

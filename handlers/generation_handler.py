@@ -31,12 +31,14 @@ from tokenizers import Tokenizer
 try:  # installed package (tests)
     from . import integrity
     from . import openai_api as api
+    from .chat_template import TemplateError, compile_template, render
     from .generation import Engine, GenerationDefaults, QueueFull, SamplingParams, StopText
     from .decoders import load_decoder
     from .json_body import check_content_type
 except ImportError:  # inside a TorchServe worker: the model directory is on sys.path
     import integrity
     import openai_api as api
+    from chat_template import TemplateError, compile_template, render
     from generation import Engine, GenerationDefaults, QueueFull, SamplingParams, StopText
     from decoders import load_decoder
     from json_body import check_content_type
@@ -114,10 +116,6 @@ class GenerationHandler:
         self.tokenizer = Tokenizer.from_file(os.path.join(model_dir, inp["tokenizer"]["file"]))
         self.template = None
         if inp.get("chat_template"):
-            try:
-                from .chat_template import compile_template
-            except ImportError:
-                from chat_template import compile_template
             with open(os.path.join(model_dir, inp["chat_template"]["file"]), encoding="utf-8") as f:
                 self.template = compile_template(f.read())
         self.bos, self.eos = inp.get("bos_token") or "", inp.get("eos_token") or ""
@@ -199,10 +197,6 @@ class GenerationHandler:
         if req.chat:
             if self.template is None:
                 raise api.OpenAIError(f"this model has no chat template; send a prompt to /{api.COMPLETIONS}", "messages")
-            try:
-                from .chat_template import TemplateError, render
-            except ImportError:
-                from chat_template import TemplateError, render
             try:
                 text = render(self.template, req.messages, add_generation_prompt=True, bos_token=self.bos,
                               eos_token=self.eos)

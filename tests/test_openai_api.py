@@ -16,7 +16,7 @@ from ts.context import Context, RequestProcessor
 
 from aiaas_torch.handlers import openai_api as api
 from aiaas_torch.handlers.generation_handler import GenerationHandler, TextStream
-from generation_runs import build, reference_text
+from generation_runs import build, chat_prompt, reference_text
 
 CHAT, COMPLETIONS = api.CHAT, api.COMPLETIONS
 IDS = itertools.count()
@@ -146,17 +146,18 @@ def streamed_text(job) -> str:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """Return (handler, transformers model, tokenizer) of a tiny llama run directory served in-process (context 64, 4 slots)."""
-    directory, model, tok = build("llama", tmp_path_factory.mktemp("llama"))
+    """Return (handler, transformers model, tokenizer, Hugging Face directory) of a tiny imported llama served in-process
+    (2 slots, 1 waiting)."""
+    directory, model, tok, hf = build("llama", tmp_path_factory.mktemp("llama"))
     handler = GenerationHandler()
     ctx = Context("tiny", str(directory), {"model": {"modelVersion": "1.0"}}, 1, None, "0.12.0",
                   model_yaml_config={"handler": {"slots": 2, "max_queue": 1}})
     handler.initialize(ctx)
-    return handler, model, tok
+    return handler, model, tok, hf
 
 
 def test_hostile_requests_end_alone_beside_a_good_one(served):
-    handler, model, tok = served
+    handler, model, tok, _ = served
     fe = Frontend(handler)
     good = fe.submit(COMPLETIONS, {"model": "tiny", "prompt": PROMPT, "max_tokens": 4})
     bad = {
@@ -164,7 +165,7 @@ def test_hostile_requests_end_alone_beside_a_good_one(served):
         fe.submit(CHAT, {"model": "tiny", "messages": "hi"}): (400, "messages"),
         fe.submit("v1/nothing", {}): (404, "no route"),
         fe.submit(COMPLETIONS, {"model": "tiny", "prompt": "x"}, {"Content-Type": "text/plain"}): (415, "Content-Type"),
-        fe.submit(COMPLETIONS, {"model": "tiny", "prompt": "word " * 80}): (400, "this model's context holds 64 tokens"),
+        fe.submit(COMPLETIONS, {"model": "tiny", "prompt": "word " * 300}): (400, "this model's context holds 256 tokens"),
     }
     done = fe.run()
     for rid, (status, words) in bad.items():
@@ -181,7 +182,7 @@ def test_hostile_requests_end_alone_beside_a_good_one(served):
 
 
 def test_greedy_text_equals_generate_streamed_and_not(served):
-    handler, model, tok = served
+    handler, model, tok, _ = served
     fe = Frontend(handler)
     plain = fe.submit(COMPLETIONS, {"model": "tiny", "prompt": PROMPT, "max_tokens": 12, "temperature": 0})
     stream = fe.submit(COMPLETIONS, {"model": "tiny", "prompt": PROMPT, "max_tokens": 12, "stream": True,
@@ -203,13 +204,13 @@ def test_greedy_text_equals_generate_streamed_and_not(served):
 
 
 def test_chat_renders_the_template_and_matches_generate(served):
-    handler, model, tok = served
+    handler, model, tok, hf = served
     fe = Frontend(handler)
     msgs = [{"role": "user", "content": "the model card"}]
     rid = fe.submit(CHAT, {"model": "tiny", "messages": msgs, "max_tokens": 6, "stream": True})
     plain = fe.submit(CHAT, {"model": "tiny", "messages": msgs, "max_tokens": 6})
     done = fe.run()
-    ids = tok.encode("<s><|user|>the model card\n<|assistant|>", add_special_tokens=False).ids
+    ids = tok.encode(chat_prompt(hf, msgs), add_special_tokens=False).ids
     want, margin = reference_text(model, tok, ids, 6)
     assert margin >= 1e-3
     evs = events(done[rid])
@@ -220,7 +221,7 @@ def test_chat_renders_the_template_and_matches_generate(served):
 
 
 def test_stop_strings_cut_the_text_and_finish_with_stop(served):
-    handler, model, tok = served
+    handler, model, tok, _ = served
     want, _ = reference_text(model, tok, tok.encode(PROMPT).ids, 12)
     stop = want[5:8]
     assert want.find(stop) == 5
@@ -235,7 +236,7 @@ def test_stop_strings_cut_the_text_and_finish_with_stop(served):
 
 
 def test_a_full_queue_answers_429_with_retry_after_and_a_gone_client_frees_its_slot(served):
-    handler, model, tok = served
+    handler, model, tok, _ = served
     fe = Frontend(handler)
     ids = [fe.submit(COMPLETIONS, {"model": "tiny", "prompt": PROMPT, "max_tokens": 30, "stream": True}) for _ in range(4)]
     fe.step()  # 2 slots, 1 waiting, the 4th refused
@@ -254,7 +255,7 @@ def test_a_full_queue_answers_429_with_retry_after_and_a_gone_client_frees_its_s
 
 
 def test_models_route_and_seeded_sampling(served):
-    handler, _, _ = served
+    handler, _, _, _ = served
     fe = Frontend(handler)
     m = fe.submit(api.MODELS, None)
     body = {"model": "tiny", "prompt": PROMPT, "max_tokens": 10, "temperature": 1.0, "seed": 123}
@@ -266,10 +267,10 @@ def test_models_route_and_seeded_sampling(served):
 
 
 def test_a_short_context_ends_with_length(served):
-    handler, model, tok = served
+    handler, model, tok, _ = served
     prompt = tok.encode(PROMPT).ids
     for left in (1, 2, 3):
-        ids = prompt + [7] * (64 - len(prompt) - left)  # `left` positions of context remain
+        ids = prompt + [7] * (handler.engine.context - len(prompt) - left)  # `left` positions of context remain
         fe = Frontend(handler)
         rid = fe.submit(COMPLETIONS, {"model": "tiny", "prompt": ids, "max_tokens": 20, "stream": True})
         done = fe.run()
@@ -280,7 +281,7 @@ def test_a_short_context_ends_with_length(served):
 
 
 def test_text_stream_holds_back_partial_characters(served):
-    _, _, tok = served
+    _, _, tok, _ = served
     ids = tok.encode("é ü — naïve").ids
     ts = TextStream(tok)
     pieces = [ts.add([t]) for t in ids] + [ts.rest()]

@@ -20,32 +20,23 @@ import pytest
 from aiaas_torch import serving as server
 from aiaas_torch.archive import package, verify_archive
 from aiaas_torch.client import Client
-from generation_runs import CHAT_TEMPLATE, build, reference_text
+from generation_runs import build, chat_prompt, reference_text
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 openai = pytest.importorskip("openai")
 
-KINDS = {"llama": dict(context=256), "qwen2": dict(context=256), "gpt2": dict(context=64)}
+KINDS = {"llama": {}, "qwen2": dict(slots=1, max_queue=0), "gpt2": {}}  # contexts 256, 256, 64 (their configs)
 PROMPTS = ["serving starts TorchServe from a home directory and", "the model card", "tokens",
            "a short one travels with the model"]  # fmt: skip
 
 
 @dataclass
 class GenServed:
-    models: dict  # kind: (transformers model, tokenizer)
+    models: dict  # kind: (transformers model, tokenizer, Hugging Face directory)
     home: Path
     info: server.ServerInfo
     token: str
     archive: Path
-
-
-def _slots(directory: Path, slots: int, queue: int) -> None:
-    """Set the card's generation slots and queue (what the import side's card carries)."""
-    import json
-
-    card = json.loads((directory / "model.json").read_text())
-    card["generation"].update(slots=slots, max_queue=queue)
-    (directory / "model.json").write_text(json.dumps(card))
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +45,8 @@ def gen_served(tmp_path_factory) -> GenServed:
     root = tmp_path_factory.mktemp("gen_served")
     store, models, archives = root / "store", {}, {}
     for kind, kw in KINDS.items():
-        directory, model, tok = build(kind, root / kind, **kw)
-        if kind == "qwen2":
-            _slots(directory, 1, 0)
-        models[kind] = (model, tok)
+        directory, model, tok, hf = build(kind, root / kind, seed=1, **kw)  # seed 1: margins ≥ 1e-3 on PROMPTS
+        models[kind] = (model, tok, hf)
         archives[kind] = package(directory, kind, "1.0", store).path
     home = root / "home"
     info = server.start_server(home, store, [f"{k}={a.name}" for k, a in archives.items()], free_ports=True,
@@ -79,7 +68,7 @@ def sdk(s: GenServed, kind: str):
 
 def want(s: GenServed, kind: str, prompt: str, n: int) -> str:
     """Return generate's greedy text of n tokens after the tokenized prompt, asserting the reference margin."""
-    model, tok = s.models[kind]
+    model, tok, _ = s.models[kind]
     text, margin = reference_text(model, tok, tok.encode(prompt).ids, n)
     assert margin >= 1e-3, f"{kind}: reference margin {margin} too small for an exact comparison"
     return text
@@ -104,11 +93,11 @@ def test_greedy_text_equals_generate_streamed_and_not(gen_served, kind):
 
 
 def test_chat_streams_the_templated_answer(gen_served):
-    client, (model, tok) = sdk(gen_served, "llama"), gen_served.models["llama"]
+    client, (model, tok, hf) = sdk(gen_served, "llama"), gen_served.models["llama"]
     msgs = [{"role": "user", "content": "the model card"}]
-    ids = tok.encode("<s><|user|>the model card\n<|assistant|>", add_special_tokens=False).ids
+    ids = tok.encode(chat_prompt(hf, msgs), add_special_tokens=False).ids
     expect, margin = reference_text(model, tok, ids, 8)
-    assert margin >= 1e-3 and CHAT_TEMPLATE.startswith("{{ bos_token }}")
+    assert margin >= 1e-3
     stream = client.chat.completions.create(model="llama", messages=msgs, max_tokens=8, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == expect
     r = client.chat.completions.create(model="llama", messages=msgs, max_tokens=8)
@@ -121,10 +110,9 @@ def test_seed_stop_and_max_tokens(gen_served):
                for s in (5, 5, 6))  # fmt: skip
     assert a == b and a != c
     expect = want(gen_served, "gpt2", PROMPTS[0], 12)
-    stop = expect[4:7]
-    assert expect.find(stop) == 4
-    r = client.completions.create(model="gpt2", prompt=PROMPTS[0], max_tokens=12, stop=[stop], temperature=0)
-    assert (r.choices[0].text, r.choices[0].finish_reason) == (expect[:4], "stop")
+    at = next(k for k in range(3, len(expect) - 3) if expect.find(expect[k:k + 3]) == k)  # a stop first seen at `at`
+    r = client.completions.create(model="gpt2", prompt=PROMPTS[0], max_tokens=12, stop=[expect[at:at + 3]], temperature=0)
+    assert (r.choices[0].text, r.choices[0].finish_reason) == (expect[:at], "stop")
     r = client.completions.create(model="gpt2", prompt=PROMPTS[0], max_tokens=3, temperature=0)
     assert r.usage.completion_tokens == 3 and r.choices[0].finish_reason == "length"
     assert [m.id for m in client.models.list()] == ["gpt2"]

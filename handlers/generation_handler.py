@@ -91,6 +91,7 @@ class _Request:
         self.pieces: list = []
         self.tokens = 0
         self.started = False  # an answer with ts_stream_next: true went out (HTTP status and headers are sent)
+        self.admitted, self.first = time.perf_counter(), None  # when it was admitted, when its first token came
 
 
 class GenerationHandler:
@@ -100,6 +101,7 @@ class GenerationHandler:
         self.card: dict = {}
         self.requests: dict = {}
         self._more: list = []  # per request of the current batch: None whole answer, False more to come, True last part
+        self._gauges_at = 0.0
         self.initialized = False
 
     def initialize(self, context) -> None:
@@ -174,7 +176,31 @@ class GenerationHandler:
         # TorchServe's worker sets ts_stream_next from stopping_criteria[idx](answer): False "true" (more to come),
         # True "false" (the last part of a stream), None no header (a whole answer); a header set here would be undone
         context.stopping_criteria = [lambda _answer, flag=flag: flag for flag in self._more]
+        if n and time.monotonic() - self._gauges_at >= 1.0:  # the engine's gauges at most once a second
+            self._gauges_at = time.monotonic()
+            st = self.engine.stats()
+            self._metric(context, 0, "GenerationSlotsUsed", 100.0 * st.slots_used / max(1, st.slots), "percent")
+            self._metric(context, 0, "GenerationKVCacheUsed", 100.0 * st.kv_tokens_used / max(1, st.kv_tokens), "percent")
         return answers
+
+    def _metric(self, context, idx: int, name: str, value: float, unit: str = "ms") -> None:
+        """Record one gauge (ms or percent) of request idx, declared in metrics.yaml; a metric never fails a request."""
+        try:
+            if getattr(context, "metrics", None) is not None:
+                add = context.metrics.add_percent if unit == "percent" else context.metrics.add_time
+                add(name, round(float(value), 3), idx=idx)
+        except Exception:
+            logger.exception("aiaas: recording metric %s failed", name)
+
+    def _finished(self, r: _Request, context, idx: int) -> None:
+        """Record a finished request's tokens and its mean time between tokens."""
+        try:
+            if getattr(context, "metrics", None) is not None and r.tokens:
+                context.metrics.add_counter("GeneratedTokens", r.tokens, idx=idx)
+        except Exception:
+            logger.exception("aiaas: recording metric GeneratedTokens failed")
+        if r.first is not None and r.tokens > 1:
+            self._metric(context, idx, "GenerationInterTokenLatency", 1000 * (time.perf_counter() - r.first) / (r.tokens - 1))
 
     def _admit(self, rid: str, route: str, request: dict, context, idx: int):
         """Check a new request and queue it in the engine (None: answered by the step); or return a whole answer (models)."""
@@ -236,6 +262,9 @@ class GenerationHandler:
         out = outputs.get(r.key)
         text, finish = "", None
         if out is not None:
+            if r.first is None and (out.tokens or out.finished):
+                r.first = time.perf_counter()
+                self._metric(context, idx, "GenerationTimeToFirstToken", 1000 * (r.first - r.admitted))
             r.tokens += len(out.tokens)
             text, stopped = r.stop.feed(r.text.add(out.tokens))
             if stopped:
@@ -265,6 +294,7 @@ class GenerationHandler:
             return "".join(events)
         del self.requests[r.key]
         self._end(r, context, idx)
+        self._finished(r, context, idx)
         if req.stream:
             return "".join(events)
         return json.dumps(api.answer(req, r.rid, self.model_name, r.created, "".join(r.pieces), finish, r.prompt_tokens,

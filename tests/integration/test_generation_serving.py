@@ -168,3 +168,14 @@ def test_a_full_queue_is_a_429_and_a_gone_client_frees_its_slot(gen_served):
 def _read(path: Path) -> str:
     """Return a log file's text ("" while it does not exist)."""
     return path.read_text(errors="replace") if path.exists() else ""
+
+
+def test_metrics_report_time_to_first_token_and_tokens(gen_served):
+    client = sdk(gen_served, "gpt2")
+    client.completions.create(model="gpt2", prompt=PROMPTS[1], max_tokens=5, temperature=0)
+    with Client(home=gen_served.home) as c:
+        text = c.metrics()
+    lines = [ln for ln in text.splitlines() if 'ModelName="gpt2"' in ln]
+    values = {ln.split("{", 1)[0]: float(ln.rsplit(" ", 1)[1]) for ln in lines}
+    assert values.get("GeneratedTokens", 0) >= 5
+    assert values.get("GenerationTimeToFirstToken", -1) > 0 and values.get("GenerationInterTokenLatency", -1) > 0

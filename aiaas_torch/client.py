@@ -147,6 +147,8 @@ def classify(response: httpx.Response) -> StatusError:
         err_type = body.get("type") if isinstance(body.get("type"), str) else None
         if isinstance(body.get("message"), str):
             message = body["message"]
+        elif isinstance(body.get("error"), dict) and isinstance(body["error"].get("message"), str):  # OpenAI's shape
+            message = body["error"]["message"]
     if status == 413 and not isinstance(body, dict):
         # TorchServe's HTTP layer refuses it before any handler runs, with an empty body: say which limit.
         message = "request body too large: over the server's max_request_size (TorchServe's default is 6553500 bytes)"
@@ -332,6 +334,26 @@ class Client:
         if not url:
             raise ClientError(f"{what} is not set; pass it or home=")
         return url
+
+    def complete(self, name: str, prompt: str, version: str | None = None, max_tokens: int | None = None) -> dict:
+        """Return a generation model's OpenAI completion answer to `prompt` (POST /predictions/NAME/VERSION/v1/completions).
+
+        version: None asks the management API for the default version (the OpenAI routes need the version segment).
+        max_tokens: None takes the model's default (its generation_config.json, else up to its context).
+        """
+        if version is None:
+            try:
+                version = str(self.describe(name, customized=False)[0]["modelVersion"])
+            except (LookupError, TypeError) as e:
+                raise ClientError(f"{name}: the management API did not tell its default version ({e}); give the version") from None
+        body = {"model": name, "prompt": prompt, **({"max_tokens": max_tokens} if max_tokens is not None else {})}
+        url = f"{self._require(self.inference_url, 'inference_url')}/predictions/{name}/{version}/v1/completions"
+        try:
+            response = self._send("POST", url, "inference", content=json.dumps(body).encode("utf-8"),
+                                  headers={"Content-Type": "application/json"}, retries=0, model=(name, version))  # fmt: skip
+        except NotFound as e:
+            raise self._not_found(e, name, version) from None
+        return _decode(response)
 
     def response_timeout_of(self, name: str, version: str | None = None) -> float:
         """Return the seconds of NAME[/VERSION]'s responseTimeout from the management API (cached), else response_timeout."""

@@ -179,3 +179,16 @@ def test_metrics_report_time_to_first_token_and_tokens(gen_served):
     values = {ln.split("{", 1)[0]: float(ln.rsplit(" ", 1)[1]) for ln in lines}
     assert values.get("GeneratedTokens", 0) >= 5
     assert values.get("GenerationTimeToFirstToken", -1) > 0 and values.get("GenerationInterTokenLatency", -1) > 0
+
+
+def test_aiaas_predict_prompt_prints_the_completion(gen_served, capsys):
+    from aiaas_torch.cli import main
+
+    expect = want(gen_served, "gpt2", PROMPTS[0], 12)
+    capsys.readouterr()
+    assert main(["predict", "gpt2", "--prompt", PROMPTS[0], "--max-tokens", "12", "--home", str(gen_served.home)]) == 0
+    out = capsys.readouterr()
+    assert out.out == expect + "\n" and "--max-tokens N for more" in out.err
+    assert main(["predict", "gpt2", "--prompt", "the model card " * 40, "--home", str(gen_served.home)]) == 2
+    assert "this model's context holds 64 tokens" in capsys.readouterr().err
+    assert main(["predict", "gpt2", "--max-tokens", "3", "--home", str(gen_served.home)]) == 2

@@ -341,11 +341,7 @@ class Client:
         version: None asks the management API for the default version (the OpenAI routes need the version segment).
         max_tokens: None takes the model's default (its generation_config.json, else up to its context).
         """
-        if version is None:
-            try:
-                version = str(self.describe(name, customized=False)[0]["modelVersion"])
-            except (LookupError, TypeError) as e:
-                raise ClientError(f"{name}: the management API did not tell its default version ({e}); give the version") from None
+        version = version or self._default_version(name)
         body = {"model": name, "prompt": prompt, **({"max_tokens": max_tokens} if max_tokens is not None else {})}
         url = f"{self._require(self.inference_url, 'inference_url')}/predictions/{name}/{version}/v1/completions"
         try:
@@ -354,6 +350,42 @@ class Client:
         except NotFound as e:
             raise self._not_found(e, name, version) from None
         return _decode(response)
+
+    def chat_stream(self, name: str, messages: list, version: str | None = None, max_tokens: int | None = None):
+        """Yield the pieces of a generation model's chat answer as they stream (POST .../v1/chat/completions, stream).
+
+        Not retried and its key not renewed mid-stream; a refusal raises the typed error, a failure after the
+        stream began raises ServerError with the server's message.
+        """
+        version = version or self._default_version(name)
+        body = {"model": name, "messages": messages, "stream": True,
+                **({"max_tokens": max_tokens} if max_tokens is not None else {})}  # fmt: skip
+        url = f"{self._require(self.inference_url, 'inference_url')}/predictions/{name}/{version}/v1/chat/completions"
+        headers = {"Content-Type": "application/json", **self._keys.header("inference")}
+        try:
+            with self._http.stream("POST", url, content=json.dumps(body).encode("utf-8"), headers=headers) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    raise classify(r)
+                for line in r.iter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    event = json.loads(line[len("data: "):])
+                    if isinstance(event.get("error"), dict):
+                        raise ServerError(str(event["error"].get("message")), status=r.status_code, response=r)
+                    for choice in event.get("choices") or []:
+                        piece = (choice.get("delta") or {}).get("content")
+                        if piece:
+                            yield piece
+        except httpx.TransportError as e:
+            raise ConnectionFailed(f"{type(e).__name__}: {e or 'no answer'} (POST {url})") from e
+
+    def _default_version(self, name: str) -> str:
+        """Return NAME's default version as the management API tells it (the OpenAI routes need the version segment)."""
+        try:
+            return str(self.describe(name, customized=False)[0]["modelVersion"])
+        except (LookupError, TypeError) as e:
+            raise ClientError(f"{name}: the management API did not tell its default version ({e}); give the version") from None
 
     def response_timeout_of(self, name: str, version: str | None = None) -> float:
         """Return the seconds of NAME[/VERSION]'s responseTimeout from the management API (cached), else response_timeout."""

@@ -192,3 +192,23 @@ def test_aiaas_predict_prompt_prints_the_completion(gen_served, capsys):
     assert main(["predict", "gpt2", "--prompt", "the model card " * 40, "--home", str(gen_served.home)]) == 2
     assert "this model's context holds 64 tokens" in capsys.readouterr().err
     assert main(["predict", "gpt2", "--max-tokens", "3", "--home", str(gen_served.home)]) == 2
+
+
+def test_aiaas_chat_streams_answers_and_keeps_the_conversation(gen_served, capsys, monkeypatch):
+    import io
+
+    from aiaas_torch.cli import main
+
+    model, tok, hf = gen_served.models["llama"]
+    turns = ["the model card", "tokens"]
+    msgs, expect = [], []
+    for t in turns:
+        msgs.append({"role": "user", "content": t})
+        text, margin = reference_text(model, tok, tok.encode(chat_prompt(hf, msgs), add_special_tokens=False).ids, 6)
+        assert margin >= 1e-3
+        expect.append(text)
+        msgs.append({"role": "assistant", "content": text})
+    monkeypatch.setattr("sys.stdin", io.StringIO("".join(t + "\n" for t in turns) + "\n"))
+    capsys.readouterr()
+    assert main(["chat", "llama", "--max-tokens", "6", "--home", str(gen_served.home)]) == 0
+    assert capsys.readouterr().out == "".join(e + "\n" for e in expect)

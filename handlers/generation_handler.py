@@ -145,7 +145,8 @@ class GenerationHandler:
         ids = [str(context.get_request_id(i)) for i in range(n)]
         for rid in self.engine.sync(ids):
             logger.info("aiaas: request %s left the batch (client gone); its slot is free", rid)
-        for rid in [r for r in self.requests if r not in ids]:
+        present = set(ids)
+        for rid in [r for r in self.requests if r not in present]:
             del self.requests[rid]
         answers: list = [None] * n
         self._more: list = [None] * n

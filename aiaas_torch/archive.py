@@ -31,7 +31,7 @@ import yaml
 
 from . import handlers as _handlers_pkg
 from .errors import InputError, check_int
-from .card import CARD, is_text, read_card
+from .card import CARD, is_generation, is_text, read_card
 from .handlers import integrity
 
 HANDLER_DIR = Path(_handlers_pkg.__file__).parent
@@ -45,7 +45,11 @@ SHIPPED_CODE = (CONTRACT_FILE, HANDLER_DIR / "contract_common.py", HANDLER_DIR /
                 HANDLER_DIR / "pt2_check.py", INTEGRITY_FILE, PROTOCOLS_FILE, BATCH_CHECKS_FILE, HANDLER_DIR / "json_body.py",
                 HANDLER_DIR / "plain_rows.py", HANDLER_DIR / "tabular_rows.py")  # beside the handler in every archive (fmt: skip)
 TEXT_HANDLER_FILE = HANDLER_DIR / "text_handler.py"  # the handler of text cards (aiaas import of a Hugging Face directory)
-TEXT_CODE = (HANDLER_DIR / "text_contract.py",)  # shipped beside it, in text archives only
+TEXT_CODE = (HANDLER_DIR / "text_contract.py", HANDLER_DIR / "openai_api.py")  # shipped beside it, in text archives only
+GENERATION_HANDLER_FILE = HANDLER_DIR / "generation_handler.py"  # the handler of generation cards (causal LMs)
+GENERATION_CODE = tuple(HANDLER_DIR / f for f in ("decoder_weights.py", "decoders.py", "generation.py", "chat_template.py",
+                                                  "openai_api.py", "contract_common.py", "json_body.py", "integrity.py"))
+GENERATION_ROLES = {"weights", "config", "tokenizer", "template"}  # the model files a generation worker reads
 METRICS_CONFIG = HANDLER_DIR / "metrics.yaml"
 MODEL_CONFIG = "model-config.yaml"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")
@@ -132,6 +136,31 @@ def _model_config(serving: ServingConfig, device: str, max_rows: int) -> dict:
     return cfg
 
 
+def _generation_config(serving: ServingConfig, device: str, card: dict) -> dict:
+    """Return the model-config.yaml of a generation card: one worker, TorchServe's continuous batching.
+
+    One `handle` call is one engine step over the running sequences (handlers/generation_handler.py). batchSize bounds
+    the requests the worker sees at once: the engine's slots, its waiting queue (max_queue), and as many again, so
+    that a request past the queue reaches the handler and gets its 429 with Retry-After; requests past batchSize wait
+    in TorchServe's own queue (jobQueueSize), which answers 503 when full. responseTimeout bounds one step.
+    """
+    gen = card.get("generation", {})
+    slots, queue = int(gen.get("slots", 16)), int(gen.get("max_queue", 64))
+    cfg = {
+        "minWorkers": 1,
+        "maxWorkers": 1,
+        "batchSize": 2 * (slots + queue),
+        "maxBatchDelay": max(1, serving.max_batch_delay_ms),
+        "responseTimeout": serving.response_timeout_s,
+        "continuousBatching": True,
+        "jobQueueSize": 4 * (slots + queue),
+        "handler": {"threads": serving.threads, "slots": slots, "max_queue": queue},
+    }
+    if device != "auto":
+        cfg["deviceType"] = device
+    return cfg
+
+
 def package(
     run_dir: str | os.PathLike,
     name: str,
@@ -156,17 +185,22 @@ def package(
     serving = (serving or ServingConfig()).validate()
     run_dir = Path(run_dir)
     card = read_card(run_dir)
-    ours, code = (TEXT_HANDLER_FILE, SHIPPED_CODE + TEXT_CODE) if is_text(card) else (HANDLER_FILE, SHIPPED_CODE)
+    generation = is_generation(card)
+    if generation:
+        ours, code, roles = GENERATION_HANDLER_FILE, GENERATION_CODE, GENERATION_ROLES
+    else:
+        ours, code = (TEXT_HANDLER_FILE, SHIPPED_CODE + TEXT_CODE) if is_text(card) else (HANDLER_FILE, SHIPPED_CODE)
+        roles = SERVING_ROLES
     handler_file = Path(handler).resolve() if handler is not None else ours
     custom_handler = handler_file != ours.resolve()
     if not handler_file.is_file():
         raise InputError(f"handler: {handler_file} is not a file")
     if custom_handler and handler_file.name in (ours.name, *(f.name for f in code), CARD, MODEL_CONFIG):
         raise InputError(f"handler: {handler_file.name!r} would clash with a file the archive already ships")
-    problems = integrity.verify_files(card, run_dir, roles=SERVING_ROLES)
+    problems = integrity.verify_files(card, run_dir, roles=roles)
     if problems:
         raise InputError(f"{run_dir}: " + "; ".join(problems))
-    model_files = {n: m for n, m in card["files"].items() if m.get("role") in SERVING_ROLES}
+    model_files = {n: m for n, m in card["files"].items() if m.get("role") in roles}
     shipped = {CARD, MODEL_CONFIG, integrity.MANIFEST, ours.name, *(f.name for f in code), handler_file.name}
     for n in model_files:
         if n in shipped:
@@ -175,7 +209,8 @@ def package(
     store.mkdir(parents=True, exist_ok=True)
 
     card = dict(card)
-    model_config = _model_config(serving, device, card["input"]["max_rows"])
+    model_config = (_generation_config(serving, device, card) if generation
+                    else _model_config(serving, device, card["input"]["max_rows"]))
     card["serving"] = {"name": name, "version": version, "device": device, **model_config}
 
     with tempfile.TemporaryDirectory(prefix=".aiaas-package-", dir=store) as work:

@@ -147,6 +147,8 @@ def classify(response: httpx.Response) -> StatusError:
         err_type = body.get("type") if isinstance(body.get("type"), str) else None
         if isinstance(body.get("message"), str):
             message = body["message"]
+        elif isinstance(body.get("error"), dict) and isinstance(body["error"].get("message"), str):  # OpenAI's shape
+            message = body["error"]["message"]
     if status == 413 and not isinstance(body, dict):
         # TorchServe's HTTP layer refuses it before any handler runs, with an empty body: say which limit.
         message = "request body too large: over the server's max_request_size (TorchServe's default is 6553500 bytes)"
@@ -332,6 +334,58 @@ class Client:
         if not url:
             raise ClientError(f"{what} is not set; pass it or home=")
         return url
+
+    def complete(self, name: str, prompt: str, version: str | None = None, max_tokens: int | None = None) -> dict:
+        """Return a generation model's OpenAI completion answer to `prompt` (POST /predictions/NAME/VERSION/v1/completions).
+
+        version: None asks the management API for the default version (the OpenAI routes need the version segment).
+        max_tokens: None takes the model's default (its generation_config.json, else up to its context).
+        """
+        version = version or self._default_version(name)
+        body = {"model": name, "prompt": prompt, **({"max_tokens": max_tokens} if max_tokens is not None else {})}
+        url = f"{self._require(self.inference_url, 'inference_url')}/predictions/{name}/{version}/v1/completions"
+        try:
+            response = self._send("POST", url, "inference", content=json.dumps(body).encode("utf-8"),
+                                  headers={"Content-Type": "application/json"}, retries=0, model=(name, version))  # fmt: skip
+        except NotFound as e:
+            raise self._not_found(e, name, version) from None
+        return _decode(response)
+
+    def chat_stream(self, name: str, messages: list, version: str | None = None, max_tokens: int | None = None):
+        """Yield the pieces of a generation model's chat answer as they stream (POST .../v1/chat/completions, stream).
+
+        Not retried and its key not renewed mid-stream; a refusal raises the typed error, a failure after the
+        stream began raises ServerError with the server's message.
+        """
+        version = version or self._default_version(name)
+        body = {"model": name, "messages": messages, "stream": True,
+                **({"max_tokens": max_tokens} if max_tokens is not None else {})}  # fmt: skip
+        url = f"{self._require(self.inference_url, 'inference_url')}/predictions/{name}/{version}/v1/chat/completions"
+        headers = {"Content-Type": "application/json", **self._keys.header("inference")}
+        try:
+            with self._http.stream("POST", url, content=json.dumps(body).encode("utf-8"), headers=headers) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    raise classify(r)
+                for line in r.iter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    event = json.loads(line[len("data: "):])
+                    if isinstance(event.get("error"), dict):
+                        raise ServerError(str(event["error"].get("message")), status=r.status_code, response=r)
+                    for choice in event.get("choices") or []:
+                        piece = (choice.get("delta") or {}).get("content")
+                        if piece:
+                            yield piece
+        except httpx.TransportError as e:
+            raise ConnectionFailed(f"{type(e).__name__}: {e or 'no answer'} (POST {url})") from e
+
+    def _default_version(self, name: str) -> str:
+        """Return NAME's default version as the management API tells it (the OpenAI routes need the version segment)."""
+        try:
+            return str(self.describe(name, customized=False)[0]["modelVersion"])
+        except (LookupError, TypeError) as e:
+            raise ClientError(f"{name}: the management API did not tell its default version ({e}); give the version") from None
 
     def response_timeout_of(self, name: str, version: str | None = None) -> float:
         """Return the seconds of NAME[/VERSION]'s responseTimeout from the management API (cached), else response_timeout."""

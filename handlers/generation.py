@@ -193,7 +193,7 @@ class Engine:
         if len(prompt_ids) >= self.context:
             raise ValueError(f"the prompt has {len(prompt_ids)} tokens; this model's context holds {self.context} "
                              f"tokens, prompt and output together (at most {self.context - 1} prompt tokens)")
-        if len(self.waiting) >= self.queue_limit and not self.cache.free:
+        if len(self.waiting) >= self.queue_limit + len(self.cache.free):  # the free slots take the first waiting ones
             raise QueueFull(f"{len(self.running)} requests running and {len(self.waiting)} waiting (the limit)")
         d = self.defaults
         sample = params.temperature != 0 and (params.temperature is not None or d.do_sample)

@@ -25,11 +25,13 @@ try:  # installed package (tests, aiaas predict --local)
     from . import aiaas_contract as contract
     from . import batch_checks, integrity
     from .contract_common import ContractError, clip_text, show_value
+    from .openai_api import OpenAIError, openai_error  # noqa: F401 (text_handler answers in OpenAI's shape through text.)
 except ImportError:  # inside a TorchServe worker: the model directory is on sys.path
     import aiaas_contract as contract
     import batch_checks
     import integrity
     from contract_common import ContractError, clip_text, show_value
+    from openai_api import OpenAIError, openai_error  # noqa: F401
 
 TOKENIZER = "tokenizer.json"
 OPENAI_EMBEDDINGS = "v1/embeddings"
@@ -65,20 +67,6 @@ class TextRequest:
     model: str | None = None
     v2_id: str | None = None
     tokens: list = field(default_factory=list)  # per item, filled by TextModel.tokenize
-
-
-class OpenAIError(ContractError):
-    """A refused OpenAI request: answered in OpenAI's error shape, naming the parameter."""
-
-    def __init__(self, message: str, param: str | None = None, status: int = 400):
-        super().__init__(message)
-        self.status, self.param = status, param
-
-
-def openai_error(message: str, status: int = 400, param: str | None = None) -> dict:
-    """Return OpenAI's error body: {"error": {"message", "type", "param", "code"}}."""
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
 
 
 def _text(v, where: str) -> str:

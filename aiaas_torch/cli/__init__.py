@@ -1,4 +1,4 @@
-"""The `aiaas` command: train | quantize | import | package | export-kserve | serve | deploy | predict | openapi | bench | demo.
+"""The `aiaas` command: train | quantize | import | package | export-kserve | serve | deploy | predict | chat | openapi | bench | demo.
 
 Every bad input ends with exit code 2 and one line on stderr naming the problem (no traceback, nothing
 written); `--json` on any command prints one JSON document on stdout for scripts. Each command group is one
@@ -13,12 +13,12 @@ import argparse
 import sys
 
 from ..errors import InputError
-from . import bench, demo, deploy, imports, openapi, package, predict, serve, train
+from . import bench, chat, demo, deploy, imports, openapi, package, predict, serve, train
 from .common import EXIT_FAILURE, EXIT_USAGE, UsageError, Parser, resolve_defaults
 
 __all__ = ["EXIT_FAILURE", "EXIT_USAGE", "UsageError", "build_parser", "main"]
 
-_GROUPS = (train, imports, package, serve, deploy, predict, openapi, bench, demo)
+_GROUPS = (train, imports, package, serve, deploy, predict, chat, openapi, bench, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

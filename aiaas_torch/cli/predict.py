@@ -37,6 +37,10 @@ def add_parser(sub) -> None:
     pr.add_argument("--chunk-rows", type=int, default=None, metavar="N",
                     help="with --file: rows per chunk (default 50000 locally; to a server, 50000 values per request "
                          "within the model's max_rows)")
+    pr.add_argument("--prompt", default=None, metavar="TEXT",
+                    help="a generation model: the text to complete (its OpenAI /v1/completions route); prints the text")
+    pr.add_argument("--max-tokens", type=int, default=None, metavar="N",
+                    help="with --prompt: the most tokens to generate (default: the model's)")
     pr.add_argument("--local", default=None, metavar="RUN_DIR", help="predict in this process from a run directory")
     pr.add_argument("--version", dest="model_version", default=None, metavar="V", help="model version (default: the default version)")
     add_home_option(pr)
@@ -49,6 +53,10 @@ def add_parser(sub) -> None:
 
 def run(a) -> int:
     """Predict locally or over HTTP; returns the exit code."""
+    if a.prompt is not None:
+        return _run_prompt(a)
+    if a.max_tokens is not None:
+        raise UsageError("--max-tokens goes with --prompt")
     if a.file is not None:
         return _run_file(a)
     if a.out is not None or a.id_column is not None:
@@ -82,6 +90,29 @@ def run(a) -> int:
         print_json(answer)
     else:
         _print_answer(answer)
+    return 0
+
+
+def _run_prompt(a) -> int:
+    """Complete --prompt with a served generation model and print the text (--json: the whole answer); returns the exit code."""
+    if a.local or a.file is not None or a.body is not None or len(a.args) != 1:
+        raise UsageError("--prompt TEXT goes with one model NAME, and not with --local, --file, --body or rows")
+    if a.max_tokens is not None and a.max_tokens < 1:
+        raise UsageError(f"--max-tokens: {a.max_tokens} is not a whole number ≥ 1")
+    from .. import client as cl
+
+    with cl.Client(home=running_home(a), request_timeout=a.request_timeout) as c:
+        try:
+            answer = c.complete(a.args[0], a.prompt, version=a.model_version, max_tokens=a.max_tokens)
+        except (cl.BadRequest, cl.NotFound, cl.TokenError) as e:  # the prompt, the name, or the --home: the user's to fix
+            raise UsageError(str(e)) from None
+    if a.json:
+        print_json(answer)
+    else:
+        choice = answer["choices"][0]
+        print(choice["text"])
+        if choice.get("finish_reason") == "length":
+            print(f"(stopped at {answer['usage']['completion_tokens']} tokens: --max-tokens N for more)", file=sys.stderr)
     return 0
 
 

@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 
 from .. import archive
 from ..atomic import private_dir
-from ..card import is_text
+from ..card import is_generation, is_text
 from ..handlers.aiaas_contract import some_of
 from ..handlers.integrity import file_name_problem
 from .errors import ServerArgumentError
@@ -120,7 +120,7 @@ built by aiaas) is refused, key or not: nothing in it could be checked.
 
 def add_openai_base_urls(models: dict, info) -> None:
     """Add `openai_base_url` (the `openai` SDK's base_url: /predictions/NAME/VERSION/v1) to every served version of an
-    embedding text model, whose card is read from its checked copy in HOME/store; returns None."""
+    embedding text model or a generation model, whose card is read from its checked copy in HOME/store; returns None."""
     store = Path(info.home) / CHECKED_STORE
     for name, versions in models.items():
         for v in versions:
@@ -132,5 +132,6 @@ def add_openai_base_urls(models: dict, info) -> None:
                     card = json.loads(zf.read("model.json"))
             except (OSError, KeyError, ValueError, zipfile.BadZipFile):
                 continue
-            if isinstance(card, dict) and is_text(card) and card.get("output", {}).get("task") == "embedding":
+            embedding = isinstance(card, dict) and is_text(card) and card.get("output", {}).get("task") == "embedding"
+            if embedding or (isinstance(card, dict) and is_generation(card)):
                 v["openai_base_url"] = f"{info.inference_url}/predictions/{name}/{v.get('version')}/v1"

@@ -217,7 +217,7 @@ def optimality_gap(net: nn.Module, Z: torch.Tensor, y: torch.Tensor, task: str, 
 def diagonal_gap(g: torch.Tensor, diag: torch.Tensor) -> float:
     """Return ½ gᵀ H⁻¹ g for the gradient g (weights then bias) of a quadratic J(θ) whose Hessian is the diagonal `diag`
     (whitened least squares): exactly J(θ) − min J; null directions (diagonal 0) carry no data and are skipped."""
-    g = g.reshape(-1).double()
+    g = g.reshape(-1).double().cpu()  # diag lives on the CPU; a CUDA run's gradient comes over (d + 1 numbers)
     keep = diag > 0
     return 0.5 * float((g[keep] ** 2 / diag[keep]).sum())
 

@@ -257,8 +257,8 @@ def train(
         # Scaling, rotation and whitening have no parameters: apply them once, folded into one affine map (one pass,
         # one new copy of the rows), and step the layers after them: the same gradients, less work a step.
         with torch.no_grad():
-            affine = fold_preprocessing(nn.Sequential(*model[:fixed], _identity(model[fixed].in_features)))
-            Xt = affine[-1](torch.from_numpy(encoded) if len(affine) > 1 else Xt)  # Preprocess is done: `encoded`
+            affine = fold_preprocessing(nn.Sequential(*model[:fixed], _identity(model[fixed].in_features).to(device)))
+            Xt = affine[-1](torch.from_numpy(encoded).to(device) if len(affine) > 1 else Xt)  # Preprocess is done: `encoded`
             Xv = affine(Xv) if Xv is not None else None
             if not full_local:  # shuffled once; each epoch then visits contiguous batches in its own random order
                 shuffled = epoch_order(n, True, config.seed)

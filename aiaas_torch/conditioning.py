@@ -8,7 +8,9 @@ runs torch.optim.SGD at the rate 1/L (L: the largest curvature, known from the s
 identity's problem: full-batch steps without momentum reach it in a few epochs (each step is nearly a Newton step).
 The logistic model's curvature varies with its predictions: momentum 0.9, full batch up to 8192 rows, else batches of
 4096 (a twentieth of the rows when more) with the rate halved every epoch after a first 100 steps (`rate`). Both stop
-once two epochs in a row change J(θ) by less than `tol` relative. The whitening is a Rotate layer with basis B, so
+once two epochs in a row change J(θ) by less than `tol` relative; least squares in full batch stops as soon as a step's
+gradient puts J(θ) within `tol` of its optimum (`step_gap`: the whitened Hessian is a known diagonal), which saves the
+two epochs the J-change rule needs to see it flatten. The whitening is a Rotate layer with basis B, so
 `fold_preprocessing` merges it into the first Linear like the PCA rotation.
 Weight decay keeps its meaning (an L2 penalty on the weights and bias in standardized units): it is added to the loss
 with the whitening's per-component factor instead of SGD's own weight_decay, which would act in whitened units.
@@ -85,14 +87,31 @@ def record(run: Plan, lr: float, lr_final: float, epochs_run: int, converged: bo
             "tol": float(run.tol), "epochs_run": int(epochs_run), "stopped_on_tol": bool(converged)}  # fmt: skip
 
 
-def covariance(Z: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    """Return Zᵀ Z / rows of the (centered) float32 rows Z, accumulated in float64 a chunk at a time."""
-    Zt = torch.from_numpy(np.ascontiguousarray(Z, np.float32))
-    out = torch.zeros((Z.shape[1], Z.shape[1]), dtype=torch.float64)
-    for i in range(0, Z.shape[0], chunk):
-        c = Zt[i : i + chunk].double()
-        out += c.T @ c
-    return (out / max(1, Z.shape[0])).numpy()
+def moments(X: np.ndarray, chunk: int = 16384) -> tuple[np.ndarray, np.ndarray]:
+    """Return (mean, covariance) of the float32 rows X in float64, from one pass: the rows, shifted by the first chunk's
+    mean (so that a large offset does not cancel digits) and with a column of ones beside them (whose products are the
+    sums), are multiplied into one Gram matrix a chunk at a time through a reused float64 buffer (no copy of X)."""
+    Xt = torch.from_numpy(np.ascontiguousarray(X, np.float32))
+    n, d = Xt.shape
+    shift = Xt[:chunk].double().mean(0) if n else torch.zeros(d, dtype=torch.float64)
+    gram = torch.zeros((d + 1, d + 1), dtype=torch.float64)
+    buf = torch.ones((min(chunk, max(n, 1)), d + 1), dtype=torch.float64)
+    for i in range(0, n, chunk):
+        c = buf[: min(chunk, n - i)]
+        c[:, :d].copy_(Xt[i : i + chunk]).sub_(shift)  # (torch.sub with out= and mixed types is 3× slower)
+        gram.addmm_(c.T, c)
+    m = gram[:d, d] / max(1, n)
+    cov = gram[:d, :d] / max(1, n) - torch.outer(m, m)
+    return (shift + m).numpy(), cov.numpy()
+
+
+def second_moment(mean: np.ndarray, cov: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Return E[z zᵀ] of z = (x − center) / scale for rows x of the given mean and covariance (float64): the
+    covariance of the standardized features when center is the mean."""
+    c = np.asarray(center, np.float64)
+    s = np.asarray(scale, np.float64)
+    shift = np.asarray(mean, np.float64) - c
+    return (cov + np.outer(shift, shift)) / np.outer(s, s)
 
 
 def whitening(cov: np.ndarray, weight_decay: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
@@ -105,10 +124,10 @@ def whitening(cov: np.ndarray, weight_decay: float = 0.0) -> tuple[np.ndarray, n
     return (A * scale).astype(np.float32), scale
 
 
-def prepare(run: Plan, Z: np.ndarray, task: str, weight_decay: float = 0.0) -> tuple[np.ndarray, float, torch.Tensor, torch.Tensor]:
+def prepare(run: Plan, cov: np.ndarray, task: str, weight_decay: float = 0.0) -> tuple[np.ndarray, float, torch.Tensor, torch.Tensor]:
     """Return (whitening basis, learning rate, squared per-component scale, least squares' Hessian diagonal in whitened
-    units: weights then bias) for the standardized training rows Z: the plan's rate when given, else 1/L."""
-    cov = covariance(Z)
+    units: weights then bias) for the second moment `cov` of the standardized training rows (`second_moment`): the
+    plan's rate when given, else 1/L."""
     basis, scale = whitening(cov, weight_decay)
     lr = run.lr if run.lr is not None else learning_rate(cov, scale, task, weight_decay)
     lam = np.clip(np.linalg.eigvalsh(cov)[::-1], 0.0, None)
@@ -165,8 +184,7 @@ def optimality_gap(net: nn.Module, Z: torch.Tensor, y: torch.Tensor, task: str, 
     g_parts = torch.autograd.grad(objective(), params, create_graph=diag is None)
     g = flat(g_parts).detach()
     if diag is not None:
-        keep = diag > 0
-        return 0.5 * float((g[keep] ** 2 / diag[keep]).sum())
+        return diagonal_gap(g, diag)
 
     def hvp(v):
         vs, k = [], 0
@@ -194,6 +212,20 @@ def optimality_gap(net: nn.Module, Z: torch.Tensor, y: torch.Tensor, task: str, 
         rr = rr_new
     gap = 0.5 * float(g @ x)
     return max(0.0, gap) if math.isfinite(gap) else math.inf
+
+
+def diagonal_gap(g: torch.Tensor, diag: torch.Tensor) -> float:
+    """Return ½ gᵀ H⁻¹ g for the gradient g (weights then bias) of a quadratic J(θ) whose Hessian is the diagonal `diag`
+    (whitened least squares): exactly J(θ) − min J; null directions (diagonal 0) carry no data and are skipped."""
+    g = g.reshape(-1).double().cpu()  # diag lives on the CPU; a CUDA run's gradient comes over (d + 1 numbers)
+    keep = diag > 0
+    return 0.5 * float((g[keep] ** 2 / diag[keep]).sum())
+
+
+def step_gap(layer: nn.Linear, diag: torch.Tensor) -> float:
+    """Return J(θ) − min J at the point where a full-batch backward pass left its gradients on the whitened
+    least-squares `layer` (`diagonal_gap`): the distance to the optimum, known without another pass over the rows."""
+    return diagonal_gap(torch.cat([layer.weight.grad.reshape(-1), layer.bias.grad.reshape(-1)]), diag)
 
 
 def gap_warning(gap: float, task: str, y: np.ndarray, scored: dict, fixed_rate: bool, penalized: bool) -> str | None:

@@ -31,7 +31,7 @@ from .distributed import epoch_order, setup_distributed
 from .fitnotes import training_warnings
 from .data import Dataset, Schema, dataset_lineage, split
 from .preprocessing import fit_preprocessing, pca_rotation, standardize_stats
-from .models import MODEL_KINDS, ModelSpec, Preprocess, build_model, json_ready
+from .models import MODEL_KINDS, ModelSpec, Preprocess, build_model, fold_preprocessing, json_ready
 from .errors import InputError, InputTypeError, check_choice, check_int, check_number
 
 LR_SCHEDULES = ("none", "cosine", "step")
@@ -59,7 +59,8 @@ class TrainConfig:
     momentum: float | None = None  # None: 0.9 for the automatic logistic fit, else 0
     weight_decay: float = 0.0
     batch_size: int | None = None  # None: full batch (the automatic logistic fit: 4096 or rows/20 above 8192 rows)
-    tol: float | None = None  # stop once an epoch changes J(θ) by less than this, relative; None: 1e-7 with the automatic rate, else off
+    tol: float | None = None  # stop once an epoch changes J(θ) by less than this, relative (full-batch least squares: or
+    # once J(θ) is within this of its optimum); None: 1e-7 with the automatic rate, else off
     seed: int = 0
     val_fraction: float = 0.2
     patience: int | None = None  # early stopping on validation loss; None: off
@@ -139,7 +140,12 @@ class TrainResult:
 @torch.no_grad()
 def evaluate(model: nn.Module, X: np.ndarray, y: np.ndarray, task: str) -> dict:
     """Return the metrics of `model` on (X, y): J, MSE, RMSE, MAE, R² for regression; accuracy, log-loss for classes."""
-    out = model(torch.as_tensor(X))
+    return scores(model(torch.as_tensor(X)), y, task)
+
+
+@torch.no_grad()
+def scores(out: torch.Tensor, y, task: str) -> dict:
+    """Return evaluate's metrics of the model outputs `out` against the targets y."""
     if task == "regression":
         pred = out[:, 0].double()
         t = torch.as_tensor(y).double()
@@ -167,6 +173,15 @@ def _scheduler(opt, config: TrainConfig):
     return None
 
 
+def _identity(d: int) -> nn.Linear:
+    """Return a d → d Linear computing x itself: folding the parameter-free layers into it gives their affine map."""
+    layer = torch.nn.utils.skip_init(nn.Linear, d, d)  # no random init: torch's global generator is the seeds' (_INIT_LOCK)
+    with torch.no_grad():
+        layer.weight.copy_(torch.eye(d))
+        layer.bias.zero_()
+    return layer
+
+
 def check_learnable(dataset: Dataset) -> None:
     """Raise ValueError when no feature varies (a model could only predict the mean); returns None."""
     if all(f.std == 0.0 for f in dataset.schema.features):
@@ -179,8 +194,10 @@ def train(
     config: TrainConfig | None = None,
     checkpoint_path: str | os.PathLike | None = None,
     resume: bool = False,
+    quiet: bool = False,
 ) -> TrainResult:
-    """Return a TrainResult after SGD training on `dataset`; resumes from `checkpoint_path` when asked."""
+    """Return a TrainResult after SGD training on `dataset`; resumes from `checkpoint_path` when asked; `quiet`: its
+    TrainingWarnings are only listed in TrainResult.warnings, not emitted (no global warning filter: thread-safe)."""
     config = (config or TrainConfig()).validate()
     if not isinstance(dataset, Dataset):
         raise InputTypeError(f"dataset: expected aiaas_torch.data.Dataset, got {type(dataset).__name__}")
@@ -198,13 +215,18 @@ def train(
     if imputes or codes:
         with torch.no_grad():
             encoded = Preprocess(train_ds.X.shape[1], fill, codes)(torch.from_numpy(train_ds.X)).numpy()
-    if config.scale:
-        mean, std = standardize_stats(encoded)
-    else:
-        mean, std = np.zeros(encoded.shape[1], np.float32), np.ones(encoded.shape[1], np.float32)
     run, wd = conditioning.plan(config, len(train_ds)), config.weight_decay
+    if run.whiten:  # one pass over the rows gives the scaling and the covariance the whitening needs
+        mean64, cov64 = conditioning.moments(encoded)
+    if not config.scale:
+        mean, std = np.zeros(encoded.shape[1], np.float32), np.ones(encoded.shape[1], np.float32)
+    elif run.whiten:  # the population std, as standardize_stats; a constant feature gets 1
+        var = np.diag(cov64)
+        mean, std = mean64.astype(np.float32), np.where(var > 0, np.sqrt(np.maximum(var, 0.0)), 1.0).astype(np.float32)
+    else:
+        mean, std = standardize_stats(encoded)
     if run.whiten:  # the PCA basis scaled to unit curvature: replaces --rotate's rotation (it includes it)
-        basis, lr, scale2, hdiag = conditioning.prepare(run, (encoded - mean) / std, task, wd)
+        basis, lr, scale2, hdiag = conditioning.prepare(run, conditioning.second_moment(mean64, cov64, mean, std), task, wd)
     else:
         basis, lr, scale2, hdiag = pca_rotation((encoded - mean) / std) if config.rotate else None, run.lr, None, None
     n_out = 1 if task == "regression" else len(dataset.schema.classes)
@@ -232,15 +254,21 @@ def train(
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
     fixed = next(i for i, m in enumerate(model) if any(True for _ in m.parameters()))
     if local:
-        # Scaling, rotation and whitening have no parameters: apply them once (one copy of the training rows when
-        # batches are drawn from it) and step the layers after them: the same values and gradients, less work a step.
+        # Scaling, rotation and whitening have no parameters: apply them once, folded into one affine map (one pass,
+        # one new copy of the rows), and step the layers after them: the same gradients, less work a step.
         with torch.no_grad():
-            Xt, Xv = model[:fixed](Xt), (model[:fixed](Xv) if Xv is not None else None)
+            affine = fold_preprocessing(nn.Sequential(*model[:fixed], _identity(model[fixed].in_features).to(device)))
+            Xt = affine[-1](torch.from_numpy(encoded).to(device) if len(affine) > 1 else Xt)  # Preprocess is done: `encoded`
+            Xv = affine(Xv) if Xv is not None else None
             if not full_local:  # shuffled once; each epoch then visits contiguous batches in its own random order
                 shuffled = epoch_order(n, True, config.seed)
                 Xt, yt = Xt[shuffled], yt[shuffled]
         net = model[fixed:]
     extra = (lambda: conditioning.penalty(model[fixed], scale2, wd)) if run.whiten and wd > 0 else None
+    # whitened least squares, full batch: the Hessian is the known diagonal hdiag, so each step's gradient says exactly
+    # how far J(θ) is from its optimum; stop on that instead of waiting for two flat epochs
+    gap_stop = run.whiten and task == "regression" and full_local and config.scale and run.momentum == 0
+    near, last_gap = False, None
 
     history: list[dict] = []
     start_epoch, best_loss, best_epoch, bad_epochs = 0, math.inf, 0, 0
@@ -310,6 +338,9 @@ def train(
             if extra is not None:
                 loss = loss + extra()
             loss.backward()
+            if gap_stop:  # an upper bound on the gap after this step: J(θ) falls every step at the rate 1/L
+                last_gap = conditioning.step_gap(net[0], hdiag)
+                near = last_gap <= run.tol * abs(float(loss.detach()))
             opt.step()
             total += rows_loss
         if world > 1:
@@ -342,7 +373,7 @@ def train(
         if config.patience is not None and bad_epochs >= config.patience:
             stopped_early = True
             break
-        converged = conditioning.converged([h["train_loss"] for h in history], run.tol)
+        converged = near or conditioning.converged([h["train_loss"] for h in history], run.tol)
         if converged:
             break
     bar.close()
@@ -352,16 +383,24 @@ def train(
     model = model.cpu().eval()
     if rank == 0 and checkpoint_path is not None:
         save_checkpoint(state(epochs_run, True), checkpoint_path)
-    metrics = {"train": evaluate(model, train_ds.X, train_ds.y, task)}
-    if val_ds is not None:
-        metrics["validation"] = evaluate(model, val_ds.X, val_ds.y, task)
+    if local and device.type == "cpu":  # the rows are already through the fixed layers: only the trained ones run
+        metrics = {"train": scores(net(Xt), yt, task)}
+        if Xv is not None:
+            metrics["validation"] = scores(net(Xv), yv, task)
+    else:
+        metrics = {"train": evaluate(model, train_ds.X, train_ds.y, task)}
+        if val_ds is not None:
+            metrics["validation"] = evaluate(model, val_ds.X, val_ds.y, task)
     eval_ds = val_ds if val_ds is not None else train_ds
     notes = training_warnings(history, train_ds, val_ds, metrics["validation" if val_ds is not None else "train"], stopped_early)
     if config.model != "mlp" and not stopped_early:  # the reference check: how far from the optimum it stopped
-        Zt, Yt = (Xt.cpu(), yt.cpu()) if local else (model[:fixed](torch.from_numpy(train_ds.X)), torch.from_numpy(train_ds.y))
-        gap = conditioning.optimality_gap(model[fixed:], Zt, Yt, task, extra, diag=hdiag if task == "regression" else None)
+        if last_gap is not None and config.patience is None:  # measured at the last step, and J only fell since
+            gap = last_gap
+        else:
+            Zt, Yt = (Xt.cpu(), yt.cpu()) if local else (model[:fixed](torch.from_numpy(train_ds.X)), torch.from_numpy(train_ds.y))
+            gap = conditioning.optimality_gap(model[fixed:], Zt, Yt, task, extra, diag=hdiag if task == "regression" else None)
         notes += [n for n in [conditioning.gap_warning(gap, task, train_ds.y, metrics["train"], config.lr is not None, wd > 0)] if n]
-    if rank == 0:
+    if rank == 0 and not quiet:
         for msg in notes:
             warnings.warn(msg, TrainingWarning, stacklevel=2)
     return TrainResult(

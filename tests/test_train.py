@@ -363,3 +363,35 @@ def test_all_constant_features_are_refused_by_the_python_api():
         ds = data.from_arrays(np.full((10, 2), 3.0), np.arange(10.0), ["a", "b"])
     with pytest.raises(ValueError, match="every feature column is constant"):
         train(ds, TrainConfig(epochs=2, progress=False))
+
+
+def test_default_least_squares_stops_on_the_exact_gap_in_few_epochs():
+    """Whitened least squares, full batch: one step at the rate 1/L lands on the optimum, and the next step's gradient
+    shows it (the curvature is a known diagonal), so the run stops there rather than waiting two flat epochs."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(3000, 6)) * [1, 5, 0.2, 30, 2, 1] + [0, 100, -3, 1e3, 0, 7]  # scales and offsets
+    y = X @ [1.0, -0.2, 4.0, 0.01, 0.5, -1.0] + rng.normal(0, 0.3, 3000)
+    ds = data.from_arrays(X, y)
+    result = train(ds, TrainConfig(progress=False))
+    tr, va = data.split(ds, 0.2, 0)
+    A = np.column_stack([tr.X.astype(np.float64), np.ones(len(tr))])
+    coef, *_ = np.linalg.lstsq(A, tr.y.astype(np.float64), rcond=None)
+    yv = va.y.astype(np.float64)
+    r2_ls = 1 - np.mean((va.X.astype(np.float64) @ coef[:-1] + coef[-1] - yv) ** 2) / np.var(yv)
+    assert result.metrics["validation"]["r2"] == pytest.approx(r2_ls, abs=1e-5)
+    assert result.solver["stopped_on_tol"] and result.epochs_run <= 3, result.solver  # the J-change rule alone needs 4
+    assert result.warnings == []
+
+
+def test_the_solver_moments_keep_their_digits_under_a_large_offset():
+    """One pass gives the mean and covariance the whitening needs: a column near 1e4 with unit spread must not lose its
+    variance to cancellation (Σx² − n·mean² in float32 would)."""
+    from aiaas_torch.conditioning import moments
+
+    rng = np.random.default_rng(4)
+    X = (rng.normal(size=(40000, 3)) * [1.0, 2.0, 0.0] + [1e4, -50.0, 3.0]).astype(np.float32)
+    mean, cov = moments(X, chunk=4096)
+    X64 = X.astype(np.float64)
+    assert np.allclose(mean, X64.mean(0), rtol=1e-12, atol=1e-9)
+    assert np.allclose(cov, np.cov(X64.T, bias=True), rtol=1e-9, atol=1e-9)
+    assert cov[2, 2] == 0.0  # a constant column: exactly no variance (the scaling gives it std 1)

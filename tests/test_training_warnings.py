@@ -75,3 +75,21 @@ def test_card_and_cli_carry_the_warnings(tmp_path):
     assert any(w.startswith("only 4 validation rows") for w in card["warnings"]), card["warnings"]
     for w in card["warnings"]:
         assert f"aiaas: warning: {w}" in r.stderr
+
+
+def test_train_quietly_lists_the_warnings_without_touching_the_global_filters(monkeypatch):
+    """Model selection trains folds in threads: a quiet fit must not swap the process-wide warning filters (as
+    warnings.catch_warnings does), or threads leaving in another order than they entered leave them scrambled."""
+    from aiaas_torch import candidates
+
+    during = []
+    real = candidates.train
+    monkeypatch.setattr(candidates, "train", lambda ds, cfg, **kw: (during.append(list(warnings.filters)), real(ds, cfg, **kw))[1])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        before = list(warnings.filters)
+        result = candidates.train_quietly(_blobs(60), TrainConfig(model="logistic", epochs=50, lr=0.5, progress=False))
+        after = list(warnings.filters)
+    assert any("validation rows" in w for w in result.warnings), result.warnings  # 12 validation rows: warned ...
+    assert not [w for w in caught if issubclass(w.category, TrainingWarning)]  # ... in the result, not emitted
+    assert during == [before] and after == before  # no filter added around the fit

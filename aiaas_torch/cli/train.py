@@ -67,7 +67,8 @@ def add_parser(sub) -> None:
                         "every epoch; no whitening). MLP default 0.01")
     t.add_argument("--momentum", type=finite_float, default=None, metavar="M", help="SGD momentum (default 0.9 for the automatic logistic fit, else 0)")
     t.add_argument("--tol", type=finite_float, default=None, metavar="REL",
-                   help="stop once an epoch changes J(θ) by less than REL, relative (default 1e-7 with the automatic rate, else off)")
+                   help="stop once an epoch changes J(θ) by less than REL, relative, or (least squares, automatic full batch) once "
+                        "J(θ) is within REL of its optimum (default 1e-7 with the automatic rate, else off)")
     t.add_argument("--weight-decay", type=finite_float, default=Default(TRAIN, "weight_decay"), metavar="L2",
                    help="SGD weight decay (default %(default)s)")
     t.add_argument("--batch-size", type=int, default=None, metavar="N",

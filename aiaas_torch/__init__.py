@@ -29,7 +29,7 @@ _EXPORTS = {
     "fold_preprocessing": ("models", "fold_preprocessing"),
     "QuantConfig": ("quantize", "QuantConfig"), "QuantGateError": ("quantize", "QuantGateError"),
     "QuantReport": ("quantize", "QuantReport"), "quantize": ("quantize", "quantize"),
-    "ServerInfo": ("serving", "ServerInfo"), "TorchServeError": ("serving", "TorchServeError"),
+    "ServerInfo": ("serving", "ServerInfo"), "ServerToken": ("serving.tokens", "ServerToken"), "TorchServeError": ("serving", "TorchServeError"),
     "wait_until_ready": ("serving", "wait_until_ready"), "start_server": ("serving", "start_server"),
     "server_status": ("serving", "server_status"), "stop_server": ("serving", "stop_server"),
     "deploy": ("serving", "deploy"), "rollback": ("serving", "rollback"), "retire": ("serving", "retire"),
@@ -42,7 +42,7 @@ _SUBMODULES = ("archive", "card", "client", "data", "errors", "export", "handler
 
 __all__ = [
     "Client", "ClientError", "Dataset", "ExportResult", "LocalModel", "ModelSpec", "PackageResult", "QuantConfig",
-    "QuantGateError", "QuantReport", "SelectConfig", "SelectResult", "ServerError", "ServerInfo", "TorchServeError", "ServingConfig", "TrainConfig", "TrainResult",
+    "QuantGateError", "QuantReport", "SelectConfig", "SelectResult", "ServerError", "ServerInfo", "ServerToken", "TorchServeError", "ServingConfig", "TrainConfig", "TrainResult",
     "build_model", "deploy", "export_run", "fold_preprocessing", "from_arrays", "load_csv", "load_run", "package", "predict_file",
     "quantize", "read_card", "requantize", "retire", "rollback", "select", "server_status", "split", "start_server", "stop_server",
     "train", "verify_archive", "versions", "wait_until_ready",

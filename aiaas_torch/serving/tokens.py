@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from .errors import TorchServeError
-from .home import KEY_FILE, ServerInfo
+from .home import KEY_FILE, ServerInfo, load_info
 from .httpclient import TOKEN_S, http_client
 
 # What a refused token tells its user (the client's TokenError, the gateway's 401): the key rotates, and a key is
@@ -168,3 +168,38 @@ def send(http: httpx.Client, method: str, url: str, kind: str | None, keys: Keys
         if renewed:
             r = http.request(method, url, headers={**headers, **keys.header(kind)}, **request)
     return r
+
+
+class ServerToken(httpx.Auth):
+    """httpx authentication that sends a server's key and, when TorchServe refuses it as expired, renews it through
+    the token API and sends the request once more: for long-lived clients that are not ours, such as the openai SDK::
+
+        openai.OpenAI(base_url=URL, api_key="aiaas", http_client=httpx.Client(auth=ServerToken(".aiaas")))
+
+    (the SDK's own api_key is overwritten on every request). Renewal needs the server's home (its key file).
+    """
+
+    requires_response_body = True  # key_refused reads the JSON body of a 400
+
+    def __init__(self, home: str | os.PathLike = ".aiaas", kind: str = "inference"):
+        if kind not in ("inference", "management"):
+            raise ValueError(f"kind must be 'inference' or 'management', not {kind!r}")
+        info = load_info(home)
+        if info is None:
+            raise TorchServeError(f"no server recorded in {Path(home) / 'server.json'}; start one first (aiaas serve start)")
+        self.keys, self.kind = Keys.of_server(info), kind
+
+    def auth_flow(self, request: httpx.Request):
+        """Yield the request with the key; after a refused key, yield it again with the renewed one."""
+        request.headers.update(self.keys.header(self.kind))
+        response = yield request
+        if not key_refused(response):
+            return
+        with http_client(TOKEN_S) as http:
+            try:
+                renewed = self.keys.renew(http, self.kind)
+            except RenewalRefused:
+                return
+        if renewed:
+            request.headers.update(self.keys.header(self.kind))
+            yield request

@@ -10,6 +10,7 @@ import time
 import zipfile
 
 import httpx
+import openai
 import psutil
 import pytest
 
@@ -17,6 +18,7 @@ from aiaas_torch import serving as server
 from aiaas_torch.cli import main
 from aiaas_torch.client import Client
 from aiaas_torch.serving.pids import inet_connections
+from aiaas_torch.serving.tokens import ServerToken
 
 from rel_helpers import close, keys, stop_instance, workers
 
@@ -153,6 +155,16 @@ def test_expired_tokens_are_renewed_by_the_client_and_the_server_control(shared,
         assert f"token_expiration_min={TOKEN_MINUTES}" in (home / "config.properties").read_text()
         rows = [[1.0, 2.0, 3.0]]
         want = shared.expect(rows)[0]
+        # long-lived clients that are not ours: the openai SDK with a fixed key, and with ServerToken renewing it
+        sdk_args = dict(base_url=info.inference_url, max_retries=0, timeout=10)
+        fixed = openai.OpenAI(api_key=keys(home)["inference"], http_client=httpx.Client(trust_env=False), **sdk_args)
+        renewing = openai.OpenAI(api_key="aiaas", http_client=httpx.Client(auth=ServerToken(home), trust_env=False), **sdk_args)
+
+        def sdk_predict(sdk: openai.OpenAI) -> float:
+            answer = sdk.post("/predictions/lin", body={"instances": rows}, cast_to=httpx.Response)
+            return answer.json()["predictions"][0]
+
+        assert close(sdk_predict(renewing), want)  # (the fixed key may be past its 3 s already: checked below)
         with Client(home=home, request_timeout=30, retries=0) as c:
             assert close(c.predict("lin", {"instances": rows})["predictions"][0], want)
             old_inference, old_management = c.token, c.management_token
@@ -161,6 +173,9 @@ def test_expired_tokens_are_renewed_by_the_client_and_the_server_control(shared,
             r = httpx.post(info.inference_url + "/predictions/lin", json={"instances": rows},
                            headers={"Authorization": f"Bearer {old_inference}"}, timeout=10, trust_env=False)  # fmt: skip
             assert _refused_for_token(r), (r.status_code, r.text)
+            with pytest.raises(openai.BadRequestError, match="Token Authorization failed"):
+                sdk_predict(fixed)  # a fixed key stops working after token_expiration_min ...
+            assert close(sdk_predict(renewing), want)  # ... ServerToken renews it and sends the request again
             # the client asks the token API for new keys and its calls succeed
             assert close(c.predict("lin", {"instances": rows})["predictions"][0], want)
             assert c.token != old_inference

@@ -33,7 +33,8 @@ def add_parser(sub) -> None:
                    help="a program: numpy .npz with one array per input name, batch dimension first (at least 16 "
                         "samples), required. A causal LM with --quantize int8-weight: a UTF-8 text file, one prompt per "
                         "line (empty lines skipped, at most 1,000 lines and 1 MiB; each prompt truncated to fit the "
-                        "context minus the 128 generated tokens) for the generation gate; default: its built-in prompts")
+                        "context minus the 128 generated tokens, or half the context when it holds fewer) for the "
+                        "generation gate; default: its built-in prompts")
     p.add_argument("--labels", type=_names, default=None, metavar="A,B,...", help="class labels, one per column of the one output")
     p.add_argument("--input-names", type=_names, default=None, metavar="X,Y", help="input names (default: the program's own)")
     p.add_argument("--output-names", type=_names, default=None, metavar="Y,Z", help="output names (default: output, output_0, ...)")
@@ -146,7 +147,8 @@ def _int8_summary(quant: dict) -> str:
         return ""
     g, b = quant["gate"], quant["weight_bytes"]
     forced = " (FAILED, imported with --force)" if g["forced"] else ""
-    return (f"\n  int8-weight: greedy-token agreement {g['agreement']:.4f} (needs ≥ {g['min_agreement']}){forced}, "
+    return (f"\n  int8-weight: greedy-token agreement {g['agreement']:.4f} over {g['prompts']} prompts × "
+            f"{g['new_tokens']} tokens (needs ≥ {g['min_agreement']}){forced}, "
             f"held-out log-likelihood change {g['loglik_change']:+.4f} nats/token, prompts {g['prompts_source']}; "
             f"weights {b['ratio']:.2f}x float's bytes")
 

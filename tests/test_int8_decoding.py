@@ -346,3 +346,18 @@ def test_the_handler_refuses_a_card_naming_an_unknown_scheme(int8_run, tmp_path)
     (run / "model.json").write_text(json.dumps(card))
     with pytest.raises(RuntimeError, match="quantization scheme 'int4' is not one this server loads"):
         GenerationHandler().initialize(Context("tiny8", str(run), {"model": {"modelVersion": "1.0"}}, 1, None, "0.12.0"))
+
+
+def test_an_int8_card_without_its_gate_record_is_refused(int8_run, tmp_path):
+    import json
+    import shutil
+
+    from aiaas_torch.card import read_card
+
+    run = tmp_path / "run"
+    shutil.copytree(int8_run[0], run)
+    card = json.loads((run / "model.json").read_text())
+    del card["quantization"]["gate"]
+    (run / "model.json").write_text(json.dumps(card))
+    with pytest.raises(InputError, match="'quantization' of an int8-weight card must hold 'gate'"):
+        read_card(run)

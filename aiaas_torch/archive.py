@@ -48,7 +48,8 @@ TEXT_HANDLER_FILE = HANDLER_DIR / "text_handler.py"  # the handler of text cards
 TEXT_CODE = (HANDLER_DIR / "text_contract.py", HANDLER_DIR / "openai_api.py")  # shipped beside it, in text archives only
 GENERATION_HANDLER_FILE = HANDLER_DIR / "generation_handler.py"  # the handler of generation cards (causal LMs)
 GENERATION_CODE = tuple(HANDLER_DIR / f for f in ("decoder_weights.py", "decoders.py", "generation.py", "chat_template.py",
-                                                  "openai_api.py", "contract_common.py", "json_body.py", "integrity.py"))
+                                                  "openai_api.py", "contract_common.py", "json_body.py", "integrity.py",
+                                                  "int8_matmul.py"))
 GENERATION_ROLES = {"weights", "config", "tokenizer", "template"}  # the model files a generation worker reads
 METRICS_CONFIG = HANDLER_DIR / "metrics.yaml"
 MODEL_CONFIG = "model-config.yaml"

@@ -205,3 +205,10 @@ def _check_generation_card(card: dict, where: str) -> None:
         raise InputError(f"{where}: field 'files' must list config.json and at least one weights file (*.safetensors)")
     if card["quantization"].get("scheme") not in ("none", "int8-weight"):
         raise InputError(f"{where}: field 'quantization.scheme' must be 'none' or 'int8-weight'")
+    quant = card["quantization"]
+    if quant["scheme"] == "int8-weight":
+        gate = quant.get("gate")
+        if not isinstance(gate, dict) or not isinstance(gate.get("passed"), bool) or not isinstance(gate.get("forced"), bool) \
+                or not isinstance(gate.get("agreement"), (int, float)) or not isinstance(quant.get("weight_bytes"), dict):
+            raise InputError(f"{where}: field 'quantization' of an int8-weight card must hold 'gate' {{agreement, passed, "
+                             f"forced, ...}} and 'weight_bytes' (what aiaas import --quantize int8-weight writes)")

@@ -110,8 +110,9 @@ def generation_gate(reference: Decoder, candidate: Decoder, prompts: list[list[i
         raise InputError("candidate: not the same model as the reference (its config differs); quantize the same model")
     if isinstance(new_tokens, bool) or not isinstance(new_tokens, int) or new_tokens < 1:
         raise InputError(f"new_tokens: expected a whole number ≥ 1, got {new_tokens!r}")
-    if not 0.0 <= min_agreement <= 1.0:
-        raise InputError(f"min_agreement: expected a share between 0 and 1, got {min_agreement!r}")
+    if isinstance(min_agreement, bool) or not isinstance(min_agreement, (int, float)) or not 0.0 <= min_agreement < float("inf"):
+        raise InputError(f"min_agreement: expected a finite share ≥ 0 (0 to 1; above 1 never passes, so the figures are "
+                         f"reported and the import refused), got {min_agreement!r}")
     builtin = prompts is None
     prompts = builtin_tokens(spec.vocab) if builtin else prompts
     _check_ids("prompts", prompts, spec.vocab, 1)

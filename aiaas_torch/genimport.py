@@ -8,6 +8,11 @@ the worker's own reader (handlers/decoder_weights.py: safetensors only, every te
 chat template compiles only in the Jinja sandbox (handlers/chat_template.py). When ``transformers`` is installed, a
 gate compares our decoder's greedy tokens with ``generate(do_sample=False)`` on three prompts and refuses a model
 they disagree on; the card records the result (or that the gate was skipped).
+
+``quantize="int8-weight"`` ships the same files and records in the card that the worker quantizes every matrix and
+the head to int8 at load (handlers/decoders.py); the import first runs the generation gate (aiaas_torch/gengate.py:
+float decoder against the int8 one, both loaded from the staged files) on the prompts of a calibration text file
+(one per line, `read_prompt_lines`) or the gate's built-in set, and refuses a model that fails it unless forced.
 """
 
 from __future__ import annotations
@@ -19,12 +24,12 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import _quiet, rundir
+from . import _quiet, gengate, rundir
 from .atomic import staging_dir
 from .card import SCHEMA_VERSION
 from .errors import InputError
 from .handlers import chat_template, decoder_weights
-from .handlers.decoders import Decoder
+from .handlers.decoders import Decoder, load_decoder
 from .handlers.generation import Engine, GenerationDefaults, SamplingParams
 from .handlers.integrity import sha256_file
 from .textimport import build_model, check_directory, json_object, package_version
@@ -46,6 +51,9 @@ MAX_LAYERS = 1024  # far above any released decoder; a config claiming more is r
 MAX_CONTEXT = 1 << 21
 TIE_MARGIN = 1e-4  # a step whose reference top-1/top-2 margin is below this × max |logit| is a tie, not a disagreement
 TEMPLATE_PROBE = [{"role": "user", "content": "Hello"}]
+SCHEMES = ("none", "int8-weight")  # the card's quantization.scheme values a generation worker loads
+PROMPTS_MAX_BYTES = 1 << 20  # a calibration prompts file: at most 1 MiB, 1,000 non-empty lines
+PROMPTS_MAX_LINES = 1000
 GATE_SKIPPED = "the greedy gate was skipped: transformers is not installed (pip install 'aiaas-torch[hf]' to run it)"
 
 
@@ -243,14 +251,85 @@ def read_tokenizer(path: Path, shown: Path, vocab: int):
     return tokenizer
 
 
+def read_prompt_lines(path: str | os.PathLike) -> list[str]:
+    """Return the non-empty lines of a calibration prompts file (UTF-8 text, one prompt per line), refusing a file
+    that is missing, binary, not UTF-8, too large, holds too many lines or none; InputError names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file (--calibration takes a text file, one prompt per line)")
+    size = path.stat().st_size
+    if size > PROMPTS_MAX_BYTES:
+        raise InputError(f"{path}: {size:,} bytes; a prompts file holds at most {PROMPTS_MAX_BYTES:,} (use fewer prompts)")
+    with open(path, "rb") as f:
+        data = f.read(PROMPTS_MAX_BYTES + 1)
+    if len(data) > PROMPTS_MAX_BYTES:
+        raise InputError(f"{path}: more than {PROMPTS_MAX_BYTES:,} bytes; use fewer prompts")
+    if b"\0" in data:
+        raise InputError(f"{path}: binary data; expected UTF-8 text, one prompt per line")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8, one prompt per line") from None
+    lines = [ln.strip() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln]
+    if not lines:
+        raise InputError(f"{path}: no prompts (every line is empty); write one prompt per line")
+    if len(lines) > PROMPTS_MAX_LINES:
+        raise InputError(f"{path}: {len(lines):,} prompts; at most {PROMPTS_MAX_LINES:,} are read (use fewer lines)")
+    return lines
+
+
+def gate_plan(tokenizer, lines: list[str] | None, context: int, new_tokens: int) -> tuple[list | None, list | None, int]:
+    """Return (prompt token ids or None for the built-in set, held-out ids or None, new tokens): each prompt is
+    truncated to the context minus the new tokens (which shrink to half the context when it is shorter)."""
+    new_tokens = max(1, min(new_tokens, context // 2))
+    if lines is None:
+        return None, None, new_tokens
+    room = context - new_tokens
+    prompts = [tokenizer.encode(ln).ids[:room] for ln in lines]
+    prompts = [p for p in prompts if p]
+    if not prompts:
+        raise InputError("--calibration: no prompt gives a token with this model's tokenizer; write plain text prompts")
+    heldout = [t for p in prompts for t in p][:context]  # the log-likelihood text: the prompts one after another
+    return prompts, heldout if len(heldout) >= 2 else None, new_tokens
+
+
+def int8_gate(staging: Path, reference: Decoder, prompts, heldout, new_tokens: int, min_agreement: float,
+              force: bool, source: str) -> dict:
+    """Return the card's quantization record after gating the int8-weight decoder (loaded from the staged files as the
+    worker loads it) against `reference`; InputError naming the figures, --gate and --force when it fails unforced."""
+    candidate = load_decoder(staging, weights="int8-weight")
+    report = gengate.generation_gate(reference, candidate, prompts, heldout, new_tokens=new_tokens,
+                                     min_agreement=min_agreement)
+    if not report.passed and not force:
+        raise InputError(f"quantization gate failed: {report.summary()}; keep float (--quantize none), lower the gate "
+                         f"(--gate F) or import it anyway (--force)")
+    floats, int8 = reference.weight_bytes, candidate.weight_bytes
+    return {"scheme": "int8-weight",
+            "gate": {**report.as_dict(), "prompts_source": source, "forced": bool(force and not report.passed)},
+            "weight_bytes": {"float": floats, "int8": int8, "ratio": round(int8 / floats, 4)}}
+
+
 def _file_entry(path: Path, role: str) -> dict:
     """Return a card "files" entry: role, SHA-256, size."""
     return {"role": role, "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
-def import_generation(directory: str | os.PathLike, run_dir: str | os.PathLike) -> GenerationImport:
-    """Write a generation run directory for a Hugging Face causal-LM directory; returns what it wrote."""
+def import_generation(directory: str | os.PathLike, run_dir: str | os.PathLike, quantize: str = "none",
+                      calibration: str | os.PathLike | None = None, gate: float | None = None, force: bool = False,
+                      new_tokens: int = gengate.NEW_TOKENS) -> GenerationImport:
+    """Write a generation run directory for a Hugging Face causal-LM directory; returns what it wrote.
+
+    quantize: "none" or "int8-weight" (gated: `calibration` a prompts file or None for the built-in set, `gate` the
+    least greedy-token agreement, default gengate.MIN_AGREEMENT, `force` imports a model that fails it, `new_tokens`
+    generated per prompt).
+    """
     _quiet.install()
+    if quantize not in SCHEMES:
+        raise InputError(f"quantize: {quantize!r} is not a scheme for a causal language model; use one of {SCHEMES}")
+    if quantize == "none" and (calibration is not None or gate is not None or force):
+        raise InputError("--calibration, --gate and --force go with --quantize int8-weight for a causal language model")
+    lines = read_prompt_lines(calibration) if calibration is not None else None
     directory = Path(directory)
     names = check_directory(directory, ALLOWED)  # config.json, tokenizer.json and a *.safetensors file required
     run_dir = Path(run_dir)
@@ -286,6 +365,12 @@ def import_generation(directory: str | os.PathLike, run_dir: str | os.PathLike) 
         except ValueError as e:
             raise InputError(f"{directory / 'generation_config.json'}: {str(e).split(': ', 1)[-1]}") from None
         context = context_length(spec, tok_cfg)
+        quantization = {"scheme": "none"}
+        if quantize == "int8-weight":
+            prompts, heldout, steps = gate_plan(tokenizer, lines, context, new_tokens)
+            source = f"{Path(calibration).name} ({len(prompts)} prompts)" if lines else "built-in (gengate.builtin_tokens)"
+            quantization = int8_gate(staging, decoder, prompts, heldout, steps,
+                                     gengate.MIN_AGREEMENT if gate is None else gate, force, source)
         gate = {"skipped": GATE_SKIPPED}
         if importlib.util.find_spec("transformers") is not None:
             prompts = gate_prompts(tokenizer, context)
@@ -316,7 +401,7 @@ def import_generation(directory: str | os.PathLike, run_dir: str | os.PathLike) 
             "versions": {**rundir.versions(), "tokenizers": package_version("tokenizers"),
                          "transformers": package_version("transformers")},
             "metrics": {"greedy_agreement": gate},
-            "quantization": {"scheme": "none"},
+            "quantization": quantization,
             "notes": notes,
         }
         rundir.finish(staging, run_dir, card)

@@ -125,7 +125,11 @@ class GenerationHandler:
             self.created = int(datetime.datetime.fromisoformat(str(card.get("created"))).timestamp())
         except ValueError:
             self.created = 0
-        decoder = load_decoder(model_dir)
+        scheme = card.get("quantization", {}).get("scheme")
+        if scheme not in ("none", "int8-weight"):
+            raise RuntimeError(f"{self.model_name}: model.json's quantization scheme {str(scheme)[:40]!r} is not one "
+                               f"this server loads ('none' or 'int8-weight'); re-import the model with aiaas import")
+        decoder = load_decoder(model_dir, weights="int8-weight" if scheme == "int8-weight" else "float")
         defaults = GenerationDefaults.from_directory(model_dir, decoder.spec.eos_token_ids)
         self.engine = Engine(decoder, slots=int(settings.get("slots", gen.get("slots", 16))), context=int(inp["context"]),
                              defaults=defaults, queue_limit=int(settings.get("max_queue", gen.get("max_queue", 64))))

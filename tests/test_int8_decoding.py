@@ -197,3 +197,167 @@ def test_gate_refuses_a_broken_quantization_and_accepts_the_real_one(models):
     same = gengate.generation_gate(f, f, new_tokens=4, max_loglik_drop=-1.0)  # a log-likelihood rise no model makes
     assert same.agreement == 1.0 and same.loglik_change == 0.0 and not same.passed
     assert math.isfinite(ok.loglik_float) and ok.loglik_float < 0
+
+
+# ---- aiaas import DIR --quantize int8-weight: the gate at import, the card, the archive and the handler (issue 28) ----
+
+GATE_TOKENS = 8  # new tokens per gate prompt in these tests (the import's default stays 128)
+
+
+@pytest.fixture(scope="module")
+def hf_llama(tmp_path_factory):
+    """Return a tiny random Llama's Hugging Face directory (word-level tokenizer, chat template)."""
+    from decoder_models import hf_directory
+
+    return hf_directory("llama", tmp_path_factory.mktemp("hf-llama"))[0]
+
+
+@pytest.fixture(scope="module")
+def int8_run(hf_llama, tmp_path_factory):
+    """Return (run directory, prompts file) of the tiny Llama imported int8-weight, gated on a 3-prompt file."""
+    from aiaas_torch.genimport import import_generation
+
+    root = tmp_path_factory.mktemp("int8-run")
+    prompts = root / "prompts.txt"
+    prompts.write_text("the model card travels with the model\n\n   \nserving starts TorchServe\r\na short one\n",
+                       encoding="utf-8")
+    done = import_generation(hf_llama, root / "run", quantize="int8-weight", calibration=prompts, gate=0.5,
+                             new_tokens=GATE_TOKENS)
+    return done.run_dir, prompts
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"\x00\x01\x02prompt\n", "binary data"),
+    (b"caf\xe9 au lait\n", "not UTF-8"),
+    (b"\n   \n\r\n", "no prompts"),
+    (b"a" * ((1 << 20) + 1), "at most 1,048,576"),
+    (b"p\n" * 1001, "at most 1,000"),
+])
+def test_hostile_prompts_files_exit_2_naming_the_file(hf_llama, tmp_path, capsys, content, words):
+    from aiaas_torch.cli import main
+
+    bad = tmp_path / "bad-prompts.txt"
+    bad.write_bytes(content)
+    assert main(["import", str(hf_llama), "--out", str(tmp_path / "run"), "--quantize", "int8-weight",
+                 "--calibration", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad-prompts.txt" in err and words in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_schemes_a_causal_lm_does_not_take_are_refused_by_name(hf_llama, tmp_path, capsys):
+    from aiaas_torch.cli import main
+    from aiaas_torch.genimport import import_generation
+
+    for scheme in ("int8", "pow2"):
+        assert main(["import", str(hf_llama), "--out", str(tmp_path / "run"), "--quantize", scheme]) == 2
+        err = capsys.readouterr().err
+        assert f"--quantize {scheme} is for programs" in err and "int8-weight" in err
+    (tmp_path / "p.txt").write_text("hello\n")
+    assert main(["import", str(hf_llama), "--out", str(tmp_path / "run"), "--calibration", str(tmp_path / "p.txt"),
+                 "--quantize", "none"]) == 2
+    assert "go with --quantize int8-weight" in capsys.readouterr().err
+    with pytest.raises(InputError, match="'int8' is not a scheme for a causal language model"):
+        import_generation(hf_llama, tmp_path / "run", quantize="int8")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_gate_no_model_reaches_refuses_naming_the_figures(hf_llama, tmp_path, capsys):
+    from aiaas_torch.cli import main
+
+    assert main(["import", str(hf_llama), "--out", str(tmp_path / "run"), "--quantize", "int8-weight", "--gate", "1.01"]) == 2
+    err = capsys.readouterr().err
+    assert "quantization gate failed" in err and "greedy-token agreement" in err and "needs ≥ 1.01" in err
+    assert "log-likelihood" in err and "--gate F" in err and "--force" in err and "[built-in prompts]" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_force_imports_a_failed_gate_and_the_card_says_so(hf_llama, tmp_path):
+    from aiaas_torch.card import read_card
+    from aiaas_torch.genimport import import_generation
+
+    import_generation(hf_llama, tmp_path / "run", quantize="int8-weight", gate=1.01, force=True, new_tokens=GATE_TOKENS)
+    gate = read_card(tmp_path / "run")["quantization"]["gate"]
+    assert gate["forced"] is True and gate["passed"] is False and gate["min_agreement"] == 1.01
+    assert gate["builtin"] is True and gate["prompts_source"].startswith("built-in")
+    assert gate["prompts"] == 8 and gate["new_tokens"] == GATE_TOKENS and gate["positions"] == 8 * GATE_TOKENS
+    assert 0.0 <= gate["agreement"] <= 1.0
+
+
+def test_int8_card_records_the_gate_on_the_prompts_file_and_the_weight_bytes(int8_run, hf_llama):
+    from aiaas_torch.card import read_card
+
+    run, prompts = int8_run
+    quant = read_card(run)["quantization"]
+    gate = quant["gate"]
+    assert quant["scheme"] == "int8-weight" and gate["prompts"] == 3 and gate["builtin"] is False  # 2 empty lines skipped
+    assert gate["prompts_source"] == "prompts.txt (3 prompts)" and gate["new_tokens"] == GATE_TOKENS
+    assert gate["positions"] == 3 * GATE_TOKENS and gate["passed"] == (gate["agreement"] >= 0.5) and gate["forced"] is False
+    assert gate["heldout_tokens"] >= 3 and gate["loglik_float"] < 0 and gate["loglik_int8"] < 0
+    assert gate["loglik_change"] == pytest.approx(gate["loglik_int8"] - gate["loglik_float"])
+    floats = sum(t.numel() * 4 for t in load_file(str(hf_llama / "model.safetensors")).values())  # untied: every tensor
+    b = quant["weight_bytes"]
+    assert b["float"] == floats and b["int8"] < 0.5 * floats and b["ratio"] == pytest.approx(b["int8"] / floats, abs=1e-4)
+
+
+def test_archive_ships_the_int8_kernel_and_the_handler_serves_int8_tokens(int8_run, tmp_path):
+    import json
+    import zipfile
+
+    from tokenizers import Tokenizer
+    from ts.context import Context
+
+    from aiaas_torch.archive import package
+    from aiaas_torch.handlers.generation_handler import GenerationHandler
+    from test_openai_api import COMPLETIONS, Frontend, body_of
+
+    run, _ = int8_run
+    mar = package(run, "tiny8", "1.0", tmp_path / "store").path
+    with zipfile.ZipFile(mar) as zf:
+        names = set(zf.namelist())
+        assert {"int8_matmul.py", "decoders.py", "generation_handler.py"} <= names
+        zf.extractall(tmp_path / "served")
+    handler = GenerationHandler()
+    handler.initialize(Context("tiny8", str(tmp_path / "served"), {"model": {"modelVersion": "1.0"}}, 1, None, "0.12.0"))
+    assert handler.engine.decoder.weights == "int8-weight"
+    tok = Tokenizer.from_file(str(run / "tokenizer.json"))
+    prompt = "serving starts TorchServe from a home directory"
+    fe = Frontend(handler)
+    rid = fe.submit(COMPLETIONS, {"model": "tiny8", "prompt": prompt, "max_tokens": GATE_TOKENS, "temperature": 0})
+    answer = body_of(fe.run()[rid])
+    direct = gengate.greedy(load_decoder(run, weights="int8-weight"), [tok.encode(prompt).ids], GATE_TOKENS)[0]
+    n = answer["usage"]["completion_tokens"]
+    assert n >= 1 and (n == GATE_TOKENS or direct[n - 1] in json.loads((run / "model.json").read_text())["output"]["eos_token_ids"])
+    assert answer["choices"][0]["text"] == tok.decode(direct[:n], skip_special_tokens=True)
+
+
+def test_the_handler_refuses_a_card_naming_an_unknown_scheme(int8_run, tmp_path):
+    import json
+    import shutil
+
+    from ts.context import Context
+
+    from aiaas_torch.handlers.generation_handler import GenerationHandler
+
+    run = tmp_path / "run"
+    shutil.copytree(int8_run[0], run)
+    card = json.loads((run / "model.json").read_text())
+    card["quantization"]["scheme"] = "int4"
+    (run / "model.json").write_text(json.dumps(card))
+    with pytest.raises(RuntimeError, match="quantization scheme 'int4' is not one this server loads"):
+        GenerationHandler().initialize(Context("tiny8", str(run), {"model": {"modelVersion": "1.0"}}, 1, None, "0.12.0"))
+
+
+def test_an_int8_card_without_its_gate_record_is_refused(int8_run, tmp_path):
+    import json
+    import shutil
+
+    from aiaas_torch.card import read_card
+
+    run = tmp_path / "run"
+    shutil.copytree(int8_run[0], run)
+    card = json.loads((run / "model.json").read_text())
+    del card["quantization"]["gate"]
+    (run / "model.json").write_text(json.dumps(card))
+    with pytest.raises(InputError, match="'quantization' of an int8-weight card must hold 'gate'"):
+        read_card(run)

@@ -23,12 +23,18 @@ def add_parser(sub) -> None:
                                    "Or import DIR, a Hugging Face text classifier or encoder (config.json, *.safetensors, "
                                    "tokenizer.json) saved by save_pretrained: texts in, labels or embeddings out. "
                                    "Or import DIR, a Hugging Face causal language model (Llama, Mistral, Qwen2, Gemma, "
-                                   "GPT-2: config.json, *.safetensors, tokenizer.json, chat template) for generation.")  # fmt: skip
+                                   "GPT-2: config.json, *.safetensors, tokenizer.json, chat template) for generation; with --quantize "
+                                   "int8-weight the worker serves int8 weights, imported only when their greedy tokens "
+                                   "agree with float's on at least --gate F of the positions (default 0.95; --force "
+                                   "imports one that fails).")  # fmt: skip
     p.add_argument("program", metavar="PROGRAM.pt2|DIR", help="an ExportedProgram saved by torch.export.save, or a Hugging Face model directory")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write (replaced atomically)")
-    p.add_argument("--calibration", metavar="SAMPLES.npz",
-                   help="numpy .npz with one array per input name, batch dimension first (at least 16 samples); "
-                        "required for a program")
+    p.add_argument("--calibration", metavar="SAMPLES.npz|PROMPTS.txt",
+                   help="a program: numpy .npz with one array per input name, batch dimension first (at least 16 "
+                        "samples), required. A causal LM with --quantize int8-weight: a UTF-8 text file, one prompt per "
+                        "line (empty lines skipped, at most 1,000 lines and 1 MiB; each prompt truncated to fit the "
+                        "context minus the 128 generated tokens, or half the context when it holds fewer) for the "
+                        "generation gate; default: its built-in prompts")
     p.add_argument("--labels", type=_names, default=None, metavar="A,B,...", help="class labels, one per column of the one output")
     p.add_argument("--input-names", type=_names, default=None, metavar="X,Y", help="input names (default: the program's own)")
     p.add_argument("--output-names", type=_names, default=None, metavar="Y,Z", help="output names (default: output, output_0, ...)")
@@ -90,6 +96,19 @@ def _refuse_program_options(a, what: str) -> None:
         raise UsageError(f"{a.program}: --calibration SAMPLES.npz is for programs; {what} takes no calibration arrays")
 
 
+def _generation_quant(a) -> dict:
+    """Return import_generation's quantization arguments from the options, refusing schemes a causal LM does not take."""
+    if a.scheme in ("int8", "pow2"):
+        raise UsageError(f"{a.program}: --quantize {a.scheme} is for programs; a causal language model takes "
+                         f"--quantize int8-weight (int8 weights, gated against float) or none")
+    if a.scheme != "int8-weight":  # none, or auto (the float decoder: int8-weight is not measured per host yet)
+        if a.calibration or a.gate is not None or a.force:
+            raise UsageError(f"{a.program}: --calibration, --gate and --force go with --quantize int8-weight for a "
+                             f"causal language model")
+        return {}
+    return {"quantize": "int8-weight", "calibration": a.calibration, "gate": a.gate, "force": a.force}
+
+
 def _run_directory(a) -> int:
     """Import a Hugging Face directory (a causal LM for generation, else a text model) and print its summary; returns
     the exit code."""
@@ -97,8 +116,11 @@ def _run_directory(a) -> int:
     from ..textimport import import_text
 
     generation = is_causal_lm_directory(a.program)
-    _refuse_program_options(a, "a causal language model" if generation else "a text model")
-    done = (import_generation if generation else import_text)(a.program, a.out)
+    if generation:
+        done = import_generation(a.program, a.out, **_generation_quant(a))
+    else:
+        _refuse_program_options(a, "a text model")
+        done = import_text(a.program, a.out)
     if a.json:
         print_json(done.card)
         return 0
@@ -116,7 +138,19 @@ def _generation_summary(card: dict) -> str:
     agreed = f"our decoder's greedy tokens equal transformers' on {gate.get('prompts')} prompts"
     return (f"imported {m['architecture'] or m['model_type']} ({m['parameters']:,} parameters, {m['layers']} layers, "
             f"context {card['input']['context']} tokens, float32)\n  chat template: {template}\n"
-            f"  greedy gate: {gate.get('skipped', agreed)}")
+            f"  greedy gate: {gate.get('skipped', agreed)}" + _int8_summary(card["quantization"]))
+
+
+def _int8_summary(quant: dict) -> str:
+    """Return the lines naming an int8-weight import's gate figures and weight bytes ('' for a float import)."""
+    if quant.get("scheme") != "int8-weight":
+        return ""
+    g, b = quant["gate"], quant["weight_bytes"]
+    forced = " (FAILED, imported with --force)" if g["forced"] else ""
+    return (f"\n  int8-weight: greedy-token agreement {g['agreement']:.4f} over {g['prompts']} prompts × "
+            f"{g['new_tokens']} tokens (needs ≥ {g['min_agreement']}){forced}, "
+            f"held-out log-likelihood change {g['loglik_change']:+.4f} nats/token, prompts {g['prompts_source']}; "
+            f"weights {b['ratio']:.2f}x float's bytes")
 
 
 def _text_summary(card: dict) -> str:

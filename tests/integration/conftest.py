@@ -38,7 +38,7 @@ class Served:
     mlp: Path  # MLP 100→512→512→1, int8 forced, compiled (the session's mlp_run), served with batchSize 1
     selected: Path  # chosen by model selection (its card carries the leaderboard), float program only
     penguins: Path  # examples/penguins_like.csv: blanks imputed, two text columns one-hot encoded, float program
-    store: Path
+    store: Path  # archives also holds cls-1.0 and emb-1.0: the session's tiny text models (tests/integration/test_text_serving.py)
     archives: dict
     home: Path
     info: server.ServerInfo
@@ -86,8 +86,11 @@ def _penguins_run(root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def served(tmp_path_factory, mlp_run) -> Served:
-    """Yield a running TorchServe serving y2x v1.0 and v2.0, a classifier, the int8 MLP and a selected model; stop it afterwards."""
+def served(tmp_path_factory, mlp_run, text_runs) -> Served:
+    """Yield a running TorchServe serving y2x v1.0 and v2.0, a classifier, the int8 MLP, a selected model, the penguins
+    model and two text models (cls: the BERT classifier, emb: the RoBERTa encoder); stop it afterwards.
+
+    One server for the session: each TorchServe start costs ~20 s of the suite's time on two cores."""
     root = tmp_path_factory.mktemp("served")
     origin = _linear_run(root, "origin", 2.0, compile=True)
     origin_v2 = _linear_run(root, "origin_v2", 3.0, compile=False)
@@ -103,11 +106,13 @@ def served(tmp_path_factory, mlp_run) -> Served:
         "selected-1.0": package(selected, "selected", "1.0", store, serving=ServingConfig(workers=1)).path,
         "mlp-1.0": package(mlp_run.run_dir, "mlp", "1.0", store, serving=ServingConfig(workers=1, batch_size=1, max_batch_delay_ms=0)).path,
         "penguins-1.0": package(penguins, "penguins", "1.0", store, serving=ServingConfig(workers=1)).path,
+        "cls-1.0": package(text_runs["bert_cls"], "cls", "1.0", store, serving=ServingConfig(workers=1, batch_size=8, max_batch_delay_ms=50)).path,
+        "emb-1.0": package(text_runs["roberta_emb"], "emb", "1.0", store, serving=ServingConfig(workers=1, batch_size=4, max_batch_delay_ms=5)).path,
     }
     home = root / "home"
     models = [f"y2x={archives['y2x-1.0'].name}", f"y2x={archives['y2x-2.0'].name}", f"classes={archives['classes-1.0'].name}",
               f"mlp={archives['mlp-1.0'].name}", f"selected={archives['selected-1.0'].name}",
-              f"penguins={archives['penguins-1.0'].name}"]
+              f"penguins={archives['penguins-1.0'].name}", f"cls={archives['cls-1.0'].name}", f"emb={archives['emb-1.0'].name}"]
     # kserve parses sys.argv when imported, so it is looked for, never imported, in the test process
     oip = importlib.util.find_spec("kserve") is not None
     info = server.start_server(home, store, models, free_ports=True, ready_timeout=180, oip=oip)

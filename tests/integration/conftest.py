@@ -34,7 +34,7 @@ from aiaas_torch.train import TrainConfig, train
 class Served:
     """What the integration tests get: run directories, the store, archives and the running server."""
 
-    origin: Path  # y = 2x, compiled package
+    origin: Path  # y = 2x, compiled package (the session's origin_run)
     origin_v2: Path  # y = 3x, float program only (exercises the fallback path)
     classes: Path  # 3 classes, 4 features, logistic
     mlp: Path  # MLP 100→512→512→1, int8 forced, compiled (the session's mlp_run), served with batchSize 1
@@ -113,14 +113,14 @@ def byom_runs(tmp_path_factory, digits, byom) -> ByomRuns:
 
 
 @pytest.fixture(scope="session")
-def served(tmp_path_factory, mlp_run, text_runs, byom_runs) -> Served:
+def served(tmp_path_factory, origin_run, mlp_run, text_runs, byom_runs) -> Served:
     """Yield a running TorchServe serving y2x v1.0 and v2.0, a classifier, the int8 MLP, a selected model, the penguins
     model, two text models (cls: the BERT classifier, emb: the RoBERTa encoder) and two imported ones (digits, enc);
     stop it afterwards.
 
     One server for the session: each TorchServe start costs ~20 s of the suite's time on two cores."""
     root = tmp_path_factory.mktemp("served")
-    origin = _linear_run(root, "origin", 2.0, compile=True)
+    origin = origin_run.run_dir  # compiled once per session (tests/conftest.py): an AOTInductor compile costs tens of seconds
     origin_v2 = _linear_run(root, "origin_v2", 3.0, compile=False)
     classes = _classes_run(root)
     selected = _selected_run(root)
@@ -146,7 +146,8 @@ def served(tmp_path_factory, mlp_run, text_runs, byom_runs) -> Served:
               f"digits={archives['digits-1.0'].name}", f"enc={archives['enc-1.0'].name}"]
     # kserve parses sys.argv when imported, so it is looked for, never imported, in the test process
     oip = importlib.util.find_spec("kserve") is not None
-    info = server.start_server(home, store, models, free_ports=True, ready_timeout=180, oip=oip)
+    # eleven workers start at once: on two busy cores (load 13) they took over 180 s to be READY, so the wait is longer
+    info = server.start_server(home, store, models, free_ports=True, ready_timeout=600, oip=oip)
     try:
         yield Served(origin, origin_v2, classes, mlp_run.run_dir, selected, penguins, store, archives, home, info)
     finally:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+import torch
 
 from aiaas_torch import serving as server
 from aiaas_torch.archive import ServingConfig, package
@@ -23,6 +24,7 @@ from aiaas_torch.cli import main
 from aiaas_torch.client import Client
 from aiaas_torch.data import from_arrays, load_csv
 from aiaas_torch.export import export_run
+from aiaas_torch.importer import import_model
 from aiaas_torch.quantize import QuantConfig
 from aiaas_torch.select import SelectConfig, select
 from aiaas_torch.train import TrainConfig, train
@@ -32,13 +34,14 @@ from aiaas_torch.train import TrainConfig, train
 class Served:
     """What the integration tests get: run directories, the store, archives and the running server."""
 
-    origin: Path  # y = 2x, compiled package
+    origin: Path  # y = 2x, compiled package (the session's origin_run)
     origin_v2: Path  # y = 3x, float program only (exercises the fallback path)
     classes: Path  # 3 classes, 4 features, logistic
     mlp: Path  # MLP 100→512→512→1, int8 forced, compiled (the session's mlp_run), served with batchSize 1
     selected: Path  # chosen by model selection (its card carries the leaderboard), float program only
     penguins: Path  # examples/penguins_like.csv: blanks imputed, two text columns one-hot encoded, float program
-    store: Path
+    store: Path  # archives also holds the text models cls-1.0, emb-1.0 (tests/integration/test_text_serving.py) and the
+    # imported models digits-1.0, enc-1.0 (tests/integration/test_byom_serving.py)
     archives: dict
     home: Path
     info: server.ServerInfo
@@ -85,11 +88,39 @@ def _penguins_run(root: Path) -> Path:
     return export_run(result, root / "penguins", QuantConfig("none"), compile=False).run_dir
 
 
+@dataclass
+class ByomRuns:
+    """The bring-your-own-model examples imported once: the digits CNN and the token-encoder twin, and their run directories."""
+
+    digits: tuple  # (model, test images, test labels): the session's `digits`
+    encoder: torch.nn.Module
+    digits_run: Path
+    enc_run: Path
+
+
 @pytest.fixture(scope="session")
-def served(tmp_path_factory, mlp_run) -> Served:
-    """Yield a running TorchServe serving y2x v1.0 and v2.0, a classifier, the int8 MLP and a selected model; stop it afterwards."""
+def byom_runs(tmp_path_factory, digits, byom) -> ByomRuns:
+    """Return the imported digits CNN (labels 0-9) and token encoder (vocabulary 50, 8 tokens, 3 outputs), not compiled."""
+    root = tmp_path_factory.mktemp("byom")
+    model, Xte, yte = digits
+    run = import_model(model, torch.from_numpy(Xte[:2]), root / "digits", calibration={"image": Xte},
+                       labels=[str(d) for d in range(10)], compile="never").run_dir  # fmt: skip
+    torch.manual_seed(0)
+    enc = byom.TokenEncoder(vocab=50, d=32, heads=2, layers=1, ff=64, seq=8, classes=3).eval()
+    toks = torch.randint(0, 50, (32, 8), generator=torch.Generator().manual_seed(0))
+    enc_run = import_model(enc, toks[:2], root / "enc", calibration={"tokens": toks.numpy()}, compile="never").run_dir
+    return ByomRuns(digits, enc, run, enc_run)
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory, origin_run, mlp_run, text_runs, byom_runs) -> Served:
+    """Yield a running TorchServe serving y2x v1.0 and v2.0, a classifier, the int8 MLP, a selected model, the penguins
+    model, two text models (cls: the BERT classifier, emb: the RoBERTa encoder) and two imported ones (digits, enc);
+    stop it afterwards.
+
+    One server for the session: each TorchServe start costs ~20 s of the suite's time on two cores."""
     root = tmp_path_factory.mktemp("served")
-    origin = _linear_run(root, "origin", 2.0, compile=True)
+    origin = origin_run.run_dir  # compiled once per session (tests/conftest.py): an AOTInductor compile costs tens of seconds
     origin_v2 = _linear_run(root, "origin_v2", 3.0, compile=False)
     classes = _classes_run(root)
     selected = _selected_run(root)
@@ -103,14 +134,20 @@ def served(tmp_path_factory, mlp_run) -> Served:
         "selected-1.0": package(selected, "selected", "1.0", store, serving=ServingConfig(workers=1)).path,
         "mlp-1.0": package(mlp_run.run_dir, "mlp", "1.0", store, serving=ServingConfig(workers=1, batch_size=1, max_batch_delay_ms=0)).path,
         "penguins-1.0": package(penguins, "penguins", "1.0", store, serving=ServingConfig(workers=1)).path,
+        "cls-1.0": package(text_runs["bert_cls"], "cls", "1.0", store, serving=ServingConfig(workers=1, batch_size=8, max_batch_delay_ms=50)).path,
+        "emb-1.0": package(text_runs["roberta_emb"], "emb", "1.0", store, serving=ServingConfig(workers=1, batch_size=4, max_batch_delay_ms=5)).path,
+        "digits-1.0": package(byom_runs.digits_run, "digits", "1.0", store, serving=ServingConfig(workers=1, batch_size=8, max_batch_delay_ms=50)).path,
+        "enc-1.0": package(byom_runs.enc_run, "enc", "1.0", store, serving=ServingConfig(workers=1)).path,
     }
     home = root / "home"
     models = [f"y2x={archives['y2x-1.0'].name}", f"y2x={archives['y2x-2.0'].name}", f"classes={archives['classes-1.0'].name}",
               f"mlp={archives['mlp-1.0'].name}", f"selected={archives['selected-1.0'].name}",
-              f"penguins={archives['penguins-1.0'].name}"]
+              f"penguins={archives['penguins-1.0'].name}", f"cls={archives['cls-1.0'].name}", f"emb={archives['emb-1.0'].name}",
+              f"digits={archives['digits-1.0'].name}", f"enc={archives['enc-1.0'].name}"]
     # kserve parses sys.argv when imported, so it is looked for, never imported, in the test process
     oip = importlib.util.find_spec("kserve") is not None
-    info = server.start_server(home, store, models, free_ports=True, ready_timeout=180, oip=oip)
+    # eleven workers start at once: on two busy cores (load 13) they took over 180 s to be READY, so the wait is longer
+    info = server.start_server(home, store, models, free_ports=True, ready_timeout=600, oip=oip)
     try:
         yield Served(origin, origin_v2, classes, mlp_run.run_dir, selected, penguins, store, archives, home, info)
     finally:

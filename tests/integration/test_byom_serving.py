@@ -1,5 +1,6 @@
 """Bring your own model, served: the imported digits CNN and the token-encoder twin packaged into signed-format
-archives and served by one real TorchServe (module scope: the session server's store is fixed when it starts)."""
+archives and served by the session's real TorchServe (tests/integration/conftest.py builds them before it starts:
+its store is fixed when it starts)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,7 @@ import pytest
 import torch
 
 from aiaas_torch import serving as server
-from aiaas_torch.archive import ServingConfig, package
 from aiaas_torch.client import Client
-from aiaas_torch.importer import import_model
 
 pytestmark = pytest.mark.serving
 
@@ -29,25 +28,10 @@ class Byom:
 
 
 @pytest.fixture(scope="module")
-def byom_served(tmp_path_factory, digits, byom) -> Byom:
-    """Yield a TorchServe serving the imported digits CNN (batching on) and the token-encoder twin; stop it afterwards."""
-    root = tmp_path_factory.mktemp("byom")
-    model, Xte, yte = digits
-    run = import_model(model, torch.from_numpy(Xte[:2]), root / "digits", calibration={"image": Xte},
-                       labels=[str(d) for d in range(10)], compile="never").run_dir  # fmt: skip
-    torch.manual_seed(0)
-    enc = byom.TokenEncoder(vocab=50, d=32, heads=2, layers=1, ff=64, seq=8, classes=3).eval()
-    toks = torch.randint(0, 50, (32, 8), generator=torch.Generator().manual_seed(0))
-    enc_run = import_model(enc, toks[:2], root / "enc", calibration={"tokens": toks.numpy()}, compile="never").run_dir
-    store = root / "store"
-    a = package(run, "digits", "1.0", store, serving=ServingConfig(workers=1, batch_size=8, max_batch_delay_ms=50)).path
-    b = package(enc_run, "enc", "1.0", store, serving=ServingConfig(workers=1)).path
-    home = root / "home"
-    info = server.start_server(home, store, [f"digits={a.name}", f"enc={b.name}"], free_ports=True, ready_timeout=180)
-    try:
-        yield Byom(digits, enc, home, info)
-    finally:
-        server.stop_server(home)
+def byom_served(served, byom_runs) -> Byom:
+    """Return the session's TorchServe (tests/integration/conftest.py), which serves the imported digits CNN as digits
+    (batching, 50 ms delay) and the token-encoder twin as enc, names no other model of the session takes."""
+    return Byom(byom_runs.digits, byom_runs.encoder, served.home, served.info)
 
 
 def test_served_digits_answer_a_v2_body_with_probabilities_equal_to_eager(byom_served):

@@ -1,6 +1,6 @@
-"""Text models served by one real TorchServe (module scope): a BERT classifier and a RoBERTa encoder imported from
-Hugging Face directories built in the test, answering texts as transformers' own eager model does; a text over the
-maximum refused alone in its batch; OpenAI's embeddings API through the official `openai` SDK."""
+"""Text models served by the session's real TorchServe (tests/integration/conftest.py): a BERT classifier and a
+RoBERTa encoder imported from Hugging Face directories built in the test, answering texts as transformers' own eager
+model does; a text over the maximum refused alone in its batch; OpenAI's embeddings API through the `openai` SDK."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 
 import textmodels as tm
 from aiaas_torch import serving as server
-from aiaas_torch.archive import ServingConfig, package, verify_archive
+from aiaas_torch.archive import verify_archive
 from aiaas_torch.client import Client
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
@@ -32,22 +32,13 @@ class TextServed:
 
 
 @pytest.fixture(scope="module")
-def text_served(tmp_path_factory, text_dirs, text_runs) -> TextServed:
-    """Yield a TorchServe serving the BERT classifier (batching, 50 ms delay) and the RoBERTa encoder; stop it afterwards."""
-    root = tmp_path_factory.mktemp("text_served")
-    store = root / "store"
-    archives = {
-        "cls": package(text_runs["bert_cls"], "cls", "1.0", store, serving=ServingConfig(workers=1, batch_size=8, max_batch_delay_ms=50)).path,
-        "emb": package(text_runs["roberta_emb"], "emb", "1.0", store, serving=ServingConfig(workers=1, batch_size=4, max_batch_delay_ms=5)).path,
-    }
-    home = root / "home"
-    info = server.start_server(home, store, [f"cls={archives['cls'].name}", f"emb={archives['emb'].name}"], free_ports=True, ready_timeout=180)
-    try:
-        with Client(home=home) as c:
-            token = c.token
-        yield TextServed(text_dirs, archives, home, info, token)
-    finally:
-        server.stop_server(home)
+def text_served(served, text_dirs) -> TextServed:
+    """Return the session's TorchServe (tests/integration/conftest.py), which serves the BERT classifier as cls
+    (batching, 50 ms delay) and the RoBERTa encoder as emb, names no other model of the session takes."""
+    with Client(home=served.home) as c:
+        token = c.token
+    archives = {"cls": served.archives["cls-1.0"], "emb": served.archives["emb-1.0"]}
+    return TextServed(text_dirs, archives, served.home, served.info, token)
 
 
 def _post(s: TextServed, path: str, body, timeout: float = 60) -> httpx.Response:

@@ -167,3 +167,21 @@ def text_runs(text_dirs, tmp_path_factory) -> dict:
 
     root = tmp_path_factory.mktemp("text_runs")
     return {name: import_text(d, root / name).run_dir for name, d in text_dirs.items()}
+
+
+@pytest.fixture(scope="session")
+def decoder_dirs(tmp_path_factory):
+    """Return {kind: (Hugging Face directory, transformers model)} of the tiny causal LMs of tests/decoder_models.py
+    (seed 0, tokenizer and Llama-style template), each built once per session on first use; tests never change them."""
+    import decoder_models
+
+    return decoder_models.DecoderDirs(tmp_path_factory.mktemp("decoders"))
+
+
+@pytest.fixture(scope="session")
+def generation_runs(tmp_path_factory):
+    """Return {(kind, seed): (run dir, transformers model, tokenizer, Hugging Face dir)} of tests/generation_runs.py,
+    each imported (greedy gate included) once per session on first use; tests never change them."""
+    import generation_runs
+
+    return generation_runs.GenerationRuns(tmp_path_factory.mktemp("generation_runs"))

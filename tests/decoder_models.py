@@ -1,11 +1,15 @@
 """Tiny random causal LMs saved as Hugging Face directories, and `generate`'s greedy tokens as the reference.
 
-Shared by tests/test_decoders.py and tests/test_generation_engine.py. The weights are random (no network); the
-initializer range is wide enough that the reference's top-1/top-2 logit margin is healthy at every step, which the
-tests assert (`reference` returns the smallest margin).
+Shared by tests/test_decoders.py, tests/test_generation_engine.py and tests/test_genimport.py (through the session
+fixture `decoder_dirs` of tests/conftest.py: each kind built once per session). The weights are random (no network);
+the initializer range is wide enough that the reference's top-1/top-2 logit margin is healthy at every step, which
+the tests assert (`reference` returns the smallest margin; it is computed once per model, prompt and settings).
 """
 
 from __future__ import annotations
+
+import weakref
+from pathlib import Path
 
 import torch
 import transformers
@@ -39,13 +43,30 @@ def build(kind: str, directory, seed: int = 0):
     return directory, model
 
 
+_REFERENCES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model: {(prompt, tokens, kwargs): answer}
+
+
+def _hashable(value):
+    """Return `value` (a tensor, list or scalar) as a hashable key of its contents."""
+    if isinstance(value, torch.Tensor):
+        value = value.tolist()
+    return tuple(_hashable(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
 def reference(model, prompt: list[int], new_tokens: int, **generate_kwargs) -> tuple[list[int], float]:
-    """Return (`generate`'s greedy tokens after `prompt`, the smallest top-1/top-2 logit margin over its steps)."""
-    with torch.no_grad():
-        out = model.generate(torch.tensor([prompt]), do_sample=False, repetition_penalty=1.0, max_new_tokens=new_tokens,
-                             output_logits=True, return_dict_in_generate=True, pad_token_id=0, **generate_kwargs)
-    margins = [float(t[0] - t[1]) for t in (step[0].topk(2).values for step in out.logits)]
-    return out.sequences[0, len(prompt):].tolist(), min(margins)
+    """Return (`generate`'s greedy tokens after `prompt`, the smallest top-1/top-2 logit margin over its steps);
+    `generate` runs once per model, prompt, token count and keyword arguments (the models are never trained)."""
+    key = (_hashable(prompt), new_tokens, tuple(sorted((k, _hashable(v)) for k, v in generate_kwargs.items())))
+    known = _REFERENCES.setdefault(model, {})
+    if key not in known:
+        with torch.no_grad():
+            out = model.generate(torch.tensor([prompt]), do_sample=False, repetition_penalty=1.0,
+                                 max_new_tokens=new_tokens, output_logits=True, return_dict_in_generate=True,
+                                 pad_token_id=0, **generate_kwargs)
+        margins = [float(t[0] - t[1]) for t in (step[0].topk(2).values for step in out.logits)]
+        known[key] = (out.sequences[0, len(prompt):].tolist(), min(margins))
+    tokens, margin = known[key]
+    return list(tokens), margin
 
 
 LLAMA_TEMPLATE = ("{{ bos_token }}{% for message in messages %}"
@@ -79,3 +100,16 @@ def hf_directory(kind: str, directory, seed: int = 0, chat_template: str | None 
     directory, model = build(kind, directory, seed)
     tokenizer(directory, chat_template=chat_template)
     return directory, model
+
+
+class DecoderDirs:
+    """{kind: (directory, transformers model)} of `hf_directory` models (seed 0) under `root`, each built on first use."""
+
+    def __init__(self, root):
+        self.root, self.built = Path(root), {}
+
+    def __getitem__(self, kind: str):
+        """Return (directory, transformers model) of `kind`, building it the first time it is asked for."""
+        if kind not in self.built:
+            self.built[kind] = hf_directory(kind, self.root / kind)
+        return self.built[kind]

@@ -1,12 +1,14 @@
 """Generation run directories built in the tests (no network) through `aiaas import`'s own path (genimport): a tiny
 random causal LM (tests/decoder_models.CONFIGS, its vocabulary widened to a byte-level BPE tokenizer trained here on
 the README, so streamed text meets partial UTF-8 characters) with a chat template, and `generate`'s greedy text as
-the independent reference.
+the independent reference. The session fixture `generation_runs` (tests/conftest.py) imports each (kind, seed) once
+per session: the import's greedy gate against transformers takes seconds.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -21,9 +23,9 @@ CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m[
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
 
-def build(kind: str, root: Path, seed: int = 0, slots: int | None = None, max_queue: int | None = None):
+def build(kind: str, root: Path, seed: int = 0):
     """Return (run directory, transformers model, tokenizers.Tokenizer, Hugging Face directory) of a tiny `kind` model
-    imported with `import_generation`; `slots` / `max_queue` override the card's generation settings."""
+    imported with `import_generation`."""
     from tokenizers import Tokenizer
 
     hf = Path(root) / "hf"
@@ -40,11 +42,31 @@ def build(kind: str, root: Path, seed: int = 0, slots: int | None = None, max_qu
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
     model.save_pretrained(hf)
     run = import_generation(hf, Path(root) / "run").run_dir
-    if slots is not None or max_queue is not None:
-        card = json.loads((run / "model.json").read_text())
-        card["generation"].update({k: v for k, v in (("slots", slots), ("max_queue", max_queue)) if v is not None})
-        (run / "model.json").write_text(json.dumps(card))
     return run, model, tok, hf
+
+
+def with_settings(run: Path, dest: Path, slots: int | None = None, max_queue: int | None = None) -> Path:
+    """Return `dest`, a copy of the run directory `run` whose card's generation settings `slots` / `max_queue` are
+    overridden (the shared run directory stays as imported)."""
+    shutil.copytree(run, dest)
+    card = json.loads((dest / "model.json").read_text())
+    card["generation"].update({k: v for k, v in (("slots", slots), ("max_queue", max_queue)) if v is not None})
+    (dest / "model.json").write_text(json.dumps(card))
+    return dest
+
+
+class GenerationRuns:
+    """{(kind, seed): `build`'s tuple} of run directories under `root`, each imported on first use and shared after."""
+
+    def __init__(self, root):
+        self.root, self.built = Path(root), {}
+
+    def __getitem__(self, key: tuple[str, int]):
+        """Return (run directory, transformers model, tokenizer, Hugging Face directory) of (kind, seed)."""
+        if key not in self.built:
+            kind, seed = key
+            self.built[key] = build(kind, self.root / f"{kind}-{seed}", seed=seed)
+        return self.built[key]
 
 
 def reference_text(model, tok, prompt_ids: list[int], new_tokens: int) -> tuple[str, float]:

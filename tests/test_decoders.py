@@ -16,15 +16,15 @@ from safetensors.torch import load_file, save_file
 from aiaas_torch.handlers.decoders import DecoderError, StepBatch, load_decoder
 from aiaas_torch.handlers.decoder_weights import read_spec
 from aiaas_torch.handlers.generation import Engine, GenerationDefaults, SamplingParams
-from decoder_models import CONFIGS, PROMPTS, build, reference
+from decoder_models import CONFIGS, PROMPTS, reference
 
 N = 10
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """Return {kind: (directory, transformers model)} for every architecture the tests cover."""
-    return {kind: build(kind, tmp_path_factory.mktemp(kind)) for kind in CONFIGS}
+def models(decoder_dirs):
+    """Return {kind: (directory, transformers model)} for every architecture the tests cover (built once per session)."""
+    return decoder_dirs
 
 
 @pytest.mark.parametrize("kind", list(CONFIGS))

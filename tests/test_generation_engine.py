@@ -9,23 +9,25 @@ same tiny random models (margins asserted ≥ 1e-3 at every step).
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
 from aiaas_torch.handlers.decoders import load_decoder
 from aiaas_torch.handlers.generation import Engine, GenerationDefaults, QueueFull, SamplingParams, StopText
-from decoder_models import PROMPTS, build, reference
+from decoder_models import PROMPTS, reference
 
 N = 10
 KINDS = ["llama", "qwen2", "gpt2"]
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """Return {kind: (directory, model, decoder, {prompt index: reference tokens})} for three architectures."""
+def models(decoder_dirs):
+    """Return {kind: (directory, model, decoder, {prompt index: reference tokens})} for three architectures (the
+    session's tiny models)."""
     out = {}
     for kind in KINDS:
-        directory, model = build(kind, tmp_path_factory.mktemp(kind))
+        directory, model = decoder_dirs[kind]
         refs = {}
         for i, prompt in enumerate(PROMPTS):
             refs[i], margin = reference(model, prompt, N)
@@ -109,9 +111,9 @@ def test_a_short_context_ends_with_length(models, extra):
 
 
 def test_stop_tokens_from_generation_config_end_as_generate_ends(models, tmp_path):
-    src, _, _, refs = models["gpt2"]
+    src, model, _, refs = models["gpt2"]
     stop = refs[0][4]
-    directory, model = build("gpt2", tmp_path / "m")
+    directory = shutil.copytree(src, tmp_path / "m")  # the same weights, a generation_config of its own
     (directory / "generation_config.json").write_text(json.dumps({"eos_token_id": [127, stop], "pad_token_id": 0}))
     want, _ = reference(model, PROMPTS[0], N, eos_token_id=[127, stop])
     assert want[-1] == stop and len(want) < N  # the reference stopped at it

@@ -31,16 +31,17 @@ KINDS = ("llama", "qwen2", "gpt2")
 
 
 @pytest.fixture(scope="module")
-def hf_dirs(tmp_path_factory):
-    """Return {kind: (directory, transformers model)} of tiny causal LMs with a tokenizer and a Llama-style template."""
-    return {k: dm.hf_directory(k, tmp_path_factory.mktemp(k)) for k in KINDS}
+def hf_dirs(decoder_dirs):
+    """Return {kind: (directory, transformers model)} of tiny causal LMs with a tokenizer and a Llama-style template
+    (built once per session)."""
+    return decoder_dirs
 
 
 @pytest.fixture(scope="module")
 def runs(hf_dirs, tmp_path_factory):
     """Return {kind: GenerationImport} of each tiny model imported once."""
     root = tmp_path_factory.mktemp("runs")
-    return {k: import_generation(d, root / k) for k, (d, _) in hf_dirs.items()}
+    return {k: import_generation(hf_dirs[k][0], root / k) for k in KINDS}
 
 
 @pytest.fixture

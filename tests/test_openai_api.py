@@ -16,7 +16,7 @@ from ts.context import Context, RequestProcessor
 
 from aiaas_torch.handlers import openai_api as api
 from aiaas_torch.handlers.generation_handler import GenerationHandler, TextStream
-from generation_runs import build, chat_prompt, reference_text
+from generation_runs import chat_prompt, reference_text
 
 CHAT, COMPLETIONS = api.CHAT, api.COMPLETIONS
 IDS = itertools.count()
@@ -145,10 +145,10 @@ def streamed_text(job) -> str:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """Return (handler, transformers model, tokenizer, Hugging Face directory) of a tiny imported llama served in-process
-    (2 slots, 1 waiting)."""
-    directory, model, tok, hf = build("llama", tmp_path_factory.mktemp("llama"))
+def served(generation_runs):
+    """Return (handler, transformers model, tokenizer, Hugging Face directory) of the session's tiny imported llama
+    (seed 1, shared with tests/integration/test_generation_serving.py) served in-process (2 slots, 1 waiting)."""
+    directory, model, tok, hf = generation_runs["llama", 1]
     handler = GenerationHandler()
     ctx = Context("tiny", str(directory), {"model": {"modelVersion": "1.0"}}, 1, None, "0.12.0",
                   model_yaml_config={"handler": {"slots": 2, "max_queue": 1}})

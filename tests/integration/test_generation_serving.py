@@ -20,7 +20,7 @@ import pytest
 from aiaas_torch import serving as server
 from aiaas_torch.archive import package, verify_archive
 from aiaas_torch.client import Client
-from generation_runs import build, chat_prompt, reference_text
+from generation_runs import chat_prompt, reference_text, with_settings
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 openai = pytest.importorskip("openai")
@@ -40,12 +40,14 @@ class GenServed:
 
 
 @pytest.fixture(scope="module")
-def gen_served(tmp_path_factory) -> GenServed:
-    """Yield a TorchServe serving the three tiny models (qwen2 with one slot and no queue); stop it afterwards."""
+def gen_served(generation_runs, tmp_path_factory) -> GenServed:
+    """Yield a TorchServe serving the session's three tiny models (qwen2 with one slot and no queue); stop it afterwards."""
     root = tmp_path_factory.mktemp("gen_served")
     store, models, archives = root / "store", {}, {}
     for kind, kw in KINDS.items():
-        directory, model, tok, hf = build(kind, root / kind, seed=1, **kw)  # seed 1: margins ≥ 1e-3 on PROMPTS
+        directory, model, tok, hf = generation_runs[kind, 1]  # seed 1: margins ≥ 1e-3 on PROMPTS
+        if kw:
+            directory = with_settings(directory, root / kind, **kw)
         models[kind] = (model, tok, hf)
         archives[kind] = package(directory, kind, "1.0", store).path
     home = root / "home"

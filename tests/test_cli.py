@@ -113,7 +113,7 @@ def test_train_prints_the_program_choice_and_the_cost_of_a_forced_scheme(linear_
 def test_train_json_prints_one_document(linear_csv, tmp_path, capsys):
     assert main(["train", str(linear_csv), "--target", "target", "--out", str(tmp_path / "r"), "--epochs", "5", "--no-compile", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["schema_version"] == 1 and doc["training"]["epochs_run"] == 5
+    assert doc["schema_version"] == 1 and 1 <= doc["training"]["epochs_run"] <= 5  # --epochs is a ceiling (the solver stops on convergence)
 
 
 def test_constant_feature_is_a_warning_not_an_error(tmp_path, capsys):

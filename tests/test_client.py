@@ -600,12 +600,16 @@ def test_client_and_the_snapshot_list_models_through_the_same_pages(fake, tmp_pa
 
 def test_every_http_client_of_the_library_comes_from_the_one_factory():
     """No module builds its own httpx.Client with a hard-coded timeout: serving/httpclient.py is the one place."""
-    import re
+    import ast
+
+    def builds_a_client(path: Path) -> bool:  # a call httpx.Client(...) / httpx.AsyncClient(...) in code, not in a docstring
+        return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in ("Client", "AsyncClient")
+                   and isinstance(n.func.value, ast.Name) and n.func.value.id == "httpx" for n in ast.walk(ast.parse(path.read_text())))
 
     root = Path(__file__).resolve().parents[1] / "aiaas_torch"
-    builders = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
-                      if re.search(r"httpx\.(Async)?Client\(", p.read_text()))
+    builders = sorted(str(p.relative_to(root)) for p in root.rglob("*.py") if builds_a_client(p))
     assert builders == ["serving/httpclient.py"]
+    assert not builds_a_client(root / "serving" / "tokens.py")  # its docstring shows one for the openai SDK: not a call
 
 
 def test_the_clients_timeouts_are_the_named_ones(fake):

@@ -166,7 +166,8 @@ def fold_preprocessing(model: nn.Sequential) -> nn.Sequential:
             W = W @ m.basis.double().T  # z = s A  ⇒  W z = (W Aᵀ) s
     W_raw = W / std
     b_raw = b - W_raw @ mean
-    folded = nn.Linear(first.in_features, first.out_features)
+    # no random init: torch's global generator belongs to whichever thread seeded it (training folds run in threads)
+    folded = torch.nn.utils.skip_init(nn.Linear, first.in_features, first.out_features)
     folded.weight.copy_(W_raw.float())
     folded.bias.copy_(b_raw.float())
     tail = [copy.deepcopy(m) for m in rest[1:]]

@@ -409,3 +409,14 @@ def test_serve_start_refuses_a_bad_gateway_port_before_starting_anything(tmp_pat
     assert main(["serve", "start", "--home", str(tmp_path / "home"), "--model-store", str(tmp_path), *args]) == 2
     assert "--oip-port" in (err := capsys.readouterr().err) and "expected a port 1-65535, with --oip" in err, err
     assert not (tmp_path / "home").exists()
+
+
+@pytest.mark.parametrize("cmd", [["predict", "m", "--prompt", "hi"], ["chat", "m"]], ids=["predict", "chat"])
+@pytest.mark.parametrize("value", ["0", "-3", "two"])
+def test_max_tokens_must_be_a_whole_number_of_at_least_one(cmd, value, tmp_path, capsys):
+    """Refused by the parser, before any server is looked for (none exists here)."""
+    with pytest.raises(SystemExit) as e:
+        main([*cmd, "--max-tokens", value, "--home", str(tmp_path / "nohome")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--max-tokens" in err and "whole number" in err and repr(value) in err

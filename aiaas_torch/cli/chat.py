@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import UsageError, add_home_option, running_home
+from .common import UsageError, add_home_option, positive_int, running_home
 
 
 def add_parser(sub) -> None:
@@ -14,7 +14,7 @@ def add_parser(sub) -> None:
                                     "kept for the next turn. An empty line or end of input (Ctrl-D) ends the chat.")
     ch.add_argument("name", metavar="NAME", help="the served generation model")
     ch.add_argument("--system", default=None, metavar="TEXT", help="a system message to begin the conversation with")
-    ch.add_argument("--max-tokens", type=int, default=None, metavar="N",
+    ch.add_argument("--max-tokens", type=positive_int, default=None, metavar="N",
                     help="the most tokens per answer (default: the model's)")
     ch.add_argument("--version", dest="model_version", default=None, metavar="V", help="model version (default: the default version)")
     add_home_option(ch)
@@ -23,8 +23,6 @@ def add_parser(sub) -> None:
 
 def run(a) -> int:
     """Read messages from stdin until an empty line or its end, printing each streamed answer; returns the exit code."""
-    if a.max_tokens is not None and a.max_tokens < 1:
-        raise UsageError(f"--max-tokens: {a.max_tokens} is not a whole number ≥ 1")
     from .. import client as cl
 
     messages = [{"role": "system", "content": a.system}] if a.system else []

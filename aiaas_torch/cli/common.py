@@ -164,6 +164,17 @@ def int_list(text: str) -> tuple[int, ...]:
     return vals
 
 
+def positive_int(text: str) -> int:
+    """Return text as a whole number ≥ 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number ≥ 1")
+    return v
+
+
 def finite_float(text: str) -> float:
     """Return text as a finite float."""
     try:

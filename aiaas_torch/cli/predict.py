@@ -9,7 +9,7 @@ import json
 import math
 import sys
 
-from .common import Default, UsageError, add_home_option, finite_float, print_json, renamed, running_home
+from .common import Default, UsageError, add_home_option, finite_float, positive_int, print_json, renamed, running_home
 
 
 def add_parser(sub) -> None:
@@ -39,7 +39,7 @@ def add_parser(sub) -> None:
                          "within the model's max_rows)")
     pr.add_argument("--prompt", default=None, metavar="TEXT",
                     help="a generation model: the text to complete (its OpenAI /v1/completions route); prints the text")
-    pr.add_argument("--max-tokens", type=int, default=None, metavar="N",
+    pr.add_argument("--max-tokens", type=positive_int, default=None, metavar="N",
                     help="with --prompt: the most tokens to generate (default: the model's)")
     pr.add_argument("--local", default=None, metavar="RUN_DIR", help="predict in this process from a run directory")
     pr.add_argument("--version", dest="model_version", default=None, metavar="V", help="model version (default: the default version)")
@@ -97,8 +97,6 @@ def _run_prompt(a) -> int:
     """Complete --prompt with a served generation model and print the text (--json: the whole answer); returns the exit code."""
     if a.local or a.file is not None or a.body is not None or len(a.args) != 1:
         raise UsageError("--prompt TEXT goes with one model NAME, and not with --local, --file, --body or rows")
-    if a.max_tokens is not None and a.max_tokens < 1:
-        raise UsageError(f"--max-tokens: {a.max_tokens} is not a whole number ≥ 1")
     from .. import client as cl
 
     with cl.Client(home=running_home(a), request_timeout=a.request_timeout) as c:
